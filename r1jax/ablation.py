@@ -1,0 +1,225 @@
+"""Ablation runner: a base config + named variants (config overrides) x seeds -> table, JSON/CSV/markdown, plots."""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from r1jax.config import Config
+from r1jax.registry import ConfigError
+
+# (result key, column title, how to format a value); quality first, then cost.
+COLUMNS = (
+    ("eval/loss", "eval loss", "{:.4f}"),
+    ("eval/accuracy", "eval acc", "{:.4f}"),
+    ("num_params", "params", "{:,.0f}"),
+    ("perf/flops_per_token", "FLOPs/token", "{:.3g}"),
+    ("perf/tokens_per_sec", "train tok/s", "{:,.0f}"),
+    ("perf/memory_bytes", "memory MiB", "{:.1f}"),
+    ("perf/wall_sec", "wall s", "{:.0f}"),
+)
+RATIOS = ("eval/loss", "eval/accuracy", "perf/flops_per_token", "perf/tokens_per_sec", "perf/memory_bytes")
+
+
+def override(base: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str) -> ml_collections.ConfigDict:
+  """A copy of `base` with dotted-key overrides, e.g. {"model.num_layers": 2}; unknown keys raise ConfigError."""
+  cfg = ml_collections.ConfigDict(base.to_dict())
+  for dotted, value in overrides.items():
+    *path, leaf = dotted.split(".")
+    node = cfg
+    for part in path:
+      if part not in node:
+        raise ConfigError(f"{where}: unknown config field {dotted!r}. Fix: use a field of the base config.")
+      node = node[part]
+    if leaf not in node and not (path and path[-1].endswith("_options")):
+      raise ConfigError(f"{where}: unknown config field {dotted!r}. Fix: use a field of the base config.")
+    node[leaf] = value
+  return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+  """A declarative ablation. Every variant is validated before anything trains."""
+
+  name: str
+  base: ml_collections.ConfigDict
+  variants: Mapping[str, Mapping[str, Any]]  # variant name -> dotted overrides of `base`
+  seeds: Sequence[int] = (0, 1, 2)
+  baseline: str = ""  # variant the ratios are taken against; "" = the first variant
+  results_dir: str = ""  # "" = ./results/<name>
+
+  def configs(self) -> dict[tuple[str, int], Config]:
+    if self.baseline and self.baseline not in self.variants:
+      raise ConfigError(f"baseline={self.baseline!r} is not a variant. Fix: use one of {list(self.variants)}.")
+    out = {}
+    root = os.path.abspath(self.results_dir or os.path.join("results", self.name))
+    for variant, overrides in self.variants.items():
+      for seed in self.seeds:
+        cfg = override(self.base, {**overrides, "seed": seed,
+                                   "workdir": os.path.join(root, variant, f"seed{seed}")}, f"variant {variant!r}")
+        out[(variant, seed)] = Config.from_dict(cfg)
+    return out
+
+
+def _flat(result: dict) -> dict[str, float]:
+  flat = {"num_params": result["num_params"], **result["final"]}
+  flat.update({f"perf/{k}": v for k, v in result["perf"].items() if isinstance(v, (int, float))})
+  return flat
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], np.float64)
+  if not len(arr):
+    return float("nan"), float("nan")
+  return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def summarise(results: dict[tuple[str, int], dict], baseline: str) -> list[dict]:
+  """One row per variant: mean and std over seeds of every column, and mean ratios to the baseline."""
+  rows = []
+  variants = list(dict.fromkeys(v for v, _ in results))
+  for variant in variants:
+    flats = [_flat(r) for (v, _), r in results.items() if v == variant]
+    row = {"variant": variant, "seeds": len(flats)}
+    for key, _, _ in COLUMNS:
+      row[key], row[key + ":std"] = _mean_std([f.get(key) for f in flats])
+    rows.append(row)
+  base = next(r for r in rows if r["variant"] == (baseline or variants[0]))
+  for row in rows:
+    for key in RATIOS:
+      row[key + ":ratio"] = row[key] / base[key] if base[key] else float("nan")
+  return rows
+
+
+def markdown_table(rows: list[dict], baseline: str) -> str:
+  """The table, values as mean +- std over seeds, then ratios to the baseline variant."""
+  head = ["variant", "seeds"] + [title for _, title, _ in COLUMNS] + [f"{k.split('/')[-1]} / {baseline}"
+                                                                       for k in RATIOS]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for row in rows:
+    cells = [row["variant"], str(row["seeds"])]
+    for key, _, fmt in COLUMNS:
+      mean, std = row[key], row[key + ":std"]
+      cells.append("n/a" if math.isnan(mean) else fmt.format(mean) + (f" ± {fmt.format(std)}" if std else ""))
+    cells += ["n/a" if math.isnan(row[k + ":ratio"]) else f"{row[k + ':ratio']:.3f}" for k in RATIOS]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)  # atomic: a killed run never leaves a half-written result
+
+
+def plot(results: dict[tuple[str, int], dict], rows: list[dict], out_dir: str) -> list[str]:
+  """learning_curves.png (eval loss vs step, mean over seeds) and quality_vs_flops.png; returns the paths."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for row in rows:
+    curves = [[(r["step"], r["eval/loss"]) for r in res["history"] if "eval/loss" in r]
+              for (v, _), res in results.items() if v == row["variant"]]
+    steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+    losses = np.array([[dict(c)[s] for s in steps] for c in curves])
+    ax.plot(steps, losses.mean(0), marker="o", ms=3, label=row["variant"])
+    if len(curves) > 1:
+      ax.fill_between(steps, losses.min(0), losses.max(0), alpha=0.2)
+  ax.set(xlabel="step", ylabel="eval loss", title="learning curves (band: min-max over seeds)")
+  ax.legend()
+  paths = [os.path.join(out_dir, "learning_curves.png"), os.path.join(out_dir, "quality_vs_flops.png")]
+  fig.tight_layout()
+  fig.savefig(paths[0], dpi=120)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for row in rows:
+    ax.errorbar(row["perf/flops_per_token"], row["eval/loss"], yerr=row["eval/loss:std"], fmt="o", capsize=3)
+    ax.annotate(row["variant"], (row["perf/flops_per_token"], row["eval/loss"]), fontsize=8)
+  ax.set(xscale="log", xlabel="train FLOPs per token (compiled step)", ylabel="eval loss", title="quality vs cost")
+  fig.tight_layout()
+  fig.savefig(paths[1], dpi=120)
+  plt.close("all")
+  return paths
+
+
+def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, log=print) -> list[dict]:
+  """Trains every (variant, seed) not already finished, then writes and prints the summary.
+
+  Finished runs are those with a result.json; an interrupted run resumes from its checkpoints.
+  """
+  from r1jax.train import train
+
+  train_fn = train_fn or train
+  configs = ablation.configs()  # validates every variant first
+  out_dir = os.path.abspath(ablation.results_dir or os.path.join("results", ablation.name))
+  os.makedirs(out_dir, exist_ok=True)
+  results = {}
+  for i, ((variant, seed), cfg) in enumerate(configs.items()):
+    path = os.path.join(cfg.workdir, "result.json")
+    if os.path.exists(path):
+      log(f"[{i + 1}/{len(configs)}] {variant} seed {seed}: finished earlier, skipping")
+      with open(path) as f:
+        results[(variant, seed)] = json.load(f)
+      continue
+    log(f"[{i + 1}/{len(configs)}] {variant} seed {seed} -> {cfg.workdir}")
+    os.makedirs(cfg.workdir, exist_ok=True)
+    results[(variant, seed)] = train_fn(cfg)
+    _write_json(path, results[(variant, seed)])
+  baseline = ablation.baseline or next(iter(ablation.variants))
+  rows = summarise(results, baseline)
+  table = markdown_table(rows, baseline)
+  _write_json(os.path.join(out_dir, "results.json"), {"name": ablation.name, "baseline": baseline, "rows": rows,
+                                                      "runs": {f"{v}/seed{s}": _flat(r)
+                                                               for (v, s), r in results.items()}})
+  with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  with open(os.path.join(out_dir, "results.md"), "w") as f:
+    f.write(f"# {ablation.name}\n\n{table}\n")
+  plot(results, rows, out_dir)
+  log(f"\n{ablation.name}: mean ± std over seeds; ratios to '{baseline}'\n{table}\nresults: {out_dir}")
+  return rows
+
+
+def cli(name: str, base: ml_collections.ConfigDict, variants: Mapping[str, Mapping[str, Any]],
+        seeds: Sequence[int] = (0, 1, 2), baseline: str = "", quick: Mapping[str, Any] | None = None) -> None:
+  """Command line of an experiment driver: `--config.a.b=v` overrides of the base, and
+
+    --quick           apply the driver's smoke-test overrides first (command-line overrides still win)
+    --seeds=0,1,2     seeds          --variants=a,b   a subset of the variants
+    --results_dir=D   where runs and tables go (default ./results/<name>)
+  """
+  import sys
+
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+
+  if quick and any(a in ("--quick", "--quick=true", "--quick=True") for a in sys.argv[1:]):
+    base = override(base, quick, "quick")
+  config_flags.DEFINE_config_dict("config", base)
+  flags.DEFINE_bool("quick", False, "shrink everything for a smoke run (see the driver's QUICK)")
+  flags.DEFINE_list("seeds", [str(s) for s in seeds], "seeds to run")
+  flags.DEFINE_list("variants", [], "variants to run (default: all)")
+  flags.DEFINE_string("results_dir", "", "results folder (default ./results/<name>)")
+
+  def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    f = flags.FLAGS
+    chosen = {k: v for k, v in variants.items() if not f.variants or k in f.variants}
+    unknown = set(f.variants) - set(variants)
+    if unknown:
+      raise ConfigError(f"--variants: unknown {sorted(unknown)}. Fix: choose from {list(variants)}.")
+    run(Ablation(name, f.config, chosen, tuple(int(s) for s in f.seeds),
+                 baseline if baseline in chosen else "", f.results_dir))
+
+  app.run(main)

@@ -1,0 +1,78 @@
+"""Dense causal multi-head attention (Vaswani et al. 2017) with RoPE and grouped-query heads: the baseline mixer."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from r1jax import layers, reference
+from r1jax.registry import ConfigError, register_mixer
+
+IMPLS = ("auto", "xla", "cudnn", "naive")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+  impl: str = "auto"  # auto (cuDNN flash attention on GPU where shapes/dtypes allow, else XLA) | xla | cudnn | naive
+
+  def __post_init__(self):
+    if self.impl not in IMPLS:
+      raise ConfigError(f"impl={self.impl!r} is unknown. Fix: use one of {IMPLS}")
+
+
+def resolve_impl(impl: str, dtype: jnp.dtype, head_dim: int) -> str:
+  """Picks the backend for `impl='auto'`: cuDNN needs a GPU, 16-bit inputs and head_dim % 8 == 0, <= 128."""
+  if impl != "auto":
+    return impl
+  cudnn_ok = jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+  return "cudnn" if cudnn_ok and head_dim <= 128 else "xla"
+
+
+def causal_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, impl: str) -> jax.Array:
+  """Causal softmax attention through `jax.nn.dot_product_attention` (or the naive reference)."""
+  impl = resolve_impl(impl, q_BxTxHxK.dtype, q_BxTxHxK.shape[-1])
+  if impl == "naive":
+    return reference.attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK).astype(q_BxTxHxK.dtype)
+  return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True, implementation=impl)
+
+
+def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Query, key and value projections with RoPE on q and k; shared by every attention-style mixer."""
+  D, H = cfg.d_model, cfg.num_heads
+  G, K = cfg.num_kv_heads or H, D // H
+  wq_DxHxK = layers.param(mod, "wq", (D, H, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
+  wk_DxGxK = layers.param(mod, "wk", (D, G, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
+  wv_DxGxK = layers.param(mod, "wv", (D, G, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
+  dt = layers.dtype(cfg.dtype)
+  x = x_BxTxD.astype(dt)
+  axes = ("act_batch", "act_length", "act_heads", "act_kv")
+  q_BxTxHxK = layers.constrain(jnp.einsum("BTD,DHK->BTHK", x, wq_DxHxK.astype(dt)), axes)
+  k_BxTxGxK = layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, wk_DxGxK.astype(dt)), axes)
+  v_BxTxGxK = layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, wv_DxGxK.astype(dt)), axes)
+  positions_T = jnp.arange(x.shape[1])
+  return layers.rope(q_BxTxHxK, positions_T, cfg.rope_base), layers.rope(k_BxTxGxK, positions_T, cfg.rope_base), v_BxTxGxK
+
+
+def project_out(mod: nn.Module, o_BxTxHxK: jax.Array, cfg) -> jax.Array:
+  """Output projection back to the residual width."""
+  H, K = o_BxTxHxK.shape[-2:]
+  wo_HxKxD = layers.param(mod, "wo", (H, K, cfg.d_model), ("heads", "kv", "embed"), layers.out_std(cfg),
+                          cfg.param_dtype)
+  y_BxTxD = jnp.einsum("BTHK,HKD->BTD", o_BxTxHxK, wo_HxKxD.astype(o_BxTxHxK.dtype))
+  return layers.constrain(y_BxTxD, ("act_batch", "act_length", "act_embed"))
+
+
+@register_mixer("attention", AttentionOptions)
+class Attention(nn.Module):
+  """Dense causal attention; O(T^2) time, O(T) memory with the cuDNN/flash path, O(T^2) with XLA."""
+
+  cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
+  opts: AttentionOptions
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+    del deterministic  # no attention dropout
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg)
+    o_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, self.opts.impl)
+    return project_out(self, o_BxTxHxK, self.cfg), {}

@@ -1,0 +1,49 @@
+"""Orbax checkpoints of train state (params, optimizer, step) together with the data position and config."""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from r1jax.registry import ConfigError
+
+# Config sections that must match for a resume to make sense (loop lengths and logging may change).
+_MUST_MATCH = ("model", "data", "optim", "seed")
+
+
+class Checkpointer:
+  """Saves {state, meta} every `every` steps (async) and restores the latest complete checkpoint.
+
+  A run killed mid-save leaves only an unfinalised temporary directory, which orbax ignores on restore.
+  """
+
+  def __init__(self, workdir: str, every: int, keep: int):
+    self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax needs absolute paths
+    self.every = every
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    self.manager = ocp.CheckpointManager(self.dir, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def restore(self, abstract_state: Any, shardings: Any, config: dict) -> tuple[Any, dict]:
+    """Restores the latest checkpoint into `shardings`; checks the saved config matches `config`."""
+    step = self.manager.latest_step()
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    for key in _MUST_MATCH:  # checked before any array is read
+      if meta["config"][key] != config[key]:
+        raise ConfigError(f"workdir {os.path.dirname(self.dir)!r} holds a checkpoint of a run with a different "
+                          f"'{key}' config. Fix: use a new --config.workdir, or the original config.")
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
+    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    return state, meta
+
+  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> None:
+    if force or (self.every and step % self.every == 0):
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta)), force=force)
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,269 @@
+"""Typed run configuration: frozen dataclasses validated on construction, built from ml_collections dicts."""
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Mapping
+
+import ml_collections
+
+from r1jax import registry
+from r1jax.registry import ConfigError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _require(ok: bool, field: str, problem: str, fix: str) -> None:
+  if not ok:
+    raise ConfigError(f"{field}: {problem}. Fix: {fix}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Decoder-only Transformer LM; each layer's mixer and feed-forward are chosen by registry name."""
+
+  vocab_size: int = 0  # 0: taken from the dataset; else >= the dataset's vocabulary
+  pad_vocab_to: int = 64  # embedding rows rounded up to a multiple of this (shardable); padded logits are masked
+  num_layers: int = 4  # >= 1
+  d_model: int = 128  # divisible by num_heads
+  num_heads: int = 4  # >= 1
+  num_kv_heads: int = 0  # 0: = num_heads; else divides num_heads (grouped-query attention)
+  d_ff: int = 0  # feed-forward hidden width; 0: 8/3 * d_model rounded up to a multiple of 32
+  rope_base: float = 10000.0  # RoPE wavelength base (Su et al. 2021)
+  mixer: str = "attention"  # registered mixer name used in every layer (see registry.MIXERS)
+  mixer_pattern: tuple[str, ...] = ()  # per-layer mixer names, cycled over layers; () = `mixer` everywhere
+  mixer_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # name -> options
+  ffn: str = "swiglu"  # registered feed-forward name (see registry.FFNS)
+  ffn_pattern: tuple[str, ...] = ()  # per-layer feed-forward names, cycled; () = `ffn` everywhere
+  ffn_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # name -> options
+  dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16 (params stay param_dtype)
+  param_dtype: str = "float32"  # float32 | bfloat16
+  dropout: float = 0.0  # residual and embedding dropout rate in [0, 1)
+  tie_embeddings: bool = True  # output head shares the token embedding (as nanoGPT)
+  remat: bool = False  # rematerialise each block in the backward pass (saves activation memory)
+  init_std: float = 0.02  # normal init std; residual output projections scaled by 1/sqrt(2*num_layers)
+  norm_eps: float = 1e-6  # RMSNorm epsilon
+
+  def __post_init__(self):
+    for name in ("num_layers", "d_model", "num_heads"):
+      _require(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}",
+               f"set --config.model.{name} to a positive integer")
+    _require(self.d_model % self.num_heads == 0, "model.num_heads",
+             f"{self.num_heads} heads do not divide d_model={self.d_model}",
+             f"pick num_heads among the divisors of {self.d_model} or change model.d_model")
+    _require(self.num_kv_heads >= 0 and (self.num_kv_heads == 0 or self.num_heads % self.num_kv_heads == 0),
+             "model.num_kv_heads", f"{self.num_kv_heads} does not divide num_heads={self.num_heads}",
+             "use 0 (multi-head) or a divisor of model.num_heads")
+    _require(self.vocab_size >= 0 and self.pad_vocab_to >= 1 and self.d_ff >= 0, "model.vocab_size/d_ff",
+             "must be >= 0 (pad_vocab_to >= 1)", "use 0 for 'from the dataset' / 'default width'")
+    _require(self.dtype in DTYPES, "model.dtype", f"unknown dtype {self.dtype!r}", f"use one of {DTYPES}")
+    _require(self.param_dtype in DTYPES[:2], "model.param_dtype", f"unknown dtype {self.param_dtype!r}",
+             "use float32 or bfloat16")
+    _require(0.0 <= self.dropout < 1.0, "model.dropout", f"{self.dropout} is not in [0, 1)", "use e.g. 0.1")
+    object.__setattr__(self, "mixer_pattern", tuple(self.mixer_pattern))
+    object.__setattr__(self, "ffn_pattern", tuple(self.ffn_pattern))
+    for table, field in ((registry.MIXERS, "mixer"), (registry.FFNS, "ffn")):
+      for name in self.layer_names(field):
+        registry.lookup(table, name, f"model.{field}" + ("_pattern" if getattr(self, f"{field}_pattern") else ""))
+      opts = dict(getattr(self, f"{field}_options"))
+      for name, values in opts.items():
+        entry = registry.lookup(table, name, f"model.{field}_options")
+        opts[name] = registry.build_options(entry.options, values, f"model.{field}_options.{name}")
+      object.__setattr__(self, f"{field}_options", types.MappingProxyType(opts))
+
+  def layer_names(self, kind: str) -> tuple[str, ...]:
+    """The registered name used by each layer for `kind` in ("mixer", "ffn")."""
+    pattern = getattr(self, f"{kind}_pattern") or (getattr(self, kind),)
+    return tuple(pattern[i % len(pattern)] for i in range(self.num_layers))
+
+  def options(self, kind: str, name: str) -> Any:
+    """The validated options dataclass of mixer/ffn `name` (defaults where not given)."""
+    table = registry.MIXERS if kind == "mixer" else registry.FFNS
+    entry = registry.lookup(table, name, f"model.{kind}")
+    return getattr(self, f"{kind}_options").get(name) or entry.options()
+
+  @property
+  def hidden_ff(self) -> int:
+    return self.d_ff or -(-8 * self.d_model // 3 // 32) * 32
+
+  @property
+  def padded_vocab(self) -> int:
+    return -(-self.vocab_size // self.pad_vocab_to) * self.pad_vocab_to
+
+  def __hash__(self):  # options are read-only mappings; hash by value so Linen transforms can key on configs
+    return hash(repr(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Dataset and batching. The batch is global (over all devices and processes)."""
+
+  kind: str = "text"  # text (character-level file) | mqar (multi-query associative recall, Zoology)
+  path: str = ""  # text: path to a UTF-8 text file, e.g. ../shared/data/tinyshakespeare.txt
+  val_fraction: float = 0.1  # text: last fraction of the file held out for validation (nanoGPT: 0.1)
+  seq_len: int = 64  # tokens per training sequence
+  batch_size: int = 12  # global sequences per step
+  eval_batch_size: int = 0  # 0: batch_size
+  eval_max_batches: int = 0  # 0: the whole validation/test split
+  mqar_vocab_size: int = 8192  # mqar: keys from [1, V/2), values from [V/2, V) (Zoology)
+  num_kv_pairs: int = 16  # mqar: key-value pairs at the start of each sequence
+  power_a: float = 0.01  # mqar: power-law parameter of the query gaps (Zoology default)
+  num_train_examples: int = 0  # mqar: 0 = a fresh example for every training row; else a fixed set, in epochs
+  num_test_examples: int = 3000  # mqar: held-out test examples
+
+  def __post_init__(self):
+    _require(self.kind in ("text", "mqar"), "data.kind", f"unknown dataset {self.kind!r}", "use text or mqar")
+    _require(self.seq_len >= 2 and self.batch_size >= 1, "data.seq_len/batch_size", "must be >= 2 and >= 1",
+             "use positive sizes")
+    _require(self.eval_batch_size >= 0 and self.eval_max_batches >= 0, "data.eval_batch_size",
+             "must be >= 0", "use 0 for the defaults")
+    if self.kind == "text":
+      _require(bool(self.path), "data.path", "no text file given for data.kind=text",
+               "pass --config.data.path=../shared/data/tinyshakespeare.txt")
+      _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"{self.val_fraction} not in (0, 1)", "use 0.1")
+    else:
+      _require(self.mqar_vocab_size > self.seq_len, "data.mqar_vocab_size",
+               f"{self.mqar_vocab_size} must exceed seq_len={self.seq_len} (Zoology)", "raise mqar_vocab_size")
+      _require(self.num_kv_pairs >= 1 and 4 * self.num_kv_pairs <= self.seq_len, "data.num_kv_pairs",
+               f"{self.num_kv_pairs} pairs need seq_len >= {4 * self.num_kv_pairs}, got {self.seq_len}",
+               "raise data.seq_len or lower data.num_kv_pairs")
+      _require(self.num_kv_pairs < self.mqar_vocab_size // 2 - 1, "data.num_kv_pairs",
+               "more pairs than distinct keys", "lower num_kv_pairs")
+      _require(self.num_test_examples >= 1 and self.num_train_examples >= 0, "data.num_test_examples",
+               "must be >= 1 (train >= 0)", "use e.g. 3000")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW with linear warm-up and cosine decay (nanoGPT's schedule)."""
+
+  lr: float = 1e-3  # peak learning rate
+  min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+  warmup_steps: int = 100
+  b1: float = 0.9
+  b2: float = 0.99
+  eps: float = 1e-8
+  weight_decay: float = 0.1  # decoupled; applied to matrices only (not norms)
+  grad_clip: float = 1.0  # global-norm clip; 0 disables
+
+  def __post_init__(self):
+    _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}", "use e.g. 1e-3")
+    _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", "use 0.1")
+    _require(self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0, "optim.warmup_steps",
+             "warmup_steps, grad_clip and weight_decay must be >= 0", "use non-negative values")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Loop lengths, evaluation, logging and checkpointing."""
+
+  steps: int = 2000
+  eval_every: int = 250  # 0: evaluate only at the end
+  log_every: int = 20  # train metrics to TensorBoard/JSONL every this many steps
+  checkpoint_every: int = 500  # 0: no periodic checkpoints (a final one is still written when workdir is set)
+  keep_checkpoints: int = 2
+  progress: bool = True  # tqdm progress bar (process 0 only)
+
+  def __post_init__(self):
+    _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}", "use a positive number")
+    _require(min(self.eval_every, self.log_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
+             "train.log_every", "intervals must be >= 0 (log_every >= 1)", "use e.g. 20")
+    _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", "use 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh shape; -1 on one axis takes the remaining devices. Axes: data, fsdp, expert, tensor."""
+
+  data: int = -1
+  fsdp: int = 1
+  expert: int = 1  # reserved for expert parallelism (MoE)
+  tensor: int = 1
+  devices: int = 0  # 0: all devices; n: the first n (single-process only), e.g. an unsharded run on a multi-device host
+
+  def __post_init__(self):
+    _require(self.devices >= 0, "mesh.devices", f"must be >= 0, got {self.devices}", "use 0 for all devices")
+    sizes = (self.data, self.fsdp, self.expert, self.tensor)
+    _require(all(s == -1 or s >= 1 for s in sizes) and sizes.count(-1) <= 1, "mesh",
+             f"axis sizes {sizes} must be positive with at most one -1", "e.g. --config.mesh.data=-1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistConfig:
+  """Multi-process JAX (jax.distributed.initialize); all empty = single process."""
+
+  coordinator_address: str = ""  # host:port of process 0; "" with num_processes=1 runs single-process
+  num_processes: int = 1
+  process_id: int = -1  # -1: from the environment (cluster auto-detection)
+  auto: bool = False  # call jax.distributed.initialize() with cluster auto-detection (SLURM, TPU pods)
+
+  def __post_init__(self):
+    _require(self.num_processes >= 1, "dist.num_processes", "must be >= 1", "use 1 for single-process runs")
+    _require(self.num_processes == 1 or bool(self.coordinator_address) or self.auto, "dist.coordinator_address",
+             "several processes need a coordinator", "pass --config.dist.coordinator_address=localhost:12345")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A whole run: what to train, on what, how long, where."""
+
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig(path="../shared/data/tinyshakespeare.txt")
+  optim: OptimConfig = OptimConfig()
+  train: TrainConfig = TrainConfig()
+  mesh: MeshConfig = MeshConfig()
+  dist: DistConfig = DistConfig()
+  seed: int = 0
+  workdir: str = ""  # checkpoints and logs; "" = no checkpoints, no logs (pure in-memory run)
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any] | ml_collections.ConfigDict) -> "Config":
+    """Builds a Config, raising ConfigError naming any unknown or invalid field."""
+    if isinstance(values, ml_collections.ConfigDict):
+      values = values.to_dict()
+    return _build(cls, values, "")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for key, value in values.items():
+    if key not in fields:
+      close = difflib.get_close_matches(key, fields, n=1)
+      hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+      raise ConfigError(f"unknown config field '{prefix}{key}'.{hint} Known fields: {sorted(fields)}.")
+    hint = hints[key]
+    if dataclasses.is_dataclass(hint):
+      value = _build(hint, value, f"{prefix}{key}.")
+    elif hint in (int, float, bool, str) and value is not None:
+      ok = isinstance(value, hint) or (hint is float and isinstance(value, int) and not isinstance(value, bool))
+      if not ok or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{prefix}{key}: expected {hint.__name__}, got {value!r}. Fix: pass a {hint.__name__}.")
+      value = hint(value)
+    kwargs[key] = value
+  return cls(**kwargs)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The default run as an ml_collections ConfigDict, with every registered mixer's and ffn's options listed."""
+  values = to_dict(Config())
+  values["model"]["mixer_options"] = registry.default_options(registry.MIXERS)
+  values["model"]["ffn_options"] = registry.default_options(registry.FFNS)
+  return ml_collections.ConfigDict(values)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+  """A JSON-serialisable dict of `cfg` (options dataclasses become dicts)."""
+
+  def plain(x):
+    if dataclasses.is_dataclass(x):
+      return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, Mapping):
+      return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, tuple):
+      return [plain(v) for v in x]
+    return x
+
+  return plain(cfg)

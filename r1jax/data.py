@@ -1,0 +1,145 @@
+"""Datasets: MQAR (Zoology's multi-query associative recall) and character-level text; batches are pure functions of (seed, step)."""
+
+import dataclasses
+import os
+from typing import Iterator
+
+import numpy as np
+
+from r1jax.config import DataConfig
+from r1jax.registry import ConfigError
+
+# A batch is a dict of numpy arrays (global, over all devices):
+#   inputs  [B, T] int32  token ids
+#   targets [B, N] int32  next-token targets (N = T for text; N = num_kv_pairs answer positions for MQAR)
+#   weights [B, N] float32  1 where a target counts (0 for padding rows of the last eval batch)
+#   target_pos [B, N] int32  (MQAR only) positions of `inputs` whose next-token prediction is scored
+Batch = dict[str, np.ndarray]
+
+_TRAIN, _TEST, _PERM = 0, 1, 2  # independent RNG streams
+
+
+def _pad_rows(batch: Batch, rows: int) -> Batch:
+  """Pads every array to `rows` rows; padded rows get weight 0."""
+  n = batch["inputs"].shape[0]
+  if n == rows:
+    return batch
+  return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+
+
+@dataclasses.dataclass
+class TextData:
+  """Character-level text, 90/10 train/val split of the file (nanoGPT's shakespeare_char).
+
+  Training windows are drawn uniformly at random per step from the train split; evaluation tiles the whole
+  validation split with non-overlapping windows, so `eval/loss` is the exact mean over the split (nanoGPT
+  estimates it from random windows instead).
+  """
+
+  cfg: DataConfig
+  seed: int
+
+  def __post_init__(self):
+    path = self.cfg.path
+    if not os.path.isfile(path):
+      raise ConfigError(f"data.path: text file {path!r} does not exist (cwd {os.getcwd()!r}). Fix: pass "
+                        "--config.data.path=/path/to/file.txt, e.g. ../shared/data/tinyshakespeare.txt.")
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    self.chars = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(self.chars)}
+    ids = np.fromiter((lookup[c] for c in text), dtype=np.int32, count=len(text))
+    split = int(len(ids) * (1.0 - self.cfg.val_fraction))
+    self.train_ids, self.val_ids = ids[:split], ids[split:]
+    need = self.cfg.seq_len + 1
+    if len(self.train_ids) < need or len(self.val_ids) < need:
+      raise ConfigError(f"data.path: {path!r} has {len(ids)} characters, too few for data.seq_len="
+                        f"{self.cfg.seq_len} in both splits. Fix: lower data.seq_len or use a longer file.")
+    self.vocab_size = len(self.chars)
+
+  def decode(self, ids) -> str:
+    return "".join(self.chars[i] for i in ids)
+
+  def train_batch(self, step: int) -> Batch:
+    rng = np.random.default_rng([self.seed, _TRAIN, step])
+    T = self.cfg.seq_len
+    starts = rng.integers(0, len(self.train_ids) - T, size=self.cfg.batch_size)
+    windows = np.stack([self.train_ids[s:s + T + 1] for s in starts])
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:], "weights": np.ones((len(starts), T), np.float32)}
+
+  def eval_batches(self) -> Iterator[Batch]:
+    T = self.cfg.seq_len
+    rows = self.cfg.eval_batch_size or self.cfg.batch_size
+    n_windows = (len(self.val_ids) - 1) // T
+    starts = np.arange(n_windows) * T
+    if self.cfg.eval_max_batches:
+      starts = starts[: self.cfg.eval_max_batches * rows]
+    for i in range(0, len(starts), rows):
+      windows = np.stack([self.val_ids[s:s + T + 1] for s in starts[i:i + rows]])
+      yield _pad_rows({"inputs": windows[:, :-1], "targets": windows[:, 1:],
+                       "weights": np.ones((len(windows), T), np.float32)}, rows)
+
+
+def mqar_example(rng: np.random.Generator, seq_len: int, vocab: int, num_pairs: int,
+                 power_a: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One MQAR sequence as in Zoology (Arora et al. 2023, `multiquery_ar`).
+
+  The sequence starts with `num_pairs` key-value pairs (keys from [1, V/2), values from [V/2, V), all distinct),
+  then each key appears once more as a query at a power-law distributed gap; the model must predict the key's
+  value right after the query. Remaining positions are random tokens.
+
+  Returns:
+    inputs [T], target_pos [num_pairs] (query positions, sorted), targets [num_pairs] (the values).
+  """
+  keys = rng.choice(np.arange(1, vocab // 2), size=num_pairs, replace=False)
+  values = rng.choice(np.arange(vocab // 2, vocab), size=num_pairs, replace=False)
+  ctx = 2 * num_pairs
+  space = (seq_len - ctx) // 2
+  p = power_a * np.arange(1, space + 1) ** (power_a - 1)
+  gaps = rng.choice(space, size=num_pairs, replace=False, p=p / p.sum())
+  inputs = rng.integers(0, vocab, size=seq_len)  # Zoology fills non-query positions with random tokens
+  inputs[0:ctx:2], inputs[1:ctx:2] = keys, values
+  pos = ctx + 2 * gaps
+  inputs[pos] = keys
+  order = np.argsort(pos)
+  return inputs.astype(np.int32), pos[order].astype(np.int32), values[order].astype(np.int32)
+
+
+@dataclasses.dataclass
+class MQARData:
+  """MQAR: fresh (or a fixed set of) training examples and a held-out test set, deterministic per seed."""
+
+  cfg: DataConfig
+  seed: int
+
+  def __post_init__(self):
+    self.vocab_size = self.cfg.mqar_vocab_size
+
+  def _examples(self, split: int, indices) -> Batch:
+    c = self.cfg
+    rows = [mqar_example(np.random.default_rng([self.seed, split, int(i)]), c.seq_len, c.mqar_vocab_size,
+                         c.num_kv_pairs, c.power_a) for i in indices]
+    inputs, pos, targets = (np.stack(a) for a in zip(*rows))
+    return {"inputs": inputs, "targets": targets, "target_pos": pos, "weights": np.ones(pos.shape, np.float32)}
+
+  def train_batch(self, step: int) -> Batch:
+    B, N = self.cfg.batch_size, self.cfg.num_train_examples
+    rows = np.arange(step * B, (step + 1) * B)
+    if N:  # a fixed training set of N examples, reshuffled every epoch
+      epochs = rows // N
+      perms = {int(e): np.random.default_rng([self.seed, _PERM, int(e)]).permutation(N) for e in np.unique(epochs)}
+      rows = np.array([perms[int(e)][r % N] for e, r in zip(epochs, rows)])
+    return self._examples(_TRAIN, rows)
+
+  def eval_batches(self) -> Iterator[Batch]:
+    rows = self.cfg.eval_batch_size or self.cfg.batch_size
+    n = self.cfg.num_test_examples
+    if self.cfg.eval_max_batches:
+      n = min(n, self.cfg.eval_max_batches * rows)
+    for i in range(0, n, rows):
+      yield _pad_rows(self._examples(_TEST, range(i, min(i + rows, n))), rows)
+
+
+def make_dataset(cfg: DataConfig, seed: int) -> TextData | MQARData:
+  """Builds the dataset named by `cfg.kind`; raises ConfigError (before any compilation) on bad input."""
+  return TextData(cfg, seed) if cfg.kind == "text" else MQARData(cfg, seed)

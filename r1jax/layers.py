@@ -1,0 +1,58 @@
+"""Shared building blocks: logically partitioned parameters, RMSNorm, rotary embeddings, dtypes."""
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def dtype(name: str) -> jnp.dtype:
+  return jnp.dtype(name)
+
+
+def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str | None], std: float | None,
+          param_dtype: str) -> jax.Array:
+  """A parameter with logical axis names (for the sharding rules); std=None: ones (norm scales)."""
+  init = nn.initializers.ones if std is None else nn.initializers.normal(std)
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype(param_dtype))
+
+
+def out_std(cfg) -> float:
+  """Init std of residual output projections: scaled by 1/sqrt(2 * layers) (GPT-2, Radford et al. 2019)."""
+  return cfg.init_std / math.sqrt(2 * cfg.num_layers)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square LayerNorm (Zhang & Sennrich 2019), computed in float32."""
+
+  eps: float
+  out_dtype: str
+  param_dtype: str
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    scale_D = param(self, "scale", (x_BxTxD.shape[-1],), ("norm",), None, self.param_dtype)
+    x = x_BxTxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    scale_1x1xD = scale_D.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
+    return (x * scale_1x1xD).astype(dtype(self.out_dtype))
+
+
+def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, base: float) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021), rotating half-split pairs (GPT-NeoX layout), in float32."""
+  K = x_BxTxHxK.shape[-1]
+  if K % 2:
+    raise ValueError(f"RoPE needs an even head dimension, got {K}; change model.d_model / model.num_heads")
+  inv_freq_F = 1.0 / (base ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
+  angle_TxF = positions_T.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
+  sin, cos = jnp.sin(angle_TxF)[None, :, None, :], jnp.cos(angle_TxF)[None, :, None, :]
+  x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxHxK.dtype)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Logical sharding constraint on an activation (a no-op outside a mesh)."""
+  return nn.with_logical_constraint(x, tuple(axes))

@@ -1,0 +1,89 @@
+"""Name -> (module, options) registries for sequence mixers and feed-forwards."""
+
+import dataclasses
+import difflib
+import importlib
+from typing import Any, Callable
+
+# Modules that register the built-in mixers and feed-forwards on import. A new mechanism adds one line here and
+# is then selectable by name from the config, without touching the model.
+BUILTIN_MODULES = (
+    "r1jax.attention.dense",
+    "r1jax.feedforward",
+)
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot work; the message names the field and a fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  module: type  # a Linen module class taking (cfg: ModelConfig, opts: options) as attributes
+  options: type  # a frozen dataclass of the entry's options, all with defaults
+
+
+MIXERS: dict[str, Entry] = {}
+FFNS: dict[str, Entry] = {}
+_loaded = False
+
+
+def _register(table: dict[str, Entry], kind: str, name: str, options: type) -> Callable[[type], type]:
+  def wrap(module: type) -> type:
+    if name in table and table[name].module.__qualname__ != module.__qualname__:
+      raise ValueError(f"{kind} {name!r} is registered twice ({table[name].module} and {module})")
+    table[name] = Entry(module, options)
+    return module
+
+  return wrap
+
+
+def register_mixer(name: str, options: type) -> Callable[[type], type]:
+  """Class decorator: makes a sequence mixer selectable as `model.mixer=name`."""
+  return _register(MIXERS, "mixer", name, options)
+
+
+def register_ffn(name: str, options: type) -> Callable[[type], type]:
+  """Class decorator: makes a feed-forward selectable as `model.ffn=name`."""
+  return _register(FFNS, "ffn", name, options)
+
+
+def load_builtins() -> None:
+  global _loaded
+  if not _loaded:
+    _loaded = True
+    for mod in BUILTIN_MODULES:
+      importlib.import_module(mod)
+
+
+def lookup(table: dict[str, Entry], name: str, field: str) -> Entry:
+  """Returns the entry for `name`, or raises ConfigError naming `field` and the known names."""
+  load_builtins()
+  if name not in table:
+    close = difflib.get_close_matches(name, table, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{field}={name!r} is not a registered name.{hint} Known: {sorted(table)}.")
+  return table[name]
+
+
+def build_options(options_cls: type, values: Any, field: str) -> Any:
+  """Builds an options dataclass from a mapping, raising ConfigError on unknown or invalid fields."""
+  if isinstance(values, options_cls):
+    return values
+  values = dict(values or {})
+  known = {f.name for f in dataclasses.fields(options_cls)}
+  for key in values:
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      raise ConfigError(f"unknown config field '{field}.{key}'.{hint} Known fields: {sorted(known)}.")
+  try:
+    return options_cls(**values)
+  except ConfigError as e:
+    raise ConfigError(f"{field}: {e}") from None
+
+
+def default_options(table: dict[str, Entry]) -> dict[str, dict[str, Any]]:
+  """Default options of every registered entry, as plain dicts (for ml_collections configs)."""
+  load_builtins()
+  return {name: dataclasses.asdict(entry.options()) for name, entry in sorted(table.items())}

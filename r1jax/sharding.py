@@ -1,0 +1,116 @@
+"""Device mesh, the one logical-axis rules table, and sharded construction of train state and batches."""
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from r1jax.config import MeshConfig, ModelConfig
+from r1jax.registry import ConfigError
+
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+BATCH_AXES = ("data", "fsdp", "expert")  # the batch is split over every axis but tensor
+
+# Logical axis name -> mesh axes. Layers speak only these logical names; mesh axis names live only here.
+RULES = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("expert", "expert"),
+    ("norm", None),
+    # activations
+    ("act_batch", BATCH_AXES),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv", None),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
+  """Resolves -1 and checks the product against the device count (ConfigError naming the fix)."""
+  sizes = [getattr(cfg, a) for a in MESH_AXES]
+  fixed = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % fixed:
+      raise ConfigError(f"mesh: fixed axes {dict(zip(MESH_AXES, sizes))} (product {fixed}) do not divide the "
+                        f"{num_devices} devices. Fix: choose sizes whose product divides {num_devices}.")
+    sizes[sizes.index(-1)] = num_devices // fixed
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(f"mesh: {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but "
+                      f"{num_devices} are available. Fix: make the product equal {num_devices}, or set one axis "
+                      "to -1 (e.g. --config.mesh.data=-1).")
+  return tuple(sizes)
+
+
+def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+  """A mesh with Auto axes (Linen's logical constraints need Auto; jax.make_mesh defaults to Explicit)."""
+  if devices is None:
+    devices = jax.devices()
+    if cfg.devices:
+      if cfg.devices > len(devices) or jax.process_count() > 1:
+        raise ConfigError(f"mesh.devices={cfg.devices}: only {len(devices)} devices in {jax.process_count()} "
+                          "process(es). Fix: use 0 (all devices), or a smaller count in single-process runs.")
+      devices = devices[:cfg.devices]
+  shape = mesh_shape(cfg, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def check_divisibility(model: ModelConfig, batch_size: int, eval_batch_size: int, mesh: Mesh) -> None:
+  """Sharded dimensions must divide evenly; raises ConfigError before compilation otherwise."""
+  n_batch = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  checks = [
+      ("data.batch_size", batch_size, n_batch, "data*fsdp*expert mesh axes"),
+      ("data.eval_batch_size", eval_batch_size, n_batch, "data*fsdp*expert mesh axes"),
+      ("model.num_heads", model.num_heads, mesh.shape["tensor"], "mesh.tensor"),
+      ("model.num_kv_heads", model.num_kv_heads or model.num_heads, mesh.shape["tensor"], "mesh.tensor"),
+      ("model.d_ff", model.hidden_ff, mesh.shape["tensor"], "mesh.tensor"),
+      ("model.d_model", model.d_model, mesh.shape["fsdp"], "mesh.fsdp"),
+      ("model.pad_vocab_to", model.padded_vocab, mesh.shape["tensor"], "mesh.tensor"),
+  ]
+  for field, value, parts, axis in checks:
+    if value % parts:
+      raise ConfigError(f"{field}={value} is not divisible by {axis}={parts}. Fix: change {field} or the mesh.")
+
+
+def logical_shardings(abstract_boxed: Any, mesh: Mesh) -> Any:
+  """NamedShardings for a tree of (possibly LogicallyPartitioned) abstract values; unboxed structure."""
+  specs = nn.get_partition_spec(abstract_boxed)
+  return nn.logical_to_mesh_sharding(specs, mesh, RULES)
+
+
+def init_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh) -> tuple[Any, Any]:
+  """Runs `init_fn(rng)` (returning boxed params inside any pytree) directly into its shardings.
+
+  Shapes come from `jax.eval_shape`, specs from the logical names, and the init is jitted with those
+  out_shardings, so no full copy of the parameters ever lives on one device.
+
+  Returns:
+    (unboxed tree of global arrays, matching tree of NamedShardings).
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    abstract = jax.eval_shape(init_fn, rng)
+    shardings = logical_shardings(abstract, mesh)
+    tree = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
+  return tree, shardings
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Global numpy batch -> global arrays sharded over the batch axes (each process fills its own shards)."""
+
+  def put(x: np.ndarray) -> jax.Array:
+    return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda idx: x[idx])
+
+  return {k: put(v) for k, v in batch.items()}

@@ -1,0 +1,250 @@
+"""Training loop: AdamW + warm-up/cosine, a pure jitted train step with NamedShardings, eval, logs, checkpoints."""
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from r1jax import sharding
+from r1jax.checkpoint import Checkpointer
+from r1jax.config import Config, DistConfig, ModelConfig, OptimConfig, to_dict
+from r1jax.data import make_dataset
+from r1jax.model import Transformer
+from r1jax.registry import ConfigError
+from r1jax.writers import MetricWriter
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any
+  opt_state: Any
+  model_state: Any  # non-parameter variable collections updated by the forward pass (e.g. routing biases)
+
+
+def make_optimizer(cfg: OptimConfig, steps: int) -> tuple[optax.Schedule, optax.GradientTransformation]:
+  """AdamW with linear warm-up and cosine decay to lr*min_lr_ratio; weight decay on matrices only."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, max(steps, cfg.warmup_steps + 1),
+                                                cfg.lr * cfg.min_lr_ratio)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  adamw = optax.adamw(schedule, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
+  return schedule, optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip else adamw
+
+
+def resolve_model_config(cfg: ModelConfig, data_vocab: int) -> ModelConfig:
+  """Fills vocab_size from the dataset (0) or checks that the configured one covers it."""
+  if cfg.vocab_size == 0:
+    return dataclasses.replace(cfg, vocab_size=data_vocab)
+  if cfg.vocab_size < data_vocab:
+    raise ConfigError(f"model.vocab_size={cfg.vocab_size} is smaller than the dataset's {data_vocab} tokens. "
+                      "Fix: set --config.model.vocab_size=0 to take it from the data.")
+  return cfg
+
+
+def forward(model: Transformer, params: Any, model_state: Any, batch: dict, rng: jax.Array | None,
+            deterministic: bool) -> tuple[jax.Array, dict, dict, Any]:
+  """Loss and metric sums on a batch.
+
+  Returns:
+    (objective = mean CE + aux losses, metrics (means), sums {loss_sum, correct_sum, count}, new model_state).
+  """
+  mutable = (list(model_state) or False) if not deterministic else False
+  out = model.apply({"params": params, **model_state}, batch["inputs"], deterministic=deterministic,
+                    target_pos_BxN=batch.get("target_pos"), rngs={"dropout": rng} if rng is not None else None,
+                    mutable=mutable)
+  (logits_BxNxV, aux), new_state = out if mutable else (out, model_state)
+  targets_BxN, w_BxN = batch["targets"], batch["weights"]
+  ce_BxN = optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, targets_BxN)
+  correct_BxN = (jnp.argmax(logits_BxNxV, axis=-1) == targets_BxN).astype(jnp.float32)
+  count = jnp.sum(w_BxN)
+  sums = {"loss_sum": jnp.sum(ce_BxN * w_BxN), "correct_sum": jnp.sum(correct_BxN * w_BxN), "count": count}
+  loss = sums["loss_sum"] / jnp.maximum(count, 1.0)
+  metrics = {"loss": loss, "accuracy": sums["correct_sum"] / jnp.maximum(count, 1.0), **aux}
+  return loss + aux["aux_loss"], metrics, sums, new_state
+
+
+def make_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule):
+  """The pure step `train_step(state, batch, rng) -> (state, metrics)`; the step is folded into the key."""
+
+  def train_step(state: TrainState, batch: dict, base_rng: jax.Array) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(base_rng, state.step)
+
+    def objective(params):
+      total, metrics, _, new_state = forward(model, params, state.model_state, batch, rng, deterministic=False)
+      return total, (metrics, new_state)
+
+    (_, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {f"train/{k}": v for k, v in metrics.items()}
+    metrics.update({"train/grad_norm": optax.tree.norm(grads), "train/lr": schedule(state.step)})
+    return TrainState(state.step + 1, params, opt_state, model_state), metrics
+
+  return train_step
+
+
+def init_distributed(cfg: DistConfig) -> None:
+  """jax.distributed.initialize() for multi-process runs (once per process)."""
+  if (cfg.auto or cfg.num_processes > 1) and not jax.distributed.is_initialized():
+    if cfg.auto:
+      jax.distributed.initialize()
+    else:
+      jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes,
+                                 cfg.process_id if cfg.process_id >= 0 else None)
+
+
+def _memory_bytes(compiled) -> float:
+  """Peak device memory: runtime peak where the backend reports it (GPU/TPU), else XLA's static estimate."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return float(stats["peak_bytes_in_use"])
+  m = compiled.memory_analysis()
+  if m is None:
+    return float("nan")
+  return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", float("nan")))
+
+
+class Run:
+  """One training run, built and validated up front (bad configs and data fail before anything compiles)."""
+
+  def __init__(self, cfg: Config):
+    init_distributed(cfg.dist)
+    self.data = make_dataset(cfg.data, cfg.seed)
+    self.cfg = cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model, self.data.vocab_size))
+    self.mesh = sharding.make_mesh(cfg.mesh)
+    eval_rows = cfg.data.eval_batch_size or cfg.data.batch_size
+    sharding.check_divisibility(cfg.model, cfg.data.batch_size, eval_rows, self.mesh)
+    self.model = Transformer(cfg.model)
+    self.schedule, self.tx = make_optimizer(cfg.optim, cfg.train.steps)
+    self.is_main = jax.process_index() == 0
+    self.replicated = NamedSharding(self.mesh, P())
+
+  def init_state(self) -> tuple[TrainState, Any]:
+    """Sharded TrainState from abstract shapes (see sharding.init_sharded) and its shardings."""
+    batch0 = self.data.train_batch(0)
+
+    def init_fn(rng):
+      inputs = jnp.zeros(batch0["inputs"].shape, jnp.int32)
+      pos = jnp.zeros(batch0["target_pos"].shape, jnp.int32) if "target_pos" in batch0 else None
+      variables = self.model.init({"params": rng, "dropout": rng}, inputs, target_pos_BxN=pos)
+      params = variables.pop("params")
+      return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), dict(variables))
+
+    return sharding.init_sharded(init_fn, jax.random.key(self.cfg.seed), self.mesh)
+
+  def evaluate(self, eval_fn, state: TrainState) -> dict[str, float]:
+    totals = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
+    for batch in self.data.eval_batches():
+      sums = jax.device_get(eval_fn(state, sharding.put_batch(batch, self.mesh)))
+      totals = {k: totals[k] + float(sums[k]) for k in totals}
+    n = max(totals["count"], 1.0)
+    return {"eval/loss": totals["loss_sum"] / n, "eval/accuracy": totals["correct_sum"] / n}
+
+  def train(self) -> dict:
+    """Trains (resuming from the workdir's latest checkpoint), evaluates, and returns the run's result."""
+    cfg, tc = self.cfg, self.cfg.train
+    t_start = time.perf_counter()
+    cfg_dict = to_dict(cfg)
+    state, state_sh = self.init_state()
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    ckpt = Checkpointer(cfg.workdir, tc.checkpoint_every, tc.keep_checkpoints) if cfg.workdir else None
+    start = 0
+    if ckpt is not None and ckpt.latest_step() is not None:
+      state, meta = ckpt.restore(state, state_sh, cfg_dict)
+      start = int(meta["step"])
+    writer = MetricWriter(cfg.workdir, start, enabled=self.is_main)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    batch0 = sharding.put_batch(self.data.train_batch(0), self.mesh)
+    batch_sh = jax.tree.map(lambda x: x.sharding, batch0)
+    base_rng = jax.random.key(cfg.seed + 1)
+
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
+      step_fn = jax.jit(make_train_step(self.model, self.tx, self.schedule), donate_argnums=0,
+                        in_shardings=(state_sh, batch_sh, self.replicated),
+                        out_shardings=(state_sh, self.replicated))
+      t0 = time.perf_counter()
+      compiled = step_fn.lower(state, batch0, base_rng).compile()
+      compile_sec = time.perf_counter() - t0
+      eval_fn = jax.jit(lambda s, b: forward(self.model, s.params, s.model_state, b, None, True)[2],
+                        out_shardings=self.replicated)
+      flops_per_token = _flops(compiled) * self.mesh.size / tokens_per_step
+
+      timed = {"tokens": 0, "sec": 0.0}
+      window = {"t": time.perf_counter(), "steps": 0, "first": True, "metrics": None}
+      pbar = tqdm(total=tc.steps, initial=start, disable=not (self.is_main and tc.progress), unit="step",
+                  dynamic_ncols=True, mininterval=1.0)
+
+      def close_window(step: int) -> None:
+        """Syncs, then accounts the steps since the last sync (the first window holds warm-up and is excluded)."""
+        if not window["steps"]:
+          return
+        metrics = jax.device_get(window["metrics"])
+        sec = time.perf_counter() - window["t"]
+        tps = window["steps"] * tokens_per_step / sec
+        if not window["first"]:
+          timed["tokens"] += window["steps"] * tokens_per_step
+          timed["sec"] += sec
+        scalars = {k: float(v) for k, v in metrics.items()}
+        writer.write(step, {**scalars, "perf/tokens_per_sec": tps})
+        pbar.update(window["steps"])
+        pbar.set_postfix(loss=f"{scalars['train/loss']:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+        window.update(steps=0, first=False, t=time.perf_counter())
+
+      last_eval = None
+      for step in range(start, tc.steps):
+        state, window["metrics"] = compiled(state, sharding.put_batch(self.data.train_batch(step), self.mesh),
+                                            base_rng)
+        window["steps"] += 1
+        done = step + 1
+        eval_now = done == tc.steps or (tc.eval_every and done % tc.eval_every == 0)
+        ckpt_now = ckpt is not None and (done == tc.steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0))
+        if done % tc.log_every == 0 or eval_now or ckpt_now:
+          close_window(done)
+        if eval_now:
+          last_eval = self.evaluate(eval_fn, state)
+          writer.write(done, last_eval)
+          pbar.write(f"step {done}: " + "  ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
+        if ckpt_now:
+          meta = {"step": done, "config": cfg_dict,
+                  "data": {"kind": cfg.data.kind, "seed": cfg.seed, "next_batch": done,
+                           "sequences_seen": done * cfg.data.batch_size}}
+          ckpt.save(done, state, meta, force=done == tc.steps)
+        if eval_now or ckpt_now:
+          window["t"] = time.perf_counter()  # eval and checkpoint time is not training time
+      pbar.close()
+      if last_eval is None:  # resumed at the end: evaluate the restored final state
+        last_eval = self.evaluate(eval_fn, state)
+    if ckpt is not None:
+      ckpt.close()
+    writer.close()
+    tokens_per_sec = timed["tokens"] / timed["sec"] if timed["sec"] else float("nan")
+    return {
+        "config": cfg_dict,
+        "num_params": num_params,
+        "final": last_eval,
+        "history": writer.records,
+        "perf": {"tokens_per_sec": tokens_per_sec, "flops_per_token": flops_per_token,
+                 "flops_per_sec": flops_per_token * tokens_per_sec, "memory_bytes": _memory_bytes(compiled),
+                 "compile_sec": compile_sec, "wall_sec": time.perf_counter() - t_start,
+                 "resumed_from": start, "devices": self.mesh.size, "backend": jax.default_backend()},
+    }
+
+
+def train(cfg: Config) -> dict:
+  """Builds and runs one training run (see Run.train)."""
+  return Run(cfg).train()

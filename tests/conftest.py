@@ -1,0 +1,32 @@
+"""Test setup: 8 simulated CPU devices (for mesh tests), strict rank promotion, quiet orbax logs."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from absl import logging  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+logging.set_verbosity(logging.WARNING)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt")
+
+
+@pytest.fixture
+def shakespeare_path():
+  if not os.path.isfile(SHAKESPEARE):
+    pytest.skip(f"real text data not found at {SHAKESPEARE} (the shared data folder beside the repository)")
+  return SHAKESPEARE
+
+
+@pytest.fixture
+def text_file(tmp_path):
+  """A small synthetic text corpus for tests that need a file but not real data."""
+  path = tmp_path / "corpus.txt"
+  words = ["the king", "a horse", "my kingdom", "for", "to be", "or not", "that is", "the question"]
+  path.write_text(" ".join(words[(i * 7) % len(words)] for i in range(4000)) + "\n")
+  return str(path)

@@ -1,0 +1,56 @@
+"""The ablation runner: variants x seeds, table with mean +- std and ratios, files and plots, skip when done."""
+
+import json
+import os
+
+import pytest
+
+from helpers import tiny_config
+from r1jax import ablation
+from r1jax.config import default_config, to_dict
+from r1jax.registry import ConfigError
+from r1jax.train import train
+
+
+def _base(text_file):
+  return ablation.override(default_config(), {
+      k: v for k, v in to_dict(tiny_config(data__path=text_file, train__steps=6, train__eval_every=3,
+                                           mesh__devices=1, mesh__data=1)).items() if k != "model"} | {
+      "model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64}, "test")
+
+
+def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):
+  calls = []
+
+  def counting_train(cfg):
+    calls.append((cfg.model.num_layers, cfg.seed))
+    return train(cfg)
+
+  abl = ablation.Ablation("toy", _base(text_file), {"one": {}, "two": {"model.num_layers": 2}}, seeds=(0, 1),
+                          baseline="one", results_dir=str(tmp_path / "res"))
+  lines = []
+  rows = ablation.run(abl, counting_train, log=lines.append)
+  assert sorted(calls) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+  by = {r["variant"]: r for r in rows}
+  assert by["one"]["perf/flops_per_token:ratio"] == 1.0 and by["two"]["perf/flops_per_token:ratio"] > 1.3
+  assert by["two"]["num_params"] > by["one"]["num_params"] and by["one"]["seeds"] == 2
+  assert by["one"]["eval/loss:std"] > 0  # two seeds give two different runs
+  for name in ("results.json", "results.csv", "results.md", "learning_curves.png", "quality_vs_flops.png"):
+    assert os.path.getsize(tmp_path / "res" / name) > 0
+  table = open(tmp_path / "res" / "results.md").read()
+  assert "| one | 2 |" in table and "±" in table and "tokens_per_sec / one" in table
+  saved = json.load(open(tmp_path / "res" / "results.json"))
+  assert set(saved["runs"]) == {"one/seed0", "one/seed1", "two/seed0", "two/seed1"}
+
+  calls.clear()
+  rows_again = ablation.run(abl, counting_train, log=lines.append)
+  assert calls == [] and [r["eval/loss"] for r in rows_again] == [r["eval/loss"] for r in rows]
+  assert any("finished earlier, skipping" in line for line in lines)
+
+
+def test_bad_variant_fails_before_any_training(text_file, tmp_path):
+  abl = ablation.Ablation("bad", _base(text_file), {"ok": {}, "bad": {"model.num_heads": 3}}, seeds=(0,),
+                          results_dir=str(tmp_path / "res"))
+  with pytest.raises(ConfigError, match="model.num_heads"):
+    ablation.run(abl, lambda cfg: pytest.fail("trained before validating every variant"))
+  assert not os.path.exists(tmp_path / "res")

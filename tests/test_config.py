@@ -1,0 +1,87 @@
+"""Configs that cannot work fail before compilation, with a message naming the field and a fix."""
+
+import os
+
+import jax
+import pytest
+
+from helpers import tiny_config
+from r1jax import sharding
+from r1jax.ablation import override
+from r1jax.config import Config, MeshConfig, ModelConfig, default_config
+from r1jax.registry import ConfigError
+from r1jax.train import Run
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"model": {"num_heads": 3}}, r"model\.num_heads: 3 heads do not divide d_model=128.*Fix"),
+    ({"model": {"num_kv_heads": 3}}, r"model\.num_kv_heads"),
+    ({"model": {"mixer": "atention"}}, r"model\.mixer='atention' is not a registered name\. Did you mean 'attention'"),
+    ({"model": {"mixer_pattern": ["attention", "nope"]}}, r"model\.mixer_pattern='nope'"),
+    ({"model": {"ffn": "moe_not_yet"}}, r"model\.ffn='moe_not_yet'"),
+    ({"model": {"mixer_options": {"attention": {"implementation": "xla"}}}},
+     r"unknown config field 'model\.mixer_options\.attention\.implementation'\. Known fields: \['impl'\]"),
+    ({"model": {"mixer_options": {"attention": {"impl": "flash"}}}}, r"model\.mixer_options\.attention: impl"),
+    ({"model": {"dtype": "float8"}}, r"model\.dtype"),
+    ({"model": {"layers": 4}}, r"unknown config field 'model\.layers'"),
+    ({"optimizer": {}}, r"unknown config field 'optimizer'\. Did you mean 'optim'"),
+    ({"optim": {"lr": "fast"}}, r"optim\.lr: expected float"),
+    ({"train": {"steps": 0}}, r"train\.steps"),
+    ({"data": {"kind": "images"}}, r"data\.kind"),
+    ({"data": {"kind": "text", "path": ""}}, r"data\.path.*--config\.data\.path="),
+    ({"data": {"kind": "mqar", "seq_len": 32, "num_kv_pairs": 16}}, r"data\.num_kv_pairs.*seq_len >= 64"),
+    ({"mesh": {"data": -1, "fsdp": -1}}, r"mesh"),
+    ({"dist": {"num_processes": 2}}, r"dist\.coordinator_address"),
+])
+def test_bad_config_names_field_and_fix(values, match):
+  with pytest.raises(ConfigError, match=match):
+    Config.from_dict(values)
+
+
+def test_default_config_round_trips_and_lists_registered_options():
+  cfg = default_config()
+  assert "attention" in cfg.model.mixer_options and "swiglu" in cfg.model.ffn_options
+  assert Config.from_dict(cfg).model.options("mixer", "attention").impl == "auto"
+
+
+def test_override_rejects_unknown_dotted_key():
+  with pytest.raises(ConfigError, match="model.widht"):
+    override(default_config(), {"model.widht": 3}, "variant 'x'")
+
+
+def test_mesh_must_match_device_count():
+  assert len(jax.devices()) == 8
+  with pytest.raises(ConfigError, match=r"mesh: .* has 6 devices but 8 are available\. Fix"):
+    sharding.make_mesh(MeshConfig(data=3, fsdp=2))
+  with pytest.raises(ConfigError, match="do not divide"):
+    sharding.make_mesh(MeshConfig(data=-1, tensor=3))
+  with pytest.raises(ConfigError, match="mesh.devices=9"):
+    sharding.make_mesh(MeshConfig(devices=9))
+  assert sharding.make_mesh(MeshConfig(data=-1, tensor=2)).shape == {"data": 4, "fsdp": 1, "expert": 1, "tensor": 2}
+
+
+def test_sharded_dims_must_divide(text_file):
+  with pytest.raises(ConfigError, match=r"data\.batch_size=12 is not divisible by data\*fsdp\*expert"):
+    Run(tiny_config(data__path=text_file, data__batch_size=12))
+  with pytest.raises(ConfigError, match=r"model\.num_heads=4 is not divisible by mesh\.tensor=8"):
+    Run(tiny_config(data__path=text_file, mesh__data=1, mesh__tensor=8))
+
+
+def test_missing_data_file_fails_before_anything_is_written(tmp_path):
+  workdir = tmp_path / "run"
+  cfg = tiny_config(data__path=str(tmp_path / "nope.txt"), workdir=str(workdir))
+  with pytest.raises(ConfigError, match=r"data\.path: text file .*nope\.txt' does not exist.*Fix"):
+    Run(cfg).train()
+  assert not os.path.exists(workdir)
+
+
+def test_vocab_smaller_than_data_is_an_error(text_file):
+  with pytest.raises(ConfigError, match=r"model\.vocab_size=5 is smaller"):
+    Run(tiny_config(data__path=text_file, model__vocab_size=5))
+
+
+def test_model_config_defaults():
+  cfg = ModelConfig(vocab_size=65)
+  assert cfg.hidden_ff == 352 and cfg.padded_vocab == 128
+  assert cfg.layer_names("mixer") == ("attention",) * 4
+  assert ModelConfig(num_layers=3, mixer_pattern=("attention",)).layer_names("mixer") == ("attention",) * 3

@@ -1,0 +1,79 @@
+"""MQAR (Zoology's definition) and character-level text: determinism, structure, splits."""
+
+import numpy as np
+import pytest
+
+from r1jax.config import DataConfig
+from r1jax.data import MQARData, TextData, mqar_example
+from r1jax.registry import ConfigError
+
+MQAR = DataConfig(kind="mqar", path="", seq_len=64, num_kv_pairs=8, mqar_vocab_size=512, batch_size=4,
+                  eval_batch_size=5, num_test_examples=12)
+
+
+def test_mqar_example_structure():
+  rng = np.random.default_rng(0)
+  V, T, N = 512, 64, 8
+  inputs, pos, targets = mqar_example(rng, T, V, N, 0.01)
+  keys, values = inputs[0:2 * N:2], inputs[1:2 * N:2]
+  assert inputs.shape == (T,) and pos.shape == targets.shape == (N,)
+  assert np.all((keys >= 1) & (keys < V // 2)) and np.all((values >= V // 2) & (values < V))
+  assert len(set(keys)) == N and len(set(values)) == N
+  assert np.all(np.diff(pos) > 0) and pos.min() >= 2 * N and pos.max() < T
+  answer = dict(zip(keys, values))
+  for p, t in zip(pos, targets):  # the query at p is a key; its target is that key's value
+    assert t == answer[inputs[p]]
+
+
+def test_mqar_is_deterministic_per_seed_and_splits_are_disjoint():
+  a, b, c = MQARData(MQAR, 0), MQARData(MQAR, 0), MQARData(MQAR, 1)
+  for k in a.train_batch(3):
+    np.testing.assert_array_equal(a.train_batch(3)[k], b.train_batch(3)[k])
+  assert not np.array_equal(a.train_batch(3)["inputs"], c.train_batch(3)["inputs"])
+  assert not np.array_equal(a.train_batch(3)["inputs"], a.train_batch(4)["inputs"])
+  train = {tuple(r) for s in range(5) for r in a.train_batch(s)["inputs"]}
+  test = [r for batch in a.eval_batches() for r in batch["inputs"]]
+  assert not train & {tuple(r) for r in test}
+
+
+def test_mqar_eval_pads_last_batch_with_zero_weight():
+  batches = list(MQARData(MQAR, 0).eval_batches())
+  assert [b["inputs"].shape[0] for b in batches] == [5, 5, 5]
+  assert sum(b["weights"].sum() for b in batches) == 12 * 8
+  assert batches[-1]["weights"][2:].sum() == 0
+
+
+def test_mqar_fixed_train_set_cycles_in_epochs():
+  data = MQARData(DataConfig(**{**MQAR.__dict__, "num_train_examples": 8}), 0)
+  epoch0 = {tuple(r) for s in (0, 1) for r in data.train_batch(s)["inputs"]}
+  epoch1 = {tuple(r) for s in (2, 3) for r in data.train_batch(s)["inputs"]}
+  assert len(epoch0) == 8 and epoch0 == epoch1
+  assert not np.array_equal(data.train_batch(0)["inputs"], data.train_batch(2)["inputs"])  # reshuffled
+
+
+def test_text_split_batches_and_eval_tiling(text_file):
+  cfg = DataConfig(kind="text", path=text_file, seq_len=16, batch_size=3, eval_batch_size=4)
+  data = TextData(cfg, 0)
+  text = open(text_file).read()
+  assert data.vocab_size == len(set(text))
+  assert len(data.train_ids) == int(len(text) * 0.9) and data.decode(data.val_ids[:20]) == text[len(data.train_ids):][:20]
+  batch = data.train_batch(5)
+  np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+  np.testing.assert_array_equal(batch["inputs"], TextData(cfg, 0).train_batch(5)["inputs"])
+  scored = sum(b["weights"].sum() for b in data.eval_batches())
+  assert scored == (len(data.val_ids) - 1) // 16 * 16  # every window of the val split, once
+
+
+def test_tiny_shakespeare_vocab_and_split(shakespeare_path):
+  data = TextData(DataConfig(kind="text", path=shakespeare_path), 0)
+  assert data.vocab_size == 65
+  assert len(data.train_ids) == 1003854 and len(data.val_ids) == 111540  # nanoGPT's split of the same file
+
+
+def test_missing_or_short_text_file(tmp_path):
+  with pytest.raises(ConfigError, match="does not exist"):
+    TextData(DataConfig(kind="text", path=str(tmp_path / "x.txt")), 0)
+  short = tmp_path / "short.txt"
+  short.write_text("abc")
+  with pytest.raises(ConfigError, match="too few"):
+    TextData(DataConfig(kind="text", path=str(short)), 0)

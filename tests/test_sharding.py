@@ -1,0 +1,67 @@
+"""Sharded == unsharded: loss, gradients and updated parameters on 8 simulated CPU devices."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from helpers import tiny_config
+from r1jax import sharding
+from r1jax.train import Run, forward, make_train_step
+
+
+def _one_run(text_file, mesh: dict, steps: int = 2):
+  """Loss and gradients at the initial params, then params after `steps` train steps, on the given mesh."""
+  cfg = tiny_config(data__path=text_file, **{f"mesh__{k}": v for k, v in mesh.items()})
+  run = Run(cfg)
+  state, state_sh = run.init_state()
+  batches = [sharding.put_batch(run.data.train_batch(s), run.mesh) for s in range(steps)]
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
+    loss_grad = jax.jit(jax.value_and_grad(
+        lambda p, b: forward(run.model, p, state.model_state, b, None, True)[0]))
+    loss, grads = loss_grad(state.params, batches[0])
+    step = jax.jit(make_train_step(run.model, run.tx, run.schedule), in_shardings=(state_sh, None, None),
+                   out_shardings=(state_sh, None))
+    for b in batches:
+      state, metrics = step(state, b, jax.random.key(0))
+  return state, jax.device_get((loss, grads, state.params, metrics))
+
+
+@pytest.fixture(scope="module")
+def unsharded(tmp_path_factory):
+  path = tmp_path_factory.mktemp("data") / "corpus.txt"
+  path.write_text("".join(chr(97 + (i * i + 3 * i) % 26) + (" " if i % 7 == 0 else "") for i in range(6000)))
+  return str(path), _one_run(str(path), {"data": 1, "devices": 1})[1]
+
+
+@pytest.mark.parametrize("mesh", [
+    {"data": 8, "fsdp": 1, "tensor": 1},
+    {"data": 2, "fsdp": 2, "tensor": 2},
+    {"data": 1, "fsdp": 2, "tensor": 4},
+    {"data": 1, "fsdp": 1, "expert": 2, "tensor": 4},
+])
+def test_sharded_equals_unsharded(unsharded, mesh):
+  path, (loss0, grads0, params0, metrics0) = unsharded
+  state, (loss, grads, params, metrics) = _one_run(path, mesh)
+  np.testing.assert_allclose(loss, loss0, rtol=1e-5)
+  np.testing.assert_allclose(metrics["train/loss"], metrics0["train/loss"], rtol=1e-5)
+  tree_close = lambda a, b, tol: jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a, b)
+  tree_close(grads, grads0, 2e-5)
+  tree_close(params, params0, 2e-5)
+  w1 = state.params["layer0"]["ffn"]["w1"]  # really sharded: (embed, mlp) -> (fsdp, tensor)
+  assert w1.sharding.spec == P("fsdp", "tensor")
+  assert w1.addressable_shards[0].data.shape == (w1.shape[0] // mesh["fsdp"], w1.shape[1] // mesh["tensor"])
+
+
+def test_batch_is_split_over_data_fsdp_expert():
+  mesh = sharding.make_mesh(tiny_config(data__path="x", mesh__data=2, mesh__fsdp=2, mesh__expert=2).mesh)
+  batch = sharding.put_batch({"inputs": np.arange(8 * 3).reshape(8, 3)}, mesh)["inputs"]
+  assert batch.sharding.spec == P(("data", "fsdp", "expert"), None)
+  assert {s.data.shape for s in batch.addressable_shards} == {(1, 3)}
+  np.testing.assert_array_equal(np.asarray(batch), np.arange(24).reshape(8, 3))
+
+
+def test_rules_table_has_no_duplicate_logical_names():
+  names = [name for name, _ in sharding.RULES]
+  assert len(names) == len(set(names))
