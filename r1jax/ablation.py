@@ -13,15 +13,15 @@ import numpy as np
 from r1jax.config import Config
 from r1jax.registry import ConfigError
 
-# (result key, column title, how to format a value); quality first, then cost.
+# (result key, column title, how to format a value, display scale); quality first, then cost.
 COLUMNS = (
-    ("eval/loss", "eval loss", "{:.4f}"),
-    ("eval/accuracy", "eval acc", "{:.4f}"),
-    ("num_params", "params", "{:,.0f}"),
-    ("perf/flops_per_token", "FLOPs/token", "{:.3g}"),
-    ("perf/tokens_per_sec", "train tok/s", "{:,.0f}"),
-    ("perf/memory_bytes", "memory MiB", "{:.1f}"),
-    ("perf/wall_sec", "wall s", "{:.0f}"),
+    ("eval/loss", "eval loss", "{:.4f}", 1.0),
+    ("eval/accuracy", "eval acc", "{:.4f}", 1.0),
+    ("num_params", "params", "{:,.0f}", 1.0),
+    ("perf/flops_per_token", "FLOPs/token", "{:.3g}", 1.0),
+    ("perf/tokens_per_sec", "train tok/s", "{:,.0f}", 1.0),
+    ("perf/memory_bytes", "memory MiB", "{:.1f}", 2.0**-20),
+    ("perf/wall_sec", "wall s", "{:.0f}", 1.0),
 )
 RATIOS = ("eval/loss", "eval/accuracy", "perf/flops_per_token", "perf/tokens_per_sec", "perf/memory_bytes")
 
@@ -86,7 +86,7 @@ def summarise(results: dict[tuple[str, int], dict], baseline: str) -> list[dict]
   for variant in variants:
     flats = [_flat(r) for (v, _), r in results.items() if v == variant]
     row = {"variant": variant, "seeds": len(flats)}
-    for key, _, _ in COLUMNS:
+    for key, *_ in COLUMNS:
       row[key], row[key + ":std"] = _mean_std([f.get(key) for f in flats])
     rows.append(row)
   base = next(r for r in rows if r["variant"] == (baseline or variants[0]))
@@ -98,13 +98,13 @@ def summarise(results: dict[tuple[str, int], dict], baseline: str) -> list[dict]
 
 def markdown_table(rows: list[dict], baseline: str) -> str:
   """The table, values as mean +- std over seeds, then ratios to the baseline variant."""
-  head = ["variant", "seeds"] + [title for _, title, _ in COLUMNS] + [f"{k.split('/')[-1]} / {baseline}"
+  head = ["variant", "seeds"] + [title for _, title, *_ in COLUMNS] + [f"{k.split('/')[-1]} / {baseline}"
                                                                        for k in RATIOS]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
     cells = [row["variant"], str(row["seeds"])]
-    for key, _, fmt in COLUMNS:
-      mean, std = row[key], row[key + ":std"]
+    for key, _, fmt, scale in COLUMNS:
+      mean, std = row[key] * scale, row[key + ":std"] * scale
       cells.append("n/a" if math.isnan(mean) else fmt.format(mean) + (f" ± {fmt.format(std)}" if std else ""))
     cells += ["n/a" if math.isnan(row[k + ":ratio"]) else f"{row[k + ':ratio']:.3f}" for k in RATIOS]
     lines.append("| " + " | ".join(cells) + " |")
@@ -191,11 +191,12 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
 
 
 def cli(name: str, base: ml_collections.ConfigDict, variants: Mapping[str, Mapping[str, Any]],
-        seeds: Sequence[int] = (0, 1, 2), baseline: str = "", quick: Mapping[str, Any] | None = None) -> None:
+        seeds: Sequence[int] = (0, 1, 2), baseline: str = "", quick: Mapping[str, Any] | None = None,
+        default_variants: Sequence[str] = ()) -> None:
   """Command line of an experiment driver: `--config.a.b=v` overrides of the base, and
 
     --quick           apply the driver's smoke-test overrides first (command-line overrides still win)
-    --seeds=0,1,2     seeds          --variants=a,b   a subset of the variants
+    --seeds=0,1,2     seeds          --variants=a,b   a subset of the variants (default: default_variants or all)
     --results_dir=D   where runs and tables go (default ./results/<name>)
   """
   import sys
@@ -208,7 +209,7 @@ def cli(name: str, base: ml_collections.ConfigDict, variants: Mapping[str, Mappi
   config_flags.DEFINE_config_dict("config", base)
   flags.DEFINE_bool("quick", False, "shrink everything for a smoke run (see the driver's QUICK)")
   flags.DEFINE_list("seeds", [str(s) for s in seeds], "seeds to run")
-  flags.DEFINE_list("variants", [], "variants to run (default: all)")
+  flags.DEFINE_list("variants", list(default_variants), "variants to run (empty: all)")
   flags.DEFINE_string("results_dir", "", "results folder (default ./results/<name>)")
 
   def main(argv):

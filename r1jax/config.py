@@ -109,6 +109,7 @@ class DataConfig:
   mqar_vocab_size: int = 8192  # mqar: keys from [1, V/2), values from [V/2, V) (Zoology)
   num_kv_pairs: int = 16  # mqar: key-value pairs at the start of each sequence
   power_a: float = 0.01  # mqar: power-law parameter of the query gaps (Zoology default)
+  random_non_queries: bool = False  # mqar: filler positions random tokens (True) or token 0 (False, Zoology's configs)
   num_train_examples: int = 0  # mqar: 0 = a fresh example for every training row; else a fixed set, in epochs
   num_test_examples: int = 3000  # mqar: held-out test examples
 

@@ -80,13 +80,13 @@ class TextData:
                        "weights": np.ones((len(windows), T), np.float32)}, rows)
 
 
-def mqar_example(rng: np.random.Generator, seq_len: int, vocab: int, num_pairs: int,
-                 power_a: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mqar_example(rng: np.random.Generator, seq_len: int, vocab: int, num_pairs: int, power_a: float,
+                 random_non_queries: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One MQAR sequence as in Zoology (Arora et al. 2023, `multiquery_ar`).
 
   The sequence starts with `num_pairs` key-value pairs (keys from [1, V/2), values from [V/2, V), all distinct),
   then each key appears once more as a query at a power-law distributed gap; the model must predict the key's
-  value right after the query. Remaining positions are random tokens.
+  value right after the query. Remaining positions are token 0, or random tokens with `random_non_queries`.
 
   Returns:
     inputs [T], target_pos [num_pairs] (query positions, sorted), targets [num_pairs] (the values).
@@ -97,7 +97,7 @@ def mqar_example(rng: np.random.Generator, seq_len: int, vocab: int, num_pairs: 
   space = (seq_len - ctx) // 2
   p = power_a * np.arange(1, space + 1) ** (power_a - 1)
   gaps = rng.choice(space, size=num_pairs, replace=False, p=p / p.sum())
-  inputs = rng.integers(0, vocab, size=seq_len)  # Zoology fills non-query positions with random tokens
+  inputs = rng.integers(0, vocab, size=seq_len) if random_non_queries else np.zeros(seq_len, np.int64)
   inputs[0:ctx:2], inputs[1:ctx:2] = keys, values
   pos = ctx + 2 * gaps
   inputs[pos] = keys
@@ -118,7 +118,7 @@ class MQARData:
   def _examples(self, split: int, indices) -> Batch:
     c = self.cfg
     rows = [mqar_example(np.random.default_rng([self.seed, split, int(i)]), c.seq_len, c.mqar_vocab_size,
-                         c.num_kv_pairs, c.power_a) for i in indices]
+                         c.num_kv_pairs, c.power_a, c.random_non_queries) for i in indices]
     inputs, pos, targets = (np.stack(a) for a in zip(*rows))
     return {"inputs": inputs, "targets": targets, "target_pos": pos, "weights": np.ones(pos.shape, np.float32)}
 

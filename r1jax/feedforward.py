@@ -37,3 +37,20 @@ class SwiGLU(nn.Module):
     h_BxTxF = layers.constrain(nn.silu(gate_BxTxF) * up_BxTxF, ("act_batch", "act_length", "act_mlp"))
     y_BxTxD = jnp.einsum("BTF,FD->BTD", h_BxTxF, w2_FxD.astype(dt))
     return layers.constrain(y_BxTxD, ("act_batch", "act_length", "act_embed")), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class NoFFNOptions:
+  """No options."""
+
+
+@register_ffn("none", NoFFNOptions)
+class NoFFN(nn.Module):
+  """No feed-forward (attention-only layers, as in Zoology's MQAR models): the block adds zero."""
+
+  cfg: "ModelConfig"  # noqa: F821
+  opts: NoFFNOptions
+
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+    del deterministic
+    return jnp.zeros_like(x_BxTxD), {}
