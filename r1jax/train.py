@@ -1,7 +1,6 @@
 """Training loop: AdamW + warm-up/cosine, a pure jitted train step with NamedShardings, eval, logs, checkpoints."""
 
 import dataclasses
-import os
 import time
 from typing import Any
 

@@ -75,3 +75,16 @@ def test_unknown_impl_is_a_config_error():
 def test_resolve_impl_uses_xla_on_cpu():
   assert dense.resolve_impl("auto", jnp.bfloat16, 64) == "xla"
   assert dense.resolve_impl("cudnn", jnp.float32, 64) == "cudnn"
+
+
+def test_qkv_bias_starts_at_zero_and_learns():
+  cfg = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2)
+  x = jax.random.normal(jax.random.key(4), (2, 10, 32))
+  biased = dense.Attention(cfg, dense.AttentionOptions(impl="xla", qkv_bias=True))
+  params = biased.init(jax.random.key(0), x, deterministic=True)
+  assert params["params"]["bq"].value.shape == (4, 8) and params["params"]["bk"].value.shape == (2, 8)
+  plain_params = {"params": {k: v for k, v in params["params"].items() if not k.startswith("b")}}
+  y_plain, _ = dense.Attention(cfg, dense.AttentionOptions(impl="xla")).apply(plain_params, x, deterministic=True)
+  np.testing.assert_allclose(biased.apply(params, x, deterministic=True)[0], y_plain, rtol=1e-6, atol=1e-6)
+  g = jax.grad(lambda p: biased.apply(p, x, deterministic=True)[0].std())(params)
+  assert all(np.abs(g["params"][f"b{n}"].value).max() > 0 for n in "qkv")

@@ -77,3 +77,12 @@ def test_missing_or_short_text_file(tmp_path):
   short.write_text("abc")
   with pytest.raises(ConfigError, match="too few"):
     TextData(DataConfig(kind="text", path=str(short)), 0)
+
+
+@pytest.mark.parametrize("random_fill", [False, True])
+def test_mqar_filler_tokens(random_fill):
+  inputs, pos, _ = mqar_example(np.random.default_rng(3), 128, 512, 8, 0.01, random_non_queries=random_fill)
+  filler = np.ones(128, bool)
+  filler[:16] = False
+  filler[pos] = False
+  assert (inputs[filler] == 0).all() != random_fill

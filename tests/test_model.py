@@ -92,3 +92,11 @@ def test_untied_head_and_gqa():
   assert params["head"].shape == (32, 64) and params["layer0"]["mixer"]["wk"].shape == (32, 2, 8)
   logits, _ = Transformer(cfg).apply({"params": params}, tokens)
   assert np.isfinite(logits[..., :50]).all()
+
+
+def test_no_ffn_layers_are_attention_only():
+  cfg = dataclasses.replace(CFG, ffn="none")
+  params, tokens = _init(cfg)
+  assert set(params["layer0"]) == {"mixer", "mixer_norm", "ffn_norm"}
+  logits, _ = Transformer(cfg).apply({"params": params}, tokens)
+  assert np.isfinite(logits[..., :50]).all()

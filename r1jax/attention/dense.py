@@ -15,6 +15,7 @@ IMPLS = ("auto", "xla", "cudnn", "naive")
 @dataclasses.dataclass(frozen=True)
 class AttentionOptions:
   impl: str = "auto"  # auto (cuDNN flash attention on GPU where shapes/dtypes allow, else XLA) | xla | cudnn | naive
+  qkv_bias: bool = False  # biases on q, k, v (Qwen); with RoPE, b_q.R(s-t).b_k is a content-free positional score
 
   def __post_init__(self):
     if self.impl not in IMPLS:
@@ -37,8 +38,9 @@ def causal_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.
   return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True, implementation=impl)
 
 
-def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Query, key and value projections with RoPE on q and k; shared by every attention-style mixer."""
+def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg,
+                bias: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Query, key and value projections (optionally with biases) and RoPE on q and k; shared by attention mixers."""
   D, H = cfg.d_model, cfg.num_heads
   G, K = cfg.num_kv_heads or H, D // H
   wq_DxHxK = layers.param(mod, "wq", (D, H, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
@@ -50,6 +52,10 @@ def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg) -> tuple[jax.Array, jax
   q_BxTxHxK = layers.constrain(jnp.einsum("BTD,DHK->BTHK", x, wq_DxHxK.astype(dt)), axes)
   k_BxTxGxK = layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, wk_DxGxK.astype(dt)), axes)
   v_BxTxGxK = layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, wv_DxGxK.astype(dt)), axes)
+  if bias:  # zero-initialised, [1, 1, heads, K]
+    b = {n: layers.param(mod, f"b{n}", (h, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
+         for n, h in (("q", H), ("k", G), ("v", G))}
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = q_BxTxHxK + b["q"], k_BxTxGxK + b["k"], v_BxTxGxK + b["v"]
   positions_T = jnp.arange(x.shape[1])
   return layers.rope(q_BxTxHxK, positions_T, cfg.rope_base), layers.rope(k_BxTxGxK, positions_T, cfg.rope_base), v_BxTxGxK
 
@@ -73,6 +79,6 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
     del deterministic  # no attention dropout
-    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg)
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg, self.opts.qkv_bias)
     o_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, self.opts.impl)
     return project_out(self, o_BxTxHxK, self.cfg), {}
