@@ -20,7 +20,7 @@ from r1jax.train import Run
     ({"model": {"mixer_pattern": ["attention", "nope"]}}, r"model\.mixer_pattern='nope'"),
     ({"model": {"ffn": "moe_not_yet"}}, r"model\.ffn='moe_not_yet'"),
     ({"model": {"mixer_options": {"attention": {"implementation": "xla"}}}},
-     r"unknown config field 'model\.mixer_options\.attention\.implementation'\. Known fields: \['impl'\]"),
+     r"unknown config field 'model\.mixer_options\.attention\.implementation'\. Known fields: \['impl'"),
     ({"model": {"mixer_options": {"attention": {"impl": "flash"}}}}, r"model\.mixer_options\.attention: impl"),
     ({"model": {"dtype": "float8"}}, r"model\.dtype"),
     ({"model": {"layers": 4}}, r"unknown config field 'model\.layers'"),
