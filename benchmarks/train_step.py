@@ -17,7 +17,7 @@ from absl import app, flags
 from r1jax import sharding
 from r1jax.config import MeshConfig, ModelConfig, OptimConfig
 from r1jax.model import Transformer
-from r1jax.train import TrainState, _flops, _memory_bytes, make_optimizer, make_train_step
+from r1jax.train import TrainState, compiled_flops, peak_memory_bytes, make_optimizer, make_train_step
 
 flags.DEFINE_list("sizes", ["2x64x2", "4x128x4", "6x192x6"], "LAYERSxWIDTHxHEADS per row")
 flags.DEFINE_integer("seq_len", 64, "tokens per sequence")
@@ -62,10 +62,10 @@ def measure(layers: int, width: int, heads: int) -> dict:
       state, metrics = step(state, batch, jax.random.key(1))
     jax.block_until_ready(metrics)
     sec = (time.perf_counter() - t0) / FLAGS.steps
-  flops = _flops(step) * mesh.size
+  flops = compiled_flops(step) * mesh.size
   return {"size": f"{layers}x{width}x{heads}", "params": sum(x.size for x in jax.tree.leaves(state.params)),
           "ms/step": sec * 1e3, "tokens/s": FLAGS.batch * FLAGS.seq_len / sec, "GFLOP/step": flops / 1e9,
-          "TFLOP/s": flops / sec / 1e12, "MFU": flops / sec / peak_flops(), "memory MiB": _memory_bytes(step) / 2**20}
+          "TFLOP/s": flops / sec / 1e12, "MFU": flops / sec / peak_flops(), "memory MiB": peak_memory_bytes(step) / 2**20}
 
 
 def main(argv):

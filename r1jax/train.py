@@ -101,7 +101,7 @@ def init_distributed(cfg: DistConfig) -> None:
                                  cfg.process_id if cfg.process_id >= 0 else None)
 
 
-def _memory_bytes(compiled) -> float:
+def peak_memory_bytes(compiled) -> float:
   """Peak device memory: runtime peak where the backend reports it (GPU/TPU), else XLA's static estimate."""
   stats = jax.local_devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
@@ -112,7 +112,8 @@ def _memory_bytes(compiled) -> float:
   return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def _flops(compiled) -> float:
+def compiled_flops(compiled) -> float:
+  """FLOPs of one call of a compiled executable (per device under SPMD), from XLA's cost analysis."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float((cost or {}).get("flops", float("nan")))
@@ -181,7 +182,7 @@ class Run:
       compile_sec = time.perf_counter() - t0
       eval_fn = jax.jit(lambda s, b: forward(self.model, s.params, s.model_state, b, None, True)[2],
                         out_shardings=self.replicated)
-      flops_per_token = _flops(compiled) * self.mesh.size / tokens_per_step
+      flops_per_token = compiled_flops(compiled) * self.mesh.size / tokens_per_step
 
       timed = {"tokens": 0, "sec": 0.0}
       window = {"t": time.perf_counter(), "steps": 0, "first": True, "metrics": None}
@@ -238,7 +239,7 @@ class Run:
         "final": last_eval,
         "history": writer.records,
         "perf": {"tokens_per_sec": tokens_per_sec, "flops_per_token": flops_per_token,
-                 "flops_per_sec": flops_per_token * tokens_per_sec, "memory_bytes": _memory_bytes(compiled),
+                 "flops_per_sec": flops_per_token * tokens_per_sec, "memory_bytes": peak_memory_bytes(compiled),
                  "compile_sec": compile_sec, "wall_sec": time.perf_counter() - t_start,
                  "resumed_from": start, "devices": self.mesh.size, "backend": jax.default_backend()},
     }

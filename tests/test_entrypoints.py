@@ -1,0 +1,32 @@
+"""The experiment drivers and the benchmark run end to end (smoke settings, one CPU device)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, SHAKESPEARE
+
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+
+
+def _run(args, cwd=REPO):
+  out = subprocess.run([sys.executable] + args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+@pytest.mark.parametrize("driver,variant", [("dense_baseline", "small"), ("mqar_dense", "d64")])
+def test_driver_quick_run_prints_table(driver, variant, tmp_path):
+  if driver == "dense_baseline" and not os.path.isfile(SHAKESPEARE):
+    pytest.skip(f"real text data not found at {SHAKESPEARE}")
+  out = _run([f"experiments/{driver}.py", "--quick", f"--variants={variant}", f"--results_dir={tmp_path}",
+              "--config.train.progress=False"])
+  assert f"| {variant} | 1 |" in out and os.path.exists(tmp_path / "results.md")
+
+
+def test_benchmark_prints_ratios_against_the_first_size():
+  out = _run(["benchmarks/train_step.py", "--sizes=1x32x2,2x32x2", "--steps=2", "--seq_len=16", "--batch=4"])
+  rows = [line for line in out.splitlines() if line.startswith("| 1x32x2") or line.startswith("| 2x32x2")]
+  assert len(rows) == 2 and rows[0].rstrip(" |").endswith("| 1 | 1")
