@@ -13,14 +13,13 @@ _MUST_MATCH = ("model", "data", "optim", "seed")
 
 
 class Checkpointer:
-  """Saves {state, meta} every `every` steps (async) and restores the latest complete checkpoint.
+  """Saves {state, meta} (asynchronously) when asked and restores the latest complete checkpoint.
 
   A run killed mid-save leaves only an unfinalised temporary directory, which orbax ignores on restore.
   """
 
-  def __init__(self, workdir: str, every: int, keep: int):
+  def __init__(self, workdir: str, keep: int):
     self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax needs absolute paths
-    self.every = every
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self.manager = ocp.CheckpointManager(self.dir, options=options)
 
@@ -39,10 +38,8 @@ class Checkpointer:
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     return state, meta
 
-  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> None:
-    if force or (self.every and step % self.every == 0):
-      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                      meta=ocp.args.JsonSave(meta)), force=force)
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -162,7 +162,7 @@ class Run:
     cfg_dict = to_dict(cfg)
     state, state_sh = self.init_state()
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    ckpt = Checkpointer(cfg.workdir, tc.checkpoint_every, tc.keep_checkpoints) if cfg.workdir else None
+    ckpt = Checkpointer(cfg.workdir, tc.keep_checkpoints) if cfg.workdir else None
     start = 0
     if ckpt is not None and ckpt.latest_step() is not None:
       state, meta = ckpt.restore(state, state_sh, cfg_dict)
@@ -223,7 +223,7 @@ class Run:
           meta = {"step": done, "config": cfg_dict,
                   "data": {"kind": cfg.data.kind, "seed": cfg.seed, "next_batch": done,
                            "sequences_seen": done * cfg.data.batch_size}}
-          ckpt.save(done, state, meta, force=done == tc.steps)
+          ckpt.save(done, state, meta)
         if eval_now or ckpt_now:
           window["t"] = time.perf_counter()  # eval and checkpoint time is not training time
       pbar.close()
