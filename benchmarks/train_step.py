@@ -8,16 +8,14 @@ Each size is LAYERSxWIDTHxHEADS of the dense baseline; ratios are against the fi
 
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from r1jax import sharding
 from r1jax.config import MeshConfig, ModelConfig, OptimConfig
 from r1jax.model import Transformer
-from r1jax.train import TrainState, compiled_flops, peak_memory_bytes, make_optimizer, make_train_step
+from r1jax.train import compile_train_step, compiled_flops, init_train_state, make_optimizer, peak_memory_bytes
 
 flags.DEFINE_list("sizes", ["2x64x2", "4x128x4", "6x192x6"], "LAYERSxWIDTHxHEADS per row")
 flags.DEFINE_integer("seq_len", 64, "tokens per sequence")
@@ -43,25 +41,19 @@ def measure(layers: int, width: int, heads: int) -> dict:
   schedule, tx = make_optimizer(OptimConfig(), 1000)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, FLAGS.vocab, (FLAGS.batch, FLAGS.seq_len + 1)).astype(np.int32)
-  batch = sharding.put_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-                              "weights": np.ones((FLAGS.batch, FLAGS.seq_len), np.float32)}, mesh)
-
-  def init_fn(key):
-    params = model.init(key, jnp.zeros((FLAGS.batch, FLAGS.seq_len), jnp.int32))["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
-
-  state, state_sh = sharding.init_sharded(init_fn, jax.random.key(0), mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    step = jax.jit(make_train_step(model, tx, schedule), donate_argnums=0, in_shardings=(state_sh, None, None),
-                   out_shardings=(state_sh, None)).lower(state, batch, jax.random.key(1)).compile()
-    for _ in range(3):
-      state, metrics = step(state, batch, jax.random.key(1))
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(FLAGS.steps):
-      state, metrics = step(state, batch, jax.random.key(1))
-    jax.block_until_ready(metrics)
-    sec = (time.perf_counter() - t0) / FLAGS.steps
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+           "weights": np.ones((FLAGS.batch, FLAGS.seq_len), np.float32)}
+  state, state_sh = init_train_state(model, tx, batch, 0, mesh)
+  batch = sharding.put_batch(batch, mesh)
+  step = compile_train_step(model, tx, schedule, state, state_sh, batch, jax.random.key(1), mesh)
+  for _ in range(3):
+    state, metrics = step(state, batch, jax.random.key(1))
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    state, metrics = step(state, batch, jax.random.key(1))
+  jax.block_until_ready(metrics)
+  sec = (time.perf_counter() - t0) / FLAGS.steps
   flops = compiled_flops(step) * mesh.size
   return {"size": f"{layers}x{width}x{heads}", "params": sum(x.size for x in jax.tree.leaves(state.params)),
           "ms/step": sec * 1e3, "tokens/s": FLAGS.batch * FLAGS.seq_len / sec, "GFLOP/step": flops / 1e9,

@@ -91,6 +91,31 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, schedu
   return train_step
 
 
+def init_train_state(model: Transformer, tx: optax.GradientTransformation, batch: dict[str, np.ndarray], seed: int,
+                     mesh) -> tuple[TrainState, Any]:
+  """Sharded TrainState for batches shaped like `batch` (see sharding.init_sharded), and its shardings."""
+
+  def init_fn(rng):
+    inputs = jnp.zeros(batch["inputs"].shape, jnp.int32)
+    pos = jnp.zeros(batch["target_pos"].shape, jnp.int32) if "target_pos" in batch else None
+    variables = model.init({"params": rng, "dropout": rng}, inputs, target_pos_BxN=pos)
+    params = variables.pop("params")
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), dict(variables))
+
+  return sharding.init_sharded(init_fn, jax.random.key(seed), mesh)
+
+
+def compile_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                       state: TrainState, state_sh: Any, batch: dict[str, jax.Array], rng: jax.Array, mesh):
+  """The train step jitted with the state's shardings in and out (state donated), compiled for `batch`'s shapes
+  and shardings (as placed by sharding.put_batch)."""
+  replicated = NamedSharding(mesh, P())
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    step = jax.jit(make_train_step(model, tx, schedule), donate_argnums=0,
+                   in_shardings=(state_sh, None, replicated), out_shardings=(state_sh, replicated))
+    return step.lower(state, batch, rng).compile()
+
+
 def init_distributed(cfg: DistConfig) -> None:
   """jax.distributed.initialize() for multi-process runs (once per process)."""
   if (cfg.auto or cfg.num_processes > 1) and not jax.distributed.is_initialized():
@@ -136,16 +161,7 @@ class Run:
 
   def init_state(self) -> tuple[TrainState, Any]:
     """Sharded TrainState from abstract shapes (see sharding.init_sharded) and its shardings."""
-    batch0 = self.data.train_batch(0)
-
-    def init_fn(rng):
-      inputs = jnp.zeros(batch0["inputs"].shape, jnp.int32)
-      pos = jnp.zeros(batch0["target_pos"].shape, jnp.int32) if "target_pos" in batch0 else None
-      variables = self.model.init({"params": rng, "dropout": rng}, inputs, target_pos_BxN=pos)
-      params = variables.pop("params")
-      return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), dict(variables))
-
-    return sharding.init_sharded(init_fn, jax.random.key(self.cfg.seed), self.mesh)
+    return init_train_state(self.model, self.tx, self.data.train_batch(0), self.cfg.seed, self.mesh)
 
   def evaluate(self, eval_fn, state: TrainState) -> dict[str, float]:
     totals = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
@@ -169,17 +185,13 @@ class Run:
       start = int(meta["step"])
     writer = MetricWriter(cfg.workdir, start, enabled=self.is_main)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    batch0 = sharding.put_batch(self.data.train_batch(0), self.mesh)
-    batch_sh = jax.tree.map(lambda x: x.sharding, batch0)
     base_rng = jax.random.key(cfg.seed + 1)
+    t0 = time.perf_counter()
+    compiled = compile_train_step(self.model, self.tx, self.schedule, state, state_sh,
+                                  sharding.put_batch(self.data.train_batch(0), self.mesh), base_rng, self.mesh)
+    compile_sec = time.perf_counter() - t0
 
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
-      step_fn = jax.jit(make_train_step(self.model, self.tx, self.schedule), donate_argnums=0,
-                        in_shardings=(state_sh, batch_sh, self.replicated),
-                        out_shardings=(state_sh, self.replicated))
-      t0 = time.perf_counter()
-      compiled = step_fn.lower(state, batch0, base_rng).compile()
-      compile_sec = time.perf_counter() - t0
       eval_fn = jax.jit(lambda s, b: forward(self.model, s.params, s.model_state, b, None, True)[2],
                         out_shardings=self.replicated)
       flops_per_token = compiled_flops(compiled) * self.mesh.size / tokens_per_step

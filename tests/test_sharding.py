@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from helpers import tiny_config
 from r1jax import sharding
-from r1jax.train import Run, forward, make_train_step
+from r1jax.train import Run, compile_train_step, forward
 
 
 def _one_run(text_file, mesh: dict, steps: int = 2):
@@ -21,8 +21,8 @@ def _one_run(text_file, mesh: dict, steps: int = 2):
     loss_grad = jax.jit(jax.value_and_grad(
         lambda p, b: forward(run.model, p, state.model_state, b, None, True)[0]))
     loss, grads = loss_grad(state.params, batches[0])
-    step = jax.jit(make_train_step(run.model, run.tx, run.schedule), in_shardings=(state_sh, None, None),
-                   out_shardings=(state_sh, None))
+    step = compile_train_step(run.model, run.tx, run.schedule, state, state_sh, batches[0], jax.random.key(0),
+                              run.mesh)
     for b in batches:
       state, metrics = step(state, b, jax.random.key(0))
   return state, jax.device_get((loss, grads, state.params, metrics))
