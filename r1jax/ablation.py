@@ -79,14 +79,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
   return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def columns(rows_or_flats: list[dict]) -> tuple:
+  """COLUMNS plus one per mixer/ffn eval diagnostic (averaged over layers) that any run reported."""
+  keys = dict.fromkeys(k.split(":")[0] for r in rows_or_flats for k in r
+                       if k.startswith(("eval/mixer/", "eval/ffn/")) and "/layer" not in k)
+  return COLUMNS + tuple((k, k[len("eval/"):], "{:.3f}", 1.0) for k in keys)
+
+
 def summarise(results: dict[tuple[str, int], dict], baseline: str) -> list[dict]:
   """One row per variant: mean and std over seeds of every column, and mean ratios to the baseline."""
   rows = []
   variants = list(dict.fromkeys(v for v, _ in results))
+  cols = columns([_flat(r) for r in results.values()])
   for variant in variants:
     flats = [_flat(r) for (v, _), r in results.items() if v == variant]
     row = {"variant": variant, "seeds": len(flats)}
-    for key, *_ in COLUMNS:
+    for key, *_ in cols:
       row[key], row[key + ":std"] = _mean_std([f.get(key) for f in flats])
     rows.append(row)
   base = next(r for r in rows if r["variant"] == (baseline or variants[0]))
@@ -98,12 +106,13 @@ def summarise(results: dict[tuple[str, int], dict], baseline: str) -> list[dict]
 
 def markdown_table(rows: list[dict], baseline: str) -> str:
   """The table, values as mean +- std over seeds, then ratios to the baseline variant."""
-  head = ["variant", "seeds"] + [title for _, title, *_ in COLUMNS] + [f"{k.split('/')[-1]} / {baseline}"
-                                                                       for k in RATIOS]
+  cols = columns(rows)
+  head = ["variant", "seeds"] + [title for _, title, *_ in cols] + [f"{k.split('/')[-1]} / {baseline}"
+                                                                    for k in RATIOS]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
     cells = [row["variant"], str(row["seeds"])]
-    for key, _, fmt, scale in COLUMNS:
+    for key, _, fmt, scale in cols:
       mean, std = row[key] * scale, row[key + ":std"] * scale
       cells.append("n/a" if math.isnan(mean) else fmt.format(mean) + (f" ± {fmt.format(std)}" if std else ""))
     cells += ["n/a" if math.isnan(row[k + ":ratio"]) else f"{row[k + ':ratio']:.3f}" for k in RATIOS]
@@ -190,26 +199,34 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
   return rows
 
 
-def cli(name: str, base: ml_collections.ConfigDict, variants: Mapping[str, Mapping[str, Any]],
-        seeds: Sequence[int] = (0, 1, 2), baseline: str = "", quick: Mapping[str, Any] | None = None,
-        default_variants: Sequence[str] = ()) -> None:
+def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections.ConfigDict],
+        variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0, 1, 2), baseline: str = "",
+        quick: Mapping[str, Any] | None = None, default_variants: Sequence[str] = (),
+        report: Callable[[dict[str, list[dict]]], str] | None = None) -> None:
   """Command line of an experiment driver: `--config.a.b=v` overrides of the base, and
 
     --quick           apply the driver's smoke-test overrides first (command-line overrides still win)
     --seeds=0,1,2     seeds          --variants=a,b   a subset of the variants (default: default_variants or all)
     --results_dir=D   where runs and tables go (default ./results/<name>)
+
+  With several tasks (`base` a dict task -> config), every variant runs on every task, overrides are
+  `--config.<task>.a.b=v`, `--tasks=a,b` picks tasks, and each task gets its table under <results_dir>/<task>.
+  `report(rows per task)` returns extra text (e.g. the measured claims), printed and saved as report.md.
   """
   import sys
 
   from absl import app, flags, logging
   from ml_collections import config_flags
 
+  tasks = dict(base) if not isinstance(base, ml_collections.ConfigDict) else None
   if quick and any(a in ("--quick", "--quick=true", "--quick=True") for a in sys.argv[1:]):
-    base = override(base, quick, "quick")
-  config_flags.DEFINE_config_dict("config", base)
+    base = ({t: override(c, quick, f"quick ({t})") for t, c in tasks.items()} if tasks
+            else override(base, quick, "quick"))
+  config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(base) if tasks else base)
   flags.DEFINE_bool("quick", False, "shrink everything for a smoke run (see the driver's QUICK)")
   flags.DEFINE_list("seeds", [str(s) for s in seeds], "seeds to run")
   flags.DEFINE_list("variants", list(default_variants), "variants to run (empty: all)")
+  flags.DEFINE_list("tasks", list(tasks or ()), "tasks to run (several-task drivers)")
   flags.DEFINE_string("results_dir", "", "results folder (default ./results/<name>)")
 
   def main(argv):
@@ -217,10 +234,20 @@ def cli(name: str, base: ml_collections.ConfigDict, variants: Mapping[str, Mappi
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     f = flags.FLAGS
     chosen = {k: v for k, v in variants.items() if not f.variants or k in f.variants}
-    unknown = set(f.variants) - set(variants)
-    if unknown:
-      raise ConfigError(f"--variants: unknown {sorted(unknown)}. Fix: choose from {list(variants)}.")
-    run(Ablation(name, f.config, chosen, tuple(int(s) for s in f.seeds),
-                 baseline if baseline in chosen else "", f.results_dir))
+    for flag, asked, known in (("--variants", f.variants, variants), ("--tasks", f.tasks, tasks or {})):
+      if set(asked) - set(known):
+        raise ConfigError(f"{flag}: unknown {sorted(set(asked) - set(known))}. Fix: choose from {list(known)}.")
+    root = os.path.abspath(f.results_dir or os.path.join("results", name))
+    plan = ({t: (f.config[t], os.path.join(root, t)) for t in f.tasks} if tasks else {"": (f.config, root)})
+    ablations = {t: Ablation(f"{name}/{t}" if t else name, cfg, chosen, tuple(int(s) for s in f.seeds),
+                             baseline if baseline in chosen else "", out) for t, (cfg, out) in plan.items()}
+    for a in ablations.values():
+      a.configs()  # every task's variants are validated before anything trains
+    rows = {t: run(a) for t, a in ablations.items()}
+    if report is not None:
+      text = report(rows)
+      with open(os.path.join(root, "report.md"), "w") as fh:
+        fh.write(text + "\n")
+      print(f"\n{text}")
 
   app.run(main)

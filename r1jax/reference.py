@@ -10,12 +10,13 @@ def causal_mask(T: int, S: int | None = None) -> np.ndarray:
   return np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)
 
 
-def attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_TxS=None, scale=None):
+def attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_TxS=None, scale=None, bias_BxTxS=None):
   """Softmax attention, one head at a time from the definition; G key/value heads shared by H/G query heads.
 
   Args:
     q_BxTxHxK, k_BxSxGxK, v_BxSxGxK: queries, keys, values.
     mask_TxS: boolean mask (True = attend), broadcastable to [B, H, T, S]; None = causal.
+    bias_BxTxS: added to every head's logits (e.g. a sparse-attention gate), or None.
   Returns:
     [B, T, H, K] in the inputs' precision promoted to at least float32.
   """
@@ -29,6 +30,8 @@ def attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_TxS=None, scale=None):
   for h in range(H):
     g = h // (H // G)  # query head h reads key/value head g
     logits_BxTxS = jnp.einsum("btk,bsk->bts", q[:, :, h], k[:, :, g]) * scale
+    if bias_BxTxS is not None:
+      logits_BxTxS = logits_BxTxS + jnp.asarray(bias_BxTxS, dt)
     m = jnp.broadcast_to(mask, (B, H, T, S))[:, h] if np.ndim(mask) == 4 else jnp.broadcast_to(mask, (B, T, S))
     logits_BxTxS = jnp.where(m, logits_BxTxS, -jnp.inf)
     w = jnp.exp(logits_BxTxS - jnp.max(logits_BxTxS, axis=-1, keepdims=True))
@@ -42,3 +45,46 @@ def cross_entropy(logits_NxV, targets_N):
   logits = jnp.asarray(logits_NxV, jnp.float32)
   logz = jnp.log(jnp.sum(jnp.exp(logits - logits.max(-1, keepdims=True)), -1)) + logits.max(-1)
   return jnp.mean(logz - jnp.take_along_axis(logits, targets_N[:, None], -1)[:, 0])
+
+
+def topk_mask(scores_BxTxS, k):
+  """[B, T, T] mask of each query's k highest-scoring earlier keys (all earlier keys when fewer), by sorting."""
+  scores = np.asarray(scores_BxTxS, np.float64)
+  B, T, _ = scores.shape
+  mask = np.zeros((B, T, T), bool)
+  for b in range(B):
+    for t in range(T):
+      order = np.argsort(-scores[b, t, :t + 1], kind="stable")
+      mask[b, t, order[:k]] = True
+  return mask
+
+
+def indexer_scores(q_BxTxJxI, k_BxSxI, w_BxTxJ):
+  """DSA lightning-indexer scores I[t, s] = sum_j w[t, j] relu(q[t, j] . k[s]), one head at a time."""
+  q, k, w = (np.asarray(a, np.float64) for a in (q_BxTxJxI, k_BxSxI, w_BxTxJ))
+  out = 0.0
+  for j in range(q.shape[2]):
+    out = out + w[:, :, j, None] * np.maximum(np.einsum("bti,bsi->bts", q[:, :, j], k), 0.0)
+  return out
+
+
+def block_select_mask(q_BxTxHxK, k_BxTxGxK, block, n):
+  """[B, G, T, T] mask of NSA/MoBA block selection by loops: query block i attends to its own block (causally)
+  and to the n earlier blocks j < i with the largest mean(q in block i, heads of g) . mean(k in block j)."""
+  q, k = np.asarray(q_BxTxHxK, np.float64), np.asarray(k_BxTxGxK, np.float64)
+  B, T, H, _ = q.shape
+  G = k.shape[2]
+  nb = -(-T // block)
+  mask = np.zeros((B, G, T, T), bool)
+  for b in range(B):
+    for g in range(G):
+      heads = slice(g * (H // G), (g + 1) * (H // G))
+      kmean = [k[b, j * block:(j + 1) * block, g].sum(0) / block for j in range(nb)]
+      for i in range(nb):
+        rows = slice(i * block, min((i + 1) * block, T))
+        qmean = q[b, rows, heads].sum((0, 1)) / (block * (H // G))
+        scores = [qmean @ kmean[j] for j in range(i)]
+        chosen = list(np.argsort(-np.asarray(scores), kind="stable")[:n]) + [i]
+        for j in chosen:
+          mask[b, g, rows, j * block:min((j + 1) * block, T)] = True
+  return mask & causal_mask(T)[None, None]

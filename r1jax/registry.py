@@ -9,6 +9,8 @@ from typing import Any, Callable
 # is then selectable by name from the config, without touching the model.
 BUILTIN_MODULES = (
     "r1jax.attention.dense",
+    "r1jax.attention.sparse",
+    "r1jax.attention.block_sparse",
     "r1jax.feedforward",
 )
 

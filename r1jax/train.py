@@ -164,12 +164,17 @@ class Run:
     return init_train_state(self.model, self.tx, self.data.train_batch(0), self.cfg.seed, self.mesh)
 
   def evaluate(self, eval_fn, state: TrainState) -> dict[str, float]:
+    """Loss and accuracy over the eval set, and mixer/ffn diagnostics (e.g. indexer recall) averaged over batches."""
     totals = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
+    diags, batches = {}, 0
     for batch in self.data.eval_batches():
-      sums = jax.device_get(eval_fn(state, sharding.put_batch(batch, self.mesh)))
+      sums, diag = jax.device_get(eval_fn(state, sharding.put_batch(batch, self.mesh)))
       totals = {k: totals[k] + float(sums[k]) for k in totals}
+      diags = {k: diags.get(k, 0.0) + float(v) for k, v in diag.items()}
+      batches += 1
     n = max(totals["count"], 1.0)
-    return {"eval/loss": totals["loss_sum"] / n, "eval/accuracy": totals["correct_sum"] / n}
+    return {"eval/loss": totals["loss_sum"] / n, "eval/accuracy": totals["correct_sum"] / n,
+            **{f"eval/{k}": v / max(batches, 1) for k, v in diags.items()}}
 
   def train(self) -> dict:
     """Trains (resuming from the workdir's latest checkpoint), evaluates, and returns the run's result."""
@@ -192,8 +197,11 @@ class Run:
     compile_sec = time.perf_counter() - t0
 
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
-      eval_fn = jax.jit(lambda s, b: forward(self.model, s.params, s.model_state, b, None, True)[2],
-                        out_shardings=self.replicated)
+      def eval_step(s, b):
+        _, metrics, sums, _ = forward(self.model, s.params, s.model_state, b, None, True)
+        return sums, {k: v for k, v in metrics.items() if k.startswith(("mixer/", "ffn/"))}
+
+      eval_fn = jax.jit(eval_step, out_shardings=self.replicated)
       flops_per_token = compiled_flops(compiled) * self.mesh.size / tokens_per_step
 
       timed = {"tokens": 0, "sec": 0.0}
@@ -260,3 +268,15 @@ class Run:
 def train(cfg: Config) -> dict:
   """Builds and runs one training run (see Run.train)."""
   return Run(cfg).train()
+
+
+def load_trained(cfg: Config) -> tuple[Transformer, Any, Any]:
+  """(model, params, dataset) of the run in cfg.workdir at its latest checkpoint, e.g. to inspect in a notebook."""
+  run = Run(cfg)
+  ckpt = Checkpointer(cfg.workdir, cfg.train.keep_checkpoints) if cfg.workdir else None
+  if ckpt is None or ckpt.latest_step() is None:
+    raise ConfigError(f"workdir={cfg.workdir!r} holds no checkpoint. Fix: train with this config first.")
+  state, state_sh = run.init_state()
+  state, _ = ckpt.restore(state, state_sh, to_dict(cfg))
+  ckpt.close()
+  return run.model, state.params, run.data

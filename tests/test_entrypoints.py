@@ -30,3 +30,24 @@ def test_benchmark_prints_ratios_against_the_first_size():
   out = _run(["benchmarks/train_step.py", "--sizes=1x32x2,2x32x2", "--steps=2", "--seq_len=16", "--batch=4"])
   rows = [line for line in out.splitlines() if line.startswith("| 1x32x2") or line.startswith("| 2x32x2")]
   assert len(rows) == 2 and rows[0].rstrip(" |").endswith("| 1 | 1")
+
+
+def test_sparse_driver_runs_both_tasks_and_reports_the_claims(tmp_path):
+  if not os.path.isfile(SHAKESPEARE):
+    pytest.skip(f"real text data not found at {SHAKESPEARE}")
+  out = _run(["experiments/sparse_attn_ablation.py", "--quick", "--seeds=0", "--variants=dense,topk16,block8x2",
+              f"--results_dir={tmp_path}", "--config.mqar.train.progress=False",
+              "--config.shakespeare.train.progress=False"])
+  for task in ("mqar", "shakespeare"):
+    assert os.path.exists(tmp_path / task / "results.md")
+    assert f"| {task} | topk16 |" in out and f"| {task} | block8x2 |" in out
+  assert "| topk16 | 1 |" in out and "mixer/recall" in out  # the indexer's recall diagnostic is a column
+  assert "- topk16: slope" in out and os.path.exists(tmp_path / "report.md")
+
+
+def test_attention_scaling_benchmark_prints_ratios_and_crossover():
+  out = _run(["benchmarks/attention_scaling.py", "--lengths=32,64", "--budget=8", "--d_model=32", "--heads=2",
+              "--repeats=1", "--variants=dense,topk,block"])
+  rows = [line for line in out.splitlines() if line.startswith("| 64 |")]
+  assert len(rows) == 3 and rows[0].startswith("| 64 | dense |") and "| 1.000 | 1.000 | 1.000 |" in rows[0]
+  assert "topk: fwd+bwd time slope" in out

@@ -11,9 +11,9 @@ from r1jax import sharding
 from r1jax.train import Run, compile_train_step, forward
 
 
-def _one_run(text_file, mesh: dict, steps: int = 2):
+def _one_run(text_file, mesh: dict, steps: int = 2, **overrides):
   """Loss and gradients at the initial params, then params after `steps` train steps, on the given mesh."""
-  cfg = tiny_config(data__path=text_file, **{f"mesh__{k}": v for k, v in mesh.items()})
+  cfg = tiny_config(data__path=text_file, **{f"mesh__{k}": v for k, v in mesh.items()}, **overrides)
   run = Run(cfg)
   state, state_sh = run.init_state()
   batches = [sharding.put_batch(run.data.train_batch(s), run.mesh) for s in range(steps)]
@@ -52,6 +52,19 @@ def test_sharded_equals_unsharded(unsharded, mesh):
   w1 = state.params["layer0"]["ffn"]["w1"]  # really sharded: (embed, mlp) -> (fsdp, tensor)
   assert w1.sharding.spec == P("fsdp", "tensor")
   assert w1.addressable_shards[0].data.shape == (w1.shape[0] // mesh["fsdp"], w1.shape[1] // mesh["tensor"])
+
+
+@pytest.mark.parametrize("overrides", [
+    {"model__mixer": "sparse", "model__mixer_options": {"sparse": {"top_k": 5, "query_chunk": 8}}},
+    {"model__mixer": "sparse", "model__mixer_options": {"sparse": {"select": "random", "top_k": 5}}},
+    {"model__mixer": "block_sparse", "model__mixer_options": {"block_sparse": {"block_size": 4, "top_blocks": 1}}},
+])
+def test_sparse_mixers_sharded_equal_unsharded(unsharded, overrides):
+  path = unsharded[0]
+  _, (loss0, grads0, params0, _) = _one_run(path, {"data": 1, "devices": 1}, **overrides)
+  _, (loss, grads, params, _) = _one_run(path, {"data": 2, "fsdp": 2, "tensor": 2}, **overrides)
+  np.testing.assert_allclose(loss, loss0, rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-5), (grads, params), (grads0, params0))
 
 
 def test_batch_is_split_over_data_fsdp_expert():

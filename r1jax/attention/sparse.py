@@ -1,0 +1,206 @@
+"""Dynamic token top-k sparse attention: each query attends to k keys picked by a rule, gathered ([B,T,k,...]),
+never through a T x T softmax.
+
+Rules with the same key budget k:
+  indexer  a learned 'lightning indexer' (DeepSeek-V3.2 DSA, 2025): I[t,s] = sum_j w[t,j] relu(q[t,j] . k[s]) with
+           few narrow heads scores every earlier key; the top-k are attended (cf. Routing Transformer, Roy et al.
+           2021, which picks keys by learned clusters). The scoring is O(T^2 * H_I * K_I), cheap next to dense
+           attention only when H_I * K_I << 4 * H * K.
+  window   the last k keys (sliding window, Longformer / Mistral), no selection cost.
+  random   k random earlier keys, a fixed pattern per layer (BigBird's random keys).
+Queries are processed in chunks of C (memory O(C*T) for the scores); each chunk is rematerialised in the backward.
+"""
+
+import dataclasses
+import zlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from r1jax import layers
+from r1jax.attention.dense import project_out, project_qkv
+from r1jax.registry import ConfigError, register_mixer
+
+SELECTS = ("indexer", "window", "random")
+INDEXER_GRADS = ("gate", "none")
+INDEXER_LOSSES = ("none", "kl", "kl_dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseOptions:
+  select: str = "indexer"  # indexer | window | random (see the module docstring)
+  top_k: int = 32  # keys attended per query (k >= T: every earlier key)
+  indexer_heads: int = 4  # indexer heads H_I (DSA uses 64; few and narrow keep the O(T^2) scoring cheap)
+  indexer_dim: int = 16  # indexer head dim K_I
+  indexer_grad: str = "gate"  # gate: indexer scores are added to the selected logits so the LM loss trains the
+  #                             indexer | none: only indexer_loss trains it (DSA)
+  indexer_loss: str = "none"  # none | kl: DSA's KL(main attention || softmax(I)) over the selected keys |
+  #                             kl_dense: DSA's dense warm-up KL over all earlier keys (costs a dense pass)
+  indexer_loss_weight: float = 1.0  # weight of the indexer loss in the objective
+  detach_indexer_input: bool = False  # DSA: the indexer reads stop_gradient(x), so it never shapes the residual
+  query_chunk: int = 256  # queries per chunk C
+  diagnostics: bool = True  # in eval, report recall of the dense top-k keys and the dense attention mass kept
+
+  def __post_init__(self):
+    checks = ((self.select in SELECTS, "select", f"use one of {SELECTS}"),
+              (self.top_k >= 1, "top_k", "use a positive key budget"),
+              (self.indexer_heads >= 1 and self.indexer_dim >= 2 and self.indexer_dim % 2 == 0,
+               "indexer_heads/indexer_dim", "use >= 1 heads of an even dim (RoPE)"),
+              (self.indexer_grad in INDEXER_GRADS, "indexer_grad", f"use one of {INDEXER_GRADS}"),
+              (self.indexer_loss in INDEXER_LOSSES, "indexer_loss", f"use one of {INDEXER_LOSSES}"),
+              (self.query_chunk >= 1, "query_chunk", "use a positive chunk size"))
+    for ok, field, fix in checks:
+      if not ok:
+        raise ConfigError(f"{field}={getattr(self, field.split('/')[0])!r} is invalid. Fix: {fix}")
+
+
+def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, idx_BxTxN: jax.Array,
+                       valid_BxTxN: jax.Array, bias_BxTxN: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Softmax attention of each query over its N selected keys only (shared by the query's heads).
+
+  Args:
+    q_BxTxHxK: queries; k_BxSxGxK, v_BxSxGxK: keys/values (G key/value heads, H/G query heads each).
+    idx_BxTxN: key positions per query; valid_BxTxN: False for padding picks (at least one True per row).
+    bias_BxTxN: added to the logits (the indexer gate), or None.
+  Returns:
+    output [B, T, H, K] and float32 probabilities [B, T, G, H/G, N].
+  """
+  B, T, H, K = q_BxTxHxK.shape
+  G = k_BxSxGxK.shape[2]
+  S = k_BxSxGxK.shape[1]
+  # One row gather from [B*S, G*K] (whole key vectors): far faster on CPU than a batched fancy index.
+  flat_idx = (idx_BxTxN + S * jnp.arange(B)[:, None, None]).reshape(-1)
+  gather = lambda a: jnp.take(a.reshape(B * S, G * K), flat_idx, axis=0).reshape(B, T, -1, G, K)  # noqa: E731
+  k_BxTxNxGxK, v_BxTxNxGxK = gather(k_BxSxGxK), gather(v_BxSxGxK)
+  q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K)
+  logits = jnp.einsum("BTGRK,BTNGK->BTGRN", q_BxTxGxRxK, k_BxTxNxGxK, preferred_element_type=jnp.float32)
+  logits = logits * K ** -0.5
+  if bias_BxTxN is not None:
+    logits = logits + bias_BxTxN[:, :, None, None, :]
+  logits = jnp.where(valid_BxTxN[:, :, None, None, :], logits, -jnp.inf)
+  probs_BxTxGxRxN = jax.nn.softmax(logits, axis=-1)
+  o = jnp.einsum("BTGRN,BTNGK->BTGRK", probs_BxTxGxRxN.astype(v_BxSxGxK.dtype), v_BxTxNxGxK)
+  return o.reshape(B, T, H, K), probs_BxTxGxRxN
+
+
+def dense_probs(q_BxCxHxK: jax.Array, k_BxSxGxK: jax.Array, pos_C: jax.Array) -> jax.Array:
+  """Causal dense attention probabilities averaged over heads, [B, C, S] float32 (diagnostics, DSA's warm-up)."""
+  B, C, H, K = q_BxCxHxK.shape
+  G = k_BxSxGxK.shape[2]
+  logits = jnp.einsum("BCGRK,BSGK->BCGRS", q_BxCxHxK.reshape(B, C, G, H // G, K), k_BxSxGxK,
+                      preferred_element_type=jnp.float32) * K ** -0.5
+  causal_CxS = jnp.arange(k_BxSxGxK.shape[1])[None, :] <= pos_C[:, None]
+  return jax.nn.softmax(jnp.where(causal_CxS[None, :, None, None], logits, -jnp.inf), -1).mean((2, 3))
+
+
+def selection_diagnostics(p_dense_BxCxS: jax.Array, idx_BxCxN: jax.Array, valid_BxCxN: jax.Array) -> dict:
+  """Per query: recall of the dense top-N keys among the selected ones, and the dense attention mass they hold."""
+  N = idx_BxCxN.shape[-1]
+  p_sel = jnp.where(valid_BxCxN, jnp.take_along_axis(p_dense_BxCxS, idx_BxCxN, -1), 0.0)
+  kth_BxC = jax.lax.top_k(p_dense_BxCxS, N)[0][..., -1]  # N-th largest dense probability
+  hits = jnp.sum(valid_BxCxN & (p_sel >= kth_BxC[..., None]) & (p_sel > 0), -1)
+  return {"recall": hits / jnp.maximum(jnp.sum(valid_BxCxN, -1), 1), "mass": jnp.sum(p_sel, -1)}
+
+
+def _kl(p_BxCxN: jax.Array, logits_BxCxN: jax.Array) -> jax.Array:
+  """KL(p || softmax(logits)) per row, zero where p is zero (masked keys)."""
+  logq = jax.nn.log_softmax(logits_BxCxN, -1)
+  return jnp.sum(jnp.where(p_BxCxN > 0, p_BxCxN * (jnp.log(jnp.maximum(p_BxCxN, 1e-30)) - logq), 0.0), -1)
+
+
+def map_query_chunks(fn, T: int, C: int):
+  """Runs fn(start) -> pytree of [B, C, ...] over query chunks (rematerialised), returns [B, T, ...] pieces."""
+  n = -(-T // C)
+  if n == 1:  # one chunk: no loop, no rematerialisation
+    return jax.tree.map(lambda a: a[:, :T], fn(jnp.zeros((), jnp.int32)))
+  out = jax.lax.map(jax.checkpoint(fn), jnp.arange(n) * C)
+  return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], n * C, *a.shape[3:])[:, :T], out)
+
+
+@register_mixer("sparse", SparseOptions)
+class SparseAttention(nn.Module):
+  """Causal attention over k selected keys per query; the selection rule is `select` (indexer/window/random)."""
+
+  cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
+  opts: SparseOptions
+
+  def indexer_inputs(self, x_BxTxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Indexer queries [B,T,J,I], shared key [B,T,I] (both RoPE'd) and head weights [B,T,J] (DSA)."""
+    cfg, o = self.cfg, self.opts
+    D, J, I = cfg.d_model, o.indexer_heads, o.indexer_dim
+    dt = layers.dtype(cfg.dtype)
+    x = (jax.lax.stop_gradient(x_BxTxD) if o.detach_indexer_input else x_BxTxD).astype(dt)
+    wq_DxJxI = layers.param(self, "idx_wq", (D, J, I), ("embed", None, None), cfg.init_std, cfg.param_dtype)
+    wk_DxI = layers.param(self, "idx_wk", (D, I), ("embed", None), cfg.init_std, cfg.param_dtype)
+    ww_DxJ = layers.param(self, "idx_ww", (D, J), ("embed", None), cfg.init_std, cfg.param_dtype)
+    pos_T = jnp.arange(x.shape[1])
+    q_BxTxJxI = layers.rope(jnp.einsum("BTD,DJI->BTJI", x, wq_DxJxI.astype(dt)), pos_T, cfg.rope_base)
+    k_BxTxI = layers.rope(jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))[:, :, None], pos_T, cfg.rope_base)[:, :, 0]
+    w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * J ** -0.5
+    return q_BxTxJxI, k_BxTxI, w_BxTxJ
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+    o = self.opts
+    B, T, _ = x_BxTxD.shape
+    N, C = min(o.top_k, T), min(o.query_chunk, T)
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg)
+    self.sow("intermediates", "qkv", (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK))  # kept with mutable=["intermediates"]
+    pad = -T % C
+
+    def padT(a):  # queries padded to whole chunks
+      return jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+
+    q_pad = padT(q_BxTxHxK)
+    if o.select == "indexer":
+      iq_BxTxJxI, ik_BxTxI, iw_BxTxJ = self.indexer_inputs(x_BxTxD)
+      self.sow("intermediates", "indexer", (iq_BxTxJxI, ik_BxTxI, iw_BxTxJ))
+      iq_pad, iw_pad = padT(iq_BxTxJxI), padT(iw_BxTxJ)
+    seed = zlib.crc32("/".join(self.scope.path).encode())  # a fixed random pattern per layer
+    want_kl = o.select == "indexer" and o.indexer_loss != "none"
+    want_diag = deterministic and o.diagnostics
+
+    def chunk(start):
+      pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
+      q_BxCxHxK = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
+      causal_CxS = jnp.arange(T)[None, :] <= pos_C[:, None]
+      scores = None
+      if o.select == "window":
+        idx_CxN = pos_C[:, None] - jnp.arange(N)[None, :]
+        idx_BxCxN = jnp.broadcast_to(jnp.maximum(idx_CxN, 0), (B, C, N))
+        valid_BxCxN = jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
+      else:
+        if o.select == "random":
+          s_CxS = jax.random.uniform(jax.random.fold_in(jax.random.key(seed), start), (C, T))
+          s_BxCxS = jnp.broadcast_to(s_CxS, (B, C, T))
+        else:
+          iq = jax.lax.dynamic_slice_in_dim(iq_pad, start, C, 1)
+          iw = jax.lax.dynamic_slice_in_dim(iw_pad, start, C, 1)
+          relu_BxCxJxS = nn.relu(jnp.einsum("BCJI,BSI->BCJS", iq, ik_BxTxI, preferred_element_type=jnp.float32))
+          s_BxCxS = jnp.einsum("BCJ,BCJS->BCS", iw.astype(jnp.float32), relu_BxCxJxS)
+        scores, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], s_BxCxS, -jnp.inf), N)
+        valid_BxCxN = jnp.isfinite(scores)
+      gate = o.select == "indexer" and o.indexer_grad == "gate"
+      bias = jnp.where(valid_BxCxN, scores, 0.0) if gate else None
+      out_BxCxHxK, probs = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, idx_BxCxN, valid_BxCxN, bias)
+      res = {"out": out_BxCxHxK, "idx": idx_BxCxN, "valid": valid_BxCxN}
+      if want_kl or want_diag:
+        p_dense_BxCxS = dense_probs(q_BxCxHxK, k_BxTxGxK, pos_C) if want_diag or o.indexer_loss == "kl_dense" else None
+        if o.indexer_loss == "kl":  # DSA sparse stage: main attention (summed over heads) over the selected keys
+          res["kl"] = _kl(jax.lax.stop_gradient(probs.mean((2, 3))), jnp.where(valid_BxCxN, scores, -jnp.inf))
+        elif o.indexer_loss == "kl_dense":  # DSA warm-up: dense attention over all earlier keys
+          res["kl"] = _kl(jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], s_BxCxS, -jnp.inf))
+        if want_diag:
+          res.update(selection_diagnostics(p_dense_BxCxS, idx_BxCxN, valid_BxCxN))
+      return res
+
+    res = map_query_chunks(chunk, T, C)
+    self.sow("intermediates", "selected", (res["idx"], res["valid"]))
+    aux = {}
+    if want_kl:
+      aux["indexer_kl"] = jnp.mean(res["kl"])
+      aux["loss_indexer"] = o.indexer_loss_weight * aux["indexer_kl"]
+    if want_diag:
+      aux["recall"], aux["mass"] = jnp.mean(res["recall"]), jnp.mean(res["mass"])
+    return project_out(self, res["out"], self.cfg), aux

@@ -1,0 +1,182 @@
+"""Sparse attention (token top-k with the DSA indexer, window, random, NSA block top-k) against naive references."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import tiny_config
+from r1jax import reference
+from r1jax.attention.block_sparse import BlockSparseAttention, BlockSparseOptions, block_sparse_attention
+from r1jax.attention.dense import Attention, AttentionOptions
+from r1jax.attention.sparse import SparseAttention, SparseOptions, gathered_attention
+from r1jax.registry import ConfigError
+
+
+def _model_cfg(d_model=32, heads=4, kv_heads=0, init_std=0.3):
+  return tiny_config(data__path="x", model__d_model=d_model, model__num_heads=heads, model__num_kv_heads=kv_heads,
+                     model__init_std=init_std).model
+
+
+def _apply(module, x, deterministic=False):
+  """(params, (output, aux), intermediates) of a mixer at a fixed init."""
+  params = nn.meta.unbox(module.init(jax.random.key(1), x, deterministic=True))
+  out, state = module.apply(params, x, deterministic=deterministic, mutable=["intermediates"])
+  return params, out, state["intermediates"]
+
+
+def _project(params, o_BxTxHxK):
+  return jnp.einsum("BTHK,HKD->BTD", o_BxTxHxK, params["params"]["wo"])
+
+
+@pytest.mark.parametrize("B,T,H,G,N", [(2, 9, 4, 2, 3), (1, 16, 2, 1, 16), (3, 5, 6, 3, 1)])
+def test_gathered_attention_equals_masked_reference(B, T, H, G, N):
+  rng = np.random.default_rng(T)
+  q, k, v = (rng.normal(size=(B, T, h, 8)).astype(np.float32) for h in (H, G, G))
+  idx, valid = np.zeros((B, T, N), np.int32), np.zeros((B, T, N), bool)
+  mask, bias_full = np.zeros((B, T, T), bool), np.zeros((B, T, T), np.float32)
+  bias = rng.normal(size=(B, T, N)).astype(np.float32)
+  for b in range(B):
+    for t in range(T):
+      n = min(N, t + 1)  # distinct earlier keys, as top-k picks them; the rest are padding picks
+      idx[b, t, :n], valid[b, t, :n] = rng.choice(t + 1, size=n, replace=False), True
+      mask[b, t, idx[b, t, :n]], bias_full[b, t, idx[b, t, :n]] = True, bias[b, t, :n]
+  out, _ = gathered_attention(*map(jnp.asarray, (q, k, v, idx, valid, bias)))
+  ref = reference.attention(q, k, v, mask[:, None], bias_BxTxS=bias_full)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T,chunk,top_k,kv_heads", [(13, 4, 3, 0), (16, 16, 5, 2), (7, 3, 7, 1)])
+def test_indexer_topk_equals_masked_reference(T, chunk, top_k, kv_heads):
+  """The whole mixer (chunked queries, T not a multiple of the chunk, GQA) against top-k by sorting."""
+  cfg = _model_cfg(kv_heads=kv_heads)
+  opts = SparseOptions(select="indexer", top_k=top_k, indexer_heads=8, indexer_dim=8, query_chunk=chunk)
+  mixer = SparseAttention(cfg, opts)
+  x = jax.random.normal(jax.random.key(T), (2, T, cfg.d_model))
+  params, (out, _), inter = _apply(mixer, x)
+  (q, k, v), (iq, ik, iw) = inter["qkv"][0], inter["indexer"][0]
+  scores = reference.indexer_scores(iq, ik, iw)
+  mask = reference.topk_mask(scores, top_k)
+  ref = reference.attention(q, k, v, mask[:, None], bias_BxTxS=np.where(mask, scores, 0.0).astype(np.float32))
+  np.testing.assert_allclose(out, _project(params, ref), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("select", ["indexer", "window", "random"])
+def test_topk_with_k_at_least_T_equals_dense(select):
+  cfg = _model_cfg(kv_heads=2)
+  x = jax.random.normal(jax.random.key(0), (2, 11, cfg.d_model))
+  sparse = SparseAttention(cfg, SparseOptions(select=select, top_k=11, indexer_grad="none", query_chunk=4))
+  params = sparse.init(jax.random.key(1), x, deterministic=True)
+  out, aux = sparse.apply(params, x, deterministic=True)
+  dense_params = {"params": {n: params["params"][n] for n in ("wq", "wk", "wv", "wo")}}
+  dense, _ = Attention(cfg, AttentionOptions(impl="xla")).apply(dense_params, x, deterministic=True)
+  np.testing.assert_allclose(out, dense, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose([aux["recall"], aux["mass"]], [1.0, 1.0], rtol=1e-5)
+
+
+def test_window_keeps_the_last_k_keys():
+  cfg = _model_cfg()
+  x = jax.random.normal(jax.random.key(0), (1, 10, cfg.d_model))
+  mixer = SparseAttention(cfg, SparseOptions(select="window", top_k=3, query_chunk=4))
+  params, (out, _), inter = _apply(mixer, x)
+  q, k, v = inter["qkv"][0]
+  t, s = np.arange(10)[:, None], np.arange(10)[None, :]
+  ref = reference.attention(q, k, v, (s <= t) & (s > t - 3))
+  np.testing.assert_allclose(out, _project(params, ref), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("T,block,n,kv_heads", [(20, 4, 2, 0), (19, 5, 1, 2), (16, 8, 0, 1), (12, 3, 5, 4)])
+def test_block_topk_equals_masked_reference(T, block, n, kv_heads):
+  rng = np.random.default_rng(T)
+  H, G = 4, kv_heads or 4
+  q, k, v = (rng.normal(size=(2, T, h, 8)).astype(np.float32) for h in (H, G, G))
+  out, _, _ = block_sparse_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), block, n)
+  mask_BxGxTxS = reference.block_select_mask(q, k, block, n)
+  ref = reference.attention(q, k, v, np.repeat(mask_BxGxTxS, H // G, axis=1))
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_block_topk_with_all_blocks_equals_dense():
+  cfg = _model_cfg(kv_heads=2)
+  x = jax.random.normal(jax.random.key(0), (2, 22, cfg.d_model))
+  mixer = BlockSparseAttention(cfg, BlockSparseOptions(block_size=4, top_blocks=6))
+  params = mixer.init(jax.random.key(1), x, deterministic=True)
+  out, aux = mixer.apply(params, x, deterministic=True)
+  dense, _ = Attention(cfg, AttentionOptions(impl="xla")).apply(params, x, deterministic=True)
+  np.testing.assert_allclose(out, dense, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(aux["mass"], 1.0, rtol=1e-5)
+
+
+CAUSAL_CASES = [
+    (SparseAttention, SparseOptions(select="indexer", top_k=3, query_chunk=4)),
+    (SparseAttention, SparseOptions(select="window", top_k=3, query_chunk=5)),
+    (SparseAttention, SparseOptions(select="random", top_k=3, query_chunk=4)),
+    (SparseAttention, SparseOptions(select="indexer", top_k=4, indexer_loss="kl")),
+    (BlockSparseAttention, BlockSparseOptions(block_size=3, top_blocks=1)),
+]
+
+
+@pytest.mark.parametrize("cls,opts", CAUSAL_CASES)
+def test_selection_is_causal_by_gradients(cls, opts):
+  """Output t (and the selection behind it) never depends on inputs after t."""
+  cfg = _model_cfg()
+  T = 10
+  x = jax.random.normal(jax.random.key(0), (1, T, cfg.d_model))
+  mixer = cls(cfg, opts)
+  params = mixer.init(jax.random.key(1), x, deterministic=True)
+  jac = jax.jacrev(lambda x: mixer.apply(params, x, deterministic=False)[0])(x)  # [1,T,D,1,T,D]
+  dep_TxT = np.abs(np.asarray(jac)).sum((0, 2, 3, 5))
+  assert np.all(dep_TxT[np.triu_indices(T, 1)] == 0)
+  assert np.all(np.diag(dep_TxT) > 0)
+
+
+@pytest.mark.parametrize("grad,loss,reaches", [("gate", "none", True), ("none", "kl", True),
+                                               ("none", "kl_dense", True), ("none", "none", False)])
+def test_indexer_receives_gradient(grad, loss, reaches):
+  cfg = _model_cfg()
+  mixer = SparseAttention(cfg, SparseOptions(top_k=3, indexer_grad=grad, indexer_loss=loss, query_chunk=4))
+  x = jax.random.normal(jax.random.key(0), (2, 9, cfg.d_model))
+  params = nn.meta.unbox(mixer.init(jax.random.key(1), x, deterministic=True))
+
+  def objective(p):
+    y, aux = mixer.apply(p, x, deterministic=False)
+    return jnp.mean(y ** 2) + aux.get("loss_indexer", 0.0)
+
+  grads = jax.grad(objective)(params)["params"]
+  norms = [float(jnp.linalg.norm(grads[n])) for n in ("idx_wq", "idx_wk", "idx_ww")]
+  assert all(n > 0 for n in norms) == reaches and all(np.isfinite(norms))
+  assert float(jnp.linalg.norm(grads["wq"])) > 0
+
+
+def test_kl_dense_matches_definition():
+  """DSA warm-up loss: KL(mean-over-heads dense attention || softmax(indexer scores)) over earlier keys."""
+  cfg = _model_cfg()
+  mixer = SparseAttention(cfg, SparseOptions(top_k=2, indexer_loss="kl_dense", query_chunk=3))
+  x = jax.random.normal(jax.random.key(0), (2, 7, cfg.d_model))
+  _, (_, aux), inter = _apply(mixer, x)
+  (q, k, _), (iq, ik, iw) = inter["qkv"][0], inter["indexer"][0]
+  q, k = np.float64(q), np.float64(k)
+  T, H, K = 7, q.shape[2], q.shape[3]
+  causal = reference.causal_mask(T)
+  logits = np.einsum("bthk,bshk->bhts", q, k) / np.sqrt(K)
+  p = np.exp(np.where(causal, logits, -np.inf) - logits.max(-1, keepdims=True))
+  p = (p / p.sum(-1, keepdims=True)).mean(1)
+  s = np.where(causal, reference.indexer_scores(iq, ik, iw), -np.inf)
+  logq = s - s.max(-1, keepdims=True) - np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True))
+  kl = np.where(causal, p * (np.log(np.maximum(p, 1e-300)) - np.where(causal, logq, 0.0)), 0.0).sum(-1).mean()
+  np.testing.assert_allclose(aux["indexer_kl"], kl, rtol=1e-4)
+  assert H > 1
+
+
+@pytest.mark.parametrize("opts,field", [
+    (dict(select="toppp"), "select"), (dict(top_k=0), "top_k"), (dict(indexer_loss="mse"), "indexer_loss"),
+    (dict(indexer_dim=3), "indexer_heads/indexer_dim")])
+def test_bad_options_name_the_field(opts, field):
+  with pytest.raises(ConfigError, match=field):
+    SparseOptions(**opts)
+
+
+def test_bad_block_options():
+  with pytest.raises(ConfigError, match="block_size"):
+    BlockSparseOptions(block_size=0)
