@@ -7,8 +7,14 @@ variant at T = 512 .. 16k, ratios to dense measured in the same run, and the cro
 
 All sparse variants get the same key budget k per query (block: k/2 keys in the own block + k/2 in one selected
 block). Memory is the runtime peak on GPU/TPU and XLA's static estimate on CPU. A length whose dense run would
-exceed --max_sec is still measured once; a failed measurement (e.g. out of memory) prints as n/a.
+exceed --max_sec is still measured once; a measurement that would not fit in memory, or fails, prints as n/a.
 """
+
+import json
+import math
+import os
+import subprocess
+import sys
 
 import jax
 from absl import app, flags
@@ -25,6 +31,9 @@ flags.DEFINE_integer("batch", 1, "sequences per call")
 flags.DEFINE_integer("repeats", 3, "timed calls per measurement (median), after one warm-up")
 flags.DEFINE_float("max_sec", 20.0, "stop repeating a measurement after this many seconds")
 flags.DEFINE_string("dtype", "float32", "compute dtype: float32 | bfloat16")
+flags.DEFINE_float("max_memory_gb", 0.0, "skip (n/a) a measurement whose XLA memory estimate exceeds this; "
+                   "0 = 75% of the host's RAM on CPU, no limit on GPU/TPU (out of memory is an error there)")
+flags.DEFINE_string("one", "", "internal: measure one VARIANT:T:BACKWARD in this process and print it as JSON")
 FLAGS = flags.FLAGS
 
 
@@ -41,16 +50,37 @@ def variant_config(name: str) -> ModelConfig:
                      mixer_options={mixer: options} if options else {})
 
 
+def max_bytes() -> float:
+  if FLAGS.max_memory_gb:
+    return FLAGS.max_memory_gb * 2**30
+  if jax.default_backend() != "cpu":
+    return float("inf")
+  return 0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def measure(name: str, T: int, backward: bool) -> dict:
-  try:
-    return timed(variant_config(name), T, FLAGS.batch, backward, FLAGS.repeats, FLAGS.max_sec)
-  except Exception as e:  # noqa: BLE001 (out of memory or a backend limit: reported, the sweep goes on)
-    print(f"  {name} T={T} {'fwd+bwd' if backward else 'fwd'}: failed ({type(e).__name__}: {str(e)[:120]})")
-    return {"T": T, "sec": float("nan"), "memory_bytes": float("nan")}
+  """One measurement in a child process: running out of host memory kills the child, not the sweep."""
+  args = [sys.executable, os.path.abspath(__file__), f"--one={name}:{T}:{int(backward)}"] + [
+      f"--{f}={FLAGS[f].value}" for f in ("budget", "d_model", "heads", "batch", "repeats", "max_sec", "dtype",
+                                          "max_memory_gb")]
+  out = subprocess.run(args, capture_output=True, text=True)
+  if out.returncode == 0:
+    return json.loads(out.stdout.strip().splitlines()[-1])
+  why = out.stderr.strip().splitlines()[-1][:150] if out.stderr.strip() else f"killed (signal {-out.returncode})"
+  print(f"  {name} T={T} {'fwd+bwd' if backward else 'fwd'}: n/a ({why})")
+  return {"T": T, "sec": float("nan"), "memory_bytes": float("nan")}
+
+
+def measure_here(spec: str) -> None:
+  name, T, backward = spec.split(":")
+  print(json.dumps(timed(variant_config(name), int(T), FLAGS.batch, bool(int(backward)), FLAGS.repeats,
+                         FLAGS.max_sec, max_bytes())))
 
 
 def main(argv):
   del argv
+  if FLAGS.one:
+    return measure_here(FLAGS.one)
   lengths = [int(t) for t in FLAGS.lengths]
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), d_model {FLAGS.d_model}, "
         f"{FLAGS.heads} heads, batch {FLAGS.batch}, budget k={FLAGS.budget}, dtype {FLAGS.dtype}")
@@ -81,10 +111,11 @@ def main(argv):
     times = [results[(name, T)][1]["sec"] for T in lengths]
     line = f"{name}: fwd+bwd time slope over T {fit_exponent(lengths, times):.2f}"
     if name != "dense" and "dense" in FLAGS.variants:
-      faster = [T for T in lengths if results[(name, T)][1]["sec"] < results[("dense", T)][1]["sec"]]
-      line += f"; faster than dense (fwd+bwd) from T={faster[0]}" if faster else "; never faster than dense here"
-      faster = [T for T in lengths if results[(name, T)][0]["sec"] < results[("dense", T)][0]["sec"]]
-      line += f"; fwd from T={faster[0]}" if faster else "; fwd never faster"
+      for i, what in ((1, "fwd+bwd"), (0, "fwd")):
+        both = [T for T in lengths if math.isfinite(results[("dense", T)][i]["sec"] + results[(name, T)][i]["sec"])]
+        faster = [T for T in both if results[(name, T)][i]["sec"] < results[("dense", T)][i]["sec"]]
+        line += (f"; {what} faster than dense from T={faster[0]}" if faster else
+                 f"; {what} not faster than dense at T={both}" if both else f"; {what}: no length with both measured")
     print(line)
 
 

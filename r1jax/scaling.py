@@ -40,10 +40,18 @@ def compiled_cost(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = Fal
 
 
 def timed(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = False, repeats: int = 3,
-          budget_sec: float = 30.0) -> dict:
-  """Median wall time of the compiled mixer at length T (after one warm-up call), and its compiled cost."""
+          budget_sec: float = 30.0, max_bytes: float = float("inf")) -> dict:
+  """Median wall time of the compiled mixer at length T (after one warm-up call), and its peak memory.
+
+  Raises MemoryError before running when XLA's memory estimate exceeds max_bytes (the host's RAM on CPU, where
+  running out means the process is killed rather than an error raised).
+  """
   fn, params, x = mixer_program(cfg, T, batch, backward)
   compiled = fn.lower(params, x).compile()
+  mem = compiled.memory_analysis()
+  estimate = float(mem.temp_size_in_bytes + mem.output_size_in_bytes + mem.argument_size_in_bytes) if mem else 0.0
+  if estimate > max_bytes:
+    raise MemoryError(f"needs ~{estimate / 2**30:.1f} GiB, over the {max_bytes / 2**30:.1f} GiB limit")
   jax.block_until_ready(compiled(params, x))
   times, start = [], time.perf_counter()
   for _ in range(repeats):
@@ -53,9 +61,7 @@ def timed(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = False, repe
     if time.perf_counter() - start > budget_sec:
       break
   stats = jax.local_devices()[0].memory_stats() or {}
-  mem = compiled.memory_analysis()
-  memory = stats.get("peak_bytes_in_use",
-                     float(mem.temp_size_in_bytes + mem.output_size_in_bytes) if mem is not None else float("nan"))
+  memory = stats.get("peak_bytes_in_use", estimate or float("nan"))
   return {"T": T, "sec": float(np.median(times)), "memory_bytes": float(memory)}
 
 

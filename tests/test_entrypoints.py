@@ -50,4 +50,4 @@ def test_attention_scaling_benchmark_prints_ratios_and_crossover():
               "--repeats=1", "--variants=dense,topk,block"])
   rows = [line for line in out.splitlines() if line.startswith("| 64 |")]
   assert len(rows) == 3 and rows[0].startswith("| 64 | dense |") and "| 1.000 | 1.000 | 1.000 |" in rows[0]
-  assert "topk: fwd+bwd time slope" in out
+  assert "topk: fwd+bwd time slope" in out and "block: fwd+bwd time slope" in out
