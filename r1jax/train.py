@@ -277,6 +277,6 @@ def load_trained(cfg: Config) -> tuple[Transformer, Any, Any]:
   if ckpt is None or ckpt.latest_step() is None:
     raise ConfigError(f"workdir={cfg.workdir!r} holds no checkpoint. Fix: train with this config first.")
   state, state_sh = run.init_state()
-  state, _ = ckpt.restore(state, state_sh, to_dict(cfg))
+  state, _ = ckpt.restore(state, state_sh, to_dict(run.cfg))  # the resolved config, as the run saved it
   ckpt.close()
   return run.model, state.params, run.data

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from r1jax.train import Run, make_optimizer
+from r1jax.registry import ConfigError
+from r1jax.train import Run, load_trained, make_optimizer, train
 from r1jax.config import OptimConfig
 from r1jax.writers import read_jsonl
 
@@ -87,8 +88,18 @@ def test_rerun_of_a_finished_run_only_evaluates(text_file, tmp_path):
 
 
 def test_resume_refuses_a_different_model(text_file, tmp_path):
-  from r1jax.registry import ConfigError
-
   Run(tiny_config(data__path=text_file, workdir=str(tmp_path / "r"))).train()
   with pytest.raises(ConfigError, match="different 'model' config"):
     Run(tiny_config(data__path=text_file, workdir=str(tmp_path / "r"), model__d_ff=32)).train()
+
+
+def test_load_trained_returns_the_trained_params(tmp_path, text_file):
+  cfg = tiny_config(data__path=text_file, workdir=str(tmp_path / "run"), train__checkpoint_every=4)
+  with pytest.raises(ConfigError, match="holds no checkpoint"):
+    load_trained(cfg)
+  result = train(cfg)
+  model, params, data = load_trained(cfg)
+  batch = data.train_batch(0)
+  logits, _ = model.apply({"params": params}, batch["inputs"])
+  assert logits.shape[:2] == batch["inputs"].shape and np.isfinite(np.asarray(logits)).all()
+  assert result["final"]["eval/loss"] > 0
