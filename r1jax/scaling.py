@@ -8,11 +8,12 @@ import numpy as np
 
 from r1jax import registry
 from r1jax.config import ModelConfig
+from r1jax.train import compiled_flops, peak_memory_bytes, static_memory_bytes
 
 
-def mixer_program(cfg: ModelConfig, T: int, batch: int, backward: bool):
-  """(jitted fn, params, x) for layer 0's mixer of `cfg` on a random [batch, T, d_model] input; fn returns the
-  output (forward) or the input and parameter gradients of sum(output^2) (forward + backward)."""
+def compile_mixer(cfg: ModelConfig, T: int, batch: int, backward: bool):
+  """(compiled fn, params, x) for layer 0's mixer of `cfg` on a random [batch, T, d_model] input; fn returns the
+  output (forward) or the parameter and input gradients of sum(output^2) (forward + backward)."""
   name = cfg.layer_names("mixer")[0]
   module = registry.lookup(registry.MIXERS, name, "model.mixer").module(cfg, cfg.options("mixer", name))
   x = jax.random.normal(jax.random.key(0), (batch, T, cfg.d_model), jax.numpy.dtype(cfg.dtype))
@@ -25,18 +26,13 @@ def mixer_program(cfg: ModelConfig, T: int, batch: int, backward: bool):
     fn = jax.jit(jax.grad(lambda p, x: jax.numpy.sum(forward(p, x).astype(np.float32) ** 2), argnums=(0, 1)))
   else:
     fn = jax.jit(forward)
-  return fn, params, x
+  return fn.lower(params, x).compile(), params, x
 
 
 def compiled_cost(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = False) -> dict:
-  """XLA's FLOPs and peak-memory estimate of the mixer at length T, compiled but not run."""
-  fn, params, x = mixer_program(cfg, T, batch, backward)
-  compiled = fn.lower(params, x).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  temp = float(mem.temp_size_in_bytes + mem.output_size_in_bytes) if mem is not None else float("nan")
-  return {"T": T, "flops": float(cost.get("flops", float("nan"))), "memory_bytes": temp}
+  """XLA's FLOPs and memory estimate of the mixer at length T, compiled but not run."""
+  compiled, _, _ = compile_mixer(cfg, T, batch, backward)
+  return {"T": T, "flops": compiled_flops(compiled), "memory_bytes": static_memory_bytes(compiled)}
 
 
 def timed(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = False, repeats: int = 3,
@@ -46,10 +42,8 @@ def timed(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = False, repe
   Raises MemoryError before running when XLA's memory estimate exceeds max_bytes (the host's RAM on CPU, where
   running out means the process is killed rather than an error raised).
   """
-  fn, params, x = mixer_program(cfg, T, batch, backward)
-  compiled = fn.lower(params, x).compile()
-  mem = compiled.memory_analysis()
-  estimate = float(mem.temp_size_in_bytes + mem.output_size_in_bytes + mem.argument_size_in_bytes) if mem else 0.0
+  compiled, params, x = compile_mixer(cfg, T, batch, backward)
+  estimate = static_memory_bytes(compiled)
   if estimate > max_bytes:
     raise MemoryError(f"needs ~{estimate / 2**30:.1f} GiB, over the {max_bytes / 2**30:.1f} GiB limit")
   jax.block_until_ready(compiled(params, x))
@@ -60,9 +54,7 @@ def timed(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = False, repe
     times.append(time.perf_counter() - t0)
     if time.perf_counter() - start > budget_sec:
       break
-  stats = jax.local_devices()[0].memory_stats() or {}
-  memory = stats.get("peak_bytes_in_use", estimate or float("nan"))
-  return {"T": T, "sec": float(np.median(times)), "memory_bytes": float(memory)}
+  return {"T": T, "sec": float(np.median(times)), "memory_bytes": peak_memory_bytes(compiled)}
 
 
 def fit_exponent(lengths, values) -> float:

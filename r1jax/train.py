@@ -126,15 +126,20 @@ def init_distributed(cfg: DistConfig) -> None:
                                  cfg.process_id if cfg.process_id >= 0 else None)
 
 
+def static_memory_bytes(compiled) -> float:
+  """XLA's estimate of a compiled executable's memory: arguments + outputs + temporaries - donated aliases."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return float("nan")
+  return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
 def peak_memory_bytes(compiled) -> float:
   """Peak device memory: runtime peak where the backend reports it (GPU/TPU), else XLA's static estimate."""
   stats = jax.local_devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     return float(stats["peak_bytes_in_use"])
-  m = compiled.memory_analysis()
-  if m is None:
-    return float("nan")
-  return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+  return static_memory_bytes(compiled)
 
 
 def compiled_flops(compiled) -> float:
