@@ -18,9 +18,10 @@ class Checkpointer:
   A run killed mid-save leaves only an unfinalised temporary directory, which orbax ignores on restore.
   """
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, create: bool = True):
+    """create=False: only read (a missing folder is not made, and has no latest step)."""
     self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax needs absolute paths
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
     self.manager = ocp.CheckpointManager(self.dir, options=options)
 
   def latest_step(self) -> int | None:

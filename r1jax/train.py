@@ -278,7 +278,7 @@ def train(cfg: Config) -> dict:
 def load_trained(cfg: Config) -> tuple[Transformer, Any, Any]:
   """(model, params, dataset) of the run in cfg.workdir at its latest checkpoint, e.g. to inspect in a notebook."""
   run = Run(cfg)
-  ckpt = Checkpointer(cfg.workdir, cfg.train.keep_checkpoints) if cfg.workdir else None
+  ckpt = Checkpointer(cfg.workdir, cfg.train.keep_checkpoints, create=False) if cfg.workdir else None
   if ckpt is None or ckpt.latest_step() is None:
     raise ConfigError(f"workdir={cfg.workdir!r} holds no checkpoint. Fix: train with this config first.")
   state, state_sh = run.init_state()

@@ -97,6 +97,7 @@ def test_load_trained_returns_the_trained_params(tmp_path, text_file):
   cfg = tiny_config(data__path=text_file, workdir=str(tmp_path / "run"), train__checkpoint_every=4)
   with pytest.raises(ConfigError, match="holds no checkpoint"):
     load_trained(cfg)
+  assert not os.path.exists(cfg.workdir)  # looking wrote nothing
   result = train(cfg)
   model, params, data = load_trained(cfg)
   batch = data.train_batch(0)
