@@ -45,7 +45,7 @@ SEED_SPEED, SEED_QUALITY = 3.2, 0.98  # "3.2x faster at 98%+ of the accuracy"
 LENGTHS = (512, 1024, 2048, 4096, 8192)
 
 
-def report(rows_by_task: dict[str, list[dict]]) -> str:
+def report(rows_by_task: dict[str, list[dict]], ablations=None) -> str:
   """The seed claims next to what this run measured."""
   lines = ["## Seed claims, measured", "",
            "| task | variant | train tok/s / dense | quality / dense | claim 3.2x at >= 98% |", "|---|---|---|---|---|"]

@@ -202,7 +202,8 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
 def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections.ConfigDict],
         variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0, 1, 2), baseline: str = "",
         quick: Mapping[str, Any] | None = None, default_variants: Sequence[str] = (),
-        report: Callable[[dict[str, list[dict]]], str] | None = None) -> None:
+        report: Callable[[dict[str, list[dict]], dict[str, "Ablation"]], str] | None = None,
+        task_variants: Mapping[str, Sequence[str]] | None = None) -> None:
   """Command line of an experiment driver: `--config.a.b=v` overrides of the base, and
 
     --quick           apply the driver's smoke-test overrides first (command-line overrides still win)
@@ -211,7 +212,8 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
 
   With several tasks (`base` a dict task -> config), every variant runs on every task, overrides are
   `--config.<task>.a.b=v`, `--tasks=a,b` picks tasks, and each task gets its table under <results_dir>/<task>.
-  `report(rows per task)` returns extra text (e.g. the measured claims), printed and saved as report.md.
+  `task_variants[task]` limits a task to some variants (default: all). `report(rows per task, ablations per
+  task)` returns extra text (e.g. the measured claims), printed and saved as report.md.
   """
   import sys
 
@@ -239,13 +241,19 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
         raise ConfigError(f"{flag}: unknown {sorted(set(asked) - set(known))}. Fix: choose from {list(known)}.")
     root = os.path.abspath(f.results_dir or os.path.join("results", name))
     plan = ({t: (f.config[t], os.path.join(root, t)) for t in f.tasks} if tasks else {"": (f.config, root)})
-    ablations = {t: Ablation(f"{name}/{t}" if t else name, cfg, chosen, tuple(int(s) for s in f.seeds),
+    limits = task_variants or {}
+
+    def only(task):
+      return {k: v for k, v in chosen.items() if task not in limits or k in limits[task]}
+
+    ablations = {t: Ablation(f"{name}/{t}" if t else name, cfg, only(t), tuple(int(s) for s in f.seeds),
                              baseline if baseline in chosen else "", out) for t, (cfg, out) in plan.items()}
+    ablations = {t: a for t, a in ablations.items() if a.variants}
     for a in ablations.values():
       a.configs()  # every task's variants are validated before anything trains
     rows = {t: run(a) for t, a in ablations.items()}
     if report is not None:
-      text = report(rows)
+      text = report(rows, ablations)
       with open(os.path.join(root, "report.md"), "w") as fh:
         fh.write(text + "\n")
       print(f"\n{text}")

@@ -99,7 +99,7 @@ class ModelConfig:
 class DataConfig:
   """Dataset and batching. The batch is global (over all devices and processes)."""
 
-  kind: str = "text"  # text (character-level file) | mqar (multi-query associative recall, Zoology)
+  kind: str = "text"  # text (character-level file) | mqar (multi-query associative recall, Zoology) | listops (LRA)
   path: str = ""  # text: path to a UTF-8 text file, e.g. ../shared/data/tinyshakespeare.txt
   val_fraction: float = 0.1  # text: last fraction of the file held out for validation (nanoGPT: 0.1)
   seq_len: int = 64  # tokens per training sequence
@@ -110,11 +110,15 @@ class DataConfig:
   num_kv_pairs: int = 16  # mqar: key-value pairs at the start of each sequence
   power_a: float = 0.01  # mqar: power-law parameter of the query gaps (Zoology default)
   random_non_queries: bool = False  # mqar: filler positions random tokens (True) or token 0 (False, Zoology's configs)
-  num_train_examples: int = 0  # mqar: 0 = a fresh example for every training row; else a fixed set, in epochs
-  num_test_examples: int = 3000  # mqar: held-out test examples
+  listops_min_len: int = 32  # listops: fewest expression tokens (>= 4); the most is seq_len - 1 (then '=')
+  listops_max_depth: int = 10  # listops: deepest operator nesting (LRA: 10)
+  listops_max_args: int = 10  # listops: most arguments per operator (LRA: 10), >= 2
+  num_train_examples: int = 0  # mqar/listops: 0 = a fresh example for every training row; else a fixed set
+  num_test_examples: int = 3000  # mqar/listops: held-out test examples
 
   def __post_init__(self):
-    _require(self.kind in ("text", "mqar"), "data.kind", f"unknown dataset {self.kind!r}", "use text or mqar")
+    _require(self.kind in ("text", "mqar", "listops"), "data.kind", f"unknown dataset {self.kind!r}",
+             "use text, mqar or listops")
     _require(self.seq_len >= 2 and self.batch_size >= 1, "data.seq_len/batch_size", "must be >= 2 and >= 1",
              "use positive sizes")
     _require(self.eval_batch_size >= 0 and self.eval_max_batches >= 0, "data.eval_batch_size",
@@ -123,6 +127,14 @@ class DataConfig:
       _require(bool(self.path), "data.path", "no text file given for data.kind=text",
                "pass --config.data.path=../shared/data/tinyshakespeare.txt")
       _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"{self.val_fraction} not in (0, 1)", "use 0.1")
+    elif self.kind == "listops":
+      _require(4 <= self.listops_min_len <= self.seq_len - 1, "data.listops_min_len",
+               f"{self.listops_min_len} must be in [4, seq_len - 1 = {self.seq_len - 1}] (the shortest expression "
+               "'[MAX d d ]' has 4 tokens; '=' follows)", "lower listops_min_len or raise data.seq_len")
+      _require(self.listops_max_depth >= 1 and self.listops_max_args >= 2, "data.listops_max_depth/max_args",
+               "need depth >= 1 and >= 2 arguments", "use LRA's 10 and 10")
+      _require(self.num_test_examples >= 1 and self.num_train_examples >= 0, "data.num_test_examples",
+               "must be >= 1 (train >= 0)", "use e.g. 2000")
     else:
       _require(self.mqar_vocab_size > self.seq_len, "data.mqar_vocab_size",
                f"{self.mqar_vocab_size} must exceed seq_len={self.seq_len} (Zoology)", "raise mqar_vocab_size")
@@ -252,6 +264,8 @@ def default_config() -> ml_collections.ConfigDict:
   values = to_dict(Config())
   values["model"]["mixer_options"] = registry.default_options(registry.MIXERS)
   values["model"]["ffn_options"] = registry.default_options(registry.FFNS)
+  for key in ("mixer_pattern", "ffn_pattern"):  # tuples, so that --config.model.mixer_pattern can override them
+    values["model"][key] = tuple(values["model"][key])
   return ml_collections.ConfigDict(values)
 
 

@@ -1,4 +1,5 @@
-"""Datasets: MQAR (Zoology's multi-query associative recall) and character-level text; batches are pure functions of (seed, step)."""
+"""Datasets: MQAR (Zoology's multi-query associative recall), ListOps and character-level text; batches are pure
+functions of (seed, step)."""
 
 import dataclasses
 import os
@@ -6,14 +7,15 @@ from typing import Iterator
 
 import numpy as np
 
+from r1jax import listops
 from r1jax.config import DataConfig
 from r1jax.registry import ConfigError
 
 # A batch is a dict of numpy arrays (global, over all devices):
 #   inputs  [B, T] int32  token ids
-#   targets [B, N] int32  next-token targets (N = T for text; N = num_kv_pairs answer positions for MQAR)
+#   targets [B, N] int32  next-token targets (N = T for text; N = num_kv_pairs answers for MQAR; N = 1 for ListOps)
 #   weights [B, N] float32  1 where a target counts (0 for padding rows of the last eval batch)
-#   target_pos [B, N] int32  (MQAR only) positions of `inputs` whose next-token prediction is scored
+#   target_pos [B, N] int32  (MQAR, ListOps) positions of `inputs` whose next-token prediction is scored
 Batch = dict[str, np.ndarray]
 
 _TRAIN, _TEST, _PERM = 0, 1, 2  # independent RNG streams
@@ -106,19 +108,27 @@ def mqar_example(rng: np.random.Generator, seq_len: int, vocab: int, num_pairs: 
 
 
 @dataclasses.dataclass
-class MQARData:
-  """MQAR: fresh (or a fixed set of) training examples and a held-out test set, deterministic per seed."""
+class ScoredData:
+  """Sequences scored at given positions (MQAR answers, the ListOps '='): fresh (or a fixed set of) training
+  examples and a held-out test set, deterministic per seed."""
 
   cfg: DataConfig
   seed: int
 
   def __post_init__(self):
-    self.vocab_size = self.cfg.mqar_vocab_size
+    self.vocab_size = self.cfg.mqar_vocab_size if self.cfg.kind == "mqar" else listops.VOCAB_SIZE
+
+  def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    c = self.cfg
+    if c.kind == "mqar":
+      return mqar_example(rng, c.seq_len, c.mqar_vocab_size, c.num_kv_pairs, c.power_a, c.random_non_queries)
+    return listops.listops_example(rng, c.seq_len, c.listops_min_len, c.listops_max_depth, c.listops_max_args)
+
+  def decode(self, ids) -> str:
+    return listops.decode(ids) if self.cfg.kind == "listops" else " ".join(map(str, ids))
 
   def _examples(self, split: int, indices) -> Batch:
-    c = self.cfg
-    rows = [mqar_example(np.random.default_rng([self.seed, split, int(i)]), c.seq_len, c.mqar_vocab_size,
-                         c.num_kv_pairs, c.power_a, c.random_non_queries) for i in indices]
+    rows = [self.example(np.random.default_rng([self.seed, split, int(i)])) for i in indices]
     inputs, pos, targets = (np.stack(a) for a in zip(*rows))
     return {"inputs": inputs, "targets": targets, "target_pos": pos, "weights": np.ones(pos.shape, np.float32)}
 
@@ -136,10 +146,11 @@ class MQARData:
     n = self.cfg.num_test_examples
     if self.cfg.eval_max_batches:
       n = min(n, self.cfg.eval_max_batches * rows)
-    for i in range(0, n, rows):
-      yield _pad_rows(self._examples(_TEST, range(i, min(i + rows, n))), rows)
+    if not hasattr(self, "_test"):  # built once: ListOps examples cost ~1 ms each to draw
+      self._test = [_pad_rows(self._examples(_TEST, range(i, min(i + rows, n))), rows) for i in range(0, n, rows)]
+    yield from self._test
 
 
-def make_dataset(cfg: DataConfig, seed: int) -> TextData | MQARData:
+def make_dataset(cfg: DataConfig, seed: int) -> TextData | ScoredData:
   """Builds the dataset named by `cfg.kind`; raises ConfigError (before any compilation) on bad input."""
-  return TextData(cfg, seed) if cfg.kind == "text" else MQARData(cfg, seed)
+  return TextData(cfg, seed) if cfg.kind == "text" else ScoredData(cfg, seed)

@@ -10,6 +10,11 @@ def causal_mask(T: int, S: int | None = None) -> np.ndarray:
   return np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)
 
 
+def window_mask(T: int, window: int) -> np.ndarray:
+  """[T, T] sliding-window mask: True where query t may attend key s, t - window < s <= t."""
+  return np.array([[t - window < s <= t for s in range(T)] for t in range(T)])
+
+
 def attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_TxS=None, scale=None, bias_BxTxS=None):
   """Softmax attention, one head at a time from the definition; G key/value heads shared by H/G query heads.
 
@@ -38,6 +43,19 @@ def attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_TxS=None, scale=None, bias_B
     w = w / jnp.sum(w, axis=-1, keepdims=True)
     outs.append(jnp.einsum("bts,bsk->btk", w, v[:, :, g]))
   return jnp.stack(outs, axis=2)
+
+
+def rope(x_BxTxHxK, base):
+  """RoPE from its definition: rotate each (i, i + K/2) pair at position t by t * base^(-2i/K), in float64."""
+  x = np.asarray(x_BxTxHxK, np.float64)
+  K = x.shape[-1]
+  out = np.empty_like(x)
+  for t in range(x.shape[1]):
+    for i in range(K // 2):
+      a = t * base ** (-2 * i / K)
+      x1, x2 = x[:, t, :, i], x[:, t, :, i + K // 2]
+      out[:, t, :, i], out[:, t, :, i + K // 2] = x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)
+  return out
 
 
 def cross_entropy(logits_NxV, targets_N):

@@ -11,6 +11,9 @@ BUILTIN_MODULES = (
     "r1jax.attention.dense",
     "r1jax.attention.sparse",
     "r1jax.attention.block_sparse",
+    "r1jax.attention.local",
+    "r1jax.attention.fusion",
+    "r1jax.attention.routed",
     "r1jax.feedforward",
 )
 

@@ -1,5 +1,10 @@
 """Small configs shared by the tests."""
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from r1jax.ablation import override
 from r1jax.config import Config, default_config
 
@@ -14,3 +19,31 @@ def tiny_config(**overrides) -> Config:
   }
   base.update({k.replace("__", "."): v for k, v in overrides.items()})
   return Config.from_dict(override(default_config(), base, "test"))
+
+
+def mixer_config(d_model=32, heads=4, kv_heads=0, init_std=0.3):
+  """A ModelConfig for mixer-level tests (a larger init std so that attention is far from uniform)."""
+  return tiny_config(data__path="x", model__d_model=d_model, model__num_heads=heads, model__num_kv_heads=kv_heads,
+                     model__init_std=init_std).model
+
+
+def apply_mixer(module, x, deterministic=False):
+  """(params, (output, aux), intermediates) of a mixer at a fixed init."""
+  params = nn.meta.unbox(module.init(jax.random.key(1), x, deterministic=True))
+  out, state = module.apply(params, x, deterministic=deterministic, mutable=["intermediates"])
+  return params, out, state.get("intermediates", {})
+
+
+def project_out(params, o_BxTxHxK):
+  """A mixer's output projection applied to per-head outputs."""
+  return jnp.einsum("BTHK,HKD->BTD", o_BxTxHxK, params["params"]["wo"])
+
+
+def assert_causal(mixer, T=10):
+  """Output t of a mixer depends on inputs <= t only (and on input t itself), by the Jacobian."""
+  x = jax.random.normal(jax.random.key(0), (1, T, mixer.cfg.d_model))
+  params = mixer.init(jax.random.key(1), x, deterministic=True)
+  jac = jax.jacrev(lambda x: mixer.apply(params, x, deterministic=False)[0])(x)  # [1,T,D,1,T,D]
+  dep_TxT = np.abs(np.asarray(jac)).sum((0, 2, 3, 5))
+  assert np.all(dep_TxT[np.triu_indices(T, 1)] == 0), "output depends on later inputs"
+  assert np.all(np.diag(dep_TxT) > 0), "output does not depend on its own input"

@@ -85,3 +85,12 @@ def test_model_config_defaults():
   assert cfg.hidden_ff == 352 and cfg.padded_vocab == 128
   assert cfg.layer_names("mixer") == ("attention",) * 4
   assert ModelConfig(num_layers=3, mixer_pattern=("attention",)).layer_names("mixer") == ("attention",) * 3
+
+
+def test_layer_schedule_from_the_command_line():
+  """ml_collections overrides tuples from the command line (`--config.model.mixer_pattern="('local','attention')"`)
+  but not lists, so the default pattern must be a tuple; the pattern is cycled over the layers."""
+  base = default_config()
+  assert isinstance(base.model.mixer_pattern, tuple) and isinstance(base.model.ffn_pattern, tuple)
+  cfg = Config.from_dict(override(base, {"model.mixer_pattern": ("local", "attention"), "data.path": "x"}, "t"))
+  assert cfg.model.layer_names("mixer") == ("local", "attention", "local", "attention")

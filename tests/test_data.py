@@ -1,10 +1,11 @@
-"""MQAR (Zoology's definition) and character-level text: determinism, structure, splits."""
+"""MQAR (Zoology's definition), ListOps (LRA) and character-level text: determinism, structure, splits."""
 
 import numpy as np
 import pytest
 
+from r1jax import listops
 from r1jax.config import DataConfig
-from r1jax.data import MQARData, TextData, mqar_example
+from r1jax.data import ScoredData, TextData, mqar_example
 from r1jax.registry import ConfigError
 
 MQAR = DataConfig(kind="mqar", path="", seq_len=64, num_kv_pairs=8, mqar_vocab_size=512, batch_size=4,
@@ -26,7 +27,7 @@ def test_mqar_example_structure():
 
 
 def test_mqar_is_deterministic_per_seed_and_splits_are_disjoint():
-  a, b, c = MQARData(MQAR, 0), MQARData(MQAR, 0), MQARData(MQAR, 1)
+  a, b, c = ScoredData(MQAR, 0), ScoredData(MQAR, 0), ScoredData(MQAR, 1)
   for k in a.train_batch(3):
     np.testing.assert_array_equal(a.train_batch(3)[k], b.train_batch(3)[k])
   assert not np.array_equal(a.train_batch(3)["inputs"], c.train_batch(3)["inputs"])
@@ -37,18 +38,54 @@ def test_mqar_is_deterministic_per_seed_and_splits_are_disjoint():
 
 
 def test_mqar_eval_pads_last_batch_with_zero_weight():
-  batches = list(MQARData(MQAR, 0).eval_batches())
+  batches = list(ScoredData(MQAR, 0).eval_batches())
   assert [b["inputs"].shape[0] for b in batches] == [5, 5, 5]
   assert sum(b["weights"].sum() for b in batches) == 12 * 8
   assert batches[-1]["weights"][2:].sum() == 0
 
 
 def test_mqar_fixed_train_set_cycles_in_epochs():
-  data = MQARData(DataConfig(**{**MQAR.__dict__, "num_train_examples": 8}), 0)
+  data = ScoredData(DataConfig(**{**MQAR.__dict__, "num_train_examples": 8}), 0)
   epoch0 = {tuple(r) for s in (0, 1) for r in data.train_batch(s)["inputs"]}
   epoch1 = {tuple(r) for s in (2, 3) for r in data.train_batch(s)["inputs"]}
   assert len(epoch0) == 8 and epoch0 == epoch1
   assert not np.array_equal(data.train_batch(0)["inputs"], data.train_batch(2)["inputs"])  # reshuffled
+
+
+LISTOPS = DataConfig(kind="listops", seq_len=64, listops_min_len=16, batch_size=16, eval_batch_size=16,
+                     num_test_examples=32)
+
+
+def test_listops_labels_equal_a_stack_machine_and_lengths_are_in_range():
+  """The recursive generator's value against an independent stack evaluation of the emitted tokens."""
+  data = ScoredData(LISTOPS, 0)
+  batch = data.train_batch(0)
+  assert data.vocab_size == listops.VOCAB_SIZE == 17
+  for inputs, pos, target in zip(batch["inputs"], batch["target_pos"][:, 0], batch["targets"][:, 0]):
+    assert 16 <= pos <= 63 and inputs[pos] == listops.QUERY and np.all(inputs[pos + 1:] == listops.PAD)
+    ops = (inputs[:pos] >= listops.OP0) & (inputs[:pos] < listops.CLOSE)
+    assert np.all(inputs[:pos] != listops.PAD) and ops[0] and ops.sum() == (inputs[:pos] == listops.CLOSE).sum()
+    assert target == listops.DIGIT0 + listops.evaluate(inputs)
+  assert data.decode([11, 1, 10, 15, 16]) == "[MIN 0 9 ] ="
+
+
+@pytest.mark.parametrize("op,values,expected", [(0, [3, 1, 2], 1), (1, [3, 1, 2], 3), (2, [4, 1, 2, 9], 3),
+                                                (2, [5, 1, 9], 5), (3, [9, 8, 7], 4)])
+def test_listops_operators(op, values, expected):
+  assert listops.apply(op, values) == expected
+
+
+def test_listops_is_deterministic_per_seed_and_splits_are_disjoint():
+  a, b, c = ScoredData(LISTOPS, 0), ScoredData(LISTOPS, 0), ScoredData(LISTOPS, 1)
+  np.testing.assert_array_equal(a.train_batch(2)["inputs"], b.train_batch(2)["inputs"])
+  assert not np.array_equal(a.train_batch(2)["inputs"], c.train_batch(2)["inputs"])
+  train = {tuple(r) for s in range(4) for r in a.train_batch(s)["inputs"]}
+  assert not train & {tuple(r) for batch in a.eval_batches() for r in batch["inputs"]}
+
+
+def test_listops_bad_lengths_name_the_field():
+  with pytest.raises(ConfigError, match="listops_min_len"):
+    DataConfig(kind="listops", seq_len=32, listops_min_len=40)
 
 
 def test_text_split_batches_and_eval_tiling(text_file):

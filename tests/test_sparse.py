@@ -6,28 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import tiny_config
+from helpers import apply_mixer, assert_causal, mixer_config, project_out
 from r1jax import reference
 from r1jax.attention.block_sparse import BlockSparseAttention, BlockSparseOptions, block_sparse_attention
 from r1jax.attention.dense import Attention, AttentionOptions
 from r1jax.attention.sparse import SparseAttention, SparseOptions, gathered_attention
 from r1jax.registry import ConfigError
-
-
-def _model_cfg(d_model=32, heads=4, kv_heads=0, init_std=0.3):
-  return tiny_config(data__path="x", model__d_model=d_model, model__num_heads=heads, model__num_kv_heads=kv_heads,
-                     model__init_std=init_std).model
-
-
-def _apply(module, x, deterministic=False):
-  """(params, (output, aux), intermediates) of a mixer at a fixed init."""
-  params = nn.meta.unbox(module.init(jax.random.key(1), x, deterministic=True))
-  out, state = module.apply(params, x, deterministic=deterministic, mutable=["intermediates"])
-  return params, out, state["intermediates"]
-
-
-def _project(params, o_BxTxHxK):
-  return jnp.einsum("BTHK,HKD->BTD", o_BxTxHxK, params["params"]["wo"])
 
 
 @pytest.mark.parametrize("B,T,H,G,N", [(2, 9, 4, 2, 3), (1, 16, 2, 1, 16), (3, 5, 6, 3, 1)])
@@ -50,21 +34,21 @@ def test_gathered_attention_equals_masked_reference(B, T, H, G, N):
 @pytest.mark.parametrize("T,chunk,top_k,kv_heads", [(13, 4, 3, 0), (16, 16, 5, 2), (7, 3, 7, 1)])
 def test_indexer_topk_equals_masked_reference(T, chunk, top_k, kv_heads):
   """The whole mixer (chunked queries, T not a multiple of the chunk, GQA) against top-k by sorting."""
-  cfg = _model_cfg(kv_heads=kv_heads)
+  cfg = mixer_config(kv_heads=kv_heads)
   opts = SparseOptions(select="indexer", top_k=top_k, indexer_heads=8, indexer_dim=8, query_chunk=chunk)
   mixer = SparseAttention(cfg, opts)
   x = jax.random.normal(jax.random.key(T), (2, T, cfg.d_model))
-  params, (out, _), inter = _apply(mixer, x)
+  params, (out, _), inter = apply_mixer(mixer, x)
   (q, k, v), (iq, ik, iw) = inter["qkv"][0], inter["indexer"][0]
   scores = reference.indexer_scores(iq, ik, iw)
   mask = reference.topk_mask(scores, top_k)
   ref = reference.attention(q, k, v, mask[:, None], bias_BxTxS=np.where(mask, scores, 0.0).astype(np.float32))
-  np.testing.assert_allclose(out, _project(params, ref), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out, project_out(params, ref), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("select", ["indexer", "window", "random"])
 def test_topk_with_k_at_least_T_equals_dense(select):
-  cfg = _model_cfg(kv_heads=2)
+  cfg = mixer_config(kv_heads=2)
   x = jax.random.normal(jax.random.key(0), (2, 11, cfg.d_model))
   sparse = SparseAttention(cfg, SparseOptions(select=select, top_k=11, indexer_grad="none", query_chunk=4))
   params = sparse.init(jax.random.key(1), x, deterministic=True)
@@ -76,14 +60,14 @@ def test_topk_with_k_at_least_T_equals_dense(select):
 
 
 def test_window_keeps_the_last_k_keys():
-  cfg = _model_cfg()
+  cfg = mixer_config()
   x = jax.random.normal(jax.random.key(0), (1, 10, cfg.d_model))
   mixer = SparseAttention(cfg, SparseOptions(select="window", top_k=3, query_chunk=4))
-  params, (out, _), inter = _apply(mixer, x)
+  params, (out, _), inter = apply_mixer(mixer, x)
   q, k, v = inter["qkv"][0]
   t, s = np.arange(10)[:, None], np.arange(10)[None, :]
   ref = reference.attention(q, k, v, (s <= t) & (s > t - 3))
-  np.testing.assert_allclose(out, _project(params, ref), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out, project_out(params, ref), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("T,block,n,kv_heads", [(20, 4, 2, 0), (19, 5, 1, 2), (16, 8, 0, 1), (12, 3, 5, 4)])
@@ -98,7 +82,7 @@ def test_block_topk_equals_masked_reference(T, block, n, kv_heads):
 
 
 def test_block_topk_with_all_blocks_equals_dense():
-  cfg = _model_cfg(kv_heads=2)
+  cfg = mixer_config(kv_heads=2)
   x = jax.random.normal(jax.random.key(0), (2, 22, cfg.d_model))
   mixer = BlockSparseAttention(cfg, BlockSparseOptions(block_size=4, top_blocks=6))
   params = mixer.init(jax.random.key(1), x, deterministic=True)
@@ -120,21 +104,13 @@ CAUSAL_CASES = [
 @pytest.mark.parametrize("cls,opts", CAUSAL_CASES)
 def test_selection_is_causal_by_gradients(cls, opts):
   """Output t (and the selection behind it) never depends on inputs after t."""
-  cfg = _model_cfg()
-  T = 10
-  x = jax.random.normal(jax.random.key(0), (1, T, cfg.d_model))
-  mixer = cls(cfg, opts)
-  params = mixer.init(jax.random.key(1), x, deterministic=True)
-  jac = jax.jacrev(lambda x: mixer.apply(params, x, deterministic=False)[0])(x)  # [1,T,D,1,T,D]
-  dep_TxT = np.abs(np.asarray(jac)).sum((0, 2, 3, 5))
-  assert np.all(dep_TxT[np.triu_indices(T, 1)] == 0)
-  assert np.all(np.diag(dep_TxT) > 0)
+  assert_causal(cls(mixer_config(), opts))
 
 
 @pytest.mark.parametrize("grad,loss,reaches", [("gate", "none", True), ("none", "kl", True),
                                                ("none", "kl_dense", True), ("none", "none", False)])
 def test_indexer_receives_gradient(grad, loss, reaches):
-  cfg = _model_cfg()
+  cfg = mixer_config()
   mixer = SparseAttention(cfg, SparseOptions(top_k=3, indexer_grad=grad, indexer_loss=loss, query_chunk=4))
   x = jax.random.normal(jax.random.key(0), (2, 9, cfg.d_model))
   params = nn.meta.unbox(mixer.init(jax.random.key(1), x, deterministic=True))
@@ -151,10 +127,10 @@ def test_indexer_receives_gradient(grad, loss, reaches):
 
 def test_kl_dense_matches_definition():
   """DSA warm-up loss: KL(mean-over-heads dense attention || softmax(indexer scores)) over earlier keys."""
-  cfg = _model_cfg()
+  cfg = mixer_config()
   mixer = SparseAttention(cfg, SparseOptions(top_k=2, indexer_loss="kl_dense", query_chunk=3))
   x = jax.random.normal(jax.random.key(0), (2, 7, cfg.d_model))
-  _, (_, aux), inter = _apply(mixer, x)
+  _, (_, aux), inter = apply_mixer(mixer, x)
   (q, k, _), (iq, ik, iw) = inter["qkv"][0], inter["indexer"][0]
   q, k = np.float64(q), np.float64(k)
   T, H, K = 7, q.shape[2], q.shape[3]
