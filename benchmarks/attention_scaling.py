@@ -6,7 +6,7 @@ variant at T = 512 .. 16k, ratios to dense measured in the same run, and the cro
   python benchmarks/attention_scaling.py --lengths=128,256 --budget=16 --d_model=64 --heads=2   # smoke
 
 All sparse variants get the same key budget k per query (block: k/2 keys in the own block + k/2 in one selected
-block). Memory is the runtime peak on GPU/TPU and XLA's static estimate on CPU. A length whose dense run would
+block; local: the last k keys, computed in blocks rather than gathered). Memory is the runtime peak on GPU/TPU and XLA's static estimate on CPU. A length whose dense run would
 exceed --max_sec is still measured once; a measurement that would not fit in memory, or fails, prints as n/a.
 """
 
@@ -23,7 +23,8 @@ from r1jax.config import ModelConfig
 from r1jax.scaling import fit_exponent, timed
 
 flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"], "sequence lengths T")
-flags.DEFINE_list("variants", ["dense", "topk", "block", "window", "random"], "attention variants")
+flags.DEFINE_list("variants", ["dense", "topk", "block", "window", "random", "local"],
+                  "attention variants (also: fusion, routed)")
 flags.DEFINE_integer("budget", 128, "keys per query of the sparse variants")
 flags.DEFINE_integer("d_model", 256, "model width")
 flags.DEFINE_integer("heads", 4, "query heads (key/value heads = heads)")
@@ -45,6 +46,9 @@ def variant_config(name: str) -> ModelConfig:
       "block": ("block_sparse", {"block_size": k // 2, "top_blocks": 1}),
       "window": ("sparse", {"select": "window", "top_k": k}),
       "random": ("sparse", {"select": "random", "top_k": k}),
+      "local": ("local", {"window": k}),  # the same window as 'window', blocked instead of gathered: O(T*k)
+      "fusion": ("fusion", {"beta": "token", "window": k}),  # local + global branches
+      "routed": ("routed", {"capacity": 0.125, "window": k}),  # global attention for 1/8 of the queries
   }[name]
   return ModelConfig(vocab_size=64, d_model=FLAGS.d_model, num_heads=FLAGS.heads, dtype=FLAGS.dtype, mixer=mixer,
                      mixer_options={mixer: options} if options else {})

@@ -2,7 +2,7 @@
 (beta fixed, per head, per token) and MoD-style routing of the top-c tokens to global attention, on ListOps and
 Tiny Shakespeare; then the seed articles' claims, measured.
 
-  python experiments/hierarchical_routing_ablation.py             # default variants x 3 seeds x 2 tasks (2-core CPU)
+  python experiments/hierarchical_routing_ablation.py             # 5 variants x 3 seeds x 2 tasks, ~10 min (2-core CPU)
   python experiments/hierarchical_routing_ablation.py --quick     # smoke run
   python experiments/hierarchical_routing_ablation.py --variants=  # every variant (schedules, fusions, capacities)
   python experiments/hierarchical_routing_ablation.py --tasks=listops --config.listops.data.seq_len=1024 \
@@ -47,11 +47,11 @@ def _task(base, window: int, overrides: dict, name: str):
 TASKS = {
     # Expressions of 16-63 tokens; a window of 8 over 4 layers sees at most 29 tokens back from the '='.
     "listops": _task(configs.listops(seq_len=64, min_len=16), 8, {
-        "model.d_model": 32, "model.num_heads": 2, "train.steps": 300, "train.eval_every": 0,
+        "model.d_model": 32, "model.num_heads": 2, "train.steps": 250, "train.eval_every": 0,
         "data.num_test_examples": 1000}, "listops"),
     "shakespeare": _task(configs.shakespeare_char(), 16, {
-        "model.d_model": 32, "model.num_heads": 2, "data.seq_len": 128, "train.steps": 200,
-        "train.eval_every": 0, "train.checkpoint_every": 0, "data.eval_max_batches": 8}, "shakespeare"),
+        "model.d_model": 32, "model.num_heads": 2, "data.seq_len": 128, "train.steps": 150,
+        "train.eval_every": 0, "train.checkpoint_every": 0, "data.eval_max_batches": 4}, "shakespeare"),
 }
 TASK_VARIANTS = {"shakespeare": [v for v in VARIANTS if not v.startswith("routed")]}
 QUICK = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "data.eval_max_batches": 1}

@@ -59,7 +59,7 @@ def test_hierarchical_driver_routes_only_listops_and_prints_betas(tmp_path):
 
 def test_attention_scaling_benchmark_prints_ratios_and_crossover():
   out = _run(["benchmarks/attention_scaling.py", "--lengths=32,64", "--budget=8", "--d_model=32", "--heads=2",
-              "--repeats=1", "--variants=dense,topk,block"])
+              "--repeats=1", "--variants=dense,topk,block,local"])
   rows = [line for line in out.splitlines() if line.startswith("| 64 |")]
-  assert len(rows) == 3 and rows[0].startswith("| 64 | dense |") and "| 1.000 | 1.000 | 1.000 |" in rows[0]
-  assert "topk: fwd+bwd time slope" in out and "block: fwd+bwd time slope" in out
+  assert len(rows) == 4 and rows[0].startswith("| 64 | dense |") and "| 1.000 | 1.000 | 1.000 |" in rows[0]
+  assert "topk: fwd+bwd time slope" in out and "local: fwd+bwd time slope" in out
