@@ -70,7 +70,10 @@ def measure(name: str, T: int, backward: bool) -> dict:
   out = subprocess.run(args, capture_output=True, text=True)
   if out.returncode == 0:
     return json.loads(out.stdout.strip().splitlines()[-1])
-  why = out.stderr.strip().splitlines()[-1][:150] if out.stderr.strip() else f"killed (signal {-out.returncode})"
+  if out.returncode < 0:  # the host's OOM killer sends SIGKILL; the child's stderr then ends with unrelated logs
+    why = f"killed by signal {-out.returncode}, likely out of host memory"
+  else:
+    why = out.stderr.strip().splitlines()[-1][:150] if out.stderr.strip() else f"exit code {out.returncode}"
   print(f"  {name} T={T} {'fwd+bwd' if backward else 'fwd'}: n/a ({why})")
   return {"T": T, "sec": float("nan"), "memory_bytes": float("nan")}
 
