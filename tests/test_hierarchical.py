@@ -131,3 +131,22 @@ def test_causal_by_gradients(mixer):
 def test_bad_options_name_the_field(cls, kwargs, field):
   with pytest.raises(ConfigError, match=field):
     cls(**kwargs)
+
+
+def test_routed_capacity_one_equals_global_in_every_layer_of_a_model():
+  """A whole model with routed layers at capacity 1 gives the logits of the dense model with the same weights."""
+  from helpers import tiny_config
+  from r1jax.model import Transformer
+
+  def model(**kw):
+    cfg = tiny_config(data__path="x", model__vocab_size=40, model__init_std=0.3, model__num_layers=3, **kw).model
+    return Transformer(cfg)
+
+  routed = model(model__mixer="routed", model__mixer_options={"routed": {"capacity": 1.0, "window": 2}})
+  tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 40)
+  params = routed.init(jax.random.key(1), tokens)
+  logits, _ = routed.apply(params, tokens)
+  dense_logits, _ = model(model__mixer="attention").apply(params, tokens)  # the router weights go unused
+  np.testing.assert_allclose(logits, dense_logits, rtol=1e-4, atol=1e-4)
+  local_logits, _ = model(model__mixer="local", model__mixer_options={"local": {"window": 2}}).apply(params, tokens)
+  assert not np.allclose(logits, local_logits, atol=1e-3)  # the window alone differs: the check has teeth
