@@ -1,5 +1,7 @@
 """Reading what mixers sow (`intermediates`) from trained runs, e.g. fusion betas or routed positions."""
 
+import itertools
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -12,7 +14,7 @@ def sown(cfg: Config, name: str, batches: int = 1) -> dict[int, np.ndarray]:
   cfg.workdir, concatenated along the batch axis; layers that sow nothing are left out."""
   model, params, data = load_trained(cfg)
   found: dict[int, list[np.ndarray]] = {}
-  for i, batch in zip(range(batches), data.eval_batches()):
+  for batch in itertools.islice(data.eval_batches(), batches):
     _, state = model.apply({"params": params}, jnp.asarray(batch["inputs"]), deterministic=True,
                            mutable=["intermediates"])
     for layer in range(cfg.model.num_layers):

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 from r1jax import layers
 from r1jax.attention.dense import IMPLS as GLOBAL_IMPLS
 from r1jax.attention.dense import causal_attention, project_out, project_qkv
-from r1jax.attention.local import IMPLS as LOCAL_IMPLS
-from r1jax.attention.local import local_attention
+from r1jax.attention.local import check_window, local_attention
 from r1jax.registry import ConfigError, register_mixer
 
 BETAS = ("fixed", "head", "token")
@@ -36,12 +35,11 @@ class FusionOptions:
     checks = ((self.beta in BETAS, "beta", f"use one of {BETAS}"),
               (0.0 <= self.beta_init <= 1.0 and (self.beta == "fixed" or 0.0 < self.beta_init < 1.0),
                "beta_init", "use a value in [0, 1] for beta=fixed and in (0, 1) for a learned beta"),
-              (self.window >= 1, "window", "use a window of >= 1 keys"),
-              (self.local_impl in LOCAL_IMPLS, "local_impl", f"use one of {LOCAL_IMPLS}"),
               (self.global_impl in GLOBAL_IMPLS, "global_impl", f"use one of {GLOBAL_IMPLS}"))
     for ok, field, fix in checks:
       if not ok:
         raise ConfigError(f"{field}={getattr(self, field)!r} is invalid. Fix: {fix}")
+    check_window(self.window, self.local_impl, "local_impl")
 
 
 @register_mixer("fusion", FusionOptions)

@@ -25,10 +25,15 @@ class LocalOptions:
   impl: str = "auto"  # auto (cuDNN local window on GPU where it applies, else blocked) | blocked | cudnn | naive
 
   def __post_init__(self):
-    if self.window < 1:
-      raise ConfigError(f"window={self.window} is invalid. Fix: use a window of >= 1 keys")
-    if self.impl not in IMPLS:
-      raise ConfigError(f"impl={self.impl!r} is unknown. Fix: use one of {IMPLS}")
+    check_window(self.window, self.impl, "impl")
+
+
+def check_window(window: int, impl: str, impl_field: str) -> None:
+  """Validates the sliding-window options shared by the local, fusion and routed mixers."""
+  if window < 1:
+    raise ConfigError(f"window={window} is invalid. Fix: use a window of >= 1 keys")
+  if impl not in IMPLS:
+    raise ConfigError(f"{impl_field}={impl!r} is unknown. Fix: use one of {IMPLS}")
 
 
 def blocked_local_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array,

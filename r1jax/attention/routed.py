@@ -21,8 +21,7 @@ import jax.numpy as jnp
 
 from r1jax import layers
 from r1jax.attention.dense import project_out, project_qkv
-from r1jax.attention.local import IMPLS as LOCAL_IMPLS
-from r1jax.attention.local import local_attention
+from r1jax.attention.local import check_window, local_attention
 from r1jax.registry import ConfigError, register_mixer
 
 
@@ -35,10 +34,7 @@ class RoutedOptions:
   def __post_init__(self):
     if not 0.0 < self.capacity <= 1.0:
       raise ConfigError(f"capacity={self.capacity} is invalid. Fix: use a fraction in (0, 1], e.g. 0.25")
-    if self.window < 1:
-      raise ConfigError(f"window={self.window} is invalid. Fix: use a window of >= 1 keys")
-    if self.local_impl not in LOCAL_IMPLS:
-      raise ConfigError(f"local_impl={self.local_impl!r} is unknown. Fix: use one of {LOCAL_IMPLS}")
+    check_window(self.window, self.local_impl, "local_impl")
 
 
 def routed_tokens(T: int, capacity: float) -> int:
