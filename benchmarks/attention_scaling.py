@@ -6,8 +6,9 @@ variant at T = 512 .. 16k, ratios to dense measured in the same run, and the cro
   python benchmarks/attention_scaling.py --lengths=128,256 --budget=16 --d_model=64 --heads=2   # smoke
 
 All sparse variants get the same key budget k per query (block: k/2 keys in the own block + k/2 in one selected
-block; local: the last k keys, computed in blocks rather than gathered). Memory is the runtime peak on GPU/TPU and XLA's static estimate on CPU. A length whose dense run would
-exceed --max_sec is still measured once; a measurement that would not fit in memory, or fails, prints as n/a.
+block; local: the last k keys, computed in blocks rather than gathered). Memory is the runtime peak on GPU/TPU and
+XLA's static estimate on CPU. A length whose dense run would exceed --max_sec is still measured once; a measurement
+that would not fit in memory, or fails, prints as n/a.
 """
 
 import json
@@ -24,7 +25,7 @@ from r1jax.scaling import fit_exponent, timed
 
 flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"], "sequence lengths T")
 flags.DEFINE_list("variants", ["dense", "topk", "block", "window", "random", "local"],
-                  "attention variants (also: fusion, routed)")
+                  "attention variants (also: fusion, routed, fw_chunkwise, fw_parallel, fw_recurrent, fw_vector)")
 flags.DEFINE_integer("budget", 128, "keys per query of the sparse variants")
 flags.DEFINE_integer("d_model", 256, "model width")
 flags.DEFINE_integer("heads", 4, "query heads (key/value heads = heads)")
@@ -49,6 +50,12 @@ def variant_config(name: str) -> ModelConfig:
       "local": ("local", {"window": k}),  # the same window as 'window', blocked instead of gathered: O(T*k)
       "fusion": ("fusion", {"beta": "token", "window": k}),  # local + global branches
       "routed": ("routed", {"capacity": 0.125, "window": k}),  # global attention for 1/8 of the queries
+      # The fast-weight recurrence (r1jax/recurrent.py) with a data-dependent decay per head, in each form; and the
+      # per-key-dimension (GLA) gate in its chunkwise form.
+      "fw_chunkwise": ("fast_weight", {"gate": "scalar", "form": "chunkwise"}),
+      "fw_parallel": ("fast_weight", {"gate": "scalar", "form": "parallel"}),
+      "fw_recurrent": ("fast_weight", {"gate": "scalar", "form": "recurrent"}),
+      "fw_vector": ("fast_weight", {"gate": "vector", "form": "chunkwise"}),
   }[name]
   return ModelConfig(vocab_size=64, d_model=FLAGS.d_model, num_heads=FLAGS.heads, dtype=FLAGS.dtype, mixer=mixer,
                      mixer_options={mixer: options} if options else {})

@@ -199,9 +199,20 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
   return rows
 
 
+def task_plan(variants: Mapping[str, Any], asked: Sequence[str] | None, task: str,
+              defaults: Mapping[str, Sequence[str]] | None = None,
+              limits: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+  """The variants `task` runs: those asked for (all if empty), or the task's defaults when nothing was asked
+  (asked=None), within limits[task] (default: no limit); in the order of `variants`."""
+  wanted = (defaults or {}).get(task, variants) if asked is None else (asked or variants)
+  allowed = (limits or {}).get(task, variants)
+  return {k: v for k, v in variants.items() if k in wanted and k in allowed}
+
+
 def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections.ConfigDict],
         variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0, 1, 2), baseline: str = "",
-        quick: Mapping[str, Any] | None = None, default_variants: Sequence[str] = (),
+        quick: Mapping[str, Any] | None = None,
+        default_variants: Sequence[str] | Mapping[str, Sequence[str]] = (),
         report: Callable[[dict[str, list[dict]], dict[str, "Ablation"]], str] | None = None,
         task_variants: Mapping[str, Sequence[str]] | None = None) -> None:
   """Command line of an experiment driver: `--config.a.b=v` overrides of the base, and
@@ -212,7 +223,8 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
 
   With several tasks (`base` a dict task -> config), every variant runs on every task, overrides are
   `--config.<task>.a.b=v`, `--tasks=a,b` picks tasks, and each task gets its table under <results_dir>/<task>.
-  `task_variants[task]` limits a task to some variants (default: all). `report(rows per task, ablations per
+  `task_variants[task]` limits a task to some variants (default: all); `default_variants` may also be a dict
+  task -> the variants that task runs when --variants is not given. `report(rows per task, ablations per
   task)` returns extra text (e.g. the measured claims), printed and saved as report.md.
   """
   import sys
@@ -227,7 +239,9 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
   config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(base) if tasks else base)
   flags.DEFINE_bool("quick", False, "shrink everything for a smoke run (see the driver's QUICK)")
   flags.DEFINE_list("seeds", [str(s) for s in seeds], "seeds to run")
-  flags.DEFINE_list("variants", list(default_variants), "variants to run (empty: all)")
+  per_task = default_variants if isinstance(default_variants, Mapping) else {}
+  defaults = list(dict.fromkeys(v for vs in per_task.values() for v in vs)) if per_task else list(default_variants)
+  flags.DEFINE_list("variants", defaults, "variants to run (empty: all)")
   flags.DEFINE_list("tasks", list(tasks or ()), "tasks to run (several-task drivers)")
   flags.DEFINE_string("results_dir", "", "results folder (default ./results/<name>)")
 
@@ -236,17 +250,14 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     f = flags.FLAGS
     chosen = {k: v for k, v in variants.items() if not f.variants or k in f.variants}
-    for flag, asked, known in (("--variants", f.variants, variants), ("--tasks", f.tasks, tasks or {})):
-      if set(asked) - set(known):
-        raise ConfigError(f"{flag}: unknown {sorted(set(asked) - set(known))}. Fix: choose from {list(known)}.")
+    for flag, names, known in (("--variants", f.variants, variants), ("--tasks", f.tasks, tasks or {})):
+      if set(names) - set(known):
+        raise ConfigError(f"{flag}: unknown {sorted(set(names) - set(known))}. Fix: choose from {list(known)}.")
     root = os.path.abspath(f.results_dir or os.path.join("results", name))
     plan = ({t: (f.config[t], os.path.join(root, t)) for t in f.tasks} if tasks else {"": (f.config, root)})
-    limits = task_variants or {}
-
-    def only(task):
-      return {k: v for k, v in chosen.items() if task not in limits or k in limits[task]}
-
-    ablations = {t: Ablation(f"{name}/{t}" if t else name, cfg, only(t), tuple(int(s) for s in f.seeds),
+    asked = f.variants if f["variants"].present or not per_task else None
+    ablations = {t: Ablation(f"{name}/{t}" if t else name, cfg,
+                             task_plan(variants, asked, t, per_task, task_variants), tuple(int(s) for s in f.seeds),
                              baseline if baseline in chosen else "", out) for t, (cfg, out) in plan.items()}
     ablations = {t: a for t, a in ablations.items() if a.variants}
     for a in ablations.values():

@@ -35,3 +35,15 @@ def histogram_table(values_by_layer: dict[int, np.ndarray], bins: int = 10, lo: 
     frac = counts / max(v.size, 1)
     lines.append(f"| {layer} | {v.mean():.3f} | " + " | ".join(f"{f:.2f}" for f in frac) + " |")
   return "\n".join(lines)
+
+
+def horizon_table(log_a_by_layer: dict[int, np.ndarray]) -> str:
+  """A markdown table of recurrent decays per layer and head: mean a and the memory horizon 1 / (1 - a) in tokens
+  (10th, 50th, 90th percentile over batch, time and key dimensions) from sown log a [B, T, H, 1 or K]."""
+  lines = ["| layer | head | mean a | horizon p10 | p50 | p90 |", "|---|---|---|---|---|---|"]
+  for layer, log_a in sorted(log_a_by_layer.items()):
+    for h in range(log_a.shape[2]):
+      a = np.exp(np.asarray(log_a[:, :, h], np.float64))
+      p10, p50, p90 = np.percentile(1.0 / np.maximum(1.0 - a, 1e-12), [10, 50, 90])
+      lines.append(f"| {layer} | {h} | {a.mean():.4f} | {p10:.1f} | {p50:.1f} | {p90:.1f} |")
+  return "\n".join(lines)

@@ -4,6 +4,7 @@ Dimension legend, used in every variable name and einsum of r1jax:
   B batch            T query length / time   S key length / space   D model width
   H query heads      G key/value heads       K head dim             F feed-forward hidden
   E experts          C chunk / capacity      V vocabulary           N scored positions per row
+  P value head dim   A gate entries per head (1 or K; recurrent mixers)
 """
 
 import flax.linen as nn

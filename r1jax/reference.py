@@ -106,3 +106,26 @@ def block_select_mask(q_BxTxHxK, k_BxTxGxK, block, n):
         for j in chosen:
           mask[b, g, rows, j * block:min((j + 1) * block, T)] = True
   return mask & causal_mask(T)[None, None]
+
+
+def fast_weight_recurrence(q_BxTxHxK, k_BxTxHxK, v_BxTxHxP, a_BxTxHxA, b_BxTxH=None, state_BxHxKxP=None):
+  """The fast-weight recurrence one step at a time in float64, for each batch row and head:
+  S_t = diag(a_t) S_{t-1} + k_t v_t^T, or with the delta rule (b given, one a per head)
+  S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T; the output is o_t = S_t^T q_t.
+  Returns (o [B, T, H, P], final state [B, H, K, P]) as float64 numpy arrays."""
+  q, k, v, a = (np.asarray(x, np.float64) for x in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxP, a_BxTxHxA))
+  B, T, H, K = q.shape
+  P = v.shape[-1]
+  S = np.zeros((B, H, K, P)) if state_BxHxKxP is None else np.array(state_BxHxKxP, np.float64)
+  o = np.zeros((B, T, H, P))
+  for bi in range(B):
+    for h in range(H):
+      for t in range(T):
+        kt, vt, decay = k[bi, t, h], v[bi, t, h], np.broadcast_to(a[bi, t, h], (K,))
+        if b_BxTxH is None:
+          S[bi, h] = decay[:, None] * S[bi, h] + np.outer(kt, vt)
+        else:
+          bt = float(np.asarray(b_BxTxH)[bi, t, h])
+          S[bi, h] = decay[0] * (np.eye(K) - bt * np.outer(kt, kt)) @ S[bi, h] + bt * np.outer(kt, vt)
+        o[bi, t, h] = S[bi, h].T @ q[bi, t, h]
+  return o, S

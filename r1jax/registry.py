@@ -14,6 +14,7 @@ BUILTIN_MODULES = (
     "r1jax.attention.local",
     "r1jax.attention.fusion",
     "r1jax.attention.routed",
+    "r1jax.recurrent",
     "r1jax.feedforward",
 )
 

@@ -43,7 +43,7 @@ def assert_causal(mixer, T=10):
   """Output t of a mixer depends on inputs <= t only (and on input t itself), by the Jacobian."""
   x = jax.random.normal(jax.random.key(0), (1, T, mixer.cfg.d_model))
   params = mixer.init(jax.random.key(1), x, deterministic=True)
-  jac = jax.jacrev(lambda x: mixer.apply(params, x, deterministic=False)[0])(x)  # [1,T,D,1,T,D]
+  jac = jax.jit(jax.jacrev(lambda x: mixer.apply(params, x, deterministic=False)[0]))(x)  # [1,T,D,1,T,D]
   dep_TxT = np.abs(np.asarray(jac)).sum((0, 2, 3, 5))
   assert np.all(dep_TxT[np.triu_indices(T, 1)] == 0), "output depends on later inputs"
   assert np.all(np.diag(dep_TxT) > 0), "output does not depend on its own input"

@@ -54,3 +54,13 @@ def test_bad_variant_fails_before_any_training(text_file, tmp_path):
   with pytest.raises(ConfigError, match="model.num_heads"):
     ablation.run(abl, lambda cfg: pytest.fail("trained before validating every variant"))
   assert not os.path.exists(tmp_path / "res")
+
+
+def test_task_plan_per_task_defaults_and_limits():
+  variants = {"a": {}, "b": {}, "c": {}, "d": {}}
+  defaults = {"x": ["a", "c"], "y": ["b", "a"]}
+  assert list(ablation.task_plan(variants, None, "x", defaults)) == ["a", "c"]  # nothing asked: the task's own
+  assert list(ablation.task_plan(variants, None, "y", defaults)) == ["a", "b"]  # in the variants' order
+  assert list(ablation.task_plan(variants, None, "z", defaults)) == ["a", "b", "c", "d"]  # no defaults: all
+  assert list(ablation.task_plan(variants, ["d", "b"], "x", defaults)) == ["b", "d"]  # asked wins over defaults
+  assert list(ablation.task_plan(variants, [], "x", defaults, {"x": ["a", "b"]})) == ["a", "b"]  # [] = all, limited

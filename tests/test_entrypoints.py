@@ -57,9 +57,21 @@ def test_hierarchical_driver_routes_only_listops_and_prints_betas(tmp_path):
   assert os.path.exists(tmp_path / "listops" / "results.md") and os.path.exists(tmp_path / "report.md")
 
 
-def test_attention_scaling_benchmark_prints_ratios_and_crossover():
-  out = _run(["benchmarks/attention_scaling.py", "--lengths=32,64", "--budget=8", "--d_model=32", "--heads=2",
-              "--repeats=1", "--variants=dense,topk,local"])
+def test_scaling_benchmarks_print_ratios_and_crossover():
+  """recurrence_scaling.py runs attention_scaling.py's sweep (one child process per measurement) with its variants."""
+  out = _run(["benchmarks/recurrence_scaling.py", "--lengths=32,64", "--budget=8", "--d_model=32", "--heads=2",
+              "--repeats=1", "--variants=dense,local,fw_chunkwise"])
   rows = [line for line in out.splitlines() if line.startswith("| 64 |")]
   assert len(rows) == 3 and rows[0].startswith("| 64 | dense |") and "| 1.000 | 1.000 | 1.000 |" in rows[0]
-  assert "topk: fwd+bwd time slope" in out and "local: fwd+bwd time slope" in out
+  assert "local: fwd+bwd time slope" in out and "fw_chunkwise: fwd+bwd time slope" in out
+  assert "n/a" not in out
+
+
+def test_context_rnn_driver_reports_state_and_horizons(tmp_path):
+  out = _run(["experiments/context_rnn_ablation.py", "--quick", "--seeds=0", "--tasks=mqar",
+              "--variants=attention,scalar_k2,hybrid", f"--results_dir={tmp_path}",
+              "--config.mqar.train.progress=False"])
+  assert "| mqar | scalar_k2 | 256 |" in out and "| mqar | attention | 8,192 |" in out  # decode state at T=32
+  assert "| mqar | hybrid | 6,144 |" in out and "mixer/state_size" in out
+  assert "scalar_k2 128 floats" in out and "### memory horizon 1 / (1 - a) in tokens: mqar / hybrid" in out
+  assert os.path.exists(tmp_path / "mqar" / "results.md") and os.path.exists(tmp_path / "report.md")

@@ -61,8 +61,10 @@ def test_sharded_equals_unsharded(unsharded, mesh):
     {"model__mixer_pattern": ("local", "fusion"), "model__mixer_options": {"local": {"window": 3},
                                                                            "fusion": {"beta": "token", "window": 5}}},
     {"model__mixer": "routed", "model__mixer_options": {"routed": {"capacity": 0.25, "window": 4}}},
+    {"model__mixer_pattern": ("fast_weight", "attention"),  # a hybrid with a delta-rule recurrent layer
+     "model__mixer_options": {"fast_weight": {"gate": "scalar", "delta": True, "chunk": 4}}},
 ])
-def test_sparse_and_local_mixers_sharded_equal_unsharded(unsharded, overrides):
+def test_other_mixers_sharded_equal_unsharded(unsharded, overrides):
   path = unsharded[0]
   _, (loss0, grads0, params0, _) = _one_run(path, {"data": 1, "devices": 1}, **overrides)
   _, (loss, grads, params, _) = _one_run(path, {"data": 2, "fsdp": 2, "tensor": 2}, **overrides)
