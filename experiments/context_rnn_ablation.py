@@ -2,7 +2,7 @@
 the recurrence with each gate (fixed, per head, data-dependent scalar / per key dimension), the delta rule, several
 state sizes and a hybrid (recurrent layer + attention layer), on MQAR and Tiny Shakespeare.
 
-  python experiments/context_rnn_ablation.py              # 7 + 6 variants x 3 seeds on 2 tasks, ~9 min (2-core CPU)
+  python experiments/context_rnn_ablation.py              # 6 variants x 3 seeds x 2 tasks, ~9 min (2-core CPU)
   python experiments/context_rnn_ablation.py --quick      # smoke run
   python experiments/context_rnn_ablation.py --variants=  # every variant (all gates, state sizes, feature maps)
   python experiments/context_rnn_ablation.py --tasks=mqar --config.mqar.data.seq_len=256 \
@@ -50,10 +50,10 @@ TASKS = {
         "model.num_layers": 2, "model.d_model": 32, "model.num_heads": 2, "data.seq_len": 128, "train.steps": 150,
         "train.eval_every": 0, "train.checkpoint_every": 0, "data.eval_max_batches": 4}, "shakespeare"),
 }
-# Defaults that fit 10 minutes on 2 CPU cores: every gate type on Shakespeare; on MQAR the state sizes and the delta
+# Defaults that fit 10 minutes on 2 CPU cores: every gate type on Shakespeare; on MQAR two state sizes and the delta
 # rule. The vector gate's per-key-dimension decay is a [C, C, K] tensor, 3x slower on a CPU; any variant runs on any
-# task with --variants.
-DEFAULT = {"mqar": ("attention", "fixed", "scalar", "delta", "scalar_k2", "scalar_k8", "hybrid"),
+# task with --variants (e.g. --variants=attention,scalar_k2,scalar_k8,scalar --tasks=mqar for the state sweep).
+DEFAULT = {"mqar": ("attention", "fixed", "scalar", "delta", "scalar_k2", "hybrid"),
            "shakespeare": ("attention", "fixed", "head", "scalar", "vector", "hybrid")}
 QUICK = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "data.eval_max_batches": 1}
 
