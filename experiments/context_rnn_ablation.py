@@ -15,8 +15,11 @@ per layer and head; `--variants=attention,scalar,additive` compares the seed's l
 RetNet/GLA's additive write S = a S + k v^T.
 """
 
+import math
+
 from r1jax import ablation, configs
 from r1jax.analysis import horizon_table, sown
+from r1jax.recurrent import state_shape
 
 FW = "model.mixer_options.fast_weight"
 
@@ -64,8 +67,7 @@ def decode_state(model, T: int) -> int:
   total = 0
   for name in model.layer_names("mixer"):
     if name == "fast_weight":
-      o, H = model.options("mixer", name), model.num_heads
-      total += H * (o.key_dim or model.d_model // H) * (model.d_model // H)
+      total += math.prod(state_shape(model, model.options("mixer", name)))
     else:
       total += 2 * T * model.d_model
   return total

@@ -120,14 +120,14 @@ def _chunkwise(q, k, v, log_a, beta, state, chunk: int, delta: bool):
   diff = lg[..., :, None, :] - lg[..., None, :, :]  # [B, H, N, t, i, A]: log(a_{i+1} ... a_t)
   decay = jnp.exp(jnp.where(causal_CxC[None, None, None, :, :, None], diff, -jnp.inf))
   if lg.shape[-1] == 1:
-    qk = jnp.einsum("BHNtK,BHNiK->BHNti", q, k)
-    scores, kk = qk * decay[..., 0], jnp.einsum("BHNtK,BHNiK->BHNti", k, k) * decay[..., 0]
+    scores = jnp.einsum("BHNtK,BHNiK->BHNti", q, k) * decay[..., 0]
   else:  # per-key-dimension decay: [C, C, K] per chunk (GLA's secondary chunking would cut this memory)
-    scores, kk = jnp.sum(q[..., :, None, :] * k[..., None, :, :] * decay, -1), None  # (faster than a 3-way einsum)
+    scores = jnp.sum(q[..., :, None, :] * k[..., None, :, :] * decay, -1)  # (faster than a 3-way einsum)
   q_in = q * jnp.exp(lg)  # reads the state at the chunk start
   k_out = k * jnp.exp(lg[..., -1:, :] - lg)  # writes into the state at the chunk end
   u0, w = v, None  # u = u0 - w S_0: the values actually written
-  if delta:
+  if delta:  # one decay per head (checked in fast_weights)
+    kk = jnp.einsum("BHNtK,BHNiK->BHNti", k, k) * decay[..., 0]
     strict = jnp.tril(jnp.ones((C, C), bool), -1)
     unit_lower = jnp.eye(C)[None, None, None] + jnp.where(strict[None, None, None], beta[..., :, None] * kk, 0.0)
     inverse = unit_lower_inverse(unit_lower)
@@ -180,6 +180,12 @@ def fast_weights(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxP: jax.Arra
   return _chunkwise(q, k, v, log_a, beta, state, T if form == "parallel" else chunk, delta)
 
 
+def state_shape(cfg, opts: FastWeightOptions) -> tuple[int, int, int]:
+  """(H, K, P) of a fast-weight layer's state per sequence: heads, key_dim (0: d_model / heads), d_model / heads."""
+  H = cfg.num_heads
+  return H, opts.key_dim or cfg.d_model // H, cfg.d_model // H
+
+
 def retnet_decays(num_heads: int) -> jax.Array:
   """RetNet's per-head decays a_h = 1 - 2^(-5-h): memories of 32, 64, 128, ... tokens."""
   return 1.0 - 2.0 ** (-5.0 - jnp.arange(num_heads, dtype=jnp.float32))
@@ -194,9 +200,9 @@ class FastWeight(nn.Module):
 
   def setup(self):
     cfg, o = self.cfg, self.opts
-    D, H = cfg.d_model, cfg.num_heads
-    P, std, pd = D // H, cfg.init_std, cfg.param_dtype
-    K = o.key_dim or P
+    D = cfg.d_model
+    H, K, P = state_shape(cfg, o)
+    std, pd = cfg.init_std, cfg.param_dtype
     self.wq = layers.param(self, "wq", (D, H, K), ("embed", "heads", "kv"), std, pd)
     self.wk = layers.param(self, "wk", (D, H, K), ("embed", "heads", "kv"), std, pd)
     self.wv = layers.param(self, "wv", (D, H, P), ("embed", "heads", "kv"), std, pd)
@@ -280,16 +286,15 @@ class FastWeight(nn.Module):
     self.sow("intermediates", "log_a", log_a)
     chunk = self.opts.chunk or (16 if self.opts.gate == "vector" else 64)
     o_BxTxHxP, _ = fast_weights(q, k, v, log_a, beta, form=self.opts.form, chunk=chunk)
-    H, K, P = q.shape[2], q.shape[3], v.shape[3]
-    return self._output(x_BxTxD, o_BxTxHxP), {"decay": jnp.mean(jnp.exp(log_a)), "state_size": float(H * K * P)}
+    state_size = float(math.prod(state_shape(self.cfg, self.opts)))
+    return self._output(x_BxTxD, o_BxTxHxP), {"decay": jnp.mean(jnp.exp(log_a)), "state_size": state_size}
 
   def init_state(self, batch: int) -> dict[str, jax.Array]:
     """The empty decoding state (`apply(..., method='init_state')`): the fast weights S [B, H, K, P] and, with a
     short convolution, its last inputs [B, short_conv - 1, D]."""
-    H, D = self.cfg.num_heads, self.cfg.d_model
-    state = {"S": jnp.zeros((batch, H, self.opts.key_dim or D // H, D // H), jnp.float32)}
+    state = {"S": jnp.zeros((batch, *state_shape(self.cfg, self.opts)), jnp.float32)}
     if self.opts.short_conv:
-      state["conv"] = jnp.zeros((batch, self.opts.short_conv - 1, D), layers.dtype(self.cfg.dtype))
+      state["conv"] = jnp.zeros((batch, self.opts.short_conv - 1, self.cfg.d_model), layers.dtype(self.cfg.dtype))
     return state
 
   def step(self, x_BxD: jax.Array, state: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
