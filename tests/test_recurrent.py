@@ -9,7 +9,7 @@ import pytest
 
 from helpers import apply_mixer, assert_causal, mixer_config
 from r1jax import reference
-from r1jax.recurrent import FastWeight, FastWeightOptions, fast_weights
+from r1jax.recurrent import FastWeight, FastWeightOptions, fast_weights, unit_lower_inverse
 from r1jax.registry import ConfigError
 
 FORMS = ("recurrent", "parallel", "chunkwise")
@@ -60,6 +60,13 @@ def test_forms_have_equal_gradients(A, delta):
     for g, g_ref in zip(jax.tree.leaves(grads[form]), jax.tree.leaves(grads["recurrent"])):
       np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4, err_msg=form)
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["chunkwise"]))
+
+
+@pytest.mark.parametrize("C", [1, 3, 8, 13])
+def test_unit_lower_inverse_equals_numpy_inverse(C):
+  """The blocked inverse used by the delta rule, C not a power of two included (padded with an identity block)."""
+  L = np.tril(np.random.default_rng(C).uniform(-1, 1, size=(2, 3, C, C)), -1) + np.eye(C)
+  np.testing.assert_allclose(unit_lower_inverse(jnp.asarray(L, jnp.float32)), np.linalg.inv(L), rtol=1e-5, atol=1e-5)
 
 
 def test_a_equal_zero_is_a_per_step_outer_product():
