@@ -7,6 +7,7 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -225,7 +226,9 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
   `--config.<task>.a.b=v`, `--tasks=a,b` picks tasks, and each task gets its table under <results_dir>/<task>.
   `task_variants[task]` limits a task to some variants (default: all); `default_variants` may also be a dict
   task -> the variants that task runs when --variants is not given. `report(rows per task, ablations per
-  task)` returns extra text (e.g. the measured claims), printed and saved as report.md.
+  task)` returns extra text (e.g. the measured claims), printed and saved as report.md. Compiled programs go to
+  JAX's persistent compilation cache in <results_dir>/.xla_cache (unless JAX_COMPILATION_CACHE_DIR is set), so the
+  seeds of a variant compile once.
   """
   import sys
 
@@ -262,6 +265,9 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
     ablations = {t: a for t, a in ablations.items() if a.variants}
     for a in ablations.values():
       a.configs()  # every task's variants are validated before anything trains
+    if not jax.config.jax_compilation_cache_dir:  # seeds of a variant compile the same programs: compile once
+      jax.config.update("jax_compilation_cache_dir", os.path.join(root, ".xla_cache"))
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     rows = {t: run(a) for t, a in ablations.items()}
     if report is not None:
       text = report(rows, ablations)

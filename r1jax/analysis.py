@@ -9,16 +9,17 @@ from r1jax.config import Config
 from r1jax.train import load_trained
 
 
-def sown(cfg: Config, name: str, batches: int = 1) -> dict[int, np.ndarray]:
-  """layer -> the values mixers sowed as `intermediates/<name>`, over the first eval batches of the trained run in
-  cfg.workdir, concatenated along the batch axis; layers that sow nothing are left out."""
-  model, params, data = load_trained(cfg)
+def sown(cfg: Config, name: str, batches: int = 1, kind: str = "mixer") -> dict[int, np.ndarray]:
+  """layer -> the values the layers' `kind` ("mixer" or "ffn") sowed as `intermediates/<name>`, over the first eval
+  batches of the trained run in cfg.workdir, concatenated along the first axis; layers that sow nothing are left
+  out."""
+  model, variables, data = load_trained(cfg)
   found: dict[int, list[np.ndarray]] = {}
   for batch in itertools.islice(data.eval_batches(), batches):
-    _, state = model.apply({"params": params}, jnp.asarray(batch["inputs"]), deterministic=True,
+    _, state = model.apply(variables, jnp.asarray(batch["inputs"]), deterministic=True,
                            mutable=["intermediates"])
     for layer in range(cfg.model.num_layers):
-      values = state["intermediates"].get(f"layer{layer}", {}).get("mixer", {}).get(name)
+      values = state["intermediates"].get(f"layer{layer}", {}).get(kind, {}).get(name)
       if values is not None:
         found.setdefault(layer, []).append(np.asarray(values[0]))
   return {layer: np.concatenate(v) for layer, v in found.items()}

@@ -129,3 +129,38 @@ def fast_weight_recurrence(q_BxTxHxK, k_BxTxHxK, v_BxTxHxP, a_BxTxHxA, b_BxTxH=N
           S[bi, h] = decay[0] * (np.eye(K) - bt * np.outer(kt, kt)) @ S[bi, h] + bt * np.outer(kt, vt)
         o[bi, t, h] = S[bi, h].T @ q[bi, t, h]
   return o, S
+
+
+def moe_ffn(x_BxTxD, router_DxE, w1_ExDxF, w3_ExDxF, w2_ExFxD, opts, bias_E=None, capacity=None):
+  """A top-k mixture of SwiGLU experts token by token in float64: scores, optional group limit and bias, then
+  y = sum_k g_k E_k(x) over the chosen experts (no shared experts). With `capacity` C, each sequence's copies claim
+  their expert's C slots in token order and later copies are dropped. Returns (y [B, T, D], ids [B, T, k],
+  kept [B, T, k])."""
+  x, wr, w1, w3, w2 = (np.asarray(a, np.float64) for a in (x_BxTxD, router_DxE, w1_ExDxF, w3_ExDxF, w2_ExFxD))
+  B, T, _ = x.shape
+  E = wr.shape[1]
+  bias = np.zeros(E) if bias_E is None else np.asarray(bias_E, np.float64)
+  silu = lambda z: z / (1.0 + np.exp(-z))
+  y, ids, kept = np.zeros_like(x), np.zeros((B, T, opts.top_k), int), np.zeros((B, T, opts.top_k), bool)
+  for b in range(B):
+    used = [0] * E
+    for t in range(T):
+      logits = x[b, t] @ wr
+      if opts.score == "softmax":
+        scores = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+      else:
+        scores = 1.0 / (1.0 + np.exp(-logits))
+      select = scores + bias
+      size = E // opts.num_groups
+      group_score = [np.sort(select[g * size:(g + 1) * size])[::-1][:min(2, size)].sum()
+                     for g in range(opts.num_groups)]
+      groups = np.argsort(-np.asarray(group_score), kind="stable")[:opts.topk_groups]
+      chosen = sorted((e for e in range(E) if e // size in groups), key=lambda e: -select[e])[:opts.top_k]
+      gates = scores[chosen] / (scores[chosen].sum() if opts.norm_topk else 1.0)
+      for j, (e, g) in enumerate(zip(chosen, gates)):
+        ids[b, t, j] = e
+        kept[b, t, j] = capacity is None or used[e] < capacity
+        used[e] += 1
+        if kept[b, t, j]:
+          y[b, t] += g * (silu(x[b, t] @ w1[e]) * (x[b, t] @ w3[e])) @ w2[e]
+  return y, ids, kept

@@ -16,6 +16,7 @@ BUILTIN_MODULES = (
     "r1jax.attention.routed",
     "r1jax.recurrent",
     "r1jax.feedforward",
+    "r1jax.moe",
 )
 
 

@@ -26,6 +26,8 @@ RULES = (
     ("norm", None),
     # activations
     ("act_batch", BATCH_AXES),
+    ("act_expert_batch", ("data", "fsdp")),  # MoE expert buffers: the batch leaves the expert axis to the experts
+    ("act_expert", "expert"),
     ("act_length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
@@ -76,6 +78,11 @@ def check_divisibility(model: ModelConfig, batch_size: int, eval_batch_size: int
       ("model.d_model", model.d_model, mesh.shape["fsdp"], "mesh.fsdp"),
       ("model.pad_vocab_to", model.padded_vocab, mesh.shape["tensor"], "mesh.tensor"),
   ]
+  for kind in ("mixer", "ffn"):  # option sets that shard their own dimensions (e.g. MoE experts) say which
+    for name in sorted(set(model.layer_names(kind))):
+      opts = model.options(kind, name)
+      for field, value, axis in getattr(opts, "sharded_dims", lambda m: [])(model):
+        checks.append((f"model.{kind}_options.{name}.{field}", value, mesh.shape[axis], f"mesh.{axis}"))
   for field, value, parts, axis in checks:
     if value % parts:
       raise ConfigError(f"{field}={value} is not divisible by {axis}={parts}. Fix: change {field} or the mesh.")

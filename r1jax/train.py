@@ -243,7 +243,8 @@ class Run:
         if eval_now:
           last_eval = self.evaluate(eval_fn, state)
           writer.write(done, last_eval)
-          pbar.write(f"step {done}: " + "  ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
+          shown = {k: v for k, v in last_eval.items() if "/layer" not in k}  # per-layer values go to the logs
+          pbar.write(f"step {done}: " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
         if ckpt_now:
           meta = {"step": done, "config": cfg_dict,
                   "data": {"kind": cfg.data.kind, "seed": cfg.seed, "next_batch": done,
@@ -275,8 +276,9 @@ def train(cfg: Config) -> dict:
   return Run(cfg).train()
 
 
-def load_trained(cfg: Config) -> tuple[Transformer, Any, Any]:
-  """(model, params, dataset) of the run in cfg.workdir at its latest checkpoint, e.g. to inspect in a notebook."""
+def load_trained(cfg: Config) -> tuple[Transformer, dict, Any]:
+  """(model, variables, dataset) of the run in cfg.workdir at its latest checkpoint, e.g. to inspect in a notebook;
+  variables = {"params": ..., **model state (e.g. MoE routing biases)}, ready for `model.apply`."""
   run = Run(cfg)
   ckpt = Checkpointer(cfg.workdir, cfg.train.keep_checkpoints, create=False) if cfg.workdir else None
   if ckpt is None or ckpt.latest_step() is None:
@@ -284,4 +286,4 @@ def load_trained(cfg: Config) -> tuple[Transformer, Any, Any]:
   state, state_sh = run.init_state()
   state, _ = ckpt.restore(state, state_sh, to_dict(run.cfg))  # the resolved config, as the run saved it
   ckpt.close()
-  return run.model, state.params, run.data
+  return run.model, {"params": state.params, **state.model_state}, run.data

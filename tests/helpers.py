@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.ablation import override
+from r1jax import sharding
 from r1jax.config import Config, default_config
+from r1jax.train import Run, compile_train_step, forward
 
 
 def tiny_config(**overrides) -> Config:
@@ -47,3 +49,20 @@ def assert_causal(mixer, T=10):
   dep_TxT = np.abs(np.asarray(jac)).sum((0, 2, 3, 5))
   assert np.all(dep_TxT[np.triu_indices(T, 1)] == 0), "output depends on later inputs"
   assert np.all(np.diag(dep_TxT) > 0), "output does not depend on its own input"
+
+
+def one_run(text_file, mesh: dict, steps: int = 2, **overrides):
+  """Loss and gradients at the initial params, then params after `steps` train steps, on the given mesh."""
+  cfg = tiny_config(data__path=text_file, **{f"mesh__{k}": v for k, v in mesh.items()}, **overrides)
+  run = Run(cfg)
+  state, state_sh = run.init_state()
+  batches = [sharding.put_batch(run.data.train_batch(s), run.mesh) for s in range(steps)]
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
+    loss_grad = jax.jit(jax.value_and_grad(
+        lambda p, b: forward(run.model, p, state.model_state, b, None, True)[0]))
+    loss, grads = loss_grad(state.params, batches[0])
+    step = compile_train_step(run.model, run.tx, run.schedule, state, state_sh, batches[0], jax.random.key(0),
+                              run.mesh)
+    for b in batches:
+      state, metrics = step(state, b, jax.random.key(0))
+  return state, jax.device_get((loss, grads, state.params, metrics))

@@ -75,3 +75,13 @@ def test_context_rnn_driver_reports_state_and_horizons(tmp_path):
   assert "| mqar | hybrid | 6,144 |" in out and "mixer/state_size" in out
   assert "scalar_k2 128 floats" in out and "### memory horizon 1 / (1 - a) in tokens: mqar / hybrid" in out
   assert os.path.exists(tmp_path / "mqar" / "results.md") and os.path.exists(tmp_path / "report.md")
+
+
+def test_moe_driver_reports_params_and_the_seed_claim(tmp_path):
+  if not os.path.isfile(SHAKESPEARE):
+    pytest.skip(f"real text data not found at {SHAKESPEARE}")
+  out = _run(["experiments/moe_ablation.py", "--quick", "--seeds=0", "--variants=dense_8x,top1",
+              f"--results_dir={tmp_path}", "--config.train.progress=False"])
+  assert "| top1 | 1.00 | 0.13 |" in out  # same total FFN parameters as dense_8x, 1/8 of them active (+ router)
+  assert "## Seed claim" in out and "| top1 |" in out.split("## Seed claim")[1]
+  assert os.path.exists(tmp_path / "report.md") and os.path.isdir(tmp_path / ".xla_cache")

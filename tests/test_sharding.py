@@ -6,33 +6,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from helpers import tiny_config
+from helpers import one_run, tiny_config
 from r1jax import sharding
-from r1jax.train import Run, compile_train_step, forward
-
-
-def _one_run(text_file, mesh: dict, steps: int = 2, **overrides):
-  """Loss and gradients at the initial params, then params after `steps` train steps, on the given mesh."""
-  cfg = tiny_config(data__path=text_file, **{f"mesh__{k}": v for k, v in mesh.items()}, **overrides)
-  run = Run(cfg)
-  state, state_sh = run.init_state()
-  batches = [sharding.put_batch(run.data.train_batch(s), run.mesh) for s in range(steps)]
-  with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
-    loss_grad = jax.jit(jax.value_and_grad(
-        lambda p, b: forward(run.model, p, state.model_state, b, None, True)[0]))
-    loss, grads = loss_grad(state.params, batches[0])
-    step = compile_train_step(run.model, run.tx, run.schedule, state, state_sh, batches[0], jax.random.key(0),
-                              run.mesh)
-    for b in batches:
-      state, metrics = step(state, b, jax.random.key(0))
-  return state, jax.device_get((loss, grads, state.params, metrics))
 
 
 @pytest.fixture(scope="module")
 def unsharded(tmp_path_factory):
   path = tmp_path_factory.mktemp("data") / "corpus.txt"
   path.write_text("".join(chr(97 + (i * i + 3 * i) % 26) + (" " if i % 7 == 0 else "") for i in range(6000)))
-  return str(path), _one_run(str(path), {"data": 1, "devices": 1})[1]
+  return str(path), one_run(str(path), {"data": 1, "devices": 1})[1]
 
 
 @pytest.mark.parametrize("mesh", [
@@ -43,7 +25,7 @@ def unsharded(tmp_path_factory):
 ])
 def test_sharded_equals_unsharded(unsharded, mesh):
   path, (loss0, grads0, params0, metrics0) = unsharded
-  state, (loss, grads, params, metrics) = _one_run(path, mesh)
+  state, (loss, grads, params, metrics) = one_run(path, mesh)
   np.testing.assert_allclose(loss, loss0, rtol=1e-5)
   np.testing.assert_allclose(metrics["train/loss"], metrics0["train/loss"], rtol=1e-5)
   tree_close = lambda a, b, tol: jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a, b)
@@ -66,8 +48,8 @@ def test_sharded_equals_unsharded(unsharded, mesh):
 ])
 def test_other_mixers_sharded_equal_unsharded(unsharded, overrides):
   path = unsharded[0]
-  _, (loss0, grads0, params0, _) = _one_run(path, {"data": 1, "devices": 1}, **overrides)
-  _, (loss, grads, params, _) = _one_run(path, {"data": 2, "fsdp": 2, "tensor": 2}, **overrides)
+  _, (loss0, grads0, params0, _) = one_run(path, {"data": 1, "devices": 1}, **overrides)
+  _, (loss, grads, params, _) = one_run(path, {"data": 2, "fsdp": 2, "tensor": 2}, **overrides)
   np.testing.assert_allclose(loss, loss0, rtol=1e-5)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-5), (grads, params), (grads0, params0))
 

@@ -99,8 +99,8 @@ def test_load_trained_returns_the_trained_params(tmp_path, text_file):
     load_trained(cfg)
   assert not os.path.exists(cfg.workdir)  # looking wrote nothing
   result = train(cfg)
-  model, params, data = load_trained(cfg)
+  model, variables, data = load_trained(cfg)
   batch = data.train_batch(0)
-  logits, _ = model.apply({"params": params}, batch["inputs"])
+  logits, _ = model.apply(variables, batch["inputs"])
   assert logits.shape[:2] == batch["inputs"].shape and np.isfinite(np.asarray(logits)).all()
   assert result["final"]["eval/loss"] > 0

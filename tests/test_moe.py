@@ -1,0 +1,214 @@
+"""Top-k MoE: dispatch paths against the float64 token loop, routing rules, the aux-free bias update, gradients,
+expert-sharded == unsharded, and option validation."""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import assert_causal, one_run, tiny_config
+from r1jax import reference
+from r1jax.moe import MoE, MoEOptions, grouped_swiglu, route
+from r1jax.registry import ConfigError
+
+
+def moe_config(d_model=16, d_ff=24):
+  return tiny_config(data__path="x", model__d_model=d_model, model__d_ff=d_ff, model__init_std=0.3).model
+
+
+def apply_moe(opts, x, variables=None, mutable=("balance", "intermediates")):
+  """(variables, (y, aux), updated collections) of an MoE layer at a fixed init."""
+  module = MoE(moe_config(x.shape[-1]), opts)
+  variables = variables or nn.meta.unbox(module.init(jax.random.key(1), x, deterministic=True))
+  out, state = module.apply(variables, x, deterministic=False, mutable=list(mutable))
+  return variables, out, state
+
+
+def reference_of(variables, x, opts, capacity=None):
+  p = variables["params"]
+  bias = variables.get("balance", {}).get("bias")
+  return reference.moe_ffn(x, p["router"], p["w1"], p["w3"], p["w2"], opts, bias, capacity)
+
+
+OPTION_SETS = [
+    dict(num_experts=8, top_k=2),  # GShard-like softmax top-2
+    dict(num_experts=4, top_k=1),  # Switch
+    dict(num_experts=8, top_k=4, norm_topk=True),
+    dict(num_experts=8, top_k=3, score="sigmoid", norm_topk=True, num_groups=4, topk_groups=2),  # DeepSeek-V3
+    dict(num_experts=16, top_k=4, d_expert=6, balance="none", z_weight=1e-3),  # fine-grained
+]
+
+
+@pytest.mark.parametrize("matmul", ["ragged_dot", "blocks"])
+@pytest.mark.parametrize("kw", OPTION_SETS)
+def test_dropless_equals_token_loop(kw, matmul):
+  opts = MoEOptions(**kw, grouped_matmul=matmul, block_size=3)
+  x = jax.random.normal(jax.random.key(len(kw) + 7 * kw["top_k"]), (3, 7, 16))
+  variables, (y, aux), _ = apply_moe(opts, x)
+  want, _, _ = reference_of(variables, x, opts)
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+  assert float(aux["dropped"]) == 0.0
+
+
+def test_grouped_swiglu_blocks_equal_ragged_dot_with_empty_groups_and_tail_rows():
+  k = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(k[0], (23, 5))
+  w1, w3 = jax.random.normal(k[1], (4, 5, 6)), jax.random.normal(k[2], (4, 5, 6))
+  w2 = jax.random.normal(k[3], (4, 6, 5))
+  sizes = jnp.array([0, 9, 0, 11], jnp.int32)  # empty groups, and 3 rows past the last group
+  a = grouped_swiglu(x, sizes, w1, w3, w2, "ragged_dot", 4)
+  b = grouped_swiglu(x, sizes, w1, w3, w2, "blocks", 4)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(a[20:]), 0)
+  silu = lambda z: z * jax.nn.sigmoid(z)
+  np.testing.assert_allclose(a[9:20], silu(x[9:20] @ w1[3]) * (x[9:20] @ w3[3]) @ w2[3], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", OPTION_SETS[:2] + OPTION_SETS[3:4])
+def test_capacity_unlimited_equals_dropless_and_limited_drops_in_token_order(kw):
+  x = jax.random.normal(jax.random.key(3), (2, 12, 16))
+  dropless = MoEOptions(**kw)
+  variables, (y0, _), _ = apply_moe(dropless, x)
+  unlimited = dataclasses.replace(dropless, dispatch="capacity", capacity_factor=kw["num_experts"] / kw["top_k"])
+  _, (y1, aux1), _ = apply_moe(unlimited, x, variables)
+  np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-6)
+  assert float(aux1["dropped"]) == 0.0
+  tight = dataclasses.replace(unlimited, capacity_factor=0.5)
+  _, (y2, aux2), _ = apply_moe(tight, x, variables)
+  C = math.ceil(0.5 * 12 * kw["top_k"] / kw["num_experts"])
+  want, _, kept = reference_of(variables, x, tight, capacity=C)
+  np.testing.assert_allclose(y2, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(float(aux2["dropped"]), 1.0 - kept.mean(), rtol=1e-6)
+  assert 0 < float(aux2["dropped"]) < 1
+
+
+@pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
+def test_moe_is_causal(dispatch):
+  """By the Jacobian, and by replacing the future: drop decisions are discrete, invisible to gradients."""
+  opts = MoEOptions(num_experts=4, top_k=2, dispatch=dispatch, capacity_factor=1.0, grouped_matmul="blocks")
+  if dispatch == "dropless":
+    assert_causal(MoE(moe_config(), opts))
+  x = jax.random.normal(jax.random.key(0), (4, 12, 16))
+  variables, (y, aux), _ = apply_moe(opts, x)
+  assert dispatch == "dropless" or float(aux["dropped"]) > 0
+  for t in (2, 6, 9):
+    future = x.at[:, t + 1:].set(jax.random.normal(jax.random.key(t), (4, 11 - t, 16)) * 3)
+    _, (y_future, _), _ = apply_moe(opts, future, variables)
+    np.testing.assert_allclose(y_future[:, :t + 1], y[:, :t + 1], rtol=1e-6, atol=1e-6)
+
+
+def test_aux_free_bias_update_follows_the_rule_and_steers_selection_only():
+  opts = MoEOptions(num_experts=8, top_k=2, balance="aux_free", bias_rate=0.01)
+  x = jax.random.normal(jax.random.key(5), (4, 8, 16))
+  variables, _, _ = apply_moe(opts, x)
+  bias0 = jnp.linspace(-0.05, 0.05, 8)
+  variables = {**variables, "balance": {"bias": bias0}}
+  _, (y, aux), state = apply_moe(opts, x, variables)
+  want, ids, _ = reference_of(variables, x, opts)  # the reference selects with the same bias
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+  load = np.bincount(ids.ravel(), minlength=8)
+  expected = np.asarray(bias0) + 0.01 * np.sign(load.mean() - load)
+  np.testing.assert_allclose(state["balance"]["bias"], expected, rtol=0, atol=1e-7)
+  assert np.any(load != load.mean())
+  # A large bias on expert 0 sends every token there, while the gate stays the unbiased router score.
+  big = {**variables, "balance": {"bias": jnp.zeros(8).at[0].set(10.0)}}
+  one = dataclasses.replace(opts, top_k=1)
+  _, (y_big, _), _ = apply_moe(one, x, big)
+  p = variables["params"]
+  probs = jax.nn.softmax(jnp.einsum("BTD,DE->BTE", x, p["router"]), -1)
+  silu = lambda z: z * jax.nn.sigmoid(z)
+  expert0 = silu(x @ p["w1"][0]) * (x @ p["w3"][0]) @ p["w2"][0]
+  np.testing.assert_allclose(y_big, probs[..., :1] * expert0, rtol=1e-4, atol=1e-5)
+  # Evaluation (deterministic) leaves the bias alone.
+  module = MoE(moe_config(), opts)
+  _, frozen = module.apply(variables, x, deterministic=True, mutable=["balance"])
+  np.testing.assert_array_equal(frozen["balance"]["bias"], bias0)
+
+
+def test_route_group_limit_keeps_choices_inside_the_best_groups():
+  opts = MoEOptions(num_experts=8, top_k=2, score="sigmoid", norm_topk=True, num_groups=4, topk_groups=1)
+  logits = jax.random.normal(jax.random.key(2), (50, 8)) * 3
+  idx, gate, _ = route(logits, jnp.zeros(8), opts)
+  assert np.all(idx[:, 0] // 2 == idx[:, 1] // 2), "both experts come from one group of 2"
+  np.testing.assert_allclose(gate.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_gradients_reach_router_and_every_expert():
+  opts = MoEOptions(num_experts=4, top_k=2, num_shared=1, z_weight=1e-3)
+  x = jax.random.normal(jax.random.key(4), (4, 16, 16))
+  module = MoE(moe_config(), opts)
+  variables = nn.meta.unbox(module.init(jax.random.key(1), x, deterministic=True))
+
+  def loss(params):
+    y, aux = module.apply({"params": params}, x, deterministic=True)
+    return jnp.sum(y ** 2) + aux["loss_balance"] + aux["loss_z"]
+
+  grads = jax.grad(loss)(variables["params"])
+  for name in ("router", "shared_w1", "shared_w2", "shared_w3"):
+    assert np.abs(grads[name]).sum() > 0, name
+  for name in ("w1", "w2", "w3"):
+    per_expert = np.abs(np.asarray(grads[name])).sum((1, 2))
+    assert np.all(per_expert > 0), f"{name}: an expert got no gradient: {per_expert}"
+
+
+def test_train_step_updates_the_aux_free_bias(tmp_path):
+  path = tmp_path / "corpus.txt"
+  path.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+  opts = {"moe": {"num_experts": 4, "top_k": 1, "balance": "aux_free", "bias_rate": 0.01}}
+  state, (_, _, _, metrics) = one_run(str(path), {"data": 1, "devices": 1}, steps=3, model__ffn="moe",
+                                      model__ffn_options=opts)
+  bias = np.asarray(state.model_state["balance"]["layer0"]["ffn"]["bias"])
+  steps = np.round(bias / 0.01)
+  np.testing.assert_allclose(bias, steps * 0.01, atol=1e-6)  # whole multiples of gamma
+  assert np.abs(steps).max() >= 1 and np.all(np.abs(steps) <= 3)
+  assert "train/ffn/max_load" in metrics and "train/ffn/bias_abs/layer1" in metrics
+
+
+@pytest.mark.parametrize("opts, mesh", [
+    # dropless through shard_map (experts over `expert`, widths over `tensor`), with the aux-free bias state
+    ({"num_experts": 8, "top_k": 2, "balance": "aux_free", "num_shared": 1}, {"data": 1, "expert": 4, "tensor": 2}),
+    # capacity: GShard buffers resharded batch -> experts by XLA
+    ({"num_experts": 8, "top_k": 2, "dispatch": "capacity", "capacity_factor": 1.0}, {"data": 2, "expert": 4}),
+])
+def test_expert_sharded_equals_unsharded(tmp_path, opts, mesh):
+  path = tmp_path / "corpus.txt"
+  path.write_text("".join(chr(97 + (i * i + 5 * i) % 26) for i in range(5000)))
+  over = {"model__ffn": "moe", "model__ffn_options": {"moe": {**opts, "grouped_matmul": "blocks", "block_size": 8}}}
+  state0, (loss0, grads0, params0, m0) = one_run(str(path), {"data": 1, "devices": 1}, **over)
+  state, (loss, grads, params, m) = one_run(str(path), mesh, **over)
+  np.testing.assert_allclose(loss, loss0, rtol=1e-5)
+  for key in ("train/loss", "train/ffn/max_load", "train/ffn/dropped"):
+    np.testing.assert_allclose(m[key], m0[key], rtol=1e-5, atol=1e-7)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=3e-5, atol=3e-5)
+  jax.tree.map(close, (grads, params), (grads0, params0))
+  jax.tree.map(close, jax.device_get(state.model_state), jax.device_get(state0.model_state))  # aux-free biases
+  w1 = state.params["layer0"]["ffn"]["w1"]
+  assert w1.sharding.spec[0] == "expert"
+  assert w1.addressable_shards[0].data.shape[0] == 8 // mesh["expert"]
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(top_k=9), "top_k"),
+    (dict(top_k=1, norm_topk=True), "norm_topk"),
+    (dict(num_groups=3), "num_groups"),
+    (dict(num_groups=4, topk_groups=1, top_k=3), "top_k"),
+    (dict(score="softplus"), "score"),
+    (dict(dispatch="drop"), "dispatch"),
+    (dict(capacity_factor=0.0), "capacity_factor"),
+])
+def test_bad_options_name_the_field(kw, field):
+  with pytest.raises(ConfigError, match=field):
+    MoEOptions(**kw)
+
+
+def test_experts_must_divide_the_expert_axis(tmp_path):
+  from r1jax.train import Run
+  cfg = tiny_config(data__path=str(tmp_path / "c.txt"), model__ffn="moe",
+                    model__ffn_options={"moe": {"num_experts": 6}}, mesh__expert=4, mesh__data=2)
+  (tmp_path / "c.txt").write_text("abc" * 300)
+  with pytest.raises(ConfigError, match="ffn_options.moe.num_experts"):
+    Run(cfg)
