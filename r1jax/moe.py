@@ -24,7 +24,6 @@ from jax.sharding import PartitionSpec as P
 
 from r1jax import layers
 from r1jax.registry import ConfigError, register_ffn
-from r1jax.sharding import BATCH_AXES
 
 SCORES = ("softmax", "sigmoid")
 BALANCES = ("aux", "aux_free", "none")
@@ -189,25 +188,27 @@ def capacity(x_BxTxD, idx_BxTxK, gate_BxTxK, weights, opts: MoEOptions) -> tuple
   return out_BxTxD, keep_BxM.reshape(B, T, K)
 
 
-def expert_parallel_dropless(x_NxD, idx_NxK, gate_NxK, weights, opts: MoEOptions, batch_axes) -> jax.Array:
-  """Dropless with experts split over the mesh's `expert` axis: each shard gathers the tokens of its expert group,
-  computes the copies routed to its own experts, and the partial sums are reduce-scattered back to the tokens."""
-  tokens = P(batch_axes, None)
+def expert_parallel_dropless(x_NxD, idx_NxK, gate_NxK, weights, opts: MoEOptions, axis: str) -> jax.Array:
+  """Dropless with experts split over mesh axis `axis`: each shard gathers the tokens of its expert group, computes
+  the copies routed to its own experts, and the partial sums are reduce-scattered back to the tokens."""
+  tokens = nn.logical_to_mesh_axes(("act_batch", None))
 
   def local(x, idx, gate, w1, w3, w2):
-    x, idx, gate = (jax.lax.all_gather(a, "expert", tiled=True) for a in (x, idx, gate))
-    first = jax.lax.axis_index("expert") * w1.shape[0]
+    x, idx, gate = (jax.lax.all_gather(a, axis, tiled=True) for a in (x, idx, gate))
+    first = jax.lax.axis_index(axis) * w1.shape[0]
     y = dropless(x, idx, gate, (w1, w3, w2), opts, first_expert=first)
-    return jax.lax.psum_scatter(y, "expert", tiled=True)
+    return jax.lax.psum_scatter(y, axis, tiled=True)
 
-  experts = P("expert", None, None)
+  experts = P(axis, None, None)
   return jax.shard_map(local, in_specs=(tokens, tokens, tokens, experts, experts, experts),
                        out_specs=tokens)(x_NxD, idx_NxK, gate_NxK, *weights)
 
 
-def _expert_mesh_size() -> int:
+def _expert_axis() -> str | None:
+  """The mesh axis the logical `expert` axis maps to, when the current mesh splits it; else None."""
   mesh = jax.sharding.get_abstract_mesh()
-  return 0 if mesh.empty or "expert" not in mesh.axis_names else mesh.shape["expert"]
+  axis = nn.logical_to_mesh_axes(("expert",))[0] if not mesh.empty else None
+  return axis if isinstance(axis, str) and axis in mesh.axis_names and mesh.shape[axis] > 1 else None
 
 
 @register_ffn("moe", MoEOptions)
@@ -239,9 +240,9 @@ class MoE(nn.Module):
       y_BxTxD, keep_BxTxK = capacity(x, idx_NxK.reshape(B, T, K), gate_NxK.reshape(B, T, K), (w1, w3, w2), o)
       dropped = 1.0 - jnp.mean(keep_BxTxK.astype(jnp.float32))
     else:
-      ep = _expert_mesh_size()
+      axis = _expert_axis()
       args = (x.reshape(B * T, D), idx_NxK, gate_NxK, (w1, w3, w2), o)
-      y_NxD = expert_parallel_dropless(*args, BATCH_AXES) if ep > 1 else dropless(*args)
+      y_NxD = expert_parallel_dropless(*args, axis) if axis else dropless(*args)
       y_BxTxD, dropped = y_NxD.reshape(B, T, D), jnp.zeros((), jnp.float32)
     if o.num_shared:  # DeepSeekMoE shared experts: one SwiGLU as wide as num_shared experts together
       S = o.num_shared * F
