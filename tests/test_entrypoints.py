@@ -84,4 +84,4 @@ def test_moe_driver_reports_params_and_the_seed_claim(tmp_path):
               f"--results_dir={tmp_path}", "--config.train.progress=False"])
   assert "| top1 | 1.00 | 0.13 |" in out  # same total FFN parameters as dense_8x, 1/8 of them active (+ router)
   assert "## Seed claim" in out and "| top1 |" in out.split("## Seed claim")[1]
-  assert os.path.exists(tmp_path / "report.md") and os.path.isdir(tmp_path / ".xla_cache")
+  assert os.path.exists(tmp_path / "report.md")

@@ -1,6 +1,5 @@
 """Sharded == unsharded: loss, gradients and updated parameters on 8 simulated CPU devices."""
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -37,12 +36,14 @@ def test_sharded_equals_unsharded(unsharded, mesh):
 
 
 @pytest.mark.parametrize("overrides", [
-    {"model__mixer": "sparse", "model__mixer_options": {"sparse": {"top_k": 5, "query_chunk": 8}}},
-    {"model__mixer": "sparse", "model__mixer_options": {"sparse": {"select": "random", "top_k": 5}}},
-    {"model__mixer": "block_sparse", "model__mixer_options": {"block_sparse": {"block_size": 4, "top_blocks": 1}}},
+    # two mixers per model (one per layer), so that each compile covers two mechanisms
+    {"model__mixer_pattern": ("sparse", "block_sparse"),
+     "model__mixer_options": {"sparse": {"top_k": 5, "query_chunk": 8}, "block_sparse": {"block_size": 4,
+                                                                                         "top_blocks": 1}}},
+    {"model__mixer_pattern": ("sparse", "routed"),
+     "model__mixer_options": {"sparse": {"select": "random", "top_k": 5}, "routed": {"capacity": 0.25, "window": 4}}},
     {"model__mixer_pattern": ("local", "fusion"), "model__mixer_options": {"local": {"window": 3},
                                                                            "fusion": {"beta": "token", "window": 5}}},
-    {"model__mixer": "routed", "model__mixer_options": {"routed": {"capacity": 0.25, "window": 4}}},
     {"model__mixer_pattern": ("fast_weight", "attention"),  # a hybrid with a delta-rule recurrent layer
      "model__mixer_options": {"fast_weight": {"gate": "scalar", "delta": True, "chunk": 4}}},
 ])
