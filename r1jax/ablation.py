@@ -21,10 +21,12 @@ COLUMNS = (
     ("num_params", "params", "{:,.0f}", 1.0),
     ("perf/flops_per_token", "FLOPs/token", "{:.3g}", 1.0),
     ("perf/tokens_per_sec", "train tok/s", "{:,.0f}", 1.0),
+    ("perf/eval_tokens_per_sec", "eval tok/s", "{:,.0f}", 1.0),  # forward only (inference-like), after compile
     ("perf/memory_bytes", "memory MiB", "{:.1f}", 2.0**-20),
     ("perf/wall_sec", "wall s", "{:.0f}", 1.0),
 )
-RATIOS = ("eval/loss", "eval/accuracy", "perf/flops_per_token", "perf/tokens_per_sec", "perf/memory_bytes")
+RATIOS = ("eval/loss", "eval/accuracy", "perf/flops_per_token", "perf/tokens_per_sec", "perf/eval_tokens_per_sec",
+          "perf/memory_bytes")
 
 
 def override(base: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str) -> ml_collections.ConfigDict:

@@ -163,6 +163,7 @@ class Run:
     self.schedule, self.tx = make_optimizer(cfg.optim, cfg.train.steps)
     self.is_main = jax.process_index() == 0
     self.replicated = NamedSharding(self.mesh, P())
+    self.eval_timing = {"tokens": 0, "sec": 0.0, "warm": False}
 
   def init_state(self) -> tuple[TrainState, Any]:
     """Sharded TrainState from abstract shapes (see sharding.init_sharded) and its shardings."""
@@ -173,7 +174,12 @@ class Run:
     totals = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
     diags, batches = {}, 0
     for batch in self.data.eval_batches():
+      t0 = time.perf_counter()
       sums, diag = jax.device_get(eval_fn(state, sharding.put_batch(batch, self.mesh)))
+      if self.eval_timing["warm"]:  # forward-only throughput; the very first call compiles
+        self.eval_timing["tokens"] += batch["inputs"].shape[0] * batch["inputs"].shape[1]
+        self.eval_timing["sec"] += time.perf_counter() - t0
+      self.eval_timing["warm"] = True
       totals = {k: totals[k] + float(sums[k]) for k in totals}
       diags = {k: diags.get(k, 0.0) + float(v) for k, v in diag.items()}
       batches += 1
@@ -259,12 +265,15 @@ class Run:
       ckpt.close()
     writer.close()
     tokens_per_sec = timed["tokens"] / timed["sec"] if timed["sec"] else float("nan")
+    et = self.eval_timing
+    eval_tokens_per_sec = et["tokens"] / et["sec"] if et["sec"] else float("nan")
     return {
         "config": cfg_dict,
         "num_params": num_params,
         "final": last_eval,
         "history": writer.records,
-        "perf": {"tokens_per_sec": tokens_per_sec, "flops_per_token": flops_per_token,
+        "perf": {"tokens_per_sec": tokens_per_sec, "eval_tokens_per_sec": eval_tokens_per_sec,
+                 "flops_per_token": flops_per_token,
                  "flops_per_sec": flops_per_token * tokens_per_sec, "memory_bytes": peak_memory_bytes(compiled),
                  "compile_sec": compile_sec, "wall_sec": time.perf_counter() - t_start,
                  "resumed_from": start, "devices": self.mesh.size, "backend": jax.default_backend()},
