@@ -3,7 +3,7 @@ parameters, top-1/2/4, balancing (Switch aux loss, DeepSeek-V3 aux-free bias, no
 dropless dispatch, DeepSeekMoE's fine-grained + shared experts and DeepSeek-V3's routing; then the seed claim and
 the papers' anchors, measured. "Inference" speed is the forward-only throughput of the evaluation batches.
 
-  python experiments/moe_ablation.py             # 11 variants x 3 seeds, ~10 min (2-core CPU)
+  python experiments/moe_ablation.py             # 11 variants x 3 seeds, 5-9 min (2-core CPU)
   python experiments/moe_ablation.py --quick     # smoke run
   python experiments/moe_ablation.py --variants=  # every variant (also ragged_dot, z-loss, capacity 1.0 / 2.0)
   python experiments/moe_ablation.py --config.train.steps=2000 --config.model.num_layers=4   # longer (GPU-sized)
