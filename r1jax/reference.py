@@ -45,6 +45,32 @@ def attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_TxS=None, scale=None, bias_B
   return jnp.stack(outs, axis=2)
 
 
+def spacetime_mask(T: int, S: int, axis: str) -> np.ndarray:
+  """[T*S, T*S] mask over video tokens flattened frame by frame: which token (t, s) attends to which (t', s').
+  joint: all; space: the same frame (t == t'); time: the same patch position (s == s')."""
+  t, s = np.repeat(np.arange(T), S), np.tile(np.arange(S), T)
+  if axis == "joint":
+    return np.ones((T * S, T * S), bool)
+  return t[:, None] == t[None, :] if axis == "space" else s[:, None] == s[None, :]
+
+
+def spacetime_branch(x_BxTxSxD, wq_DxHxK, wk_DxHxK, wv_DxHxK, wo_HxKxD, axis):
+  """One space-time attention branch on flattened tokens with `spacetime_mask` (dot_product: the first half of the
+  heads under the space mask, the second half under the time mask), from the definition in float32."""
+  x = jnp.asarray(x_BxTxSxD, jnp.float32)
+  B, T, S, D = x.shape
+  q, k, v = (jnp.einsum("bnd,dhk->bnhk", x.reshape(B, T * S, D), jnp.asarray(w, jnp.float32))
+             for w in (wq_DxHxK, wk_DxHxK, wv_DxHxK))
+  H = q.shape[2]
+  if axis == "dot_product":
+    mask = np.concatenate([np.broadcast_to(spacetime_mask(T, S, "space"), (B, H // 2, T * S, T * S)),
+                           np.broadcast_to(spacetime_mask(T, S, "time"), (B, H - H // 2, T * S, T * S))], axis=1)
+  else:
+    mask = spacetime_mask(T, S, axis)
+  o = attention(q, k, v, mask)
+  return jnp.einsum("bnhk,hkd->bnd", o, jnp.asarray(wo_HxKxD, jnp.float32)).reshape(B, T, S, D)
+
+
 def rope(x_BxTxHxK, base):
   """RoPE from its definition: rotate each (i, i + K/2) pair at position t by t * base^(-2i/K), in float64."""
   x = np.asarray(x_BxTxHxK, np.float64)
