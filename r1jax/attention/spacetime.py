@@ -34,19 +34,15 @@ class SpaceTimeOptions:
 
 
 def attend(q_BxTxSxHxK: jax.Array, k_BxTxSxHxK: jax.Array, v_BxTxSxHxK: jax.Array, axis: str) -> jax.Array:
-  """Softmax attention (jax.nn.dot_product_attention) over `axis` in ("joint", "space", "time")."""
+  """Softmax attention (jax.nn.dot_product_attention) over `axis` in ("joint", "space", "time"): the tokens that
+  attend to each other become one batch row (a clip, a frame, or a patch position's track)."""
   B, T, S, H, K = q_BxTxSxHxK.shape
-  if axis == "joint":
-    flat = lambda a: a.reshape(B, T * S, H, K)
-    return jax.nn.dot_product_attention(flat(q_BxTxSxHxK), flat(k_BxTxSxHxK), flat(v_BxTxSxHxK)).reshape(
-        B, T, S, H, K)
-  if axis == "space":  # each frame is a batch row
-    flat = lambda a: a.reshape(B * T, S, H, K)
-    return jax.nn.dot_product_attention(flat(q_BxTxSxHxK), flat(k_BxTxSxHxK), flat(v_BxTxSxHxK)).reshape(
-        B, T, S, H, K)
-  flat = lambda a: jnp.swapaxes(a, 1, 2).reshape(B * S, T, H, K)  # each patch position's track is a batch row
-  o = jax.nn.dot_product_attention(flat(q_BxTxSxHxK), flat(k_BxTxSxHxK), flat(v_BxTxSxHxK))
-  return jnp.swapaxes(o.reshape(B, S, T, H, K), 1, 2)
+  qkv = (q_BxTxSxHxK, k_BxTxSxHxK, v_BxTxSxHxK)
+  if axis == "time":
+    qkv = tuple(jnp.swapaxes(a, 1, 2) for a in qkv)
+  rows, length = {"joint": (B, T * S), "space": (B * T, S), "time": (B * S, T)}[axis]
+  o = jax.nn.dot_product_attention(*(a.reshape(rows, length, H, K) for a in qkv))
+  return jnp.swapaxes(o.reshape(B, S, T, H, K), 1, 2) if axis == "time" else o.reshape(B, T, S, H, K)
 
 
 class Branch(nn.Module):
