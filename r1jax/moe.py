@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from r1jax import layers
+from r1jax.feedforward import SwiGLU, SwiGLUOptions
 from r1jax.registry import ConfigError, register_ffn
 
 SCORES = ("softmax", "sigmoid")
@@ -244,12 +245,9 @@ class MoE(nn.Module):
       args = (x.reshape(B * T, D), idx_NxK, gate_NxK, (w1, w3, w2), o)
       y_NxD = expert_parallel_dropless(*args, axis) if axis else dropless(*args)
       y_BxTxD, dropped = y_NxD.reshape(B, T, D), jnp.zeros((), jnp.float32)
-    if o.num_shared:  # DeepSeekMoE shared experts: one SwiGLU as wide as num_shared experts together
-      S = o.num_shared * F
-      s1 = layers.param(self, "shared_w1", (D, S), ("embed", "mlp"), cfg.init_std, cfg.param_dtype)
-      s3 = layers.param(self, "shared_w3", (D, S), ("embed", "mlp"), cfg.init_std, cfg.param_dtype)
-      s2 = layers.param(self, "shared_w2", (S, D), ("mlp", "embed"), layers.out_std(cfg), cfg.param_dtype)
-      y_BxTxD = y_BxTxD + _swiglu(x, s1.astype(dt), s3.astype(dt), s2.astype(dt), lambda a, w: a @ w)
+    if o.num_shared:  # DeepSeekMoE shared experts: one dense SwiGLU as wide as num_shared experts together
+      shared = SwiGLU(dataclasses.replace(cfg, d_ff=o.num_shared * F), SwiGLUOptions(), name="shared")
+      y_BxTxD = y_BxTxD + shared(x, deterministic=deterministic)[0]
 
     load_E = jnp.bincount(idx_NxK.reshape(-1), length=E).astype(jnp.float32)  # routed copies (before drops)
     probs_NxE = scores_NxE / jnp.sum(scores_NxE, -1, keepdims=True)  # sigmoid scores normalised (DeepSeek-V3)

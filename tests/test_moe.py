@@ -148,8 +148,8 @@ def test_gradients_reach_router_and_every_expert():
     return jnp.sum(y ** 2) + aux["loss_balance"] + aux["loss_z"]
 
   grads = jax.jit(jax.grad(loss))(variables["params"])
-  for name in ("router", "shared_w1", "shared_w2", "shared_w3"):
-    assert np.abs(grads[name]).sum() > 0, name
+  for name, g in [("router", grads["router"])] + [(f"shared/{w}", grads["shared"][w]) for w in ("w1", "w2", "w3")]:
+    assert np.abs(g).sum() > 0, name
   for name in ("w1", "w2", "w3"):
     per_expert = np.abs(np.asarray(grads[name])).sum((1, 2))
     assert np.all(per_expert > 0), f"{name}: an expert got no gradient: {per_expert}"
