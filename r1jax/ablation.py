@@ -254,16 +254,15 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     f = flags.FLAGS
-    chosen = {k: v for k, v in variants.items() if not f.variants or k in f.variants}
     for flag, names, known in (("--variants", f.variants, variants), ("--tasks", f.tasks, tasks or {})):
       if set(names) - set(known):
         raise ConfigError(f"{flag}: unknown {sorted(set(names) - set(known))}. Fix: choose from {list(known)}.")
     root = os.path.abspath(f.results_dir or os.path.join("results", name))
     plan = ({t: (f.config[t], os.path.join(root, t)) for t in f.tasks} if tasks else {"": (f.config, root)})
     asked = f.variants if f["variants"].present or not per_task else None
-    ablations = {t: Ablation(f"{name}/{t}" if t else name, cfg,
-                             task_plan(variants, asked, t, per_task, task_variants), tuple(int(s) for s in f.seeds),
-                             baseline if baseline in chosen else "", out) for t, (cfg, out) in plan.items()}
+    planned = {t: task_plan(variants, asked, t, per_task, task_variants) for t in plan}
+    ablations = {t: Ablation(f"{name}/{t}" if t else name, cfg, planned[t], tuple(int(s) for s in f.seeds),
+                             baseline if baseline in planned[t] else "", out) for t, (cfg, out) in plan.items()}
     ablations = {t: a for t, a in ablations.items() if a.variants}
     for a in ablations.values():
       a.configs()  # every task's variants are validated before anything trains

@@ -12,6 +12,10 @@ from r1jax import registry
 from r1jax.registry import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
+ARCHS = ("lm", "video")
+VIDEO_MIXERS = ("spacetime",)  # mixers over [B, T, S, D] (r1jax/attention/spacetime.py), for arch=video only
+DATA_KINDS = ("text", "mqar", "listops", "moving_digits")
+VIDEO_LABELS = ("direction", "digit")
 
 
 def _require(ok: bool, field: str, problem: str, fix: str) -> None:
@@ -31,7 +35,8 @@ class ModelConfig:
   num_kv_heads: int = 0  # 0: = num_heads; else divides num_heads (grouped-query attention)
   d_ff: int = 0  # feed-forward hidden width; 0: 8/3 * d_model rounded up to a multiple of 32
   rope_base: float = 10000.0  # RoPE wavelength base (Su et al. 2021)
-  mixer: str = "attention"  # registered mixer name used in every layer (see registry.MIXERS)
+  arch: str = "lm"  # lm: decoder-only LM on tokens [B, T] | video: clip classifier on patches [B, T, S, P]
+  mixer: str = "attention"  # registered mixer name used in every layer (see registry.MIXERS); video: spacetime
   mixer_pattern: tuple[str, ...] = ()  # per-layer mixer names, cycled over layers; () = `mixer` everywhere
   mixer_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # name -> options
   ffn: str = "swiglu"  # registered feed-forward name (see registry.FFNS)
@@ -61,6 +66,7 @@ class ModelConfig:
     _require(self.param_dtype in DTYPES[:2], "model.param_dtype", f"unknown dtype {self.param_dtype!r}",
              "use float32 or bfloat16")
     _require(0.0 <= self.dropout < 1.0, "model.dropout", f"{self.dropout} is not in [0, 1)", "use e.g. 0.1")
+    _require(self.arch in ARCHS, "model.arch", f"unknown {self.arch!r}", f"use one of {ARCHS}")
     object.__setattr__(self, "mixer_pattern", tuple(self.mixer_pattern))
     object.__setattr__(self, "ffn_pattern", tuple(self.ffn_pattern))
     for table, field in ((registry.MIXERS, "mixer"), (registry.FFNS, "ffn")):
@@ -71,6 +77,16 @@ class ModelConfig:
         entry = registry.lookup(table, name, f"model.{field}_options")
         opts[name] = registry.build_options(entry.options, values, f"model.{field}_options.{name}")
       object.__setattr__(self, f"{field}_options", types.MappingProxyType(opts))
+    video_mixers = set(self.layer_names("mixer")) & set(VIDEO_MIXERS)
+    if self.arch == "video":
+      _require(set(self.layer_names("mixer")) <= set(VIDEO_MIXERS), "model.mixer",
+               f"arch=video mixes [B, T, S, D] clips, but the layers use {sorted(set(self.layer_names('mixer')))}",
+               f"use --config.model.mixer={VIDEO_MIXERS[0]} (choose the variant with mixer_options.spacetime.kind)")
+      _require(self.num_layers >= 2 or self.options("mixer", "spacetime").kind != "factorised", "model.num_layers",
+               "kind=factorised needs a spatial and a temporal layer", "use model.num_layers >= 2")
+    else:
+      _require(not video_mixers, "model.mixer", f"{sorted(video_mixers)} mixes [B, T, S, D] clips, not token "
+               "sequences", "set --config.model.arch=video with data.kind=moving_digits, or pick a 1D mixer")
 
   def layer_names(self, kind: str) -> tuple[str, ...]:
     """The registered name used by each layer for `kind` in ("mixer", "ffn")."""
@@ -99,7 +115,7 @@ class ModelConfig:
 class DataConfig:
   """Dataset and batching. The batch is global (over all devices and processes)."""
 
-  kind: str = "text"  # text (character-level file) | mqar (multi-query associative recall, Zoology) | listops (LRA)
+  kind: str = "text"  # text (character file) | mqar (associative recall, Zoology) | listops (LRA) | moving_digits
   path: str = ""  # text: path to a UTF-8 text file, e.g. ../shared/data/tinyshakespeare.txt
   val_fraction: float = 0.1  # text: last fraction of the file held out for validation (nanoGPT: 0.1)
   seq_len: int = 64  # tokens per training sequence
@@ -113,12 +129,16 @@ class DataConfig:
   listops_min_len: int = 32  # listops: fewest expression tokens (>= 4); the most is seq_len - 1 (then '=')
   listops_max_depth: int = 10  # listops: deepest operator nesting (LRA: 10)
   listops_max_args: int = 10  # listops: most arguments per operator (LRA: 10), >= 2
-  num_train_examples: int = 0  # mqar/listops: 0 = a fresh example for every training row; else a fixed set
-  num_test_examples: int = 3000  # mqar/listops: held-out test examples
+  video_frames: int = 8  # moving_digits: frames T per clip, >= 2
+  video_canvas: int = 16  # moving_digits: canvas side in pixels, >= 8 (the digit) and a multiple of video_patch
+  video_patch: int = 4  # moving_digits: patch side; S = (canvas/patch)^2 patches of P = patch^2 pixels
+  video_max_speed: int = 2  # moving_digits: speed drawn from 1..max_speed pixels per frame
+  video_label: str = "direction"  # moving_digits: direction (4-way, needs motion) | digit (10-way, appearance)
+  num_train_examples: int = 0  # mqar/listops/moving_digits: 0 = a fresh example every training row; else a fixed set
+  num_test_examples: int = 3000  # mqar/listops/moving_digits: held-out test examples
 
   def __post_init__(self):
-    _require(self.kind in ("text", "mqar", "listops"), "data.kind", f"unknown dataset {self.kind!r}",
-             "use text, mqar or listops")
+    _require(self.kind in DATA_KINDS, "data.kind", f"unknown dataset {self.kind!r}", f"use one of {DATA_KINDS}")
     _require(self.seq_len >= 2 and self.batch_size >= 1, "data.seq_len/batch_size", "must be >= 2 and >= 1",
              "use positive sizes")
     _require(self.eval_batch_size >= 0 and self.eval_max_batches >= 0, "data.eval_batch_size",
@@ -127,6 +147,18 @@ class DataConfig:
       _require(bool(self.path), "data.path", "no text file given for data.kind=text",
                "pass --config.data.path=../shared/data/tinyshakespeare.txt")
       _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"{self.val_fraction} not in (0, 1)", "use 0.1")
+    elif self.kind == "moving_digits":
+      _require(self.video_frames >= 2, "data.video_frames", f"{self.video_frames} frames show no motion",
+               "use >= 2 (e.g. 8)")
+      _require(self.video_patch >= 1 and self.video_canvas >= 8 and self.video_canvas % self.video_patch == 0,
+               "data.video_canvas", f"canvas {self.video_canvas} must be >= 8 (the digit) and a multiple of "
+               f"video_patch={self.video_patch}", "use e.g. video_canvas=16, video_patch=4")
+      _require(1 <= self.video_max_speed < self.video_canvas, "data.video_max_speed",
+               f"{self.video_max_speed} must be in [1, canvas)", "use 1 or 2")
+      _require(self.video_label in VIDEO_LABELS, "data.video_label", f"unknown {self.video_label!r}",
+               f"use one of {VIDEO_LABELS}")
+      _require(self.num_test_examples >= 1 and self.num_train_examples >= 0, "data.num_test_examples",
+               "must be >= 1 (train >= 0)", "use e.g. 1000")
     elif self.kind == "listops":
       _require(4 <= self.listops_min_len <= self.seq_len - 1, "data.listops_min_len",
                f"{self.listops_min_len} must be in [4, seq_len - 1 = {self.seq_len - 1}] (the shortest expression "
@@ -229,6 +261,12 @@ class Config:
   dist: DistConfig = DistConfig()
   seed: int = 0
   workdir: str = ""  # checkpoints and logs; "" = no checkpoints, no logs (pure in-memory run)
+
+  def __post_init__(self):
+    video_data = self.data.kind == "moving_digits"
+    _require((self.model.arch == "video") == video_data, "model.arch",
+             f"arch={self.model.arch!r} cannot read data.kind={self.data.kind!r}",
+             "use model.arch=video with data.kind=moving_digits, and model.arch=lm with token data")
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any] | ml_collections.ConfigDict) -> "Config":

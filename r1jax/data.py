@@ -1,5 +1,5 @@
-"""Datasets: MQAR (Zoology's multi-query associative recall), ListOps and character-level text; batches are pure
-functions of (seed, step)."""
+"""Datasets: MQAR (Zoology's multi-query associative recall), ListOps, character-level text and moving-digit clips;
+batches are pure functions of (seed, step)."""
 
 import dataclasses
 import functools
@@ -8,13 +8,14 @@ from typing import Iterator
 
 import numpy as np
 
-from r1jax import listops
+from r1jax import listops, moving_digits
 from r1jax.config import DataConfig
 from r1jax.registry import ConfigError
 
 # A batch is a dict of numpy arrays (global, over all devices):
-#   inputs  [B, T] int32  token ids
-#   targets [B, N] int32  next-token targets (N = T for text; N = num_kv_pairs answers for MQAR; N = 1 for ListOps)
+#   inputs  [B, T] int32  token ids (moving digits: [B, T, S, P] float32 patch pixels)
+#   targets [B, N] int32  next-token targets (N = T for text; N = num_kv_pairs answers for MQAR; N = 1 for ListOps
+#                         and for the clip label of moving digits)
 #   weights [B, N] float32  1 where a target counts (0 for padding rows of the last eval batch)
 #   target_pos [B, N] int32  (MQAR, ListOps) positions of `inputs` whose next-token prediction is scored
 Batch = dict[str, np.ndarray]
@@ -59,6 +60,10 @@ class TextData:
       raise ConfigError(f"data.path: {path!r} has {len(ids)} characters, too few for data.seq_len="
                         f"{self.cfg.seq_len} in both splits. Fix: lower data.seq_len or use a longer file.")
     self.vocab_size = len(self.chars)
+
+  @property
+  def tokens_per_example(self) -> int:
+    return self.cfg.seq_len
 
   def decode(self, ids) -> str:
     return "".join(self.chars[i] for i in ids)
@@ -120,6 +125,10 @@ class ScoredData:
   def vocab_size(self) -> int:
     return self.cfg.mqar_vocab_size if self.cfg.kind == "mqar" else listops.VOCAB_SIZE
 
+  @property
+  def tokens_per_example(self) -> int:
+    return self.cfg.seq_len
+
   def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     c = self.cfg
     if c.kind == "mqar":
@@ -158,6 +167,35 @@ def _test_batches(data: ScoredData, rows: int, n: int) -> tuple[Batch, ...]:
   return tuple(_pad_rows(data._examples(_TEST, range(i, min(i + rows, n))), rows) for i in range(0, n, rows))
 
 
+@dataclasses.dataclass(frozen=True)
+class MovingDigits(ScoredData):
+  """Clip classification (see r1jax/moving_digits.py): inputs float32 [B, T, S, P], targets [B, 1] (the
+  `video_label` class), weights [B, 1]; fresh clips per training row (or a fixed set of num_train_examples) and a
+  held-out test set of num_test_examples on held-out digit images, pure functions of (seed, split, index)."""
+
+  @property
+  def vocab_size(self) -> int:
+    return len(moving_digits.DIRECTIONS) if self.cfg.video_label == "direction" else 10
+
+  @property
+  def tokens_per_example(self) -> int:
+    return self.cfg.video_frames * (self.cfg.video_canvas // self.cfg.video_patch) ** 2
+
+  def clip(self, split: int, index: int) -> dict:
+    """One clip with both labels (see moving_digits.clip_example)."""
+    c = self.cfg
+    return moving_digits.clip_example(np.random.default_rng([self.seed, split, index]), split == _TEST,
+                                      c.video_frames, c.video_canvas, c.video_patch, c.video_max_speed)
+
+  def _examples(self, split: int, indices) -> Batch:
+    clips = [self.clip(split, int(i)) for i in indices]
+    targets = np.array([[c[self.cfg.video_label]] for c in clips], np.int32)
+    return {"inputs": np.stack([c["patches"] for c in clips]), "targets": targets,
+            "weights": np.ones(targets.shape, np.float32)}
+
+
 def make_dataset(cfg: DataConfig, seed: int) -> TextData | ScoredData:
   """Builds the dataset named by `cfg.kind`; raises ConfigError (before any compilation) on bad input."""
+  if cfg.kind == "moving_digits":
+    return MovingDigits(cfg, seed)
   return TextData(cfg, seed) if cfg.kind == "text" else ScoredData(cfg, seed)

@@ -74,12 +74,24 @@ class Transformer(nn.Module):
       head_DxV = layers.param(self, "head", (D, V), ("embed", "vocab"), cfg.init_std, cfg.param_dtype)
     logits_BxTxV = jnp.einsum("BTD,DV->BTV", x_BxTxD, head_DxV.astype(x_BxTxD.dtype)).astype(jnp.float32)
     logits_BxTxV = layers.constrain(logits_BxTxV, ("act_batch", "act_length", "act_vocab"))
-    if V > cfg.vocab_size:  # rows added only for shardability never win the softmax
-      logits_BxTxV = jnp.where(jnp.arange(V)[None, None, :] < cfg.vocab_size, logits_BxTxV, -1e9)
-    out = {"aux_loss": jnp.zeros((), jnp.float32)}
-    for key, values in per_layer.items():
-      if key.split("/")[-1].startswith("loss_"):
-        out["aux_loss"] += sum(jnp.asarray(v, jnp.float32) for _, v in values)
-      out[key] = jnp.mean(jnp.stack([jnp.asarray(v, jnp.float32) for _, v in values]))
-      out.update({f"{key}/layer{i}": v for i, v in values})
-    return logits_BxTxV, out
+    logits_BxTxV = mask_padded_classes(logits_BxTxV, cfg.vocab_size)
+    return logits_BxTxV, collect_aux(per_layer)
+
+
+def collect_aux(per_layer: dict[str, list[tuple[int, jax.Array]]]) -> dict[str, jax.Array]:
+  """{"kind/key": [(layer, value)]} -> summed `aux_loss` of the `loss_` keys, layer means and per-layer values."""
+  out = {"aux_loss": jnp.zeros((), jnp.float32)}
+  for key, values in per_layer.items():
+    if key.split("/")[-1].startswith("loss_"):
+      out["aux_loss"] += sum(jnp.asarray(v, jnp.float32) for _, v in values)
+    out[key] = jnp.mean(jnp.stack([jnp.asarray(v, jnp.float32) for _, v in values]))
+    out.update({f"{key}/layer{i}": v for i, v in values})
+  return out
+
+
+def mask_padded_classes(logits_BxNxV: jax.Array, vocab_size: int) -> jax.Array:
+  """Rows added to the vocabulary only for shardability never win the softmax."""
+  if logits_BxNxV.shape[-1] == vocab_size:
+    return logits_BxNxV
+  keep_1x1xV = (jnp.arange(logits_BxNxV.shape[-1]) < vocab_size).reshape(1, 1, -1)
+  return jnp.where(keep_1x1xV, logits_BxNxV, -1e9)

@@ -71,6 +71,21 @@ def spacetime_branch(x_BxTxSxD, wq_DxHxK, wk_DxHxK, wv_DxHxK, wo_HxKxD, axis):
   return jnp.einsum("bnhk,hkd->bnd", o, jnp.asarray(wo_HxKxD, jnp.float32)).reshape(B, T, S, D)
 
 
+def channel_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+  """Causal channel-axis attention from the definition, one step and head at a time in float64: at step t the K
+  channels attend to each other with similarities q[:t+1]ᵀ k[:t+1] / sqrt(t+1), mixing the channels of v[t]."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK))
+  B, T, H, K = q.shape
+  out = np.zeros((B, T, H, K))
+  for b in range(B):
+    for t in range(T):
+      for h in range(H):
+        logits_KxK = q[b, :t + 1, h].T @ k[b, :t + 1, h] / np.sqrt(t + 1)
+        w = np.exp(logits_KxK - logits_KxK.max(-1, keepdims=True))
+        out[b, t, h] = (w / w.sum(-1, keepdims=True)) @ v[b, t, h]
+  return out
+
+
 def rope(x_BxTxHxK, base):
   """RoPE from its definition: rotate each (i, i + K/2) pair at position t by t * base^(-2i/K), in float64."""
   x = np.asarray(x_BxTxHxK, np.float64)

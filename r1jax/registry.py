@@ -14,6 +14,8 @@ BUILTIN_MODULES = (
     "r1jax.attention.local",
     "r1jax.attention.fusion",
     "r1jax.attention.routed",
+    "r1jax.attention.spacetime",
+    "r1jax.attention.channel",
     "r1jax.recurrent",
     "r1jax.feedforward",
     "r1jax.moe",

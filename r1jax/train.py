@@ -18,6 +18,7 @@ from r1jax.checkpoint import Checkpointer
 from r1jax.config import Config, DistConfig, ModelConfig, OptimConfig, to_dict
 from r1jax.data import make_dataset
 from r1jax.model import Transformer
+from r1jax.video import make_model
 from r1jax.registry import ConfigError
 from r1jax.writers import MetricWriter
 
@@ -96,7 +97,7 @@ def init_train_state(model: Transformer, tx: optax.GradientTransformation, batch
   """Sharded TrainState for batches shaped like `batch` (see sharding.init_sharded), and its shardings."""
 
   def init_fn(rng):
-    inputs = jnp.zeros(batch["inputs"].shape, jnp.int32)
+    inputs = jnp.zeros(batch["inputs"].shape, batch["inputs"].dtype)  # token ids, or video patches
     pos = jnp.zeros(batch["target_pos"].shape, jnp.int32) if "target_pos" in batch else None
     variables = model.init({"params": rng, "dropout": rng}, inputs, target_pos_BxN=pos)
     params = variables.pop("params")
@@ -159,7 +160,7 @@ class Run:
     self.mesh = sharding.make_mesh(cfg.mesh)
     eval_rows = cfg.data.eval_batch_size or cfg.data.batch_size
     sharding.check_divisibility(cfg.model, cfg.data.batch_size, eval_rows, self.mesh)
-    self.model = Transformer(cfg.model)
+    self.model = make_model(cfg.model)
     self.schedule, self.tx = make_optimizer(cfg.optim, cfg.train.steps)
     self.is_main = jax.process_index() == 0
     self.replicated = NamedSharding(self.mesh, P())
@@ -177,7 +178,7 @@ class Run:
       t0 = time.perf_counter()
       sums, diag = jax.device_get(eval_fn(state, sharding.put_batch(batch, self.mesh)))
       if self.eval_timing["warm"]:  # forward-only throughput; the very first call compiles
-        self.eval_timing["tokens"] += batch["inputs"].shape[0] * batch["inputs"].shape[1]
+        self.eval_timing["tokens"] += batch["inputs"].shape[0] * self.data.tokens_per_example
         self.eval_timing["sec"] += time.perf_counter() - t0
       self.eval_timing["warm"] = True
       totals = {k: totals[k] + float(sums[k]) for k in totals}
@@ -200,7 +201,7 @@ class Run:
       state, meta = ckpt.restore(state, state_sh, cfg_dict)
       start = int(meta["step"])
     writer = MetricWriter(cfg.workdir, start, enabled=self.is_main)
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    tokens_per_step = cfg.data.batch_size * self.data.tokens_per_example  # video: frames * patches per clip
     base_rng = jax.random.key(cfg.seed + 1)
     t0 = time.perf_counter()
     compiled = compile_train_step(self.model, self.tx, self.schedule, state, state_sh,

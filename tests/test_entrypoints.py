@@ -85,3 +85,15 @@ def test_moe_driver_reports_params_and_the_seed_claim(tmp_path):
   assert "| top1 | 1.00 | 0.13 |" in out  # same total FFN parameters as dense_8x, 1/8 of them active (+ router)
   assert "## Seed claim" in out and "| top1 |" in out.split("## Seed claim")[1]
   assert os.path.exists(tmp_path / "report.md")
+
+
+def test_attention3d_driver_reports_kinds_on_both_labels_and_the_seed_form(tmp_path):
+  if not os.path.isfile(SHAKESPEARE):
+    pytest.skip(f"real text data not found at {SHAKESPEARE}")
+  out = _run(["experiments/attention3d_ablation.py", "--quick", "--seeds=0", "--variants=divided,space,time_channel",
+              f"--results_dir={tmp_path}"] + [f"--config.{t}.train.progress=False"
+                                              for t in ("motion", "appearance", "text")])
+  assert "attention3d_ablation/appearance: mean" in out and "| time_channel | 1 |" in out and "| space | 1 |" in out
+  assert "divided" not in (tmp_path / "text" / "results.md").read_text()  # video kinds run on clips only
+  assert "comparisons per patch" in out and "## Seed claim: time + channel" in out
+  assert os.path.exists(tmp_path / "report.md")

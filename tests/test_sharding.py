@@ -44,7 +44,7 @@ def test_sharded_equals_unsharded(unsharded, mesh):
      "model__mixer_options": {"sparse": {"select": "random", "top_k": 5}, "routed": {"capacity": 0.25, "window": 4}}},
     {"model__mixer_pattern": ("local", "fusion"), "model__mixer_options": {"local": {"window": 3},
                                                                            "fusion": {"beta": "token", "window": 5}}},
-    {"model__mixer_pattern": ("fast_weight", "attention"),  # a hybrid with a delta-rule recurrent layer
+    {"model__mixer_pattern": ("fast_weight", "time_channel"),  # a delta-rule layer; the seed's time + channel form
      "model__mixer_options": {"fast_weight": {"gate": "scalar", "delta": True, "chunk": 4}}},
 ])
 def test_other_mixers_sharded_equal_unsharded(unsharded, overrides):

@@ -8,8 +8,9 @@ kind (TimeSformer, Bertasius et al. 2021; ViViT, Arnab et al. 2021):
   dot_product  half the heads attend over space, half over time, one output projection (ViViT model 4)
   space        within each frame only (TimeSformer "space-only"): no information crosses frames
   time         along time at each patch position only: no information crosses positions
-ViViT's factorised encoder (model 2: spatial layers per frame, pooled, then temporal layers) is a stacking of the
-`space` and `time` kinds and lives in the video model.
+  factorised   ViViT model 2 (factorised encoder): the video model (r1jax/video.py) runs the first half of its
+               layers as `space`, mean-pools each frame's patches to one token, and runs the rest as `time`
+Registered as the mixer `spacetime` of `model.arch=video` (see r1jax/video.py), which feeds it [B, T, S, D].
 """
 
 import dataclasses
@@ -19,14 +20,14 @@ import jax
 import jax.numpy as jnp
 
 from r1jax import layers
-from r1jax.registry import ConfigError
+from r1jax.registry import ConfigError, register_mixer
 
-KINDS = ("joint", "divided", "parallel", "dot_product", "space", "time")
+KINDS = ("joint", "divided", "parallel", "dot_product", "space", "time", "factorised")
 
 
 @dataclasses.dataclass(frozen=True)
 class SpaceTimeOptions:
-  kind: str = "divided"  # joint | divided | parallel | dot_product | space | time
+  kind: str = "divided"  # joint | divided | parallel | dot_product | space | time | factorised (a model-level kind)
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -70,6 +71,7 @@ class Branch(nn.Module):
     return jnp.einsum("BTSHK,HKD->BTSD", o, wo_HxKxD.astype(dt))
 
 
+@register_mixer("spacetime", SpaceTimeOptions)
 class SpaceTimeAttention(nn.Module):
   """`__call__(x [B, T, S, D], *, deterministic) -> (y [B, T, S, D], aux)`; the residual is the caller's."""
 
@@ -80,6 +82,8 @@ class SpaceTimeAttention(nn.Module):
   def __call__(self, x_BxTxSxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
     del deterministic
     kind, cfg = self.opts.kind, self.cfg
+    if kind == "factorised":
+      raise ValueError("kind=factorised stacks space and time layers; the video model gives each layer its kind")
     if kind == "dot_product" and cfg.num_heads % 2:
       raise ConfigError(f"model.num_heads={cfg.num_heads}: dot_product splits the heads in two halves. "
                         "Fix: use an even number of heads.")
