@@ -24,8 +24,8 @@ VARIANTS = {
 TEXT = ("dense", "time_channel", "channel", "time_channel_unscaled")
 TASKS = {
     "motion": configs.moving_digits("direction"),
-    # the control: recognising a digit anywhere on the torus learns faster at a lower rate (500-step probe: 59% vs 39%)
-    "appearance": ablation.override(configs.moving_digits("digit"), {"train.steps": 300, "optim.lr": 1e-3}, "digit"),
+    # the control: needs no motion, so space-only must be able to learn it (shows its motion failure is not weakness)
+    "appearance": ablation.override(configs.moving_digits("digit"), {"train.steps": 250}, "digit"),
     "text": ablation.override(configs.shakespeare_char(), {
         "model.num_layers": 2, "model.d_model": 64, "model.num_heads": 4, "model.d_ff": 128, "optim.lr": 3e-3,
         "data.seq_len": 128, "train.steps": 150, "train.eval_every": 0, "train.checkpoint_every": 0,
@@ -65,10 +65,11 @@ def report(rows_by_task: dict[str, list[dict]], ablations: dict) -> str:
                    f"{comparisons(v, N, F)} | {r['perf/tokens_per_sec']:,.0f} | {r['perf/flops_per_token']:.3g} |")
     lines += ["", f"TimeSformer's count with a CLS token at N={N}, F={F}: joint {N * F + 1}, divided {N + F + 2}."]
     if "motion" in by and {"space", "divided", "joint"} <= set(by["motion"]):
-      m = {v: by["motion"][v]["eval/accuracy"] for v in ("space", "divided", "joint")}
-      solved = [v for v in ("divided", "joint") if m[v] >= 0.9]
-      lines += ["", f"motion: space-only {100 * m['space']:.1f}% ({'fails' if m['space'] < 0.5 else 'does not fail'}"
-                f"); solved (>= 90%) by: {', '.join(solved) or 'neither divided nor joint'}."]
+      m = {v: 100 * by["motion"][v]["eval/accuracy"] for v in ("space", "divided", "joint")}
+      verdict = lambda a: "solves it (>= 90%)" if a >= 90 else (  # noqa: E731
+          "learns the sign only in part (50-90%)" if a > 50 else "fails (<= 50%, the axis-only cap)")
+      lines += ["", "motion: " + "; ".join(f"{v} {m[v]:.1f}% {verdict(m[v])}" for v in ("space", "divided", "joint"))
+                + ". An order-blind model can reach 50% by reading the axis of motion, not its sign."]
   if "text" in rows_by_task:
     rows = rows_by_task["text"]
     lines += ["", f"## Seed claim: time + channel attention, 'long-text ability x{SEED_GAIN}', measured as val loss "

@@ -11,7 +11,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from r1jax.config import Config
+from r1jax.checkpoint import check_same_config
+from r1jax.config import Config, to_dict
 from r1jax.registry import ConfigError
 
 # (result key, column title, how to format a value, display scale); quality first, then cost.
@@ -165,7 +166,8 @@ def plot(results: dict[tuple[str, int], dict], rows: list[dict], out_dir: str) -
 def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, log=print) -> list[dict]:
   """Trains every (variant, seed) not already finished, then writes and prints the summary.
 
-  Finished runs are those with a result.json; an interrupted run resumes from its checkpoints.
+  Finished runs are those with a result.json of the same config (model, data, optim, seed and train.steps; a stale
+  one raises ConfigError); an interrupted run resumes from its checkpoints.
   """
   from r1jax.train import train
 
@@ -177,9 +179,13 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
   for i, ((variant, seed), cfg) in enumerate(configs.items()):
     path = os.path.join(cfg.workdir, "result.json")
     if os.path.exists(path):
-      log(f"[{i + 1}/{len(configs)}] {variant} seed {seed}: finished earlier, skipping")
       with open(path) as f:
         results[(variant, seed)] = json.load(f)
+      saved, current = results[(variant, seed)]["config"], to_dict(cfg)
+      if current["model"]["vocab_size"] == 0:  # filled from the data by the run (and the data must match)
+        current["model"]["vocab_size"] = saved["model"]["vocab_size"]
+      check_same_config(saved, current, f"{path!r}", ("model", "data", "optim", "seed", "train.steps"))
+      log(f"[{i + 1}/{len(configs)}] {variant} seed {seed}: finished earlier, skipping")
       continue
     log(f"[{i + 1}/{len(configs)}] {variant} seed {seed} -> {cfg.workdir}")
     os.makedirs(cfg.workdir, exist_ok=True)

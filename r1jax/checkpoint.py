@@ -12,6 +12,19 @@ from r1jax.registry import ConfigError
 _MUST_MATCH = ("model", "data", "optim", "seed")
 
 
+def check_same_config(saved: dict, config: dict, where: str, keys=_MUST_MATCH) -> None:
+  """Raises ConfigError naming the first of `keys` (dotted for nested ones) on which `saved` differs from `config`."""
+  def get(d: Any, dotted: str) -> Any:
+    for k in dotted.split("."):
+      d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+  for key in keys:
+    if get(saved, key) != get(config, key):
+      raise ConfigError(f"{where} holds a run with a different '{key}' config. Fix: use a new --config.workdir (or "
+                        "--results_dir for an ablation), delete the old run, or go back to the original config.")
+
+
 class Checkpointer:
   """Saves {state, meta} (asynchronously) when asked and restores the latest complete checkpoint.
 
@@ -31,10 +44,7 @@ class Checkpointer:
     """Restores the latest checkpoint into `shardings`; checks the saved config matches `config`."""
     step = self.manager.latest_step()
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    for key in _MUST_MATCH:  # checked before any array is read
-      if meta["config"][key] != config[key]:
-        raise ConfigError(f"workdir {os.path.dirname(self.dir)!r} holds a checkpoint of a run with a different "
-                          f"'{key}' config. Fix: use a new --config.workdir, or the original config.")
+    check_same_config(meta["config"], config, f"workdir {os.path.dirname(self.dir)!r}")  # before any array is read
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     return state, meta

@@ -48,13 +48,14 @@ def listops(seq_len: int = 128, min_len: int = 32) -> ml_collections.ConfigDict:
 def moving_digits(label: str = "direction") -> ml_collections.ConfigDict:
   """Moving-digit clip classification (see r1jax/moving_digits.py): 6 frames of a 12x12 wrapping canvas in 4x4
   patches (54 tokens a clip), fresh clips every step, 500 held-out clips on held-out digit images; a 2-layer,
-  64-wide video Transformer with divided space-time attention (TimeSformer's default)."""
+  64-wide video Transformer with divided space-time attention (TimeSformer's default). Init std 0.1 (as for MQAR):
+  at 0.02, 500 steps left divided at 64-100% on direction over 3 seeds, at 0.1 it reached 100% on all three."""
   return override(default_config(), {
       "data.kind": "moving_digits", "data.path": "", "data.video_label": label, "data.video_frames": 6,
       "data.video_canvas": 12, "data.video_patch": 4, "data.video_max_speed": 2, "data.batch_size": 32,
       "data.eval_batch_size": 250, "data.num_test_examples": 500,
       "model.arch": "video", "model.mixer": "spacetime", "model.mixer_options.spacetime.kind": "divided",
-      "model.num_layers": 2, "model.num_heads": 4, "model.d_model": 64, "model.d_ff": 128,
+      "model.num_layers": 2, "model.num_heads": 4, "model.d_model": 64, "model.d_ff": 128, "model.init_std": 0.1,
       "optim.lr": 3e-3, "optim.warmup_steps": 30, "optim.b2": 0.99,
       "train.steps": 500, "train.eval_every": 0, "train.checkpoint_every": 0,
   }, "moving_digits")

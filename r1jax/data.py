@@ -114,34 +114,19 @@ def mqar_example(rng: np.random.Generator, seq_len: int, vocab: int, num_pairs: 
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoredData:
-  """Sequences scored at given positions (MQAR answers, the ListOps '='): fresh (or a fixed set of) training
-  examples and a held-out test set, deterministic per seed."""
+class HeldOutData:
+  """Examples that are pure functions of (seed, split, index): fresh (or a fixed set of num_train_examples)
+  training examples and a held-out test set of num_test_examples. Subclasses build rows in `_examples`."""
 
   cfg: DataConfig
   seed: int
 
   @property
-  def vocab_size(self) -> int:
-    return self.cfg.mqar_vocab_size if self.cfg.kind == "mqar" else listops.VOCAB_SIZE
-
-  @property
   def tokens_per_example(self) -> int:
     return self.cfg.seq_len
 
-  def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    c = self.cfg
-    if c.kind == "mqar":
-      return mqar_example(rng, c.seq_len, c.mqar_vocab_size, c.num_kv_pairs, c.power_a, c.random_non_queries)
-    return listops.listops_example(rng, c.seq_len, c.listops_min_len, c.listops_max_depth, c.listops_max_args)
-
-  def decode(self, ids) -> str:
-    return listops.decode(ids) if self.cfg.kind == "listops" else " ".join(map(str, ids))
-
   def _examples(self, split: int, indices) -> Batch:
-    rows = [self.example(np.random.default_rng([self.seed, split, int(i)])) for i in indices]
-    inputs, pos, targets = (np.stack(a) for a in zip(*rows))
-    return {"inputs": inputs, "targets": targets, "target_pos": pos, "weights": np.ones(pos.shape, np.float32)}
+    raise NotImplementedError
 
   def train_batch(self, step: int) -> Batch:
     B, N = self.cfg.batch_size, self.cfg.num_train_examples
@@ -160,15 +145,38 @@ class ScoredData:
     yield from _test_batches(self, rows, n)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoredData(HeldOutData):
+  """Sequences scored at given positions (MQAR answers, the ListOps '='), deterministic per seed."""
+
+  @property
+  def vocab_size(self) -> int:
+    return self.cfg.mqar_vocab_size if self.cfg.kind == "mqar" else listops.VOCAB_SIZE
+
+  def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    c = self.cfg
+    if c.kind == "mqar":
+      return mqar_example(rng, c.seq_len, c.mqar_vocab_size, c.num_kv_pairs, c.power_a, c.random_non_queries)
+    return listops.listops_example(rng, c.seq_len, c.listops_min_len, c.listops_max_depth, c.listops_max_args)
+
+  def decode(self, ids) -> str:
+    return listops.decode(ids) if self.cfg.kind == "listops" else " ".join(map(str, ids))
+
+  def _examples(self, split: int, indices) -> Batch:
+    rows = [self.example(np.random.default_rng([self.seed, split, int(i)])) for i in indices]
+    inputs, pos, targets = (np.stack(a) for a in zip(*rows))
+    return {"inputs": inputs, "targets": targets, "target_pos": pos, "weights": np.ones(pos.shape, np.float32)}
+
+
 @functools.lru_cache(maxsize=8)
-def _test_batches(data: ScoredData, rows: int, n: int) -> tuple[Batch, ...]:
+def _test_batches(data: HeldOutData, rows: int, n: int) -> tuple[Batch, ...]:
   """The held-out batches, drawn once per (config, seed) in a process: a ListOps example costs ~1 ms to draw, and an
   ablation evaluates every variant of a seed on the same test set."""
   return tuple(_pad_rows(data._examples(_TEST, range(i, min(i + rows, n))), rows) for i in range(0, n, rows))
 
 
 @dataclasses.dataclass(frozen=True)
-class MovingDigits(ScoredData):
+class MovingDigits(HeldOutData):
   """Clip classification (see r1jax/moving_digits.py): inputs float32 [B, T, S, P], targets [B, 1] (the
   `video_label` class), weights [B, 1]; fresh clips per training row (or a fixed set of num_train_examples) and a
   held-out test set of num_test_examples on held-out digit images, pure functions of (seed, split, index)."""
@@ -194,7 +202,7 @@ class MovingDigits(ScoredData):
             "weights": np.ones(targets.shape, np.float32)}
 
 
-def make_dataset(cfg: DataConfig, seed: int) -> TextData | ScoredData:
+def make_dataset(cfg: DataConfig, seed: int) -> TextData | HeldOutData:
   """Builds the dataset named by `cfg.kind`; raises ConfigError (before any compilation) on bad input."""
   if cfg.kind == "moving_digits":
     return MovingDigits(cfg, seed)

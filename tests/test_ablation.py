@@ -47,6 +47,12 @@ def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):
   assert calls == [] and [r["eval/loss"] for r in rows_again] == [r["eval/loss"] for r in rows]
   assert any("finished earlier, skipping" in line for line in lines)
 
+  # A finished run of another config is stale: refused, naming the field, not silently reused.
+  longer = ablation.Ablation("toy", ablation.override(_base(text_file), {"train.steps": 7}, "longer"),
+                             {"one": {}}, seeds=(0,), baseline="one", results_dir=str(tmp_path / "res"))
+  with pytest.raises(ConfigError, match="different 'train.steps' config"):
+    ablation.run(longer, lambda cfg: pytest.fail("trained over a stale result"))
+
 
 def test_bad_variant_fails_before_any_training(text_file, tmp_path):
   abl = ablation.Ablation("bad", _base(text_file), {"ok": {}, "bad": {"model.num_heads": 3}}, seeds=(0,),
