@@ -6,6 +6,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def dtype(name: str) -> jnp.dtype:
@@ -40,14 +41,19 @@ class RMSNorm(nn.Module):
     return (x * scale_1x1xD).astype(dtype(self.out_dtype))
 
 
-def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, base: float) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021), rotating half-split pairs (GPT-NeoX layout), in float32."""
+def rope(x_BxTxHxK: jax.Array, positions_T: np.ndarray | jax.Array, base: float) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021), rotating half-split pairs (GPT-NeoX layout), in float32.
+
+  Static (numpy) positions give numpy sin/cos tables, compiled in as constants: XLA fuses the rotation into its
+  consumers, and on CPU a gather of rotated keys (sparse attention) otherwise recomputes sin and cos per gathered
+  element (3x slower forward there)."""
   K = x_BxTxHxK.shape[-1]
   if K % 2:
     raise ValueError(f"RoPE needs an even head dimension, got {K}; change model.d_model / model.num_heads")
-  inv_freq_F = 1.0 / (base ** (jnp.arange(0, K, 2, dtype=jnp.float32) / K))
-  angle_TxF = positions_T.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
-  sin, cos = jnp.sin(angle_TxF)[None, :, None, :], jnp.cos(angle_TxF)[None, :, None, :]
+  xp = np if isinstance(positions_T, np.ndarray) else jnp
+  inv_freq_F = 1.0 / (base ** (xp.arange(0, K, 2, dtype=xp.float32) / K))
+  angle_TxF = positions_T.astype(xp.float32)[:, None] * inv_freq_F[None, :]
+  sin, cos = xp.sin(angle_TxF)[None, :, None, :], xp.cos(angle_TxF)[None, :, None, :]
   x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxTxHxK.dtype)

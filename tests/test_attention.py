@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import reference
+from r1jax import layers, reference
 from r1jax.attention import dense
 from r1jax.config import ModelConfig
 from r1jax.registry import ConfigError
@@ -88,3 +88,14 @@ def test_qkv_bias_starts_at_zero_and_learns():
   np.testing.assert_allclose(biased.apply(params, x, deterministic=True)[0], y_plain, rtol=1e-6, atol=1e-6)
   g = jax.grad(lambda p: biased.apply(p, x, deterministic=True)[0].std())(params)
   assert all(np.abs(g["params"][f"b{n}"].value).max() > 0 for n in "qkv")
+
+
+@pytest.mark.parametrize("T,K", [(7, 4), (33, 16)])
+def test_rope_static_and_traced_positions_match_reference(T, K):
+  """Static positions compile sin/cos in as constants; both forms are RoPE from its definition."""
+  x = jax.random.normal(jax.random.key(T), (2, T, 3, K))
+  want = reference.rope(x, 10000.0)
+  static = layers.rope(x, np.arange(T), 10000.0)
+  traced = jax.jit(lambda x, p: layers.rope(x, p, 10000.0))(x, jnp.arange(T))
+  np.testing.assert_allclose(static, want, atol=2e-5)
+  np.testing.assert_allclose(traced, want, atol=2e-5)

@@ -5,6 +5,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1jax import layers, reference
 from r1jax.registry import ConfigError, register_mixer
@@ -56,8 +57,9 @@ def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg,
     b = {n: layers.param(mod, f"b{n}", (h, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
          for n, h in (("q", H), ("k", G), ("v", G))}
     q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = q_BxTxHxK + b["q"], k_BxTxGxK + b["k"], v_BxTxGxK + b["v"]
-  positions_T = jnp.arange(x.shape[1])
-  return layers.rope(q_BxTxHxK, positions_T, cfg.rope_base), layers.rope(k_BxTxGxK, positions_T, cfg.rope_base), v_BxTxGxK
+  positions_T = np.arange(x.shape[1])
+  q_BxTxHxK, k_BxTxGxK = (layers.rope(a, positions_T, cfg.rope_base) for a in (q_BxTxHxK, k_BxTxGxK))
+  return q_BxTxHxK, k_BxTxGxK, v_BxTxGxK
 
 
 def project_out(mod: nn.Module, o_BxTxHxK: jax.Array, cfg) -> jax.Array:

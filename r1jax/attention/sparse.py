@@ -17,6 +17,7 @@ import zlib
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1jax import layers
 from r1jax.attention.dense import project_out, project_qkv
@@ -67,20 +68,22 @@ def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: ja
     output [B, T, H, K] and float32 probabilities [B, T, G, H/G, N].
   """
   B, T, H, K = q_BxTxHxK.shape
-  G = k_BxSxGxK.shape[2]
-  S = k_BxSxGxK.shape[1]
-  # One row gather from [B*S, G*K] (whole key vectors): far faster on CPU than a batched fancy index.
-  flat_idx = (idx_BxTxN + S * jnp.arange(B)[:, None, None]).reshape(-1)
-  gather = lambda a: jnp.take(a.reshape(B * S, G * K), flat_idx, axis=0).reshape(B, T, -1, G, K)  # noqa: E731
-  k_BxTxNxGxK, v_BxTxNxGxK = gather(k_BxSxGxK), gather(v_BxSxGxK)
+  S, G = k_BxSxGxK.shape[1:3]
+  # One row gather from [B*G*S, K] straight into [B, T, G, N, K]: batch dims lead and the contraction is minor in
+  # both einsums, which makes the backward 3-4x faster on CPU than gathering [B, T, N, G, K] (whole key vectors).
+  offset_BxGx1 = ((jnp.arange(B)[:, None] * G + jnp.arange(G)[None, :]) * S)[:, :, None]
+  flat_idx = (idx_BxTxN[:, :, None, :] + offset_BxGx1[:, None]).reshape(-1)
+  gather = lambda a: jnp.take(  # noqa: E731
+      a.transpose(0, 2, 1, 3).reshape(B * G * S, K), flat_idx, axis=0).reshape(B, T, G, -1, K)
+  k_BxTxGxNxK, v_BxTxGxNxK = gather(k_BxSxGxK), gather(v_BxSxGxK)
   q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K)
-  logits = jnp.einsum("BTGRK,BTNGK->BTGRN", q_BxTxGxRxK, k_BxTxNxGxK, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("BTGRK,BTGNK->BTGRN", q_BxTxGxRxK, k_BxTxGxNxK, preferred_element_type=jnp.float32)
   logits = logits * K ** -0.5
   if bias_BxTxN is not None:
     logits = logits + bias_BxTxN[:, :, None, None, :]
   logits = jnp.where(valid_BxTxN[:, :, None, None, :], logits, -jnp.inf)
   probs_BxTxGxRxN = jax.nn.softmax(logits, axis=-1)
-  o = jnp.einsum("BTGRN,BTNGK->BTGRK", probs_BxTxGxRxN.astype(v_BxSxGxK.dtype), v_BxTxNxGxK)
+  o = jnp.einsum("BTGRN,BTGNK->BTGRK", probs_BxTxGxRxN.astype(v_BxSxGxK.dtype), v_BxTxGxNxK)
   return o.reshape(B, T, H, K), probs_BxTxGxRxN
 
 
@@ -134,7 +137,7 @@ class SparseAttention(nn.Module):
     wq_DxJxI = layers.param(self, "idx_wq", (D, J, I), ("embed", None, None), cfg.init_std, cfg.param_dtype)
     wk_DxI = layers.param(self, "idx_wk", (D, I), ("embed", None), cfg.init_std, cfg.param_dtype)
     ww_DxJ = layers.param(self, "idx_ww", (D, J), ("embed", None), cfg.init_std, cfg.param_dtype)
-    pos_T = jnp.arange(x.shape[1])
+    pos_T = np.arange(x.shape[1])
     q_BxTxJxI = layers.rope(jnp.einsum("BTD,DJI->BTJI", x, wq_DxJxI.astype(dt)), pos_T, cfg.rope_base)
     k_BxTxI = layers.rope(jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))[:, :, None], pos_T, cfg.rope_base)[:, :, 0]
     w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * J ** -0.5
@@ -171,16 +174,23 @@ class SparseAttention(nn.Module):
         idx_BxCxN = jnp.broadcast_to(jnp.maximum(idx_CxN, 0), (B, C, N))
         valid_BxCxN = jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
       else:
-        if o.select == "random":
-          s_CxS = jax.random.uniform(jax.random.fold_in(jax.random.key(seed), start), (C, T))
-          s_BxCxS = jnp.broadcast_to(s_CxS, (B, C, T))
+        if o.select == "random":  # one pattern for all rows: pick once, then broadcast
+          s_1xCxS = jax.random.uniform(jax.random.fold_in(jax.random.key(seed), start), (1, C, T))
         else:
           iq = jax.lax.dynamic_slice_in_dim(iq_pad, start, C, 1)
           iw = jax.lax.dynamic_slice_in_dim(iw_pad, start, C, 1)
           relu_BxCxJxS = nn.relu(jnp.einsum("BCJI,BSI->BCJS", iq, ik_BxTxI, preferred_element_type=jnp.float32))
           s_BxCxS = jnp.einsum("BCJ,BCJS->BCS", iw.astype(jnp.float32), relu_BxCxJxS)
-        scores, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], s_BxCxS, -jnp.inf), N)
-        valid_BxCxN = jnp.isfinite(scores)
+        # The pick itself is not differentiable; gradients reach the indexer through the picked keys' scores,
+        # recomputed from gathered indexer keys (the transpose of top_k's value gather is a slow [B, C, T] scatter).
+        s = s_1xCxS if o.select == "random" else jax.lax.stop_gradient(s_BxCxS)
+        top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], s, -jnp.inf), N)
+        idx_BxCxN, valid_BxCxN = jnp.broadcast_to(idx_BxCxN, (B, C, N)), jnp.broadcast_to(jnp.isfinite(top), (B, C, N))
+        if o.select == "indexer":
+          rows = (idx_BxCxN + T * jnp.arange(B)[:, None, None]).reshape(-1)
+          ik_BxCxNxI = jnp.take(ik_BxTxI.reshape(B * T, -1), rows, axis=0).reshape(B, C, N, -1)
+          relu_BxCxJxN = nn.relu(jnp.einsum("BCJI,BCNI->BCJN", iq, ik_BxCxNxI, preferred_element_type=jnp.float32))
+          scores = jnp.einsum("BCJ,BCJN->BCN", iw.astype(jnp.float32), relu_BxCxJxN)
       gate = o.select == "indexer" and o.indexer_grad == "gate"
       bias = jnp.where(valid_BxCxN, scores, 0.0) if gate else None
       out_BxCxHxK, probs = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, idx_BxCxN, valid_BxCxN, bias)
