@@ -163,19 +163,55 @@ def plot(results: dict[tuple[str, int], dict], rows: list[dict], out_dir: str) -
   return paths
 
 
-def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, log=print) -> list[dict]:
+# One XLA CPU thread per worker process: with W workers on W cores, runs do not fight over cores.
+_WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _worker_init(cache_dir: str | None) -> None:
+  """Runs in each fresh worker process before its first run (and before JAX picks its backend)."""
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_WORKER_XLA_FLAGS}".strip()
+  if cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _train_in_worker(cfg_dict: dict) -> dict:
+  from r1jax.train import train
+
+  cfg = Config.from_dict(cfg_dict)  # a Config holds read-only mappings, which do not pickle
+  return train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False)))
+
+
+def resolve_workers(workers: int | str) -> int:
+  """`auto`: 2 on a CPU backend with >= 2 cores in a single-process run, else 1 (runs would share the accelerator)."""
+  if workers != "auto":
+    if int(workers) < 1:
+      raise ConfigError(f"--workers={workers} is invalid. Fix: use a positive count or 'auto'.")
+    if int(workers) > 1 and (jax.default_backend() != "cpu" or jax.process_count() > 1):
+      raise ConfigError(f"--workers={workers} needs a single-process CPU run (runs would share the "
+                        f"{jax.default_backend()} devices). Fix: --workers=1.")
+    return int(workers)
+  cpu_ok = jax.default_backend() == "cpu" and jax.process_count() == 1
+  return 2 if cpu_ok and (os.cpu_count() or 1) >= 2 else 1
+
+
+def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, log=print,
+        workers: int = 1) -> list[dict]:
   """Trains every (variant, seed) not already finished, then writes and prints the summary.
 
   Finished runs are those with a result.json of the same config (model, data, optim, seed and train.steps; a stale
-  one raises ConfigError); an interrupted run resumes from its checkpoints.
+  one raises ConfigError); an interrupted run resumes from its checkpoints. workers > 1 trains that many runs at once
+  in fresh processes with one XLA CPU thread each (so tokens/s are one-thread numbers, comparable within the table;
+  no progress bars), for many small CPU runs on a multi-core machine.
   """
   from r1jax.train import train
 
-  train_fn = train_fn or train
+  if workers > 1 and train_fn is not None:
+    raise ValueError("a custom train_fn runs in this process. Fix: use workers=1.")
   configs = ablation.configs()  # validates every variant first
   out_dir = os.path.abspath(ablation.results_dir or os.path.join("results", ablation.name))
   os.makedirs(out_dir, exist_ok=True)
-  results = {}
+  results, todo = {}, []
   for i, ((variant, seed), cfg) in enumerate(configs.items()):
     path = os.path.join(cfg.workdir, "result.json")
     if os.path.exists(path):
@@ -186,11 +222,37 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
         current["model"]["vocab_size"] = saved["model"]["vocab_size"]
       check_same_config(saved, current, f"{path!r}", ("model", "data", "optim", "seed", "train.steps"))
       log(f"[{i + 1}/{len(configs)}] {variant} seed {seed}: finished earlier, skipping")
-      continue
-    log(f"[{i + 1}/{len(configs)}] {variant} seed {seed} -> {cfg.workdir}")
-    os.makedirs(cfg.workdir, exist_ok=True)
-    results[(variant, seed)] = train_fn(cfg)
-    _write_json(path, results[(variant, seed)])
+    else:
+      todo.append((i, variant, seed, cfg))
+
+  def finish(variant, seed, cfg, result):
+    results[(variant, seed)] = result
+    _write_json(os.path.join(cfg.workdir, "result.json"), result)
+
+  if workers > 1 and len(todo) > 1:
+    import concurrent.futures
+    import multiprocessing
+
+    n = min(workers, len(todo))
+    pool = concurrent.futures.ProcessPoolExecutor(n, multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                                  initargs=(jax.config.jax_compilation_cache_dir,))
+    try:
+      futures = {}
+      for i, variant, seed, cfg in todo:
+        os.makedirs(cfg.workdir, exist_ok=True)
+        futures[pool.submit(_train_in_worker, to_dict(cfg))] = (i, variant, seed, cfg)
+      log(f"training {len(todo)} runs in {n} worker processes (one XLA CPU thread each)")
+      for future in concurrent.futures.as_completed(futures):
+        i, variant, seed, cfg = futures[future]
+        finish(variant, seed, cfg, future.result())
+        log(f"[{i + 1}/{len(configs)}] {variant} seed {seed} done -> {cfg.workdir}")
+    finally:  # on an error, drop the queued runs (finished ones are saved; a rerun resumes the rest)
+      pool.shutdown(wait=True, cancel_futures=True)
+  else:
+    for i, variant, seed, cfg in todo:
+      log(f"[{i + 1}/{len(configs)}] {variant} seed {seed} -> {cfg.workdir}")
+      os.makedirs(cfg.workdir, exist_ok=True)
+      finish(variant, seed, cfg, (train_fn or train)(cfg))
   baseline = ablation.baseline or next(iter(ablation.variants))
   rows = summarise(results, baseline)
   table = markdown_table(rows, baseline)
@@ -223,12 +285,14 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
         quick: Mapping[str, Any] | None = None,
         default_variants: Sequence[str] | Mapping[str, Sequence[str]] = (),
         report: Callable[[dict[str, list[dict]], dict[str, "Ablation"]], str] | None = None,
-        task_variants: Mapping[str, Sequence[str]] | None = None) -> None:
+        task_variants: Mapping[str, Sequence[str]] | None = None, workers: int | str = 1) -> None:
   """Command line of an experiment driver: `--config.a.b=v` overrides of the base, and
 
     --quick           apply the driver's smoke-test overrides first (command-line overrides still win)
     --seeds=0,1,2     seeds          --variants=a,b   a subset of the variants (default: default_variants or all)
     --results_dir=D   where runs and tables go (default ./results/<name>)
+    --workers=N       runs trained at once, in processes of one CPU thread each (auto: 2 on a CPU machine with
+                      >= 2 cores, else 1; see `run`); the driver's default is `workers`
 
   With several tasks (`base` a dict task -> config), every variant runs on every task, overrides are
   `--config.<task>.a.b=v`, `--tasks=a,b` picks tasks, and each task gets its table under <results_dir>/<task>.
@@ -255,6 +319,7 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
   flags.DEFINE_list("variants", defaults, "variants to run (empty: all)")
   flags.DEFINE_list("tasks", list(tasks or ()), "tasks to run (several-task drivers)")
   flags.DEFINE_string("results_dir", "", "results folder (default ./results/<name>)")
+  flags.DEFINE_string("workers", str(workers), "runs trained at once on a CPU (a count, or auto)")
 
   def main(argv):
     del argv
@@ -272,10 +337,11 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
     ablations = {t: a for t, a in ablations.items() if a.variants}
     for a in ablations.values():
       a.configs()  # every task's variants are validated before anything trains
+    n_workers = resolve_workers(f.workers)
     if not jax.config.jax_compilation_cache_dir:  # seeds of a variant compile the same programs: compile once
       jax.config.update("jax_compilation_cache_dir", os.path.join(root, ".xla_cache"))
       jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    rows = {t: run(a) for t, a in ablations.items()}
+    rows = {t: run(a, workers=n_workers) for t, a in ablations.items()}
     if report is not None:
       text = report(rows, ablations)
       with open(os.path.join(root, "report.md"), "w") as fh:

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from helpers import tiny_config
@@ -47,6 +48,16 @@ def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):
   assert calls == [] and [r["eval/loss"] for r in rows_again] == [r["eval/loss"] for r in rows]
   assert any("finished earlier, skipping" in line for line in lines)
 
+  # Two unfinished runs trained by two worker processes of one thread each: the same numbers as in this process.
+  for name in ("one/seed1", "two/seed0"):
+    os.remove(tmp_path / "res" / name / "result.json")
+  lines.clear()
+  rows_workers = ablation.run(abl, log=lines.append, workers=2)
+  assert any("2 worker processes" in line for line in lines)
+  np.testing.assert_allclose([r["eval/loss"] for r in rows_workers], [r["eval/loss"] for r in rows], rtol=1e-4)
+  with pytest.raises(ValueError, match="workers=1"):
+    ablation.run(abl, counting_train, workers=2)
+
   # A finished run of another config is stale: refused, naming the field, not silently reused.
   longer = ablation.Ablation("toy", ablation.override(_base(text_file), {"train.steps": 7}, "longer"),
                              {"one": {}}, seeds=(0,), baseline="one", results_dir=str(tmp_path / "res"))
@@ -70,3 +81,10 @@ def test_task_plan_per_task_defaults_and_limits():
   assert list(ablation.task_plan(variants, None, "z", defaults)) == ["a", "b", "c", "d"]  # no defaults: all
   assert list(ablation.task_plan(variants, ["d", "b"], "x", defaults)) == ["b", "d"]  # asked wins over defaults
   assert list(ablation.task_plan(variants, [], "x", defaults, {"x": ["a", "b"]})) == ["a", "b"]  # [] = all, limited
+
+
+def test_resolve_workers():
+  assert ablation.resolve_workers("auto") == (2 if (os.cpu_count() or 1) >= 2 else 1)  # the tests run on a CPU
+  assert ablation.resolve_workers("3") == 3
+  with pytest.raises(ConfigError, match="--workers=0"):
+    ablation.resolve_workers("0")

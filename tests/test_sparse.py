@@ -10,6 +10,7 @@ from helpers import apply_mixer, assert_causal, mixer_config, project_out
 from r1jax import reference
 from r1jax.attention.block_sparse import BlockSparseAttention, BlockSparseOptions, block_sparse_attention
 from r1jax.attention.dense import Attention, AttentionOptions
+from r1jax.attention.local import LocalAttention, LocalOptions
 from r1jax.attention.sparse import SparseAttention, SparseOptions, gathered_attention
 from r1jax.registry import ConfigError
 
@@ -68,6 +69,9 @@ def test_window_keeps_the_last_k_keys():
   t, s = np.arange(10)[:, None], np.arange(10)[None, :]
   ref = reference.attention(q, k, v, (s <= t) & (s > t - 3))
   np.testing.assert_allclose(out, project_out(params, ref), rtol=1e-5, atol=1e-6)
+  # The banded `local` mixer is the same attention without a gather (the ablation driver's window control).
+  local, _ = LocalAttention(cfg, LocalOptions(window=3)).apply(params, x, deterministic=True)
+  np.testing.assert_allclose(local, out, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("T,block,n,kv_heads", [(20, 4, 2, 0), (19, 5, 1, 2), (16, 8, 0, 1), (12, 3, 5, 4)])
