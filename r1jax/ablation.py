@@ -185,7 +185,7 @@ def _train_in_worker(cfg_dict: dict) -> dict:
 def resolve_workers(workers: int | str) -> int:
   """`auto`: 2 on a CPU backend with >= 2 cores in a single-process run, else 1 (runs would share the accelerator)."""
   if workers != "auto":
-    if int(workers) < 1:
+    if not str(workers).isdigit() or int(workers) < 1:
       raise ConfigError(f"--workers={workers} is invalid. Fix: use a positive count or 'auto'.")
     if int(workers) > 1 and (jax.default_backend() != "cpu" or jax.process_count() > 1):
       raise ConfigError(f"--workers={workers} needs a single-process CPU run (runs would share the "

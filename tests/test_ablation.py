@@ -86,5 +86,6 @@ def test_task_plan_per_task_defaults_and_limits():
 def test_resolve_workers():
   assert ablation.resolve_workers("auto") == (2 if (os.cpu_count() or 1) >= 2 else 1)  # the tests run on a CPU
   assert ablation.resolve_workers("3") == 3
-  with pytest.raises(ConfigError, match="--workers=0"):
-    ablation.resolve_workers("0")
+  for bad in ("0", "two"):
+    with pytest.raises(ConfigError, match=f"--workers={bad} is invalid"):
+      ablation.resolve_workers(bad)
