@@ -167,12 +167,17 @@ def plot(results: dict[tuple[str, int], dict], rows: list[dict], out_dir: str) -
 _WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+def use_compile_cache(cache_dir: str) -> None:
+  """JAX's persistent compilation cache in `cache_dir`: the seeds of a variant compile the same programs once."""
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _worker_init(cache_dir: str | None) -> None:
   """Runs in each fresh worker process before its first run (and before JAX picks its backend)."""
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_WORKER_XLA_FLAGS}".strip()
   if cache_dir:
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    use_compile_cache(cache_dir)
 
 
 def _train_in_worker(cfg_dict: dict) -> dict:
@@ -338,9 +343,8 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
     for a in ablations.values():
       a.configs()  # every task's variants are validated before anything trains
     n_workers = resolve_workers(f.workers)
-    if not jax.config.jax_compilation_cache_dir:  # seeds of a variant compile the same programs: compile once
-      jax.config.update("jax_compilation_cache_dir", os.path.join(root, ".xla_cache"))
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if not jax.config.jax_compilation_cache_dir:
+      use_compile_cache(os.path.join(root, ".xla_cache"))
     rows = {t: run(a, workers=n_workers) for t, a in ablations.items()}
     if report is not None:
       text = report(rows, ablations)

@@ -87,6 +87,13 @@ def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: ja
   return o.reshape(B, T, H, K), probs_BxTxGxRxN
 
 
+def indexer_scores(iq_BxCxJxI: jax.Array, iw_BxCxJ: jax.Array, ik: jax.Array, spec: str) -> jax.Array:
+  """DSA's index score sum_j w[t,j] relu(q[t,j] . k[s]) in float32, for the keys `ik` as contracted by the einsum
+  `spec` (all earlier keys [B, S, I], or each query's gathered ones [B, C, N, I])."""
+  relu_BxCxJxS = nn.relu(jnp.einsum(spec, iq_BxCxJxI, ik, preferred_element_type=jnp.float32))
+  return jnp.einsum("BCJ,BCJS->BCS", iw_BxCxJ.astype(jnp.float32), relu_BxCxJxS)
+
+
 def dense_probs(q_BxCxHxK: jax.Array, k_BxSxGxK: jax.Array, pos_C: jax.Array) -> jax.Array:
   """Causal dense attention probabilities averaged over heads, [B, C, S] float32 (diagnostics, DSA's warm-up)."""
   B, C, H, K = q_BxCxHxK.shape
@@ -174,23 +181,21 @@ class SparseAttention(nn.Module):
         idx_BxCxN = jnp.broadcast_to(jnp.maximum(idx_CxN, 0), (B, C, N))
         valid_BxCxN = jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
       else:
-        if o.select == "random":  # one pattern for all rows: pick once, then broadcast
-          s_1xCxS = jax.random.uniform(jax.random.fold_in(jax.random.key(seed), start), (1, C, T))
+        if o.select == "random":  # one pattern for all rows ([1, C, T]): pick once, then broadcast
+          pick_xCxS = jax.random.uniform(jax.random.fold_in(jax.random.key(seed), start), (1, C, T))
         else:
           iq = jax.lax.dynamic_slice_in_dim(iq_pad, start, C, 1)
           iw = jax.lax.dynamic_slice_in_dim(iw_pad, start, C, 1)
-          relu_BxCxJxS = nn.relu(jnp.einsum("BCJI,BSI->BCJS", iq, ik_BxTxI, preferred_element_type=jnp.float32))
-          s_BxCxS = jnp.einsum("BCJ,BCJS->BCS", iw.astype(jnp.float32), relu_BxCxJxS)
-        # The pick itself is not differentiable; gradients reach the indexer through the picked keys' scores,
-        # recomputed from gathered indexer keys (the transpose of top_k's value gather is a slow [B, C, T] scatter).
-        s = s_1xCxS if o.select == "random" else jax.lax.stop_gradient(s_BxCxS)
-        top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], s, -jnp.inf), N)
+          s_BxCxS = indexer_scores(iq, iw, ik_BxTxI, "BCJI,BSI->BCJS")
+          # The pick itself is not differentiable; gradients reach the indexer through the picked keys' scores,
+          # recomputed from gathered indexer keys (the transpose of top_k's value gather is a slow [B, C, T] scatter).
+          pick_xCxS = jax.lax.stop_gradient(s_BxCxS)
+        top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], pick_xCxS, -jnp.inf), N)
         idx_BxCxN, valid_BxCxN = jnp.broadcast_to(idx_BxCxN, (B, C, N)), jnp.broadcast_to(jnp.isfinite(top), (B, C, N))
         if o.select == "indexer":
           rows = (idx_BxCxN + T * jnp.arange(B)[:, None, None]).reshape(-1)
           ik_BxCxNxI = jnp.take(ik_BxTxI.reshape(B * T, -1), rows, axis=0).reshape(B, C, N, -1)
-          relu_BxCxJxN = nn.relu(jnp.einsum("BCJI,BCNI->BCJN", iq, ik_BxCxNxI, preferred_element_type=jnp.float32))
-          scores = jnp.einsum("BCJ,BCJN->BCN", iw.astype(jnp.float32), relu_BxCxJxN)
+          scores = indexer_scores(iq, iw, ik_BxCxNxI, "BCJI,BCNI->BCJN")
       gate = o.select == "indexer" and o.indexer_grad == "gate"
       bias = jnp.where(valid_BxCxN, scores, 0.0) if gate else None
       out_BxCxHxK, probs = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, idx_BxCxN, valid_BxCxN, bias)
