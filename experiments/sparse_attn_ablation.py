@@ -47,8 +47,8 @@ SEED_SPEED, SEED_QUALITY = 3.2, 0.98  # "3.2x faster at 98%+ of the accuracy"
 LENGTHS = (512, 1024, 2048, 4096, 8192)
 
 
-def report(rows_by_task: dict[str, list[dict]], ablations=None) -> str:
-  """The seed claims next to what this run measured."""
+def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, dict]:
+  """The seed claims next to what this run measured; the FLOPs against T also go to report.json (r1jax.claims)."""
   lines = ["## Seed claims, measured", "",
            "| task | variant | train tok/s / dense | quality / dense | claim 3.2x at >= 98% |", "|---|---|---|---|---|"]
   for task, rows in rows_by_task.items():
@@ -61,14 +61,16 @@ def report(rows_by_task: dict[str, list[dict]], ablations=None) -> str:
   lines += ["", "quality: accuracy ratio (MQAR), dense loss / variant loss (Shakespeare).", "",
             f"Complexity: log-log slope of compiled forward FLOPs of one mixer (d=64, 2 heads) over T={LENGTHS}",
             "(1 = linear, 2 = quadratic; n log n over this range fits ~1.1):", ""]
+  complexity = {}
   for name in dict.fromkeys(row["variant"] for rows in rows_by_task.values() for row in rows):
     overrides = VARIANTS[name]
     # One query chunk: XLA's cost analysis counts a loop body once, so chunked FLOPs would be undercounted.
     model = Config.from_dict(ablation.override(TASKS["shakespeare"], {**overrides, f"{SPARSE}.query_chunk": max(
         LENGTHS)}, name)).model
     flops = [compiled_cost(model, T)["flops"] for T in LENGTHS]
-    lines.append(f"- {name}: slope {fit_exponent(LENGTHS, flops):.2f}, FLOPs at T={LENGTHS[-1]}: {flops[-1]:.3g}")
-  return "\n".join(lines)
+    complexity[name] = {"lengths": list(LENGTHS), "flops": flops, "slope": fit_exponent(LENGTHS, flops)}
+    lines.append(f"- {name}: slope {complexity[name]['slope']:.2f}, FLOPs at T={LENGTHS[-1]}: {flops[-1]:.3g}")
+  return "\n".join(lines), {"complexity": complexity}
 
 
 if __name__ == "__main__":

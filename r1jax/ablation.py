@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from r1jax.checkpoint import check_same_config
+from r1jax import sweep
 from r1jax.config import Config, to_dict
 from r1jax.registry import ConfigError
 
@@ -124,7 +125,7 @@ def markdown_table(rows: list[dict], baseline: str) -> str:
   return "\n".join(lines)
 
 
-def _write_json(path: str, obj: Any) -> None:
+def write_json(path: str, obj: Any) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1)
@@ -163,107 +164,53 @@ def plot(results: dict[tuple[str, int], dict], rows: list[dict], out_dir: str) -
   return paths
 
 
-# One XLA CPU thread per worker process: with W workers on W cores, runs do not fight over cores.
-_WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
-def use_compile_cache(cache_dir: str) -> None:
-  """JAX's persistent compilation cache in `cache_dir`: the seeds of a variant compile the same programs once."""
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def _worker_init(cache_dir: str | None) -> None:
-  """Runs in each fresh worker process before its first run (and before JAX picks its backend)."""
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_WORKER_XLA_FLAGS}".strip()
-  if cache_dir:
-    use_compile_cache(cache_dir)
-
-
-def _train_in_worker(cfg_dict: dict) -> dict:
-  from r1jax.train import train
-
-  cfg = Config.from_dict(cfg_dict)  # a Config holds read-only mappings, which do not pickle
-  return train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False)))
-
-
-def resolve_workers(workers: int | str) -> int:
-  """`auto`: 2 on a CPU backend with >= 2 cores in a single-process run, else 1 (runs would share the accelerator)."""
-  if workers != "auto":
-    if not str(workers).isdigit() or int(workers) < 1:
-      raise ConfigError(f"--workers={workers} is invalid. Fix: use a positive count or 'auto'.")
-    if int(workers) > 1 and (jax.default_backend() != "cpu" or jax.process_count() > 1):
-      raise ConfigError(f"--workers={workers} needs a single-process CPU run (runs would share the "
-                        f"{jax.default_backend()} devices). Fix: --workers=1.")
-    return int(workers)
-  cpu_ok = jax.default_backend() == "cpu" and jax.process_count() == 1
-  return 2 if cpu_ok and (os.cpu_count() or 1) >= 2 else 1
-
-
 def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, log=print,
-        workers: int = 1) -> list[dict]:
+        workers: int = 1, launcher: Any = None) -> list[dict]:
   """Trains every (variant, seed) not already finished, then writes and prints the summary.
 
   Finished runs are those with a result.json of the same config (model, data, optim, seed and train.steps; a stale
-  one raises ConfigError); an interrupted run resumes from its checkpoints. workers > 1 trains that many runs at once
-  in fresh processes with one XLA CPU thread each (so tokens/s are one-thread numbers, comparable within the table;
-  no progress bars), for many small CPU runs on a multi-core machine.
+  one raises ConfigError); an interrupted run resumes from its checkpoints. `launcher` (r1jax.sweep) says where
+  runs train; the default is this process, or `workers` fresh one-thread processes at once (see LocalLauncher).
+  The sweep's id and where each run was launched are kept in <results>/sweep.json.
   """
-  from r1jax.train import train
-
-  if workers > 1 and train_fn is not None:
-    raise ValueError("a custom train_fn runs in this process. Fix: use workers=1.")
+  launcher = launcher or sweep.LocalLauncher(workers, train_fn)
   configs = ablation.configs()  # validates every variant first
   out_dir = os.path.abspath(ablation.results_dir or os.path.join("results", ablation.name))
+  labels = {f"{v}/seed{s}": (v, s) for v, s in configs}
+  record = sweep.SweepRecord.open(out_dir, ablation.name, {label: configs[key] for label, key in labels.items()})
   os.makedirs(out_dir, exist_ok=True)
   results, todo = {}, []
-  for i, ((variant, seed), cfg) in enumerate(configs.items()):
+  for label, key in labels.items():
+    cfg = configs[key]
     path = os.path.join(cfg.workdir, "result.json")
     if os.path.exists(path):
       with open(path) as f:
-        results[(variant, seed)] = json.load(f)
-      saved, current = results[(variant, seed)]["config"], to_dict(cfg)
+        results[key] = json.load(f)
+      saved, current = results[key]["config"], to_dict(cfg)
       if current["model"]["vocab_size"] == 0:  # filled from the data by the run (and the data must match)
         current["model"]["vocab_size"] = saved["model"]["vocab_size"]
-      check_same_config(saved, current, f"{path!r}", ("model", "data", "optim", "seed", "train.steps"))
-      log(f"[{i + 1}/{len(configs)}] {variant} seed {seed}: finished earlier, skipping")
+      check_same_config(saved, current, f"{path!r}", sweep.RUN_KEYS)
+      log(f"{label}: finished earlier, skipping")
     else:
-      todo.append((i, variant, seed, cfg))
-
-  def finish(variant, seed, cfg, result):
-    results[(variant, seed)] = result
-    _write_json(os.path.join(cfg.workdir, "result.json"), result)
-
-  if workers > 1 and len(todo) > 1:
-    import concurrent.futures
-    import multiprocessing
-
-    n = min(workers, len(todo))
-    pool = concurrent.futures.ProcessPoolExecutor(n, multiprocessing.get_context("spawn"), initializer=_worker_init,
-                                                  initargs=(jax.config.jax_compilation_cache_dir,))
-    try:
-      futures = {}
-      for i, variant, seed, cfg in todo:
-        os.makedirs(cfg.workdir, exist_ok=True)
-        futures[pool.submit(_train_in_worker, to_dict(cfg))] = (i, variant, seed, cfg)
-      log(f"training {len(todo)} runs in {n} worker processes (one XLA CPU thread each)")
-      for future in concurrent.futures.as_completed(futures):
-        i, variant, seed, cfg = futures[future]
-        finish(variant, seed, cfg, future.result())
-        log(f"[{i + 1}/{len(configs)}] {variant} seed {seed} done -> {cfg.workdir}")
-    finally:  # on an error, drop the queued runs (finished ones are saved; a rerun resumes the rest)
-      pool.shutdown(wait=True, cancel_futures=True)
-  else:
-    for i, variant, seed, cfg in todo:
-      log(f"[{i + 1}/{len(configs)}] {variant} seed {seed} -> {cfg.workdir}")
       os.makedirs(cfg.workdir, exist_ok=True)
-      finish(variant, seed, cfg, (train_fn or train)(cfg))
+      todo.append((label, cfg))
+  log(f"sweep {ablation.name} ({record.id}): {len(labels)} runs, {len(labels) - len(todo)} finished")
+  record.save()
+
+  def finish(label: str, result: dict) -> None:
+    results[labels[label]] = result
+    write_json(os.path.join(configs[labels[label]].workdir, "result.json"), result)
+
+  if todo:
+    launcher.launch(todo, finish, log, record)
+  results = {key: results[key] for key in configs}  # in the ablation's order, however runs finished
   baseline = ablation.baseline or next(iter(ablation.variants))
   rows = summarise(results, baseline)
   table = markdown_table(rows, baseline)
-  _write_json(os.path.join(out_dir, "results.json"), {"name": ablation.name, "baseline": baseline, "rows": rows,
-                                                      "runs": {f"{v}/seed{s}": _flat(r)
-                                                               for (v, s), r in results.items()}})
+  write_json(os.path.join(out_dir, "results.json"), {"name": ablation.name, "sweep_id": record.id,
+                                                     "baseline": baseline, "rows": rows,
+                                                     "runs": {f"{v}/seed{s}": _flat(r)
+                                                              for (v, s), r in results.items()}})
   with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -289,7 +236,7 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
         variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0, 1, 2), baseline: str = "",
         quick: Mapping[str, Any] | None = None,
         default_variants: Sequence[str] | Mapping[str, Sequence[str]] = (),
-        report: Callable[[dict[str, list[dict]], dict[str, "Ablation"]], str] | None = None,
+        report: Callable[[dict[str, list[dict]], dict[str, "Ablation"]], str | tuple[str, dict]] | None = None,
         task_variants: Mapping[str, Sequence[str]] | None = None, workers: int | str = 1) -> None:
   """Command line of an experiment driver: `--config.a.b=v` overrides of the base, and
 
@@ -298,14 +245,18 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
     --results_dir=D   where runs and tables go (default ./results/<name>)
     --workers=N       runs trained at once, in processes of one CPU thread each (auto: 2 on a CPU machine with
                       >= 2 cores, else 1; see `run`); the driver's default is `workers`
+    --launcher=slurm  submit the runs as a SLURM job array instead (r1jax.sweep), resources from --slurm.<field>
+                      (partition, time_min, nodes, tasks_per_node, gpus_per_node, ...); rerunning waits on the
+                      jobs still queued and submits only what is missing
 
   With several tasks (`base` a dict task -> config), every variant runs on every task, overrides are
   `--config.<task>.a.b=v`, `--tasks=a,b` picks tasks, and each task gets its table under <results_dir>/<task>.
   `task_variants[task]` limits a task to some variants (default: all); `default_variants` may also be a dict
   task -> the variants that task runs when --variants is not given. `report(rows per task, ablations per
-  task)` returns extra text (e.g. the measured claims), printed and saved as report.md. Compiled programs go to
-  JAX's persistent compilation cache in <results_dir>/.xla_cache (unless JAX_COMPILATION_CACHE_DIR is set), so the
-  seeds of a variant compile once.
+  task)` returns extra text (e.g. the measured claims), printed and saved as report.md, or (text, a JSON-able dict
+  of measurements the tables lack), the dict saved as report.json for the claims ledger (r1jax.claims).
+  Compiled programs go to JAX's persistent compilation cache in <results_dir>/.xla_cache (unless
+  JAX_COMPILATION_CACHE_DIR is set), so the seeds of a variant compile once.
   """
   import sys
 
@@ -325,6 +276,9 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
   flags.DEFINE_list("tasks", list(tasks or ()), "tasks to run (several-task drivers)")
   flags.DEFINE_string("results_dir", "", "results folder (default ./results/<name>)")
   flags.DEFINE_string("workers", str(workers), "runs trained at once on a CPU (a count, or auto)")
+  flags.DEFINE_enum("launcher", "local", sweep.LAUNCHERS, "where runs train: here, or SLURM jobs (r1jax.sweep)")
+  config_flags.DEFINE_config_dict("slurm", ml_collections.ConfigDict(dataclasses.asdict(sweep.SlurmOptions())),
+                                  "SLURM resources per run with --launcher=slurm (--slurm.partition=gpu, ...)")
 
   def main(argv):
     del argv
@@ -342,12 +296,17 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
     ablations = {t: a for t, a in ablations.items() if a.variants}
     for a in ablations.values():
       a.configs()  # every task's variants are validated before anything trains
-    n_workers = resolve_workers(f.workers)
+    slurm = sweep.SlurmOptions(**f.slurm.to_dict())
+    launcher = sweep.make_launcher(f.launcher, sweep.resolve_workers(f.workers) if f.launcher == "local" else 1,
+                                   slurm)
     if not jax.config.jax_compilation_cache_dir:
-      use_compile_cache(os.path.join(root, ".xla_cache"))
-    rows = {t: run(a, workers=n_workers) for t, a in ablations.items()}
+      sweep.use_compile_cache(os.path.join(root, ".xla_cache"))
+    rows = {t: run(a, launcher=launcher) for t, a in ablations.items()}
     if report is not None:
       text = report(rows, ablations)
+      if isinstance(text, tuple):  # (text, measurements beyond the tables, for r1jax.claims)
+        text, facts = text
+        write_json(os.path.join(root, "report.json"), facts)
       with open(os.path.join(root, "report.md"), "w") as fh:
         fh.write(text + "\n")
       print(f"\n{text}")

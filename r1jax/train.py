@@ -277,7 +277,8 @@ class Run:
                  "flops_per_token": flops_per_token,
                  "flops_per_sec": flops_per_token * tokens_per_sec, "memory_bytes": peak_memory_bytes(compiled),
                  "compile_sec": compile_sec, "wall_sec": time.perf_counter() - t_start,
-                 "resumed_from": start, "devices": self.mesh.size, "backend": jax.default_backend()},
+                 "resumed_from": start, "devices": self.mesh.size, "processes": jax.process_count(),
+                 "backend": jax.default_backend()},
     }
 
 

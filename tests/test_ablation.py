@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from r1jax import ablation
+from r1jax import ablation, sweep
 from r1jax.config import default_config, to_dict
 from r1jax.registry import ConfigError
 from r1jax.train import train
@@ -84,8 +84,8 @@ def test_task_plan_per_task_defaults_and_limits():
 
 
 def test_resolve_workers():
-  assert ablation.resolve_workers("auto") == (2 if (os.cpu_count() or 1) >= 2 else 1)  # the tests run on a CPU
-  assert ablation.resolve_workers("3") == 3
+  assert sweep.resolve_workers("auto") == (2 if (os.cpu_count() or 1) >= 2 else 1)  # the tests run on a CPU
+  assert sweep.resolve_workers("3") == 3
   for bad in ("0", "two"):
     with pytest.raises(ConfigError, match=f"--workers={bad} is invalid"):
-      ablation.resolve_workers(bad)
+      sweep.resolve_workers(bad)

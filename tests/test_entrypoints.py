@@ -1,5 +1,6 @@
 """The experiment drivers and the benchmark run end to end (smoke settings, one CPU device)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO, SHAKESPEARE
+from r1jax import claims
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
 
@@ -35,14 +37,19 @@ def test_benchmark_prints_ratios_against_the_first_size():
 def test_sparse_driver_runs_both_tasks_and_reports_the_claims(tmp_path):
   if not os.path.isfile(SHAKESPEARE):
     pytest.skip(f"real text data not found at {SHAKESPEARE}")
+  res = tmp_path / "sparse_attn_ablation"
   out = _run(["experiments/sparse_attn_ablation.py", "--quick", "--seeds=0", "--variants=dense,topk16",
-              f"--results_dir={tmp_path}", "--config.mqar.train.progress=False",
+              f"--results_dir={res}", "--config.mqar.train.progress=False",
               "--config.shakespeare.train.progress=False"])
   for task in ("mqar", "shakespeare"):
-    assert os.path.exists(tmp_path / task / "results.md")
+    assert os.path.exists(res / task / "results.md")
     assert f"| {task} | topk16 |" in out
   assert "| topk16 | 1 |" in out and "mixer/recall" in out  # the indexer's recall diagnostic is a column
-  assert "- topk16: slope" in out and os.path.exists(tmp_path / "report.md")
+  assert "- topk16: slope" in out and os.path.exists(res / "report.md")
+  complexity = json.load(open(res / "report.json"))["complexity"]  # what the claims ledger reads
+  assert set(complexity) == {"dense", "topk16"} and 1.5 < complexity["dense"]["slope"] < 2.1
+  rows = [line for line in claims.ledger(str(tmp_path)).splitlines() if "| sparse_attn_ablation/" in line]
+  assert len(rows) == 4 and all("topk16" in row and "not tested" not in row for row in rows)
 
 
 def test_hierarchical_driver_routes_only_listops_and_prints_betas(tmp_path):

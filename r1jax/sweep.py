@@ -1,0 +1,306 @@
+"""Sweep launchers: where an ablation's (variant, seed) runs train: here, or on SLURM through submitit.
+
+  python experiments/moe_ablation.py                                   # local: in this process (or --workers=N)
+  python experiments/moe_ablation.py --launcher=slurm --slurm.partition=gpu --slurm.gpus_per_node=1 \
+      --slurm.time_min=120                                             # one SLURM job array, one task per run
+  python experiments/dense_baseline.py --launcher=slurm --slurm.nodes=2 --slurm.tasks_per_node=4 \
+      --config.mesh.data=-1                                           # each run a multi-process JAX job
+
+A sweep is identified by a hash of its runs' configs (`sweep_id`); rerunning the same command finds the same sweep.
+Runs with a result.json are skipped, SLURM jobs still queued or running (their ids are kept in
+<results>/sweep.json) are waited on instead of being submitted again, the rest are submitted, and an interrupted
+run resumes from its orbax checkpoints. Whatever the launcher, results land in the one results folder that the
+table and plots are made from. Multi-process runs (tasks_per_node * nodes > 1) call `jax.distributed.initialize()`
+with no arguments in every task: JAX reads the coordinator, process count and id from SLURM's environment.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+
+from r1jax.config import Config, to_dict
+from r1jax.registry import ConfigError
+
+RUN_KEYS = ("model", "data", "optim", "seed", "train.steps")  # what a run's result depends on
+LAUNCHERS = ("local", "slurm")
+
+
+def _get(d: Any, dotted: str) -> Any:
+  for k in dotted.split("."):
+    d = d.get(k) if isinstance(d, dict) else None
+  return d
+
+
+def config_hash(cfg: Config) -> str:
+  """12 hex digits of the run's identity (RUN_KEYS of its config): same config, same hash, on any machine."""
+  d = to_dict(cfg)
+  text = json.dumps({k: _get(d, k) for k in RUN_KEYS}, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def sweep_id(name: str, configs: dict[str, Config]) -> str:
+  """12 hex digits of the sweep: its name and the hash of every run (label -> config)."""
+  text = json.dumps([name, sorted((label, config_hash(c)) for label, c in configs.items())])
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------------- record
+
+
+@dataclasses.dataclass
+class SweepRecord:
+  """<results>/sweep.json: the sweep id and, per run, its config hash and where it was last launched."""
+
+  path: str
+  name: str
+  id: str
+  runs: dict[str, dict]
+
+  @classmethod
+  def open(cls, out_dir: str, name: str, configs: dict[str, Config]) -> "SweepRecord":
+    path = os.path.join(out_dir, "sweep.json")
+    runs = {label: {"config_hash": config_hash(c), "workdir": c.workdir} for label, c in configs.items()}
+    if os.path.exists(path):
+      with open(path) as f:
+        old = json.load(f).get("runs", {})
+      for label, run in runs.items():  # keep where a run was launched if it is the same run
+        if old.get(label, {}).get("config_hash") == run["config_hash"]:
+          run.update({k: v for k, v in old[label].items() if k not in run})
+    return cls(path, name, sweep_id(name, configs), runs)
+
+  def save(self) -> None:
+    if jax.process_index() != 0:
+      return
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"name": self.name, "sweep_id": self.id, "runs": self.runs}, f, indent=1)
+    os.replace(tmp, self.path)
+
+
+# Launchers: launch(todo, finish, log, record) trains every (label, cfg) of `todo` and calls finish(label, result).
+Todo = Sequence[tuple[str, Config]]
+
+
+# One XLA CPU thread per worker process: with W workers on W cores, runs do not fight over cores.
+_WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def use_compile_cache(cache_dir: str) -> None:
+  """JAX's persistent compilation cache in `cache_dir`: the seeds of a variant compile the same programs once."""
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _worker_init(cache_dir: str | None) -> None:
+  """Runs in each fresh worker process before its first run (and before JAX picks its backend)."""
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_WORKER_XLA_FLAGS}".strip()
+  if cache_dir:
+    use_compile_cache(cache_dir)
+
+
+def _train_quietly(cfg_dict: dict) -> dict:
+  from r1jax.train import train
+
+  cfg = Config.from_dict(cfg_dict)  # a Config holds read-only mappings, which do not pickle
+  return train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False)))
+
+
+def resolve_workers(workers: int | str) -> int:
+  """`auto`: 2 on a CPU backend with >= 2 cores in a single-process run, else 1 (runs would share the accelerator)."""
+  if workers != "auto":
+    if not str(workers).isdigit() or int(workers) < 1:
+      raise ConfigError(f"--workers={workers} is invalid. Fix: use a positive count or 'auto'.")
+    if int(workers) > 1 and (jax.default_backend() != "cpu" or jax.process_count() > 1):
+      raise ConfigError(f"--workers={workers} needs a single-process CPU run (runs would share the "
+                        f"{jax.default_backend()} devices). Fix: --workers=1.")
+    return int(workers)
+  cpu_ok = jax.default_backend() == "cpu" and jax.process_count() == 1
+  return 2 if cpu_ok and (os.cpu_count() or 1) >= 2 else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalLauncher:
+  """Runs here: one after another in this process (workers=1, with progress bars), or `workers` at a time in
+  fresh processes with one XLA CPU thread each (tokens/s are then one-thread numbers, comparable within a table)."""
+
+  workers: int = 1
+  train_fn: Callable[[Config], dict] | None = None  # in-process only (tests, notebooks)
+
+  def __post_init__(self):
+    if self.workers > 1 and self.train_fn is not None:
+      raise ValueError("a custom train_fn runs in this process. Fix: use workers=1.")
+
+  def launch(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None],
+             record: SweepRecord) -> None:
+    del record
+    if self.workers > 1 and len(todo) > 1:
+      import concurrent.futures
+      import multiprocessing
+
+      n = min(self.workers, len(todo))
+      pool = concurrent.futures.ProcessPoolExecutor(n, multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                                    initargs=(jax.config.jax_compilation_cache_dir,))
+      try:
+        futures = {pool.submit(_train_quietly, to_dict(cfg)): label for label, cfg in todo}
+        log(f"training {len(todo)} runs in {n} worker processes (one XLA CPU thread each)")
+        for future in concurrent.futures.as_completed(futures):
+          finish(futures[future], future.result())
+      finally:  # on an error, drop the queued runs (finished ones are saved; a rerun resumes the rest)
+        pool.shutdown(wait=True, cancel_futures=True)
+      return
+    from r1jax.train import train
+
+    for label, cfg in todo:
+      log(f"{label} -> {cfg.workdir}")
+      finish(label, (self.train_fn or train)(cfg))
+
+
+# ---------------------------------------------------------------------------------------------------------- SLURM
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmOptions:
+  """sbatch resources of each run's job (submitit's SlurmExecutor); a sweep is one job array."""
+
+  partition: str = ""  # "" = the cluster's default partition
+  time_min: int = 60  # wall-clock limit per run (minutes)
+  nodes: int = 1  # nodes per run
+  tasks_per_node: int = 1  # JAX processes per node; nodes * tasks_per_node > 1 = a multi-process run
+  cpus_per_task: int = 1
+  gpus_per_node: int = 0  # e.g. = tasks_per_node for one process per GPU
+  mem_gb: int = 0  # 0 = the partition's default
+  array_parallelism: int = 64  # at most this many runs of the array at once
+  setup: str = ""  # shell commands run in each job before Python starts, e.g. "module load cuda; source venv/.."
+  poll_sec: float = 2.0  # how often the launcher looks at the queue
+
+  def __post_init__(self):
+    for name in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"slurm.{name}={getattr(self, name)} must be >= 1. Fix: pass --slurm.{name}=1 or more.")
+    if self.gpus_per_node < 0 or self.mem_gb < 0 or self.poll_sec <= 0:
+      raise ConfigError("slurm.gpus_per_node and slurm.mem_gb must be >= 0 and slurm.poll_sec > 0. "
+                        "Fix: use 0 for the cluster's defaults.")
+
+  @property
+  def num_processes(self) -> int:
+    return self.nodes * self.tasks_per_node
+
+  def executor_parameters(self) -> dict:
+    params = {"time": self.time_min, "nodes": self.nodes, "ntasks_per_node": self.tasks_per_node,
+              "cpus_per_task": self.cpus_per_task, "array_parallelism": self.array_parallelism,
+              "setup": [self.setup] if self.setup else []}
+    params.update({k: v for k, v in (("partition", self.partition), ("gpus_per_node", self.gpus_per_node),
+                                     ("mem", f"{self.mem_gb}GB" if self.mem_gb else "")) if v})
+    return params
+
+
+def _slurm_task(cfg_dict: dict) -> dict | None:
+  """One task of a run's job: trains (every task of a multi-process run), returns the result from process 0 and
+  writes it to <workdir>/result.json there, so a sweep whose launcher died still finds it."""
+  from r1jax.ablation import write_json
+  from r1jax.train import train
+
+  result = train(Config.from_dict(cfg_dict))
+  if jax.process_index() != 0:
+    return None
+  write_json(os.path.join(result["config"]["workdir"], "result.json"), result)
+  return result
+
+
+def _queued(job_id: str) -> bool:
+  """Whether SLURM still lists the job (pending, running or completing); works without accounting (no sacct)."""
+  out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+  return out.returncode == 0 and bool(out.stdout.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmLauncher:
+  """Submits the runs as one job array through submitit and waits for them; each task's function trains one run
+  (a multi-process run: every task, `jax.distributed.initialize()` auto-detecting SLURM)."""
+
+  options: SlurmOptions = SlurmOptions()
+  folder: str = ""  # submitit's logs and pickles; "" = <results>/.slurm
+
+  def check(self) -> None:
+    """Fails before anything is written when this machine cannot submit."""
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+      raise ConfigError("--launcher=slurm needs SLURM's sbatch and squeue on PATH. Fix: run the driver on a SLURM "
+                        "login node, or use --launcher=local.")
+    try:
+      import submitit  # noqa: F401
+    except ImportError as e:
+      raise ConfigError("--launcher=slurm needs submitit. Fix: pip install submitit.") from e
+
+  def _job_config(self, cfg: Config) -> dict:
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
+    if self.options.num_processes > 1:
+      cfg = dataclasses.replace(cfg, dist=dataclasses.replace(cfg.dist, auto=True))
+    return to_dict(cfg)
+
+  def launch(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None],
+             record: SweepRecord) -> None:
+    import submitit
+
+    self.check()
+    folder = os.path.join(self.folder or os.path.join(os.path.dirname(record.path), ".slurm"), "%j")
+    tasks = range(self.options.num_processes)
+    jobs = {}
+    for label, _ in todo:  # runs still in the queue from an earlier launch: wait on them, do not submit again
+      job_id = record.runs[label].get("slurm_job")
+      if job_id and _queued(job_id):
+        jobs[label] = submitit.SlurmJob(folder=folder, job_id=job_id, tasks=tasks)
+        log(f"{label}: job {job_id} from an earlier launch is still queued; waiting on it")
+    submit = [(label, cfg) for label, cfg in todo if label not in jobs]
+    if submit:
+      executor = submitit.SlurmExecutor(folder=folder)
+      executor.update_parameters(job_name=f"r1jax-{record.name.replace('/', '-')}",
+                                 **self.options.executor_parameters())
+      submitted = executor.map_array(_slurm_task, [self._job_config(cfg) for _, cfg in submit])
+      for (label, _), job in zip(submit, submitted):
+        jobs[label] = job
+        record.runs[label].update(slurm_job=job.job_id, launched=time.strftime("%Y-%m-%d %H:%M:%S"))
+      record.save()
+      log(f"sweep {record.id}: submitted {len(submit)} runs as SLURM job array {submitted[0].job_id.split('_')[0]} "
+          f"({self.options.num_processes} process(es) each); logs in {os.path.dirname(folder)}")
+    self._wait(jobs, finish, log)
+
+  def _wait(self, jobs: dict, finish: Callable[[str, dict], None], log: Callable[[str], None]) -> None:
+    """Collects results as jobs finish. A job that leaves the queue without a result (killed, out of time, node
+    failure) raises with the tail of its log; the others' results are kept, and a rerun resumes it."""
+    logging.getLogger("submitit").setLevel(logging.ERROR)  # its sacct calls fail where accounting is off
+    left = dict(jobs)
+    gone_since: dict[str, float] = {}
+    while left:
+      for label, job in list(left.items()):
+        if job.done():
+          result = job.results()[0]  # task 0 is JAX process 0
+          left.pop(label)
+          finish(label, result)
+          log(f"{label}: done (job {job.job_id})")
+        elif not _queued(job.job_id):
+          gone_since.setdefault(label, time.time())
+          if time.time() - gone_since[label] > 30:  # results reach shared filesystems late; then give up
+            raise RuntimeError(f"{label}: SLURM job {job.job_id} left the queue without a result. Its log:\n"
+                               f"{(job.stderr() or '')[-3000:]}\nFix: see the log above, then rerun the same "
+                               "command (finished runs are kept; this one resumes from its checkpoints).")
+      if left:
+        time.sleep(self.options.poll_sec)
+
+
+def make_launcher(name: str, workers: int = 1, slurm: SlurmOptions | None = None):
+  """The launcher called `name` (LAUNCHERS), checked before anything trains."""
+  if name == "local":
+    return LocalLauncher(workers)
+  if name == "slurm":
+    launcher = SlurmLauncher(slurm or SlurmOptions())
+    launcher.check()
+    return launcher
+  raise ConfigError(f"--launcher={name} is unknown. Fix: use one of {LAUNCHERS}.")

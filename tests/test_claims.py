@@ -1,0 +1,66 @@
+"""Claims ledger: per-seed ratios, verdicts from measured values, and 'not tested' where results are missing."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from r1jax import claims
+
+
+def _write_task(folder, baseline, runs, kind="mqar"):
+  """A results folder as ablation.run writes it: results.json (rows, runs) and one result.json per run."""
+  os.makedirs(folder, exist_ok=True)
+  variants = list(dict.fromkeys(label.split("/")[0] for label in runs))
+  rows = [{"variant": v, "num_params": runs[f"{v}/seed0"]["num_params"]} for v in variants]
+  with open(os.path.join(folder, "results.json"), "w") as f:
+    json.dump({"name": "x", "baseline": baseline, "rows": rows, "runs": runs}, f)
+  for label in runs:
+    os.makedirs(os.path.join(folder, label), exist_ok=True)
+    config = {"model": {"num_layers": 2, "d_model": 64}, "data": {"kind": kind, "seq_len": 64},
+              "train": {"steps": 100}}
+    with open(os.path.join(folder, label, "result.json"), "w") as f:
+      json.dump({"config": config, "perf": {"backend": "cpu"}}, f)
+
+
+def _run(acc, loss, eval_tps, params=1000):
+  return {"eval/accuracy": acc, "eval/loss": loss, "perf/eval_tokens_per_sec": eval_tps, "num_params": params}
+
+
+def test_speed_quality_uses_per_seed_ratios_and_the_claimed_thresholds(tmp_path):
+  runs = {"dense/seed0": _run(0.9, 1.0, 100), "dense/seed1": _run(0.8, 1.0, 200),
+          "topk16/seed0": _run(0.9, 1.0, 400), "topk16/seed1": _run(0.8, 1.0, 600),  # 4x and 3x: mean 3.5
+          "block8x2/seed0": _run(0.45, 1.0, 1000), "block8x2/seed1": _run(0.4, 1.0, 2000)}  # 10x at half
+  _write_task(tmp_path / "sparse" / "mqar", "dense", runs)
+  found = claims._speed_quality("perf/eval_tokens_per_sec", ("topk16", "block8x2"), 3.2, 0.98, "accuracy")(
+      str(tmp_path / "sparse" / "mqar"))
+  assert [m.verdict for m in found] == [claims.SUPPORTED, claims.NOT_AT_SCALE]
+  assert f"3.50 ± {np.std([4.0, 3.0], ddof=1):.2f}x" in found[0].value and "quality 1.000" in found[0].value
+  assert "2 layers x 64 wide, mqar T=64, 100 steps, 2 seeds, cpu" == found[0].scale
+
+
+def test_moe_claim_is_measured_against_the_dense_model_of_equal_total_parameters(tmp_path):
+  runs = {"dense/seed0": _run(0, 2.0, 100), "dense_8x/seed0": _run(0, 1.0, 100), "top2/seed0": _run(0, 1.005, 350)}
+  _write_task(tmp_path / "moe_ablation", "dense", runs)
+  (m,) = claims._moe(str(tmp_path / "moe_ablation"))
+  assert "3.50x inference" in m.value and "+0.50%" in m.value and m.verdict == claims.SUPPORTED
+
+
+def test_ledger_lists_every_claim_and_marks_missing_results_not_tested(tmp_path):
+  text = claims.ledger(str(tmp_path))  # an empty results root
+  table = [line for line in text.splitlines() if line.startswith("| 0")]
+  assert len(table) == len(claims.CLAIMS)
+  assert all(claims.NOT_TESTED in line and "run `python experiments/" in line for line in table)
+
+
+@pytest.mark.parametrize("slope, verdict", [(1.05, claims.SUPPORTED), (1.8, claims.NOT_AT_SCALE)])
+def test_complexity_verdict_from_the_saved_flops_slope(tmp_path, slope, verdict):
+  os.makedirs(tmp_path / "sparse" / "mqar")
+  T = [512, 1024, 2048, 4096, 8192]
+  cx = {v: {"lengths": T, "flops": [float(t) ** s for t in T], "slope": s} for v, s in (("dense", 2.0),
+                                                                                      ("topk16", slope))}
+  with open(tmp_path / "sparse" / "report.json", "w") as f:
+    json.dump({"complexity": cx}, f)
+  found = claims._complexity(str(tmp_path / "sparse" / "mqar"))
+  assert [m.verdict for m in found] == ["-", verdict]

@@ -1,0 +1,143 @@
+"""Sweep launchers: identity by config hash, the sweep record, and (where a SLURM cluster answers) real SLURM jobs.
+
+CI starts a one-node SLURM cluster (.ci/local_slurm.sh) and sets R1JAX_REQUIRE_SLURM=1, so there the SLURM tests
+run for real and fail rather than skip. Locally: `source .ci/local_slurm.sh start /tmp/r1jax-slurm` first.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import tiny_config
+from r1jax import ablation, sweep
+from r1jax.config import default_config, to_dict
+from r1jax.registry import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_config_hash_is_the_run_identity():
+  a = tiny_config(data__path="x.txt", workdir="/tmp/a")
+  assert sweep.config_hash(a) == sweep.config_hash(tiny_config(data__path="x.txt", workdir="/elsewhere",
+                                                               train__progress=True, train__eval_every=2))
+  for changed in ({"model__d_ff": 32}, {"seed": 1}, {"train__steps": 5}, {"optim__lr": 1e-4}, {"data__path": "y"}):
+    assert sweep.config_hash(tiny_config(**{"data__path": "x.txt", **changed})) != sweep.config_hash(a), changed
+  runs = {"v/seed0": a, "w/seed0": tiny_config(data__path="x.txt", model__d_ff=32)}
+  assert sweep.sweep_id("s", runs) == sweep.sweep_id("s", dict(reversed(list(runs.items()))))
+  assert sweep.sweep_id("s", runs) != sweep.sweep_id("t", runs)
+
+
+def test_slurm_options_are_checked_and_mapped_to_submitit():
+  for bad in ({"nodes": 0}, {"tasks_per_node": 0}, {"time_min": 0}, {"gpus_per_node": -1}):
+    with pytest.raises(ConfigError, match="slurm"):
+      sweep.SlurmOptions(**bad)
+  opts = sweep.SlurmOptions(partition="gpu", nodes=2, tasks_per_node=4, gpus_per_node=4, mem_gb=64)
+  assert opts.num_processes == 8
+  params = opts.executor_parameters()
+  assert params["partition"] == "gpu" and params["ntasks_per_node"] == 4 and params["mem"] == "64GB"
+  assert "partition" not in sweep.SlurmOptions().executor_parameters()  # "" = the cluster's default
+
+
+def test_slurm_launcher_without_slurm_is_a_clear_error(monkeypatch, tmp_path):
+  monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+  with pytest.raises(ConfigError, match="sbatch and squeue on PATH"):
+    sweep.make_launcher("slurm")
+  with pytest.raises(ConfigError, match="--launcher=pbs is unknown"):
+    sweep.make_launcher("pbs")
+
+
+def _base(text_file, **extra):
+  return ablation.override(default_config(), {
+      k: v for k, v in to_dict(tiny_config(data__path=text_file, train__steps=6, train__checkpoint_every=3,
+                                           mesh__devices=1, mesh__data=1)).items() if k != "model"} | {
+      "model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64, **extra}, "test")
+
+
+def test_local_sweep_records_its_id_and_runs(text_file, tmp_path):
+  abl = ablation.Ablation("toy", _base(text_file), {"a": {}, "b": {"model.d_ff": 32}}, seeds=(0,),
+                          results_dir=str(tmp_path / "res"))
+  ablation.run(abl, log=lambda line: None)
+  record = json.load(open(tmp_path / "res" / "sweep.json"))
+  configs = {f"{v}/seed{s}": c for (v, s), c in abl.configs().items()}
+  assert record["sweep_id"] == sweep.sweep_id("toy", configs)
+  assert json.load(open(tmp_path / "res" / "results.json"))["sweep_id"] == record["sweep_id"]
+  assert {k: r["config_hash"] for k, r in record["runs"].items()} == {k: sweep.config_hash(c)
+                                                                       for k, c in configs.items()}
+
+
+# ------------------------------------------------------------------------------------------------ real SLURM
+
+
+def _slurm_answers() -> bool:
+  if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+    return False
+  out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+  return out.returncode == 0 and any(s.rstrip("*") in ("idle", "mix", "alloc") for s in out.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def slurm():
+  if not _slurm_answers():
+    if os.environ.get("R1JAX_REQUIRE_SLURM") == "1":
+      pytest.fail("R1JAX_REQUIRE_SLURM=1 but no SLURM cluster answers sinfo (see .ci/local_slurm.sh)")
+    pytest.skip("no SLURM cluster here; start one with `source .ci/local_slurm.sh start /tmp/r1jax-slurm`")
+
+
+def _driver(results_dir, text_file):
+  return [sys.executable, "experiments/dense_baseline.py", "--quick", "--launcher=slurm", "--slurm.time_min=10",
+          "--slurm.poll_sec=0.5", "--variants=small,base", "--seeds=0", f"--results_dir={results_dir}",
+          f"--config.data.path={text_file}", "--config.train.steps=6", "--config.train.eval_every=3",
+          "--config.train.checkpoint_every=3", "--config.mesh.devices=1", "--config.mesh.data=1"]
+
+
+@pytest.mark.slow
+def test_driver_sweep_on_slurm_is_one_job_array_and_resumable(slurm, text_file, tmp_path):
+  res = tmp_path / "res"
+  first = subprocess.run(_driver(res, text_file), cwd=REPO, capture_output=True, text=True, timeout=420)
+  assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+  assert "submitted 2 runs as SLURM job array" in first.stdout
+  record = json.load(open(res / "sweep.json"))
+  jobs = [record["runs"][label]["slurm_job"] for label in ("small/seed0", "base/seed0")]
+  assert len({j.split("_")[0] for j in jobs}) == 1 and sorted(j.split("_")[1] for j in jobs) == ["0", "1"]
+  for label in ("small/seed0", "base/seed0"):
+    result = json.load(open(res / label / "result.json"))
+    assert result["perf"]["processes"] == 1 and np.isfinite(result["final"]["eval/loss"])
+    assert sorted(os.listdir(res / label / "checkpoints"))[-1] == "6"
+  rows = {r["variant"]: r for r in json.load(open(res / "results.json"))["rows"]}
+  assert set(rows) == {"small", "base"} and rows["small"]["num_params"] < rows["base"]["num_params"]
+  assert (res / "learning_curves.png").stat().st_size > 0
+
+  again = subprocess.run(_driver(res, text_file), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("finished earlier, skipping") == 2 and "submitted" not in again.stdout
+  assert f"({record['sweep_id']})" in again.stdout
+
+
+class _LauncherKilledAfterSubmitting(sweep.SlurmLauncher):
+  def _wait(self, jobs, finish, log):
+    raise KeyboardInterrupt  # the launcher dies; the jobs it submitted go on
+
+
+@pytest.mark.slow
+def test_two_process_run_on_slurm_and_a_relaunch_waits_on_the_queued_job(slurm, text_file, tmp_path):
+  # Each task: 2 CPU devices; the run's global mesh is data 2 x fsdp 2 over both processes.
+  opts = sweep.SlurmOptions(tasks_per_node=2, time_min=10, poll_sec=0.5,
+                            setup="export XLA_FLAGS=--xla_force_host_platform_device_count=2")
+  base = _base(text_file, **{"mesh.devices": 0, "mesh.data": 2, "mesh.fsdp": 2})
+  abl = ablation.Ablation("mp", base, {"two_procs": {}}, seeds=(0,), results_dir=str(tmp_path / "res"))
+  with pytest.raises(KeyboardInterrupt):
+    ablation.run(abl, log=lambda line: None, launcher=_LauncherKilledAfterSubmitting(opts))
+  job = json.load(open(tmp_path / "res" / "sweep.json"))["runs"]["two_procs/seed0"]["slurm_job"]
+
+  lines = []
+  rows = ablation.run(abl, log=lines.append, launcher=sweep.SlurmLauncher(opts))
+  assert json.load(open(tmp_path / "res" / "sweep.json"))["runs"]["two_procs/seed0"]["slurm_job"] == job
+  assert not any("submitted" in line for line in lines)  # waited on the queued job (or found its result)
+  result = json.load(open(tmp_path / "res" / "two_procs" / "seed0" / "result.json"))
+  assert result["perf"]["processes"] == 2 and result["perf"]["devices"] == 4
+  assert np.isfinite(rows[0]["eval/loss"])
