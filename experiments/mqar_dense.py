@@ -1,22 +1,34 @@
-"""Dense attention on MQAR (Zoology's multi-query associative recall): seq len 256, 16 key-value pairs, 2 layers.
+"""Dense attention on MQAR (Zoology's multi-query associative recall): seq len 256, 16 key-value pairs, vocab 8192,
+2 layers, width 64, scored on the answers of 3000 held-out sequences.
 
-  python experiments/mqar_dense.py                       # d_model 64, seed 0, about 5 minutes on 2 CPU cores
-  python experiments/mqar_dense.py --variants=d64,d128 --seeds=0,1,2
+  python experiments/mqar_dense.py                       # d64, seed 0: ~3.7 minutes on 2 CPU cores, >= 99.9%
+  python experiments/mqar_dense.py --seeds=0,1,2 --variants=d64,d128,no_curriculum
   python experiments/mqar_dense.py --quick
 
-Zoology (Arora et al. 2023) finds attention solves MQAR at any width given enough training; this driver measures
-how far a CPU budget gets. Test accuracy is over the answer positions of 3000 held-out sequences.
+Zoology (Arora et al. 2023) finds attention solves MQAR at any width given enough training (tens of epochs over
+100k sequences, lengths mixed). On a CPU budget the recipe decides it. Probes at T=64, 8 pairs, vocab 8192, d64,
+init std 0.1, 1000 steps (test accuracy): batch 32 / lr 3e-3 / 1 head 8.6%; batch 128 / lr 3e-3 / 2 heads 99.6%
+(phase change near step 700); batch 128 / lr 1e-2 / 2 heads 99.9% (near step 350). At T=256 from the start
+(batch 64, lr 1e-2, 2 heads) it was 3.6% after 1000 steps, while the T=64 model read T=256 zero-shot at 73%. So the
+base learns on T=64 sequences first (700 steps, as many tokens per step), then 500 steps at T=256. Measured with
+--seeds=0,1,2: test accuracy 99.92 +- 0.03% (each seed >= 99.7% by step 900), 216 +- 2 s per run with 4 evaluations.
+With 500 + 400 steps, seed 1 ended at 98.5% (its phase change came after the curriculum).
 """
 
 from r1jax import ablation, configs
 
+BASE = ablation.override(configs.mqar(), {
+    "model.num_heads": 2, "model.init_std": 0.1, "optim.lr": 1e-2,
+    "data.curriculum_steps": 700, "data.curriculum_seq_len": 64, "data.curriculum_kv_pairs": 8,
+    "train.steps": 1200, "train.eval_every": 300, "train.checkpoint_every": 300}, "mqar_dense")
 VARIANTS = {
     "d64": {},
     "d128": {"model.d_model": 128},
     "d64_mlp": {"model.ffn": "swiglu"},
+    "no_curriculum": {"data.curriculum_steps": 0},  # the same 1200 steps, all at T=256
 }
-QUICK = {"train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10, "data.eval_max_batches": 2}
+QUICK = {"train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10, "data.eval_max_batches": 2,
+         "data.curriculum_steps": 10}
 
 if __name__ == "__main__":
-  ablation.cli("mqar_dense", configs.mqar(), VARIANTS, seeds=(0,), baseline="d64", quick=QUICK,
-               default_variants=("d64",))
+  ablation.cli("mqar_dense", BASE, VARIANTS, seeds=(0,), baseline="d64", quick=QUICK, default_variants=("d64",))

@@ -126,6 +126,12 @@ class DataConfig:
   num_kv_pairs: int = 16  # mqar: key-value pairs at the start of each sequence
   power_a: float = 0.01  # mqar: power-law parameter of the query gaps (Zoology default)
   random_non_queries: bool = False  # mqar: filler positions random tokens (True) or token 0 (False, Zoology's configs)
+  # mqar length curriculum (Zoology trains on a mixture of lengths): the first curriculum_steps train steps draw
+  # sequences of curriculum_seq_len tokens with curriculum_kv_pairs pairs, batch_size * seq_len / curriculum_seq_len
+  # of them (the same tokens per step); evaluation is always at seq_len / num_kv_pairs. 0 steps = off.
+  curriculum_steps: int = 0
+  curriculum_seq_len: int = 64
+  curriculum_kv_pairs: int = 8
   listops_min_len: int = 32  # listops: fewest expression tokens (>= 4); the most is seq_len - 1 (then '=')
   listops_max_depth: int = 10  # listops: deepest operator nesting (LRA: 10)
   listops_max_args: int = 10  # listops: most arguments per operator (LRA: 10), >= 2
@@ -177,6 +183,20 @@ class DataConfig:
                "more pairs than distinct keys", "lower num_kv_pairs")
       _require(self.num_test_examples >= 1 and self.num_train_examples >= 0, "data.num_test_examples",
                "must be >= 1 (train >= 0)", "use e.g. 3000")
+      if self.curriculum_steps:
+        L, n = self.curriculum_seq_len, self.curriculum_kv_pairs
+        _require(self.curriculum_steps > 0 and 4 * n <= L < self.seq_len and n >= 1, "data.curriculum_seq_len",
+                 f"the curriculum needs 4 * curriculum_kv_pairs <= curriculum_seq_len < seq_len={self.seq_len}, "
+                 f"got {n} pairs in {L} tokens", "e.g. curriculum_seq_len=64, curriculum_kv_pairs=8")
+        _require((self.batch_size * self.seq_len) % L == 0, "data.curriculum_seq_len",
+                 f"batch_size * seq_len = {self.batch_size * self.seq_len} tokens do not split into rows of {L}",
+                 "use a curriculum_seq_len dividing batch_size * seq_len")
+        _require(self.num_train_examples == 0, "data.curriculum_steps",
+                 "a curriculum draws fresh short sequences; it cannot use a fixed training set",
+                 "set data.num_train_examples=0 or data.curriculum_steps=0")
+    if self.kind != "mqar":
+      _require(self.curriculum_steps == 0, "data.curriculum_steps", f"is for mqar, not data.kind={self.kind!r}",
+               "set data.curriculum_steps=0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +287,9 @@ class Config:
     _require((self.model.arch == "video") == video_data, "model.arch",
              f"arch={self.model.arch!r} cannot read data.kind={self.data.kind!r}",
              "use model.arch=video with data.kind=moving_digits, and model.arch=lm with token data")
+    _require(self.data.curriculum_steps < self.train.steps, "data.curriculum_steps",
+             f"{self.data.curriculum_steps} must be fewer than train.steps={self.train.steps} (the run must end at "
+             "the evaluated length)", "lower data.curriculum_steps or raise train.steps")
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any] | ml_collections.ConfigDict) -> "Config":

@@ -20,7 +20,7 @@ from r1jax.registry import ConfigError
 #   target_pos [B, N] int32  (MQAR, ListOps) positions of `inputs` whose next-token prediction is scored
 Batch = dict[str, np.ndarray]
 
-_TRAIN, _TEST, _PERM = 0, 1, 2  # independent RNG streams
+_TRAIN, _TEST, _PERM, _CURRICULUM = 0, 1, 2, 3  # independent RNG streams
 
 
 def _pad_rows(batch: Batch, rows: int) -> Batch:
@@ -161,6 +161,15 @@ class ScoredData(HeldOutData):
 
   def decode(self, ids) -> str:
     return listops.decode(ids) if self.cfg.kind == "listops" else " ".join(map(str, ids))
+
+  def train_batch(self, step: int) -> Batch:
+    c = self.cfg
+    if step < c.curriculum_steps:  # MQAR length curriculum: shorter sequences, as many tokens per step
+      short = dataclasses.replace(c, seq_len=c.curriculum_seq_len, num_kv_pairs=c.curriculum_kv_pairs,
+                                  batch_size=c.batch_size * c.seq_len // c.curriculum_seq_len, curriculum_steps=0)
+      return ScoredData(short, self.seed)._examples(_CURRICULUM, range(step * short.batch_size,
+                                                                       (step + 1) * short.batch_size))
+    return super().train_batch(step)
 
   def _examples(self, split: int, indices) -> Batch:
     rows = [self.example(np.random.default_rng([self.seed, split, int(i)])) for i in indices]

@@ -204,8 +204,13 @@ class Run:
     tokens_per_step = cfg.data.batch_size * self.data.tokens_per_example  # video: frames * patches per clip
     base_rng = jax.random.key(cfg.seed + 1)
     t0 = time.perf_counter()
-    compiled = compile_train_step(self.model, self.tx, self.schedule, state, state_sh,
-                                  sharding.put_batch(self.data.train_batch(0), self.mesh), base_rng, self.mesh)
+    # One executable per batch shape: the run's own, and the MQAR curriculum's shorter rows while it lasts.
+    shaped = {}
+    for first in dict.fromkeys((min(start, cfg.data.curriculum_steps), cfg.data.curriculum_steps)):
+      batch = sharding.put_batch(self.data.train_batch(first), self.mesh)
+      shaped[batch["inputs"].shape] = compile_train_step(self.model, self.tx, self.schedule, state, state_sh, batch,
+                                                         base_rng, self.mesh)
+    compiled = shaped[batch["inputs"].shape]  # the run's own shape: FLOPs and memory are reported for it
     compile_sec = time.perf_counter() - t0
 
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
@@ -227,7 +232,7 @@ class Run:
           return
         metrics = jax.device_get(window["metrics"])
         sec = time.perf_counter() - window["t"]
-        tps = window["steps"] * tokens_per_step / sec
+        tps = window["steps"] * tokens_per_step / sec  # the MQAR curriculum keeps tokens per step
         if not window["first"]:
           timed["tokens"] += window["steps"] * tokens_per_step
           timed["sec"] += sec
@@ -239,8 +244,8 @@ class Run:
 
       last_eval = None
       for step in range(start, tc.steps):
-        state, window["metrics"] = compiled(state, sharding.put_batch(self.data.train_batch(step), self.mesh),
-                                            base_rng)
+        batch = sharding.put_batch(self.data.train_batch(step), self.mesh)
+        state, window["metrics"] = shaped[batch["inputs"].shape](state, batch, base_rng)
         window["steps"] += 1
         done = step + 1
         eval_now = done == tc.steps or (tc.eval_every and done % tc.eval_every == 0)

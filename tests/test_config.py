@@ -30,6 +30,13 @@ from r1jax.train import Run
     ({"data": {"kind": "images"}}, r"data\.kind"),
     ({"data": {"kind": "text", "path": ""}}, r"data\.path.*--config\.data\.path="),
     ({"data": {"kind": "mqar", "seq_len": 32, "num_kv_pairs": 16}}, r"data\.num_kv_pairs.*seq_len >= 64"),
+    ({"data": {"kind": "mqar", "curriculum_steps": 10, "curriculum_seq_len": 64}, "train": {"steps": 20}},
+     r"data\.curriculum_seq_len: .*< seq_len=64"),
+    ({"data": {"kind": "mqar", "curriculum_steps": 10, "curriculum_seq_len": 40}, "train": {"steps": 20}},
+     r"data\.curriculum_seq_len: .*do not split into rows of 40"),
+    ({"data": {"kind": "mqar", "seq_len": 128, "curriculum_steps": 30}, "train": {"steps": 20}},
+     r"data\.curriculum_steps: 30 must be fewer than train\.steps=20"),
+    ({"data": {"kind": "text", "path": "x", "curriculum_steps": 5}}, r"data\.curriculum_steps: is for mqar"),
     ({"mesh": {"data": -1, "fsdp": -1}}, r"mesh"),
     ({"dist": {"num_processes": 2}}, r"dist\.coordinator_address"),
 ])

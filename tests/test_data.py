@@ -37,6 +37,21 @@ def test_mqar_is_deterministic_per_seed_and_splits_are_disjoint():
   assert not train & {tuple(r) for r in test}
 
 
+def test_mqar_curriculum_draws_short_sequences_first_with_as_many_tokens():
+  cfg = DataConfig(**{**MQAR.__dict__, "curriculum_steps": 2, "curriculum_seq_len": 16, "curriculum_kv_pairs": 2})
+  data = ScoredData(cfg, 0)
+  for step in (0, 1):
+    short = data.train_batch(step)
+    assert short["inputs"].shape == (16, 16) and short["target_pos"].shape == (16, 2)  # 4 x 64 = 16 x 16 tokens
+    for inputs, pos, targets in zip(short["inputs"], short["target_pos"], short["targets"]):
+      answer = dict(zip(inputs[0:4:2], inputs[1:4:2]))  # each query's target is its key's value
+      assert [answer[inputs[p]] for p in pos] == list(targets)
+  assert not np.array_equal(data.train_batch(0)["inputs"], data.train_batch(1)["inputs"])
+  np.testing.assert_array_equal(data.train_batch(1)["inputs"], ScoredData(cfg, 0).train_batch(1)["inputs"])
+  np.testing.assert_array_equal(data.train_batch(2)["inputs"], ScoredData(MQAR, 0).train_batch(2)["inputs"])
+  assert next(iter(data.eval_batches()))["inputs"].shape == (5, 64)  # the test set is at the run's own length
+
+
 def test_mqar_eval_pads_last_batch_with_zero_weight():
   batches = list(ScoredData(MQAR, 0).eval_batches())
   assert [b["inputs"].shape[0] for b in batches] == [5, 5, 5]

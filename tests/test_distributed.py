@@ -12,6 +12,10 @@ import time
 import numpy as np
 import pytest
 
+from r1jax.ablation import override
+from r1jax.config import Config, default_config
+from r1jax.train import train
+
 
 def _free_port() -> int:
   with socket.socket() as s:
@@ -19,13 +23,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _flags(text_file, workdir, **dist) -> dict:
+  return {"data.path": text_file, "data.seq_len": 16, "data.batch_size": 8, "data.eval_batch_size": 8,
+          "data.eval_max_batches": 3, "model.num_layers": 2, "model.d_model": 32, "model.num_heads": 4,
+          "model.d_ff": 64, "train.steps": 60, "train.eval_every": 30, "train.log_every": 10,
+          "train.checkpoint_every": 10, "train.progress": False, "mesh.data": 2, "mesh.fsdp": 2,
+          "workdir": workdir, **{f"dist.{k}": v for k, v in dist.items()}}
+
+
 def _cmd(text_file, workdir, **dist):
-  flags = {"data.path": text_file, "data.seq_len": 16, "data.batch_size": 8, "data.eval_batch_size": 8,
-           "data.eval_max_batches": 3, "model.num_layers": 2, "model.d_model": 32, "model.num_heads": 4,
-           "model.d_ff": 64, "train.steps": 60, "train.eval_every": 30, "train.log_every": 10,
-           "train.checkpoint_every": 10, "train.progress": False, "mesh.data": 2, "mesh.fsdp": 2,
-           "workdir": workdir, **{f"dist.{k}": v for k, v in dist.items()}}
-  return [sys.executable, "-m", "r1jax.main"] + [f"--config.{k}={v}" for k, v in flags.items()]
+  return [sys.executable, "-m", "r1jax.main"] + [f"--config.{k}={v}" for k, v in _flags(text_file, workdir,
+                                                                                           **dist).items()]
 
 
 def _env(devices: int) -> dict:
@@ -40,10 +48,9 @@ def _two_processes(text_file, workdir):
 
 @pytest.mark.slow
 def test_two_processes_killed_mid_run_resume_to_the_one_process_result(text_file, tmp_path):
-  single = subprocess.run(_cmd(text_file, str(tmp_path / "one")), env=_env(4), capture_output=True, text=True,
-                          timeout=300)
-  assert single.returncode == 0, single.stderr[-3000:]
-
+  # The reference: one process, the same 4-device mesh (the first 4 of this process's 8 CPU devices).
+  one = train(Config.from_dict(override(default_config(), {**_flags(text_file, str(tmp_path / "one")),
+                                                           "mesh.devices": 4}, "test")))
   two = str(tmp_path / "two")
   procs = _two_processes(text_file, two)
   deadline = time.time() + 240
@@ -60,7 +67,6 @@ def test_two_processes_killed_mid_run_resume_to_the_one_process_result(text_file
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  one = json.loads(single.stdout.strip().splitlines()[-1])
   results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
   assert results[0]["perf"]["devices"] == one["perf"]["devices"] == 4 and results[0]["perf"]["processes"] == 2
   for result in results:  # both processes see the same global metrics, those of the uninterrupted single process

@@ -92,7 +92,8 @@ def _driver(results_dir, text_file):
   return [sys.executable, "experiments/dense_baseline.py", "--quick", "--launcher=slurm", "--slurm.time_min=10",
           "--slurm.poll_sec=0.5", "--variants=small,base", "--seeds=0", f"--results_dir={results_dir}",
           f"--config.data.path={text_file}", "--config.train.steps=6", "--config.train.eval_every=3",
-          "--config.train.checkpoint_every=3", "--config.mesh.devices=1", "--config.mesh.data=1"]
+          "--config.train.checkpoint_every=3", "--config.mesh.devices=1", "--config.mesh.data=1",
+          "--config.model.num_layers=1", "--config.model.d_model=32", "--config.data.batch_size=4"]
 
 
 @pytest.mark.slow
@@ -104,12 +105,14 @@ def test_driver_sweep_on_slurm_is_one_job_array_and_resumable(slurm, text_file, 
   record = json.load(open(res / "sweep.json"))
   jobs = [record["runs"][label]["slurm_job"] for label in ("small/seed0", "base/seed0")]
   assert len({j.split("_")[0] for j in jobs}) == 1 and sorted(j.split("_")[1] for j in jobs) == ["0", "1"]
-  for label in ("small/seed0", "base/seed0"):
+  rows = {r["variant"]: r for r in json.load(open(res / "results.json"))["rows"]}
+  assert set(rows) == {"small", "base"}
+  for label in ("small/seed0", "base/seed0"):  # each job wrote its run; the table is made from them
     result = json.load(open(res / label / "result.json"))
     assert result["perf"]["processes"] == 1 and np.isfinite(result["final"]["eval/loss"])
     assert sorted(os.listdir(res / label / "checkpoints"))[-1] == "6"
-  rows = {r["variant"]: r for r in json.load(open(res / "results.json"))["rows"]}
-  assert set(rows) == {"small", "base"} and rows["small"]["num_params"] < rows["base"]["num_params"]
+    assert rows[label.split("/")[0]]["eval/loss"] == result["final"]["eval/loss"]
+  assert rows["small"]["num_params"] != rows["base"]["num_params"]  # the variant's overrides reached its job
   assert (res / "learning_curves.png").stat().st_size > 0
 
   again = subprocess.run(_driver(res, text_file), cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,20 @@ def test_mqar_training_scores_answer_positions_only():
   result = Run(cfg).train()
   assert 0.0 <= result["final"]["eval/accuracy"] <= 1.0
   assert result["final"]["eval/loss"] < np.log(64)  # at least learns that answers are values (V/2 of them)
+
+
+def test_mqar_curriculum_trains_both_lengths_and_resumes_inside_it(tmp_path):
+  cfg = tiny_config(data__kind="mqar", data__path="", data__mqar_vocab_size=64, data__seq_len=32, data__num_kv_pairs=4,
+                    data__num_test_examples=16, data__curriculum_steps=3, data__curriculum_seq_len=16,
+                    data__curriculum_kv_pairs=2, train__steps=6, train__checkpoint_every=2,
+                    train__keep_checkpoints=3, workdir=str(tmp_path / "run"))
+  whole = Run(cfg).train()
+  ckpts = tmp_path / "run" / "checkpoints"
+  for step in ("4", "6"):  # back to step 2, inside the curriculum: the resumed run needs both shapes again
+    shutil.rmtree(ckpts / step)
+  resumed = Run(cfg).train()
+  assert resumed["perf"]["resumed_from"] == 2 and resumed["final"] == whole["final"]
+  assert np.isfinite(whole["final"]["eval/loss"]) and whole["history"][-1]["step"] == 6
 
 
 def test_schedule_is_warmup_then_cosine_to_min_lr():
