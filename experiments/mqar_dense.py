@@ -28,6 +28,7 @@ VARIANTS = {
     "no_curriculum": {"data.curriculum_steps": 0},  # the same 1200 steps, all at T=256
 }
 QUICK = {"train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10, "data.eval_max_batches": 2,
+         "data.eval_batch_size": 50, "data.num_test_examples": 100,
          "data.curriculum_steps": 10}
 
 if __name__ == "__main__":
