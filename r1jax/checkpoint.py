@@ -12,15 +12,17 @@ from r1jax.registry import ConfigError
 _MUST_MATCH = ("model", "data", "optim", "seed")
 
 
+def dotted_get(d: Any, dotted: str) -> Any:
+  """d["a"]["b"] for "a.b" in a nested config dict; None where a level is missing."""
+  for k in dotted.split("."):
+    d = d.get(k) if isinstance(d, dict) else None
+  return d
+
+
 def check_same_config(saved: dict, config: dict, where: str, keys=_MUST_MATCH) -> None:
   """Raises ConfigError naming the first of `keys` (dotted for nested ones) on which `saved` differs from `config`."""
-  def get(d: Any, dotted: str) -> Any:
-    for k in dotted.split("."):
-      d = d.get(k) if isinstance(d, dict) else None
-    return d
-
   for key in keys:
-    if get(saved, key) != get(config, key):
+    if dotted_get(saved, key) != dotted_get(config, key):
       raise ConfigError(f"{where} holds a run with a different '{key}' config. Fix: use a new --config.workdir (or "
                         "--results_dir for an ablation), delete the old run, or go back to the original config.")
 

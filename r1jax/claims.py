@@ -104,17 +104,24 @@ def _speed_quality(speed_key: str, variants: tuple[str, ...], speed: float, qual
   return measure
 
 
-def _complexity(folder: str) -> list[Measured]:
+def _saved_complexity(folder: str) -> dict:
+  """The compiled-FLOPs-against-T measurements the sparse driver saved beside its task folders ({} if none)."""
   path = os.path.join(os.path.dirname(folder), "report.json")
   if not os.path.exists(path):
-    return []
+    return {}
   with open(path) as f:
-    cx = json.load(f)["complexity"]
+    return json.load(f)["complexity"]
+
+
+def _complexity(folder: str) -> list[Measured]:
+  from r1jax.scaling import fit_exponent  # the driver's own slope fit (imports JAX: only when there is a slope)
+
+  cx = _saved_complexity(folder)
   out = []
   for v in (v for v in ("dense", "topk16", "block8x2") if v in cx):
     T = cx[v]["lengths"]
     # n log n over T = 512..8192 fits a log-log slope of about 1.1; quadratic 2.
-    nlogn = float(np.polyfit(np.log(T), np.log(np.asarray(T) * np.log(T)), 1)[0])
+    nlogn = fit_exponent(T, np.asarray(T) * np.log(T))
     ok = cx[v]["slope"] <= nlogn + 0.1
     out.append(Measured(f"{v}: FLOPs ~ T^{cx[v]['slope']:.2f} (n log n: T^{nlogn:.2f})",
                         f"one mixer, d=64, 2 heads, compiled forward FLOPs, T={T[0]}..{T[-1]}",
@@ -123,11 +130,7 @@ def _complexity(folder: str) -> list[Measured]:
 
 
 def _compute_cut(folder: str) -> list[Measured]:
-  path = os.path.join(os.path.dirname(folder), "report.json")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    cx = json.load(f)["complexity"]
+  cx = _saved_complexity(folder)
   out = []
   for v in (v for v in ("topk16", "block8x2") if v in cx and "dense" in cx):
     cut = 1 - cx[v]["flops"][-1] / cx["dense"]["flops"][-1]

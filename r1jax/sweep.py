@@ -22,10 +22,11 @@ import os
 import shutil
 import subprocess
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 
+from r1jax.checkpoint import dotted_get
 from r1jax.config import Config, to_dict
 from r1jax.registry import ConfigError
 
@@ -33,16 +34,10 @@ RUN_KEYS = ("model", "data", "optim", "seed", "train.steps")  # what a run's res
 LAUNCHERS = ("local", "slurm")
 
 
-def _get(d: Any, dotted: str) -> Any:
-  for k in dotted.split("."):
-    d = d.get(k) if isinstance(d, dict) else None
-  return d
-
-
 def config_hash(cfg: Config) -> str:
   """12 hex digits of the run's identity (RUN_KEYS of its config): same config, same hash, on any machine."""
   d = to_dict(cfg)
-  text = json.dumps({k: _get(d, k) for k in RUN_KEYS}, sort_keys=True, default=str)
+  text = json.dumps({k: dotted_get(d, k) for k in RUN_KEYS}, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from r1jax import ablation, sweep
+from r1jax import ablation
 from r1jax.config import default_config, to_dict
 from r1jax.registry import ConfigError
 from r1jax.train import train
@@ -81,11 +81,3 @@ def test_task_plan_per_task_defaults_and_limits():
   assert list(ablation.task_plan(variants, None, "z", defaults)) == ["a", "b", "c", "d"]  # no defaults: all
   assert list(ablation.task_plan(variants, ["d", "b"], "x", defaults)) == ["b", "d"]  # asked wins over defaults
   assert list(ablation.task_plan(variants, [], "x", defaults, {"x": ["a", "b"]})) == ["a", "b"]  # [] = all, limited
-
-
-def test_resolve_workers():
-  assert sweep.resolve_workers("auto") == (2 if (os.cpu_count() or 1) >= 2 else 1)  # the tests run on a CPU
-  assert sweep.resolve_workers("3") == 3
-  for bad in ("0", "two"):
-    with pytest.raises(ConfigError, match=f"--workers={bad} is invalid"):
-      sweep.resolve_workers(bad)

@@ -32,6 +32,14 @@ def test_config_hash_is_the_run_identity():
   assert sweep.sweep_id("s", runs) != sweep.sweep_id("t", runs)
 
 
+def test_resolve_workers():
+  assert sweep.resolve_workers("auto") == (2 if (os.cpu_count() or 1) >= 2 else 1)  # the tests run on a CPU
+  assert sweep.resolve_workers("3") == 3
+  for bad in ("0", "two"):
+    with pytest.raises(ConfigError, match=f"--workers={bad} is invalid"):
+      sweep.resolve_workers(bad)
+
+
 def test_slurm_options_are_checked_and_mapped_to_submitit():
   for bad in ({"nodes": 0}, {"tasks_per_node": 0}, {"time_min": 0}, {"gpus_per_node": -1}):
     with pytest.raises(ConfigError, match="slurm"):
