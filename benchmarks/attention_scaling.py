@@ -18,9 +18,11 @@ import subprocess
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 
+from r1jax import entry
 from r1jax.config import ModelConfig
+from r1jax.registry import ConfigError
 from r1jax.scaling import fit_exponent, timed
 
 flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"], "sequence lengths T")
@@ -40,8 +42,9 @@ FLAGS = flags.FLAGS
 
 
 def variant_config(name: str) -> ModelConfig:
+  """The one-mixer model of variant `name` at the flags' width, heads, dtype and key budget (ConfigError if bad)."""
   k = FLAGS.budget
-  mixer, options = {
+  variants = {
       "dense": ("attention", {}),
       "topk": ("sparse", {"select": "indexer", "top_k": k}),
       "block": ("block_sparse", {"block_size": k // 2, "top_blocks": 1}),
@@ -56,7 +59,10 @@ def variant_config(name: str) -> ModelConfig:
       "fw_parallel": ("fast_weight", {"gate": "scalar", "form": "parallel"}),
       "fw_recurrent": ("fast_weight", {"gate": "scalar", "form": "recurrent"}),
       "fw_vector": ("fast_weight", {"gate": "vector", "form": "chunkwise"}),
-  }[name]
+  }
+  if name not in variants:
+    raise ConfigError(f"--variants: unknown {name!r}. Fix: choose from {list(variants)}.")
+  mixer, options = variants[name]
   return ModelConfig(vocab_size=64, d_model=FLAGS.d_model, num_heads=FLAGS.heads, dtype=FLAGS.dtype, mixer=mixer,
                      mixer_options={mixer: options} if options else {})
 
@@ -95,7 +101,11 @@ def main(argv):
   del argv
   if FLAGS.one:
     return measure_here(FLAGS.one)
+  if not all(t.isdigit() and int(t) > 0 for t in FLAGS.lengths):
+    raise ConfigError(f"--lengths={','.join(FLAGS.lengths)}: not positive integers. Fix: e.g. --lengths=512,1024.")
   lengths = [int(t) for t in FLAGS.lengths]
+  for name in FLAGS.variants:  # every variant's config is checked before the first measurement
+    variant_config(name)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), d_model {FLAGS.d_model}, "
         f"{FLAGS.heads} heads, batch {FLAGS.batch}, budget k={FLAGS.budget}, dtype {FLAGS.dtype}")
   results = {}
@@ -134,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entry.run(main)

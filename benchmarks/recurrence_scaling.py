@@ -11,11 +11,9 @@ fw_vector (GLA's per-key-dimension decay, chunks of 16). The sweep is attention_
 per measurement; the recurrence computes in float32 whatever --dtype is.
 """
 
-from absl import app
-
 import attention_scaling  # this folder: the same sweep and table, run with the recurrence's variants
 
 if __name__ == "__main__":
   attention_scaling.FLAGS.set_default("variants", ["dense", "fw_chunkwise", "fw_parallel", "fw_recurrent",
                                                    "fw_vector"])
-  app.run(attention_scaling.main)
+  attention_scaling.entry.run(attention_scaling.main)

@@ -10,11 +10,12 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from r1jax import sharding
+from r1jax import entry, sharding
 from r1jax.config import MeshConfig, ModelConfig, OptimConfig
 from r1jax.model import Transformer
+from r1jax.registry import ConfigError
 from r1jax.train import compile_train_step, compiled_flops, init_train_state, make_optimizer, peak_memory_bytes
 
 flags.DEFINE_list("sizes", ["2x64x2", "4x128x4", "6x192x6"], "LAYERSxWIDTHxHEADS per row")
@@ -35,8 +36,17 @@ def peak_flops() -> float:
   return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), float("nan")) * jax.device_count()
 
 
-def measure(layers: int, width: int, heads: int) -> dict:
-  cfg = ModelConfig(vocab_size=FLAGS.vocab, num_layers=layers, d_model=width, num_heads=heads, dtype=FLAGS.dtype)
+def size_config(size: str) -> ModelConfig:
+  """The dense model of a LAYERSxWIDTHxHEADS size (ConfigError if malformed or invalid)."""
+  parts = size.split("x")
+  if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    raise ConfigError(f"--sizes: {size!r} is not LAYERSxWIDTHxHEADS. Fix: e.g. --sizes=2x64x2,4x128x4.")
+  layers, width, heads = (int(p) for p in parts)
+  return ModelConfig(vocab_size=FLAGS.vocab, num_layers=layers, d_model=width, num_heads=heads, dtype=FLAGS.dtype)
+
+
+def measure(cfg: ModelConfig) -> dict:
+  layers, width, heads = cfg.num_layers, cfg.d_model, cfg.num_heads
   model, mesh = Transformer(cfg), sharding.make_mesh(MeshConfig())
   schedule, tx = make_optimizer(OptimConfig(), 1000)
   rng = np.random.default_rng(0)
@@ -62,7 +72,8 @@ def measure(layers: int, width: int, heads: int) -> dict:
 
 def main(argv):
   del argv
-  rows = [measure(*(int(v) for v in size.split("x"))) for size in FLAGS.sizes]
+  configs = [size_config(size) for size in FLAGS.sizes]  # all checked before the first compile
+  rows = [measure(cfg) for cfg in configs]
   print(f"backend={jax.default_backend()} devices={jax.device_count()} ({jax.devices()[0].device_kind}) "
         f"seq_len={FLAGS.seq_len} batch={FLAGS.batch} dtype={FLAGS.dtype}")
   cols = list(rows[0]) + ["tokens/s ratio", "FLOP ratio"]
@@ -73,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entry.run(main)

@@ -1,7 +1,8 @@
 """Top-k mixture-of-experts feed-forwards against dense SwiGLU on Tiny Shakespeare: equal active and equal total
 parameters, top-1/2/4, balancing (Switch aux loss, DeepSeek-V3 aux-free bias, none), a shared expert, capacity vs
-dropless dispatch, DeepSeekMoE's fine-grained + shared experts and DeepSeek-V3's routing; then the seed claim and
-the papers' anchors, measured. "Inference" speed is the forward-only throughput of the evaluation batches.
+dropless dispatch, DeepSeekMoE's fine-grained + shared experts and DeepSeek-V3's routing; then the papers' anchors
+and the seed claim (declared in r1jax/claims.py), measured. "Inference" speed is the forward-only throughput of the
+evaluation batches.
 
   python experiments/moe_ablation.py             # 11 variants x 3 seeds, 5-9 min (2-core CPU)
   python experiments/moe_ablation.py --quick     # smoke run
@@ -46,14 +47,13 @@ BASE = ablation.override(configs.shakespeare_char(), {
     "train.steps": 200, "train.eval_every": 0, "train.checkpoint_every": 0, "data.eval_max_batches": 4,
     f"{MOE}.num_experts": 8, f"{MOE}.d_expert": F}, "moe")
 QUICK = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "data.eval_max_batches": 1}
-SEED_SPEEDUP, SEED_LOSS = 3.0, 0.01  # "3-5x faster inference than dense with under 1% accuracy loss"
 # DeepSeekMoE (Dai et al. 2024) Table 1, Pile loss at 2B total params; DeepSeek-V3 (2024) Table 5, 1B-scale loss.
 ANCHORS = {"dense": 2.060, "top1": 1.881, "top2": 1.867, "deepseekmoe": 1.808}
 V3_ANCHOR = {"aux": 2.258, "aux_free": 2.253}
 
 
 def report(rows_by_task: dict[str, list[dict]], ablations: dict) -> str:
-  """Parameters per variant, the seed claim against the dense model of equal total parameters, and the anchors."""
+  """Parameters per variant, MoE against the dense model of equal total parameters, and the anchors."""
   (rows,), (a,) = rows_by_task.values(), ablations.values()
   by = {r["variant"]: r for r in rows}
   model = lambda v: a.configs()[(v, a.seeds[0])].model
@@ -67,19 +67,14 @@ def report(rows_by_task: dict[str, list[dict]], ablations: dict) -> str:
     lines.append(f"| {r['variant']} | {total / dense_total:.2f} | {active / dense_active:.2f} | "
                  f"{r['perf/flops_per_token:ratio']:.2f} | {r['perf/tokens_per_sec:ratio']:.2f} | "
                  f"{r['eval/loss']:.4f} ± {r['eval/loss:std']:.4f} |")
-  if "dense_8x" in by:
-    ref = by["dense_8x"]
-    lines += ["", f"## Seed claim: MoE {SEED_SPEEDUP:.0f}-5x faster than dense at < {SEED_LOSS:.0%} loss, measured "
-              "against dense_8x (same total parameters)", "",
+  if "dense_8x" in by:  # the seed claim's comparison; its verdict comes from r1jax.claims (appended to the report)
+    lines += ["", "## MoE against dense_8x (same total parameters): inference is the forward-only eval throughput", "",
               "| variant | inference (eval) tok/s / dense_8x | train tok/s / dense_8x | FLOPs/token / dense_8x | "
-              "loss change | verdict |", "|---|---|---|---|---|---|"]
-    ratio = lambda v, key: by[v][key] / ref[key]
+              "loss change |", "|---|---|---|---|---|"]
+    ratio = lambda v, key: by[v][key] / by["dense_8x"][key]
     for v in [v for v in by if v.startswith(("top", "deepseek"))]:
-      speed, change = ratio(v, "perf/eval_tokens_per_sec"), ratio(v, "eval/loss") - 1
-      ok = speed >= SEED_SPEEDUP and change < SEED_LOSS
-      lines.append(f"| {v} | {speed:.2f} | {ratio(v, 'perf/tokens_per_sec'):.2f} | "
-                   f"{ratio(v, 'perf/flops_per_token'):.2f} | {change:+.2%} | "
-                   f"{'supported' if ok else 'not supported at this scale'} |")
+      lines.append(f"| {v} | {ratio(v, 'perf/eval_tokens_per_sec'):.2f} | {ratio(v, 'perf/tokens_per_sec'):.2f} | "
+                   f"{ratio(v, 'perf/flops_per_token'):.2f} | {ratio(v, 'eval/loss') - 1:+.2%} |")
   shown = [v for v in ANCHORS if v in by]
   if shown:
     lines += ["", "DeepSeekMoE Table 1 (Pile loss, lower is better; dense, Switch = top1, GShard = top2): "

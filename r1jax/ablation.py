@@ -1,35 +1,18 @@
-"""Ablation runner: a base config + named variants (config overrides) x seeds -> table, JSON/CSV/markdown, plots."""
+"""Ablation runner: a base config + named variants (config overrides) x seeds, trained where the launcher says;
+the tables, files and plots come from r1jax.reporting."""
 
-import csv
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 
+from r1jax import claims, entry, reporting, sweep
 from r1jax.checkpoint import check_same_config
-from r1jax import sweep
-from r1jax.config import Config, to_dict
+from r1jax.config import RUN_KEYS, Config, to_dict
 from r1jax.registry import ConfigError
-
-# (result key, column title, how to format a value, display scale); quality first, then cost.
-COLUMNS = (
-    ("eval/loss", "eval loss", "{:.4f}", 1.0),
-    ("eval/accuracy", "eval acc", "{:.4f}", 1.0),
-    ("num_params", "params", "{:,.0f}", 1.0),
-    ("perf/flops_per_token", "FLOPs/token", "{:.3g}", 1.0),
-    ("perf/tokens_per_sec", "train tok/s", "{:,.0f}", 1.0),
-    ("perf/eval_tokens_per_sec", "eval tok/s", "{:,.0f}", 1.0),  # forward only (inference-like), after compile
-    ("perf/memory_bytes", "memory MiB", "{:.1f}", 2.0**-20),
-    ("perf/wall_sec", "wall s", "{:.0f}", 1.0),
-)
-RATIOS = ("eval/loss", "eval/accuracy", "perf/flops_per_token", "perf/tokens_per_sec", "perf/eval_tokens_per_sec",
-          "perf/memory_bytes")
-
 
 def override(base: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str) -> ml_collections.ConfigDict:
   """A copy of `base` with dotted-key overrides, e.g. {"model.num_layers": 2}; unknown keys raise ConfigError."""
@@ -71,107 +54,16 @@ class Ablation:
     return out
 
 
-def _flat(result: dict) -> dict[str, float]:
-  flat = {"num_params": result["num_params"], **result["final"]}
-  flat.update({f"perf/{k}": v for k, v in result["perf"].items() if isinstance(v, (int, float))})
-  return flat
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], np.float64)
-  if not len(arr):
-    return float("nan"), float("nan")
-  return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-def columns(rows_or_flats: list[dict]) -> tuple:
-  """COLUMNS plus one per mixer/ffn eval diagnostic (averaged over layers) that any run reported."""
-  keys = dict.fromkeys(k.split(":")[0] for r in rows_or_flats for k in r
-                       if k.startswith(("eval/mixer/", "eval/ffn/")) and "/layer" not in k)
-  return COLUMNS + tuple((k, k[len("eval/"):], "{:.3f}", 1.0) for k in keys)
-
-
-def summarise(results: dict[tuple[str, int], dict], baseline: str) -> list[dict]:
-  """One row per variant: mean and std over seeds of every column, and mean ratios to the baseline."""
-  rows = []
-  variants = list(dict.fromkeys(v for v, _ in results))
-  cols = columns([_flat(r) for r in results.values()])
-  for variant in variants:
-    flats = [_flat(r) for (v, _), r in results.items() if v == variant]
-    row = {"variant": variant, "seeds": len(flats)}
-    for key, *_ in cols:
-      row[key], row[key + ":std"] = _mean_std([f.get(key) for f in flats])
-    rows.append(row)
-  base = next(r for r in rows if r["variant"] == (baseline or variants[0]))
-  for row in rows:
-    for key in RATIOS:
-      row[key + ":ratio"] = row[key] / base[key] if base[key] else float("nan")
-  return rows
-
-
-def markdown_table(rows: list[dict], baseline: str) -> str:
-  """The table, values as mean +- std over seeds, then ratios to the baseline variant."""
-  cols = columns(rows)
-  head = ["variant", "seeds"] + [title for _, title, *_ in cols] + [f"{k.split('/')[-1]} / {baseline}"
-                                                                    for k in RATIOS]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for row in rows:
-    cells = [row["variant"], str(row["seeds"])]
-    for key, _, fmt, scale in cols:
-      mean, std = row[key] * scale, row[key + ":std"] * scale
-      cells.append("n/a" if math.isnan(mean) else fmt.format(mean) + (f" ± {fmt.format(std)}" if std else ""))
-    cells += ["n/a" if math.isnan(row[k + ":ratio"]) else f"{row[k + ':ratio']:.3f}" for k in RATIOS]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)  # atomic: a killed run never leaves a half-written result
-
-
-def plot(results: dict[tuple[str, int], dict], rows: list[dict], out_dir: str) -> list[str]:
-  """learning_curves.png (eval loss vs step, mean over seeds) and quality_vs_flops.png; returns the paths."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for row in rows:
-    curves = [[(r["step"], r["eval/loss"]) for r in res["history"] if "eval/loss" in r]
-              for (v, _), res in results.items() if v == row["variant"]]
-    steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
-    losses = np.array([[dict(c)[s] for s in steps] for c in curves])
-    ax.plot(steps, losses.mean(0), marker="o", ms=3, label=row["variant"])
-    if len(curves) > 1:
-      ax.fill_between(steps, losses.min(0), losses.max(0), alpha=0.2)
-  ax.set(xlabel="step", ylabel="eval loss", title="learning curves (band: min-max over seeds)")
-  ax.legend()
-  paths = [os.path.join(out_dir, "learning_curves.png"), os.path.join(out_dir, "quality_vs_flops.png")]
-  fig.tight_layout()
-  fig.savefig(paths[0], dpi=120)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for row in rows:
-    ax.errorbar(row["perf/flops_per_token"], row["eval/loss"], yerr=row["eval/loss:std"], fmt="o", capsize=3)
-    ax.annotate(row["variant"], (row["perf/flops_per_token"], row["eval/loss"]), fontsize=8)
-  ax.set(xscale="log", xlabel="train FLOPs per token (compiled step)", ylabel="eval loss", title="quality vs cost")
-  fig.tight_layout()
-  fig.savefig(paths[1], dpi=120)
-  plt.close("all")
-  return paths
-
-
 def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, log=print,
         workers: int = 1, launcher: Any = None) -> list[dict]:
-  """Trains every (variant, seed) not already finished, then writes and prints the summary.
+  """Trains every (variant, seed) not already finished, then writes and prints the summary (r1jax.reporting).
 
-  Finished runs are those with a result.json of the same config (model, data, optim, seed and train.steps; a stale
-  one raises ConfigError); an interrupted run resumes from its checkpoints. `launcher` (r1jax.sweep) says where
-  runs train; the default is this process, or `workers` fresh one-thread processes at once (see LocalLauncher).
-  The sweep's id and where each run was launched are kept in <results>/sweep.json.
+  Finished runs are those with a result.json of the same run identity (config.run_identity; a stale one raises
+  ConfigError naming the field); an interrupted run resumes from its checkpoints. A run that stops on a non-finite
+  loss is a failed row of the table (with its reason) while the others go on; a rerun retries it from its last good
+  checkpoint. `launcher` (r1jax.sweep) says where runs train; the default is this process, or `workers` fresh
+  one-thread processes at once (see LocalLauncher). The sweep's id and where each run was launched are kept in
+  <results>/sweep.json.
   """
   launcher = launcher or sweep.LocalLauncher(workers, train_fn)
   configs = ablation.configs()  # validates every variant first
@@ -182,14 +74,14 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
   results, todo = {}, []
   for label, key in labels.items():
     cfg = configs[key]
-    path = os.path.join(cfg.workdir, "result.json")
+    path = os.path.join(cfg.workdir, reporting.RESULT_FILE)
     if os.path.exists(path):
       with open(path) as f:
         results[key] = json.load(f)
       saved, current = results[key]["config"], to_dict(cfg)
       if current["model"]["vocab_size"] == 0:  # filled from the data by the run (and the data must match)
         current["model"]["vocab_size"] = saved["model"]["vocab_size"]
-      check_same_config(saved, current, f"{path!r}", sweep.RUN_KEYS)
+      check_same_config(saved, current, f"{path!r}", RUN_KEYS)
       log(f"{label}: finished earlier, skipping")
     else:
       os.makedirs(cfg.workdir, exist_ok=True)
@@ -199,25 +91,14 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
 
   def finish(label: str, result: dict) -> None:
     results[labels[label]] = result
-    write_json(os.path.join(configs[labels[label]].workdir, "result.json"), result)
+    if "failed" in result:
+      log(f"{label}: FAILED: {result['failed']}")
 
   if todo:
     launcher.launch(todo, finish, log, record)
   results = {key: results[key] for key in configs}  # in the ablation's order, however runs finished
   baseline = ablation.baseline or next(iter(ablation.variants))
-  rows = summarise(results, baseline)
-  table = markdown_table(rows, baseline)
-  write_json(os.path.join(out_dir, "results.json"), {"name": ablation.name, "sweep_id": record.id,
-                                                     "baseline": baseline, "rows": rows,
-                                                     "runs": {f"{v}/seed{s}": _flat(r)
-                                                              for (v, s), r in results.items()}})
-  with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  with open(os.path.join(out_dir, "results.md"), "w") as f:
-    f.write(f"# {ablation.name}\n\n{table}\n")
-  plot(results, rows, out_dir)
+  rows, table = reporting.write_summary(out_dir, ablation.name, record.id, baseline, results)
   log(f"\n{ablation.name}: mean ± std over seeds; ratios to '{baseline}'\n{table}\nresults: {out_dir}")
   return rows
 
@@ -253,21 +134,21 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
   `--config.<task>.a.b=v`, `--tasks=a,b` picks tasks, and each task gets its table under <results_dir>/<task>.
   `task_variants[task]` limits a task to some variants (default: all); `default_variants` may also be a dict
   task -> the variants that task runs when --variants is not given. `report(rows per task, ablations per
-  task)` returns extra text (e.g. the measured claims), printed and saved as report.md, or (text, a JSON-able dict
-  of measurements the tables lack), the dict saved as report.json for the claims ledger (r1jax.claims).
+  task)` returns extra text (anchors, diagnostics), printed and saved as report.md, or (text, a JSON-able dict of
+  measurements the tables lack), the dict saved as report.json for the claims ledger (r1jax.claims). The seed
+  claims declared for this driver in r1jax.claims are judged from the results folder and appended to the report.
   Compiled programs go to JAX's persistent compilation cache in <results_dir>/.xla_cache (unless
   JAX_COMPILATION_CACHE_DIR is set), so the seeds of a variant compile once.
   """
   import sys
 
-  from absl import app, flags, logging
-  from ml_collections import config_flags
+  from absl import flags, logging
 
   tasks = dict(base) if not isinstance(base, ml_collections.ConfigDict) else None
   if quick and any(a in ("--quick", "--quick=true", "--quick=True") for a in sys.argv[1:]):
     base = ({t: override(c, quick, f"quick ({t})") for t, c in tasks.items()} if tasks
             else override(base, quick, "quick"))
-  config_flags.DEFINE_config_dict("config", ml_collections.ConfigDict(base) if tasks else base)
+  config = ml_collections.ConfigDict(base) if tasks else base  # --config.a.b=v (--config.<task>.a.b=v)
   flags.DEFINE_bool("quick", False, "shrink everything for a smoke run (see the driver's QUICK)")
   flags.DEFINE_list("seeds", [str(s) for s in seeds], "seeds to run")
   per_task = default_variants if isinstance(default_variants, Mapping) else {}
@@ -277,8 +158,8 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
   flags.DEFINE_string("results_dir", "", "results folder (default ./results/<name>)")
   flags.DEFINE_string("workers", str(workers), "runs trained at once on a CPU (a count, or auto)")
   flags.DEFINE_enum("launcher", "local", sweep.LAUNCHERS, "where runs train: here, or SLURM jobs (r1jax.sweep)")
-  config_flags.DEFINE_config_dict("slurm", ml_collections.ConfigDict(dataclasses.asdict(sweep.SlurmOptions())),
-                                  "SLURM resources per run with --launcher=slurm (--slurm.partition=gpu, ...)")
+  # --slurm.<field>: SLURM resources per run with --launcher=slurm (--slurm.partition=gpu, ...)
+  slurm_config = ml_collections.ConfigDict(dataclasses.asdict(sweep.SlurmOptions()))
 
   def main(argv):
     del argv
@@ -302,13 +183,16 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
     if not jax.config.jax_compilation_cache_dir:
       sweep.use_compile_cache(os.path.join(root, ".xla_cache"))
     rows = {t: run(a, launcher=launcher) for t, a in ablations.items()}
+    text = ""
     if report is not None:
       text = report(rows, ablations)
       if isinstance(text, tuple):  # (text, measurements beyond the tables, for r1jax.claims)
         text, facts = text
-        write_json(os.path.join(root, "report.json"), facts)
-      with open(os.path.join(root, "report.md"), "w") as fh:
-        fh.write(text + "\n")
+        reporting.write_json(os.path.join(root, "report.json"), facts)
+    # The seed claims this driver tests, judged from its results folder by their one declaration (r1jax.claims).
+    text = "\n\n".join(t for t in (text, claims.section(name, root)) if t)
+    if text:
+      reporting.write_text(os.path.join(root, "report.md"), text + "\n")
       print(f"\n{text}")
 
-  app.run(main)
+  entry.run(main, {"config": config, "slurm": slurm_config})

@@ -1,36 +1,36 @@
 """Orbax checkpoints of train state (params, optimizer, step) together with the data position and config."""
 
 import os
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
+from r1jax.config import RESUME_KEYS, run_identity
 from r1jax.registry import ConfigError
 
-# Config sections that must match for a resume to make sense (loop lengths and logging may change).
-_MUST_MATCH = ("model", "data", "optim", "seed")
+_MISSING = "<missing>"
 
 
-def dotted_get(d: Any, dotted: str) -> Any:
-  """d["a"]["b"] for "a.b" in a nested config dict; None where a level is missing."""
-  for k in dotted.split("."):
-    d = d.get(k) if isinstance(d, dict) else None
-  return d
-
-
-def check_same_config(saved: dict, config: dict, where: str, keys=_MUST_MATCH) -> None:
-  """Raises ConfigError naming the first of `keys` (dotted for nested ones) on which `saved` differs from `config`."""
-  for key in keys:
-    if dotted_get(saved, key) != dotted_get(config, key):
-      raise ConfigError(f"{where} holds a run with a different '{key}' config. Fix: use a new --config.workdir (or "
-                        "--results_dir for an ablation), delete the old run, or go back to the original config.")
+def check_same_config(saved: dict, config: dict, where: str, keys: tuple[str, ...] = RESUME_KEYS) -> None:
+  """Raises ConfigError naming the first dotted field of the run identity (config.run_identity over `keys`) on
+  which the `saved` config dict differs from `config`."""
+  old, new = run_identity(saved, keys), run_identity(config, keys)
+  for field in list(new) + [f for f in old if f not in new]:
+    if old.get(field, _MISSING) != new.get(field, _MISSING):
+      raise ConfigError(f"{where} holds a run with a different '{field}' config (saved {old.get(field, _MISSING)!r}, "
+                        f"now {new.get(field, _MISSING)!r}). Fix: use a new --config.workdir (or --results_dir for an "
+                        "ablation), delete the old run, or go back to the original config.")
 
 
 class Checkpointer:
-  """Saves {state, meta} (asynchronously) when asked and restores the latest complete checkpoint.
+  """Saves {state, meta} (asynchronously) when asked and restores the newest readable checkpoint.
 
-  A run killed mid-save leaves only an unfinalised temporary directory, which orbax ignores on restore.
+  A run killed mid-save leaves only an unfinalised temporary directory, which orbax ignores on restore. A finalised
+  checkpoint whose files are damaged (truncated, say) is moved to <workdir>/corrupt_checkpoints/<step> with a
+  warning, and the next older one is restored.
   """
 
   def __init__(self, workdir: str, keep: int, create: bool = True):
@@ -43,13 +43,29 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def restore(self, abstract_state: Any, shardings: Any, config: dict) -> tuple[Any, dict]:
-    """Restores the latest checkpoint into `shardings`; checks the saved config matches `config`."""
-    step = self.manager.latest_step()
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    check_same_config(meta["config"], config, f"workdir {os.path.dirname(self.dir)!r}")  # before any array is read
+    """Restores the newest readable checkpoint into `shardings`; checks the saved config matches `config`."""
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
-    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    return state, meta
+    workdir = os.path.dirname(self.dir)
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        check_same_config(meta["config"], config, f"workdir {workdir!r}")  # before any array is read
+        state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        return state, meta
+      except ConfigError:
+        raise
+      except (ValueError, OSError, KeyError) as e:  # damaged files (JSONDecodeError is a ValueError)
+        aside = os.path.join(workdir, "corrupt_checkpoints", str(step))
+        logging.warning("checkpoint step %d in %s cannot be read (%s: %s); moved to %s, trying an older one",
+                        step, self.dir, type(e).__name__, str(e)[:200], aside)
+        if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(aside), exist_ok=True)
+          shutil.rmtree(aside, ignore_errors=True)
+          shutil.move(os.path.join(self.dir, str(step)), aside)
+        self.manager.reload()
+    raise ConfigError(f"workdir {workdir!r}: no checkpoint in {self.dir} can be read (damaged ones were moved to "
+                      f"{os.path.join(workdir, 'corrupt_checkpoints')}). Fix: delete the workdir to start over, or "
+                      "use a new --config.workdir.")
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))

@@ -17,7 +17,10 @@ import os
 from typing import Callable
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from r1jax import entry
+from r1jax.reporting import write_text
 
 SUPPORTED, NOT_AT_SCALE, NOT_TESTED = "supported", "not supported at this scale", "not tested"
 
@@ -71,37 +74,47 @@ class Measured:
   verdict: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Claim:
-  source: str  # seed file
-  quote: str  # the claim in the seed's words
-  english: str
-  experiment: str  # results folder (under the results root) and task
-  command: str  # what produces it
-  measure: Callable[[str], list[Measured]]  # the task folder -> measurements (none: not tested)
-
-
 def _pm(mean: float, std: float, fmt: str = "{:.2f}") -> str:
   return fmt.format(mean) + (f" ± {fmt.format(std)}" if std else "")
 
 
-def _speed_quality(speed_key: str, variants: tuple[str, ...], speed: float, quality: float, metric: str):
-  """Tok/s ratio (speed_key) and quality ratio to dense: accuracy ratio (metric "accuracy") or dense loss / loss."""
-  def measure(folder: str) -> list[Measured]:
+def _verdict(ok: bool) -> str:
+  return SUPPORTED if ok else NOT_AT_SCALE
+
+
+# Measures: each holds a claim's metric, statistic and threshold (one place), says them in words (`judged_on`), and
+# turns a task's results folder into measurements with verdicts (`__call__`; none where the results are missing).
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedQuality:
+  """A speed ratio (`speed_key`) of at least `min_speed` at a quality ratio of at least `min_quality` to the
+  folder's baseline: accuracy ratio (quality="accuracy") or baseline loss / loss (quality="loss")."""
+
+  variants: tuple[str, ...]
+  min_speed: float
+  min_quality: float
+  quality: str  # accuracy | loss
+  speed_key: str = "perf/eval_tokens_per_sec"  # forward-only throughput: the claims are about inference
+
+  def judged_on(self) -> str:
+    q = "accuracy ratio" if self.quality == "accuracy" else "baseline loss / loss"
+    return (f"{self.speed_key.split('/')[-1]} ratio >= {self.min_speed:g} and {q} >= {self.min_quality:g}; per-seed "
+            "ratios to the baseline, mean ± std")
+
+  def __call__(self, folder: str) -> list[Measured]:
     r = Results.load(folder)
     if r is None:
       return []
     out = []
-    for v in (v for v in variants if v in r.rows):
-      s = r.ratio(v, speed_key)
-      acc = metric == "accuracy"
+    for v in (v for v in self.variants if v in r.rows):
+      s = r.ratio(v, self.speed_key)
+      acc = self.quality == "accuracy"
       q = r.ratio(v, "eval/accuracy") if acc else r.ratio(v, "eval/loss", invert=True)
-      ok = s[0] >= speed and q[0] >= quality
-      value = (f"{v}: {_pm(*s)}x {speed_key.split('/')[-1]}, quality {_pm(*q, '{:.3f}')} "
+      value = (f"{v}: {_pm(*s)}x {self.speed_key.split('/')[-1]}, quality {_pm(*q, '{:.3f}')} "
                f"({'accuracy' if acc else 'dense loss / loss'})")
-      out.append(Measured(value, r.scale(v), SUPPORTED if ok else NOT_AT_SCALE))
+      out.append(Measured(value, r.scale(v), _verdict(s[0] >= self.min_speed and q[0] >= self.min_quality)))
     return out
-  return measure
 
 
 def _saved_complexity(folder: str) -> dict:
@@ -113,121 +126,218 @@ def _saved_complexity(folder: str) -> dict:
     return json.load(f)["complexity"]
 
 
-def _complexity(folder: str) -> list[Measured]:
-  from r1jax.scaling import fit_exponent  # the driver's own slope fit (imports JAX: only when there is a slope)
+@dataclasses.dataclass(frozen=True)
+class Complexity:
+  """The log-log slope of a mixer's compiled forward FLOPs against T, at most n log n's slope + `slack`."""
 
-  cx = _saved_complexity(folder)
-  out = []
-  for v in (v for v in ("dense", "topk16", "block8x2") if v in cx):
-    T = cx[v]["lengths"]
-    # n log n over T = 512..8192 fits a log-log slope of about 1.1; quadratic 2.
-    nlogn = fit_exponent(T, np.asarray(T) * np.log(T))
-    ok = cx[v]["slope"] <= nlogn + 0.1
-    out.append(Measured(f"{v}: FLOPs ~ T^{cx[v]['slope']:.2f} (n log n: T^{nlogn:.2f})",
-                        f"one mixer, d=64, 2 heads, compiled forward FLOPs, T={T[0]}..{T[-1]}",
-                        "-" if v == "dense" else SUPPORTED if ok else NOT_AT_SCALE))
-  return out
+  variants: tuple[str, ...]
+  slack: float = 0.1
 
+  def judged_on(self) -> str:
+    return f"log-log slope of compiled FLOPs over T <= n log n's slope + {self.slack:g} (report.json)"
 
-def _compute_cut(folder: str) -> list[Measured]:
-  cx = _saved_complexity(folder)
-  out = []
-  for v in (v for v in ("topk16", "block8x2") if v in cx and "dense" in cx):
-    cut = 1 - cx[v]["flops"][-1] / cx["dense"]["flops"][-1]
-    out.append(Measured(f"{v}: {cut:.0%} fewer attention FLOPs than dense", f"one mixer at T={cx[v]['lengths'][-1]}",
-                        SUPPORTED if cut >= 0.65 else NOT_AT_SCALE))
-  return out
+  def __call__(self, folder: str) -> list[Measured]:
+    from r1jax.scaling import fit_exponent  # the driver's own slope fit (imports JAX: only when there is a slope)
 
-
-def _moe(folder: str) -> list[Measured]:
-  r = Results.load(folder)
-  if r is None or "dense_8x" not in r.rows:
-    return []
-  r = dataclasses.replace(r, baseline="dense_8x")  # the dense model of the same total parameters
-  out = []
-  for v in (v for v in ("top2", "top1", "deepseekmoe") if v in r.rows):
-    s = r.ratio(v, "perf/eval_tokens_per_sec")
-    loss = r.ratio(v, "eval/loss")
-    ok = s[0] >= 3.0 and loss[0] - 1 < 0.01
-    out.append(Measured(f"{v} vs dense_8x: {_pm(*s)}x inference tok/s, loss {100 * (loss[0] - 1):+.2f}% "
-                        f"(± {100 * loss[1]:.2f})", r.scale(v), SUPPORTED if ok else NOT_AT_SCALE))
-  return out
+    cx = _saved_complexity(folder)
+    out = []
+    for v in (v for v in ("dense",) + self.variants if v in cx):
+      T = cx[v]["lengths"]
+      # n log n over T = 512..8192 fits a log-log slope of about 1.1; quadratic 2.
+      nlogn = fit_exponent(T, np.asarray(T) * np.log(T))
+      out.append(Measured(f"{v}: FLOPs ~ T^{cx[v]['slope']:.2f} (n log n: T^{nlogn:.2f})",
+                          f"one mixer, d=64, 2 heads, compiled forward FLOPs, T={T[0]}..{T[-1]}",
+                          "-" if v == "dense" else _verdict(cx[v]["slope"] <= nlogn + self.slack)))
+    return out
 
 
-def _params_same_quality(folder: str) -> list[Measured]:
-  r = Results.load(folder)
-  if r is None or "LLGG" not in r.rows:
-    return []
-  params = r.rows["LLGG"]["num_params"] / r.rows[r.baseline]["num_params"]
-  q = r.ratio("LLGG", "eval/accuracy")
-  ok = 1 - params >= 0.35 and q[0] >= 0.98
-  return [Measured(f"LLGG (local, local, global, global): params x{params:.3f}, accuracy x{_pm(*q, '{:.3f}')}",
-                   r.scale("LLGG"), SUPPORTED if ok else NOT_AT_SCALE)]
+@dataclasses.dataclass(frozen=True)
+class ComputeCut:
+  """At least `min_cut` fewer compiled attention FLOPs than dense at the longest measured T."""
+
+  variants: tuple[str, ...]
+  min_cut: float
+
+  def judged_on(self) -> str:
+    return f"1 - FLOPs / dense FLOPs >= {self.min_cut:.0%} at the longest T (report.json)"
+
+  def __call__(self, folder: str) -> list[Measured]:
+    cx = _saved_complexity(folder)
+    out = []
+    for v in (v for v in self.variants if v in cx and "dense" in cx):
+      cut = 1 - cx[v]["flops"][-1] / cx["dense"]["flops"][-1]
+      out.append(Measured(f"{v}: {cut:.0%} fewer attention FLOPs than dense",
+                          f"one mixer at T={cx[v]['lengths'][-1]}", _verdict(cut >= self.min_cut)))
+    return out
 
 
-def _fusion_gain(folder: str) -> list[Measured]:
-  r = Results.load(folder)
-  if r is None:
-    return []
-  out = []
-  for v in (v for v in ("fusion_token", "fusion_head") if v in r.rows):
-    q = r.ratio(v, "eval/accuracy")
-    out.append(Measured(f"{v}: accuracy {100 * (q[0] - 1):+.1f}% (± {100 * q[1]:.1f}) vs global",
-                        r.scale(v), SUPPORTED if q[0] - 1 >= 0.27 else NOT_AT_SCALE))
-  return out
+@dataclasses.dataclass(frozen=True)
+class SpeedAtLoss:
+  """At least `min_speed` x the `baseline` variant's speed with a loss at most `max_loss_increase` above it."""
+
+  variants: tuple[str, ...]
+  baseline: str
+  min_speed: float
+  max_loss_increase: float
+  speed_key: str = "perf/eval_tokens_per_sec"
+
+  def judged_on(self) -> str:
+    return (f"{self.speed_key.split('/')[-1]} ratio to {self.baseline} >= {self.min_speed:g} and loss ratio - 1 < "
+            f"{self.max_loss_increase:.0%}; per-seed ratios, mean ± std")
+
+  def __call__(self, folder: str) -> list[Measured]:
+    r = Results.load(folder)
+    if r is None or self.baseline not in r.rows:
+      return []
+    r = dataclasses.replace(r, baseline=self.baseline)
+    out = []
+    for v in (v for v in self.variants if v in r.rows):
+      s, loss = r.ratio(v, self.speed_key), r.ratio(v, "eval/loss")
+      ok = s[0] >= self.min_speed and loss[0] - 1 < self.max_loss_increase
+      out.append(Measured(f"{v} vs {self.baseline}: {_pm(*s)}x inference tok/s, loss {100 * (loss[0] - 1):+.2f}% "
+                          f"(± {100 * loss[1]:.2f})", r.scale(v), _verdict(ok)))
+    return out
 
 
-def _long_text(folder: str) -> list[Measured]:
-  r = Results.load(folder)
-  if r is None or "time_channel" not in r.rows:
-    return []
-  q = r.ratio("time_channel", "eval/loss", invert=True)
-  # "x2.3 long-text ability" names no metric; a gain must at least show as a lower loss than dense.
-  return [Measured(f"time_channel: dense loss / loss {_pm(*q, '{:.3f}')}", r.scale("time_channel"),
-                   "a gain, not measurable as x2.3" if q[0] > 1 else NOT_AT_SCALE)]
+@dataclasses.dataclass(frozen=True)
+class FewerParams:
+  """At least `min_cut` fewer parameters than the baseline at an accuracy ratio of at least `min_quality`."""
+
+  variant: str
+  min_cut: float
+  min_quality: float
+  label: str = ""  # how the variant reads in the ledger
+
+  def judged_on(self) -> str:
+    return (f"1 - params / baseline params >= {self.min_cut:.0%} and accuracy ratio >= {self.min_quality:g}; "
+            "per-seed ratios, mean ± std")
+
+  def __call__(self, folder: str) -> list[Measured]:
+    r = Results.load(folder)
+    if r is None or self.variant not in r.rows:
+      return []
+    params = r.rows[self.variant]["num_params"] / r.rows[r.baseline]["num_params"]
+    q = r.ratio(self.variant, "eval/accuracy")
+    ok = 1 - params >= self.min_cut and q[0] >= self.min_quality
+    return [Measured(f"{self.label or self.variant}: params x{params:.3f}, accuracy x{_pm(*q, '{:.3f}')}",
+                     r.scale(self.variant), _verdict(ok))]
 
 
-SPARSE_CMD = "python experiments/sparse_attn_ablation.py"
+@dataclasses.dataclass(frozen=True)
+class AccuracyGain:
+  """An accuracy at least `min_gain` (relative) above the baseline's."""
+
+  variants: tuple[str, ...]
+  min_gain: float
+
+  def judged_on(self) -> str:
+    return f"accuracy ratio - 1 >= {self.min_gain:.0%}; per-seed ratios, mean ± std"
+
+  def __call__(self, folder: str) -> list[Measured]:
+    r = Results.load(folder)
+    if r is None:
+      return []
+    out = []
+    for v in (v for v in self.variants if v in r.rows):
+      q = r.ratio(v, "eval/accuracy")
+      out.append(Measured(f"{v}: accuracy {100 * (q[0] - 1):+.1f}% (± {100 * q[1]:.1f}) vs {r.baseline}",
+                          r.scale(v), _verdict(q[0] - 1 >= self.min_gain)))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LossGain:
+  """A claimed gain with no metric ("x2.3 long-text ability"): at least a lower loss than the baseline."""
+
+  variant: str
+  claimed: float
+
+  def judged_on(self) -> str:
+    return f"baseline loss / loss > 1 (the x{self.claimed:g} names no metric); per-seed ratios, mean ± std"
+
+  def __call__(self, folder: str) -> list[Measured]:
+    r = Results.load(folder)
+    if r is None or self.variant not in r.rows:
+      return []
+    q = r.ratio(self.variant, "eval/loss", invert=True)
+    return [Measured(f"{self.variant}: dense loss / loss {_pm(*q, '{:.3f}')}", r.scale(self.variant),
+                     f"a gain, not measurable as x{self.claimed:g}" if q[0] > 1 else NOT_AT_SCALE)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """One numeric claim of a seed article, declared once: the driver's report and the ledger both judge it here."""
+
+  source: str  # seed file(s)
+  quote: str  # the claim in the seed's words
+  english: str
+  driver: str  # experiments/<driver>.py, whose results folder is <results root>/<driver>
+  task: str  # the task folder inside it ("" for a single-task driver)
+  measure: Callable[[str], list[Measured]]  # a measure above: metric, statistic and threshold
+
+  @property
+  def experiment(self) -> str:
+    return f"{self.driver}/{self.task}" if self.task else self.driver
+
+  @property
+  def command(self) -> str:
+    return f"python experiments/{self.driver}.py"
+
+
+SPARSE = "sparse_attn_ablation"
 CLAIMS = (
     Claim("002, 004", "在保持98%精度的情况下,推理速度提升3.2倍", "sparse attention: 3.2x faster at >= 98% accuracy",
-          "sparse_attn_ablation/mqar", SPARSE_CMD,
-          _speed_quality("perf/eval_tokens_per_sec", ("topk16", "block8x2"), 3.2, 0.98, "accuracy")),
+          SPARSE, "mqar", SpeedQuality(("topk16", "block8x2"), 3.2, 0.98, "accuracy")),
     Claim("002, 004", "在保持98%精度的情况下,推理速度提升3.2倍", "(the same claim on text)",
-          "sparse_attn_ablation/shakespeare", SPARSE_CMD,
-          _speed_quality("perf/eval_tokens_per_sec", ("topk16", "block8x2"), 3.2, 0.98, "loss")),
+          SPARSE, "shakespeare", SpeedQuality(("topk16", "block8x2"), 3.2, 0.98, "loss")),
     Claim("002", "计算复杂度从O(n²)降至O(n log n)", "sparse attention: O(n^2) -> O(n log n)",
-          "sparse_attn_ablation/mqar", SPARSE_CMD, _complexity),
+          SPARSE, "mqar", Complexity(("topk16", "block8x2"))),
     Claim("003", "稀疏注意力架构将计算量降低65%", "sparse attention cuts compute by 65%",
-          "sparse_attn_ablation/mqar", SPARSE_CMD, _compute_cut),
+          SPARSE, "mqar", ComputeCut(("topk16", "block8x2"), 0.65)),
     Claim("000", "推理速度提升3-5倍,而准确率损失不足1%", "MoE: 3-5x faster inference than dense, < 1% accuracy loss",
-          "moe_ablation", "python experiments/moe_ablation.py", _moe),
+          "moe_ablation", "", SpeedAtLoss(("top2", "top1", "deepseekmoe"), "dense_8x", 3.0, 0.01)),
     Claim("001", "参数量减少35%的同时,保持了与BERT-large相当的语义理解能力",
           "local lower / global upper layers: 35% fewer parameters at the same quality",
-          "hierarchical_routing_ablation/listops", "python experiments/hierarchical_routing_ablation.py",
-          _params_same_quality),
+          "hierarchical_routing_ablation", "listops",
+          FewerParams("LLGG", 0.35, 0.98, "LLGG (local, local, global, global)")),
     Claim("004", "Attention_final = β·Local_Att + (1-β)·Global_Att ... 证明题解答准确率提升27%",
-          "learned local/global fusion: +27% accuracy", "hierarchical_routing_ablation/listops",
-          "python experiments/hierarchical_routing_ablation.py", _fusion_gain),
+          "learned local/global fusion: +27% accuracy", "hierarchical_routing_ablation", "listops",
+          AccuracyGain(("fusion_token", "fusion_head"), 0.27)),
     Claim("003", "引入时间维度和空间维度的注意力权重,使长文本处理能力提升2.3倍",
-          "time + space ('three-dimensional') attention: long-text ability x2.3", "attention3d_ablation/text",
-          "python experiments/attention3d_ablation.py", _long_text),
+          "time + space ('three-dimensional') attention: long-text ability x2.3", "attention3d_ablation", "text",
+          LossGain("time_channel", 2.3)),
 )
+TABLE_HEAD = ["| seed | claim | experiment | judged on | measured | scale | verdict |", "|---|---|---|---|---|---|---|"]
+
+
+def rows(claim: Claim, driver_folder: str) -> list[str]:
+  """The claim's table rows from the results folder of its driver (`<results root>/<driver>`)."""
+  found = claim.measure(os.path.join(driver_folder, claim.task))
+  head = f"| {claim.source} | {claim.english} ({claim.quote}) | {claim.experiment} | {claim.measure.judged_on()} |"
+  if not found:
+    return [f"{head} - | - | {NOT_TESTED}: run `{claim.command}` |"]
+  return [f"{head} {m.value} | {m.scale} | {m.verdict} |" for m in found]
+
+
+def section(driver: str, driver_folder: str) -> str:
+  """The driver's seed claims judged from its results folder, as its report prints them ("" if it has none)."""
+  mine = [c for c in CLAIMS if c.driver == driver]
+  if not mine:
+    return ""
+  lines = ["## Seed claims, judged (declared in r1jax/claims.py; `python -m r1jax.claims` gives the same verdicts)", ""]
+  lines += TABLE_HEAD + [row for c in mine for row in rows(c, driver_folder)]
+  return "\n".join(lines)
 
 
 def ledger(results_root: str) -> str:
   """CLAIMS.md's text from the results folders under `results_root`."""
   lines = ["# Claims ledger", "",
            "Written by `python -m r1jax.claims` from the results folders of the experiments (never by hand); rerun it",
-           "after rerunning an experiment. Seed files are in `../shared/seeds/`. Values are ratios to the baseline",
-           "measured in the same run (per seed, then mean ± std over seeds).", "",
-           "| seed | claim | experiment | measured | scale | verdict |", "|---|---|---|---|---|---|"]
-  for c in CLAIMS:
-    found = c.measure(os.path.join(results_root, c.experiment))
-    claim = f"{c.english} ({c.quote})"
-    if not found:
-      lines.append(f"| {c.source} | {claim} | {c.experiment} | - | - | {NOT_TESTED}: run `{c.command}` |")
-    for m in found:
-      lines.append(f"| {c.source} | {claim} | {c.experiment} | {m.value} | {m.scale} | {m.verdict} |")
+           "after rerunning an experiment. The seed articles are five popular Chinese write-ups of DeepSeek-R1; each",
+           "claim is quoted in their words. Values are ratios to the baseline measured in the same run (per seed, then",
+           "mean ± std over seeds). Each claim's metric, statistic and threshold are declared once, in",
+           "`r1jax/claims.py`; the drivers' reports judge them from the same declaration.", ""]
+  lines += TABLE_HEAD + [row for c in CLAIMS for row in rows(c, os.path.join(results_root, c.driver))]
   lines += ["", "The seeds give no number for context-aware weight updates (`W_t = a W_(t-1) + (1-a) f(context_t)`);",
             "`python experiments/context_rnn_ablation.py` measures them against attention (MQAR recall, text loss)."]
   return "\n".join(lines) + "\n"
@@ -236,14 +346,11 @@ def ledger(results_root: str) -> str:
 def main(argv):
   del argv
   text = ledger(os.path.abspath(flags.FLAGS.results))
-  tmp = flags.FLAGS.out + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, flags.FLAGS.out)
+  write_text(flags.FLAGS.out, text)
   print(text)
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("results", "results", "the results root (one folder per experiment)")
   flags.DEFINE_string("out", "CLAIMS.md", "where the ledger goes")
-  app.run(main)
+  entry.run(main)

@@ -16,6 +16,7 @@ ARCHS = ("lm", "video")
 VIDEO_MIXERS = ("spacetime",)  # mixers over [B, T, S, D] (r1jax/attention/spacetime.py), for arch=video only
 DATA_KINDS = ("text", "mqar", "listops", "moving_digits")
 VIDEO_LABELS = ("direction", "digit")
+TINY_SHAKESPEARE = "package:tinyshakespeare.txt"  # shipped in r1jax/assets (see its README), found from any cwd
 
 
 def _require(ok: bool, field: str, problem: str, fix: str) -> None:
@@ -116,7 +117,7 @@ class DataConfig:
   """Dataset and batching. The batch is global (over all devices and processes)."""
 
   kind: str = "text"  # text (character file) | mqar (associative recall, Zoology) | listops (LRA) | moving_digits
-  path: str = ""  # text: path to a UTF-8 text file, e.g. ../shared/data/tinyshakespeare.txt
+  path: str = TINY_SHAKESPEARE  # text: a UTF-8 text file, or package:<name> for one shipped in r1jax/assets
   val_fraction: float = 0.1  # text: last fraction of the file held out for validation (nanoGPT: 0.1)
   seq_len: int = 64  # tokens per training sequence
   batch_size: int = 12  # global sequences per step
@@ -151,7 +152,7 @@ class DataConfig:
              "must be >= 0", "use 0 for the defaults")
     if self.kind == "text":
       _require(bool(self.path), "data.path", "no text file given for data.kind=text",
-               "pass --config.data.path=../shared/data/tinyshakespeare.txt")
+               f"pass --config.data.path=/path/to/file.txt (or {TINY_SHAKESPEARE}, the shipped default)")
       _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"{self.val_fraction} not in (0, 1)", "use 0.1")
     elif self.kind == "moving_digits":
       _require(self.video_frames >= 2, "data.video_frames", f"{self.video_frames} frames show no motion",
@@ -274,7 +275,7 @@ class Config:
   """A whole run: what to train, on what, how long, where."""
 
   model: ModelConfig = ModelConfig()
-  data: DataConfig = DataConfig(path="../shared/data/tinyshakespeare.txt")
+  data: DataConfig = DataConfig()
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
@@ -330,8 +331,66 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
+# DataConfig fields every dataset reads, and those each dataset reads beyond them: a run's identity covers only its
+# own dataset's fields (tests/test_config.py checks that every field is listed here).
+DATA_COMMON_FIELDS = ("kind", "seq_len", "batch_size", "eval_batch_size", "eval_max_batches")
+DATA_KIND_FIELDS = {
+    "text": ("path", "val_fraction"),
+    "mqar": ("mqar_vocab_size", "num_kv_pairs", "power_a", "random_non_queries", "curriculum_steps",
+             "curriculum_seq_len", "curriculum_kv_pairs", "num_train_examples", "num_test_examples"),
+    "listops": ("listops_min_len", "listops_max_depth", "listops_max_args", "num_train_examples",
+                "num_test_examples"),
+    "moving_digits": ("video_frames", "video_canvas", "video_patch", "video_max_speed", "video_label",
+                      "num_train_examples", "num_test_examples"),
+}
+RUN_KEYS = ("model", "data", "optim", "seed", "train.steps")  # the config sections a run's result depends on
+RESUME_KEYS = ("model", "data", "optim", "seed")  # a resumed run may change its length, logging and checkpointing
+
+
+def dotted_get(d: Any, dotted: str) -> Any:
+  """d["a"]["b"] for "a.b" in a nested config dict; None where a level is missing."""
+  for k in dotted.split("."):
+    d = d.get(k) if isinstance(d, Mapping) else None
+  return d
+
+
+def _used_names(model: Mapping[str, Any], kind: str) -> set[str]:
+  """The registered mixer/ffn names a model config dict's layers use (its pattern cycled over the layers)."""
+  pattern = list(model.get(f"{kind}_pattern") or ()) or [model[kind]]
+  return {pattern[i % len(pattern)] for i in range(model["num_layers"])}
+
+
+def run_identity(cfg: Mapping[str, Any], keys: tuple[str, ...] = RUN_KEYS) -> dict[str, Any]:
+  """What a run's result depends on, from a config dict (`to_dict`, or a saved result's), flattened to dotted names.
+
+  Only the options of the mixers and feed-forwards the layers use, and only the run's own dataset's fields, count:
+  adding an option to an unused mixer, or a field to another dataset, leaves every finished run valid.
+  """
+  out = {}
+
+  def flat(prefix: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+      for k, v in value.items():
+        flat(f"{prefix}.{k}", v)
+    else:
+      out[prefix] = list(value) if isinstance(value, tuple) else value
+
+  for key in keys:
+    value = dotted_get(cfg, key)
+    if key == "model" and isinstance(value, Mapping):
+      value = dict(value)
+      for kind in ("mixer", "ffn"):
+        used = _used_names(value, kind)
+        value[f"{kind}_options"] = {k: v for k, v in value.get(f"{kind}_options", {}).items() if k in used}
+    elif key == "data" and isinstance(value, Mapping):
+      own = DATA_COMMON_FIELDS + DATA_KIND_FIELDS.get(value.get("kind"), ())
+      value = {k: v for k, v in value.items() if k in own}
+    flat(key, value)
+  return out
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
-  """A JSON-serialisable dict of `cfg` (options dataclasses become dicts)."""
+  """A JSON-serialisable dict of `cfg` (options dataclasses become dicts): what runs save and are rebuilt from."""
 
   def plain(x):
     if dataclasses.is_dataclass(x):
@@ -342,4 +401,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
       return [plain(v) for v in x]
     return x
 
-  return plain(cfg)
+  out = plain(cfg)
+  for kind in ("mixer", "ffn"):  # the options of the layers' own mixers/ffns, defaults filled in; no others
+    out["model"][f"{kind}_options"] = {name: plain(cfg.model.options(kind, name))
+                                       for name in sorted(set(cfg.model.layer_names(kind)))}
+  return out

@@ -3,9 +3,7 @@
 import ml_collections
 
 from r1jax.ablation import override
-from r1jax.config import default_config
-
-TINY_SHAKESPEARE = "../shared/data/tinyshakespeare.txt"  # relative to the repository root (see ../shared/data)
+from r1jax.config import TINY_SHAKESPEARE, default_config
 
 
 def shakespeare_char(path: str = TINY_SHAKESPEARE) -> ml_collections.ConfigDict:

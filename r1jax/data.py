@@ -3,13 +3,14 @@ batches are pure functions of (seed, step)."""
 
 import dataclasses
 import functools
+import importlib.resources
 import os
 from typing import Iterator
 
 import numpy as np
 
 from r1jax import listops, moving_digits
-from r1jax.config import DataConfig
+from r1jax.config import TINY_SHAKESPEARE, DataConfig
 from r1jax.registry import ConfigError
 
 # A batch is a dict of numpy arrays (global, over all devices):
@@ -31,6 +32,26 @@ def _pad_rows(batch: Batch, rows: int) -> Batch:
   return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
 
 
+PACKAGE_PREFIX = "package:"  # data.path=package:<file> names a file shipped in r1jax/assets
+
+
+def resolve_path(path: str) -> str:
+  """The file `data.path` names: package:<file> is looked up inside the installed r1jax package (any working
+  directory), anything else is an ordinary path. Raises ConfigError when there is no such file."""
+  if path.startswith(PACKAGE_PREFIX):
+    assets = importlib.resources.files("r1jax") / "assets"
+    found = assets / path[len(PACKAGE_PREFIX):]
+    if not found.is_file():
+      shipped = sorted(PACKAGE_PREFIX + f.name for f in assets.iterdir() if f.name.endswith(".txt"))
+      raise ConfigError(f"data.path: {path!r} is not shipped with r1jax (shipped: {shipped}). Fix: use one of "
+                        "those, or pass a file's path: --config.data.path=/path/to/file.txt.")
+    return str(found)
+  if not os.path.isfile(path):
+    raise ConfigError(f"data.path: text file {path!r} does not exist (cwd {os.getcwd()!r}). Fix: pass "
+                      f"--config.data.path=/path/to/file.txt, or {TINY_SHAKESPEARE} (the shipped default).")
+  return path
+
+
 @dataclasses.dataclass
 class TextData:
   """Character-level text, 90/10 train/val split of the file (nanoGPT's shakespeare_char).
@@ -45,10 +66,7 @@ class TextData:
 
   def __post_init__(self):
     path = self.cfg.path
-    if not os.path.isfile(path):
-      raise ConfigError(f"data.path: text file {path!r} does not exist (cwd {os.getcwd()!r}). Fix: pass "
-                        "--config.data.path=/path/to/file.txt, e.g. ../shared/data/tinyshakespeare.txt.")
-    with open(path, encoding="utf-8") as f:
+    with open(resolve_path(path), encoding="utf-8") as f:
       text = f.read()
     self.chars = sorted(set(text))
     lookup = {c: i for i, c in enumerate(self.chars)}

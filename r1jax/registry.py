@@ -26,6 +26,10 @@ class ConfigError(ValueError):
   """A configuration that cannot work; the message names the field and a fix."""
 
 
+class NonFiniteError(RuntimeError):
+  """Training stopped: a step's loss or gradient norm was not finite; nothing from that step on was saved."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
   module: type  # a Linen module class taking (cfg: ModelConfig, opts: options) as attributes

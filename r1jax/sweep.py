@@ -26,18 +26,16 @@ from typing import Callable, Sequence
 
 import jax
 
-from r1jax.checkpoint import dotted_get
-from r1jax.config import Config, to_dict
-from r1jax.registry import ConfigError
+from r1jax import reporting
+from r1jax.config import Config, run_identity, to_dict
+from r1jax.registry import ConfigError, NonFiniteError
 
-RUN_KEYS = ("model", "data", "optim", "seed", "train.steps")  # what a run's result depends on
 LAUNCHERS = ("local", "slurm")
 
 
 def config_hash(cfg: Config) -> str:
-  """12 hex digits of the run's identity (RUN_KEYS of its config): same config, same hash, on any machine."""
-  d = to_dict(cfg)
-  text = json.dumps({k: dotted_get(d, k) for k in RUN_KEYS}, sort_keys=True, default=str)
+  """12 hex digits of the run's identity (config.run_identity): same config, same hash, on any machine."""
+  text = json.dumps(run_identity(to_dict(cfg)), sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -72,12 +70,8 @@ class SweepRecord:
     return cls(path, name, sweep_id(name, configs), runs)
 
   def save(self) -> None:
-    if jax.process_index() != 0:
-      return
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump({"name": self.name, "sweep_id": self.id, "runs": self.runs}, f, indent=1)
-    os.replace(tmp, self.path)
+    if jax.process_index() == 0:
+      reporting.write_json(self.path, {"name": self.name, "sweep_id": self.id, "runs": self.runs})
 
 
 # Launchers: launch(todo, finish, log, record) trains every (label, cfg) of `todo` and calls finish(label, result).
@@ -101,11 +95,19 @@ def _worker_init(cache_dir: str | None) -> None:
     use_compile_cache(cache_dir)
 
 
-def _train_quietly(cfg_dict: dict) -> dict:
+def train_or_fail(cfg: Config, train_fn: Callable[[Config], dict] | None = None) -> dict:
+  """The run's result, or, when it stopped on a non-finite loss, reporting.failed_result (the sweep goes on)."""
   from r1jax.train import train
 
+  try:
+    return (train_fn or train)(cfg)
+  except NonFiniteError as e:
+    return reporting.failed_result(to_dict(cfg), str(e))
+
+
+def _train_quietly(cfg_dict: dict) -> dict:
   cfg = Config.from_dict(cfg_dict)  # a Config holds read-only mappings, which do not pickle
-  return train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False)))
+  return train_or_fail(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False)))
 
 
 def resolve_workers(workers: int | str) -> int:
@@ -151,11 +153,9 @@ class LocalLauncher:
       finally:  # on an error, drop the queued runs (finished ones are saved; a rerun resumes the rest)
         pool.shutdown(wait=True, cancel_futures=True)
       return
-    from r1jax.train import train
-
     for label, cfg in todo:
       log(f"{label} -> {cfg.workdir}")
-      finish(label, (self.train_fn or train)(cfg))
+      finish(label, train_or_fail(cfg, self.train_fn))
 
 
 # ---------------------------------------------------------------------------------------------------------- SLURM
@@ -198,16 +198,10 @@ class SlurmOptions:
 
 
 def _slurm_task(cfg_dict: dict) -> dict | None:
-  """One task of a run's job: trains (every task of a multi-process run), returns the result from process 0 and
-  writes it to <workdir>/result.json there, so a sweep whose launcher died still finds it."""
-  from r1jax.ablation import write_json
-  from r1jax.train import train
-
-  result = train(Config.from_dict(cfg_dict))
-  if jax.process_index() != 0:
-    return None
-  write_json(os.path.join(result["config"]["workdir"], "result.json"), result)
-  return result
+  """One task of a run's job: trains (every task of a multi-process run) and returns the result from process 0; the
+  run itself writes <workdir>/result.json, so a sweep whose launcher died still finds it."""
+  result = train_or_fail(Config.from_dict(cfg_dict))
+  return result if jax.process_index() == 0 else None
 
 
 def _queued(job_id: str) -> bool:

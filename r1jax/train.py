@@ -13,13 +13,13 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from r1jax import sharding
+from r1jax import reporting, sharding
 from r1jax.checkpoint import Checkpointer
 from r1jax.config import Config, DistConfig, ModelConfig, OptimConfig, to_dict
 from r1jax.data import make_dataset
 from r1jax.model import Transformer
 from r1jax.video import make_model
-from r1jax.registry import ConfigError
+from r1jax.registry import ConfigError, NonFiniteError
 from r1jax.writers import MetricWriter
 
 
@@ -222,7 +222,7 @@ class Run:
       flops_per_token = compiled_flops(compiled) * self.mesh.size / tokens_per_step
 
       timed = {"tokens": 0, "sec": 0.0}
-      window = {"t": time.perf_counter(), "steps": 0, "first": True, "metrics": None}
+      window = {"t": time.perf_counter(), "steps": 0, "first": True, "metrics": None, "checks": []}
       pbar = tqdm(total=tc.steps, initial=start, disable=not (self.is_main and tc.progress), unit="step",
                   dynamic_ncols=True, mininterval=1.0)
 
@@ -230,6 +230,22 @@ class Run:
         """Syncs, then accounts the steps since the last sync (the first window holds warm-up and is excluded)."""
         if not window["steps"]:
           return
+        # Every step's loss and gradient norm, fetched at this sync (no extra sync per step): the first non-finite
+        # one stops the run before anything after it (log, eval, checkpoint) is written.
+        checks = jax.device_get(window["checks"])
+        bad = next(((s, l, g) for s, l, g in checks if not (np.isfinite(l) and np.isfinite(g))), None)
+        if bad is not None:
+          pbar.close()
+          last = ckpt.latest_step() if ckpt is not None else None
+          if ckpt is not None:
+            ckpt.close()  # a save of an earlier, good step still in flight completes
+          writer.close()
+          where = (f"the last good checkpoint is step {last} in {ckpt.dir}; rerunning resumes from it" if last
+                   else "no checkpoint was written (workdir unset or none saved yet)")
+          raise NonFiniteError(f"train step {bad[0]}: loss={float(bad[1])}, grad_norm={float(bad[2])} is not "
+                               f"finite; the run stopped and nothing from this step was saved; {where}. Fix: lower "
+                               "optim.lr or raise optim.warmup_steps (or use model.dtype=float32), in a new workdir.")
+        window["checks"] = []
         metrics = jax.device_get(window["metrics"])
         sec = time.perf_counter() - window["t"]
         tps = window["steps"] * tokens_per_step / sec  # the MQAR curriculum keeps tokens per step
@@ -248,6 +264,7 @@ class Run:
         state, window["metrics"] = shaped[batch["inputs"].shape](state, batch, base_rng)
         window["steps"] += 1
         done = step + 1
+        window["checks"].append((done, window["metrics"]["train/loss"], window["metrics"]["train/grad_norm"]))
         eval_now = done == tc.steps or (tc.eval_every and done % tc.eval_every == 0)
         ckpt_now = ckpt is not None and (done == tc.steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0))
         if done % tc.log_every == 0 or eval_now or ckpt_now:
@@ -273,7 +290,7 @@ class Run:
     tokens_per_sec = timed["tokens"] / timed["sec"] if timed["sec"] else float("nan")
     et = self.eval_timing
     eval_tokens_per_sec = et["tokens"] / et["sec"] if et["sec"] else float("nan")
-    return {
+    result = {
         "config": cfg_dict,
         "num_params": num_params,
         "final": last_eval,
@@ -285,6 +302,9 @@ class Run:
                  "resumed_from": start, "devices": self.mesh.size, "processes": jax.process_count(),
                  "backend": jax.default_backend()},
     }
+    if self.is_main:
+      reporting.save_result(result)  # <workdir>/result.json, atomically, once the run is finished
+    return result
 
 
 def train(cfg: Config) -> dict:

@@ -13,17 +13,18 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import logging  # noqa: E402
 
+from r1jax.config import TINY_SHAKESPEARE  # noqa: E402
+from r1jax.data import resolve_path  # noqa: E402
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 logging.set_verbosity(logging.WARNING)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt")
+SHAKESPEARE = resolve_path(TINY_SHAKESPEARE)  # shipped inside the package
 
 
 @pytest.fixture
 def shakespeare_path():
-  if not os.path.isfile(SHAKESPEARE):
-    pytest.skip(f"real text data not found at {SHAKESPEARE} (the shared data folder beside the repository)")
   return SHAKESPEARE
 
 

@@ -1,5 +1,6 @@
 """The ablation runner: variants x seeds, table with mean +- std and ratios, files and plots, skip when done."""
 
+import dataclasses
 import json
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from r1jax import ablation
+from r1jax import ablation, registry, reporting
 from r1jax.config import default_config, to_dict
 from r1jax.registry import ConfigError
 from r1jax.train import train
@@ -81,3 +82,53 @@ def test_task_plan_per_task_defaults_and_limits():
   assert list(ablation.task_plan(variants, None, "z", defaults)) == ["a", "b", "c", "d"]  # no defaults: all
   assert list(ablation.task_plan(variants, ["d", "b"], "x", defaults)) == ["b", "d"]  # asked wins over defaults
   assert list(ablation.task_plan(variants, [], "x", defaults, {"x": ["a", "b"]})) == ["a", "b"]  # [] = all, limited
+
+
+def test_a_run_with_a_non_finite_loss_is_a_failed_row_and_the_others_finish(text_file, tmp_path):
+  # lr 1e30 without clipping: step 3's gradient norm is NaN (see test_train's non-finite test)
+  nan = {"optim.lr": 1e30, "optim.warmup_steps": 4, "optim.grad_clip": 0.0, "train.checkpoint_every": 1}
+  abl = ablation.Ablation("toy", _base(text_file), {"ok": {}, "nan": nan}, seeds=(0,), baseline="ok",
+                          results_dir=str(tmp_path / "res"))
+  lines = []
+  rows = ablation.run(abl, log=lines.append)
+  by = {r["variant"]: r for r in rows}
+  assert by["ok"]["seeds"] == 1 and by["ok"]["failed"] == "" and np.isfinite(by["ok"]["eval/loss"])
+  assert by["nan"]["seeds"] == 0 and by["nan"]["failed"].startswith("seed0: train step 3:")
+  assert np.isnan(by["nan"]["eval/loss"]) and any("nan/seed0: FAILED" in line for line in lines)
+  table = (tmp_path / "res" / "results.md").read_text()
+  assert "failed runs" in table and "| nan | 0 |" in table and "seed0: train step 3" in table
+  saved = json.load(open(tmp_path / "res" / "results.json"))
+  assert saved["runs"]["nan/seed0"]["failed"].startswith("train step 3") and "eval/loss" in saved["runs"]["ok/seed0"]
+  assert not os.path.exists(tmp_path / "res" / "nan" / "seed0" / "result.json")  # a rerun retries it
+  assert sorted(os.listdir(tmp_path / "res" / "nan" / "seed0" / "checkpoints")) == ["1", "2"]
+
+
+def test_an_option_of_an_unused_mixer_leaves_finished_results_valid(text_file, tmp_path, monkeypatch):
+  abl = ablation.Ablation("toy", _base(text_file), {"one": {}}, seeds=(0,), results_dir=str(tmp_path / "res"))
+  ablation.run(abl, log=lambda line: None)
+
+  @dataclasses.dataclass(frozen=True)
+  class LocalOptionsPlus(registry.MIXERS["local"].options):
+    new_knob: int = 3  # an option added to a mixer the runs do not use
+
+  monkeypatch.setitem(registry.MIXERS, "local", registry.Entry(registry.MIXERS["local"].module, LocalOptionsPlus))
+  assert "new_knob" in default_config().model.mixer_options.local
+  lines = []
+  ablation.run(dataclasses.replace(abl, base=_base(text_file)), lambda cfg: pytest.fail("retrained"), lines.append)
+  assert any("one/seed0: finished earlier, skipping" in line for line in lines)
+  changed = dataclasses.replace(abl, base=ablation.override(_base(text_file), {
+      "model.mixer_options.attention.qkv_bias": True}, "used option"))
+  with pytest.raises(ConfigError, match=r"different 'model.mixer_options.attention.qkv_bias' config"):
+    ablation.run(changed, lambda cfg: pytest.fail("trained over a stale result"))
+
+
+def test_ratios_are_taken_against_the_named_baseline_not_the_first_variant():
+  def result(loss, tps):
+    return {"num_params": 10, "final": {"eval/loss": loss, "eval/accuracy": 0.5}, "history": [],
+            "perf": {"tokens_per_sec": tps, "eval_tokens_per_sec": tps, "flops_per_token": 1.0,
+                     "memory_bytes": 1.0, "wall_sec": 1.0}}
+  rows = reporting.summarise({("first", 0): result(2.0, 100.0), ("base", 0): result(4.0, 50.0)}, "base")
+  by = {r["variant"]: r for r in rows}
+  assert by["base"]["eval/loss:ratio"] == 1.0 and by["first"]["eval/loss:ratio"] == 0.5
+  assert by["first"]["perf/tokens_per_sec:ratio"] == 2.0
+  assert "loss / base" in reporting.markdown_table(rows, "base")

@@ -33,8 +33,7 @@ def test_speed_quality_uses_per_seed_ratios_and_the_claimed_thresholds(tmp_path)
           "topk16/seed0": _run(0.9, 1.0, 400), "topk16/seed1": _run(0.8, 1.0, 600),  # 4x and 3x: mean 3.5
           "block8x2/seed0": _run(0.45, 1.0, 1000), "block8x2/seed1": _run(0.4, 1.0, 2000)}  # 10x at half
   _write_task(tmp_path / "sparse" / "mqar", "dense", runs)
-  found = claims._speed_quality("perf/eval_tokens_per_sec", ("topk16", "block8x2"), 3.2, 0.98, "accuracy")(
-      str(tmp_path / "sparse" / "mqar"))
+  found = claims.SpeedQuality(("topk16", "block8x2"), 3.2, 0.98, "accuracy")(str(tmp_path / "sparse" / "mqar"))
   assert [m.verdict for m in found] == [claims.SUPPORTED, claims.NOT_AT_SCALE]
   assert f"3.50 ± {np.std([4.0, 3.0], ddof=1):.2f}x" in found[0].value and "quality 1.000" in found[0].value
   assert "2 layers x 64 wide, mqar T=64, 100 steps, 2 seeds, cpu" == found[0].scale
@@ -43,7 +42,7 @@ def test_speed_quality_uses_per_seed_ratios_and_the_claimed_thresholds(tmp_path)
 def test_moe_claim_is_measured_against_the_dense_model_of_equal_total_parameters(tmp_path):
   runs = {"dense/seed0": _run(0, 2.0, 100), "dense_8x/seed0": _run(0, 1.0, 100), "top2/seed0": _run(0, 1.005, 350)}
   _write_task(tmp_path / "moe_ablation", "dense", runs)
-  (m,) = claims._moe(str(tmp_path / "moe_ablation"))
+  (m,) = claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01)(str(tmp_path / "moe_ablation"))
   assert "3.50x inference" in m.value and "+0.50%" in m.value and m.verdict == claims.SUPPORTED
 
 
@@ -62,5 +61,5 @@ def test_complexity_verdict_from_the_saved_flops_slope(tmp_path, slope, verdict)
                                                                                       ("topk16", slope))}
   with open(tmp_path / "sparse" / "report.json", "w") as f:
     json.dump({"complexity": cx}, f)
-  found = claims._complexity(str(tmp_path / "sparse" / "mqar"))
+  found = claims.Complexity(("topk16",))(str(tmp_path / "sparse" / "mqar"))
   assert [m.verdict for m in found] == ["-", verdict]

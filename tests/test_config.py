@@ -1,5 +1,6 @@
 """Configs that cannot work fail before compilation, with a message naming the field and a fix."""
 
+import dataclasses
 import os
 
 import jax
@@ -101,3 +102,21 @@ def test_layer_schedule_from_the_command_line():
   assert isinstance(base.model.mixer_pattern, tuple) and isinstance(base.model.ffn_pattern, tuple)
   cfg = Config.from_dict(override(base, {"model.mixer_pattern": ("local", "attention"), "data.path": "x"}, "t"))
   assert cfg.model.layer_names("mixer") == ("local", "attention", "local", "attention")
+
+
+def test_every_data_field_belongs_to_the_run_identity_of_some_dataset():
+  from r1jax.config import DATA_COMMON_FIELDS, DATA_KIND_FIELDS, DATA_KINDS, DataConfig
+  listed = set(DATA_COMMON_FIELDS).union(*DATA_KIND_FIELDS.values())
+  assert listed == {f.name for f in dataclasses.fields(DataConfig)} and set(DATA_KIND_FIELDS) == set(DATA_KINDS)
+
+
+def test_run_identity_covers_the_used_mixers_and_the_own_dataset_only():
+  from r1jax.config import run_identity, to_dict
+  text = run_identity(to_dict(tiny_config(data__path="x.txt")))
+  assert "data.path" in text and "data.mqar_vocab_size" not in text and "data.listops_min_len" not in text
+  assert "model.mixer_options.attention.impl" in text and not any(".local." in k for k in text)
+  other_dataset = run_identity(to_dict(tiny_config(data__path="x.txt", data__mqar_vocab_size=99)))
+  assert other_dataset == text
+  mixed = run_identity(to_dict(tiny_config(data__path="x.txt", model__mixer_pattern=("attention", "local"),
+                                           model__mixer_options__local__window=4)))
+  assert mixed["model.mixer_options.local.window"] == 4

@@ -1,11 +1,14 @@
 """MQAR (Zoology's definition), ListOps (LRA) and character-level text: determinism, structure, splits."""
 
+import hashlib
+import os
+
 import numpy as np
 import pytest
 
 from r1jax import listops
 from r1jax.config import DataConfig
-from r1jax.data import ScoredData, TextData, mqar_example
+from r1jax.data import ScoredData, TextData, mqar_example, resolve_path
 from r1jax.registry import ConfigError
 
 MQAR = DataConfig(kind="mqar", path="", seq_len=64, num_kv_pairs=8, mqar_vocab_size=512, batch_size=4,
@@ -116,10 +119,16 @@ def test_text_split_batches_and_eval_tiling(text_file):
   assert scored == (len(data.val_ids) - 1) // 16 * 16  # every window of the val split, once
 
 
-def test_tiny_shakespeare_vocab_and_split(shakespeare_path):
-  data = TextData(DataConfig(kind="text", path=shakespeare_path), 0)
+def test_tiny_shakespeare_ships_in_the_package_and_is_the_default_from_any_directory(tmp_path, monkeypatch):
+  path = resolve_path(DataConfig().path)
+  assert DataConfig().path == "package:tinyshakespeare.txt" and os.path.isfile(path)
+  assert hashlib.md5(open(path, "rb").read()).hexdigest() == "6fb458f1232090904fb40fe944165e91"  # char-rnn's file
+  monkeypatch.chdir(tmp_path)  # no checkout, no ../shared here
+  data = TextData(DataConfig(), 0)
   assert data.vocab_size == 65
   assert len(data.train_ids) == 1003854 and len(data.val_ids) == 111540  # nanoGPT's split of the same file
+  with pytest.raises(ConfigError, match=r"data.path: 'package:nope.txt' is not shipped.*package:tinyshakespeare"):
+    resolve_path("package:nope.txt")
 
 
 def test_missing_or_short_text_file(tmp_path):

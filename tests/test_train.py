@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from r1jax.registry import ConfigError
+from r1jax.registry import ConfigError, NonFiniteError
 from r1jax.train import Run, load_trained, make_optimizer, train
 from r1jax.config import OptimConfig
 from r1jax.writers import read_jsonl
@@ -104,7 +104,7 @@ def test_rerun_of_a_finished_run_only_evaluates(text_file, tmp_path):
 
 def test_resume_refuses_a_different_model(text_file, tmp_path):
   Run(tiny_config(data__path=text_file, workdir=str(tmp_path / "r"))).train()
-  with pytest.raises(ConfigError, match="different 'model' config"):
+  with pytest.raises(ConfigError, match=r"different 'model.d_ff' config \(saved 64, now 32\)"):
     Run(tiny_config(data__path=text_file, workdir=str(tmp_path / "r"), model__d_ff=32)).train()
 
 
@@ -119,3 +119,62 @@ def test_load_trained_returns_the_trained_params(tmp_path, text_file):
   logits, _ = model.apply(variables, batch["inputs"])
   assert logits.shape[:2] == batch["inputs"].shape and np.isfinite(np.asarray(logits)).all()
   assert result["final"]["eval/loss"] > 0
+
+
+def _nan_config(workdir, **overrides):
+  """A run whose learning rate makes step 3's gradient norm NaN (measured: step 3, with checkpoints at 1 and 2)."""
+  return tiny_config(data__path="package:tinyshakespeare.txt", optim__lr=1e30, optim__warmup_steps=4,
+                     optim__grad_clip=0.0, train__steps=8, train__checkpoint_every=1, train__log_every=4,
+                     workdir=workdir, mesh__devices=1, mesh__data=1, **overrides)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  cfg = _nan_config(str(tmp_path / "run"))
+  with pytest.raises(NonFiniteError, match=r"train step 3: .*not finite.*last good checkpoint is step 2") as first:
+    Run(cfg).train()
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1", "2"]  # nothing from step 3 on
+  assert not os.path.exists(tmp_path / "run" / "result.json")
+  assert max(r["step"] for r in read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))) <= 2
+  with pytest.raises(NonFiniteError) as again:  # a rerun resumes from step 2 and meets the same step
+    Run(cfg).train()
+  assert str(again.value) == str(first.value)
+
+
+def _truncate(folder):
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable_one(text_file, tmp_path, caplog):
+  cfg = tiny_config(data__path=text_file, train__steps=6, train__checkpoint_every=2, train__keep_checkpoints=3,
+                    workdir=str(tmp_path / "run"), mesh__devices=1, mesh__data=1)
+  whole = Run(cfg).train()
+  _truncate(tmp_path / "run" / "checkpoints" / "6")  # its files cut short after a committed save
+  resumed = Run(cfg).train()
+  assert resumed["perf"]["resumed_from"] == 4 and resumed["final"] == whole["final"]
+  assert any("checkpoint step 6" in r.getMessage() and "cannot be read" in r.getMessage() for r in caplog.records)
+  assert os.path.isdir(tmp_path / "run" / "corrupt_checkpoints" / "6")
+  for step in os.listdir(tmp_path / "run" / "checkpoints"):
+    _truncate(tmp_path / "run" / "checkpoints" / step)
+  with pytest.raises(ConfigError, match=r"no checkpoint in .*checkpoints can be read"):
+    Run(cfg).train()
+
+
+@pytest.mark.parametrize("field,value", [("optim__lr", 3e-3), ("data__seq_len", 8), ("seed", 1),
+                                         ("model__num_layers", 1), ("data__path", "copy.txt"),
+                                         ("model__mixer_options__attention__qkv_bias", True)])
+def test_resume_is_refused_for_each_field_of_the_run_identity(text_file, tmp_path, field, value):
+  workdir = str(tmp_path / "r")
+  Run(tiny_config(data__path=text_file, workdir=workdir, train__steps=2)).train()
+  if value == "copy.txt":  # the same text under another name (the same vocabulary)
+    value = str(shutil.copy(text_file, tmp_path / value))
+  changed = {"data__path": text_file, field: value}
+  with pytest.raises(ConfigError, match=rf"different '{field.replace('__', '.')}' config"):
+    Run(tiny_config(workdir=workdir, train__steps=2, **changed)).train()
+  # Loop lengths, logging and unused mixers' options are not part of it: the run resumes (here: only evaluates).
+  again = Run(tiny_config(data__path=text_file, workdir=workdir, train__steps=2, train__log_every=1,
+                          model__mixer_options__local__window=4)).train()
+  assert again["perf"]["resumed_from"] == 2
