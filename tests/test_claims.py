@@ -63,3 +63,51 @@ def test_complexity_verdict_from_the_saved_flops_slope(tmp_path, slope, verdict)
     json.dump({"complexity": cx}, f)
   found = claims.Complexity(("topk16",))(str(tmp_path / "sparse" / "mqar"))
   assert [m.verdict for m in found] == ["-", verdict]
+
+
+@pytest.mark.parametrize("measure,variant,base,run,verdict", [
+    # MoE against dense_8x: >= 3x inference speed and < 1% more loss, both needed
+    (claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01), "top2", _run(0, 1.0, 100), _run(0, 1.005, 310),
+     claims.SUPPORTED),
+    (claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01), "top2", _run(0, 1.0, 100), _run(0, 1.005, 290),
+     claims.NOT_AT_SCALE),
+    (claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01), "top2", _run(0, 1.0, 100), _run(0, 1.02, 500),
+     claims.NOT_AT_SCALE),
+    # fusion: >= 27% more accuracy than global attention
+    (claims.AccuracyGain(("fusion_token",), 0.27), "fusion_token", _run(0.5, 1, 1), _run(0.64, 1, 1), claims.SUPPORTED),
+    (claims.AccuracyGain(("fusion_token",), 0.27), "fusion_token", _run(0.5, 1, 1), _run(0.62, 1, 1),
+     claims.NOT_AT_SCALE),
+    # LLGG: >= 35% fewer parameters at >= 98% of the accuracy
+    (claims.FewerParams("LLGG", 0.35, 0.98), "LLGG", _run(0.5, 1, 1, 1000), _run(0.5, 1, 1, 600), claims.SUPPORTED),
+    (claims.FewerParams("LLGG", 0.35, 0.98), "LLGG", _run(0.5, 1, 1, 1000), _run(0.5, 1, 1, 700), claims.NOT_AT_SCALE),
+    (claims.FewerParams("LLGG", 0.35, 0.98), "LLGG", _run(0.5, 1, 1, 1000), _run(0.48, 1, 1, 600),
+     claims.NOT_AT_SCALE),
+    # sparse attention: >= 3.2x speed at >= 98% of the accuracy
+    (claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy"), "topk16", _run(0.9, 1, 100), _run(0.89, 1, 330),
+     claims.SUPPORTED),
+    (claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy"), "topk16", _run(0.9, 1, 100), _run(0.87, 1, 330),
+     claims.NOT_AT_SCALE),
+    (claims.SpeedQuality(("topk16",), 3.2, 0.98, "loss"), "topk16", _run(0, 2.0, 100), _run(0, 2.1, 330),
+     claims.NOT_AT_SCALE),
+    # the seed's "x2.3 long text": at least a lower loss
+    (claims.LossGain("time_channel", 2.3), "time_channel", _run(0, 2.0, 1), _run(0, 1.9, 1),
+     "a gain, not measurable as x2.3"),
+    (claims.LossGain("time_channel", 2.3), "time_channel", _run(0, 2.0, 1), _run(0, 2.1, 1), claims.NOT_AT_SCALE),
+])
+def test_each_measure_gives_its_verdict_on_either_side_of_its_threshold(tmp_path, measure, variant, base, run,
+                                                                       verdict):
+  baseline = getattr(measure, "baseline", "base")
+  _write_task(tmp_path / "task", "base", {"base/seed0": base, f"{variant}/seed0": run} if baseline == "base" else
+              {"base/seed0": base, f"{baseline}/seed0": base, f"{variant}/seed0": run})
+  (m,) = measure(str(tmp_path / "task"))
+  assert m.verdict == verdict, m.value
+
+
+@pytest.mark.parametrize("dense_flops,verdict", [(1000.0, claims.SUPPORTED), (900.0, claims.NOT_AT_SCALE)])
+def test_compute_cut_verdict_on_either_side_of_65_percent(tmp_path, dense_flops, verdict):
+  os.makedirs(tmp_path / "sparse" / "mqar")
+  cx = {"dense": {"lengths": [512], "flops": [dense_flops]}, "topk16": {"lengths": [512], "flops": [340.0]}}
+  with open(tmp_path / "sparse" / "report.json", "w") as f:
+    json.dump({"complexity": cx}, f)
+  (m,) = claims.ComputeCut(("topk16",), 0.65)(str(tmp_path / "sparse" / "mqar"))
+  assert m.verdict == verdict  # 66% fewer FLOPs / 62% fewer

@@ -117,6 +117,9 @@ def test_run_identity_covers_the_used_mixers_and_the_own_dataset_only():
   assert "model.mixer_options.attention.impl" in text and not any(".local." in k for k in text)
   other_dataset = run_identity(to_dict(tiny_config(data__path="x.txt", data__mqar_vocab_size=99)))
   assert other_dataset == text
+  saved = to_dict(tiny_config(data__path="x.txt"))  # a saved config listing every registered mixer's options
+  saved["model"]["mixer_options"] = default_config().model.mixer_options.to_dict()
+  assert run_identity(saved) == text
   mixed = run_identity(to_dict(tiny_config(data__path="x.txt", model__mixer_pattern=("attention", "local"),
                                            model__mixer_options__local__window=4)))
   assert mixed["model.mixer_options.local.window"] == 4

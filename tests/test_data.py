@@ -147,3 +147,14 @@ def test_mqar_filler_tokens(random_fill):
   filler[:16] = False
   filler[pos] = False
   assert (inputs[filler] == 0).all() != random_fill
+
+
+def test_no_training_window_reads_validation_text(tmp_path):
+  path = tmp_path / "split.txt"
+  path.write_text("ab" * 4500 + "xy" * 500)  # the last 10% (the validation split) uses letters of its own
+  data = TextData(DataConfig(kind="text", path=str(path), seq_len=16, batch_size=8), 0)
+  val_ids = {data.chars.index("x"), data.chars.index("y")}
+  assert set(np.unique(data.val_ids)) == val_ids
+  for step in range(200):
+    batch = data.train_batch(step)
+    assert not val_ids & set(np.unique(batch["inputs"])) and not val_ids & set(np.unique(batch["targets"]))

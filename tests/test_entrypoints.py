@@ -1,4 +1,5 @@
-"""The experiment drivers and the benchmark run end to end (smoke settings, one CPU device)."""
+"""Every command of the README runs as written (tiny step counts, one CPU device) and shows what it should; a bad
+config at any entry point is one line and exit status 2."""
 
 import json
 import os
@@ -14,23 +15,20 @@ from r1jax import claims
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
 
 
-def _run(args, cwd=REPO):
-  out = subprocess.run([sys.executable] + args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out.stdout
-
-
-def test_benchmark_prints_ratios_against_the_first_size():
-  out = _run(["benchmarks/train_step.py", "--sizes=1x32x2,2x32x2", "--steps=2", "--seq_len=16", "--batch=4"])
+def _check_train_step(out, res):
   rows = [line for line in out.splitlines() if line.startswith("| 1x32x2") or line.startswith("| 2x32x2")]
-  assert len(rows) == 2 and rows[0].rstrip(" |").endswith("| 1 | 1")
+  assert len(rows) == 2 and rows[0].rstrip(" |").endswith("| 1 | 1")  # ratios against the first size
 
 
-def test_sparse_driver_runs_both_tasks_and_reports_the_claims(tmp_path):
-  res = tmp_path / "sparse_attn_ablation"
-  out = _run(["experiments/sparse_attn_ablation.py", "--quick", "--seeds=0", "--variants=dense,topk16",
-              f"--results_dir={res}", "--config.mqar.train.progress=False",
-              "--config.shakespeare.train.progress=False"])
+def _check_scaling(out, res):
+  """recurrence_scaling.py runs attention_scaling.py's sweep (one child process per measurement) with its variants."""
+  rows = [line for line in out.splitlines() if line.startswith("| 64 |")]
+  assert len(rows) == 3 and rows[0].startswith("| 64 | dense |") and "| 1.000 | 1.000 | 1.000 |" in rows[0]
+  assert "local: fwd+bwd time slope" in out and "fw_chunkwise: fwd+bwd time slope" in out
+  assert "n/a" not in out
+
+
+def _check_sparse(out, res):
   for task in ("mqar", "shakespeare"):
     assert os.path.exists(res / task / "results.md")
     assert f"| sparse_attn_ablation/{task} |" in out
@@ -38,7 +36,7 @@ def test_sparse_driver_runs_both_tasks_and_reports_the_claims(tmp_path):
   assert "- topk16: slope" in out and os.path.exists(res / "report.md")
   complexity = json.load(open(res / "report.json"))["complexity"]  # what the claims ledger reads
   assert set(complexity) == {"dense", "topk16"} and 1.5 < complexity["dense"]["slope"] < 2.1
-  rows = [line for line in claims.ledger(str(tmp_path)).splitlines() if "| sparse_attn_ablation/" in line]
+  rows = [line for line in claims.ledger(str(res.parent)).splitlines() if "| sparse_attn_ablation/" in line]
   assert len(rows) == 5 and not any("not tested" in row for row in rows)  # dense's own complexity row too
   assert sum("topk16:" in row for row in rows) == 4
   # The driver's report and the ledger judge each claim from its one declaration: the same rows, the same verdicts.
@@ -46,55 +44,33 @@ def test_sparse_driver_runs_both_tasks_and_reports_the_claims(tmp_path):
   assert reported == rows
 
 
-def test_hierarchical_driver_reports_claims_and_prints_betas(tmp_path):
+def _check_hierarchical(out, res):
   # ListOps only: which variants a task runs (routing only on ListOps) is test_ablation's task_plan test.
-  out = _run(["experiments/hierarchical_routing_ablation.py", "--quick", "--seeds=0", "--tasks=listops",
-              "--variants=global,fusion_token,routed25", f"--results_dir={tmp_path}",
-              "--config.listops.train.progress=False"])
   assert "| listops | routed25 |" in out and "| listops | fusion_token | 1.005 |" in out
   assert "not supported at this scale" in out
   assert "### beta per layer: listops / fusion_token" in out and "mixer/routed_pos" in out
-  assert os.path.exists(tmp_path / "listops" / "results.md") and os.path.exists(tmp_path / "report.md")
+  assert os.path.exists(res / "listops" / "results.md") and os.path.exists(res / "report.md")
 
 
-def test_scaling_benchmarks_print_ratios_and_crossover():
-  """recurrence_scaling.py runs attention_scaling.py's sweep (one child process per measurement) with its variants."""
-  out = _run(["benchmarks/recurrence_scaling.py", "--lengths=64", "--budget=8", "--d_model=32", "--heads=2",
-              "--repeats=1", "--variants=dense,local,fw_chunkwise"])
-  rows = [line for line in out.splitlines() if line.startswith("| 64 |")]
-  assert len(rows) == 3 and rows[0].startswith("| 64 | dense |") and "| 1.000 | 1.000 | 1.000 |" in rows[0]
-  assert "local: fwd+bwd time slope" in out and "fw_chunkwise: fwd+bwd time slope" in out
-  assert "n/a" not in out
-
-
-def test_context_rnn_driver_reports_state_and_horizons(tmp_path):
-  out = _run(["experiments/context_rnn_ablation.py", "--quick", "--seeds=0", "--tasks=mqar",
-              "--variants=attention,scalar_k2,hybrid", f"--results_dir={tmp_path}",
-              "--config.mqar.train.progress=False"])
+def _check_context_rnn(out, res):
   assert "| mqar | scalar_k2 | 256 |" in out and "| mqar | attention | 8,192 |" in out  # decode state at T=32
   assert "| mqar | hybrid | 6,144 |" in out and "mixer/state_size" in out
   assert "scalar_k2 128 floats" in out and "### memory horizon 1 / (1 - a) in tokens: mqar / hybrid" in out
-  assert os.path.exists(tmp_path / "mqar" / "results.md") and os.path.exists(tmp_path / "report.md")
+  assert os.path.exists(res / "mqar" / "results.md") and os.path.exists(res / "report.md")
 
 
-def test_moe_driver_reports_params_and_the_seed_claim(tmp_path):
-  out = _run(["experiments/moe_ablation.py", "--quick", "--seeds=0", "--variants=dense_8x,top1",
-              f"--results_dir={tmp_path}", "--config.train.progress=False"])
+def _check_moe(out, res):
   assert "| top1 | 1.00 | 0.13 |" in out  # same total FFN parameters as dense_8x, 1/8 of them active (+ router)
   assert "## MoE against dense_8x" in out and "| top1 |" in out.split("## MoE against dense_8x")[1]
   assert "top1 vs dense_8x:" in out.split("## Seed claims, judged")[1]
-  assert os.path.exists(tmp_path / "report.md")
+  assert os.path.exists(res / "report.md")
 
 
-def test_attention3d_driver_reports_kinds_on_both_labels_and_the_seed_form(tmp_path):
-  out = _run(["experiments/attention3d_ablation.py", "--quick", "--seeds=0", "--variants=divided,space,time_channel",
-              f"--results_dir={tmp_path}"] + [f"--config.{t}.train.progress=False"
-                                              for t in ("motion", "appearance", "text")])
+def _check_attention3d(out, res):
   assert "attention3d_ablation/appearance: mean" in out and "| time_channel | 1 |" in out and "| space | 1 |" in out
-  assert "divided" not in (tmp_path / "text" / "results.md").read_text()  # video kinds run on clips only
+  assert "divided" not in (res / "text" / "results.md").read_text()  # video kinds run on clips only
   assert "comparisons per patch" in out and "## Time + channel attention on text" in out
   assert "| attention3d_ablation/text |" in out.split("## Seed claims, judged")[1]
-  assert os.path.exists(tmp_path / "report.md")
 
 
 @pytest.mark.parametrize("args,field", [
@@ -125,26 +101,38 @@ def _readme_commands() -> list[str]:
 
 
 README_COMMANDS = _readme_commands()
-# What each command gets appended so that it runs in seconds (absl: the last value of a flag wins). Drivers keep the
-# variants a command names; otherwise one cheap variant runs.
+# What each README command gets appended so that it runs in seconds (absl: the last value of a flag wins), and what
+# its output must show. A driver keeps the variants a command names, else runs one cheap variant; a driver's default
+# invocation (no flags) runs the smoke settings below and is checked.
 TINY_STEPS = ["--config.train.steps=2", "--config.train.eval_every=0", "--config.train.checkpoint_every=0",
               "--config.data.eval_max_batches=1", "--config.train.progress=False"]
 TINY = {
-    "r1jax.main": TINY_STEPS,
-    "benchmarks/attention_scaling.py": ["--lengths=32", "--budget=8", "--d_model=32", "--heads=2", "--repeats=1",
-                                        "--variants=dense,local"],
-    "benchmarks/recurrence_scaling.py": ["--lengths=32", "--d_model=32", "--heads=2", "--repeats=1",
-                                         "--variants=dense,fw_chunkwise"],
-    "benchmarks/train_step.py": ["--sizes=1x32x2", "--seq_len=16", "--batch=4", "--steps=1"],
+    "r1jax.main": (TINY_STEPS, None),
+    "benchmarks/attention_scaling.py": (["--lengths=64", "--budget=8", "--d_model=32", "--heads=2", "--repeats=1",
+                                         "--variants=dense,local,fw_chunkwise"], _check_scaling),
+    "benchmarks/recurrence_scaling.py": (["--lengths=64", "--budget=8", "--d_model=32", "--heads=2", "--repeats=1",
+                                          "--variants=dense,local,fw_chunkwise"], _check_scaling),
+    "benchmarks/train_step.py": (["--sizes=1x32x2,2x32x2", "--steps=2", "--seq_len=16", "--batch=4"],
+                                 _check_train_step),
 }
 ONE_VARIANT = {"dense_baseline": "small", "mqar_dense": "d64", "sparse_attn_ablation": "dense",
                "hierarchical_routing_ablation": "global", "context_rnn_ablation": "attention",
                "moe_ablation": "dense", "attention3d_ablation": "space"}
+SMOKE = {
+    "sparse_attn_ablation": (["--variants=dense,topk16"], _check_sparse),
+    "hierarchical_routing_ablation": (["--tasks=listops", "--variants=global,fusion_token,routed25"],
+                                      _check_hierarchical),
+    "context_rnn_ablation": (["--tasks=mqar", "--variants=attention,scalar_k2,hybrid"], _check_context_rnn),
+    "moe_ablation": (["--variants=dense_8x,top1"], _check_moe),
+    "attention3d_ablation": (["--variants=divided,space,time_channel"], _check_attention3d),
+}
 
 
 def test_the_readme_lists_the_commands_this_test_runs():
   programs = [next(a for a in shlex.split(c, comments=True) if "=" not in a) for c in README_COMMANDS]
   assert len(README_COMMANDS) >= 15 and set(programs) == {"python", "tensorboard"}  # tensorboard: not run
+  defaults = {shlex.split(c, comments=True)[1] for c in README_COMMANDS if len(shlex.split(c, comments=True)) == 2}
+  assert {f"experiments/{d}.py" for d in SMOKE} <= defaults  # every smoke check runs
 
 
 @pytest.mark.parametrize("command", [c for c in README_COMMANDS if "python" in shlex.split(c, comments=True)])
@@ -156,18 +144,26 @@ def test_readme_command_runs_as_written_with_tiny_step_counts(command, tmp_path)
     env[key] = value
   assert words[0] == "python"
   target = words[2] if words[1] == "-m" else words[1]
-  extra = list(TINY.get(target, []))
+  extra, check = TINY.get(target, ([], None))
+  res = tmp_path
   if target.startswith("experiments/"):
     driver = os.path.basename(target)[:-3]
-    extra = ["--quick", "--seeds=0", f"--results_dir={tmp_path}"]
-    extra += [] if any(w.startswith("--variants=") for w in words) else [f"--variants={ONE_VARIANT[driver]}"]
+    res = tmp_path / driver
+    extra = ["--quick", "--seeds=0", f"--results_dir={res}"]
+    if len(words) == 2 and driver in SMOKE:  # the default invocation: the smoke settings, checked
+      smoke, check = SMOKE[driver]
+      extra += smoke
+    elif not any(w.startswith("--variants=") for w in words):
+      extra.append(f"--variants={ONE_VARIANT[driver]}")
     # a command's own step counts win over --quick: shrink them again
     extra += [f"{w.split('=')[0]}=3" for w in words if w.split("=")[0].endswith(".train.steps")]
   elif target == "r1jax.main":
-    extra.append(f"--config.workdir={tmp_path / 'run'}")
+    extra = extra + [f"--config.workdir={tmp_path / 'run'}"]
   out = subprocess.run([sys.executable] + words[1:] + extra, cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
   if target.startswith("experiments/"):  # a driver prints its table and writes it (per task, if it has tasks)
-    tables = [tmp_path / "results.md"] + [tmp_path / t / "results.md" for t in os.listdir(tmp_path)]
+    tables = [res / "results.md"] + [res / t / "results.md" for t in os.listdir(res)]
     assert "mean ± std over seeds" in out.stdout and any(os.path.exists(t) for t in tables)
+  if check is not None:
+    check(out.stdout, res)

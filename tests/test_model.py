@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import assert_grad_matches_finite_differences
 from r1jax import reference
 from r1jax.config import ModelConfig
 from r1jax.model import Transformer
@@ -70,9 +71,10 @@ def test_remat_matches_plain_in_outputs_and_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_plain, g_remat)
 
 
-def test_gradients_reach_every_parameter():
+def test_gradients_reach_every_parameter_and_match_finite_differences():
   params, tokens = _init(CFG)
-  g = jax.grad(lambda p: Transformer(CFG).apply({"params": p}, tokens)[0][..., :50].std())(params)
+  g = assert_grad_matches_finite_differences(
+      lambda p: Transformer(CFG).apply({"params": p}, tokens)[0][..., :50].std(), params)
   for path, leaf in jax.tree_util.tree_leaves_with_path(g):
     assert np.isfinite(leaf).all() and np.abs(leaf).max() > 0, jax.tree_util.keystr(path)
 
@@ -83,7 +85,8 @@ def test_low_precision_compute_close_to_float32(dtype):
   f32, _ = Transformer(CFG).apply({"params": params}, tokens)
   low, _ = Transformer(dataclasses.replace(CFG, dtype=dtype)).apply({"params": params}, tokens)
   assert params["embed"].dtype == jnp.float32 and low.dtype == jnp.float32
-  np.testing.assert_allclose(low[..., :50], f32[..., :50], atol=5e-2)
+  # measured max |error| (logits up to 0.84): bfloat16 3.0e-3, float16 3.2e-4; tolerance ~3x that
+  np.testing.assert_allclose(low[..., :50], f32[..., :50], atol={"bfloat16": 1e-2, "float16": 1e-3}[dtype])
 
 
 def test_untied_head_and_gqa():

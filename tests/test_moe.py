@@ -212,3 +212,36 @@ def test_experts_must_divide_the_expert_axis(tmp_path):
   (tmp_path / "c.txt").write_text("abc" * 300)
   with pytest.raises(ConfigError, match="ffn_options.moe.num_experts"):
     Run(cfg)
+
+
+def test_balance_and_z_losses_equal_the_switch_and_st_moe_formulas_with_their_gradients():
+  """Switch (Fedus et al. 2021, eq. 4): aux_weight * E * sum_i f_i P_i, f_i the share of routed copies (no gradient),
+  P_i the mean router probability (the gradient's path); ST-MoE (Zoph et al. 2022, eq. 5): z_weight * mean over
+  tokens of logsumexp(router logits)^2."""
+  opts = MoEOptions(num_experts=4, top_k=2, aux_weight=0.01, z_weight=1e-3, grouped_matmul="blocks", block_size=8)
+  x = jax.random.normal(jax.random.key(0), (2, 6, 16))
+  variables, _, _ = apply_moe(opts, x)
+  module = MoE(moe_config(16), opts)
+
+  def ours(router):
+    params = {**variables["params"], "router": router}
+    return module.apply({**variables, "params": params}, x, deterministic=True)[1]
+
+  def formulas(router):
+    logits = jnp.einsum("BTD,DE->BTE", x, router).reshape(-1, 4)
+    probs = jax.nn.softmax(logits, -1)
+    top = jax.lax.top_k(probs, 2)[1]
+    f = jnp.stack([jnp.mean(jnp.any(top == e, -1)) for e in range(4)]) / 2  # share of the 2 copies per token
+    balance = 0.01 * 4 * jnp.sum(jax.lax.stop_gradient(f) * jnp.mean(probs, 0))
+    z = 1e-3 * jnp.mean(jax.nn.logsumexp(logits, -1) ** 2)
+    return balance, z
+
+  router = variables["params"]["router"]
+  aux, (balance, z) = ours(router), formulas(router)
+  np.testing.assert_allclose(aux["loss_balance"], balance, rtol=1e-6)
+  np.testing.assert_allclose(aux["loss_z"], z, rtol=1e-6)
+  for i, key in enumerate(("loss_balance", "loss_z")):
+    got = jax.grad(lambda r: ours(r)[key])(router)
+    want = jax.grad(lambda r: formulas(r)[i])(router)
+    assert float(jnp.abs(want).max()) > 1e-6  # the formula has a gradient to compare with
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)

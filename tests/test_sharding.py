@@ -1,12 +1,14 @@
 """Sharded == unsharded: loss, gradients and updated parameters on 8 simulated CPU devices."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from helpers import one_run, tiny_config
-from r1jax import sharding
+from r1jax import layers, sharding
+from r1jax.train import Run
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +68,66 @@ def test_batch_is_split_over_data_fsdp_expert():
 def test_rules_table_has_no_duplicate_logical_names():
   names = [name for name, _ in sharding.RULES]
   assert len(names) == len(set(names))
+
+
+# Megatron-style placement on a mesh where fsdp, expert and tensor are all > 1 (MaxText keeps such golden tables):
+# heads and the MLP width over `tensor`, the model width over `fsdp`, experts over `expert`, norms replicated.
+GOLDEN_PARAM_SPECS = {
+    "embed": ("tensor", "fsdp"),
+    "final_norm/scale": (None,),
+    "layer0/mixer/wq": ("fsdp", "tensor", None), "layer0/mixer/wk": ("fsdp", "tensor", None),
+    "layer0/mixer/wv": ("fsdp", "tensor", None), "layer0/mixer/wo": ("tensor", None, "fsdp"),
+    "layer0/mixer_norm/scale": (None,), "layer0/ffn_norm/scale": (None,),
+    "layer0/ffn/w1": ("fsdp", "tensor"), "layer0/ffn/w3": ("fsdp", "tensor"), "layer0/ffn/w2": ("tensor", "fsdp"),
+    "layer1/mixer/wq": ("fsdp", "tensor", None), "layer1/mixer/wk": ("fsdp", "tensor", None),
+    "layer1/mixer/wv": ("fsdp", "tensor", None), "layer1/mixer/wo": ("tensor", None, "fsdp"),
+    "layer1/mixer_norm/scale": (None,), "layer1/ffn_norm/scale": (None,),
+    "layer1/ffn/router": ("fsdp", None),
+    "layer1/ffn/w1": ("expert", "fsdp", "tensor"), "layer1/ffn/w3": ("expert", "fsdp", "tensor"),
+    "layer1/ffn/w2": ("expert", "tensor", "fsdp"),
+    "layer1/ffn/shared/w1": ("fsdp", "tensor"), "layer1/ffn/shared/w3": ("fsdp", "tensor"),
+    "layer1/ffn/shared/w2": ("tensor", "fsdp"),
+}
+
+
+def test_every_parameter_and_its_optimizer_state_is_placed_as_the_golden_table_says(text_file):
+  cfg = tiny_config(data__path=text_file, mesh__data=1, mesh__fsdp=2, mesh__expert=2, mesh__tensor=2,
+                    model__ffn_pattern=("swiglu", "moe"), model__ffn_options__moe__num_experts=4,
+                    model__ffn_options__moe__num_shared=1, model__num_kv_heads=2)
+  run = Run(cfg)
+  _, state_sh = run.init_state()
+  specs = lambda tree: {"/".join(p.key for p in path): tuple(s.spec)
+                        for path, s in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  assert specs(state_sh.params) == GOLDEN_PARAM_SPECS
+  adam = next(s for s in jax.tree.leaves(state_sh.opt_state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu"))
+  assert specs(adam.mu) == GOLDEN_PARAM_SPECS and specs(adam.nu) == GOLDEN_PARAM_SPECS
+
+BATCH = ("data", "fsdp", "expert")
+GOLDEN_ACTIVATION_SPECS = {  # logical axes of each constrained activation -> its mesh placement
+    ("act_batch", "act_length", "act_embed"): (BATCH, None, None),  # the residual stream, every block's output
+    ("act_batch", "act_length", "act_heads", "act_kv"): (BATCH, None, "tensor", None),  # q, k, v
+    ("act_batch", "act_length", "act_mlp"): (BATCH, None, "tensor"),  # the SwiGLU hidden layer
+    ("act_batch", "act_length", "act_vocab"): (BATCH, None, "tensor"),  # logits
+    ("act_expert_batch", "act_expert", None, "act_embed"): (("data", "fsdp"), "expert", None, None),  # expert buffers
+    ("act_batch", None, None, "act_embed"): (BATCH, None, None, None),  # expert outputs back to the batch
+}
+
+
+def test_main_activations_are_placed_as_the_golden_table_says(text_file, monkeypatch):
+  cfg = tiny_config(data__path=text_file, mesh__data=1, mesh__fsdp=2, mesh__expert=2, mesh__tensor=2,
+                    model__ffn_pattern=("swiglu", "moe"), model__ffn_options__moe__num_experts=4,
+                    model__ffn_options__moe__dispatch="capacity")
+  run = Run(cfg)
+  state, _ = run.init_state()
+  seen = {}
+  original = layers.constrain
+
+  def recording(x, axes):
+    seen[tuple(axes)] = tuple(nn.logical_to_mesh_axes(tuple(axes)))
+    return original(x, axes)
+
+  monkeypatch.setattr(layers, "constrain", recording)
+  batch = run.data.train_batch(0)
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
+    jax.eval_shape(lambda p: run.model.apply({"params": p}, batch["inputs"], deterministic=True), state.params)
+  assert seen == GOLDEN_ACTIVATION_SPECS

@@ -8,12 +8,15 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from helpers import tiny_config
 from r1jax.registry import ConfigError, NonFiniteError
-from r1jax.train import Run, load_trained, make_optimizer, train
+from r1jax.train import Run, forward, load_trained, make_optimizer, train
 from r1jax.config import OptimConfig
 from r1jax.writers import read_jsonl
 
@@ -37,9 +40,13 @@ def test_training_reduces_loss_and_writes_logs(text_file, tmp_path):
 def test_mqar_training_scores_answer_positions_only():
   cfg = tiny_config(data__kind="mqar", data__path="", data__mqar_vocab_size=64, data__seq_len=32,
                     data__num_kv_pairs=4, data__num_test_examples=16, train__steps=30, optim__lr=3e-3)
-  result = Run(cfg).train()
-  assert 0.0 <= result["final"]["eval/accuracy"] <= 1.0
+  run = Run(cfg)
+  result = run.train()
   assert result["final"]["eval/loss"] < np.log(64)  # at least learns that answers are values (V/2 of them)
+  state, _ = run.init_state()
+  batch = next(iter(run.data.eval_batches()))
+  _, _, sums, _ = forward(run.model, state.params, state.model_state, batch, None, True)
+  assert float(sums["count"]) == 8 * 4  # 8 rows x 4 answers: no other position is scored
 
 
 def test_mqar_curriculum_trains_both_lengths_and_resumes_inside_it(tmp_path):
@@ -115,10 +122,12 @@ def test_load_trained_returns_the_trained_params(tmp_path, text_file):
   assert not os.path.exists(cfg.workdir)  # looking wrote nothing
   result = train(cfg)
   model, variables, data = load_trained(cfg)
-  batch = data.train_batch(0)
-  logits, _ = model.apply(variables, batch["inputs"])
-  assert logits.shape[:2] == batch["inputs"].shape and np.isfinite(np.asarray(logits)).all()
-  assert result["final"]["eval/loss"] > 0
+  totals = np.zeros(2)
+  for batch in data.eval_batches():  # the loaded params give the trained run's own final eval loss
+    logits, _ = model.apply(variables, batch["inputs"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    totals += [float(jnp.sum(ce * batch["weights"])), float(batch["weights"].sum())]
+  np.testing.assert_allclose(totals[0] / totals[1], result["final"]["eval/loss"], rtol=1e-5)
 
 
 def _nan_config(workdir, **overrides):
@@ -178,3 +187,53 @@ def test_resume_is_refused_for_each_field_of_the_run_identity(text_file, tmp_pat
   again = Run(tiny_config(data__path=text_file, workdir=workdir, train__steps=2, train__log_every=1,
                           model__mixer_options__local__window=4)).train()
   assert again["perf"]["resumed_from"] == 2
+
+
+@pytest.mark.parametrize("overrides,num_losses", [
+    ({"model__ffn": "moe", "model__ffn_options__moe__num_experts": 4, "model__ffn_options__moe__z_weight": 1e-2},
+     4),  # balance and z-loss in 2 layers
+    ({"model__mixer": "sparse", "model__mixer_options__sparse__top_k": 4,
+      "model__mixer_options__sparse__indexer_loss": "kl", "model__mixer_options__sparse__indexer_grad": "none"},
+     2),  # DSA's indexer KL in 2 layers
+])
+def test_objective_is_cross_entropy_plus_every_auxiliary_loss(text_file, overrides, num_losses):
+  run = Run(tiny_config(data__path=text_file, mesh__devices=1, mesh__data=1, **overrides))
+  state, _ = run.init_state()
+  batch = run.data.train_batch(0)
+  objective, metrics, sums, _ = forward(run.model, state.params, state.model_state, batch, None, True)
+  logits, aux = run.model.apply({"params": state.params, **state.model_state}, batch["inputs"], deterministic=True)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+  losses = {k: float(v) for k, v in aux.items() if "/loss_" in k and "/layer" in k}  # every layer's weighted term
+  assert len(losses) == num_losses and all(v > 0 for v in losses.values()), losses
+  np.testing.assert_allclose(float(metrics["loss"]), float(ce), rtol=1e-6)
+  np.testing.assert_allclose(float(objective), float(ce) + sum(losses.values()), rtol=1e-6)
+
+
+def test_a_zero_weight_row_changes_no_loss_or_metric(text_file):
+  run = Run(tiny_config(data__path=text_file, mesh__devices=1, mesh__data=1))
+  state, _ = run.init_state()
+  batch = run.data.train_batch(0)
+  rng = np.random.default_rng(0)
+  padded = {k: np.concatenate([v, v[:1]]) for k, v in batch.items()}  # one more row: random tokens, weight 0
+  padded["inputs"][-1] = rng.integers(0, run.data.vocab_size, batch["inputs"].shape[1])
+  padded["targets"][-1] = rng.integers(0, run.data.vocab_size, batch["targets"].shape[1])
+  padded["weights"][-1] = 0.0
+  (obj, metrics, sums, _), (obj_p, metrics_p, sums_p, _) = (
+      forward(run.model, state.params, state.model_state, b, None, True) for b in (batch, padded))
+  for got, want in ((obj_p, obj), (metrics_p["loss"], metrics["loss"]), (metrics_p["accuracy"], metrics["accuracy"]),
+                    *((sums_p[k], sums[k]) for k in sums)):
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+  assert float(sums["count"]) == batch["weights"].size
+
+
+def test_weight_decay_reaches_matrices_and_no_one_dimensional_parameter(text_file):
+  run = Run(tiny_config(data__path=text_file, mesh__devices=1, mesh__data=1, optim__warmup_steps=0,
+                        optim__weight_decay=0.5, optim__grad_clip=0.0))
+  state, _ = run.init_state()
+  zero = jax.tree.map(jnp.zeros_like, state.params)  # no gradient: only decay moves a parameter
+  updates, _ = run.tx.update(zero, run.tx.init(state.params), state.params)
+  moved = {"/".join(p.key for p in path): bool(jnp.any(u != 0))
+           for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+  ndim = {"/".join(p.key for p in path): x.ndim for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  assert {k for k, m in moved.items() if m} == {k for k, n in ndim.items() if n >= 2}
+  assert "final_norm/scale" in ndim and not moved["final_norm/scale"] and moved["embed"]

@@ -1,0 +1,145 @@
+"""Mutation check: plants small, realistic bugs in the library one at a time and runs the tests meant to catch each.
+
+  python tests/mutations.py                          # every mutation (about 10 minutes on 2 CPU cores)
+  python tests/mutations.py --only=heads_unsharded,eval_ignores_weights
+  python tests/mutations.py --list
+
+Not part of the CI suite. The repository is copied to a scratch folder once; each mutation replaces one snippet of one
+file there (the snippet must occur exactly once, so a mutation that no longer applies fails loudly instead of being
+skipped), runs its tests with `pytest -x -q`, and restores the file. A mutation is caught when its tests fail, and
+SURVIVED when they pass. Exit status 1 if any survived. Add a mutation for each bug a test is written against.
+"""
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  name: str
+  path: str  # file in the repository
+  old: str  # the snippet, exactly once in the file
+  new: str
+  tests: str  # test file
+  select: str  # pytest -k expression: the tests meant to catch it
+
+
+MUTATIONS = (
+    Mutation("objective_without_aux_losses", "r1jax/train.py",
+             'return loss + aux["aux_loss"], metrics, sums, new_state', "return loss, metrics, sums, new_state",
+             "tests/test_train.py", "objective"),
+    Mutation("eval_ignores_weights", "r1jax/train.py",
+             'sums = {"loss_sum": jnp.sum(ce_BxN * w_BxN), "correct_sum": jnp.sum(correct_BxN * w_BxN), "count": count}',
+             'sums = {"loss_sum": jnp.sum(ce_BxN), "correct_sum": jnp.sum(correct_BxN), "count": 1.0 * ce_BxN.size}',
+             "tests/test_train.py", "zero_weight"),
+    Mutation("text_train_reads_validation", "r1jax/data.py",
+             "self.train_ids, self.val_ids = ids[:split], ids[split:]",
+             "self.train_ids, self.val_ids = ids, ids[split:]", "tests/test_data.py", "no_training_window"),
+    Mutation("heads_unsharded", "r1jax/sharding.py", '("heads", "tensor"),', '("heads", None),',
+             "tests/test_sharding.py", "golden"),
+    Mutation("activation_heads_unsharded", "r1jax/sharding.py", '("act_heads", "tensor"),', '("act_heads", None),',
+             "tests/test_sharding.py", "golden"),
+    Mutation("ratios_against_first_variant", "r1jax/reporting.py",
+             'base = next(r for r in rows if r["variant"] == baseline)', "base = rows[0]",
+             "tests/test_ablation.py", "named_baseline"),
+    Mutation("moe_claim_threshold_flipped", "r1jax/claims.py",
+             "ok = s[0] >= self.min_speed and loss[0] - 1 < self.max_loss_increase",
+             "ok = s[0] >= self.min_speed and loss[0] - 1 > self.max_loss_increase",
+             "tests/test_claims.py", "either_side"),
+    Mutation("fusion_claim_threshold_flipped", "r1jax/claims.py", "_verdict(q[0] - 1 >= self.min_gain)",
+             "_verdict(q[0] - 1 <= self.min_gain)", "tests/test_claims.py", "either_side"),
+    Mutation("resume_checks_model_and_seed_only", "r1jax/config.py",
+             'RESUME_KEYS = ("model", "data", "optim", "seed")', 'RESUME_KEYS = ("model", "seed")',
+             "tests/test_train.py", "identity"),
+    Mutation("adamw_decays_vectors", "r1jax/train.py", "lambda p: p.ndim >= 2", "lambda p: p.ndim >= 1",
+             "tests/test_train.py", "weight_decay"),
+    Mutation("switch_balance_gradient_stopped", "r1jax/moe.py",
+             "jnp.sum(load_E / (B * T * K) * jnp.mean(probs_NxE, 0))",
+             "jnp.sum(load_E / (B * T * K) * jax.lax.stop_gradient(jnp.mean(probs_NxE, 0)))",
+             "tests/test_moe.py", "formulas"),
+    Mutation("nan_guard_off", "r1jax/train.py",
+             "bad = next(((s, l, g) for s, l, g in checks if not (np.isfinite(l) and np.isfinite(g))), None)",
+             "bad = None", "tests/test_train.py", "non_finite"),
+    Mutation("damaged_checkpoint_not_skipped", "r1jax/checkpoint.py", "except (ValueError, OSError, KeyError) as e:",
+             "except () as e:", "tests/test_train.py", "damaged"),
+    Mutation("identity_keeps_unused_options", "r1jax/config.py",
+             'value[f"{kind}_options"] = {k: v for k, v in value.get(f"{kind}_options", {}).items() if k in used}',
+             'value[f"{kind}_options"] = dict(value.get(f"{kind}_options", {}))', "tests/test_config.py",
+             "run_identity"),
+    Mutation("claims_judge_train_speed", "r1jax/claims.py",
+             'speed_key: str = "perf/eval_tokens_per_sec"  # forward-only',
+             'speed_key: str = "perf/tokens_per_sec"  # forward-only', "tests/test_claims.py", "speed_quality"),
+)
+
+
+def _copy_repo(dst: str) -> None:
+  shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns(".git", "results", ".pytest_cache", "__pycache__",
+                                                           "*.egg-info", ".ipynb_checkpoints"))
+
+
+def run(mutation: Mutation, scratch: str, env: dict) -> tuple[bool, float, str]:
+  """(caught, seconds, last output line) of one mutation, applied in `scratch` and undone afterwards."""
+  path = os.path.join(scratch, mutation.path)
+  with open(path) as f:
+    original = f.read()
+  if original.count(mutation.old) != 1:
+    raise SystemExit(f"{mutation.name}: the snippet occurs {original.count(mutation.old)} times in {mutation.path} "
+                     "(expected once). Fix: update the mutation to the current code.")
+  try:
+    with open(path, "w") as f:
+      f.write(original.replace(mutation.old, mutation.new))
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", mutation.tests,
+                          "-k", mutation.select], cwd=scratch, env=env, capture_output=True, text=True)
+    last = (out.stdout.strip().splitlines() or [""])[-1]
+    if out.returncode == 5:
+      raise SystemExit(f"{mutation.name}: -k {mutation.select!r} selects no test in {mutation.tests}.")
+    return out.returncode != 0, time.time() - t0, last
+  finally:
+    with open(path, "w") as f:
+      f.write(original)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--only", default="", help="comma-separated mutation names (default: all)")
+  parser.add_argument("--list", action="store_true", help="list the mutations and their tests, then exit")
+  args = parser.parse_args()
+  names = [n for n in args.only.split(",") if n]
+  unknown = set(names) - {m.name for m in MUTATIONS}
+  if unknown:
+    raise SystemExit(f"--only: unknown {sorted(unknown)}. Fix: see --list.")
+  chosen = [m for m in MUTATIONS if not names or m.name in names]
+  if args.list:
+    for m in chosen:
+      print(f"{m.name:36s} {m.path:22s} {m.tests} -k {m.select}")
+    return
+  scratch = tempfile.mkdtemp(prefix="r1jax-mutations-")
+  try:
+    _copy_repo(os.path.join(scratch, "repo"))
+    repo = os.path.join(scratch, "repo")
+    env = {**os.environ, "PYTHONPATH": repo}  # the scratch copy's r1jax, also in the tests' subprocesses
+    survived = []
+    print(f"| mutation | file | test | result | seconds |\n|---|---|---|---|---|")
+    for m in chosen:
+      caught, sec, last = run(m, repo, env)
+      survived += [] if caught else [m.name]
+      print(f"| {m.name} | {m.path} | {m.tests} -k {m.select} | {'caught' if caught else 'SURVIVED: ' + last} | "
+            f"{sec:.0f} |", flush=True)
+    print(f"\n{len(chosen) - len(survived)} of {len(chosen)} mutations caught" +
+          (f"; survived: {', '.join(survived)}" if survived else ""))
+    sys.exit(1 if survived else 0)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
