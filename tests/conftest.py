@@ -35,3 +35,8 @@ def text_file(tmp_path):
   words = ["the king", "a horse", "my kingdom", "for", "to be", "or not", "that is", "the question"]
   path.write_text(" ".join(words[(i * 7) % len(words)] for i in range(4000)) + "\n")
   return str(path)
+
+
+def pytest_collection_modifyitems(items):
+  """The notebooks (the longest tests) first, so that short tests fill the end of a parallel run."""
+  items.sort(key=lambda item: not item.nodeid.startswith("tests/test_notebooks.py"))

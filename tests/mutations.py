@@ -1,6 +1,6 @@
 """Mutation check: plants small, realistic bugs in the library one at a time and runs the tests meant to catch each.
 
-  python tests/mutations.py                          # every mutation (about 10 minutes on 2 CPU cores)
+  python tests/mutations.py                          # every mutation (about 3 minutes on 2 CPU cores)
   python tests/mutations.py --only=heads_unsharded,eval_ignores_weights
   python tests/mutations.py --list
 

@@ -172,21 +172,34 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable_one(text_fi
     Run(cfg).train()
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished 2-step run (its workdir and its text file), shared by the resume-identity tests (they only read it)."""
+  root = tmp_path_factory.mktemp("finished")
+  text = root / "corpus.txt"
+  text.write_text(" ".join(("the king", "a horse", "my kingdom", "for")[(i * 7) % 4] for i in range(4000)) + "\n")
+  workdir = str(root / "r")
+  Run(tiny_config(data__path=str(text), workdir=workdir, train__steps=2)).train()
+  return str(text), workdir
+
+
 @pytest.mark.parametrize("field,value", [("optim__lr", 3e-3), ("data__seq_len", 8), ("seed", 1),
                                          ("model__num_layers", 1), ("data__path", "copy.txt"),
                                          ("model__mixer_options__attention__qkv_bias", True)])
-def test_resume_is_refused_for_each_field_of_the_run_identity(text_file, tmp_path, field, value):
-  workdir = str(tmp_path / "r")
-  Run(tiny_config(data__path=text_file, workdir=workdir, train__steps=2)).train()
+def test_resume_is_refused_for_each_field_of_the_run_identity(finished_run, tmp_path, field, value):
+  text_file, workdir = finished_run
   if value == "copy.txt":  # the same text under another name (the same vocabulary)
     value = str(shutil.copy(text_file, tmp_path / value))
   changed = {"data__path": text_file, field: value}
   with pytest.raises(ConfigError, match=rf"different '{field.replace('__', '.')}' config"):
     Run(tiny_config(workdir=workdir, train__steps=2, **changed)).train()
-  # Loop lengths, logging and unused mixers' options are not part of it: the run resumes (here: only evaluates).
+
+
+def test_resume_ignores_loop_settings_and_unused_mixers_options(finished_run):
+  text_file, workdir = finished_run
   again = Run(tiny_config(data__path=text_file, workdir=workdir, train__steps=2, train__log_every=1,
                           model__mixer_options__local__window=4)).train()
-  assert again["perf"]["resumed_from"] == 2
+  assert again["perf"]["resumed_from"] == 2  # resumed (here: at the end, so it only evaluates)
 
 
 @pytest.mark.parametrize("overrides,num_losses", [

@@ -1,0 +1,29 @@
+"""The notebooks execute as CI runs them (QUICK), and every cell that draws shows its figure: a figure drawn after a
+library call must not vanish (the library never switches matplotlib's backend)."""
+
+import glob
+import os
+import re
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import REPO
+
+NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
+DRAWS = re.compile(r"plt\.show\(|display\(Image|\.subplots\(")  # a cell that means to show a figure
+
+
+def drawing_cells_without_figure(nb) -> list[int]:
+  """Indices of code cells that draw but hold no image/png output."""
+  return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and DRAWS.search(c.source)
+          and not any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_runs_and_every_drawing_cell_shows_a_figure(path):
+  nb = nbformat.read(path, as_version=4)
+  NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(path)}}
+                 ).execute()
+  assert drawing_cells_without_figure(nb) == [], "cells that draw but show no figure"
