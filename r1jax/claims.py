@@ -44,7 +44,9 @@ class Results:
     return cls(folder, {r["variant"]: r for r in saved["rows"]}, saved["runs"], saved["baseline"])
 
   def seeds(self, variant: str) -> list[str]:
-    return sorted(k.split("/")[1] for k in self.runs if k.split("/")[0] == variant)
+    """The variant's finished seeds (runs that stopped on a non-finite loss are left out)."""
+    return sorted(k.split("/")[1] for k, run in self.runs.items() if k.split("/")[0] == variant
+                  and "failed" not in run)
 
   def ratio(self, variant: str, key: str, invert: bool = False) -> tuple[float, float]:
     """Mean ± std over seeds of run[variant, seed][key] / run[baseline, seed][key] (its inverse with invert)."""
@@ -57,7 +59,9 @@ class Results:
     return (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0) if len(arr) else (math.nan, 0.0)
 
   def scale(self, variant: str) -> str:
-    """Model size, data and steps of the variant's first run, read from its result.json."""
+    """Model size, data and steps of the variant's first finished run, read from its result.json."""
+    if not self.seeds(variant):
+      return "no finished run"
     path = os.path.join(self.folder, variant, self.seeds(variant)[0], "result.json")
     with open(path) as f:
       result = json.load(f)

@@ -111,3 +111,14 @@ def test_compute_cut_verdict_on_either_side_of_65_percent(tmp_path, dense_flops,
     json.dump({"complexity": cx}, f)
   (m,) = claims.ComputeCut(("topk16",), 0.65)(str(tmp_path / "sparse" / "mqar"))
   assert m.verdict == verdict  # 66% fewer FLOPs / 62% fewer
+
+
+def test_a_failed_seed_is_left_out_of_the_ratios_and_the_scale(tmp_path):
+  runs = {"dense/seed0": _run(0.9, 1.0, 100), "dense/seed1": _run(0.8, 1.0, 200),
+          "topk16/seed0": _run(0.9, 1.0, 400), "topk16/seed1": {"failed": "train step 3: loss=nan"}}
+  _write_task(tmp_path / "task", "dense", {k: v for k, v in runs.items() if "failed" not in v})
+  with open(tmp_path / "task" / "results.json", "w") as f:  # the failed run is in results.json, with no result.json
+    json.dump({"name": "x", "baseline": "dense", "rows": [{"variant": "dense", "num_params": 1000},
+                                                          {"variant": "topk16", "num_params": 1000}], "runs": runs}, f)
+  (m,) = claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy")(str(tmp_path / "task"))
+  assert "topk16: 4.00x" in m.value and ", 1 seeds," in m.scale and m.verdict == claims.SUPPORTED
