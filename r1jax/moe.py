@@ -42,6 +42,7 @@ class MoEOptions:
   norm_topk: bool = False  # renormalise the k chosen gates to sum 1 (GShard, DeepSeek-V3); needs top_k >= 2
   num_groups: int = 1  # expert groups, dividing num_experts; > 1: group-limited routing (DeepSeek-V3 n_group)
   topk_groups: int = 1  # groups a token may route into, in [1, num_groups] (DeepSeek-V3 topk_group)
+  route_scale: float = 1.0  # the chosen gates are multiplied by this, > 0 (DeepSeek-V3 671B: 2.5)
   balance: str = "aux"  # aux (Switch loss) | aux_free (DeepSeek-V3 bias) | none
   aux_weight: float = 0.01  # alpha of the Switch loss (Switch: 0.01)
   z_weight: float = 0.0  # router z-loss weight (ST-MoE: 1e-3), with any balance
@@ -77,6 +78,7 @@ class MoEOptions:
     need(self.capacity_factor > 0 and self.aux_weight >= 0 and self.z_weight >= 0 and self.bias_rate >= 0,
          "capacity_factor/aux_weight/z_weight/bias_rate", "capacity_factor must be > 0, the others >= 0",
          "use e.g. 1.25, 0.01, 1e-3, 1e-3")
+    need(self.route_scale > 0, "route_scale", f"{self.route_scale} must be > 0", "use 1.0 (DeepSeek-V3 671B: 2.5)")
 
   def sharded_dims(self, model) -> list[tuple[str, int, str]]:
     """(field, size, mesh axis) pairs that must divide evenly (checked before compilation)."""
@@ -100,14 +102,18 @@ def ffn_params(model) -> tuple[int, int]:
 
 
 def route(logits_NxE: jax.Array, bias_E: jax.Array, opts: MoEOptions):
-  """Token-choice top-k. Returns (expert ids [N, k], gates [N, k], scores [N, E]); the bias shifts selection only."""
+  """Token-choice top-k. Returns (expert ids [N, k], gates [N, k], scores [N, E]); the bias shifts selection only.
+
+  Group-limited routing as DeepSeek-V3's `Gate` (inference/model.py): with a bias (balance=aux_free) a group scores
+  the sum of its two best biased scores, without one its best score; the chosen gates are scaled by route_scale."""
   logits = logits_NxE.astype(jnp.float32)
   scores_NxE = jax.nn.softmax(logits, -1) if opts.score == "softmax" else jax.nn.sigmoid(logits)
   select_NxE = jax.lax.stop_gradient(scores_NxE) + bias_E[None, :]
-  if opts.num_groups > 1:  # DeepSeek-V3: a group's score is the sum of its two best (biased) scores
+  if opts.num_groups > 1:
     N, E, G = select_NxE.shape[0], select_NxE.shape[1], opts.num_groups
     grouped = select_NxE.reshape(N, G, E // G)
-    group_score_NxG = jax.lax.top_k(grouped, min(2, E // G))[0].sum(-1)
+    best = min(2, E // G) if opts.balance == "aux_free" else 1
+    group_score_NxG = jax.lax.top_k(grouped, best)[0].sum(-1)
     _, keep_NxG = jax.lax.top_k(group_score_NxG, opts.topk_groups)
     allowed_NxG = jnp.sum(jax.nn.one_hot(keep_NxG, G, dtype=jnp.bool_), axis=1)
     select_NxE = jnp.where(jnp.repeat(allowed_NxG, E // G, axis=1), select_NxE, -jnp.inf)
@@ -115,7 +121,7 @@ def route(logits_NxE: jax.Array, bias_E: jax.Array, opts: MoEOptions):
   gate_NxK = jnp.take_along_axis(scores_NxE, idx_NxK, axis=-1)
   if opts.norm_topk:
     gate_NxK = gate_NxK / (jnp.sum(gate_NxK, -1, keepdims=True) + 1e-20)
-  return idx_NxK, gate_NxK, scores_NxE
+  return idx_NxK, gate_NxK * opts.route_scale, scores_NxE
 
 
 def _swiglu(x, w1, w3, w2, mm):

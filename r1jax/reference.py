@@ -174,9 +174,10 @@ def fast_weight_recurrence(q_BxTxHxK, k_BxTxHxK, v_BxTxHxP, a_BxTxHxA, b_BxTxH=N
 
 def moe_ffn(x_BxTxD, router_DxE, w1_ExDxF, w3_ExDxF, w2_ExFxD, opts, bias_E=None, capacity=None):
   """A top-k mixture of SwiGLU experts token by token in float64: scores, optional group limit and bias, then
-  y = sum_k g_k E_k(x) over the chosen experts (no shared experts). With `capacity` C, each sequence's copies claim
-  their expert's C slots in token order and later copies are dropped. Returns (y [B, T, D], ids [B, T, k],
-  kept [B, T, k])."""
+  y = sum_k g_k E_k(x) over the chosen experts (no shared experts). Groups as DeepSeek-V3's `Gate`: with a bias
+  (balance=aux_free) a group scores the sum of its two best biased scores, without one its best score; gates are
+  scaled by route_scale. With `capacity` C, each sequence's copies claim their expert's C slots in token order and
+  later copies are dropped. Returns (y [B, T, D], ids [B, T, k], kept [B, T, k])."""
   x, wr, w1, w3, w2 = (np.asarray(a, np.float64) for a in (x_BxTxD, router_DxE, w1_ExDxF, w3_ExDxF, w2_ExFxD))
   B, T, _ = x.shape
   E = wr.shape[1]
@@ -193,11 +194,11 @@ def moe_ffn(x_BxTxD, router_DxE, w1_ExDxF, w3_ExDxF, w2_ExFxD, opts, bias_E=None
         scores = 1.0 / (1.0 + np.exp(-logits))
       select = scores + bias
       size = E // opts.num_groups
-      group_score = [np.sort(select[g * size:(g + 1) * size])[::-1][:min(2, size)].sum()
-                     for g in range(opts.num_groups)]
+      best = min(2, size) if opts.balance == "aux_free" else 1
+      group_score = [np.sort(select[g * size:(g + 1) * size])[::-1][:best].sum() for g in range(opts.num_groups)]
       groups = np.argsort(-np.asarray(group_score), kind="stable")[:opts.topk_groups]
       chosen = sorted((e for e in range(E) if e // size in groups), key=lambda e: -select[e])[:opts.top_k]
-      gates = scores[chosen] / (scores[chosen].sum() if opts.norm_topk else 1.0)
+      gates = scores[chosen] / (scores[chosen].sum() if opts.norm_topk else 1.0) * opts.route_scale
       for j, (e, g) in enumerate(zip(chosen, gates)):
         ids[b, t, j] = e
         kept[b, t, j] = capacity is None or used[e] < capacity

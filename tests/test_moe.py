@@ -245,3 +245,28 @@ def test_balance_and_z_losses_equal_the_switch_and_st_moe_formulas_with_their_gr
     want = jax.grad(lambda r: formulas(r)[i])(router)
     assert float(jnp.abs(want).max()) > 1e-6  # the formula has a gradient to compare with
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("balance,group", [("aux", 0), ("none", 0), ("aux_free", 1)])
+def test_group_scores_follow_deepseek_v3_best_one_without_a_bias_best_two_with_one(balance, group):
+  """DeepSeek-V3's Gate (inference/model.py) scores a group by its best score when the router has no bias and by the
+  sum of its best two when it has one (aux_free); chosen gates are scaled by route_scale. Hand-made sigmoid scores
+  where the two rules disagree: group 0 = (0.9, 0.1) (best 0.9, best two 1.0), group 1 = (0.6, 0.6) (0.6, 1.2)."""
+  p = np.array([0.9, 0.1, 0.6, 0.6])
+  logits = np.log(p / (1 - p))
+  opts = MoEOptions(num_experts=4, top_k=1, score="sigmoid", num_groups=2, topk_groups=1, balance=balance,
+                    route_scale=2.5)
+  idx, gate, scores = route(jnp.asarray(logits[None], jnp.float32), jnp.zeros(4), opts)
+  assert int(idx[0, 0]) // 2 == group
+  np.testing.assert_allclose(float(gate[0, 0]), 2.5 * p[int(idx[0, 0])], rtol=1e-6)
+  # the float64 reference makes the same choice with the same gate
+  router = np.zeros((4, 4))
+  router[0] = logits  # x = e_0 reads row 0: the router logits are `logits`
+  rng = np.random.default_rng(0)
+  w1, w3, w2 = rng.normal(size=(4, 4, 3)), rng.normal(size=(4, 4, 3)), rng.normal(size=(4, 3, 4))
+  x = np.eye(4)[None, :1]
+  y, ids, _ = reference.moe_ffn(x, router, w1, w3, w2, opts)
+  assert ids[0, 0, 0] == int(idx[0, 0])
+  silu = lambda z: z / (1 + np.exp(-z))
+  e = int(idx[0, 0])
+  np.testing.assert_allclose(y[0, 0], 2.5 * p[e] * (silu(x[0, 0] @ w1[e]) * (x[0, 0] @ w3[e])) @ w2[e], rtol=1e-12)
