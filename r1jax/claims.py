@@ -90,6 +90,17 @@ def _verdict(ok: bool) -> str:
 # turns a task's results folder into measurements with verdicts (`__call__`; none where the results are missing).
 
 
+def _each_variant(folder: str, variants: tuple[str, ...], measure_one: Callable[["Results", str], Measured],
+                  baseline: str = "") -> list[Measured]:
+  """measure_one(results, variant) for each of `variants` the folder's results hold, with ratios to `baseline` ("":
+  the folder's own); [] where there are no results or no such baseline."""
+  r = Results.load(folder)
+  if r is None or (baseline and baseline not in r.rows):
+    return []
+  r = dataclasses.replace(r, baseline=baseline) if baseline else r
+  return [measure_one(r, v) for v in variants if v in r.rows]
+
+
 @dataclasses.dataclass(frozen=True)
 class SpeedQuality:
   """A speed ratio (`speed_key`) of at least `min_speed` at a quality ratio of at least `min_quality` to the
@@ -107,18 +118,15 @@ class SpeedQuality:
             "ratios to the baseline, mean ± std")
 
   def __call__(self, folder: str) -> list[Measured]:
-    r = Results.load(folder)
-    if r is None:
-      return []
-    out = []
-    for v in (v for v in self.variants if v in r.rows):
-      s = r.ratio(v, self.speed_key)
-      acc = self.quality == "accuracy"
-      q = r.ratio(v, "eval/accuracy") if acc else r.ratio(v, "eval/loss", invert=True)
-      value = (f"{v}: {_pm(*s)}x {self.speed_key.split('/')[-1]}, quality {_pm(*q, '{:.3f}')} "
-               f"({'accuracy' if acc else 'dense loss / loss'})")
-      out.append(Measured(value, r.scale(v), _verdict(s[0] >= self.min_speed and q[0] >= self.min_quality)))
-    return out
+    return _each_variant(folder, self.variants, self._one)
+
+  def _one(self, r: "Results", v: str) -> Measured:
+    s = r.ratio(v, self.speed_key)
+    acc = self.quality == "accuracy"
+    q = r.ratio(v, "eval/accuracy") if acc else r.ratio(v, "eval/loss", invert=True)
+    value = (f"{v}: {_pm(*s)}x {self.speed_key.split('/')[-1]}, quality {_pm(*q, '{:.3f}')} "
+             f"({'accuracy' if acc else 'dense loss / loss'})")
+    return Measured(value, r.scale(v), _verdict(s[0] >= self.min_speed and q[0] >= self.min_quality))
 
 
 def _saved_complexity(folder: str) -> dict:
@@ -190,17 +198,13 @@ class SpeedAtLoss:
             f"{self.max_loss_increase:.0%}; per-seed ratios, mean ± std")
 
   def __call__(self, folder: str) -> list[Measured]:
-    r = Results.load(folder)
-    if r is None or self.baseline not in r.rows:
-      return []
-    r = dataclasses.replace(r, baseline=self.baseline)
-    out = []
-    for v in (v for v in self.variants if v in r.rows):
-      s, loss = r.ratio(v, self.speed_key), r.ratio(v, "eval/loss")
-      ok = s[0] >= self.min_speed and loss[0] - 1 < self.max_loss_increase
-      out.append(Measured(f"{v} vs {self.baseline}: {_pm(*s)}x inference tok/s, loss {100 * (loss[0] - 1):+.2f}% "
-                          f"(± {100 * loss[1]:.2f})", r.scale(v), _verdict(ok)))
-    return out
+    return _each_variant(folder, self.variants, self._one, self.baseline)
+
+  def _one(self, r: "Results", v: str) -> Measured:
+    s, loss = r.ratio(v, self.speed_key), r.ratio(v, "eval/loss")
+    ok = s[0] >= self.min_speed and loss[0] - 1 < self.max_loss_increase
+    return Measured(f"{v} vs {self.baseline}: {_pm(*s)}x inference tok/s, loss {100 * (loss[0] - 1):+.2f}% "
+                    f"(± {100 * loss[1]:.2f})", r.scale(v), _verdict(ok))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,14 +221,14 @@ class FewerParams:
             "per-seed ratios, mean ± std")
 
   def __call__(self, folder: str) -> list[Measured]:
-    r = Results.load(folder)
-    if r is None or self.variant not in r.rows:
-      return []
-    params = r.rows[self.variant]["num_params"] / r.rows[r.baseline]["num_params"]
-    q = r.ratio(self.variant, "eval/accuracy")
+    return _each_variant(folder, (self.variant,), self._one)
+
+  def _one(self, r: "Results", v: str) -> Measured:
+    params = r.rows[v]["num_params"] / r.rows[r.baseline]["num_params"]
+    q = r.ratio(v, "eval/accuracy")
     ok = 1 - params >= self.min_cut and q[0] >= self.min_quality
-    return [Measured(f"{self.label or self.variant}: params x{params:.3f}, accuracy x{_pm(*q, '{:.3f}')}",
-                     r.scale(self.variant), _verdict(ok))]
+    return Measured(f"{self.label or v}: params x{params:.3f}, accuracy x{_pm(*q, '{:.3f}')}", r.scale(v),
+                    _verdict(ok))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,15 +242,12 @@ class AccuracyGain:
     return f"accuracy ratio - 1 >= {self.min_gain:.0%}; per-seed ratios, mean ± std"
 
   def __call__(self, folder: str) -> list[Measured]:
-    r = Results.load(folder)
-    if r is None:
-      return []
-    out = []
-    for v in (v for v in self.variants if v in r.rows):
-      q = r.ratio(v, "eval/accuracy")
-      out.append(Measured(f"{v}: accuracy {100 * (q[0] - 1):+.1f}% (± {100 * q[1]:.1f}) vs {r.baseline}",
-                          r.scale(v), _verdict(q[0] - 1 >= self.min_gain)))
-    return out
+    return _each_variant(folder, self.variants, self._one)
+
+  def _one(self, r: "Results", v: str) -> Measured:
+    q = r.ratio(v, "eval/accuracy")
+    return Measured(f"{v}: accuracy {100 * (q[0] - 1):+.1f}% (± {100 * q[1]:.1f}) vs {r.baseline}", r.scale(v),
+                    _verdict(q[0] - 1 >= self.min_gain))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,12 +261,12 @@ class LossGain:
     return f"baseline loss / loss > 1 (the x{self.claimed:g} names no metric); per-seed ratios, mean ± std"
 
   def __call__(self, folder: str) -> list[Measured]:
-    r = Results.load(folder)
-    if r is None or self.variant not in r.rows:
-      return []
-    q = r.ratio(self.variant, "eval/loss", invert=True)
-    return [Measured(f"{self.variant}: dense loss / loss {_pm(*q, '{:.3f}')}", r.scale(self.variant),
-                     f"a gain, not measurable as x{self.claimed:g}" if q[0] > 1 else NOT_AT_SCALE)]
+    return _each_variant(folder, (self.variant,), self._one)
+
+  def _one(self, r: "Results", v: str) -> Measured:
+    q = r.ratio(v, "eval/loss", invert=True)
+    return Measured(f"{v}: dense loss / loss {_pm(*q, '{:.3f}')}", r.scale(v),
+                    f"a gain, not measurable as x{self.claimed:g}" if q[0] > 1 else NOT_AT_SCALE)
 
 
 @dataclasses.dataclass(frozen=True)

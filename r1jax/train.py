@@ -234,12 +234,8 @@ class Run:
         # one stops the run before anything after it (log, eval, checkpoint) is written.
         checks = jax.device_get(window["checks"])
         bad = next(((s, l, g) for s, l, g in checks if not (np.isfinite(l) and np.isfinite(g))), None)
-        if bad is not None:
-          pbar.close()
+        if bad is not None:  # the loop's `finally` closes the checkpointer: a good save in flight completes
           last = ckpt.latest_step() if ckpt is not None else None
-          if ckpt is not None:
-            ckpt.close()  # a save of an earlier, good step still in flight completes
-          writer.close()
           where = (f"the last good checkpoint is step {last} in {ckpt.dir}; rerunning resumes from it" if last
                    else "no checkpoint was written (workdir unset or none saved yet)")
           raise NonFiniteError(f"train step {bad[0]}: loss={float(bad[1])}, grad_norm={float(bad[2])} is not "
@@ -259,34 +255,37 @@ class Run:
         window.update(steps=0, first=False, t=time.perf_counter())
 
       last_eval = None
-      for step in range(start, tc.steps):
-        batch = sharding.put_batch(self.data.train_batch(step), self.mesh)
-        state, window["metrics"] = shaped[batch["inputs"].shape](state, batch, base_rng)
-        window["steps"] += 1
-        done = step + 1
-        window["checks"].append((done, window["metrics"]["train/loss"], window["metrics"]["train/grad_norm"]))
-        eval_now = done == tc.steps or (tc.eval_every and done % tc.eval_every == 0)
-        ckpt_now = ckpt is not None and (done == tc.steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0))
-        if done % tc.log_every == 0 or eval_now or ckpt_now:
-          close_window(done)
-        if eval_now:
+      try:
+        for step in range(start, tc.steps):
+          batch = sharding.put_batch(self.data.train_batch(step), self.mesh)
+          state, window["metrics"] = shaped[batch["inputs"].shape](state, batch, base_rng)
+          window["steps"] += 1
+          done = step + 1
+          window["checks"].append((done, window["metrics"]["train/loss"], window["metrics"]["train/grad_norm"]))
+          eval_now = done == tc.steps or (tc.eval_every and done % tc.eval_every == 0)
+          ckpt_now = ckpt is not None and (done == tc.steps or
+                                           (tc.checkpoint_every and done % tc.checkpoint_every == 0))
+          if done % tc.log_every == 0 or eval_now or ckpt_now:
+            close_window(done)
+          if eval_now:
+            last_eval = self.evaluate(eval_fn, state)
+            writer.write(done, last_eval)
+            shown = {k: v for k, v in last_eval.items() if "/layer" not in k}  # per-layer values go to the logs
+            pbar.write(f"step {done}: " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
+          if ckpt_now:
+            meta = {"step": done, "config": cfg_dict,
+                    "data": {"kind": cfg.data.kind, "seed": cfg.seed, "next_batch": done,
+                             "sequences_seen": done * cfg.data.batch_size}}
+            ckpt.save(done, state, meta)
+          if eval_now or ckpt_now:
+            window["t"] = time.perf_counter()  # eval and checkpoint time is not training time
+        if last_eval is None:  # resumed at the end: evaluate the restored final state
           last_eval = self.evaluate(eval_fn, state)
-          writer.write(done, last_eval)
-          shown = {k: v for k, v in last_eval.items() if "/layer" not in k}  # per-layer values go to the logs
-          pbar.write(f"step {done}: " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
-        if ckpt_now:
-          meta = {"step": done, "config": cfg_dict,
-                  "data": {"kind": cfg.data.kind, "seed": cfg.seed, "next_batch": done,
-                           "sequences_seen": done * cfg.data.batch_size}}
-          ckpt.save(done, state, meta)
-        if eval_now or ckpt_now:
-          window["t"] = time.perf_counter()  # eval and checkpoint time is not training time
-      pbar.close()
-      if last_eval is None:  # resumed at the end: evaluate the restored final state
-        last_eval = self.evaluate(eval_fn, state)
-    if ckpt is not None:
-      ckpt.close()
-    writer.close()
+      finally:  # also when a step is not finite: logs closed, checkpoints in flight completed
+        pbar.close()
+        if ckpt is not None:
+          ckpt.close()
+        writer.close()
     tokens_per_sec = timed["tokens"] / timed["sec"] if timed["sec"] else float("nan")
     et = self.eval_timing
     eval_tokens_per_sec = et["tokens"] / et["sec"] if et["sec"] else float("nan")
