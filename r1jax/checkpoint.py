@@ -8,7 +8,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from r1jax.config import RESUME_KEYS, run_identity
+from r1jax.config import NO_DEFAULT, RESUME_KEYS, field_default, run_identity
 from r1jax.registry import ConfigError
 
 _MISSING = "<missing>"
@@ -19,7 +19,9 @@ def check_same_config(saved: dict, config: dict, where: str, keys: tuple[str, ..
   which the `saved` config dict differs from `config`."""
   old, new = run_identity(saved, keys), run_identity(config, keys)
   for field in list(new) + [f for f in old if f not in new]:
-    if old.get(field, _MISSING) != new.get(field, _MISSING):
+    # A field added to r1jax after the run was saved counts as its default there (and the other way round).
+    was, now = (side.get(field, field_default(field)) for side in (old, new))
+    if was is NO_DEFAULT or now is NO_DEFAULT or was != now:
       raise ConfigError(f"{where} holds a run with a different '{field}' config (saved {old.get(field, _MISSING)!r}, "
                         f"now {new.get(field, _MISSING)!r}). Fix: use a new --config.workdir (or --results_dir for an "
                         "ablation), delete the old run, or go back to the original config.")
@@ -66,6 +68,14 @@ class Checkpointer:
     raise ConfigError(f"workdir {workdir!r}: no checkpoint in {self.dir} can be read (damaged ones were moved to "
                       f"{os.path.join(workdir, 'corrupt_checkpoints')}). Fix: delete the workdir to start over, or "
                       "use a new --config.workdir.")
+
+  def restore_raw(self) -> tuple[Any, dict]:
+    """The newest checkpoint as saved, without a target (nested dicts of host arrays) and its meta: for starting
+    another run from it (train.init_from)."""
+    step = self.manager.latest_step()
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                  meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
 
   def save(self, step: int, state: Any, meta: dict) -> None:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Mapping
@@ -212,8 +213,16 @@ class OptimConfig:
   eps: float = 1e-8
   weight_decay: float = 0.1  # decoupled; applied to matrices only (not norms)
   grad_clip: float = 1.0  # global-norm clip; 0 disables
+  # A regex searched in parameter names such as 'layer0/mixer/indexer_wk': only matching parameters train, the others
+  # stay bitwise unchanged (e.g. DSA's indexer warm-up: 'indexer'); "" trains every parameter.
+  trainable: str = ""
 
   def __post_init__(self):
+    try:
+      re.compile(self.trainable)
+    except re.error as e:
+      raise ConfigError(f"optim.trainable: {self.trainable!r} is not a regular expression ({e}). Fix: pass a Python "
+                        "regex searched in names like 'layer0/mixer/wq', e.g. 'indexer'.") from None
     _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}", "use e.g. 1e-3")
     _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", "use 0.1")
     _require(self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0, "optim.warmup_steps",
@@ -230,6 +239,10 @@ class TrainConfig:
   checkpoint_every: int = 500  # 0: no periodic checkpoints (a final one is still written when workdir is set)
   keep_checkpoints: int = 2
   progress: bool = True  # tqdm progress bar (process 0 only)
+  # Another run's workdir: a new run starts from its latest checkpoint's parameters (and model state), matched by
+  # name; parameters it lacks (e.g. a sparse mixer's indexer) keep their init; the optimizer and step start fresh.
+  # Ignored once this run has checkpoints of its own (it resumes from them).
+  init_from: str = ""
 
   def __post_init__(self):
     _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}", "use a positive number")
@@ -343,8 +356,8 @@ DATA_KIND_FIELDS = {
     "moving_digits": ("video_frames", "video_canvas", "video_patch", "video_max_speed", "video_label",
                       "num_train_examples", "num_test_examples"),
 }
-RUN_KEYS = ("model", "data", "optim", "seed", "train.steps")  # the config sections a run's result depends on
-RESUME_KEYS = ("model", "data", "optim", "seed")  # a resumed run may change its length, logging and checkpointing
+RUN_KEYS = ("model", "data", "optim", "seed", "train.steps", "train.init_from")  # what a run's result depends on
+RESUME_KEYS = ("model", "data", "optim", "seed", "train.init_from")  # a resumed run may change its length and logs
 
 
 def dotted_get(d: Any, dotted: str) -> Any:
@@ -376,6 +389,9 @@ def run_identity(cfg: Mapping[str, Any], keys: tuple[str, ...] = RUN_KEYS) -> di
       out[prefix] = list(value) if isinstance(value, tuple) else value
 
   for key in keys:
+    *parent, leaf = key.split(".")
+    if leaf not in (dotted_get(cfg, ".".join(parent)) if parent else cfg):
+      continue  # saved before the field existed: check_same_config compares it as its default
     value = dotted_get(cfg, key)
     if key == "model" and isinstance(value, Mapping):
       value = dict(value)
@@ -387,6 +403,30 @@ def run_identity(cfg: Mapping[str, Any], keys: tuple[str, ...] = RUN_KEYS) -> di
       value = {k: v for k, v in value.items() if k in own}
     flat(key, value)
   return out
+
+
+NO_DEFAULT = object()
+
+
+def field_default(dotted: str) -> Any:
+  """The default of a dotted config field ('optim.trainable', 'model.mixer_options.sparse.top_k'), as run_identity
+  flattens it (tuples as lists); NO_DEFAULT for a field that does not exist."""
+  parts = dotted.split(".")
+  if len(parts) == 4 and parts[0] == "model" and parts[1] in ("mixer_options", "ffn_options"):
+    entry = (registry.MIXERS if parts[1] == "mixer_options" else registry.FFNS).get(parts[2])
+    cls, parts = (entry.options if entry else None), parts[3:]
+  else:
+    cls = Config
+  value: Any = NO_DEFAULT
+  for part in parts:
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    if part not in fields:
+      return NO_DEFAULT
+    f = fields[part]
+    value = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else NO_DEFAULT)
+    cls = typing.get_type_hints(cls).get(part)
+  return list(value) if isinstance(value, tuple) else value
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -206,3 +206,69 @@ def moe_ffn(x_BxTxD, router_DxE, w1_ExDxF, w3_ExDxF, w2_ExFxD, opts, bias_E=None
         if kept[b, t, j]:
           y[b, t] += g * (silu(x[b, t] @ w1[e]) * (x[b, t] @ w3[e])) @ w2[e]
   return y, ids, kept
+
+
+def nsa_branches(q_BxTxHxK, kv_cmp, kv_slc, kv_win, opts, mlp_k=None, mlp_v=None):
+  """NSA's three branch outputs (Yuan et al. 2025) from masks over all T x T pairs, one query at a time, float64.
+
+  Args:
+    q_BxTxHxK: shared queries; kv_cmp, kv_slc, kv_win: each branch's (keys, values) [B, T, G, K].
+    opts: r1jax.attention.nsa.NSAOptions. mlp_k, mlp_v: (pos [l, K], w1 [l*K, F], w2 [F, K]) for compress="mlp".
+  Returns:
+    (o_cmp, o_slc, o_win) [B, T, H, K], and the selected-token mask [B, G, T, T].
+  """
+  q = np.asarray(q_BxTxHxK, np.float64)
+  B, T, H, K = q.shape
+  G = np.shape(kv_cmp[0])[2]
+  l, d, ls, n = opts.cmp_block, opts.cmp_stride, opts.slc_block, opts.top_blocks
+  M = (T - l) // d + 1 if T >= l else 0
+
+  def compress(a_BxTxGxK, mlp):
+    a = np.asarray(a_BxTxGxK, np.float64)
+    out = np.zeros((B, M, G, K))
+    for i in range(M):
+      block_BxLxGxK = a[:, i * d:i * d + l]
+      if opts.compress == "mean":
+        out[:, i] = block_BxLxGxK.mean(1)
+      else:
+        pos, w1, w2 = (np.asarray(w, np.float64) for w in mlp)
+        flat_BxGxLK = (block_BxLxGxK + pos[None, :, None]).transpose(0, 2, 1, 3).reshape(B, G, l * K)
+        h = flat_BxGxLK @ w1
+        out[:, i] = (h / (1 + np.exp(-h))) @ w2
+    return out
+
+  kc, vc = compress(kv_cmp[0], mlp_k), compress(kv_cmp[1], mlp_v)
+  o_cmp, p_cmp = np.zeros((B, T, H, K)), np.zeros((B, T, H, M))
+  for t in range(T):
+    ended = [i for i in range(M) if i * d + l - 1 <= t]
+    for h in range(H):
+      g = h // (H // G)
+      if ended:
+        logits = np.einsum("bk,bik->bi", q[:, t, h], kc[:, ended, g]) / np.sqrt(K)
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        p_cmp[:, t, h, ended] = w
+        o_cmp[:, t, h] = np.einsum("bi,bik->bk", w, vc[:, ended, g])
+
+  NB = -(-T // ls)
+  chosen = np.zeros((B, G, T, T), bool)
+  for b in range(B):
+    for g in range(G):
+      for t in range(T):
+        p_i = p_cmp[b, t, g * (H // G):(g + 1) * (H // G)].sum(0)  # summed over the group's query heads
+        score = np.full(NB, -np.inf)
+        for j in range(NB):
+          if j * ls <= t:  # the block has started by t
+            score[j] = sum(p_i[i] for i in range(M) if i * d < (j + 1) * ls and i * d + l > j * ls)
+        own = t // ls
+        for j in (0, own, own - 1):
+          if j >= 0:
+            score[j] = np.inf
+        picked = np.argsort(-score, kind="stable")[:min(n, NB)]
+        for j in picked:
+          if score[j] > -np.inf:
+            chosen[b, g, t, j * ls:min((j + 1) * ls, t + 1)] = True
+  mask_BxHxTxT = np.repeat(chosen, H // G, axis=1)
+  o_slc = np.asarray(attention(q_BxTxHxK, kv_slc[0], kv_slc[1], mask_BxHxTxT))
+  o_win = np.asarray(attention(q_BxTxHxK, kv_win[0], kv_win[1], window_mask(T, opts.window)))
+  return o_cmp, o_slc, o_win, chosen

@@ -11,6 +11,7 @@ BUILTIN_MODULES = (
     "r1jax.attention.dense",
     "r1jax.attention.sparse",
     "r1jax.attention.block_sparse",
+    "r1jax.attention.nsa",
     "r1jax.attention.local",
     "r1jax.attention.fusion",
     "r1jax.attention.routed",
@@ -28,6 +29,17 @@ class ConfigError(ValueError):
 
 class NonFiniteError(RuntimeError):
   """Training stopped: a step's loss or gradient norm was not finite; nothing from that step on was saved."""
+
+
+# Diagnostics that cost a pass of their own (a sparse mixer's recall of the dense top-k needs dense attention) are
+# computed only when the caller makes this variable collection mutable: an untimed diagnostics pass
+# (`model.apply(..., mutable=[DIAGNOSTICS])`, as Run.evaluate's), never a training or timed evaluation pass.
+DIAGNOSTICS = "diagnostics"
+
+
+def wants_diagnostics(module: Any) -> bool:
+  """Whether `module` (a Linen module, inside apply) runs in a diagnostics pass (see DIAGNOSTICS)."""
+  return module.is_mutable_collection(DIAGNOSTICS)
 
 
 @dataclasses.dataclass(frozen=True)

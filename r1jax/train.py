@@ -1,6 +1,8 @@
 """Training loop: AdamW + warm-up/cosine, a pure jitted train step with NamedShardings, eval, logs, checkpoints."""
 
 import dataclasses
+import os
+import re
 import time
 from typing import Any
 
@@ -19,7 +21,7 @@ from r1jax.config import Config, DistConfig, ModelConfig, OptimConfig, to_dict
 from r1jax.data import make_dataset
 from r1jax.model import Transformer
 from r1jax.video import make_model
-from r1jax.registry import ConfigError, NonFiniteError
+from r1jax.registry import DIAGNOSTICS, ConfigError, NonFiniteError
 from r1jax.writers import MetricWriter
 
 
@@ -51,17 +53,20 @@ def resolve_model_config(cfg: ModelConfig, data_vocab: int) -> ModelConfig:
 
 
 def forward(model: Transformer, params: Any, model_state: Any, batch: dict, rng: jax.Array | None,
-            deterministic: bool) -> tuple[jax.Array, dict, dict, Any]:
-  """Loss and metric sums on a batch.
+            deterministic: bool, diagnostics: bool = False) -> tuple[jax.Array, dict, dict, Any]:
+  """Loss and metric sums on a batch; with `diagnostics`, also the mixers' costly diagnostics (registry.DIAGNOSTICS:
+  e.g. a sparse mixer's recall of the dense top-k), for an untimed pass only.
 
   Returns:
     (objective = mean CE + aux losses, metrics (means), sums {loss_sum, correct_sum, count}, new model_state).
   """
-  mutable = (list(model_state) or False) if not deterministic else False
+  mutable = list(model_state) if not deterministic else []
+  mutable += [DIAGNOSTICS] if diagnostics else []
   out = model.apply({"params": params, **model_state}, batch["inputs"], deterministic=deterministic,
                     target_pos_BxN=batch.get("target_pos"), rngs={"dropout": rng} if rng is not None else None,
-                    mutable=mutable)
+                    mutable=mutable or False)
   (logits_BxNxV, aux), new_state = out if mutable else (out, model_state)
+  new_state = model_state if deterministic else {k: v for k, v in new_state.items() if k != DIAGNOSTICS}
   targets_BxN, w_BxN = batch["targets"], batch["weights"]
   ce_BxN = optax.softmax_cross_entropy_with_integer_labels(logits_BxNxV, targets_BxN)
   correct_BxN = (jnp.argmax(logits_BxNxV, axis=-1) == targets_BxN).astype(jnp.float32)
@@ -72,19 +77,47 @@ def forward(model: Transformer, params: Any, model_state: Any, batch: dict, rng:
   return loss + aux["aux_loss"], metrics, sums, new_state
 
 
-def make_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule):
-  """The pure step `train_step(state, batch, rng) -> (state, metrics)`; the step is folded into the key."""
+def make_eval_step(model: Transformer, diagnostics: bool = False):
+  """The pure eval step `eval_step(state, batch) -> (sums, mixer/ffn metrics)`; `diagnostics` adds the costly
+  diagnostics (registry.DIAGNOSTICS), for an untimed pass only."""
+
+  def eval_step(state: "TrainState", batch: dict) -> tuple[dict, dict]:
+    _, metrics, sums, _ = forward(model, state.params, state.model_state, batch, None, True, diagnostics)
+    return sums, {k: v for k, v in metrics.items() if k.startswith(("mixer/", "ffn/"))}
+
+  return eval_step
+
+
+def param_name(path) -> str:
+  """A parameter's name from its pytree path, as optim.trainable and train.init_from see it: 'layer0/mixer/wq'."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def trainable_mask(params: Any, pattern: str) -> Any:
+  """A pytree of Python bools like `params`: True where `pattern` (optim.trainable) is found in the name; all True
+  for an empty pattern."""
+  rx = re.compile(pattern) if pattern else None
+  return jax.tree_util.tree_map_with_path(lambda path, _: rx is None or bool(rx.search(param_name(path))), params)
+
+
+def make_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    trainable: str = ""):
+  """The pure step `train_step(state, batch, rng) -> (state, metrics)`; the step is folded into the key. Parameters
+  outside `trainable` (optim.trainable) get no gradient and come out as the very arrays that went in."""
 
   def train_step(state: TrainState, batch: dict, base_rng: jax.Array) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(base_rng, state.step)
+    mask = trainable_mask(state.params, trainable)
 
     def objective(params):
+      params = jax.tree.map(lambda m, p: p if m else jax.lax.stop_gradient(p), mask, params)
       total, metrics, _, new_state = forward(model, params, state.model_state, batch, rng, deterministic=False)
       return total, (metrics, new_state)
 
     (_, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = jax.tree.map(lambda m, new, old: new if m else old, mask, optax.apply_updates(state.params, updates),
+                          state.params)
     metrics = {f"train/{k}": v for k, v in metrics.items()}
     metrics.update({"train/grad_norm": optax.tree.norm(grads), "train/lr": schedule(state.step)})
     return TrainState(state.step + 1, params, opt_state, model_state), metrics
@@ -107,12 +140,13 @@ def init_train_state(model: Transformer, tx: optax.GradientTransformation, batch
 
 
 def compile_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                       state: TrainState, state_sh: Any, batch: dict[str, jax.Array], rng: jax.Array, mesh):
+                       state: TrainState, state_sh: Any, batch: dict[str, jax.Array], rng: jax.Array, mesh,
+                       trainable: str = ""):
   """The train step jitted with the state's shardings in and out (state donated), compiled for `batch`'s shapes
   and shardings (as placed by sharding.put_batch)."""
   replicated = NamedSharding(mesh, P())
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    step = jax.jit(make_train_step(model, tx, schedule), donate_argnums=0,
+    step = jax.jit(make_train_step(model, tx, schedule, trainable), donate_argnums=0,
                    in_shardings=(state_sh, None, replicated), out_shardings=(state_sh, replicated))
     return step.lower(state, batch, rng).compile()
 
@@ -150,6 +184,36 @@ def compiled_flops(compiled) -> float:
   return float((cost or {}).get("flops", float("nan")))
 
 
+def start_from_run(state: TrainState, workdir: str) -> tuple[TrainState, dict]:
+  """`state` with the parameters and model state of the run in `workdir` (its latest checkpoint) wherever their
+  names match, placed in `state`'s shardings; the rest keep their init, the optimizer state and step stay fresh.
+  Returns (state, {"workdir", "step", "restored": count, "new": names not in the source run})."""
+  saved, meta = Checkpointer(workdir, 1, create=False).restore_raw()
+  info = {"workdir": os.path.abspath(workdir), "step": int(meta["step"]), "restored": 0, "new": []}
+
+  def take(collection: str):
+    source = {param_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(saved.get(collection, {}))[0]}
+
+    def one(path, current):
+      name = param_name(path)
+      if name not in source:
+        info["new"].append(f"{collection}/{name}")
+        return current
+      value = np.asarray(source[name])
+      if value.shape != current.shape:
+        raise ConfigError(f"train.init_from: {collection} '{name}' has shape {value.shape} in {workdir!r} but "
+                          f"{current.shape} in this model. Fix: start from a run of the same sizes, or leave "
+                          "train.init_from empty.")
+      info["restored"] += 1
+      value = value.astype(current.dtype)
+      return jax.make_array_from_callback(current.shape, current.sharding, lambda idx: value[idx])
+
+    return jax.tree_util.tree_map_with_path(one, getattr(state, collection))
+
+  params, model_state = take("params"), take("model_state")
+  return state.replace(params=params, model_state=model_state), info
+
+
 class Run:
   """One training run, built and validated up front (bad configs and data fail before anything compiles)."""
 
@@ -165,13 +229,19 @@ class Run:
     self.is_main = jax.process_index() == 0
     self.replicated = NamedSharding(self.mesh, P())
     self.eval_timing = {"tokens": 0, "sec": 0.0, "warm": False}
+    if cfg.train.init_from and Checkpointer(cfg.train.init_from, 1, create=False).latest_step() is None:
+      raise ConfigError(f"train.init_from={cfg.train.init_from!r} holds no checkpoint. Fix: pass the workdir of a "
+                        "run that has saved one (its <workdir>/checkpoints), or train that run first.")
 
   def init_state(self) -> tuple[TrainState, Any]:
     """Sharded TrainState from abstract shapes (see sharding.init_sharded) and its shardings."""
     return init_train_state(self.model, self.tx, self.data.train_batch(0), self.cfg.seed, self.mesh)
 
-  def evaluate(self, eval_fn, state: TrainState) -> dict[str, float]:
-    """Loss and accuracy over the eval set, and mixer/ffn diagnostics (e.g. indexer recall) averaged over batches."""
+  def evaluate(self, eval_fns, state: TrainState) -> dict[str, float]:
+    """Loss and accuracy over the eval set, timed (forward tokens/s), and the mixer/ffn diagnostics averaged over
+    batches; the costly ones (e.g. a sparse mixer's recall of the dense top-k) from a second, untimed pass.
+    eval_fns = (timed eval step, diagnostics eval step or None), as make_eval_step builds them."""
+    eval_fn, diag_fn = eval_fns
     totals = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
     diags, batches = {}, 0
     for batch in self.data.eval_batches():
@@ -184,6 +254,11 @@ class Run:
       totals = {k: totals[k] + float(sums[k]) for k in totals}
       diags = {k: diags.get(k, 0.0) + float(v) for k, v in diag.items()}
       batches += 1
+    if diag_fn is not None:  # outside the timed loop: its dense passes never count as evaluation time
+      diags = {}
+      for batch in self.data.eval_batches():
+        _, diag = jax.device_get(diag_fn(state, sharding.put_batch(batch, self.mesh)))
+        diags = {k: diags.get(k, 0.0) + float(v) for k, v in diag.items()}
     n = max(totals["count"], 1.0)
     return {"eval/loss": totals["loss_sum"] / n, "eval/accuracy": totals["correct_sum"] / n,
             **{f"eval/{k}": v / max(batches, 1) for k, v in diags.items()}}
@@ -195,9 +270,17 @@ class Run:
     cfg_dict = to_dict(cfg)
     state, state_sh = self.init_state()
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    if not any(jax.tree.leaves(trainable_mask(state.params, cfg.optim.trainable))):
+      names = [param_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
+      raise ConfigError(f"optim.trainable={cfg.optim.trainable!r} matches no parameter. Fix: use a regex found in "
+                        f"names such as {names[:4]} (or '' to train all).")
+    resume = bool(cfg.workdir) and Checkpointer(cfg.workdir, 1, create=False).latest_step() is not None
+    started_from = None
+    if tc.init_from and not resume:  # before this run writes anything: a mismatch leaves its workdir untouched
+      state, started_from = start_from_run(state, tc.init_from)
     ckpt = Checkpointer(cfg.workdir, tc.keep_checkpoints) if cfg.workdir else None
     start = 0
-    if ckpt is not None and ckpt.latest_step() is not None:
+    if resume:
       state, meta = ckpt.restore(state, state_sh, cfg_dict)
       start = int(meta["step"])
     writer = MetricWriter(cfg.workdir, start, enabled=self.is_main)
@@ -209,16 +292,17 @@ class Run:
     for first in dict.fromkeys((min(start, cfg.data.curriculum_steps), cfg.data.curriculum_steps)):
       batch = sharding.put_batch(self.data.train_batch(first), self.mesh)
       shaped[batch["inputs"].shape] = compile_train_step(self.model, self.tx, self.schedule, state, state_sh, batch,
-                                                         base_rng, self.mesh)
+                                                         base_rng, self.mesh, cfg.optim.trainable)
     compiled = shaped[batch["inputs"].shape]  # the run's own shape: FLOPs and memory are reported for it
     compile_sec = time.perf_counter() - t0
 
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
-      def eval_step(s, b):
-        _, metrics, sums, _ = forward(self.model, s.params, s.model_state, b, None, True)
-        return sums, {k: v for k, v in metrics.items() if k.startswith(("mixer/", "ffn/"))}
-
-      eval_fn = jax.jit(eval_step, out_shardings=self.replicated)
+      eval_fn = jax.jit(make_eval_step(self.model), out_shardings=self.replicated)
+      # The costly diagnostics (registry.DIAGNOSTICS) get their own untimed pass, compiled only if a layer has any.
+      diag_step = make_eval_step(self.model, diagnostics=True)
+      first = sharding.put_batch(next(iter(self.data.eval_batches())), self.mesh)
+      costly = set(jax.eval_shape(diag_step, state, first)[1]) - set(jax.eval_shape(eval_fn, state, first)[1])
+      eval_fns = (eval_fn, jax.jit(diag_step, out_shardings=self.replicated) if costly else None)
       flops_per_token = compiled_flops(compiled) * self.mesh.size / tokens_per_step
 
       timed = {"tokens": 0, "sec": 0.0}
@@ -268,7 +352,7 @@ class Run:
           if done % tc.log_every == 0 or eval_now or ckpt_now:
             close_window(done)
           if eval_now:
-            last_eval = self.evaluate(eval_fn, state)
+            last_eval = self.evaluate(eval_fns, state)
             writer.write(done, last_eval)
             shown = {k: v for k, v in last_eval.items() if "/layer" not in k}  # per-layer values go to the logs
             pbar.write(f"step {done}: " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
@@ -280,7 +364,7 @@ class Run:
           if eval_now or ckpt_now:
             window["t"] = time.perf_counter()  # eval and checkpoint time is not training time
         if last_eval is None:  # resumed at the end: evaluate the restored final state
-          last_eval = self.evaluate(eval_fn, state)
+          last_eval = self.evaluate(eval_fns, state)
       finally:  # also when a step is not finite: logs closed, checkpoints in flight completed
         pbar.close()
         if ckpt is not None:
@@ -292,6 +376,7 @@ class Run:
     result = {
         "config": cfg_dict,
         "num_params": num_params,
+        **({"init_from": started_from} if started_from else {}),
         "final": last_eval,
         "history": writer.records,
         "perf": {"tokens_per_sec": tokens_per_sec, "eval_tokens_per_sec": eval_tokens_per_sec,

@@ -39,11 +39,11 @@ def test_sharded_equals_unsharded(unsharded, mesh):
 
 @pytest.mark.parametrize("overrides", [
     # two mixers per model (one per layer), so that each compile covers two mechanisms
-    {"model__mixer_pattern": ("sparse", "block_sparse"),
-     "model__mixer_options": {"sparse": {"top_k": 5, "query_chunk": 8}, "block_sparse": {"block_size": 4,
-                                                                                         "top_blocks": 1}}},
+    {"model__mixer_pattern": ("nsa", "block_sparse"),
+     "model__mixer_options": {"nsa": {"cmp_block": 4, "cmp_stride": 2, "slc_block": 4, "top_blocks": 3, "window": 4,
+                                      "query_chunk": 8}, "block_sparse": {"block_size": 4, "top_blocks": 1}}},
     {"model__mixer_pattern": ("sparse", "routed"),
-     "model__mixer_options": {"sparse": {"select": "random", "top_k": 5}, "routed": {"capacity": 0.25, "window": 4}}},
+     "model__mixer_options": {"sparse": {"top_k": 5, "query_chunk": 8}, "routed": {"capacity": 0.25, "window": 4}}},
     {"model__mixer_pattern": ("local", "fusion"), "model__mixer_options": {"local": {"window": 3},
                                                                            "fusion": {"beta": "token", "window": 5}}},
     {"model__mixer_pattern": ("fast_weight", "time_channel"),  # a delta-rule layer; the seed's time + channel form

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import apply_mixer, assert_causal, mixer_config, project_out
+from helpers import apply_mixer, assert_causal, mixer_config, project_out, tiny_config
 from r1jax import reference
 from r1jax.attention.block_sparse import BlockSparseAttention, BlockSparseOptions, block_sparse_attention
 from r1jax.attention.dense import Attention, AttentionOptions
@@ -53,7 +53,7 @@ def test_topk_with_k_at_least_T_equals_dense(select):
   x = jax.random.normal(jax.random.key(0), (2, 11, cfg.d_model))
   sparse = SparseAttention(cfg, SparseOptions(select=select, top_k=11, indexer_grad="none", query_chunk=4))
   params = sparse.init(jax.random.key(1), x, deterministic=True)
-  out, aux = sparse.apply(params, x, deterministic=True)
+  (out, aux), _ = sparse.apply(params, x, deterministic=True, mutable=["diagnostics"])  # a diagnostics pass
   dense_params = {"params": {n: params["params"][n] for n in ("wq", "wk", "wv", "wo")}}
   dense, _ = Attention(cfg, AttentionOptions(impl="xla")).apply(dense_params, x, deterministic=True)
   np.testing.assert_allclose(out, dense, rtol=1e-5, atol=1e-6)
@@ -90,10 +90,11 @@ def test_block_topk_with_all_blocks_equals_dense():
   x = jax.random.normal(jax.random.key(0), (2, 22, cfg.d_model))
   mixer = BlockSparseAttention(cfg, BlockSparseOptions(block_size=4, top_blocks=6))
   params = mixer.init(jax.random.key(1), x, deterministic=True)
-  out, aux = mixer.apply(params, x, deterministic=True)
+  (out, aux), _ = mixer.apply(params, x, deterministic=True, mutable=["diagnostics"])  # a diagnostics pass
   dense, _ = Attention(cfg, AttentionOptions(impl="xla")).apply(params, x, deterministic=True)
   np.testing.assert_allclose(out, dense, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(aux["mass"], 1.0, rtol=1e-5)
+  assert "mass" not in mixer.apply(params, x, deterministic=True)[1]  # none in a plain (timed) pass
 
 
 CAUSAL_CASES = [
@@ -160,3 +161,38 @@ def test_bad_options_name_the_field(opts, field):
 def test_bad_block_options():
   with pytest.raises(ConfigError, match="block_size"):
     BlockSparseOptions(block_size=0)
+
+
+@pytest.mark.parametrize("mixer", ["sparse", "block_sparse"])
+def test_the_timed_eval_step_holds_no_dense_pass_and_the_diagnostics_pass_does(mixer):
+  """At T=2048 a sparse model's timed eval step (what `eval tok/s` measures) compiles to fewer FLOPs than dense's;
+  the untimed diagnostics pass (recall / mass against dense attention) is the one that pays for a dense pass."""
+  from r1jax.train import compiled_flops, forward, resolve_model_config
+  from r1jax.video import make_model
+
+  T = 2048
+
+  def flops(mixer_name: str, diagnostics: bool) -> float:
+    cfg = tiny_config(data__path="x", model__num_layers=1, model__d_model=64, model__num_heads=2, model__ffn="none",
+                      model__mixer=mixer_name, **{"model__mixer_options__sparse__query_chunk": T})  # one chunk:
+    model = make_model(resolve_model_config(cfg.model, 32))  # XLA's cost analysis counts a loop body once
+    tokens = jax.ShapeDtypeStruct((1, T), jnp.int32)
+    params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), tokens)["params"]
+    batch = {"inputs": tokens, "targets": tokens, "weights": jax.ShapeDtypeStruct((1, T), jnp.float32)}
+    step = jax.jit(lambda p, b: forward(model, p, {}, b, None, True, diagnostics)[1:3])
+    return compiled_flops(step.lower(params, batch).compile())
+
+  dense, timed, diag = flops("attention", False), flops(mixer, False), flops(mixer, True)
+  assert timed < 0.8 * dense, (timed, dense)
+  assert diag > timed + 0.3 * dense, (diag, timed, dense)  # the diagnostics' dense probabilities
+
+
+def test_a_run_reports_the_diagnostics_from_its_untimed_pass(text_file):
+  """Run.evaluate: recall and mass reach the results (from the diagnostics pass), loss and accuracy from the timed."""
+  from r1jax.train import train
+
+  cfg = tiny_config(data__path=text_file, model__mixer="sparse", model__num_layers=1,
+                    **{"model__mixer_options__sparse__top_k": 4})
+  final = train(cfg)["final"]
+  assert 0.0 < final["eval/mixer/recall"] <= 1.0 and 0.0 < final["eval/mixer/mass"] <= 1.0
+  assert np.isfinite(final["eval/loss"])

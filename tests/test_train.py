@@ -250,3 +250,59 @@ def test_weight_decay_reaches_matrices_and_no_one_dimensional_parameter(text_fil
   ndim = {"/".join(p.key for p in path): x.ndim for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
   assert {k for k, m in moved.items() if m} == {k for k, n in ndim.items() if n >= 2}
   assert "final_norm/scale" in ndim and not moved["final_norm/scale"] and moved["embed"]
+
+
+SPARSE_KL_DENSE = {"model__mixer": "sparse", "model__mixer_options__sparse__top_k": 4,
+                   "model__mixer_options__sparse__indexer_grad": "none",
+                   "model__mixer_options__sparse__indexer_loss": "kl_dense"}  # DSA's indexer warm-up
+
+
+def _named(params) -> dict:
+  from r1jax.train import param_name
+  return {param_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def test_init_from_restores_parameters_by_name_and_trainable_freezes_the_rest_bitwise(text_file, tmp_path):
+  """DSA's warm-up as two general features: a sparse run starts from a dense run's checkpoint (its new indexer keeps
+  its init), and only the indexer trains: every other parameter stays bitwise the dense run's."""
+  dense = tiny_config(data__path=text_file, workdir=str(tmp_path / "dense"), model__num_layers=1)
+  train(dense)
+  warm = tiny_config(data__path=text_file, workdir=str(tmp_path / "warm"), model__num_layers=1,
+                     train__init_from=str(tmp_path / "dense"), optim__trainable="idx_", **SPARSE_KL_DENSE)
+  init = _named(Run(warm).init_state()[0].params)
+  result = train(warm)
+  assert result["init_from"]["restored"] == len(init) - 3 and result["init_from"]["step"] == 4
+  assert sorted(result["init_from"]["new"]) == [f"params/layer0/mixer/idx_w{n}" for n in "kqw"]
+  source, after = _named(load_trained(dense)[1]["params"]), _named(load_trained(warm)[1]["params"])
+  for name, value in after.items():
+    if name.split("/")[-1].startswith("idx_"):
+      assert not np.array_equal(value, init[name]), f"{name} did not train"
+    else:
+      assert value.dtype == source[name].dtype and value.tobytes() == source[name].tobytes(), f"{name} changed"
+
+
+def test_init_from_and_trainable_refuse_what_cannot_work(text_file, tmp_path):
+  small = tiny_config(data__path=text_file, workdir=str(tmp_path / "small"), model__num_layers=1)
+  train(small)
+  wide = tiny_config(data__path=text_file, workdir=str(tmp_path / "wide"), model__num_layers=1, model__d_model=64,
+                     train__init_from=str(tmp_path / "small"))
+  with pytest.raises(ConfigError, match=r"train.init_from: params 'embed' has shape \(\d+, 32\)"):
+    train(wide)
+  with pytest.raises(ConfigError, match="train.init_from=.* holds no checkpoint"):
+    Run(tiny_config(data__path=text_file, train__init_from=str(tmp_path / "nothing")))
+  with pytest.raises(ConfigError, match="optim.trainable: '\\(' is not a regular expression"):
+    tiny_config(data__path=text_file, optim__trainable="(")
+  with pytest.raises(ConfigError, match="optim.trainable='idx_' matches no parameter"):
+    train(tiny_config(data__path=text_file, optim__trainable="idx_"))  # a dense model has no indexer
+  assert not os.path.exists(tmp_path / "wide" / "checkpoints")  # nothing written
+
+
+def test_a_field_added_after_a_run_was_saved_counts_as_its_default():
+  from r1jax.checkpoint import check_same_config
+  from r1jax.config import to_dict
+
+  saved = to_dict(tiny_config(data__path="x"))
+  del saved["optim"]["trainable"], saved["train"]["init_from"]  # saved before these fields existed
+  check_same_config(saved, to_dict(tiny_config(data__path="x")), "run")  # at their defaults: the same run
+  with pytest.raises(ConfigError, match="different 'optim.trainable' config"):
+    check_same_config(saved, to_dict(tiny_config(data__path="x", optim__trainable="wq")), "run")

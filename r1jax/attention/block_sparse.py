@@ -12,14 +12,14 @@ import jax.numpy as jnp
 
 from r1jax.attention.dense import project_out, project_qkv
 from r1jax.attention.sparse import dense_probs
-from r1jax.registry import ConfigError, register_mixer
+from r1jax.registry import ConfigError, register_mixer, wants_diagnostics
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSparseOptions:
   block_size: int = 16  # b, keys per block (NSA: 64)
   top_blocks: int = 2  # n earlier blocks attended per query block, besides its own (NSA: 16); budget (n+1)*b keys
-  diagnostics: bool = True  # in eval, report the dense attention mass inside the selected blocks
+  diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS), the dense attention mass in the blocks
 
   def __post_init__(self):
     if self.block_size < 1 or self.top_blocks < 0:
@@ -111,6 +111,6 @@ class BlockSparseAttention(nn.Module):
     q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg)
     out_BxTxHxK, ids, valid = block_sparse_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o.block_size, o.top_blocks)
     aux = {}
-    if deterministic and o.diagnostics:
+    if o.diagnostics and wants_diagnostics(self):  # a dense pass: never in a timed or training pass
       aux["mass"] = selected_mass(q_BxTxHxK, k_BxTxGxK, ids, valid, o.block_size)
     return project_out(self, out_BxTxHxK, self.cfg), aux

@@ -21,7 +21,7 @@ import numpy as np
 
 from r1jax import layers
 from r1jax.attention.dense import project_out, project_qkv
-from r1jax.registry import ConfigError, register_mixer
+from r1jax.registry import ConfigError, register_mixer, wants_diagnostics
 
 SELECTS = ("indexer", "window", "random")
 INDEXER_GRADS = ("gate", "none")
@@ -41,7 +41,7 @@ class SparseOptions:
   indexer_loss_weight: float = 1.0  # weight of the indexer loss in the objective
   detach_indexer_input: bool = False  # DSA: the indexer reads stop_gradient(x), so it never shapes the residual
   query_chunk: int = 256  # queries per chunk C
-  diagnostics: bool = True  # in eval, report recall of the dense top-k keys and the dense attention mass kept
+  diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS), recall of the dense top-k and mass kept
 
   def __post_init__(self):
     checks = ((self.select in SELECTS, "select", f"use one of {SELECTS}"),
@@ -169,7 +169,7 @@ class SparseAttention(nn.Module):
       iq_pad, iw_pad = padT(iq_BxTxJxI), padT(iw_BxTxJ)
     seed = zlib.crc32("/".join(self.scope.path).encode())  # a fixed random pattern per layer
     want_kl = o.select == "indexer" and o.indexer_loss != "none"
-    want_diag = deterministic and o.diagnostics
+    want_diag = o.diagnostics and wants_diagnostics(self)  # never in a timed or training pass
 
     def chunk(start):
       pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)

@@ -1,0 +1,236 @@
+"""Native Sparse Attention (Yuan et al. 2025, "Native Sparse Attention: Hardware-Aligned and Natively Trainable
+Sparse Attention", DeepSeek): three attention branches on shared queries, mixed by per-head sigmoid gates computed
+from the input,
+
+  o_t = g_cmp(x_t) * Attn(q_t, compressed blocks) + g_slc(x_t) * Attn(q_t, selected blocks)
+        + g_win(x_t) * Attn(q_t, sliding window),
+
+each branch with its own keys and values (the paper's guard against shortcut learning between branches):
+
+(a) compressed: the keys (values) of each block of l tokens, blocks every d tokens, summarised into one key (value)
+    by mean pooling or by the paper's learned MLP over the block's keys plus an intra-block position embedding; a
+    query reads the blocks that have ended by its position. O(T * T/d).
+(b) selected: selection blocks of l' tokens scored by the compressed branch's attention probabilities, each
+    compressed block's probability going to every selection block it overlaps (with l = l' = d, the identity; the
+    paper's Eq. 9 sums the compressed scores spanning a selection block), summed over the query heads of a key/value
+    group so that a group reads one block set (the paper's GQA sharing); the top n blocks per query and group,
+    the first block and the two local blocks (the query's own and the previous one) always among them; attention
+    over their n*l' tokens (causal inside the own block). O(T * n * l').
+(c) sliding window: the last w tokens (r1jax.attention.local). O(T * w).
+
+No T x T matrix is formed. Gates start near the sliding window (weights 0, biases -2, -2, +2: sigmoid 0.12, 0.12,
+0.88), as fla-org/native-sparse-attention and lucidrains/native-sparse-attention-pytorch initialise them: local
+patterns are learned first. Differences from the paper: the selection gradient is the paper's (none through the
+top-n choice; the compressed branch learns the scores through its own attention output).
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import layers
+from r1jax.attention.dense import project_out, project_qkv
+from r1jax.attention.local import blocked_local_attention
+from r1jax.attention.sparse import dense_probs, gathered_attention, map_query_chunks
+from r1jax.registry import ConfigError, register_mixer, wants_diagnostics
+
+COMPRESS = ("mlp", "mean")
+FORCED = 3  # blocks always selected: the first one and the two local ones
+GATE_INIT = np.array([-2.0, -2.0, 2.0], np.float32)  # gate logit offsets (cmp, slc, win): start near the window
+
+
+@dataclasses.dataclass(frozen=True)
+class NSAOptions:
+  cmp_block: int = 16  # l: tokens per compressed block (paper: 32)
+  cmp_stride: int = 8  # d: tokens between compressed blocks (paper: 16); divides l and l'
+  compress: str = "mlp"  # mlp (the paper's: MLP over the block's keys + intra-block positions) | mean (pooling)
+  slc_block: int = 16  # l': tokens per selection block (paper: 64)
+  top_blocks: int = 4  # n: selection blocks per query and group, the first and the 2 local ones included (paper: 16)
+  window: int = 32  # w: sliding-window tokens (paper: 512)
+  query_chunk: int = 256  # queries per chunk of the selection branch (bounds its gathered keys to C * n * l')
+  diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS): dense attention mass in the selection
+
+  def __post_init__(self):
+    checks = ((self.cmp_stride >= 1 and self.cmp_block >= self.cmp_stride and self.cmp_block % self.cmp_stride == 0,
+               "cmp_block/cmp_stride", "use a stride d >= 1 that divides the block length l (e.g. l=16, d=8)"),
+              (self.slc_block >= 1 and self.slc_block % self.cmp_stride == 0, "slc_block",
+               "use a selection block l' that is a multiple of cmp_stride"),
+              (self.top_blocks >= FORCED, "top_blocks", f"use n >= {FORCED} (the first and the 2 local blocks)"),
+              (self.compress in COMPRESS, "compress", f"use one of {COMPRESS}"),
+              (self.window >= 1 and self.query_chunk >= 1, "window/query_chunk", "use positive sizes"))
+    for ok, field, fix in checks:
+      if not ok:
+        raise ConfigError(f"nsa.{field.split('/')[0]}={getattr(self, field.split('/')[0])!r} is invalid. Fix: {fix}")
+
+
+def num_compressed(T: int, l: int, d: int) -> int:
+  """Compressed blocks in T tokens: block i covers [i*d, i*d + l)."""
+  return (T - l) // d + 1 if T >= l else 0
+
+
+def block_overlap_ranges(T: int, l: int, d: int, ls: int) -> tuple[np.ndarray, np.ndarray]:
+  """For each selection block j (tokens [j*l', (j+1)*l')), the first and one-past-last compressed block that
+  overlaps it (an empty range where none does)."""
+  M, NB = num_compressed(T, l, d), -(-T // ls)
+  j = np.arange(NB)
+  lo = np.clip(-(-(j * ls - l + 1) // d), 0, M)
+  hi = np.clip((j + 1) * ls - 1, 0, None) // d + 1
+  return lo, np.maximum(np.minimum(hi, M), lo)
+
+
+def compress_blocks(k_BxTxGxK: jax.Array, l: int, d: int, mode: str, mlp: tuple | None) -> jax.Array:
+  """[B, M, G, K] block summaries: mean pooling, or MLP(flatten(block + intra-block positions))."""
+  B, T, G, K = k_BxTxGxK.shape
+  M = num_compressed(T, l, d)
+  idx_MxL = np.arange(M)[:, None] * d + np.arange(l)[None, :]
+  blocks_BxMxLxGxK = k_BxTxGxK[:, idx_MxL]
+  if mode == "mean":
+    return blocks_BxMxLxGxK.mean(2)
+  pos_LxK, w1_LKxF, w2_FxK = mlp
+  flat_BxMxGxLK = (blocks_BxMxLxGxK + pos_LxK[None, None, :, None]).transpose(0, 1, 3, 2, 4).reshape(B, M, G, l * K)
+  return jnp.einsum("BMGF,FK->BMGK", nn.silu(jnp.einsum("BMGE,EF->BMGF", flat_BxMxGxLK, w1_LKxF)), w2_FxK)
+
+
+def compressed_attention(q_BxTxHxK: jax.Array, kc_BxMxGxK: jax.Array, vc_BxMxGxK: jax.Array, l: int,
+                         d: int) -> tuple[jax.Array, jax.Array]:
+  """Attention over the compressed blocks that have ended by each query (none: zero output, zero probabilities).
+
+  Returns output [B, T, H, K] and float32 probabilities [B, T, H, M]."""
+  B, T, H, K = q_BxTxHxK.shape
+  M, G = kc_BxMxGxK.shape[1:3]
+  R = H // G
+  q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, R, K)
+  logits = jnp.einsum("BTGRK,BMGK->BTGRM", q_BxTxGxRxK, kc_BxMxGxK, preferred_element_type=jnp.float32) * K ** -0.5
+  ended_TxM = (np.arange(M)[None, :] * d + l - 1) <= np.arange(T)[:, None]
+  any_T = ended_TxM.any(1)
+  logits = jnp.where(ended_TxM[None, :, None, None], logits, -jnp.inf)
+  logits = jnp.where(any_T[None, :, None, None, None], logits, 0.0)  # rows with no block: defined, then zeroed
+  probs = jax.nn.softmax(logits, -1) * any_T[None, :, None, None, None]
+  o = jnp.einsum("BTGRM,BMGK->BTGRK", probs.astype(vc_BxMxGxK.dtype), vc_BxMxGxK)
+  return o.reshape(B, T, H, K), probs.reshape(B, T, H, M)
+
+
+def select_blocks(p_BxCxGxM: jax.Array, pos_C: jax.Array, T: int, o: NSAOptions) -> tuple[jax.Array, jax.Array]:
+  """Top-n selection blocks per query and group from the group's compressed probabilities; the first block and the
+  two local ones forced. Returns block ids [B, C, G, n'] (n' = min(n, number of blocks)) and their validity."""
+  NB = -(-T // o.slc_block)
+  lo, hi = block_overlap_ranges(T, o.cmp_block, o.cmp_stride, o.slc_block)
+  csum = jnp.pad(jnp.cumsum(p_BxCxGxM, -1), [(0, 0)] * 3 + [(1, 0)])
+  score = csum[..., hi] - csum[..., lo]  # [B, C, G, NB]: sum over the overlapping compressed blocks
+  own_C = pos_C // o.slc_block
+  j_NB = jnp.arange(NB)
+  causal_CxNB = j_NB[None, :] <= own_C[:, None]
+  forced_CxNB = (j_NB[None, :] == 0) | (j_NB[None, :] == own_C[:, None]) | (j_NB[None, :] == own_C[:, None] - 1)
+  score = jnp.where(forced_CxNB[None, :, None], jnp.inf, score)
+  score = jnp.where(causal_CxNB[None, :, None], score, -jnp.inf)
+  top, ids = jax.lax.top_k(score, min(o.top_blocks, NB))
+  return ids, top > -jnp.inf
+
+
+def selected_attention(q_BxCxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, ids_BxCxGxN: jax.Array,
+                       valid_BxCxGxN: jax.Array, pos_C: jax.Array, ls: int) -> jax.Array:
+  """Attention of each query over the tokens of its group's selected blocks (causal), one group at a time."""
+  B, C, H, K = q_BxCxHxK.shape
+  T, G = k_BxTxGxK.shape[1:3]
+  tok_BxCxGxN = (ids_BxCxGxN[..., None] * ls + jnp.arange(ls)[None, None, None, None]).reshape(B, C, G, -1)  # N * l' token positions
+  ok = (jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_C[None, :, None, None]) & (tok_BxCxGxN < T))
+  tok_BxCxGxN = jnp.minimum(tok_BxCxGxN, T - 1)
+  q_GxBxCxRxK = q_BxCxHxK.reshape(B, C, G, H // G, K).transpose(2, 0, 1, 3, 4)
+  one = lambda q, k, v, i, m: gathered_attention(q, k[:, :, None], v[:, :, None], i, m)[0]  # noqa: E731
+  o_GxBxCxRxK = jax.vmap(one)(q_GxBxCxRxK, k_BxTxGxK.transpose(2, 0, 1, 3), v_BxTxGxK.transpose(2, 0, 1, 3),
+                              tok_BxCxGxN.transpose(2, 0, 1, 3), ok.transpose(2, 0, 1, 3))
+  return o_GxBxCxRxK.transpose(1, 2, 0, 3, 4).reshape(B, C, H, K), tok_BxCxGxN, ok
+
+
+@register_mixer("nsa", NSAOptions)
+class NativeSparseAttention(nn.Module):
+  """NSA's three gated branches (see the module docstring). Sows `qkv` (shared q and each branch's k, v),
+  `branches` (o_cmp, o_slc, o_win) and `selected` (block ids [B, T, G, n'], validity); aux: mean gate per branch,
+  and in a diagnostics pass `mass`, the share of dense attention (selection keys, averaged over heads) inside
+  a group's selected tokens, averaged over groups."""
+
+  cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
+  opts: NSAOptions
+
+  def _kv(self, x_BxTxD: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
+    cfg = self.cfg
+    D, H = cfg.d_model, cfg.num_heads
+    G, K = cfg.num_kv_heads or H, D // H
+    dt = layers.dtype(cfg.dtype)
+    x = x_BxTxD.astype(dt)
+    axes = ("act_batch", "act_length", "act_heads", "act_kv")
+    out = []
+    for kind in ("k", "v"):
+      w = layers.param(self, f"w{kind}_{name}", (D, G, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
+      out.append(layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, w.astype(dt)), axes))
+    k = layers.rope(out[0], np.arange(x.shape[1]), cfg.rope_base)
+    return k, out[1]
+
+  def _mlp(self, name: str, K: int) -> tuple | None:
+    o, cfg = self.opts, self.cfg
+    if o.compress == "mean":
+      return None
+    l = o.cmp_block
+    pos = layers.param(self, f"{name}_pos", (l, K), (None, "kv"), cfg.init_std, cfg.param_dtype)
+    w1 = layers.param(self, f"{name}_w1", (l * K, K), (None, "kv"), (l * K) ** -0.5, cfg.param_dtype)
+    w2 = layers.param(self, f"{name}_w2", (K, K), ("kv", None), K ** -0.5, cfg.param_dtype)
+    dt = layers.dtype(cfg.dtype)
+    return pos.astype(dt), w1.astype(dt), w2.astype(dt)
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+    o, cfg = self.opts, self.cfg
+    B, T, _ = x_BxTxD.shape
+    H = cfg.num_heads
+    q_BxTxHxK, k_slc, v_slc = project_qkv(self, x_BxTxD, cfg)  # wq, wk, wv: the selection branch's keys/values
+    K = q_BxTxHxK.shape[-1]
+    (k_cmp, v_cmp), (k_win, v_win) = self._kv(x_BxTxD, "cmp"), self._kv(x_BxTxD, "win")
+    self.sow("intermediates", "qkv", (q_BxTxHxK, (k_cmp, v_cmp), (k_slc, v_slc), (k_win, v_win)))
+
+    # (a) compressed blocks
+    kc = compress_blocks(k_cmp, o.cmp_block, o.cmp_stride, o.compress, self._mlp("cmp_k", K))
+    vc = compress_blocks(v_cmp, o.cmp_block, o.cmp_stride, o.compress, self._mlp("cmp_v", K))
+    o_cmp, p_cmp_BxTxHxM = compressed_attention(q_BxTxHxK, kc, vc, o.cmp_block, o.cmp_stride)
+    G = k_slc.shape[2]
+    p_BxTxGxM = jax.lax.stop_gradient(p_cmp_BxTxHxM.reshape(B, T, G, H // G, -1).sum(3))  # scores, not trained
+
+    # (b) selected blocks, in query chunks
+    C = min(o.query_chunk, T)
+    pad = -T % C
+    q_pad = jnp.pad(q_BxTxHxK, [(0, 0), (0, pad), (0, 0), (0, 0)])
+    p_pad = jnp.pad(p_BxTxGxM, [(0, 0), (0, pad), (0, 0), (0, 0)])
+
+    def chunk(start):
+      pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
+      q_C = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
+      ids, valid = select_blocks(jax.lax.dynamic_slice_in_dim(p_pad, start, C, 1), pos_C, T, o)
+      out, _, _ = selected_attention(q_C, k_slc, v_slc, ids, valid, pos_C, o.slc_block)
+      return {"out": out, "ids": ids, "valid": valid}
+
+    res = map_query_chunks(chunk, T, C)
+    o_slc = res["out"]
+    self.sow("intermediates", "selected", (res["ids"], res["valid"]))
+
+    # (c) sliding window
+    o_win = blocked_local_attention(q_BxTxHxK, k_win, v_win, o.window)
+    self.sow("intermediates", "branches", (o_cmp, o_slc, o_win))
+
+    # gates: sigmoid(x W + b) per head and branch, initialised near the sliding window
+    D = cfg.d_model
+    wg = layers.param(self, "gate_w", (D, H, 3), ("embed", "heads", None), 0.0, cfg.param_dtype)
+    bg = layers.param(self, "gate_b", (H, 3), ("heads", None), 0.0, "float32") + GATE_INIT[None]
+    g_BxTxHx3 = jax.nn.sigmoid(jnp.einsum("BTD,DHC->BTHC", x_BxTxD.astype(jnp.float32), wg.astype(jnp.float32))
+                               + bg[None, None])
+    dt = o_win.dtype
+    out = sum(g_BxTxHx3[..., i, None].astype(dt) * b.astype(dt) for i, b in enumerate((o_cmp, o_slc, o_win)))
+    aux = {f"gate_{n}": jnp.mean(g_BxTxHx3[..., i]) for i, n in enumerate(("cmp", "slc", "win"))}
+    if o.diagnostics and wants_diagnostics(self):  # a dense pass: never in a timed or training pass
+      p_dense_BxTxS = dense_probs(q_BxTxHxK, k_slc, jnp.arange(T))  # averaged over all heads
+      tok = (res["ids"][..., None] * o.slc_block + jnp.arange(o.slc_block)[None, None, None, None]).reshape(B, T, G, -1)
+      ok = jnp.repeat(res["valid"], o.slc_block, -1) & (tok <= jnp.arange(T)[None, :, None, None])
+      p_BxTxGxN = jnp.take_along_axis(p_dense_BxTxS, jnp.minimum(tok, T - 1).reshape(B, T, -1), -1).reshape(tok.shape)
+      aux["mass"] = jnp.mean(jnp.sum(jnp.where(ok, p_BxTxGxN, 0.0), -1))  # per group's selection, then averaged
+    return project_out(self, out, cfg), aux

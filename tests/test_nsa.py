@@ -1,0 +1,88 @@
+"""Native Sparse Attention: each branch against its masked reference (r1jax.reference.nsa_branches), selection over
+every block equal to dense attention, the gated sum, causality and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import apply_mixer, assert_causal, mixer_config, project_out
+from r1jax import reference
+from r1jax.attention.nsa import GATE_INIT, NativeSparseAttention, NSAOptions
+from r1jax.registry import ConfigError
+
+
+def _run(opts, T, kv_heads, seed=0):
+  cfg = mixer_config(kv_heads=kv_heads)
+  mixer = NativeSparseAttention(cfg, opts)
+  x = jax.random.normal(jax.random.key(seed), (2, T, cfg.d_model))
+  params, (out, aux), inter = apply_mixer(mixer, x)
+  return mixer, x, params, out, aux, inter
+
+
+def _reference(opts, params, inter):
+  q, kv_cmp, kv_slc, kv_win = inter["qkv"][0]
+  p = params["params"]
+  mlp = {n: (p[f"{n}_pos"], p[f"{n}_w1"], p[f"{n}_w2"]) if opts.compress == "mlp" else None for n in ("cmp_k", "cmp_v")}
+  return reference.nsa_branches(q, kv_cmp, kv_slc, kv_win, opts, mlp["cmp_k"], mlp["cmp_v"])
+
+
+@pytest.mark.parametrize("T,l,d,ls,n,w,chunk,kv_heads,compress", [
+    (21, 4, 2, 4, 3, 5, 8, 2, "mlp"),  # overlapping compressed blocks, T not a multiple of anything, GQA
+    (16, 4, 4, 8, 3, 4, 16, 0, "mean"),  # l = d, selection blocks of two compressed blocks, one query chunk
+    (19, 6, 2, 2, 4, 3, 5, 1, "mlp"),  # compressed blocks longer than selection blocks, MQA
+    (5, 8, 4, 4, 3, 2, 4, 2, "mean"),  # shorter than one compressed block: the compressed branch is empty
+])
+def test_each_branch_equals_its_masked_reference(T, l, d, ls, n, w, chunk, kv_heads, compress):
+  opts = NSAOptions(cmp_block=l, cmp_stride=d, slc_block=ls, top_blocks=n, window=w, query_chunk=chunk,
+                    compress=compress)
+  _, _, params, out, _, inter = _run(opts, T, kv_heads)
+  o_cmp, o_slc, o_win, chosen = _reference(opts, params, inter)
+  got = inter["branches"][0]
+  for name, a, b in zip(("compressed", "selected", "window"), got, (o_cmp, o_slc, o_win)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=name)
+  ids, valid = inter["selected"][0]  # the block sets: the same tokens as the reference's
+  tok = np.asarray(ids)[..., None] * ls + np.arange(ls)
+  got_mask = np.zeros_like(chosen)
+  for b, t, g, j in zip(*np.nonzero(np.asarray(valid))):
+    keys = tok[b, t, g, j][tok[b, t, g, j] <= t]
+    got_mask[b, g, t, keys] = True
+  np.testing.assert_array_equal(got_mask, chosen)
+  # the layer's output: the gated sum (gates at init: sigmoid of the offsets), projected
+  gates = 1 / (1 + np.exp(-GATE_INIT))
+  want = sum(g * o for g, o in zip(gates, (o_cmp, o_slc, o_win)))
+  np.testing.assert_allclose(out, project_out(params, jnp.asarray(want, jnp.float32)), rtol=2e-4, atol=2e-5)
+
+
+def test_selecting_every_block_is_dense_attention():
+  T, ls = 23, 4
+  opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=ls, top_blocks=-(-T // ls), window=3, query_chunk=7)
+  _, _, _, _, _, inter = _run(opts, T, kv_heads=2)
+  q, _, (k, v), _ = inter["qkv"][0]
+  np.testing.assert_allclose(inter["branches"][0][1], reference.attention(q, k, v), rtol=2e-4, atol=2e-5)
+
+
+def test_nsa_is_causal_and_every_parameter_gets_a_gradient():
+  opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=4, top_blocks=3, window=3, query_chunk=4)
+  mixer, x, params, _, _, _ = _run(opts, 12, kv_heads=2)
+  assert_causal(mixer, T=12)
+  grads = jax.grad(lambda p: jnp.sum(mixer.apply(p, x, deterministic=False)[0] ** 2))(params)["params"]
+  for name, g in grads.items():
+    assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, f"no gradient reaches {name}"
+
+
+def test_mass_is_a_diagnostics_pass_only_and_one_when_every_block_is_selected():
+  T, ls = 17, 4
+  opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=ls, top_blocks=-(-T // ls), window=3)
+  mixer, x, params, _, aux, _ = _run(opts, T, kv_heads=2)
+  assert "mass" not in aux
+  (_, aux), _ = mixer.apply(params, x, deterministic=True, mutable=["diagnostics"])
+  np.testing.assert_allclose(aux["mass"], 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("cmp_stride", 3, "nsa.cmp_block"), ("slc_block", 5, "nsa.slc_block"), ("top_blocks", 2, "nsa.top_blocks"),
+    ("compress", "max", "nsa.compress")])
+def test_bad_options_name_the_field(field, value, match):
+  with pytest.raises(ConfigError, match=match):
+    NSAOptions(**{"cmp_block": 4, "cmp_stride": 2, "slc_block": 4, field: value})
