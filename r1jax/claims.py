@@ -3,8 +3,9 @@
   python -m r1jax.claims                                  # reads ./results/<experiment>/..., writes CLAIMS.md
   python -m r1jax.claims --results=/scratch/results --out=CLAIMS.md
 
-Every number comes from a results folder an experiment driver wrote (results.json: per-seed runs; report.json:
-what a driver measured beyond its tables). Spreads are over seeds: each seed's ratio to the baseline's run of the
+Every number comes from a results folder an experiment driver wrote (results.json: per-seed runs and their scale;
+report.json: what a driver measured beyond its tables); the repository commits these summaries under results/, and
+CLAIMS.md is this module's output from them (tests/test_committed_results.py regenerates and compares it). Spreads are over seeds: each seed's ratio to the baseline's run of the
 same seed, then mean ± std. A claim whose results are missing is listed as "not tested" with the command to run.
 Verdicts: "supported" when the measured value meets the claim, "not supported at this scale" otherwise (the scale
 is printed: small models, CPU steps; the claims are about production models).
@@ -33,6 +34,7 @@ class Results:
   rows: dict[str, dict]  # variant -> summary row (ratios to the folder's baseline)
   runs: dict[str, dict]  # "variant/seedN" -> flat final metrics and perf
   baseline: str
+  scales: dict[str, dict]  # "variant/seedN" -> the finished run's size, data, steps, backend (reporting.scale)
 
   @classmethod
   def load(cls, folder: str) -> "Results | None":
@@ -41,7 +43,7 @@ class Results:
       return None
     with open(path) as f:
       saved = json.load(f)
-    return cls(folder, {r["variant"]: r for r in saved["rows"]}, saved["runs"], saved["baseline"])
+    return cls(folder, {r["variant"]: r for r in saved["rows"]}, saved["runs"], saved["baseline"], saved["scale"])
 
   def seeds(self, variant: str) -> list[str]:
     """The variant's finished seeds (runs that stopped on a non-finite loss are left out)."""
@@ -59,16 +61,12 @@ class Results:
     return (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0) if len(arr) else (math.nan, 0.0)
 
   def scale(self, variant: str) -> str:
-    """Model size, data and steps of the variant's first finished run, read from its result.json."""
+    """Model size, data and steps of the variant's first finished run (results.json keeps them)."""
     if not self.seeds(variant):
       return "no finished run"
-    path = os.path.join(self.folder, variant, self.seeds(variant)[0], "result.json")
-    with open(path) as f:
-      result = json.load(f)
-    c, perf = result["config"], result["perf"]
-    return (f"{c['model']['num_layers']} layers x {c['model']['d_model']} wide, {c['data']['kind']} T="
-            f"{c['data']['seq_len']}, {c['train']['steps']} steps, {len(self.seeds(variant))} seeds, "
-            f"{perf.get('backend', '?')}")
+    sc = self.scales[f"{variant}/{self.seeds(variant)[0]}"]
+    return (f"{sc['num_layers']} layers x {sc['d_model']} wide, {sc['data']} T={sc['seq_len']}, {sc['steps']} steps, "
+            f"{len(self.seeds(variant))} seeds, {sc['backend']}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ files and plots, all written atomically. Figures are `matplotlib.figure.Figure`s
 a notebook that calls this keeps showing its own figures."""
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -117,20 +118,45 @@ def markdown_table(rows: list[dict], baseline: str) -> str:
   return "\n".join(lines)
 
 
-def plot(results: dict[tuple[str, int], dict], rows: list[dict]) -> dict[str, Any]:
-  """{"learning_curves": eval loss against step (mean over finished seeds, band min-max), "quality_vs_flops"}, as
-  matplotlib Figures (display them in a notebook, or save them)."""
+def scale(result: dict) -> dict[str, Any]:
+  """What a run's numbers hold at: model size, data, length, steps and backend (kept in results.json)."""
+  c = result["config"]
+  return {"num_layers": c["model"]["num_layers"], "d_model": c["model"]["d_model"], "data": c["data"]["kind"],
+          "seq_len": c["data"]["seq_len"], "steps": c["train"]["steps"],
+          "backend": result["perf"].get("backend", "?")}
+
+
+def curve(result: dict) -> dict[str, list]:
+  """A run's evaluations over training: {"step": [...], "eval/loss": [...], ...} (kept in results.json)."""
+  evals = [r for r in result["history"] if "eval/loss" in r]
+  keys = [k for k in ("eval/loss", "eval/accuracy") if evals and k in evals[0]]
+  return {"step": [r["step"] for r in evals], **{k: [r[k] for r in evals] for k in keys}}
+
+
+def summary(name: str, sweep_id: str, baseline: str, results: dict[tuple[str, int], dict]) -> dict:
+  """An ablation's results.json: the rows (mean ± std, ratios), each run's flat metrics, scale and eval curve. It is
+  self-contained (no checkpoints or per-run files needed), so a committed copy can be plotted and judged."""
+  done = {f"{v}/seed{s}": r for (v, s), r in results.items() if "failed" not in r}
+  return {"name": name, "sweep_id": sweep_id, "baseline": baseline, "rows": summarise(results, baseline),
+          "runs": {f"{v}/seed{s}": flat(r) for (v, s), r in results.items()},
+          "scale": {label: scale(r) for label, r in done.items()},
+          "curves": {label: curve(r) for label, r in done.items()}}
+
+
+def plot(saved: dict) -> dict[str, Any]:
+  """{"learning_curves": eval loss against step (mean over finished seeds, band min-max), "quality_vs_flops"} of a
+  results.json (`summary`), as matplotlib Figures (display them in a notebook, or save them)."""
   from matplotlib.figure import Figure
 
+  rows = saved["rows"]
   curves_fig = Figure(figsize=(6, 4), layout="tight")
   ax = curves_fig.subplots()
   for row in rows:
-    curves = [[(r["step"], r["eval/loss"]) for r in res["history"] if "eval/loss" in r]
-              for (v, _), res in results.items() if v == row["variant"] and "failed" not in res]
+    curves = [c for label, c in saved["curves"].items() if label.split("/")[0] == row["variant"]]
     if not curves:
       continue
-    steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
-    losses = np.array([[dict(c)[s] for s in steps] for c in curves])
+    steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
+    losses = np.array([[dict(zip(c["step"], c["eval/loss"]))[s] for s in steps] for c in curves])
     ax.plot(steps, losses.mean(0), marker="o", ms=3, label=row["variant"])
     if len(curves) > 1:
       ax.fill_between(steps, losses.min(0), losses.max(0), alpha=0.2)
@@ -148,21 +174,69 @@ def plot(results: dict[tuple[str, int], dict], rows: list[dict]) -> dict[str, An
   return {"learning_curves": curves_fig, "quality_vs_flops": cost_fig}
 
 
+REF_STYLES = (("k", "--"), ("tab:red", ":"), ("tab:gray", "-."))  # reference lines of a panel, in order
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One bar panel of `bars`: a results column, its axis label (with units), a display scale and reference lines
+  ((value, legend label), e.g. chance or a published anchor; at most len(REF_STYLES))."""
+
+  key: str
+  label: str
+  scale: float = 1.0
+  refs: tuple[tuple[float, str], ...] = ()
+
+
+def bars(rows: list[dict], panels: list[Panel], title: str = "") -> Any:
+  """A Figure with one bar panel per column of a results table: the mean over seeds, error bars (std) only where a
+  row has several seeds, reference lines in the legend, and a log axis where the values span two decades or more."""
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(3.6 * len(panels), 3.2), layout="constrained")
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  names = [r["variant"] for r in rows]
+  for ax, p in zip(axes, panels):
+    vals = np.array([r.get(p.key, np.nan) for r in rows], np.float64) * p.scale
+    errs = [r.get(p.key + ":std", 0.0) * p.scale if r.get("seeds", 1) > 1 else 0.0 for r in rows]
+    ax.bar(names, vals, yerr=errs, capsize=3)
+    for (value, label), (color, style) in zip(p.refs, REF_STYLES):
+      ax.axhline(value, color=color, lw=1.0, ls=style, label=label)
+    positive = vals[np.isfinite(vals) & (vals > 0)]
+    if len(positive) and positive.max() / positive.min() >= 100:
+      ax.set_yscale("log")
+    ax.set_ylabel(p.label)
+    ax.tick_params(axis="x", rotation=45)
+    if p.refs:
+      ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def load_summary(folder: str) -> dict:
+  """An ablation's results.json (`summary`) from its folder, e.g. a committed one under results/<driver>/[<task>]."""
+  path = os.path.join(folder, "results.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no results. Fix: run the experiment driver that writes this folder.")
+  with open(path) as f:
+    return json.load(f)
+
+
 def write_summary(out_dir: str, name: str, sweep_id: str, baseline: str,
                   results: dict[tuple[str, int], dict]) -> tuple[list[dict], str]:
   """results.json / .csv / .md and the plots of an ablation in `out_dir`; returns (rows, markdown table)."""
-  rows = summarise(results, baseline)
+  saved = summary(name, sweep_id, baseline, results)
+  rows = saved["rows"]
   table = markdown_table(rows, baseline)
-  write_json(os.path.join(out_dir, "results.json"), {
-      "name": name, "sweep_id": sweep_id, "baseline": baseline, "rows": rows,
-      "runs": {f"{v}/seed{s}": flat(r) for (v, s), r in results.items()}})
+  write_json(os.path.join(out_dir, "results.json"), saved)
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
   writer.writeheader()
   writer.writerows(rows)
   write_text(os.path.join(out_dir, "results.csv"), buf.getvalue())
   write_text(os.path.join(out_dir, "results.md"), f"# {name}\n\n{table}\n")
-  for fname, fig in plot(results, rows).items():
+  for fname, fig in plot(saved).items():
     tmp = os.path.join(out_dir, f"{fname}.tmp.png")
     fig.savefig(tmp, dpi=120)
     os.replace(tmp, os.path.join(out_dir, f"{fname}.png"))

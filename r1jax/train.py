@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
+from tqdm import tqdm  # a text bar everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from r1jax import reporting, sharding
 from r1jax.checkpoint import Checkpointer

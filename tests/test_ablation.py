@@ -43,6 +43,11 @@ def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):
   assert "| one | 2 |" in table and "±" in table and "tokens_per_sec / one" in table
   saved = json.load(open(tmp_path / "res" / "results.json"))
   assert set(saved["runs"]) == {"one/seed0", "one/seed1", "two/seed0", "two/seed1"}
+  # results.json stands alone (it is what the repository commits): each run's scale and eval curve, plottable
+  assert saved["scale"]["two/seed1"]["num_layers"] == 2 and saved["scale"]["one/seed0"]["num_layers"] == 1
+  for label, run in saved["runs"].items():
+    assert saved["curves"][label]["eval/loss"][-1] == pytest.approx(run["eval/loss"])
+  assert set(reporting.plot(saved)) == {"learning_curves", "quality_vs_flops"}
 
   calls.clear()
   rows_again = ablation.run(abl, counting_train, log=lines.append)
@@ -132,3 +137,20 @@ def test_ratios_are_taken_against_the_named_baseline_not_the_first_variant():
   assert by["base"]["eval/loss:ratio"] == 1.0 and by["first"]["eval/loss:ratio"] == 0.5
   assert by["first"]["perf/tokens_per_sec:ratio"] == 2.0
   assert "loss / base" in reporting.markdown_table(rows, "base")
+
+
+def test_bars_draw_error_bars_only_over_several_seeds_and_a_log_axis_over_decades():
+  from matplotlib.container import BarContainer, ErrorbarContainer
+
+  rows = [{"variant": "a", "seeds": 3, "x": 1.0, "x:std": 0.1, "y": 1.0, "y:std": 0.0},
+          {"variant": "b", "seeds": 1, "x": 2.0, "x:std": 0.5, "y": 500.0, "y:std": 0.0}]
+  fig = reporting.bars(rows, [reporting.Panel("x", "x (units)", refs=((1.5, "anchor"),)),
+                              reporting.Panel("y", "y (units)", scale=2.0)])
+  ax_x, ax_y = fig.axes
+  errorbars = next(c for c in ax_x.containers if isinstance(c, ErrorbarContainer))
+  segments = errorbars.lines[2][0].get_segments()
+  assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([0.2, 0.0])  # b: one seed, no error bar
+  assert ax_x.get_yscale() == "linear" and ax_y.get_yscale() == "log"  # 2 .. 1000 spans decades
+  (heights,) = [c for c in ax_y.containers if isinstance(c, BarContainer)]
+  assert [p.get_height() for p in heights] == [2.0, 1000.0]
+  assert ax_x.get_legend_handles_labels()[1] == ["anchor"] and ax_x.get_ylabel() == "x (units)"

@@ -9,19 +9,19 @@ import pytest
 from r1jax import claims
 
 
+def _scales(runs, kind="mqar"):
+  """results.json's "scale" of each finished run (reporting.scale)."""
+  return {label: {"num_layers": 2, "d_model": 64, "data": kind, "seq_len": 64, "steps": 100, "backend": "cpu"}
+          for label, run in runs.items() if "failed" not in run}
+
+
 def _write_task(folder, baseline, runs, kind="mqar"):
-  """A results folder as ablation.run writes it: results.json (rows, runs) and one result.json per run."""
+  """A results folder as ablation.run writes it: results.json (rows, runs and their scale)."""
   os.makedirs(folder, exist_ok=True)
   variants = list(dict.fromkeys(label.split("/")[0] for label in runs))
   rows = [{"variant": v, "num_params": runs[f"{v}/seed0"]["num_params"]} for v in variants]
   with open(os.path.join(folder, "results.json"), "w") as f:
-    json.dump({"name": "x", "baseline": baseline, "rows": rows, "runs": runs}, f)
-  for label in runs:
-    os.makedirs(os.path.join(folder, label), exist_ok=True)
-    config = {"model": {"num_layers": 2, "d_model": 64}, "data": {"kind": kind, "seq_len": 64},
-              "train": {"steps": 100}}
-    with open(os.path.join(folder, label, "result.json"), "w") as f:
-      json.dump({"config": config, "perf": {"backend": "cpu"}}, f)
+    json.dump({"name": "x", "baseline": baseline, "rows": rows, "runs": runs, "scale": _scales(runs, kind)}, f)
 
 
 def _run(acc, loss, eval_tps, params=1000):
@@ -116,9 +116,10 @@ def test_compute_cut_verdict_on_either_side_of_65_percent(tmp_path, dense_flops,
 def test_a_failed_seed_is_left_out_of_the_ratios_and_the_scale(tmp_path):
   runs = {"dense/seed0": _run(0.9, 1.0, 100), "dense/seed1": _run(0.8, 1.0, 200),
           "topk16/seed0": _run(0.9, 1.0, 400), "topk16/seed1": {"failed": "train step 3: loss=nan"}}
-  _write_task(tmp_path / "task", "dense", {k: v for k, v in runs.items() if "failed" not in v})
-  with open(tmp_path / "task" / "results.json", "w") as f:  # the failed run is in results.json, with no result.json
+  os.makedirs(tmp_path / "task")
+  with open(tmp_path / "task" / "results.json", "w") as f:  # the failed run has no scale
     json.dump({"name": "x", "baseline": "dense", "rows": [{"variant": "dense", "num_params": 1000},
-                                                          {"variant": "topk16", "num_params": 1000}], "runs": runs}, f)
+                                                          {"variant": "topk16", "num_params": 1000}], "runs": runs,
+               "scale": _scales(runs)}, f)
   (m,) = claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy")(str(tmp_path / "task"))
   assert "topk16: 4.00x" in m.value and ", 1 seeds," in m.scale and m.verdict == claims.SUPPORTED

@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 from conftest import REPO
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
-DRAWS = re.compile(r"plt\.show\(|display\(Image|\.subplots\(")  # a cell that means to show a figure
+DRAWS = re.compile(r"plt\.show\(|display\((?!Markdown)|\.subplots\(")  # a cell that means to show a figure
 
 
 def drawing_cells_without_figure(nb) -> list[int]:
