@@ -46,9 +46,25 @@ class Ablation:
       raise ConfigError(f"baseline={self.baseline!r} is not a variant. Fix: use one of {list(self.variants)}.")
     out = {}
     root = os.path.abspath(self.results_dir or os.path.join("results", self.name))
+    chain = {v: str(o.get("train.init_from", ""))[1:] for v, o in self.variants.items()
+             if str(o.get("train.init_from", "")).startswith("@")}
+    for variant in chain:  # follow each variant's sources: a cycle could never start
+      seen, at = [variant], chain[variant]
+      while at in chain and at not in seen:
+        seen, at = seen + [at], chain[at]
+      if at in seen:
+        raise ConfigError(f"train.init_from: variants {seen} start from each other in a cycle. Fix: make one of "
+                          "them start from scratch (train.init_from='').")
     for variant, overrides in self.variants.items():
+      source = overrides.get("train.init_from", "")
+      if isinstance(source, str) and source.startswith("@"):  # another variant's run of the same seed
+        if source[1:] not in self.variants or source[1:] == variant:
+          raise ConfigError(f"variant {variant!r}: train.init_from={source!r} names no other variant. Fix: use "
+                            f"'@<variant>' with one of {[v for v in self.variants if v != variant]}.")
       for seed in self.seeds:
-        cfg = override(self.base, {**overrides, "seed": seed,
+        seeded = {k: os.path.join(root, v[1:], f"seed{seed}") if k == "train.init_from" and str(v).startswith("@")
+                  else v for k, v in overrides.items()}
+        cfg = override(self.base, {**seeded, "seed": seed,
                                    "workdir": os.path.join(root, variant, f"seed{seed}")}, f"variant {variant!r}")
         out[(variant, seed)] = Config.from_dict(cfg)
     return out
@@ -94,13 +110,39 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
     if "failed" in result:
       log(f"{label}: FAILED: {result['failed']}")
 
-  if todo:
-    launcher.launch(todo, finish, log, record)
+  for wave in waves(todo):  # a run that starts from another run's checkpoint (train.init_from) waits for it
+    sources = {cfg.workdir: label for label, cfg in todo}
+    ready = []
+    for label, cfg in wave:
+      source = sources.get(cfg.train.init_from)
+      if source is not None and "failed" in results[labels[source]]:
+        finish(label, reporting.failed_result(to_dict(cfg), f"its train.init_from run {source} failed"))
+      else:
+        ready.append((label, cfg))
+    if ready:
+      launcher.launch(ready, finish, log, record)
   results = {key: results[key] for key in configs}  # in the ablation's order, however runs finished
   baseline = ablation.baseline or next(iter(ablation.variants))
   rows, table = reporting.write_summary(out_dir, ablation.name, record.id, baseline, results)
   log(f"\n{ablation.name}: mean ± std over seeds; ratios to '{baseline}'\n{table}\nresults: {out_dir}")
   return rows
+
+
+def waves(todo: list[tuple[str, Config]]) -> list[list[tuple[str, Config]]]:
+  """`todo` in launch order: runs whose train.init_from is another unfinished run's workdir come in a later wave
+  than that run (a cycle raises ConfigError)."""
+  pending, out, done = list(todo), [], set()
+  workdirs = {cfg.workdir for _, cfg in todo}
+  while pending:
+    wave = [(label, cfg) for label, cfg in pending if cfg.train.init_from not in workdirs - done]
+    if not wave:
+      raise ConfigError(f"train.init_from: the runs {[label for label, _ in pending]} start from each other in a "
+                        "cycle. Fix: make one of them start from scratch (train.init_from='').")
+    out.append(wave)
+    done |= {cfg.workdir for _, cfg in wave}
+    launched = {label for label, _ in wave}
+    pending = [(label, cfg) for label, cfg in pending if label not in launched]
+  return out
 
 
 def task_plan(variants: Mapping[str, Any], asked: Sequence[str] | None, task: str,

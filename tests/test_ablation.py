@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -11,7 +12,7 @@ from helpers import tiny_config
 from r1jax import ablation, registry, reporting
 from r1jax.config import default_config, to_dict
 from r1jax.registry import ConfigError
-from r1jax.train import train
+from r1jax.train import load_trained, train
 
 
 def _base(text_file):
@@ -154,3 +155,23 @@ def test_bars_draw_error_bars_only_over_several_seeds_and_a_log_axis_over_decade
   (heights,) = [c for c in ax_y.containers if isinstance(c, BarContainer)]
   assert [p.get_height() for p in heights] == [2.0, 1000.0]
   assert ax_x.get_legend_handles_labels()[1] == ["anchor"] and ax_x.get_ylabel() == "x (units)"
+
+
+def test_a_variant_starts_from_another_variants_run_of_the_same_seed(text_file, tmp_path):
+  """train.init_from='@base': 'cont' (listed first) waits for base's run of its seed, starts from its checkpoint,
+  and with optim.trainable only its query projection trains: the rest stays bitwise base's."""
+  variants = {"cont": {"train.init_from": "@base", "optim.trainable": "mixer/wq"}, "base": {}}
+  abl = ablation.Ablation("chain", _base(text_file), variants, seeds=(0,), results_dir=str(tmp_path / "res"))
+  ablation.run(abl, log=lambda s: None)
+  cfgs = abl.configs()
+  result = json.load(open(os.path.join(cfgs[("cont", 0)].workdir, "result.json")))
+  assert result["init_from"]["workdir"] == cfgs[("base", 0)].workdir and result["init_from"]["new"] == []
+  base, cont = (load_trained(cfgs[(v, 0)])[1]["params"] for v in ("base", "cont"))
+  for path, b in jax.tree_util.tree_flatten_with_path(base)[0]:
+    c = dict(jax.tree_util.tree_flatten_with_path(cont)[0])[path]
+    assert np.array_equal(b, c) != ("mixer/wq" in jax.tree_util.keystr(path, separator="/", simple=True))
+  for bad, match in (({"a": {"train.init_from": "@nope"}}, "names no other variant"),
+                     ({"a": {"train.init_from": "@b"}, "b": {"train.init_from": "@a"}}, "in a cycle")):
+    with pytest.raises(ConfigError, match=match):
+      ablation.run(ablation.Ablation("bad", _base(text_file), bad, seeds=(0,), results_dir=str(tmp_path / "bad")))
+    assert not os.path.exists(tmp_path / "bad")  # refused before anything is written

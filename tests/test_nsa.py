@@ -54,30 +54,24 @@ def test_each_branch_equals_its_masked_reference(T, l, d, ls, n, w, chunk, kv_he
   np.testing.assert_allclose(out, project_out(params, jnp.asarray(want, jnp.float32)), rtol=2e-4, atol=2e-5)
 
 
-def test_selecting_every_block_is_dense_attention():
+def test_selecting_every_block_is_dense_attention_and_keeps_all_the_mass():
   T, ls = 23, 4
   opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=ls, top_blocks=-(-T // ls), window=3, query_chunk=7)
-  _, _, _, _, _, inter = _run(opts, T, kv_heads=2)
+  mixer, x, params, _, aux, inter = _run(opts, T, kv_heads=2)
   q, _, (k, v), _ = inter["qkv"][0]
   np.testing.assert_allclose(inter["branches"][0][1], reference.attention(q, k, v), rtol=2e-4, atol=2e-5)
+  assert "mass" not in aux  # the diagnostic needs a dense pass: only in a diagnostics pass
+  (_, aux), _ = mixer.apply(params, x, deterministic=True, mutable=["diagnostics"])
+  np.testing.assert_allclose(aux["mass"], 1.0, rtol=1e-5)
 
 
 def test_nsa_is_causal_and_every_parameter_gets_a_gradient():
-  opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=4, top_blocks=3, window=3, query_chunk=4)
-  mixer, x, params, _, _, _ = _run(opts, 12, kv_heads=2)
-  assert_causal(mixer, T=12)
-  grads = jax.grad(lambda p: jnp.sum(mixer.apply(p, x, deterministic=False)[0] ** 2))(params)["params"]
+  opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=4, top_blocks=3, window=3, query_chunk=12)  # one chunk:
+  mixer, x, params, _, _, _ = _run(opts, 12, kv_heads=2)  # the chunked path is checked against the reference
+  assert_causal(NativeSparseAttention(mixer_config(d_model=16, heads=2, kv_heads=1), opts), T=12)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(mixer.apply(p, x, deterministic=False)[0] ** 2)))(params)["params"]
   for name, g in grads.items():
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, f"no gradient reaches {name}"
-
-
-def test_mass_is_a_diagnostics_pass_only_and_one_when_every_block_is_selected():
-  T, ls = 17, 4
-  opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=ls, top_blocks=-(-T // ls), window=3)
-  mixer, x, params, _, aux, _ = _run(opts, T, kv_heads=2)
-  assert "mass" not in aux
-  (_, aux), _ = mixer.apply(params, x, deterministic=True, mutable=["diagnostics"])
-  np.testing.assert_allclose(aux["mass"], 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("field,value,match", [
