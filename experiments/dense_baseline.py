@@ -11,6 +11,7 @@ lr 1e-3, no dropout). Runs resume after being killed; finished variants are skip
 
 from r1jax import ablation, configs
 
+BASE = configs.shakespeare_char()
 VARIANTS = {
     "base": {},  # nanoGPT's setting: 4 layers, 4 heads, 128 wide
     "small": {"model.num_layers": 2, "model.d_model": 64, "model.num_heads": 2},
@@ -19,4 +20,4 @@ VARIANTS = {
 QUICK = {"train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10, "data.eval_max_batches": 2}
 
 if __name__ == "__main__":
-  ablation.cli("dense_baseline", configs.shakespeare_char(), VARIANTS, seeds=(0,), baseline="base", quick=QUICK)
+  ablation.cli("dense_baseline", BASE, VARIANTS, seeds=(0,), baseline="base", quick=QUICK)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from r1jax import claims
+from r1jax import ablation, claims
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
 
@@ -167,3 +167,23 @@ def test_readme_command_runs_as_written_with_tiny_step_counts(command, tmp_path)
     assert "mean ± std over seeds" in out.stdout and any(os.path.exists(t) for t in tables)
   if check is not None:
     check(out.stdout, res)
+
+
+DRIVERS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "experiments")) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_every_variant_of_every_driver_is_a_valid_config(driver, tmp_path):
+  """Each variant a driver declares (on request or by default, on each task it may run) builds a valid config, so
+  `--variants=<any>` never fails on a typo in the declaration (nothing is trained)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(f"driver_{driver}", os.path.join(REPO, "experiments", f"{driver}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  tasks = getattr(module, "TASKS", None) or {"": module.BASE}
+  limits = getattr(module, "TASK_VARIANTS", None) or {}
+  for task, base in tasks.items():
+    variants = {k: v for k, v in module.VARIANTS.items() if k in limits.get(task, module.VARIANTS)}
+    configs = ablation.Ablation(driver, base, variants, seeds=(0,), results_dir=str(tmp_path)).configs()
+    assert {v for v, _ in configs} == set(variants)
