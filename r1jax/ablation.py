@@ -46,24 +46,23 @@ class Ablation:
       raise ConfigError(f"baseline={self.baseline!r} is not a variant. Fix: use one of {list(self.variants)}.")
     out = {}
     root = os.path.abspath(self.results_dir or os.path.join("results", self.name))
-    chain = {v: str(o.get("train.init_from", ""))[1:] for v, o in self.variants.items()
+    # train.init_from='@<variant>': that variant's run of the same seed
+    chain = {v: o["train.init_from"][1:] for v, o in self.variants.items()
              if str(o.get("train.init_from", "")).startswith("@")}
-    for variant in chain:  # follow each variant's sources: a cycle could never start
-      seen, at = [variant], chain[variant]
+    for variant, source in chain.items():
+      if source not in self.variants or source == variant:
+        raise ConfigError(f"variant {variant!r}: train.init_from='@{source}' names no other variant. Fix: use "
+                          f"'@<variant>' with one of {[v for v in self.variants if v != variant]}.")
+      seen, at = [variant], source  # follow the sources: a cycle could never start
       while at in chain and at not in seen:
         seen, at = seen + [at], chain[at]
       if at in seen:
         raise ConfigError(f"train.init_from: variants {seen} start from each other in a cycle. Fix: make one of "
                           "them start from scratch (train.init_from='').")
     for variant, overrides in self.variants.items():
-      source = overrides.get("train.init_from", "")
-      if isinstance(source, str) and source.startswith("@"):  # another variant's run of the same seed
-        if source[1:] not in self.variants or source[1:] == variant:
-          raise ConfigError(f"variant {variant!r}: train.init_from={source!r} names no other variant. Fix: use "
-                            f"'@<variant>' with one of {[v for v in self.variants if v != variant]}.")
       for seed in self.seeds:
-        seeded = {k: os.path.join(root, v[1:], f"seed{seed}") if k == "train.init_from" and str(v).startswith("@")
-                  else v for k, v in overrides.items()}
+        seeded = {**overrides, **({"train.init_from": os.path.join(root, chain[variant], f"seed{seed}")}
+                                  if variant in chain else {})}
         cfg = override(self.base, {**seeded, "seed": seed,
                                    "workdir": os.path.join(root, variant, f"seed{seed}")}, f"variant {variant!r}")
         out[(variant, seed)] = Config.from_dict(cfg)
@@ -110,8 +109,8 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
     if "failed" in result:
       log(f"{label}: FAILED: {result['failed']}")
 
+  sources = {cfg.workdir: label for label, cfg in todo}
   for wave in waves(todo):  # a run that starts from another run's checkpoint (train.init_from) waits for it
-    sources = {cfg.workdir: label for label, cfg in todo}
     ready = []
     for label, cfg in wave:
       source = sources.get(cfg.train.init_from)

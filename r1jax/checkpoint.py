@@ -27,6 +27,15 @@ def check_same_config(saved: dict, config: dict, where: str, keys: tuple[str, ..
                         "ablation), delete the old run, or go back to the original config.")
 
 
+def latest_step(workdir: str) -> int | None:
+  """The newest checkpoint step in <workdir>/checkpoints (None if none), read without creating anything."""
+  ckpt = Checkpointer(workdir, 1, create=False)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
+
+
 class Checkpointer:
   """Saves {state, meta} (asynchronously) when asked and restores the newest readable checkpoint.
 

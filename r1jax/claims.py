@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 
 from r1jax import entry
-from r1jax.reporting import write_text
+from r1jax.reporting import load_summary, write_text
 
 SUPPORTED, NOT_AT_SCALE, NOT_TESTED = "supported", "not supported at this scale", "not tested"
 
@@ -38,11 +38,9 @@ class Results:
 
   @classmethod
   def load(cls, folder: str) -> "Results | None":
-    path = os.path.join(folder, "results.json")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(folder, "results.json")):
       return None
-    with open(path) as f:
-      saved = json.load(f)
+    saved = load_summary(folder)
     return cls(folder, {r["variant"]: r for r in saved["rows"]}, saved["runs"], saved["baseline"], saved["scale"])
 
   def seeds(self, variant: str) -> list[str]:

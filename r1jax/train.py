@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm  # a text bar everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from r1jax import reporting, sharding
-from r1jax.checkpoint import Checkpointer
+from r1jax.checkpoint import Checkpointer, latest_step
 from r1jax.config import Config, DistConfig, ModelConfig, OptimConfig, to_dict
 from r1jax.data import make_dataset
 from r1jax.model import Transformer
@@ -188,7 +188,11 @@ def start_from_run(state: TrainState, workdir: str) -> tuple[TrainState, dict]:
   """`state` with the parameters and model state of the run in `workdir` (its latest checkpoint) wherever their
   names match, placed in `state`'s shardings; the rest keep their init, the optimizer state and step stay fresh.
   Returns (state, {"workdir", "step", "restored": count, "new": names not in the source run})."""
-  saved, meta = Checkpointer(workdir, 1, create=False).restore_raw()
+  source_ckpt = Checkpointer(workdir, 1, create=False)
+  try:
+    saved, meta = source_ckpt.restore_raw()
+  finally:
+    source_ckpt.close()
   info = {"workdir": os.path.abspath(workdir), "step": int(meta["step"]), "restored": 0, "new": []}
 
   def take(collection: str):
@@ -229,7 +233,7 @@ class Run:
     self.is_main = jax.process_index() == 0
     self.replicated = NamedSharding(self.mesh, P())
     self.eval_timing = {"tokens": 0, "sec": 0.0, "warm": False}
-    if cfg.train.init_from and Checkpointer(cfg.train.init_from, 1, create=False).latest_step() is None:
+    if cfg.train.init_from and latest_step(cfg.train.init_from) is None:
       raise ConfigError(f"train.init_from={cfg.train.init_from!r} holds no checkpoint. Fix: pass the workdir of a "
                         "run that has saved one (its <workdir>/checkpoints), or train that run first.")
 
@@ -274,7 +278,7 @@ class Run:
       names = [param_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
       raise ConfigError(f"optim.trainable={cfg.optim.trainable!r} matches no parameter. Fix: use a regex found in "
                         f"names such as {names[:4]} (or '' to train all).")
-    resume = bool(cfg.workdir) and Checkpointer(cfg.workdir, 1, create=False).latest_step() is not None
+    resume = bool(cfg.workdir) and latest_step(cfg.workdir) is not None
     started_from = None
     if tc.init_from and not resume:  # before this run writes anything: a mismatch leaves its workdir untouched
       state, started_from = start_from_run(state, tc.init_from)

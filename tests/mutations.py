@@ -82,6 +82,19 @@ MUTATIONS = (
     Mutation("claims_judge_train_speed", "r1jax/claims.py",
              'speed_key: str = "perf/eval_tokens_per_sec"  # forward-only',
              'speed_key: str = "perf/tokens_per_sec"  # forward-only', "tests/test_claims.py", "speed_quality"),
+    Mutation("nsa_previous_block_not_forced", "r1jax/attention/nsa.py",
+             "| (j_NB[None, :] == own_C[:, None] - 1)", "", "tests/test_nsa.py", "masked_reference"),
+    Mutation("nsa_overlap_misses_the_last_block", "r1jax/attention/nsa.py",
+             "hi = np.clip((j + 1) * ls - 1, 0, None) // d + 1", "hi = np.clip((j + 1) * ls - 1, 0, None) // d",
+             "tests/test_nsa.py", "masked_reference"),
+    Mutation("nsa_reads_an_unfinished_block", "r1jax/attention/nsa.py",
+             "ended_TxM = (np.arange(M)[None, :] * d + l - 1) <=", "ended_TxM = (np.arange(M)[None, :] * d + l - 2) <=",
+             "tests/test_nsa.py", "masked_reference or causal"),
+    Mutation("diagnostics_in_the_timed_eval", "r1jax/attention/sparse.py",
+             "want_diag = o.diagnostics and wants_diagnostics(self)", "want_diag = o.diagnostics and deterministic",
+             "tests/test_sparse.py", "timed_eval"),
+    Mutation("frozen_parameters_updated", "r1jax/train.py", "lambda m, new, old: new if m else old",
+             "lambda m, new, old: new", "tests/test_train.py", "trainable_freezes"),
 )
 
 

@@ -39,27 +39,39 @@ def causal_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.
   return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True, implementation=impl)
 
 
+def project_kv(mod: nn.Module, x_BxTxD: jax.Array, cfg, suffix: str = "",
+               bias: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Key and value projections `wk<suffix>`, `wv<suffix>` (optionally with zero-initialised biases `bk`, `bv`),
+  RoPE on the keys; `suffix` gives a mixer further key/value sets (NSA's per-branch keys and values)."""
+  D, H = cfg.d_model, cfg.num_heads
+  G, K = cfg.num_kv_heads or H, D // H
+  dt = layers.dtype(cfg.dtype)
+  x = x_BxTxD.astype(dt)
+  axes = ("act_batch", "act_length", "act_heads", "act_kv")
+  kv = []
+  for n in ("k", "v"):
+    w_DxGxK = layers.param(mod, f"w{n}{suffix}", (D, G, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
+    kv.append(layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, w_DxGxK.astype(dt)), axes))
+  if bias:  # zero-initialised, [1, 1, heads, K]
+    kv = [a + layers.param(mod, f"b{n}{suffix}", (G, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
+          for n, a in zip("kv", kv)]
+  return layers.rope(kv[0], np.arange(x.shape[1]), cfg.rope_base), kv[1]
+
+
 def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg,
                 bias: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Query, key and value projections (optionally with biases) and RoPE on q and k; shared by attention mixers."""
   D, H = cfg.d_model, cfg.num_heads
-  G, K = cfg.num_kv_heads or H, D // H
+  K = D // H
   wq_DxHxK = layers.param(mod, "wq", (D, H, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
-  wk_DxGxK = layers.param(mod, "wk", (D, G, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
-  wv_DxGxK = layers.param(mod, "wv", (D, G, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
   dt = layers.dtype(cfg.dtype)
   x = x_BxTxD.astype(dt)
-  axes = ("act_batch", "act_length", "act_heads", "act_kv")
-  q_BxTxHxK = layers.constrain(jnp.einsum("BTD,DHK->BTHK", x, wq_DxHxK.astype(dt)), axes)
-  k_BxTxGxK = layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, wk_DxGxK.astype(dt)), axes)
-  v_BxTxGxK = layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, wv_DxGxK.astype(dt)), axes)
+  q_BxTxHxK = layers.constrain(jnp.einsum("BTD,DHK->BTHK", x, wq_DxHxK.astype(dt)),
+                               ("act_batch", "act_length", "act_heads", "act_kv"))
+  k_BxTxGxK, v_BxTxGxK = project_kv(mod, x_BxTxD, cfg, bias=bias)
   if bias:  # zero-initialised, [1, 1, heads, K]
-    b = {n: layers.param(mod, f"b{n}", (h, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
-         for n, h in (("q", H), ("k", G), ("v", G))}
-    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = q_BxTxHxK + b["q"], k_BxTxGxK + b["k"], v_BxTxGxK + b["v"]
-  positions_T = np.arange(x.shape[1])
-  q_BxTxHxK, k_BxTxGxK = (layers.rope(a, positions_T, cfg.rope_base) for a in (q_BxTxHxK, k_BxTxGxK))
-  return q_BxTxHxK, k_BxTxGxK, v_BxTxGxK
+    q_BxTxHxK = q_BxTxHxK + layers.param(mod, "bq", (H, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
+  return layers.rope(q_BxTxHxK, np.arange(x.shape[1]), cfg.rope_base), k_BxTxGxK, v_BxTxGxK
 
 
 def project_out(mod: nn.Module, o_BxTxHxK: jax.Array, cfg) -> jax.Array:

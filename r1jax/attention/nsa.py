@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import layers
-from r1jax.attention.dense import project_out, project_qkv
+from r1jax.attention.dense import project_kv, project_out, project_qkv
 from r1jax.attention.local import blocked_local_attention
 from r1jax.attention.sparse import dense_probs, gathered_attention, map_query_chunks
 from r1jax.registry import ConfigError, register_mixer, wants_diagnostics
@@ -155,20 +155,6 @@ class NativeSparseAttention(nn.Module):
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: NSAOptions
 
-  def _kv(self, x_BxTxD: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
-    cfg = self.cfg
-    D, H = cfg.d_model, cfg.num_heads
-    G, K = cfg.num_kv_heads or H, D // H
-    dt = layers.dtype(cfg.dtype)
-    x = x_BxTxD.astype(dt)
-    axes = ("act_batch", "act_length", "act_heads", "act_kv")
-    out = []
-    for kind in ("k", "v"):
-      w = layers.param(self, f"w{kind}_{name}", (D, G, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
-      out.append(layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, w.astype(dt)), axes))
-    k = layers.rope(out[0], np.arange(x.shape[1]), cfg.rope_base)
-    return k, out[1]
-
   def _mlp(self, name: str, K: int) -> tuple | None:
     o, cfg = self.opts, self.cfg
     if o.compress == "mean":
@@ -187,7 +173,7 @@ class NativeSparseAttention(nn.Module):
     H = cfg.num_heads
     q_BxTxHxK, k_slc, v_slc = project_qkv(self, x_BxTxD, cfg)  # wq, wk, wv: the selection branch's keys/values
     K = q_BxTxHxK.shape[-1]
-    (k_cmp, v_cmp), (k_win, v_win) = self._kv(x_BxTxD, "cmp"), self._kv(x_BxTxD, "win")
+    (k_cmp, v_cmp), (k_win, v_win) = (project_kv(self, x_BxTxD, cfg, suffix) for suffix in ("_cmp", "_win"))
     self.sow("intermediates", "qkv", (q_BxTxHxK, (k_cmp, v_cmp), (k_slc, v_slc), (k_win, v_win)))
 
     # (a) compressed blocks
