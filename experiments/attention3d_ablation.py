@@ -51,7 +51,7 @@ def report(rows_by_task: dict[str, list[dict]], ablations: dict) -> str:
   video = [t for t in ("motion", "appearance") if t in rows_by_task]
   if video:
     data = next(iter(ablations[video[0]].configs().values())).data
-    N, F = (data.video_canvas // data.video_patch) ** 2, data.video_frames
+    N, F = (data.opts.canvas // data.opts.patch) ** 2, data.opts.frames
     by = {t: {r["variant"]: r for r in rows_by_task[t]} for t in video}
     acc = lambda t, v: (f"{100 * by[t][v]['eval/accuracy']:.1f} ± {100 * by[t][v]['eval/accuracy:std']:.1f}"
                         if v in by[t] else "-")

@@ -6,7 +6,7 @@ state sizes and a hybrid (recurrent layer + attention layer), on MQAR and Tiny S
   python experiments/context_rnn_ablation.py --quick      # smoke run
   python experiments/context_rnn_ablation.py --variants=  # every variant (all gates, state sizes, feature maps)
   python experiments/context_rnn_ablation.py --tasks=mqar --config.mqar.data.seq_len=256 \
-      --config.mqar.data.num_kv_pairs=16 --config.mqar.train.steps=5000   # Zoology's lengths (GPU-sized)
+      --config.mqar.data.options.mqar.num_kv_pairs=16 --config.mqar.train.steps=5000   # Zoology's lengths (GPU-sized)
 
 Zoology (Arora et al. 2023): attention solves MQAR at any width; gated-convolution and recurrent models need a
 state that grows with the number of key-value pairs. The seed articles give no number for this mechanism. The
@@ -46,7 +46,7 @@ TASKS = {
     # Short MQAR (8 pairs in 32 tokens) that attention and a 2-layer recurrent model with 2 x 32 x 32 state floats
     # per layer both learn in 1000 steps on a CPU; key_dim 2 and 8 shrink the state below and near the 8 pairs.
     "mqar": ablation.override(configs.mqar(seq_len=32, num_kv_pairs=8), {
-        "data.mqar_vocab_size": 64, "model.num_heads": 2, "model.init_std": 0.1, "optim.lr": 6e-3,
+        "data.options.mqar.vocab_size": 64, "model.num_heads": 2, "model.init_std": 0.1, "optim.lr": 6e-3,
         "train.steps": 1000, "train.eval_every": 0, "train.checkpoint_every": 0, "data.eval_max_batches": 2},
         "mqar"),
     "shakespeare": ablation.override(configs.shakespeare_char(), {

@@ -3,7 +3,8 @@
   python experiments/dense_baseline.py                  # 3 sizes x seed 0, 7 minutes on 2 CPU cores (measured)
   python experiments/dense_baseline.py --seeds=0,1,2    # mean ± std over seeds
   python experiments/dense_baseline.py --quick          # smoke run (seconds)
-  python experiments/dense_baseline.py --config.data.path=/abs/path/tinyshakespeare.txt --results_dir=/tmp/r
+  python experiments/dense_baseline.py --config.data.options.text.path=/abs/path/tinyshakespeare.txt \
+      --results_dir=/tmp/r
 
 nanoGPT reports val loss ~1.88 for `base` (4 layers, 4 heads, 128 wide, context 64, batch 12, 2000 steps,
 lr 1e-3, no dropout). Runs resume after being killed; finished variants are skipped on rerun.

@@ -6,7 +6,8 @@ Tiny Shakespeare; then the seed articles' claims (declared in r1jax/claims.py), 
   python experiments/hierarchical_routing_ablation.py --quick     # smoke run
   python experiments/hierarchical_routing_ablation.py --variants=  # every variant (schedules, fusions, capacities)
   python experiments/hierarchical_routing_ablation.py --tasks=listops --config.listops.data.seq_len=1024 \
-      --config.listops.data.listops_min_len=500 --config.listops.train.steps=5000   # LRA-like lengths (GPU-sized)
+      --config.listops.data.options.listops.min_len=500 \
+      --config.listops.train.steps=5000   # LRA-like lengths (GPU-sized)
 
 Routed variants run on ListOps only: their top-c choice looks at the whole sequence (as MoD's training-time
 routing), which is harmless for a label read at the last token but leaks the future in next-token prediction.
@@ -48,7 +49,7 @@ TASKS = {
     # Expressions of 16-63 tokens; a window of 8 over 4 layers sees at most 29 tokens back from the '='.
     "listops": _task(configs.listops(seq_len=64, min_len=16), 8, {
         "model.d_model": 32, "model.num_heads": 2, "train.steps": 250, "train.eval_every": 0,
-        "data.num_test_examples": 1000}, "listops"),
+        "data.options.listops.num_test_examples": 1000}, "listops"),
     "shakespeare": _task(configs.shakespeare_char(), 16, {
         "model.d_model": 32, "model.num_heads": 2, "data.seq_len": 128, "train.steps": 150,
         "train.eval_every": 0, "train.checkpoint_every": 0, "data.eval_max_batches": 4}, "shakespeare"),
@@ -73,7 +74,7 @@ def report(rows_by_task: dict[str, list[dict]], ablations: dict) -> str:
   lines += ["", "quality: test accuracy ratio (ListOps), global loss / variant loss (Shakespeare). A sliding window",
             "changes which keys are read, not the weights, so a local/global schedule has the same parameters.",
             "LRA ListOps at length 2000 (accuracy %): " + ", ".join(f"{k} {v}" for k, v in LRA_LISTOPS.items())
-            + (f"; this run: {data.listops_min_len}-{data.seq_len - 1} tokens." if data else ".")]
+            + (f"; this run: {data.opts.min_len}-{data.seq_len - 1} tokens." if data else ".")]
   for task, a in ablations.items():
     seed = a.seeds[0]
     for variant in a.variants:

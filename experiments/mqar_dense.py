@@ -19,17 +19,18 @@ from r1jax import ablation, configs
 
 BASE = ablation.override(configs.mqar(), {
     "model.num_heads": 2, "model.init_std": 0.1, "optim.lr": 1e-2,
-    "data.curriculum_steps": 700, "data.curriculum_seq_len": 64, "data.curriculum_kv_pairs": 8,
+    "data.options.mqar.curriculum_steps": 700, "data.options.mqar.curriculum_seq_len": 64,
+    "data.options.mqar.curriculum_kv_pairs": 8,
     "train.steps": 1200, "train.eval_every": 300, "train.checkpoint_every": 300}, "mqar_dense")
 VARIANTS = {
     "d64": {},
     "d128": {"model.d_model": 128},
     "d64_mlp": {"model.ffn": "swiglu"},
-    "no_curriculum": {"data.curriculum_steps": 0},  # the same 1200 steps, all at T=256
+    "no_curriculum": {"data.options.mqar.curriculum_steps": 0},  # the same 1200 steps, all at T=256
 }
 QUICK = {"train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10, "data.eval_max_batches": 2,
-         "data.eval_batch_size": 50, "data.num_test_examples": 100,
-         "data.curriculum_steps": 10}
+         "data.eval_batch_size": 50, "data.options.mqar.num_test_examples": 100,
+         "data.options.mqar.curriculum_steps": 10}
 
 if __name__ == "__main__":
   ablation.cli("mqar_dense", BASE, VARIANTS, seeds=(0,), baseline="d64", quick=QUICK, default_variants=("d64",))

@@ -15,12 +15,10 @@ from r1jax.registry import ConfigError
 DTYPES = ("float32", "bfloat16", "float16")
 ARCHS = ("lm", "video")
 VIDEO_MIXERS = ("spacetime",)  # mixers over [B, T, S, D] (r1jax/attention/spacetime.py), for arch=video only
-DATA_KINDS = ("text", "mqar", "listops", "moving_digits")
-VIDEO_LABELS = ("direction", "digit")
 TINY_SHAKESPEARE = "package:tinyshakespeare.txt"  # shipped in r1jax/assets (see its README), found from any cwd
 
 
-def _require(ok: bool, field: str, problem: str, fix: str) -> None:
+def require(ok: bool, field: str, problem: str, fix: str) -> None:
   if not ok:
     raise ConfigError(f"{field}: {problem}. Fix: {fix}.")
 
@@ -54,21 +52,21 @@ class ModelConfig:
 
   def __post_init__(self):
     for name in ("num_layers", "d_model", "num_heads"):
-      _require(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}",
+      require(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}",
                f"set --config.model.{name} to a positive integer")
-    _require(self.d_model % self.num_heads == 0, "model.num_heads",
+    require(self.d_model % self.num_heads == 0, "model.num_heads",
              f"{self.num_heads} heads do not divide d_model={self.d_model}",
              f"pick num_heads among the divisors of {self.d_model} or change model.d_model")
-    _require(self.num_kv_heads >= 0 and (self.num_kv_heads == 0 or self.num_heads % self.num_kv_heads == 0),
+    require(self.num_kv_heads >= 0 and (self.num_kv_heads == 0 or self.num_heads % self.num_kv_heads == 0),
              "model.num_kv_heads", f"{self.num_kv_heads} does not divide num_heads={self.num_heads}",
              "use 0 (multi-head) or a divisor of model.num_heads")
-    _require(self.vocab_size >= 0 and self.pad_vocab_to >= 1 and self.d_ff >= 0, "model.vocab_size/d_ff",
+    require(self.vocab_size >= 0 and self.pad_vocab_to >= 1 and self.d_ff >= 0, "model.vocab_size/d_ff",
              "must be >= 0 (pad_vocab_to >= 1)", "use 0 for 'from the dataset' / 'default width'")
-    _require(self.dtype in DTYPES, "model.dtype", f"unknown dtype {self.dtype!r}", f"use one of {DTYPES}")
-    _require(self.param_dtype in DTYPES[:2], "model.param_dtype", f"unknown dtype {self.param_dtype!r}",
+    require(self.dtype in DTYPES, "model.dtype", f"unknown dtype {self.dtype!r}", f"use one of {DTYPES}")
+    require(self.param_dtype in DTYPES[:2], "model.param_dtype", f"unknown dtype {self.param_dtype!r}",
              "use float32 or bfloat16")
-    _require(0.0 <= self.dropout < 1.0, "model.dropout", f"{self.dropout} is not in [0, 1)", "use e.g. 0.1")
-    _require(self.arch in ARCHS, "model.arch", f"unknown {self.arch!r}", f"use one of {ARCHS}")
+    require(0.0 <= self.dropout < 1.0, "model.dropout", f"{self.dropout} is not in [0, 1)", "use e.g. 0.1")
+    require(self.arch in ARCHS, "model.arch", f"unknown {self.arch!r}", f"use one of {ARCHS}")
     object.__setattr__(self, "mixer_pattern", tuple(self.mixer_pattern))
     object.__setattr__(self, "ffn_pattern", tuple(self.ffn_pattern))
     for table, field in ((registry.MIXERS, "mixer"), (registry.FFNS, "ffn")):
@@ -81,13 +79,13 @@ class ModelConfig:
       object.__setattr__(self, f"{field}_options", types.MappingProxyType(opts))
     video_mixers = set(self.layer_names("mixer")) & set(VIDEO_MIXERS)
     if self.arch == "video":
-      _require(set(self.layer_names("mixer")) <= set(VIDEO_MIXERS), "model.mixer",
+      require(set(self.layer_names("mixer")) <= set(VIDEO_MIXERS), "model.mixer",
                f"arch=video mixes [B, T, S, D] clips, but the layers use {sorted(set(self.layer_names('mixer')))}",
                f"use --config.model.mixer={VIDEO_MIXERS[0]} (choose the variant with mixer_options.spacetime.kind)")
-      _require(self.num_layers >= 2 or self.options("mixer", "spacetime").kind != "factorised", "model.num_layers",
+      require(self.num_layers >= 2 or self.options("mixer", "spacetime").kind != "factorised", "model.num_layers",
                "kind=factorised needs a spatial and a temporal layer", "use model.num_layers >= 2")
     else:
-      _require(not video_mixers, "model.mixer", f"{sorted(video_mixers)} mixes [B, T, S, D] clips, not token "
+      require(not video_mixers, "model.mixer", f"{sorted(video_mixers)} mixes [B, T, S, D] clips, not token "
                "sequences", "set --config.model.arch=video with data.kind=moving_digits, or pick a 1D mixer")
 
   def layer_names(self, kind: str) -> tuple[str, ...]:
@@ -115,90 +113,35 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Dataset and batching. The batch is global (over all devices and processes)."""
+  """Dataset and batching; the dataset is chosen by registry name, its own options in `options` (as a mixer's).
+  The batch is global (over all devices and processes)."""
 
-  kind: str = "text"  # text (character file) | mqar (associative recall, Zoology) | listops (LRA) | moving_digits
-  path: str = TINY_SHAKESPEARE  # text: a UTF-8 text file, or package:<name> for one shipped in r1jax/assets
-  val_fraction: float = 0.1  # text: last fraction of the file held out for validation (nanoGPT: 0.1)
-  seq_len: int = 64  # tokens per training sequence
+  kind: str = "text"  # registered dataset name (registry.DATASETS): text | mqar | listops | moving_digits | passkey
+  seq_len: int = 64  # tokens per training sequence (moving_digits: unused, a clip's size is in its options)
   batch_size: int = 12  # global sequences per step
   eval_batch_size: int = 0  # 0: batch_size
   eval_max_batches: int = 0  # 0: the whole validation/test split
-  mqar_vocab_size: int = 8192  # mqar: keys from [1, V/2), values from [V/2, V) (Zoology)
-  num_kv_pairs: int = 16  # mqar: key-value pairs at the start of each sequence
-  power_a: float = 0.01  # mqar: power-law parameter of the query gaps (Zoology default)
-  random_non_queries: bool = False  # mqar: filler positions random tokens (True) or token 0 (False, Zoology's configs)
-  # mqar length curriculum (Zoology trains on a mixture of lengths): the first curriculum_steps train steps draw
-  # sequences of curriculum_seq_len tokens with curriculum_kv_pairs pairs, batch_size * seq_len / curriculum_seq_len
-  # of them (the same tokens per step); evaluation is always at seq_len / num_kv_pairs. 0 steps = off.
-  curriculum_steps: int = 0
-  curriculum_seq_len: int = 64
-  curriculum_kv_pairs: int = 8
-  listops_min_len: int = 32  # listops: fewest expression tokens (>= 4); the most is seq_len - 1 (then '=')
-  listops_max_depth: int = 10  # listops: deepest operator nesting (LRA: 10)
-  listops_max_args: int = 10  # listops: most arguments per operator (LRA: 10), >= 2
-  video_frames: int = 8  # moving_digits: frames T per clip, >= 2
-  video_canvas: int = 16  # moving_digits: canvas side in pixels, >= 8 (the digit) and a multiple of video_patch
-  video_patch: int = 4  # moving_digits: patch side; S = (canvas/patch)^2 patches of P = patch^2 pixels
-  video_max_speed: int = 2  # moving_digits: speed drawn from 1..max_speed pixels per frame
-  video_label: str = "direction"  # moving_digits: direction (4-way, needs motion) | digit (10-way, appearance)
-  num_train_examples: int = 0  # mqar/listops/moving_digits: 0 = a fresh example every training row; else a fixed set
-  num_test_examples: int = 3000  # mqar/listops/moving_digits: held-out test examples
+  options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # dataset name -> options
 
   def __post_init__(self):
-    _require(self.kind in DATA_KINDS, "data.kind", f"unknown dataset {self.kind!r}", f"use one of {DATA_KINDS}")
-    _require(self.seq_len >= 2 and self.batch_size >= 1, "data.seq_len/batch_size", "must be >= 2 and >= 1",
+    registry.lookup(registry.DATASETS, self.kind, "data.kind")
+    require(self.seq_len >= 2 and self.batch_size >= 1, "data.seq_len/batch_size", "must be >= 2 and >= 1",
              "use positive sizes")
-    _require(self.eval_batch_size >= 0 and self.eval_max_batches >= 0, "data.eval_batch_size",
+    require(self.eval_batch_size >= 0 and self.eval_max_batches >= 0, "data.eval_batch_size",
              "must be >= 0", "use 0 for the defaults")
-    if self.kind == "text":
-      _require(bool(self.path), "data.path", "no text file given for data.kind=text",
-               f"pass --config.data.path=/path/to/file.txt (or {TINY_SHAKESPEARE}, the shipped default)")
-      _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"{self.val_fraction} not in (0, 1)", "use 0.1")
-    elif self.kind == "moving_digits":
-      _require(self.video_frames >= 2, "data.video_frames", f"{self.video_frames} frames show no motion",
-               "use >= 2 (e.g. 8)")
-      _require(self.video_patch >= 1 and self.video_canvas >= 8 and self.video_canvas % self.video_patch == 0,
-               "data.video_canvas", f"canvas {self.video_canvas} must be >= 8 (the digit) and a multiple of "
-               f"video_patch={self.video_patch}", "use e.g. video_canvas=16, video_patch=4")
-      _require(1 <= self.video_max_speed < self.video_canvas, "data.video_max_speed",
-               f"{self.video_max_speed} must be in [1, canvas)", "use 1 or 2")
-      _require(self.video_label in VIDEO_LABELS, "data.video_label", f"unknown {self.video_label!r}",
-               f"use one of {VIDEO_LABELS}")
-      _require(self.num_test_examples >= 1 and self.num_train_examples >= 0, "data.num_test_examples",
-               "must be >= 1 (train >= 0)", "use e.g. 1000")
-    elif self.kind == "listops":
-      _require(4 <= self.listops_min_len <= self.seq_len - 1, "data.listops_min_len",
-               f"{self.listops_min_len} must be in [4, seq_len - 1 = {self.seq_len - 1}] (the shortest expression "
-               "'[MAX d d ]' has 4 tokens; '=' follows)", "lower listops_min_len or raise data.seq_len")
-      _require(self.listops_max_depth >= 1 and self.listops_max_args >= 2, "data.listops_max_depth/max_args",
-               "need depth >= 1 and >= 2 arguments", "use LRA's 10 and 10")
-      _require(self.num_test_examples >= 1 and self.num_train_examples >= 0, "data.num_test_examples",
-               "must be >= 1 (train >= 0)", "use e.g. 2000")
-    else:
-      _require(self.mqar_vocab_size > self.seq_len, "data.mqar_vocab_size",
-               f"{self.mqar_vocab_size} must exceed seq_len={self.seq_len} (Zoology)", "raise mqar_vocab_size")
-      _require(self.num_kv_pairs >= 1 and 4 * self.num_kv_pairs <= self.seq_len, "data.num_kv_pairs",
-               f"{self.num_kv_pairs} pairs need seq_len >= {4 * self.num_kv_pairs}, got {self.seq_len}",
-               "raise data.seq_len or lower data.num_kv_pairs")
-      _require(self.num_kv_pairs < self.mqar_vocab_size // 2 - 1, "data.num_kv_pairs",
-               "more pairs than distinct keys", "lower num_kv_pairs")
-      _require(self.num_test_examples >= 1 and self.num_train_examples >= 0, "data.num_test_examples",
-               "must be >= 1 (train >= 0)", "use e.g. 3000")
-      if self.curriculum_steps:
-        L, n = self.curriculum_seq_len, self.curriculum_kv_pairs
-        _require(self.curriculum_steps > 0 and 4 * n <= L < self.seq_len and n >= 1, "data.curriculum_seq_len",
-                 f"the curriculum needs 4 * curriculum_kv_pairs <= curriculum_seq_len < seq_len={self.seq_len}, "
-                 f"got {n} pairs in {L} tokens", "e.g. curriculum_seq_len=64, curriculum_kv_pairs=8")
-        _require((self.batch_size * self.seq_len) % L == 0, "data.curriculum_seq_len",
-                 f"batch_size * seq_len = {self.batch_size * self.seq_len} tokens do not split into rows of {L}",
-                 "use a curriculum_seq_len dividing batch_size * seq_len")
-        _require(self.num_train_examples == 0, "data.curriculum_steps",
-                 "a curriculum draws fresh short sequences; it cannot use a fixed training set",
-                 "set data.num_train_examples=0 or data.curriculum_steps=0")
-    if self.kind != "mqar":
-      _require(self.curriculum_steps == 0, "data.curriculum_steps", f"is for mqar, not data.kind={self.kind!r}",
-               "set data.curriculum_steps=0")
+    opts = dict(self.options)
+    for name, values in opts.items():
+      entry = registry.lookup(registry.DATASETS, name, "data.options")
+      opts[name] = registry.build_options(entry.options, values, f"data.options.{name}")
+    object.__setattr__(self, "options", types.MappingProxyType(opts))
+
+  @property
+  def opts(self) -> Any:
+    """The validated options dataclass of this run's dataset (defaults where not given)."""
+    return self.options.get(self.kind) or registry.DATASETS[self.kind].options()
+
+  def __hash__(self):
+    return hash(repr(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,9 +166,9 @@ class OptimConfig:
     except re.error as e:
       raise ConfigError(f"optim.trainable: {self.trainable!r} is not a regular expression ({e}). Fix: pass a Python "
                         "regex searched in names like 'layer0/mixer/wq', e.g. 'indexer'.") from None
-    _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}", "use e.g. 1e-3")
-    _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", "use 0.1")
-    _require(self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0, "optim.warmup_steps",
+    require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}", "use e.g. 1e-3")
+    require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", "use 0.1")
+    require(self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0, "optim.warmup_steps",
              "warmup_steps, grad_clip and weight_decay must be >= 0", "use non-negative values")
 
 
@@ -245,10 +188,10 @@ class TrainConfig:
   init_from: str = ""
 
   def __post_init__(self):
-    _require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}", "use a positive number")
-    _require(min(self.eval_every, self.log_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
+    require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}", "use a positive number")
+    require(min(self.eval_every, self.log_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
              "train.log_every", "intervals must be >= 0 (log_every >= 1)", "use e.g. 20")
-    _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", "use 2")
+    require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", "use 2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,9 +205,9 @@ class MeshConfig:
   devices: int = 0  # 0: all devices; n: the first n (single-process only), e.g. an unsharded run on a multi-device host
 
   def __post_init__(self):
-    _require(self.devices >= 0, "mesh.devices", f"must be >= 0, got {self.devices}", "use 0 for all devices")
+    require(self.devices >= 0, "mesh.devices", f"must be >= 0, got {self.devices}", "use 0 for all devices")
     sizes = (self.data, self.fsdp, self.expert, self.tensor)
-    _require(all(s == -1 or s >= 1 for s in sizes) and sizes.count(-1) <= 1, "mesh",
+    require(all(s == -1 or s >= 1 for s in sizes) and sizes.count(-1) <= 1, "mesh",
              f"axis sizes {sizes} must be positive with at most one -1", "e.g. --config.mesh.data=-1")
 
 
@@ -278,8 +221,8 @@ class DistConfig:
   auto: bool = False  # call jax.distributed.initialize() with cluster auto-detection (SLURM, TPU pods)
 
   def __post_init__(self):
-    _require(self.num_processes >= 1, "dist.num_processes", "must be >= 1", "use 1 for single-process runs")
-    _require(self.num_processes == 1 or bool(self.coordinator_address) or self.auto, "dist.coordinator_address",
+    require(self.num_processes >= 1, "dist.num_processes", "must be >= 1", "use 1 for single-process runs")
+    require(self.num_processes == 1 or bool(self.coordinator_address) or self.auto, "dist.coordinator_address",
              "several processes need a coordinator", "pass --config.dist.coordinator_address=localhost:12345")
 
 
@@ -297,13 +240,12 @@ class Config:
   workdir: str = ""  # checkpoints and logs; "" = no checkpoints, no logs (pure in-memory run)
 
   def __post_init__(self):
-    video_data = self.data.kind == "moving_digits"
-    _require((self.model.arch == "video") == video_data, "model.arch",
-             f"arch={self.model.arch!r} cannot read data.kind={self.data.kind!r}",
-             "use model.arch=video with data.kind=moving_digits, and model.arch=lm with token data")
-    _require(self.data.curriculum_steps < self.train.steps, "data.curriculum_steps",
-             f"{self.data.curriculum_steps} must be fewer than train.steps={self.train.steps} (the run must end at "
-             "the evaluated length)", "lower data.curriculum_steps or raise train.steps")
+    arch = registry.DATASETS[self.data.kind].module.arch
+    require(self.model.arch == arch, "model.arch", f"arch={self.model.arch!r} cannot read data.kind="
+             f"{self.data.kind!r}", f"use model.arch={arch} for it (video: data.kind=moving_digits; lm: token data)")
+    check = getattr(self.data.opts, "check", None)
+    if check is not None:  # the dataset's constraints on other fields (its options' check)
+      check(self)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any] | ml_collections.ConfigDict) -> "Config":
@@ -339,23 +281,12 @@ def default_config() -> ml_collections.ConfigDict:
   values = to_dict(Config())
   values["model"]["mixer_options"] = registry.default_options(registry.MIXERS)
   values["model"]["ffn_options"] = registry.default_options(registry.FFNS)
+  values["data"]["options"] = registry.default_options(registry.DATASETS)
   for key in ("mixer_pattern", "ffn_pattern"):  # tuples, so that --config.model.mixer_pattern can override them
     values["model"][key] = tuple(values["model"][key])
   return ml_collections.ConfigDict(values)
 
 
-# DataConfig fields every dataset reads, and those each dataset reads beyond them: a run's identity covers only its
-# own dataset's fields (tests/test_config.py checks that every field is listed here).
-DATA_COMMON_FIELDS = ("kind", "seq_len", "batch_size", "eval_batch_size", "eval_max_batches")
-DATA_KIND_FIELDS = {
-    "text": ("path", "val_fraction"),
-    "mqar": ("mqar_vocab_size", "num_kv_pairs", "power_a", "random_non_queries", "curriculum_steps",
-             "curriculum_seq_len", "curriculum_kv_pairs", "num_train_examples", "num_test_examples"),
-    "listops": ("listops_min_len", "listops_max_depth", "listops_max_args", "num_train_examples",
-                "num_test_examples"),
-    "moving_digits": ("video_frames", "video_canvas", "video_patch", "video_max_speed", "video_label",
-                      "num_train_examples", "num_test_examples"),
-}
 RUN_KEYS = ("model", "data", "optim", "seed", "train.steps", "train.init_from")  # what a run's result depends on
 RESUME_KEYS = ("model", "data", "optim", "seed", "train.init_from")  # a resumed run may change its length and logs
 
@@ -376,7 +307,7 @@ def _used_names(model: Mapping[str, Any], kind: str) -> set[str]:
 def run_identity(cfg: Mapping[str, Any], keys: tuple[str, ...] = RUN_KEYS) -> dict[str, Any]:
   """What a run's result depends on, from a config dict (`to_dict`, or a saved result's), flattened to dotted names.
 
-  Only the options of the mixers and feed-forwards the layers use, and only the run's own dataset's fields, count:
+  Only the options of the mixers and feed-forwards the layers use, and only the run's own dataset's options, count:
   adding an option to an unused mixer, or a field to another dataset, leaves every finished run valid.
   """
   out = {}
@@ -399,8 +330,8 @@ def run_identity(cfg: Mapping[str, Any], keys: tuple[str, ...] = RUN_KEYS) -> di
         used = _used_names(value, kind)
         value[f"{kind}_options"] = {k: v for k, v in value.get(f"{kind}_options", {}).items() if k in used}
     elif key == "data" and isinstance(value, Mapping):
-      own = DATA_COMMON_FIELDS + DATA_KIND_FIELDS.get(value.get("kind"), ())
-      value = {k: v for k, v in value.items() if k in own}
+      value = dict(value)
+      value["options"] = {k: v for k, v in value.get("options", {}).items() if k == value.get("kind")}
     flat(key, value)
   return out
 
@@ -409,11 +340,15 @@ NO_DEFAULT = object()
 
 
 def field_default(dotted: str) -> Any:
-  """The default of a dotted config field ('optim.trainable', 'model.mixer_options.sparse.top_k'), as run_identity
-  flattens it (tuples as lists); NO_DEFAULT for a field that does not exist."""
+  """The default of a dotted config field ('optim.trainable', 'model.mixer_options.sparse.top_k',
+  'data.options.mqar.power_a'), as run_identity flattens it (tuples as lists); NO_DEFAULT for a field that does not
+  exist."""
   parts = dotted.split(".")
-  if len(parts) == 4 and parts[0] == "model" and parts[1] in ("mixer_options", "ffn_options"):
-    entry = (registry.MIXERS if parts[1] == "mixer_options" else registry.FFNS).get(parts[2])
+  tables = {("model", "mixer_options"): registry.MIXERS, ("model", "ffn_options"): registry.FFNS,
+            ("data", "options"): registry.DATASETS}
+  if len(parts) == 4 and tuple(parts[:2]) in tables:
+    registry.load_builtins()
+    entry = tables[tuple(parts[:2])].get(parts[2])
     cls, parts = (entry.options if entry else None), parts[3:]
   else:
     cls = Config
@@ -445,4 +380,5 @@ def to_dict(cfg: Config) -> dict[str, Any]:
   for kind in ("mixer", "ffn"):  # the options of the layers' own mixers/ffns, defaults filled in; no others
     out["model"][f"{kind}_options"] = {name: plain(cfg.model.options(kind, name))
                                        for name in sorted(set(cfg.model.layer_names(kind)))}
+  out["data"]["options"] = {cfg.data.kind: plain(cfg.data.opts)}  # likewise the run's own dataset's
   return out

@@ -8,9 +8,14 @@ LRA lengths are 500-2000 tokens; published accuracy at 2000: Transformer 36.37, 
 Local Attention 15.82, S4 59.60.
 """
 
+import dataclasses
 import random
 
 import numpy as np
+
+from r1jax.config import require
+from r1jax.data import ScoredData, held_out_sizes
+from r1jax.registry import register_dataset
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 TOKENS = ("<pad>",) + tuple("0123456789") + OPERATORS + ("]", "=")
@@ -87,3 +92,37 @@ def evaluate(tokens) -> int:
 
 def decode(ids) -> str:
   return " ".join(TOKENS[i] for i in ids if i != PAD)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOpsOptions:
+  min_len: int = 32  # fewest expression tokens (>= 4); the most is data.seq_len - 1 (then '=')
+  max_depth: int = 10  # deepest operator nesting (LRA: 10)
+  max_args: int = 10  # most arguments per operator (LRA: 10), >= 2
+  num_train_examples: int = 0  # 0: a fresh example every training row; else a fixed set, reshuffled every epoch
+  num_test_examples: int = 2000  # held-out test examples
+
+  def __post_init__(self):
+    held_out_sizes(self)
+    require(self.max_depth >= 1 and self.max_args >= 2, "max_depth/max_args", "need depth >= 1 and >= 2 arguments",
+            "use LRA's 10 and 10")
+
+  def check(self, cfg) -> None:
+    require(4 <= self.min_len <= cfg.data.seq_len - 1, "data.options.listops.min_len",
+            f"{self.min_len} must be in [4, seq_len - 1 = {cfg.data.seq_len - 1}] (the shortest expression "
+            "'[MAX d d ]' has 4 tokens; '=' follows)", "lower min_len or raise data.seq_len")
+
+
+@register_dataset("listops", ListOpsOptions)
+@dataclasses.dataclass(frozen=True)
+class ListOps(ScoredData):
+  """ListOps batches: inputs [B, T] (expression, '=', padding), the '=' position and the value's token [B, 1]."""
+
+  vocab_size = VOCAB_SIZE
+
+  def example(self, rng: np.random.Generator, split: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    o = self.cfg.opts
+    return listops_example(rng, self.cfg.seq_len, o.min_len, o.max_depth, o.max_args)
+
+  def decode(self, ids) -> str:
+    return decode(ids)

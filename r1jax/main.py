@@ -1,7 +1,7 @@
 """Train one configuration from the command line.
 
   python -m r1jax.main --config.workdir=/tmp/run           # Tiny Shakespeare (shipped with the package)
-  python -m r1jax.main --config.data.path=my_corpus.txt    # any UTF-8 text file, character level
+  python -m r1jax.main --config.data.options.text.path=my_corpus.txt    # any UTF-8 text file, character level
   python -m r1jax.main --config.data.kind=mqar --config.data.seq_len=256 --config.train.steps=1500
 
 Rerunning the same command with the same workdir resumes from the latest checkpoint. The result (final

@@ -9,13 +9,19 @@ TimeSformer's "space" model) can read the axis of motion from where the digit ha
 capped at 50% on `direction`. Train and test clips use disjoint digit images (every 5th image is held out).
 """
 
+import dataclasses
 import functools
 
 import numpy as np
 
+from r1jax.config import require
+from r1jax.data import TEST, Batch, HeldOutData, held_out_sizes
+from r1jax.registry import register_dataset
+
 DIRECTIONS = ("right", "left", "down", "up")
 VELOCITY = np.array([(0, 1), (0, -1), (1, 0), (-1, 0)])  # (dy, dx) per direction
 DIGIT_SIZE = 8
+LABELS = ("direction", "digit")
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,3 +76,53 @@ def clip_example(rng: np.random.Generator, test: bool, frames: int, canvas: int,
   clip = render(images[image], start, speed * VELOCITY[direction], frames, canvas)
   return {"patches": to_patches(clip, patch), "direction": direction, "digit": int(classes[image]),
           "image": image, "speed": speed, "start": start}
+
+
+@dataclasses.dataclass(frozen=True)
+class MovingDigitsOptions:
+  frames: int = 8  # frames T per clip, >= 2
+  canvas: int = 16  # canvas side in pixels, >= 8 (the digit) and a multiple of patch
+  patch: int = 4  # patch side; S = (canvas/patch)^2 patches of P = patch^2 pixels
+  max_speed: int = 2  # speed drawn from 1..max_speed pixels per frame, < canvas
+  label: str = "direction"  # direction (4-way, needs motion) | digit (10-way, appearance)
+  num_train_examples: int = 0  # 0: a fresh clip every training row; else a fixed set, reshuffled every epoch
+  num_test_examples: int = 3000  # held-out test clips (on held-out digit images)
+
+  def __post_init__(self):
+    held_out_sizes(self)
+    require(self.frames >= 2, "frames", f"{self.frames} frames show no motion", "use >= 2 (e.g. 8)")
+    require(self.patch >= 1 and self.canvas >= DIGIT_SIZE and self.canvas % self.patch == 0, "canvas",
+            f"canvas {self.canvas} must be >= {DIGIT_SIZE} (the digit) and a multiple of patch={self.patch}",
+            "use e.g. canvas=16, patch=4")
+    require(1 <= self.max_speed < self.canvas, "max_speed", f"{self.max_speed} must be in [1, canvas)", "use 1 or 2")
+    require(self.label in LABELS, "label", f"unknown {self.label!r}", f"use one of {LABELS}")
+
+
+@register_dataset("moving_digits", MovingDigitsOptions)
+@dataclasses.dataclass(frozen=True)
+class MovingDigits(HeldOutData):
+  """Clip classification: inputs float32 [B, T, S, P], targets [B, 1] (the `label` class), weights [B, 1]; fresh
+  clips per training row (or a fixed set of num_train_examples) and a held-out test set of num_test_examples on
+  held-out digit images, pure functions of (seed, split, index)."""
+
+  arch = "video"
+
+  @property
+  def vocab_size(self) -> int:
+    return len(DIRECTIONS) if self.cfg.opts.label == "direction" else 10
+
+  @property
+  def tokens_per_example(self) -> int:
+    return self.cfg.opts.frames * (self.cfg.opts.canvas // self.cfg.opts.patch) ** 2
+
+  def clip(self, split: int, index: int) -> dict:
+    """One clip with both labels (see clip_example)."""
+    o = self.cfg.opts
+    return clip_example(np.random.default_rng([self.seed, split, index]), split == TEST, o.frames, o.canvas, o.patch,
+                        o.max_speed)
+
+  def _examples(self, split: int, indices) -> Batch:
+    clips = [self.clip(split, int(i)) for i in indices]
+    targets = np.array([[c[self.cfg.opts.label]] for c in clips], np.int32)
+    return {"inputs": np.stack([c["patches"] for c in clips]), "targets": targets,
+            "weights": np.ones(targets.shape, np.float32)}

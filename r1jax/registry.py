@@ -1,4 +1,4 @@
-"""Name -> (module, options) registries for sequence mixers and feed-forwards."""
+"""Name -> (module, options) registries for sequence mixers, feed-forwards and datasets."""
 
 import dataclasses
 import difflib
@@ -20,6 +20,11 @@ BUILTIN_MODULES = (
     "r1jax.recurrent",
     "r1jax.feedforward",
     "r1jax.moe",
+    "r1jax.data",
+    "r1jax.mqar",
+    "r1jax.listops",
+    "r1jax.moving_digits",
+    "r1jax.passkey",
 )
 
 
@@ -44,12 +49,13 @@ def wants_diagnostics(module: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  module: type  # a Linen module class taking (cfg: ModelConfig, opts: options) as attributes
+  module: type  # a Linen module class taking (cfg: ModelConfig, opts: options); a dataset class (cfg, seed)
   options: type  # a frozen dataclass of the entry's options, all with defaults
 
 
 MIXERS: dict[str, Entry] = {}
 FFNS: dict[str, Entry] = {}
+DATASETS: dict[str, Entry] = {}
 _loaded = False
 
 
@@ -71,6 +77,14 @@ def register_mixer(name: str, options: type) -> Callable[[type], type]:
 def register_ffn(name: str, options: type) -> Callable[[type], type]:
   """Class decorator: makes a feed-forward selectable as `model.ffn=name`."""
   return _register(FFNS, "ffn", name, options)
+
+
+def register_dataset(name: str, options: type) -> Callable[[type], type]:
+  """Class decorator: makes a dataset selectable as `data.kind=name`, its options as `data.options.<name>.*`.
+
+  The options dataclass may define `check(cfg)`, called with the whole run Config, for constraints that involve
+  other fields (the sequence length, the number of steps)."""
+  return _register(DATASETS, "dataset", name, options)
 
 
 def load_builtins() -> None:

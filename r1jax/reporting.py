@@ -127,10 +127,13 @@ def scale(result: dict) -> dict[str, Any]:
 
 
 def curve(result: dict) -> dict[str, list]:
-  """A run's evaluations over training: {"step": [...], "eval/loss": [...], ...} (kept in results.json)."""
+  """A run's evaluations over training, {"step": [...], "eval/loss": [...], "eval/accuracy": [...]}, and its logged
+  train loss, {"train_step": [...], "train/loss": [...]} (kept in results.json)."""
   evals = [r for r in result["history"] if "eval/loss" in r]
   keys = [k for k in ("eval/loss", "eval/accuracy") if evals and k in evals[0]]
-  return {"step": [r["step"] for r in evals], **{k: [r[k] for r in evals] for k in keys}}
+  train = [r for r in result["history"] if "train/loss" in r]
+  return {"step": [r["step"] for r in evals], **{k: [r[k] for r in evals] for k in keys},
+          "train_step": [r["step"] for r in train], "train/loss": [r["train/loss"] for r in train]}
 
 
 def summary(name: str, sweep_id: str, baseline: str, results: dict[tuple[str, int], dict]) -> dict:
@@ -144,24 +147,36 @@ def summary(name: str, sweep_id: str, baseline: str, results: dict[tuple[str, in
 
 
 def plot(saved: dict) -> dict[str, Any]:
-  """{"learning_curves": eval loss against step (mean over finished seeds, band min-max), "quality_vs_flops"} of a
-  results.json (`summary`), as matplotlib Figures (display them in a notebook, or save them)."""
+  """{"learning_curves": train loss (logged) with the eval points, and eval accuracy where the task has one, against
+  step (mean over finished seeds, band min-max), "quality_vs_flops"} of a results.json (`summary`), as matplotlib
+  Figures (display them in a notebook, or save them)."""
   from matplotlib.figure import Figure
 
   rows = saved["rows"]
-  curves_fig = Figure(figsize=(6, 4), layout="tight")
-  ax = curves_fig.subplots()
-  for row in rows:
+  scored = any("eval/accuracy" in c for c in saved["curves"].values())  # a task with an accuracy of its own
+  curves_fig = Figure(figsize=(11 if scored else 6, 4), layout="tight")
+  axes = curves_fig.subplots(1, 2 if scored else 1, squeeze=False)[0]
+  for i, row in enumerate(rows):
     curves = [c for label, c in saved["curves"].items() if label.split("/")[0] == row["variant"]]
     if not curves:
       continue
-    steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
-    losses = np.array([[dict(zip(c["step"], c["eval/loss"]))[s] for s in steps] for c in curves])
-    ax.plot(steps, losses.mean(0), marker="o", ms=3, label=row["variant"])
-    if len(curves) > 1:
-      ax.fill_between(steps, losses.min(0), losses.max(0), alpha=0.2)
-  ax.set(xlabel="step", ylabel="eval loss (nats/token)", title="learning curves (band: min-max over seeds)")
-  ax.legend()
+    color = f"C{i % 10}"
+    if all(c.get("train_step") for c in curves):  # mean train loss over seeds, as logged
+      steps = sorted(set.intersection(*(set(c["train_step"]) for c in curves)))
+      train = np.array([[dict(zip(c["train_step"], c["train/loss"]))[s] for s in steps] for c in curves])
+      axes[0].plot(steps, train.mean(0), color=color, lw=1, alpha=0.7)
+    for ax, key in zip(axes, ("eval/loss", "eval/accuracy")):
+      steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
+      vals = np.array([[dict(zip(c["step"], c[key]))[s] for s in steps] for c in curves])
+      ax.plot(steps, vals.mean(0), marker="o", ms=4, ls="--" if key == "eval/loss" else "-", color=color,
+              label=row["variant"])
+      if len(curves) > 1:
+        ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.2, color=color)
+  axes[0].set(xlabel="step", ylabel="loss (nats/token)",
+              title="train loss (line) and eval loss (points); mean over seeds")
+  if scored:
+    axes[1].set(xlabel="step", ylabel="eval accuracy", title="task accuracy (band: min-max over seeds)")
+  axes[0].legend(fontsize=8)
   cost_fig = Figure(figsize=(6, 4), layout="tight")
   ax = cost_fig.subplots()
   for row in rows:
@@ -172,6 +187,39 @@ def plot(saved: dict) -> dict[str, Any]:
   ax.set(xscale="log", xlabel="train FLOPs per token (compiled step)", ylabel="eval loss (nats/token)",
          title="quality vs cost")
   return {"learning_curves": curves_fig, "quality_vs_flops": cost_fig}
+
+
+def group_accuracy(saved: dict) -> dict[str, dict[str, float]]:
+  """variant -> {group: accuracy, mean over its seeds} from the per-group metrics (`eval/accuracy/<group>`, e.g. the
+  passkey's `len256/depth0.2-0.4`) of a results.json (`summary`); {} when the task has no groups."""
+  by: dict[str, dict[str, list[float]]] = {}
+  for label, metrics in saved["runs"].items():
+    for k, v in metrics.items():
+      if k.startswith("eval/accuracy/"):
+        by.setdefault(label.split("/")[0], {}).setdefault(k[len("eval/accuracy/"):], []).append(v)
+  return {variant: {g: float(np.mean(v)) for g, v in groups.items()} for variant, groups in by.items()}
+
+
+def depth_figure(acc: dict[str, dict[str, float]], chance: float = 0.1):
+  """Accuracy against needle depth, one panel per context length, from `group_accuracy` of a passkey run (groups
+  named len<L>/depth<a>-<b>); a matplotlib Figure."""
+  from matplotlib.figure import Figure
+
+  groups = list(next(iter(acc.values())))
+  lengths = list(dict.fromkeys(g.split("/")[0] for g in groups))
+  fig = Figure(figsize=(5 * len(lengths), 3.6), layout="tight")
+  axes = fig.subplots(1, len(lengths), squeeze=False)[0]
+  for variant, a in acc.items():
+    for ax, n in zip(axes, lengths):
+      mine = [g for g in groups if g.startswith(n + "/")]
+      lo_hi = [tuple(map(float, g.split("depth")[1].split("-"))) for g in mine]
+      ax.plot([(lo + hi) / 2 for lo, hi in lo_hi], [a[g] for g in mine], marker="o", label=variant)
+  for ax, n in zip(axes, lengths):
+    ax.axhline(chance, color="k", ls=":", label=f"chance ({chance:g})")
+    ax.set(xlabel="needle depth (fraction of the context, bin centre)", ylabel="digit accuracy", ylim=(0, 1.02),
+           title=f"passkey, context of {n[3:]} characters")
+  axes[-1].legend(fontsize=7)
+  return fig
 
 
 REF_STYLES = (("k", "--"), ("tab:red", ":"), ("tab:gray", "-."))  # reference lines of a panel, in order

@@ -64,3 +64,34 @@ def fit_exponent(lengths, values) -> float:
   if ok.sum() < 2:
     return float("nan")
   return float(np.polyfit(np.log(lengths[ok]), np.log(values[ok]), 1)[0])
+
+
+def layer_times(layers: dict[str, tuple[ModelConfig, ModelConfig]], lengths, repeats: int = 2,
+                budget_sec: float = 20.0, max_bytes: float = float("inf")) -> dict[str, dict[str, list[float]]]:
+  """name -> {"fwd": [sec per T], "fwd+bwd": [...]}: `timed` for each (forward model, forward+backward model) of
+  `layers` at each length, in this process; NaN where XLA's memory estimate exceeds max_bytes."""
+  out = {}
+  for name, (fwd_cfg, bwd_cfg) in layers.items():
+    for T in lengths:
+      for what, cfg in (("fwd", fwd_cfg), ("fwd+bwd", bwd_cfg)):
+        try:
+          sec = timed(cfg, T, backward=what == "fwd+bwd", repeats=repeats, budget_sec=budget_sec,
+                      max_bytes=max_bytes)["sec"]
+        except MemoryError:
+          sec = float("nan")
+        out.setdefault(name, {}).setdefault(what, []).append(sec)
+  return out
+
+
+def ratio_table(times: dict[str, dict[str, list[float]]], lengths, labels: dict[str, str], base: str = "dense") -> str:
+  """A markdown table of `layer_times`: milliseconds and, in brackets, the ratio to `base` at the same length."""
+  lines = ["| variant | " + " | ".join(f"T={T} fwd ms (/{base}) | fwd+bwd ms (/{base})" for T in lengths) + " |",
+           "|---|" + "---|---|" * len(lengths)]
+  for name, t in times.items():
+    cells = []
+    for i in range(len(lengths)):
+      for what in ("fwd", "fwd+bwd"):
+        sec, ref = t[what][i], times.get(base, {}).get(what, [float("nan")] * len(lengths))[i]
+        cells.append("n/a" if np.isnan(sec) else f"{1e3 * sec:.1f}" + ("" if np.isnan(ref) else f" ({sec / ref:.2f})"))
+    lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)

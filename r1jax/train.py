@@ -58,7 +58,8 @@ def forward(model: Transformer, params: Any, model_state: Any, batch: dict, rng:
   e.g. a sparse mixer's recall of the dense top-k), for an untimed pass only.
 
   Returns:
-    (objective = mean CE + aux losses, metrics (means), sums {loss_sum, correct_sum, count}, new model_state).
+    (objective = mean CE + aux losses, metrics (means), sums {loss_sum, correct_sum, count, and group_correct,
+    group_count [G] where the batch has groups}, new model_state).
   """
   mutable = list(model_state) if not deterministic else []
   mutable += [DIAGNOSTICS] if diagnostics else []
@@ -72,6 +73,9 @@ def forward(model: Transformer, params: Any, model_state: Any, batch: dict, rng:
   correct_BxN = (jnp.argmax(logits_BxNxV, axis=-1) == targets_BxN).astype(jnp.float32)
   count = jnp.sum(w_BxN)
   sums = {"loss_sum": jnp.sum(ce_BxN * w_BxN), "correct_sum": jnp.sum(correct_BxN * w_BxN), "count": count}
+  if "groups" in batch:  # per-group sums (passkey: length x depth), from the rows' one-hot groups [B, G]
+    sums["group_correct"] = jnp.einsum("BN,BG->G", correct_BxN * w_BxN, batch["groups"])
+    sums["group_count"] = jnp.einsum("BN,BG->G", w_BxN, batch["groups"])
   loss = sums["loss_sum"] / jnp.maximum(count, 1.0)
   metrics = {"loss": loss, "accuracy": sums["correct_sum"] / jnp.maximum(count, 1.0), **aux}
   return loss + aux["aux_loss"], metrics, sums, new_state
@@ -246,7 +250,7 @@ class Run:
     batches; the costly ones (e.g. a sparse mixer's recall of the dense top-k) from a second, untimed pass.
     eval_fns = (timed eval step, diagnostics eval step or None), as make_eval_step builds them."""
     eval_fn, diag_fn = eval_fns
-    totals = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
+    totals = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0, "group_correct": 0.0, "group_count": 0.0}
     diags, batches = {}, 0
     for batch in self.data.eval_batches():
       t0 = time.perf_counter()
@@ -255,7 +259,7 @@ class Run:
         self.eval_timing["tokens"] += batch["inputs"].shape[0] * self.data.tokens_per_example
         self.eval_timing["sec"] += time.perf_counter() - t0
       self.eval_timing["warm"] = True
-      totals = {k: totals[k] + float(sums[k]) for k in totals}
+      totals = {k: totals[k] + np.asarray(sums.get(k, 0.0), np.float64) for k in totals}
       diags = {k: diags.get(k, 0.0) + float(v) for k, v in diag.items()}
       batches += 1
     if diag_fn is not None:  # outside the timed loop: its dense passes never count as evaluation time
@@ -263,8 +267,10 @@ class Run:
       for batch in self.data.eval_batches():
         _, diag = jax.device_get(diag_fn(state, sharding.put_batch(batch, self.mesh)))
         diags = {k: diags.get(k, 0.0) + float(v) for k, v in diag.items()}
-    n = max(totals["count"], 1.0)
-    return {"eval/loss": totals["loss_sum"] / n, "eval/accuracy": totals["correct_sum"] / n,
+    n = max(float(totals["count"]), 1.0)
+    groups = {f"eval/accuracy/{name}": float(c / max(m, 1.0)) for name, c, m in zip(
+        self.data.group_names, np.atleast_1d(totals["group_correct"]), np.atleast_1d(totals["group_count"]))}
+    return {"eval/loss": float(totals["loss_sum"]) / n, "eval/accuracy": float(totals["correct_sum"]) / n, **groups,
             **{f"eval/{k}": v / max(batches, 1) for k, v in diags.items()}}
 
   def train(self) -> dict:
@@ -291,9 +297,11 @@ class Run:
     tokens_per_step = cfg.data.batch_size * self.data.tokens_per_example  # video: frames * patches per clip
     base_rng = jax.random.key(cfg.seed + 1)
     t0 = time.perf_counter()
-    # One executable per batch shape: the run's own, and the MQAR curriculum's shorter rows while it lasts.
+    # One executable per batch shape: one per phase of the data still ahead (the MQAR curriculum's shorter rows),
+    # the last phase's (the run's own shape) compiled last.
+    phases = self.data.phases
     shaped = {}
-    for first in dict.fromkeys((min(start, cfg.data.curriculum_steps), cfg.data.curriculum_steps)):
+    for first in [max(p for p in phases if p <= start)] + [p for p in phases if p > start]:
       batch = sharding.put_batch(self.data.train_batch(first), self.mesh)
       shaped[batch["inputs"].shape] = compile_train_step(self.model, self.tx, self.schedule, state, state_sh, batch,
                                                          base_rng, self.mesh, cfg.optim.trainable)

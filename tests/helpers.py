@@ -11,21 +11,23 @@ from r1jax.config import Config, default_config
 from r1jax.train import Run, compile_train_step, forward
 
 
-def tiny_config(**overrides) -> Config:
-  """A model and run small enough to compile and train in seconds; overrides are dotted keys."""
+def tiny_config(text: str = "", **overrides) -> Config:
+  """A model and run small enough to compile and train in seconds; overrides are dotted keys written with '__';
+  `text`: the text dataset's file (data.options.text.path)."""
   base = {
       "model.num_layers": 2, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64,
       "data.seq_len": 16, "data.batch_size": 8, "data.eval_batch_size": 8, "data.eval_max_batches": 2,
       "train.steps": 4, "train.eval_every": 0, "train.log_every": 2, "train.checkpoint_every": 0,
       "train.progress": False, "optim.warmup_steps": 2,
   }
+  base.update({"data.options.text.path": text} if text else {})
   base.update({k.replace("__", "."): v for k, v in overrides.items()})
   return Config.from_dict(override(default_config(), base, "test"))
 
 
 def mixer_config(d_model=32, heads=4, kv_heads=0, init_std=0.3):
   """A ModelConfig for mixer-level tests (a larger init std so that attention is far from uniform)."""
-  return tiny_config(data__path="x", model__d_model=d_model, model__num_heads=heads, model__num_kv_heads=kv_heads,
+  return tiny_config(text="x", model__d_model=d_model, model__num_heads=heads, model__num_kv_heads=kv_heads,
                      model__init_std=init_std).model
 
 
@@ -53,7 +55,7 @@ def assert_causal(mixer, T=10):
 
 def one_run(text_file, mesh: dict, steps: int = 2, **overrides):
   """Loss and gradients at the initial params, then params after `steps` train steps, on the given mesh."""
-  cfg = tiny_config(data__path=text_file, **{f"mesh__{k}": v for k, v in mesh.items()}, **overrides)
+  cfg = tiny_config(text=text_file, **{f"mesh__{k}": v for k, v in mesh.items()}, **overrides)
   run = Run(cfg)
   state, state_sh = run.init_state()
   batches = [sharding.put_batch(run.data.train_batch(s), run.mesh) for s in range(steps)]

@@ -28,7 +28,7 @@ class Mutation:
   path: str  # file in the repository
   old: str  # the snippet, exactly once in the file
   new: str
-  tests: str  # test file
+  tests: str  # test file(s), space-separated
   select: str  # pytest -k expression: the tests meant to catch it
 
 
@@ -40,9 +40,8 @@ MUTATIONS = (
              'sums = {"loss_sum": jnp.sum(ce_BxN * w_BxN), "correct_sum": jnp.sum(correct_BxN * w_BxN), "count": count}',
              'sums = {"loss_sum": jnp.sum(ce_BxN), "correct_sum": jnp.sum(correct_BxN), "count": 1.0 * ce_BxN.size}',
              "tests/test_train.py", "zero_weight"),
-    Mutation("text_train_reads_validation", "r1jax/data.py",
-             "self.train_ids, self.val_ids = ids[:split], ids[split:]",
-             "self.train_ids, self.val_ids = ids, ids[split:]", "tests/test_data.py", "no_training_window"),
+    Mutation("text_train_reads_validation", "r1jax/data.py", "return chars, ids[:split], ids[split:]",
+             "return chars, ids, ids[split:]", "tests/test_data.py", "no_training_window"),
     Mutation("heads_unsharded", "r1jax/sharding.py", '("heads", "tensor"),', '("heads", None),',
              "tests/test_sharding.py", "golden"),
     Mutation("activation_heads_unsharded", "r1jax/sharding.py", '("act_heads", "tensor"),', '("act_heads", None),',
@@ -57,7 +56,8 @@ MUTATIONS = (
     Mutation("fusion_claim_threshold_flipped", "r1jax/claims.py", "_verdict(q[0] - 1 >= self.min_gain)",
              "_verdict(q[0] - 1 <= self.min_gain)", "tests/test_claims.py", "either_side"),
     Mutation("resume_checks_model_and_seed_only", "r1jax/config.py",
-             'RESUME_KEYS = ("model", "data", "optim", "seed")', 'RESUME_KEYS = ("model", "seed")',
+             'RESUME_KEYS = ("model", "data", "optim", "seed", "train.init_from")',
+             'RESUME_KEYS = ("model", "seed", "train.init_from")',
              "tests/test_train.py", "identity"),
     Mutation("adamw_decays_vectors", "r1jax/train.py", "lambda p: p.ndim >= 2", "lambda p: p.ndim >= 1",
              "tests/test_train.py", "weight_decay"),
@@ -93,6 +93,23 @@ MUTATIONS = (
     Mutation("diagnostics_in_the_timed_eval", "r1jax/attention/sparse.py",
              "want_diag = o.diagnostics and wants_diagnostics(self)", "want_diag = o.diagnostics and deterministic",
              "tests/test_sparse.py", "timed_eval"),
+    Mutation("identity_keeps_other_datasets", "r1jax/config.py",
+             'value["options"] = {k: v for k, v in value.get("options", {}).items() if k == value.get("kind")}',
+             'value["options"] = dict(value.get("options", {}))', "tests/test_config.py", "run_identity"),
+    Mutation("passkey_depth_group_shifted", "r1jax/passkey.py",
+             "min(int(depth * o.depth_bins), o.depth_bins - 1)", "min(int(depth * o.depth_bins) + 1, o.depth_bins - 1)",
+             "tests/test_passkey.py", "hides"),
+    Mutation("passkey_tests_on_training_text", "r1jax/passkey.py",
+             "ids = self.val_ids if split == TEST else self.train_ids", "ids = self.train_ids",
+             "tests/test_passkey.py", "validation"),
+    Mutation("group_accuracy_counts_rows", "r1jax/train.py",
+             'sums["group_count"] = jnp.einsum("BN,BG->G", w_BxN, batch["groups"])',
+             'sums["group_count"] = jnp.einsum("BG->G", batch["groups"])', "tests/test_passkey.py", "group_accuracy"),
+    Mutation("mqar_curriculum_phase_missing", "r1jax/mqar.py",
+             "return (0, self.cfg.opts.curriculum_steps) if self.cfg.opts.curriculum_steps else (0,)",
+             "return (0,)", "tests/test_data.py tests/test_train.py", "curriculum"),
+    Mutation("mqar_min_gap_ignored", "r1jax/mqar.py", "skip = int(min_gap * space)", "skip = 0",
+             "tests/test_data.py", "min_gap"),
     Mutation("frozen_parameters_updated", "r1jax/train.py", "lambda m, new, old: new if m else old",
              "lambda m, new, old: new", "tests/test_train.py", "trainable_freezes"),
 )
@@ -115,8 +132,9 @@ def run(mutation: Mutation, scratch: str, env: dict) -> tuple[bool, float, str]:
     with open(path, "w") as f:
       f.write(original.replace(mutation.old, mutation.new))
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", mutation.tests,
-                          "-k", mutation.select], cwd=scratch, env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                          *mutation.tests.split(), "-k", mutation.select], cwd=scratch, env=env, capture_output=True,
+                         text=True)
     last = (out.stdout.strip().splitlines() or [""])[-1]
     if out.returncode == 5:
       raise SystemExit(f"{mutation.name}: -k {mutation.select!r} selects no test in {mutation.tests}.")

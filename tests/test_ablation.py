@@ -17,7 +17,7 @@ from r1jax.train import load_trained, train
 
 def _base(text_file):
   return ablation.override(default_config(), {
-      k: v for k, v in to_dict(tiny_config(data__path=text_file, train__steps=6, train__eval_every=3,
+      k: v for k, v in to_dict(tiny_config(text=text_file, train__steps=6, train__eval_every=3,
                                            mesh__devices=1, mesh__data=1)).items() if k != "model"} | {
       "model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64}, "test")
 

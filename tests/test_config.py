@@ -29,15 +29,19 @@ from r1jax.train import Run
     ({"optim": {"lr": "fast"}}, r"optim\.lr: expected float"),
     ({"train": {"steps": 0}}, r"train\.steps"),
     ({"data": {"kind": "images"}}, r"data\.kind"),
-    ({"data": {"kind": "text", "path": ""}}, r"data\.path.*--config\.data\.path="),
-    ({"data": {"kind": "mqar", "seq_len": 32, "num_kv_pairs": 16}}, r"data\.num_kv_pairs.*seq_len >= 64"),
-    ({"data": {"kind": "mqar", "curriculum_steps": 10, "curriculum_seq_len": 64}, "train": {"steps": 20}},
-     r"data\.curriculum_seq_len: .*< seq_len=64"),
-    ({"data": {"kind": "mqar", "curriculum_steps": 10, "curriculum_seq_len": 40}, "train": {"steps": 20}},
-     r"data\.curriculum_seq_len: .*do not split into rows of 40"),
-    ({"data": {"kind": "mqar", "seq_len": 128, "curriculum_steps": 30}, "train": {"steps": 20}},
-     r"data\.curriculum_steps: 30 must be fewer than train\.steps=20"),
-    ({"data": {"kind": "text", "path": "x", "curriculum_steps": 5}}, r"data\.curriculum_steps: is for mqar"),
+    ({"data": {"kind": "text", "options": {"text": {"path": ""}}}}, r"data\.options\.text: path: no text file"),
+    ({"data": {"kind": "text", "options": {"text": {"paht": "x"}}}}, r"'data\.options\.text\.paht'.*'path'"),
+    ({"data": {"kind": "mqar", "seq_len": 32, "options": {"mqar": {"num_kv_pairs": 16}}}},
+     r"data\.options\.mqar\.num_kv_pairs.*seq_len >= 64"),
+    ({"data": {"kind": "mqar", "options": {"mqar": {"curriculum_steps": 10, "curriculum_seq_len": 64}}},
+      "train": {"steps": 20}}, r"data\.options\.mqar\.curriculum_seq_len: .*< seq_len=64"),
+    ({"data": {"kind": "mqar", "options": {"mqar": {"curriculum_steps": 10, "curriculum_seq_len": 40}}},
+      "train": {"steps": 20}}, r"data\.options\.mqar\.curriculum_seq_len: .*do not split into rows of 40"),
+    ({"data": {"kind": "mqar", "seq_len": 128, "options": {"mqar": {"curriculum_steps": 30}}},
+      "train": {"steps": 20}}, r"data\.options\.mqar\.curriculum_steps: 30 must be fewer than train\.steps=20"),
+    ({"data": {"kind": "passkey", "seq_len": 256}}, r"data\.options\.passkey\.length_fractions: the shortest"),
+    ({"data": {"kind": "listops", "seq_len": 32, "options": {"listops": {"min_len": 40}}}},
+     r"data\.options\.listops\.min_len"),
     ({"mesh": {"data": -1, "fsdp": -1}}, r"mesh"),
     ({"dist": {"num_processes": 2}}, r"dist\.coordinator_address"),
 ])
@@ -70,22 +74,22 @@ def test_mesh_must_match_device_count():
 
 def test_sharded_dims_must_divide(text_file):
   with pytest.raises(ConfigError, match=r"data\.batch_size=12 is not divisible by data\*fsdp\*expert"):
-    Run(tiny_config(data__path=text_file, data__batch_size=12))
+    Run(tiny_config(text=text_file, data__batch_size=12))
   with pytest.raises(ConfigError, match=r"model\.num_heads=4 is not divisible by mesh\.tensor=8"):
-    Run(tiny_config(data__path=text_file, mesh__data=1, mesh__tensor=8))
+    Run(tiny_config(text=text_file, mesh__data=1, mesh__tensor=8))
 
 
 def test_missing_data_file_fails_before_anything_is_written(tmp_path):
   workdir = tmp_path / "run"
-  cfg = tiny_config(data__path=str(tmp_path / "nope.txt"), workdir=str(workdir))
-  with pytest.raises(ConfigError, match=r"data\.path: text file .*nope\.txt' does not exist.*Fix"):
+  cfg = tiny_config(text=str(tmp_path / "nope.txt"), workdir=str(workdir))
+  with pytest.raises(ConfigError, match=r"data\.options\.text\.path: text file .*nope\.txt' does not exist.*Fix"):
     Run(cfg).train()
   assert not os.path.exists(workdir)
 
 
 def test_vocab_smaller_than_data_is_an_error(text_file):
   with pytest.raises(ConfigError, match=r"model\.vocab_size=5 is smaller"):
-    Run(tiny_config(data__path=text_file, model__vocab_size=5))
+    Run(tiny_config(text=text_file, model__vocab_size=5))
 
 
 def test_model_config_defaults():
@@ -100,26 +104,22 @@ def test_layer_schedule_from_the_command_line():
   but not lists, so the default pattern must be a tuple; the pattern is cycled over the layers."""
   base = default_config()
   assert isinstance(base.model.mixer_pattern, tuple) and isinstance(base.model.ffn_pattern, tuple)
-  cfg = Config.from_dict(override(base, {"model.mixer_pattern": ("local", "attention"), "data.path": "x"}, "t"))
+  cfg = Config.from_dict(override(base, {"model.mixer_pattern": ("local", "attention")}, "t"))
   assert cfg.model.layer_names("mixer") == ("local", "attention", "local", "attention")
-
-
-def test_every_data_field_belongs_to_the_run_identity_of_some_dataset():
-  from r1jax.config import DATA_COMMON_FIELDS, DATA_KIND_FIELDS, DATA_KINDS, DataConfig
-  listed = set(DATA_COMMON_FIELDS).union(*DATA_KIND_FIELDS.values())
-  assert listed == {f.name for f in dataclasses.fields(DataConfig)} and set(DATA_KIND_FIELDS) == set(DATA_KINDS)
 
 
 def test_run_identity_covers_the_used_mixers_and_the_own_dataset_only():
   from r1jax.config import run_identity, to_dict
-  text = run_identity(to_dict(tiny_config(data__path="x.txt")))
-  assert "data.path" in text and "data.mqar_vocab_size" not in text and "data.listops_min_len" not in text
+  text = run_identity(to_dict(tiny_config(text="x.txt")))
+  assert "data.options.text.path" in text and not any(k.startswith(("data.options.mqar", "data.options.listops"))
+                                                      for k in text)
   assert "model.mixer_options.attention.impl" in text and not any(".local." in k for k in text)
-  other_dataset = run_identity(to_dict(tiny_config(data__path="x.txt", data__mqar_vocab_size=99)))
+  other_dataset = run_identity(to_dict(tiny_config(text="x.txt", data__options__mqar__vocab_size=99)))
   assert other_dataset == text
-  saved = to_dict(tiny_config(data__path="x.txt"))  # a saved config listing every registered mixer's options
+  saved = to_dict(tiny_config(text="x.txt"))  # a saved config listing every registered mixer's and dataset's options
   saved["model"]["mixer_options"] = default_config().model.mixer_options.to_dict()
+  saved["data"]["options"] = {**default_config().data.options.to_dict(), "text": saved["data"]["options"]["text"]}
   assert run_identity(saved) == text
-  mixed = run_identity(to_dict(tiny_config(data__path="x.txt", model__mixer_pattern=("attention", "local"),
+  mixed = run_identity(to_dict(tiny_config(text="x.txt", model__mixer_pattern=("attention", "local"),
                                            model__mixer_options__local__window=4)))
   assert mixed["model.mixer_options.local.window"] == 4

@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 
 def _flags(text_file, workdir, **dist) -> dict:
-  return {"data.path": text_file, "data.seq_len": 16, "data.batch_size": 8, "data.eval_batch_size": 8,
+  return {"data.options.text.path": text_file, "data.seq_len": 16, "data.batch_size": 8, "data.eval_batch_size": 8,
           "data.eval_max_batches": 3, "model.num_layers": 2, "model.d_model": 32, "model.num_heads": 4,
           "model.d_ff": 64, "train.steps": 60, "train.eval_every": 30, "train.log_every": 10,
           "train.checkpoint_every": 10, "train.progress": False, "mesh.data": 2, "mesh.fsdp": 2,

@@ -29,16 +29,19 @@ def _check_scaling(out, res):
 
 
 def _check_sparse(out, res):
-  for task in ("mqar", "shakespeare"):
+  for task in ("mqar", "passkey", "shakespeare"):
     assert os.path.exists(res / task / "results.md")
     assert f"| sparse_attn_ablation/{task} |" in out
-  assert "| topk16 | 1 |" in out and "mixer/recall" in out  # the indexer's recall diagnostic is a column
-  assert "- topk16: slope" in out and os.path.exists(res / "report.md")
-  complexity = json.load(open(res / "report.json"))["complexity"]  # what the claims ledger reads
-  assert set(complexity) == {"dense", "topk16"} and 1.5 < complexity["dense"]["slope"] < 2.1
+  assert "| dsa | 1 |" in out and "mixer/recall" in out  # the indexer's recall diagnostic is a column
+  assert "| dense | " in out and "- dsa: slope" in out and os.path.exists(res / "report.md")
+  assert os.path.exists(res / "passkey" / "accuracy_by_depth.png") and "| dsa | " in out.split("Passkey")[1]
+  facts = json.load(open(res / "report.json"))  # what the claims ledger reads
+  assert set(facts["complexity"]) == {"dense", "dsa_warmup", "dsa"} and 1.5 < facts["complexity"]["dense"]["slope"]
+  assert facts["layer_time"]["variants"] == {"dense": ["dense"], "dsa_warmup": ["dsa_warmup", "dsa"]}
+  assert "| dense | " in out.split("One layer")[1] and "| dsa_warmup / dsa | " in out.split("One layer")[1]
   rows = [line for line in claims.ledger(str(res.parent)).splitlines() if "| sparse_attn_ablation/" in line]
-  assert len(rows) == 5 and not any("not tested" in row for row in rows)  # dense's own complexity row too
-  assert sum("topk16:" in row for row in rows) == 4
+  assert len(rows) == 6 and not any("not tested" in row for row in rows)  # dense's own complexity row too
+  assert sum("dsa:" in row for row in rows) == 5
   # The driver's report and the ledger judge each claim from its one declaration: the same rows, the same verdicts.
   reported = [line for line in open(res / "report.md").read().splitlines() if "| sparse_attn_ablation/" in line]
   assert reported == rows
@@ -78,7 +81,8 @@ def _check_attention3d(out, res):
     (["experiments/sparse_attn_ablation.py", "--config.mqar.model.num_heads=3"], "model.num_heads: 3 heads"),
     (["experiments/moe_ablation.py", "--variants=top3"], "--variants: unknown ['top3']"),
     (["-m", "r1jax.main", "--config.bogus=1"], "unknown config field 'config.bogus'"),
-    (["-m", "r1jax.main", "--config.data.path=/no/such/file.txt"], "data.path: text file '/no/such/file.txt'"),
+    (["-m", "r1jax.main", "--config.data.options.text.path=/no/such/file.txt"],
+     "data.options.text.path: text file '/no/such/file.txt'"),
     (["-m", "r1jax.main", "--config.train.steps=many"], "flag --config.train.steps=many"),
     (["-m", "r1jax.claims", "--resuls=x"], "Unknown command line flag 'resuls'"),
     (["benchmarks/train_step.py", "--sizes=2x30x4"], "model.num_heads: 4 heads do not divide d_model=30"),
@@ -119,7 +123,7 @@ ONE_VARIANT = {"dense_baseline": "small", "mqar_dense": "d64", "sparse_attn_abla
                "hierarchical_routing_ablation": "global", "context_rnn_ablation": "attention",
                "moe_ablation": "dense", "attention3d_ablation": "space"}
 SMOKE = {
-    "sparse_attn_ablation": (["--variants=dense,topk16"], _check_sparse),
+    "sparse_attn_ablation": (["--variants=dense,dsa_warmup,dsa"], _check_sparse),  # DSA's chain from dense
     "hierarchical_routing_ablation": (["--tasks=listops", "--variants=global,fusion_token,routed25"],
                                       _check_hierarchical),
     "context_rnn_ablation": (["--tasks=mqar", "--variants=attention,scalar_k2,hybrid"], _check_context_rnn),

@@ -140,7 +140,7 @@ def test_routed_capacity_one_equals_global_in_every_layer_of_a_model():
   from r1jax.model import Transformer
 
   def model(**kw):
-    cfg = tiny_config(data__path="x", model__vocab_size=40, model__init_std=0.3, model__num_layers=3, **kw).model
+    cfg = tiny_config(text="x", model__vocab_size=40, model__init_std=0.3, model__num_layers=3, **kw).model
     return Transformer(cfg)
 
   routed = model(model__mixer="routed", model__mixer_options={"routed": {"capacity": 1.0, "window": 2}})

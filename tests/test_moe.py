@@ -17,7 +17,7 @@ from r1jax.registry import ConfigError
 
 
 def moe_config(d_model=16, d_ff=24):
-  return tiny_config(data__path="x", model__d_model=d_model, model__d_ff=d_ff, model__init_std=0.3).model
+  return tiny_config(text="x", model__d_model=d_model, model__d_ff=d_ff, model__init_std=0.3).model
 
 
 def apply_moe(opts, x, variables=None, mutable=("balance", "intermediates")):
@@ -207,7 +207,7 @@ def test_bad_options_name_the_field(kw, field):
 
 def test_experts_must_divide_the_expert_axis(tmp_path):
   from r1jax.train import Run
-  cfg = tiny_config(data__path=str(tmp_path / "c.txt"), model__ffn="moe",
+  cfg = tiny_config(text=str(tmp_path / "c.txt"), model__ffn="moe",
                     model__ffn_options={"moe": {"num_experts": 6}}, mesh__expert=4, mesh__data=2)
   (tmp_path / "c.txt").write_text("abc" * 300)
   with pytest.raises(ConfigError, match="ffn_options.moe.num_experts"):

@@ -6,11 +6,13 @@ import pytest
 
 from helpers import tiny_config
 from r1jax import moving_digits as md
-from r1jax.data import MovingDigits, make_dataset
+from r1jax.data import make_dataset
+from r1jax.moving_digits import MovingDigits
 from r1jax.registry import ConfigError
 
-VIDEO = dict(model__arch="video", model__mixer="spacetime", data__kind="moving_digits", data__path="",
-             data__video_frames=4, data__video_canvas=12, data__video_patch=4, data__num_test_examples=20)
+CLIP = "data__options__moving_digits__"
+VIDEO = dict(model__arch="video", model__mixer="spacetime", data__kind="moving_digits",
+             **{CLIP + k: v for k, v in dict(frames=4, canvas=12, patch=4, num_test_examples=20).items()})
 
 
 def test_clips_show_the_labelled_digit_moving_in_the_labelled_direction():
@@ -36,7 +38,7 @@ def test_patches_round_trip_in_row_major_order():
 
 
 def test_batches_are_deterministic_per_seed_and_splits_use_disjoint_images():
-  cfg = tiny_config(**VIDEO, data__video_label="digit", data__eval_max_batches=0).data
+  cfg = tiny_config(**VIDEO, **{CLIP + "label": "digit"}, data__eval_max_batches=0).data
   a, b, other = MovingDigits(cfg, 0), MovingDigits(cfg, 0), MovingDigits(cfg, 1)
   batch = a.train_batch(3)
   assert batch["inputs"].shape == (8, 4, 9, 16) and batch["inputs"].dtype == np.float32
@@ -53,10 +55,10 @@ def test_batches_are_deterministic_per_seed_and_splits_use_disjoint_images():
 
 
 @pytest.mark.parametrize("overrides, field", [
-    ({"data__video_canvas": 10}, "data.video_canvas"),  # not a multiple of the patch
-    ({"data__video_canvas": 4, "data__video_patch": 2}, "data.video_canvas"),  # smaller than the digit
-    ({"data__video_frames": 1}, "data.video_frames"),
-    ({"data__video_label": "colour"}, "data.video_label"),
+    ({CLIP + "canvas": 10}, "data.options.moving_digits: canvas"),  # not a multiple of the patch
+    ({CLIP + "canvas": 4, CLIP + "patch": 2}, "data.options.moving_digits: canvas"),  # smaller than the digit
+    ({CLIP + "frames": 1}, "data.options.moving_digits: frames"),
+    ({CLIP + "label": "colour"}, "data.options.moving_digits: label"),
     ({"model__arch": "lm", "model__mixer": "attention"}, "model.arch"),  # an LM cannot read clips
     ({"model__mixer": "attention"}, "model.mixer"),  # a video model needs the space-time mixer
     ({"model__num_layers": 1, "model__mixer_options": {"spacetime": {"kind": "factorised"}}}, "model.num_layers"),
@@ -68,6 +70,6 @@ def test_bad_video_settings_name_the_field(overrides, field):
 
 def test_token_models_refuse_the_space_time_mixer_and_video_models_refuse_text():
   with pytest.raises(ConfigError, match=r"model\.mixer.*clips"):
-    tiny_config(data__path="x", model__mixer="spacetime")
+    tiny_config(text="x", model__mixer="spacetime")
   with pytest.raises(ConfigError, match=r"model\.arch"):
-    tiny_config(data__path="x", model__arch="video", model__mixer="spacetime")
+    tiny_config(text="x", model__arch="video", model__mixer="spacetime")

@@ -35,7 +35,7 @@ def _reference(opts, params, inter):
 ])
 def test_each_branch_equals_its_masked_reference(T, l, d, ls, n, w, chunk, kv_heads, compress):
   opts = NSAOptions(cmp_block=l, cmp_stride=d, slc_block=ls, top_blocks=n, window=w, query_chunk=chunk,
-                    compress=compress)
+                    compress=compress, gate_init="equal" if compress == "mean" else "window")
   _, _, params, out, _, inter = _run(opts, T, kv_heads)
   o_cmp, o_slc, o_win, chosen = _reference(opts, params, inter)
   got = inter["branches"][0]
@@ -49,7 +49,7 @@ def test_each_branch_equals_its_masked_reference(T, l, d, ls, n, w, chunk, kv_he
     got_mask[b, g, t, keys] = True
   np.testing.assert_array_equal(got_mask, chosen)
   # the layer's output: the gated sum (gates at init: sigmoid of the offsets), projected
-  gates = 1 / (1 + np.exp(-GATE_INIT))
+  gates = 1 / (1 + np.exp(-GATE_INIT[opts.gate_init]))
   want = sum(g * o for g, o in zip(gates, (o_cmp, o_slc, o_win)))
   np.testing.assert_allclose(out, project_out(params, jnp.asarray(want, jnp.float32)), rtol=2e-4, atol=2e-5)
 

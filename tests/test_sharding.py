@@ -58,7 +58,7 @@ def test_other_mixers_sharded_equal_unsharded(unsharded, overrides):
 
 
 def test_batch_is_split_over_data_fsdp_expert():
-  mesh = sharding.make_mesh(tiny_config(data__path="x", mesh__data=2, mesh__fsdp=2, mesh__expert=2).mesh)
+  mesh = sharding.make_mesh(tiny_config(text="x", mesh__data=2, mesh__fsdp=2, mesh__expert=2).mesh)
   batch = sharding.put_batch({"inputs": np.arange(8 * 3).reshape(8, 3)}, mesh)["inputs"]
   assert batch.sharding.spec == P(("data", "fsdp", "expert"), None)
   assert {s.data.shape for s in batch.addressable_shards} == {(1, 3)}
@@ -91,7 +91,7 @@ GOLDEN_PARAM_SPECS = {
 
 
 def test_every_parameter_and_its_optimizer_state_is_placed_as_the_golden_table_says(text_file):
-  cfg = tiny_config(data__path=text_file, mesh__data=1, mesh__fsdp=2, mesh__expert=2, mesh__tensor=2,
+  cfg = tiny_config(text=text_file, mesh__data=1, mesh__fsdp=2, mesh__expert=2, mesh__tensor=2,
                     model__ffn_pattern=("swiglu", "moe"), model__ffn_options__moe__num_experts=4,
                     model__ffn_options__moe__num_shared=1, model__num_kv_heads=2)
   run = Run(cfg)
@@ -114,7 +114,7 @@ GOLDEN_ACTIVATION_SPECS = {  # logical axes of each constrained activation -> it
 
 
 def test_main_activations_are_placed_as_the_golden_table_says(text_file, monkeypatch):
-  cfg = tiny_config(data__path=text_file, mesh__data=1, mesh__fsdp=2, mesh__expert=2, mesh__tensor=2,
+  cfg = tiny_config(text=text_file, mesh__data=1, mesh__fsdp=2, mesh__expert=2, mesh__tensor=2,
                     model__ffn_pattern=("swiglu", "moe"), model__ffn_options__moe__num_experts=4,
                     model__ffn_options__moe__dispatch="capacity")
   run = Run(cfg)

@@ -173,7 +173,7 @@ def test_the_timed_eval_step_holds_no_dense_pass_and_the_diagnostics_pass_does(m
   T = 2048
 
   def flops(mixer_name: str, diagnostics: bool) -> float:
-    cfg = tiny_config(data__path="x", model__num_layers=1, model__d_model=64, model__num_heads=2, model__ffn="none",
+    cfg = tiny_config(text="x", model__num_layers=1, model__d_model=64, model__num_heads=2, model__ffn="none",
                       model__mixer=mixer_name, **{"model__mixer_options__sparse__query_chunk": T})  # one chunk:
     model = make_model(resolve_model_config(cfg.model, 32))  # XLA's cost analysis counts a loop body once
     tokens = jax.ShapeDtypeStruct((1, T), jnp.int32)
@@ -191,7 +191,7 @@ def test_a_run_reports_the_diagnostics_from_its_untimed_pass(text_file):
   """Run.evaluate: recall and mass reach the results (from the diagnostics pass), loss and accuracy from the timed."""
   from r1jax.train import train
 
-  cfg = tiny_config(data__path=text_file, model__mixer="sparse", model__num_layers=1,
+  cfg = tiny_config(text=text_file, model__mixer="sparse", model__num_layers=1,
                     **{"model__mixer_options__sparse__top_k": 4})
   final = train(cfg)["final"]
   assert 0.0 < final["eval/mixer/recall"] <= 1.0 and 0.0 < final["eval/mixer/mass"] <= 1.0

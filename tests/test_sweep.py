@@ -22,12 +22,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_config_hash_is_the_run_identity():
-  a = tiny_config(data__path="x.txt", workdir="/tmp/a")
-  assert sweep.config_hash(a) == sweep.config_hash(tiny_config(data__path="x.txt", workdir="/elsewhere",
+  a = tiny_config(text="x.txt", workdir="/tmp/a")
+  assert sweep.config_hash(a) == sweep.config_hash(tiny_config(text="x.txt", workdir="/elsewhere",
                                                                train__progress=True, train__eval_every=2))
-  for changed in ({"model__d_ff": 32}, {"seed": 1}, {"train__steps": 5}, {"optim__lr": 1e-4}, {"data__path": "y"}):
-    assert sweep.config_hash(tiny_config(**{"data__path": "x.txt", **changed})) != sweep.config_hash(a), changed
-  runs = {"v/seed0": a, "w/seed0": tiny_config(data__path="x.txt", model__d_ff=32)}
+  for changed in ({"model__d_ff": 32}, {"seed": 1}, {"train__steps": 5}, {"optim__lr": 1e-4}, {"data__options__text__path": "y"}):
+    assert sweep.config_hash(tiny_config(**{"data__options__text__path": "x.txt", **changed})) != sweep.config_hash(a), changed
+  runs = {"v/seed0": a, "w/seed0": tiny_config(text="x.txt", model__d_ff=32)}
   assert sweep.sweep_id("s", runs) == sweep.sweep_id("s", dict(reversed(list(runs.items()))))
   assert sweep.sweep_id("s", runs) != sweep.sweep_id("t", runs)
 
@@ -61,7 +61,7 @@ def test_slurm_launcher_without_slurm_is_a_clear_error(monkeypatch, tmp_path):
 
 def _base(text_file, **extra):
   return ablation.override(default_config(), {
-      k: v for k, v in to_dict(tiny_config(data__path=text_file, train__steps=6, train__checkpoint_every=3,
+      k: v for k, v in to_dict(tiny_config(text=text_file, train__steps=6, train__checkpoint_every=3,
                                            mesh__devices=1, mesh__data=1)).items() if k != "model"} | {
       "model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64, **extra}, "test")
 
@@ -99,7 +99,7 @@ def slurm():
 def _driver(results_dir, text_file):
   return [sys.executable, "experiments/dense_baseline.py", "--quick", "--launcher=slurm", "--slurm.time_min=10",
           "--slurm.poll_sec=0.5", "--variants=small,base", "--seeds=0", f"--results_dir={results_dir}",
-          f"--config.data.path={text_file}", "--config.train.steps=6", "--config.train.eval_every=3",
+          f"--config.data.options.text.path={text_file}", "--config.train.steps=6", "--config.train.eval_every=3",
           "--config.train.checkpoint_every=3", "--config.mesh.devices=1", "--config.mesh.data=1",
           "--config.model.num_layers=1", "--config.model.d_model=32", "--config.data.batch_size=4"]
 

@@ -22,7 +22,7 @@ from r1jax.writers import read_jsonl
 
 
 def test_training_reduces_loss_and_writes_logs(text_file, tmp_path):
-  cfg = tiny_config(data__path=text_file, train__steps=60, train__eval_every=30, train__log_every=10,
+  cfg = tiny_config(text=text_file, train__steps=60, train__eval_every=30, train__log_every=10,
                     optim__lr=3e-3, workdir=str(tmp_path / "run"), mesh__devices=1, mesh__data=1)
   result = Run(cfg).train()
   evals = [r for r in result["history"] if "eval/loss" in r]
@@ -38,8 +38,9 @@ def test_training_reduces_loss_and_writes_logs(text_file, tmp_path):
 
 
 def test_mqar_training_scores_answer_positions_only():
-  cfg = tiny_config(data__kind="mqar", data__path="", data__mqar_vocab_size=64, data__seq_len=32,
-                    data__num_kv_pairs=4, data__num_test_examples=16, train__steps=30, optim__lr=3e-3)
+  cfg = tiny_config(data__kind="mqar", data__options__mqar__vocab_size=64, data__seq_len=32,
+                    data__options__mqar__num_kv_pairs=4, data__options__mqar__num_test_examples=16, train__steps=30,
+                    optim__lr=3e-3)
   run = Run(cfg)
   result = run.train()
   assert result["final"]["eval/loss"] < np.log(64)  # at least learns that answers are values (V/2 of them)
@@ -50,10 +51,10 @@ def test_mqar_training_scores_answer_positions_only():
 
 
 def test_mqar_curriculum_trains_both_lengths_and_resumes_inside_it(tmp_path):
-  cfg = tiny_config(data__kind="mqar", data__path="", data__mqar_vocab_size=64, data__seq_len=32, data__num_kv_pairs=4,
-                    data__num_test_examples=16, data__curriculum_steps=3, data__curriculum_seq_len=16,
-                    data__curriculum_kv_pairs=2, train__steps=6, train__checkpoint_every=2,
-                    train__keep_checkpoints=3, workdir=str(tmp_path / "run"))
+  mqar = dict(vocab_size=64, num_kv_pairs=4, num_test_examples=16, curriculum_steps=3, curriculum_seq_len=16,
+              curriculum_kv_pairs=2)
+  cfg = tiny_config(data__kind="mqar", data__seq_len=32, **{f"data__options__mqar__{k}": v for k, v in mqar.items()},
+                    train__steps=6, train__checkpoint_every=2, train__keep_checkpoints=3, workdir=str(tmp_path / "run"))
   whole = Run(cfg).train()
   ckpts = tmp_path / "run" / "checkpoints"
   for step in ("4", "6"):  # back to step 2, inside the curriculum: the resumed run needs both shapes again
@@ -70,7 +71,7 @@ def test_schedule_is_warmup_then_cosine_to_min_lr():
 
 
 def _main_cmd(workdir, text_file, steps):
-  flags = {"data.path": text_file, "data.seq_len": 64, "data.batch_size": 8, "data.eval_batch_size": 8,
+  flags = {"data.options.text.path": text_file, "data.seq_len": 64, "data.batch_size": 8, "data.eval_batch_size": 8,
            "data.eval_max_batches": 4, "model.num_layers": 2, "model.d_model": 64, "model.num_heads": 4,
            "train.steps": steps, "train.eval_every": 100, "train.log_every": 10, "train.checkpoint_every": 50,
            "train.progress": False, "mesh.devices": 1, "mesh.data": 1, "workdir": workdir}
@@ -103,20 +104,20 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(text_file, tmp_path):
 
 
 def test_rerun_of_a_finished_run_only_evaluates(text_file, tmp_path):
-  cfg = tiny_config(data__path=text_file, workdir=str(tmp_path / "r"), mesh__devices=1, mesh__data=1)
+  cfg = tiny_config(text=text_file, workdir=str(tmp_path / "r"), mesh__devices=1, mesh__data=1)
   first = Run(cfg).train()
   again = Run(cfg).train()
   assert again["perf"]["resumed_from"] == cfg.train.steps and again["final"] == first["final"]
 
 
 def test_resume_refuses_a_different_model(text_file, tmp_path):
-  Run(tiny_config(data__path=text_file, workdir=str(tmp_path / "r"))).train()
+  Run(tiny_config(text=text_file, workdir=str(tmp_path / "r"))).train()
   with pytest.raises(ConfigError, match=r"different 'model.d_ff' config \(saved 64, now 32\)"):
-    Run(tiny_config(data__path=text_file, workdir=str(tmp_path / "r"), model__d_ff=32)).train()
+    Run(tiny_config(text=text_file, workdir=str(tmp_path / "r"), model__d_ff=32)).train()
 
 
 def test_load_trained_returns_the_trained_params(tmp_path, text_file):
-  cfg = tiny_config(data__path=text_file, workdir=str(tmp_path / "run"), train__checkpoint_every=4)
+  cfg = tiny_config(text=text_file, workdir=str(tmp_path / "run"), train__checkpoint_every=4)
   with pytest.raises(ConfigError, match="holds no checkpoint"):
     load_trained(cfg)
   assert not os.path.exists(cfg.workdir)  # looking wrote nothing
@@ -132,7 +133,7 @@ def test_load_trained_returns_the_trained_params(tmp_path, text_file):
 
 def _nan_config(workdir, **overrides):
   """A run whose learning rate makes step 3's gradient norm NaN (measured: step 3, with checkpoints at 1 and 2)."""
-  return tiny_config(data__path="package:tinyshakespeare.txt", optim__lr=1e30, optim__warmup_steps=4,
+  return tiny_config(text="package:tinyshakespeare.txt", optim__lr=1e30, optim__warmup_steps=4,
                      optim__grad_clip=0.0, train__steps=8, train__checkpoint_every=1, train__log_every=4,
                      workdir=workdir, mesh__devices=1, mesh__data=1, **overrides)
 
@@ -158,7 +159,7 @@ def _truncate(folder):
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable_one(text_file, tmp_path, caplog):
-  cfg = tiny_config(data__path=text_file, train__steps=6, train__checkpoint_every=2, train__keep_checkpoints=3,
+  cfg = tiny_config(text=text_file, train__steps=6, train__checkpoint_every=2, train__keep_checkpoints=3,
                     workdir=str(tmp_path / "run"), mesh__devices=1, mesh__data=1)
   whole = Run(cfg).train()
   _truncate(tmp_path / "run" / "checkpoints" / "6")  # its files cut short after a committed save
@@ -179,25 +180,25 @@ def finished_run(tmp_path_factory):
   text = root / "corpus.txt"
   text.write_text(" ".join(("the king", "a horse", "my kingdom", "for")[(i * 7) % 4] for i in range(4000)) + "\n")
   workdir = str(root / "r")
-  Run(tiny_config(data__path=str(text), workdir=workdir, train__steps=2)).train()
+  Run(tiny_config(text=str(text), workdir=workdir, train__steps=2)).train()
   return str(text), workdir
 
 
 @pytest.mark.parametrize("field,value", [("optim__lr", 3e-3), ("data__seq_len", 8), ("seed", 1),
-                                         ("model__num_layers", 1), ("data__path", "copy.txt"),
+                                         ("model__num_layers", 1), ("data__options__text__path", "copy.txt"),
                                          ("model__mixer_options__attention__qkv_bias", True)])
 def test_resume_is_refused_for_each_field_of_the_run_identity(finished_run, tmp_path, field, value):
   text_file, workdir = finished_run
   if value == "copy.txt":  # the same text under another name (the same vocabulary)
     value = str(shutil.copy(text_file, tmp_path / value))
-  changed = {"data__path": text_file, field: value}
+  changed = {"text": text_file, field: value}
   with pytest.raises(ConfigError, match=rf"different '{field.replace('__', '.')}' config"):
     Run(tiny_config(workdir=workdir, train__steps=2, **changed)).train()
 
 
 def test_resume_ignores_loop_settings_and_unused_mixers_options(finished_run):
   text_file, workdir = finished_run
-  again = Run(tiny_config(data__path=text_file, workdir=workdir, train__steps=2, train__log_every=1,
+  again = Run(tiny_config(text=text_file, workdir=workdir, train__steps=2, train__log_every=1,
                           model__mixer_options__local__window=4)).train()
   assert again["perf"]["resumed_from"] == 2  # resumed (here: at the end, so it only evaluates)
 
@@ -210,7 +211,7 @@ def test_resume_ignores_loop_settings_and_unused_mixers_options(finished_run):
      2),  # DSA's indexer KL in 2 layers
 ])
 def test_objective_is_cross_entropy_plus_every_auxiliary_loss(text_file, overrides, num_losses):
-  run = Run(tiny_config(data__path=text_file, mesh__devices=1, mesh__data=1, **overrides))
+  run = Run(tiny_config(text=text_file, mesh__devices=1, mesh__data=1, **overrides))
   state, _ = run.init_state()
   batch = run.data.train_batch(0)
   objective, metrics, sums, _ = forward(run.model, state.params, state.model_state, batch, None, True)
@@ -223,7 +224,7 @@ def test_objective_is_cross_entropy_plus_every_auxiliary_loss(text_file, overrid
 
 
 def test_a_zero_weight_row_changes_no_loss_or_metric(text_file):
-  run = Run(tiny_config(data__path=text_file, mesh__devices=1, mesh__data=1))
+  run = Run(tiny_config(text=text_file, mesh__devices=1, mesh__data=1))
   state, _ = run.init_state()
   batch = run.data.train_batch(0)
   rng = np.random.default_rng(0)
@@ -240,7 +241,7 @@ def test_a_zero_weight_row_changes_no_loss_or_metric(text_file):
 
 
 def test_weight_decay_reaches_matrices_and_no_one_dimensional_parameter(text_file):
-  run = Run(tiny_config(data__path=text_file, mesh__devices=1, mesh__data=1, optim__warmup_steps=0,
+  run = Run(tiny_config(text=text_file, mesh__devices=1, mesh__data=1, optim__warmup_steps=0,
                         optim__weight_decay=0.5, optim__grad_clip=0.0))
   state, _ = run.init_state()
   zero = jax.tree.map(jnp.zeros_like, state.params)  # no gradient: only decay moves a parameter
@@ -265,9 +266,9 @@ def _named(params) -> dict:
 def test_init_from_restores_parameters_by_name_and_trainable_freezes_the_rest_bitwise(text_file, tmp_path):
   """DSA's warm-up as two general features: a sparse run starts from a dense run's checkpoint (its new indexer keeps
   its init), and only the indexer trains: every other parameter stays bitwise the dense run's."""
-  dense = tiny_config(data__path=text_file, workdir=str(tmp_path / "dense"), model__num_layers=1)
+  dense = tiny_config(text=text_file, workdir=str(tmp_path / "dense"), model__num_layers=1)
   train(dense)
-  warm = tiny_config(data__path=text_file, workdir=str(tmp_path / "warm"), model__num_layers=1,
+  warm = tiny_config(text=text_file, workdir=str(tmp_path / "warm"), model__num_layers=1,
                      train__init_from=str(tmp_path / "dense"), optim__trainable="idx_", **SPARSE_KL_DENSE)
   init = _named(Run(warm).init_state()[0].params)
   result = train(warm)
@@ -282,18 +283,18 @@ def test_init_from_restores_parameters_by_name_and_trainable_freezes_the_rest_bi
 
 
 def test_init_from_and_trainable_refuse_what_cannot_work(text_file, tmp_path):
-  small = tiny_config(data__path=text_file, workdir=str(tmp_path / "small"), model__num_layers=1)
+  small = tiny_config(text=text_file, workdir=str(tmp_path / "small"), model__num_layers=1)
   train(small)
-  wide = tiny_config(data__path=text_file, workdir=str(tmp_path / "wide"), model__num_layers=1, model__d_model=64,
+  wide = tiny_config(text=text_file, workdir=str(tmp_path / "wide"), model__num_layers=1, model__d_model=64,
                      train__init_from=str(tmp_path / "small"))
   with pytest.raises(ConfigError, match=r"train.init_from: params 'embed' has shape \(\d+, 32\)"):
     train(wide)
   with pytest.raises(ConfigError, match="train.init_from=.* holds no checkpoint"):
-    Run(tiny_config(data__path=text_file, train__init_from=str(tmp_path / "nothing")))
+    Run(tiny_config(text=text_file, train__init_from=str(tmp_path / "nothing")))
   with pytest.raises(ConfigError, match="optim.trainable: '\\(' is not a regular expression"):
-    tiny_config(data__path=text_file, optim__trainable="(")
+    tiny_config(text=text_file, optim__trainable="(")
   with pytest.raises(ConfigError, match="optim.trainable='idx_' matches no parameter"):
-    train(tiny_config(data__path=text_file, optim__trainable="idx_"))  # a dense model has no indexer
+    train(tiny_config(text=text_file, optim__trainable="idx_"))  # a dense model has no indexer
   assert not os.path.exists(tmp_path / "wide" / "checkpoints")  # nothing written
 
 
@@ -301,8 +302,8 @@ def test_a_field_added_after_a_run_was_saved_counts_as_its_default():
   from r1jax.checkpoint import check_same_config
   from r1jax.config import to_dict
 
-  saved = to_dict(tiny_config(data__path="x"))
+  saved = to_dict(tiny_config(text="x"))
   del saved["optim"]["trainable"], saved["train"]["init_from"]  # saved before these fields existed
-  check_same_config(saved, to_dict(tiny_config(data__path="x")), "run")  # at their defaults: the same run
+  check_same_config(saved, to_dict(tiny_config(text="x")), "run")  # at their defaults: the same run
   with pytest.raises(ConfigError, match="different 'optim.trainable' config"):
-    check_same_config(saved, to_dict(tiny_config(data__path="x", optim__trainable="wq")), "run")
+    check_same_config(saved, to_dict(tiny_config(text="x", optim__trainable="wq")), "run")

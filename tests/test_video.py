@@ -11,12 +11,13 @@ import pytest
 from helpers import one_run, tiny_config
 from r1jax.video import VideoTransformer, layer_kinds
 
-VIDEO = dict(model__arch="video", model__mixer="spacetime", data__kind="moving_digits", data__video_frames=3,
-             data__video_canvas=8, data__video_patch=4, data__num_test_examples=16)
+VIDEO = dict(model__arch="video", model__mixer="spacetime", data__kind="moving_digits", **{
+    f"data__options__moving_digits__{k}": v
+    for k, v in dict(frames=3, canvas=8, patch=4, num_test_examples=16).items()})
 
 
 def model(kind, layers=2):
-  cfg = tiny_config(**VIDEO, data__path="", model__num_layers=layers,
+  cfg = tiny_config(**VIDEO, model__num_layers=layers,
                     model__mixer_options={"spacetime": {"kind": kind}}).model
   return VideoTransformer(dataclasses.replace(cfg, vocab_size=4))
 

@@ -39,7 +39,8 @@ from r1jax.registry import ConfigError, register_mixer, wants_diagnostics
 
 COMPRESS = ("mlp", "mean")
 FORCED = 3  # blocks always selected: the first one and the two local ones
-GATE_INIT = np.array([-2.0, -2.0, 2.0], np.float32)  # gate logit offsets (cmp, slc, win): start near the window
+# gate logit offsets (cmp, slc, win) per gate_init: near the window (fla, lucidrains) or all three at 0.5
+GATE_INIT = {"window": np.array([-2.0, -2.0, 2.0], np.float32), "equal": np.zeros(3, np.float32)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,7 @@ class NSAOptions:
   slc_block: int = 16  # l': tokens per selection block (paper: 64)
   top_blocks: int = 4  # n: selection blocks per query and group, the first and the 2 local ones included (paper: 16)
   window: int = 32  # w: sliding-window tokens (paper: 512)
+  gate_init: str = "window"  # window: gates start at (0.12, 0.12, 0.88), local patterns first | equal: all at 0.5
   query_chunk: int = 256  # queries per chunk of the selection branch (bounds its gathered keys to C * n * l')
   diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS): dense attention mass in the selection
 
@@ -60,6 +62,7 @@ class NSAOptions:
                "use a selection block l' that is a multiple of cmp_stride"),
               (self.top_blocks >= FORCED, "top_blocks", f"use n >= {FORCED} (the first and the 2 local blocks)"),
               (self.compress in COMPRESS, "compress", f"use one of {COMPRESS}"),
+              (self.gate_init in GATE_INIT, "gate_init", f"use one of {tuple(GATE_INIT)}"),
               (self.window >= 1 and self.query_chunk >= 1, "window/query_chunk", "use positive sizes"))
     for ok, field, fix in checks:
       if not ok:
@@ -204,10 +207,10 @@ class NativeSparseAttention(nn.Module):
     o_win = blocked_local_attention(q_BxTxHxK, k_win, v_win, o.window)
     self.sow("intermediates", "branches", (o_cmp, o_slc, o_win))
 
-    # gates: sigmoid(x W + b) per head and branch, initialised near the sliding window
+    # gates: sigmoid(x W + b) per head and branch, initialised as gate_init says
     D = cfg.d_model
     wg = layers.param(self, "gate_w", (D, H, 3), ("embed", "heads", None), 0.0, cfg.param_dtype)
-    bg = layers.param(self, "gate_b", (H, 3), ("heads", None), 0.0, "float32") + GATE_INIT[None]
+    bg = layers.param(self, "gate_b", (H, 3), ("heads", None), 0.0, "float32") + GATE_INIT[o.gate_init][None]
     g_BxTxHx3 = jax.nn.sigmoid(jnp.einsum("BTD,DHC->BTHC", x_BxTxD.astype(jnp.float32), wg.astype(jnp.float32))
                                + bg[None, None])
     dt = o_win.dtype
