@@ -19,9 +19,11 @@ Our own recipes (`topk16`: the indexer trained through a gate on the selected lo
 Probes on MQAR (seed 0, `--tasks=mqar --variants=dense,nsa,nsa_equal,nsa_n8,dsa_warmup,dsa`): dense 99.9%, the DSA
 chain 99.99% (its warmed indexer alone, before sparse training, 99.7%), NSA 49.9%, with gates starting equal 48.9%,
 with 8 selected blocks 48.5%. NSA's errors are not spread: 97% of its wrong answers are the other value stored in
-the same 4-token selection block, uniformly over pair index and query distance; it finds the block and does not yet
-tell its two pairs apart in 800 steps. Token top-k from scratch stays at chance on MQAR (`topk16_kl` 12.3%, below
-the random-key control's 38.8%), and so does it with the indexer matched to dense attention over all keys
+the same 4-token selection block, uniformly over pair index and query distance. Zeroing one branch's gate in eval:
+without layer 0's compressed branch 0%, without any other branch 49.9-50.8%; the answer comes from compressed block
+summaries (stride 4 = two pairs), and the selected branch, which could tell the two apart, goes unused.
+Token top-k from scratch stays at chance on MQAR (`topk16_kl` 12.3%, below the random-key control's 38.8%), and
+so does it with the indexer matched to dense attention over all keys
 (`topk16_kl_dense` 11.9%, its recall of the dense top-16 0.68): the model's own dense attention has no retrieval
 pattern to teach while its sparse attention never reads the pair, whereas random keys sometimes do. DSA's dense
 parent is what supplies that pattern. (Open: see the issue's note.)
