@@ -124,14 +124,12 @@ def complexity(names) -> tuple[list[str], dict]:
   Ts = lengths()[0]
   lines = [f"Complexity: log-log slope of compiled forward FLOPs of one mixer (d=64, 2 heads) over T={Ts}",
            "(1 = linear, 2 = quadratic; n log n over this range fits ~1.1):", ""]
-  out, seen = {}, {}
-  for name in names:
-    key = repr(inference_layer(name))
-    if key not in seen:
-      seen[key] = [compiled_cost(inference_layer(name, max(Ts)), T)["flops"] for T in Ts]
-    flops = seen[key]
-    out[name] = {"lengths": list(Ts), "flops": flops, "slope": fit_exponent(Ts, flops)}
-    lines.append(f"- {name}: slope {out[name]['slope']:.2f}, FLOPs at T={Ts[-1]}: {flops[-1]:.3g}")
+  out = {}
+  for first, same in same_layer(names).items():
+    flops = [compiled_cost(inference_layer(first, max(Ts)), T)["flops"] for T in Ts]
+    for name in same:
+      out[name] = {"lengths": list(Ts), "flops": flops, "slope": fit_exponent(Ts, flops)}
+      lines.append(f"- {name}: slope {out[name]['slope']:.2f}, FLOPs at T={Ts[-1]}: {flops[-1]:.3g}")
   return lines, out
 
 
@@ -149,14 +147,20 @@ def inference_layer(name: str, chunk: int = 256):
       v, "indexer_loss") else v for k, v in model.mixer_options.items()})
 
 
+def same_layer(names) -> dict[str, list[str]]:
+  """The variants grouped by their inference layer (dsa_warmup, dsa and topk16_kl share one), keyed by each group's
+  first name, in the order of `names`."""
+  groups = {}
+  for name in names:
+    groups.setdefault(repr(inference_layer(name)), []).append(name)
+  return {same[0]: same for same in groups.values()}
+
+
 def layer_timing(names) -> tuple[list[str], dict]:
   """One layer's median forward (inference: no indexer loss) and forward+backward (training, the variant's own
   losses; DSA's warm-up KL to dense attention excluded) wall time at TIMED_LENGTHS, batch 1, after a warm-up call,
   ratios to dense; variants with the same mixer (dsa, topk16_kl) once."""
-  groups = {}
-  for name in names:
-    groups.setdefault(repr(inference_layer(name)), []).append(name)
-  groups = {same[0]: same for same in groups.values()}
+  groups = same_layer(names)
   trained = {first: next((n for n in same if "kl_dense" not in repr(layer(n))), first)
              for first, same in groups.items()}
   Ts = lengths()[1]

@@ -23,6 +23,13 @@ def require(ok: bool, field: str, problem: str, fix: str) -> None:
     raise ConfigError(f"{field}: {problem}. Fix: {fix}.")
 
 
+def named_options(table: dict, values: Mapping[str, Any], field: str) -> Mapping[str, Any]:
+  """{registered name: its validated options dataclass} from {name: mapping or dataclass}, read-only; ConfigError
+  naming `field` for an unknown name or option."""
+  return types.MappingProxyType({name: registry.build_options(registry.lookup(table, name, field).options, v,
+                                                              f"{field}.{name}") for name, v in values.items()})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Decoder-only Transformer LM; each layer's mixer and feed-forward are chosen by registry name."""
@@ -72,11 +79,8 @@ class ModelConfig:
     for table, field in ((registry.MIXERS, "mixer"), (registry.FFNS, "ffn")):
       for name in self.layer_names(field):
         registry.lookup(table, name, f"model.{field}" + ("_pattern" if getattr(self, f"{field}_pattern") else ""))
-      opts = dict(getattr(self, f"{field}_options"))
-      for name, values in opts.items():
-        entry = registry.lookup(table, name, f"model.{field}_options")
-        opts[name] = registry.build_options(entry.options, values, f"model.{field}_options.{name}")
-      object.__setattr__(self, f"{field}_options", types.MappingProxyType(opts))
+      object.__setattr__(self, f"{field}_options",
+                         named_options(table, getattr(self, f"{field}_options"), f"model.{field}_options"))
     video_mixers = set(self.layer_names("mixer")) & set(VIDEO_MIXERS)
     if self.arch == "video":
       require(set(self.layer_names("mixer")) <= set(VIDEO_MIXERS), "model.mixer",
@@ -129,11 +133,7 @@ class DataConfig:
              "use positive sizes")
     require(self.eval_batch_size >= 0 and self.eval_max_batches >= 0, "data.eval_batch_size",
              "must be >= 0", "use 0 for the defaults")
-    opts = dict(self.options)
-    for name, values in opts.items():
-      entry = registry.lookup(registry.DATASETS, name, "data.options")
-      opts[name] = registry.build_options(entry.options, values, f"data.options.{name}")
-    object.__setattr__(self, "options", types.MappingProxyType(opts))
+    object.__setattr__(self, "options", named_options(registry.DATASETS, self.options, "data.options"))
 
   @property
   def opts(self) -> Any:
