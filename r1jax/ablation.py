@@ -109,39 +109,12 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
     if "failed" in result:
       log(f"{label}: FAILED: {result['failed']}")
 
-  sources = {cfg.workdir: label for label, cfg in todo}
-  for wave in waves(todo):  # a run that starts from another run's checkpoint (train.init_from) waits for it
-    ready = []
-    for label, cfg in wave:
-      source = sources.get(cfg.train.init_from)
-      if source is not None and "failed" in results[labels[source]]:
-        finish(label, reporting.failed_result(to_dict(cfg), f"its train.init_from run {source} failed"))
-      else:
-        ready.append((label, cfg))
-    if ready:
-      launcher.launch(ready, finish, log, record)
+  launcher.launch(todo, finish, log, record)  # a run that starts from another's checkpoint waits for it
   results = {key: results[key] for key in configs}  # in the ablation's order, however runs finished
   baseline = ablation.baseline or next(iter(ablation.variants))
   rows, table = reporting.write_summary(out_dir, ablation.name, record.id, baseline, results)
   log(f"\n{ablation.name}: mean ± std over seeds; ratios to '{baseline}'\n{table}\nresults: {out_dir}")
   return rows
-
-
-def waves(todo: list[tuple[str, Config]]) -> list[list[tuple[str, Config]]]:
-  """`todo` in launch order: runs whose train.init_from is another unfinished run's workdir come in a later wave
-  than that run (a cycle raises ConfigError)."""
-  pending, out, done = list(todo), [], set()
-  workdirs = {cfg.workdir for _, cfg in todo}
-  while pending:
-    wave = [(label, cfg) for label, cfg in pending if cfg.train.init_from not in workdirs - done]
-    if not wave:
-      raise ConfigError(f"train.init_from: the runs {[label for label, _ in pending]} start from each other in a "
-                        "cycle. Fix: make one of them start from scratch (train.init_from='').")
-    out.append(wave)
-    done |= {cfg.workdir for _, cfg in wave}
-    launched = {label for label, _ in wave}
-    pending = [(label, cfg) for label, cfg in pending if label not in launched]
-  return out
 
 
 def task_plan(variants: Mapping[str, Any], asked: Sequence[str] | None, task: str,

@@ -20,7 +20,8 @@ def compile_mixer(cfg: ModelConfig, T: int, batch: int, backward: bool):
   params = jax.jit(lambda x: module.init(jax.random.key(1), x, deterministic=True))(x)
 
   def forward(p, x):
-    return module.apply(p, x, deterministic=False)[0]  # deterministic=False: no eval-only diagnostics
+    # deterministic=False: no eval-only diagnostics; the key feeds training-time sampling (sparse exploration)
+    return module.apply(p, x, deterministic=False, rngs={"dropout": jax.random.key(2)})[0]
 
   if backward:
     fn = jax.jit(jax.grad(lambda p, x: jax.numpy.sum(forward(p, x).astype(np.float32) ** 2), argnums=(0, 1)))

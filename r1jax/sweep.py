@@ -14,6 +14,7 @@ table and plots are made from. Multi-process runs (tasks_per_node * nodes > 1) c
 with no arguments in every task: JAX reads the coordinator, process count and id from SLURM's environment.
 """
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -123,6 +124,59 @@ def resolve_workers(workers: int | str) -> int:
   return 2 if cpu_ok and (os.cpu_count() or 1) >= 2 else 1
 
 
+def waves(todo: list[tuple[str, Config]]) -> list[list[tuple[str, Config]]]:
+  """`todo` in launch order: runs whose train.init_from is another unfinished run's workdir come in a later wave
+  than that run (a cycle raises ConfigError)."""
+  pending, out, done = list(todo), [], set()
+  workdirs = {cfg.workdir for _, cfg in todo}
+  while pending:
+    wave = [(label, cfg) for label, cfg in pending if cfg.train.init_from not in workdirs - done]
+    if not wave:
+      raise ConfigError(f"train.init_from: the runs {[label for label, _ in pending]} start from each other in a "
+                        "cycle. Fix: make one of them start from scratch (train.init_from='').")
+    out.append(wave)
+    done |= {cfg.workdir for _, cfg in wave}
+    launched = {label for label, _ in wave}
+    pending = [(label, cfg) for label, cfg in pending if label not in launched]
+  return out
+
+
+def _blocked(label: str, cfg: Config, source: dict[str, str | None], results: dict[str, dict]) -> dict | None:
+  """The failed result of a run whose train.init_from run (source[label]) failed, else None."""
+  src = source[label]
+  if src is not None and "failed" in results[src]:
+    return reporting.failed_result(to_dict(cfg), f"its train.init_from run {src} failed")
+  return None
+
+
+def sources(todo: Todo) -> dict[str, str | None]:
+  """label -> the label of the run in `todo` whose workdir is its train.init_from (None: no such run)."""
+  by_dir = {cfg.workdir: label for label, cfg in todo}
+  return {label: by_dir.get(cfg.train.init_from) for label, cfg in todo}
+
+
+def by_waves(todo: Todo, finish: Callable[[str, dict], None],
+             launch_wave: Callable[[Todo, Callable[[str, dict], None]], None]) -> None:
+  """Launches `todo` a wave at a time (see waves): launch_wave(ready runs, finish); a run whose source failed is
+  finished as failed without training."""
+  results, source = {}, sources(todo)
+
+  def done(label: str, result: dict) -> None:
+    results[label] = result
+    finish(label, result)
+
+  for wave in waves(todo):
+    ready = []
+    for label, cfg in wave:
+      blocked = _blocked(label, cfg, source, results)
+      if blocked is not None:
+        done(label, blocked)
+      else:
+        ready.append((label, cfg))
+    if ready:
+      launch_wave(ready, done)
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalLauncher:
   """Runs here: one after another in this process (workers=1, with progress bars), or `workers` at a time in
@@ -139,23 +193,57 @@ class LocalLauncher:
              record: SweepRecord) -> None:
     del record
     if self.workers > 1 and len(todo) > 1:
-      import concurrent.futures
-      import multiprocessing
-
-      n = min(self.workers, len(todo))
-      pool = concurrent.futures.ProcessPoolExecutor(n, multiprocessing.get_context("spawn"), initializer=_worker_init,
-                                                    initargs=(jax.config.jax_compilation_cache_dir,))
-      try:
-        futures = {pool.submit(_train_quietly, to_dict(cfg)): label for label, cfg in todo}
-        log(f"training {len(todo)} runs in {n} worker processes (one XLA CPU thread each)")
-        for future in concurrent.futures.as_completed(futures):
-          finish(futures[future], future.result())
-      finally:  # on an error, drop the queued runs (finished ones are saved; a rerun resumes the rest)
-        pool.shutdown(wait=True, cancel_futures=True)
+      self._pool(todo, finish, log)
       return
-    for label, cfg in todo:
-      log(f"{label} -> {cfg.workdir}")
-      finish(label, train_or_fail(cfg, self.train_fn))
+
+    def one_by_one(ready: Todo, done: Callable[[str, dict], None]) -> None:
+      for label, cfg in ready:
+        log(f"{label} -> {cfg.workdir}")
+        done(label, train_or_fail(cfg, self.train_fn))
+
+    by_waves(todo, finish, one_by_one)
+
+  def _pool(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None]) -> None:
+    """`workers` processes; a run starts as soon as a worker is free and its train.init_from run has finished
+    (no wave barrier: a chain such as dense -> warm-up -> sparse does not idle the other workers)."""
+    import multiprocessing
+
+    waves(todo)  # a cycle raises before anything trains
+    n = min(self.workers, len(todo))
+    pool = concurrent.futures.ProcessPoolExecutor(n, multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                                  initargs=(jax.config.jax_compilation_cache_dir,))
+    log(f"training {len(todo)} runs in {n} worker processes (one XLA CPU thread each)")
+    try:
+      when_ready(todo, finish, lambda cfg: pool.submit(_train_quietly, to_dict(cfg)), n)
+    finally:  # on an error, drop the queued runs (finished ones are saved; a rerun resumes the rest)
+      pool.shutdown(wait=True, cancel_futures=True)
+
+
+def when_ready(todo: Todo, finish: Callable[[str, dict], None], submit: Callable[[Config], concurrent.futures.Future],
+               slots: int) -> None:
+  """Submits the runs of `todo` in order, at most `slots` at a time (submit(cfg) -> a concurrent.futures.Future of its
+  result), each once its train.init_from run in `todo` has finished, and finishes runs as their futures complete;
+  a run whose source failed is finished as failed without being submitted. A free slot takes the first ready run,
+  so a chain (dense -> warm-up -> sparse) moves on as soon as a link is done instead of queueing behind the rest."""
+  source, results, pending, running = sources(todo), {}, list(todo), {}
+  while pending or running:
+    for label, cfg in [(lb, c) for lb, c in pending if source[lb] is None or source[lb] in results]:
+      if len(running) == slots:
+        break
+      pending.remove((label, cfg))
+      blocked = _blocked(label, cfg, source, results)
+      if blocked is not None:
+        results[label] = blocked
+        finish(label, blocked)
+      else:
+        running[submit(cfg)] = label
+    if not running:
+      continue  # a blocked run may have made others ready (to be blocked in turn)
+    finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+    for future in finished:
+      label = running.pop(future)
+      results[label] = future.result()
+      finish(label, results[label])
 
 
 # ---------------------------------------------------------------------------------------------------------- SLURM
@@ -236,9 +324,13 @@ class SlurmLauncher:
 
   def launch(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None],
              record: SweepRecord) -> None:
+    self.check()
+    by_waves(todo, finish, lambda ready, done: self._launch_wave(ready, done, log, record))
+
+  def _launch_wave(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None],
+                   record: SweepRecord) -> None:
     import submitit
 
-    self.check()
     folder = os.path.join(self.folder or os.path.join(os.path.dirname(record.path), ".slurm"), "%j")
     tasks = range(self.options.num_processes)
     jobs = {}

@@ -33,6 +33,16 @@ class Mutation:
 
 
 MUTATIONS = (
+    Mutation("pool_waits_for_every_run", "r1jax/sweep.py", "return_when=concurrent.futures.FIRST_COMPLETED",
+             "return_when=concurrent.futures.ALL_COMPLETED", "tests/test_sweep.py", "source_finishes"),
+    Mutation("pool_ignores_its_slots", "r1jax/sweep.py", "if len(running) == slots:", "if False:",
+             "tests/test_sweep.py", "source_finishes"),
+    Mutation("sampled_selection_normal_noise", "r1jax/attention/sparse.py", "+ jax.random.gumbel(",
+             "+ jax.random.normal(", "tests/test_sparse.py", "sampled_selection"),
+    Mutation("sampled_selection_in_eval", "r1jax/attention/sparse.py",
+             'self.make_rng("dropout") if o.sample_temperature > 0 and not deterministic else None',
+             'self.make_rng("dropout") if o.sample_temperature > 0 else None', "tests/test_sparse.py",
+             "sampled_selection"),
     Mutation("objective_without_aux_losses", "r1jax/train.py",
              'return loss + aux["aux_loss"], metrics, sums, new_state', "return loss, metrics, sums, new_state",
              "tests/test_train.py", "objective"),

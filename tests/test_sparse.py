@@ -1,5 +1,7 @@
 """Sparse attention (token top-k with the DSA indexer, window, random, NSA block top-k) against naive references."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,8 @@ import pytest
 
 from helpers import apply_mixer, assert_causal, mixer_config, project_out, tiny_config
 from r1jax import reference
-from r1jax.attention.block_sparse import BlockSparseAttention, BlockSparseOptions, block_sparse_attention
+from r1jax.attention.block_sparse import (BlockSparseAttention, BlockSparseOptions, block_sparse_attention,
+                                          select_blocks)
 from r1jax.attention.dense import Attention, AttentionOptions
 from r1jax.attention.local import LocalAttention, LocalOptions
 from r1jax.attention.sparse import SparseAttention, SparseOptions, gathered_attention
@@ -130,6 +133,46 @@ def test_indexer_receives_gradient(grad, loss, reaches):
   assert float(jnp.linalg.norm(grads["wq"])) > 0
 
 
+def test_sampled_selection_draws_from_the_indexer_softmax_in_training_only():
+  """sample_temperature=tau: a training pass picks k=1 key with the frequencies of softmax(I / tau) over the earlier
+  keys (Gumbel-top-k); an eval pass is the greedy mixer's, bitwise."""
+  cfg, T, tau = mixer_config(), 6, 16.0
+  x = jax.random.normal(jax.random.key(0), (1, T, cfg.d_model))
+  opts = SparseOptions(top_k=1, indexer_grad="none", sample_temperature=tau)
+  params, (greedy, _), inter = apply_mixer(SparseAttention(cfg, dataclasses.replace(opts, sample_temperature=0.0)),
+                                           x, deterministic=True)
+  sampled, _ = SparseAttention(cfg, opts).apply(params, x, deterministic=True)
+  np.testing.assert_array_equal(sampled, greedy)
+  picks = jax.jit(jax.vmap(lambda key: SparseAttention(cfg, opts).apply(
+      params, x, deterministic=False, rngs={"dropout": key}, mutable=["intermediates"])[1]["intermediates"][
+          "selected"][0][0][0, :, 0]))(jax.random.split(jax.random.key(2), 4000))  # [draws, T]
+  scores = reference.indexer_scores(*inter["indexer"][0])[0]
+  for t in (3, T - 1):
+    p = np.exp((scores[t, :t + 1] - scores[t, :t + 1].max()) / tau)
+    assert 0.05 < p.max() / p.sum() < 0.95, "pick a temperature that makes the test informative"
+    freq = np.bincount(np.asarray(picks[:, t]), minlength=T) / len(picks)
+    np.testing.assert_allclose(freq, np.pad(p / p.sum(), (0, T - t - 1)), atol=0.03)
+
+
+def test_sampled_block_selection_draws_from_the_score_softmax():
+  """Block top-1 with a noise key picks earlier block j for query block i with probability softmax over j of
+  mean(q_i) . mean(k_j) / sqrt(K) / tau; without one it is the greedy pick; the own block always comes last."""
+  rng = np.random.default_rng(0)
+  T, b, K, tau = 20, 4, 8, 0.5
+  q, k = (jnp.asarray(rng.normal(size=(1, T, 1, K)).astype(np.float32)) for _ in range(2))
+  greedy, _ = select_blocks(q, k, b, 1)
+  draws = jax.jit(jax.vmap(lambda key: select_blocks(q, k, b, 1, key, tau)[0][0, 0]))(
+      jax.random.split(jax.random.key(3), 4000))  # [draws, Q, 2]
+  np.testing.assert_array_equal(draws[:, :, 1], np.broadcast_to(np.arange(T // b), draws.shape[:2]))
+  qm, km = np.asarray(q).reshape(T // b, b, K).mean(1), np.asarray(k).reshape(T // b, b, K).mean(1)
+  for i in (2, 4):
+    s = qm[i] @ km[:i].T / np.sqrt(K) / tau
+    p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    assert p.max() < 0.95, "pick a temperature that makes the test informative"
+    np.testing.assert_allclose(np.bincount(np.asarray(draws[:, i, 0]), minlength=i)[:i] / len(draws), p, atol=0.03)
+    assert int(greedy[0, 0, i, 0]) == int(np.argmax(s))
+
+
 def test_kl_dense_matches_definition():
   """DSA warm-up loss: KL(mean-over-heads dense attention || softmax(indexer scores)) over earlier keys."""
   cfg = mixer_config()
@@ -152,7 +195,8 @@ def test_kl_dense_matches_definition():
 
 @pytest.mark.parametrize("opts,field", [
     (dict(select="toppp"), "select"), (dict(top_k=0), "top_k"), (dict(indexer_loss="mse"), "indexer_loss"),
-    (dict(indexer_dim=3), "indexer_heads/indexer_dim")])
+    (dict(indexer_dim=3), "indexer_heads/indexer_dim"), (dict(select="random", sample_temperature=1.0),
+                                                           "sample_temperature")])
 def test_bad_options_name_the_field(opts, field):
   with pytest.raises(ConfigError, match=field):
     SparseOptions(**opts)

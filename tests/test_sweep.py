@@ -4,6 +4,8 @@ CI starts a one-node SLURM cluster (.ci/local_slurm.sh) and sets R1JAX_REQUIRE_S
 run for real and fail rather than skip. Locally: `source .ci/local_slurm.sh start /tmp/r1jax-slurm` first.
 """
 
+import concurrent.futures
+import dataclasses
 import json
 import os
 import shutil
@@ -79,6 +81,44 @@ def test_local_sweep_records_its_id_and_runs(text_file, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ real SLURM
+
+
+def test_runs_start_when_their_source_finishes_not_after_a_wave(text_file):
+  """when_ready (the worker pool's scheduler), 2 slots: 'b' starts from 'a' once 'a' is done, while the independent,
+  slower 'c' still runs (no wave barrier), and before 'g', listed later (a free slot takes the first ready run); a
+  run whose source failed is finished as failed and never submitted; never more than 2 at once."""
+  import threading
+  import time
+
+  cfg = lambda name, src="": dataclasses.replace(  # noqa: E731
+      tiny_config(text=text_file), workdir=f"/w/{name}", train=dataclasses.replace(
+          tiny_config(text=text_file).train, init_from=f"/w/{src}" if src else ""))
+  todo = [("b", cfg("b", "a")), ("a", cfg("a")), ("c", cfg("c")), ("e", cfg("e", "d")), ("d", cfg("d")),
+          ("f", cfg("f", "e")), ("g", cfg("g"))]
+  sleep = {"a": 0.2, "b": 0.05, "c": 0.6, "d": 0.01, "g": 0.01}
+  events, lock, busy = [], threading.Lock(), [0, 0]
+
+  def train(c):
+    name = c.workdir.rsplit("/", 1)[1]
+    with lock:
+      events.append(("start", name))
+      busy[0] += 1
+      busy[1] = max(busy)
+    time.sleep(sleep[name])
+    with lock:
+      events.append(("end", name))
+      busy[0] -= 1
+    return {"failed": "nan"} if name == "d" else {"ok": name}
+
+  finished = {}
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    sweep.when_ready(todo, finished.__setitem__, lambda c: pool.submit(train, c), slots=2)
+  assert events.index(("end", "a")) < events.index(("start", "b")) < events.index(("end", "c"))
+  assert events.index(("start", "b")) < events.index(("start", "g")) and busy[1] == 2
+  assert ("start", "e") not in events and ("start", "f") not in events
+  assert "its train.init_from run d failed" in finished["e"]["failed"]
+  assert "its train.init_from run e failed" in finished["f"]["failed"]
+  assert set(finished) == {"a", "b", "c", "d", "e", "f", "g"}
 
 
 def _slurm_answers() -> bool:

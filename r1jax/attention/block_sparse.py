@@ -19,16 +19,22 @@ from r1jax.registry import ConfigError, register_mixer, wants_diagnostics
 class BlockSparseOptions:
   block_size: int = 16  # b, keys per block (NSA: 64)
   top_blocks: int = 2  # n earlier blocks attended per query block, besides its own (NSA: 16); budget (n+1)*b keys
+  sample_temperature: float = 0.0  # > 0: training picks are a Gumbel-top-n sample of softmax(score / sqrt(K) / tau)
+  #                                  (exploration, as r1jax.attention.sparse); eval stays greedy | 0: greedy
   diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS), the dense attention mass in the blocks
 
   def __post_init__(self):
     if self.block_size < 1 or self.top_blocks < 0:
       raise ConfigError(f"block_size={self.block_size}, top_blocks={self.top_blocks} are invalid. "
                         "Fix: use block_size >= 1 and top_blocks >= 0")
+    if self.sample_temperature < 0:
+      raise ConfigError(f"sample_temperature={self.sample_temperature} is invalid. Fix: use 0 (greedy) or more")
 
 
-def select_blocks(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, b: int, n: int) -> tuple[jax.Array, jax.Array]:
-  """Top-n earlier blocks per (query block, key/value group) by mean query . mean key, plus the own block last.
+def select_blocks(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, b: int, n: int, noise: jax.Array | None = None,
+                  tau: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Top-n earlier blocks per (query block, key/value group) by mean query . mean key, plus the own block last;
+  with a `noise` key, a Gumbel-top-n sample of softmax(score / sqrt(K) / tau) instead.
 
   Returns:
     block ids [B, G, Q, n'+1] (Q = ceil(T/b) query blocks, n' = min(n, Q-1)) and their validity.
@@ -46,6 +52,8 @@ def select_blocks(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, b: int, n: int) ->
   if n == 0:
     return own_BxGxQx1, jnp.ones_like(own_BxGxQx1, bool)
   s_BxGxQxQ = jnp.einsum("BQGK,BPGK->BGQP", qm_BxQxGxK, km_BxQxGxK, preferred_element_type=jnp.float32)
+  if noise is not None:
+    s_BxGxQxQ = s_BxGxQxQ * K ** -0.5 / tau + jax.random.gumbel(noise, s_BxGxQxQ.shape)
   earlier_QxQ = own_Q[None, :] < own_Q[:, None]
   vals, ids = jax.lax.top_k(jnp.where(earlier_QxQ[None, None], s_BxGxQxQ, -jnp.inf), n)
   ids = jnp.concatenate([ids, own_BxGxQx1], -1)
@@ -54,8 +62,9 @@ def select_blocks(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, b: int, n: int) ->
 
 
 def block_sparse_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, b: int,
-                           n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Causal attention of each query block over its selected key blocks.
+                           n: int, noise: jax.Array | None = None,
+                           tau: float = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Causal attention of each query block over its selected key blocks (sampled with a `noise` key: select_blocks).
 
   Returns:
     output [B, T, H, K], block ids [B, G, Q, n'+1] and validity (see select_blocks).
@@ -63,7 +72,7 @@ def block_sparse_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK
   B, T, H, K = q_BxTxHxK.shape
   G, R = k_BxTxGxK.shape[2], H // k_BxTxGxK.shape[2]
   Q = -(-T // b)
-  ids_BxGxQxJ, valid_BxGxQxJ = select_blocks(q_BxTxHxK, k_BxTxGxK, b, n)
+  ids_BxGxQxJ, valid_BxGxQxJ = select_blocks(q_BxTxHxK, k_BxTxGxK, b, n, noise, tau)
   pad = [(0, 0), (0, Q * b - T), (0, 0), (0, 0)]
   q_BxGxQxbxRxK = jnp.pad(q_BxTxHxK, pad).reshape(B, Q, b, G, R, K).transpose(0, 3, 1, 2, 4, 5)
   kv = [jnp.pad(a, pad).reshape(B, Q, b, G, K).transpose(0, 3, 1, 2, 4) for a in (k_BxTxGxK, v_BxTxGxK)]
@@ -109,7 +118,9 @@ class BlockSparseAttention(nn.Module):
   def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
     o = self.opts
     q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg)
-    out_BxTxHxK, ids, valid = block_sparse_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o.block_size, o.top_blocks)
+    noise = self.make_rng("dropout") if o.sample_temperature > 0 and not deterministic else None
+    out_BxTxHxK, ids, valid = block_sparse_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o.block_size, o.top_blocks,
+                                                     noise, o.sample_temperature or 1.0)
     aux = {}
     if o.diagnostics and wants_diagnostics(self):  # a dense pass: never in a timed or training pass
       aux["mass"] = selected_mass(q_BxTxHxK, k_BxTxGxK, ids, valid, o.block_size)

@@ -8,6 +8,11 @@ Rules with the same key budget k:
            attention only when H_I * K_I << 4 * H * K.
   window   the last k keys (sliding window, Longformer / Mistral), no selection cost.
   random   k random earlier keys, a fixed pattern per layer (BigBird's random keys).
+An indexer trained only on the keys it picks (DSA's sparse-stage KL) never sees the others; from scratch it can lock
+onto keys that carry nothing. `sample_temperature` > 0 makes training picks a sample: the top-k of I / tau plus
+Gumbel noise, i.e. k keys drawn without replacement from softmax(I / tau) (the Gumbel-top-k trick, Kool et al. 2019;
+the exploration of noisy top-k gating, Shazeer et al. 2017). An untrained indexer then picks nearly at random, a
+trained one mostly its top keys; eval stays greedy.
 Queries are processed in chunks of C (memory O(C*T) for the scores); each chunk is rematerialised in the backward.
 """
 
@@ -40,6 +45,8 @@ class SparseOptions:
   #                             kl_dense: DSA's dense warm-up KL over all earlier keys (costs a dense pass)
   indexer_loss_weight: float = 1.0  # weight of the indexer loss in the objective
   detach_indexer_input: bool = False  # DSA: the indexer reads stop_gradient(x), so it never shapes the residual
+  sample_temperature: float = 0.0  # > 0: training picks are a Gumbel-top-k sample of softmax(I / tau) (exploration;
+  #                                  eval and decoding stay greedy) | 0: greedy top-k in training too (DSA)
   query_chunk: int = 256  # queries per chunk C
   diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS), recall of the dense top-k and mass kept
 
@@ -50,7 +57,9 @@ class SparseOptions:
                "indexer_heads/indexer_dim", "use >= 1 heads of an even dim (RoPE)"),
               (self.indexer_grad in INDEXER_GRADS, "indexer_grad", f"use one of {INDEXER_GRADS}"),
               (self.indexer_loss in INDEXER_LOSSES, "indexer_loss", f"use one of {INDEXER_LOSSES}"),
-              (self.query_chunk >= 1, "query_chunk", "use a positive chunk size"))
+              (self.query_chunk >= 1, "query_chunk", "use a positive chunk size"),
+              (self.sample_temperature >= 0 and (self.sample_temperature == 0 or self.select == "indexer"),
+               "sample_temperature", "use 0 (greedy), or a positive temperature with select=indexer"))
     for ok, field, fix in checks:
       if not ok:
         raise ConfigError(f"{field}={getattr(self, field.split('/')[0])!r} is invalid. Fix: {fix}")
@@ -170,6 +179,8 @@ class SparseAttention(nn.Module):
     seed = zlib.crc32("/".join(self.scope.path).encode())  # a fixed random pattern per layer
     want_kl = o.select == "indexer" and o.indexer_loss != "none"
     want_diag = o.diagnostics and wants_diagnostics(self)  # never in a timed or training pass
+    # exploration in training: Gumbel-top-k over I / tau draws k keys without replacement from softmax(I / tau)
+    noise_key = self.make_rng("dropout") if o.sample_temperature > 0 and not deterministic else None
 
     def chunk(start):
       pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
@@ -190,6 +201,9 @@ class SparseAttention(nn.Module):
           # The pick itself is not differentiable; gradients reach the indexer through the picked keys' scores,
           # recomputed from gathered indexer keys (the transpose of top_k's value gather is a slow [B, C, T] scatter).
           pick_xCxS = jax.lax.stop_gradient(s_BxCxS)
+          if noise_key is not None:
+            pick_xCxS = pick_xCxS / o.sample_temperature + jax.random.gumbel(
+                jax.random.fold_in(noise_key, start), pick_xCxS.shape)
         top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], pick_xCxS, -jnp.inf), N)
         idx_BxCxN, valid_BxCxN = jnp.broadcast_to(idx_BxCxN, (B, C, N)), jnp.broadcast_to(jnp.isfinite(top), (B, C, N))
         if o.select == "indexer":
