@@ -127,9 +127,10 @@ def indexer_scores(q_BxTxJxI, k_BxSxI, w_BxTxJ):
   return out
 
 
-def block_select_mask(q_BxTxHxK, k_BxTxGxK, block, n):
-  """[B, G, T, T] mask of NSA/MoBA block selection by loops: query block i attends to its own block (causally)
-  and to the n earlier blocks j < i with the largest mean(q in block i, heads of g) . mean(k in block j)."""
+def block_select_mask(q_BxTxHxK, k_BxTxGxK, block, n, per_token=True):
+  """[B, G, T, T] mask of MoBA/NSA block selection by loops: query t attends to its own block (causally) and to the
+  n earlier blocks j with the largest mean(q_t over the heads of g) . mean(k in block j); if not `per_token`, every
+  query of block i uses mean(q over block i and the heads of g) instead."""
   q, k = np.asarray(q_BxTxHxK, np.float64), np.asarray(k_BxTxGxK, np.float64)
   B, T, H, _ = q.shape
   G = k.shape[2]
@@ -139,13 +140,14 @@ def block_select_mask(q_BxTxHxK, k_BxTxGxK, block, n):
     for g in range(G):
       heads = slice(g * (H // G), (g + 1) * (H // G))
       kmean = [k[b, j * block:(j + 1) * block, g].sum(0) / block for j in range(nb)]
-      for i in range(nb):
-        rows = slice(i * block, min((i + 1) * block, T))
-        qmean = q[b, rows, heads].sum((0, 1)) / (block * (H // G))
+      for t in range(T):
+        i = t // block
+        rows = [t] if per_token else range(i * block, (i + 1) * block)
+        qmean = sum(q[b, r, heads].sum(0) for r in rows if r < T) / (len(rows) * (H // G))
         scores = [qmean @ kmean[j] for j in range(i)]
         chosen = list(np.argsort(-np.asarray(scores), kind="stable")[:n]) + [i]
         for j in chosen:
-          mask[b, g, rows, j * block:min((j + 1) * block, T)] = True
+          mask[b, g, t, j * block:min((j + 1) * block, T)] = True
   return mask & causal_mask(T)[None, None]
 
 

@@ -23,6 +23,8 @@ from r1jax.train import Run
     ({"model": {"mixer_options": {"attention": {"implementation": "xla"}}}},
      r"unknown config field 'model\.mixer_options\.attention\.implementation'\. Known fields: \['impl'"),
     ({"model": {"mixer_options": {"attention": {"impl": "flash"}}}}, r"model\.mixer_options\.attention: impl"),
+    ({"model": {"mixer_options": {"block_sparse": {"score_by": "head"}}}},
+     r"model\.mixer_options\.block_sparse: score_by='head' is unknown\. Fix: use one of \('token', 'block'\)"),
     ({"model": {"dtype": "float8"}}, r"model\.dtype"),
     ({"model": {"layers": 4}}, r"unknown config field 'model\.layers'"),
     ({"optimizer": {}}, r"unknown config field 'optimizer'\. Did you mean 'optim'"),

@@ -77,13 +77,15 @@ def test_window_keeps_the_last_k_keys():
   np.testing.assert_allclose(local, out, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("T,block,n,kv_heads", [(20, 4, 2, 0), (19, 5, 1, 2), (16, 8, 0, 1), (12, 3, 5, 4)])
-def test_block_topk_equals_masked_reference(T, block, n, kv_heads):
+@pytest.mark.parametrize("T,block,n,kv_heads,per_token", [(20, 4, 2, 0, True), (19, 5, 1, 2, True), (16, 8, 0, 1, True),
+                                                           (12, 3, 5, 4, True), (20, 4, 2, 0, False),
+                                                           (19, 5, 1, 2, False)])
+def test_block_topk_equals_masked_reference(T, block, n, kv_heads, per_token):
   rng = np.random.default_rng(T)
   H, G = 4, kv_heads or 4
   q, k, v = (rng.normal(size=(2, T, h, 8)).astype(np.float32) for h in (H, G, G))
-  out, _, _ = block_sparse_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), block, n)
-  mask_BxGxTxS = reference.block_select_mask(q, k, block, n)
+  out, _, _ = block_sparse_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), block, n, per_token=per_token)
+  mask_BxGxTxS = reference.block_select_mask(q, k, block, n, per_token)
   ref = reference.attention(q, k, v, np.repeat(mask_BxGxTxS, H // G, axis=1))
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -155,22 +157,23 @@ def test_sampled_selection_draws_from_the_indexer_softmax_in_training_only():
 
 
 def test_sampled_block_selection_draws_from_the_score_softmax():
-  """Block top-1 with a noise key picks earlier block j for query block i with probability softmax over j of
-  mean(q_i) . mean(k_j) / sqrt(K) / tau; without one it is the greedy pick; the own block always comes last."""
+  """Block top-1 with a noise key picks earlier block j for query t with probability softmax over j of
+  q_t . mean(k_j) / sqrt(K) / tau; without one it is the greedy pick; the own block always comes last."""
   rng = np.random.default_rng(0)
   T, b, K, tau = 20, 4, 8, 0.5
   q, k = (jnp.asarray(rng.normal(size=(1, T, 1, K)).astype(np.float32)) for _ in range(2))
   greedy, _ = select_blocks(q, k, b, 1)
   draws = jax.jit(jax.vmap(lambda key: select_blocks(q, k, b, 1, key, tau)[0][0, 0]))(
-      jax.random.split(jax.random.key(3), 4000))  # [draws, Q, 2]
-  np.testing.assert_array_equal(draws[:, :, 1], np.broadcast_to(np.arange(T // b), draws.shape[:2]))
-  qm, km = np.asarray(q).reshape(T // b, b, K).mean(1), np.asarray(k).reshape(T // b, b, K).mean(1)
-  for i in (2, 4):
-    s = qm[i] @ km[:i].T / np.sqrt(K) / tau
+      jax.random.split(jax.random.key(3), 4000))  # [draws, T, 2]
+  np.testing.assert_array_equal(draws[:, :, 1], np.broadcast_to(np.arange(T) // b, draws.shape[:2]))
+  km = np.asarray(k).reshape(T // b, b, K).mean(1)
+  for t in (9, 17):
+    i = t // b
+    s = np.asarray(q)[0, t, 0] @ km[:i].T / np.sqrt(K) / tau
     p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
     assert p.max() < 0.95, "pick a temperature that makes the test informative"
-    np.testing.assert_allclose(np.bincount(np.asarray(draws[:, i, 0]), minlength=i)[:i] / len(draws), p, atol=0.03)
-    assert int(greedy[0, 0, i, 0]) == int(np.argmax(s))
+    np.testing.assert_allclose(np.bincount(np.asarray(draws[:, t, 0]), minlength=i)[:i] / len(draws), p, atol=0.03)
+    assert int(greedy[0, 0, t, 0]) == int(np.argmax(s))
 
 
 def test_kl_dense_matches_definition():

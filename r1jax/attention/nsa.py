@@ -135,17 +135,14 @@ def select_blocks(p_BxCxGxM: jax.Array, pos_C: jax.Array, T: int, o: NSAOptions)
 
 def selected_attention(q_BxCxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, ids_BxCxGxN: jax.Array,
                        valid_BxCxGxN: jax.Array, pos_C: jax.Array, ls: int) -> jax.Array:
-  """Attention of each query over the tokens of its group's selected blocks (causal), one group at a time."""
+  """Attention of each query over the tokens of its group's selected blocks (causal)."""
   B, C, H, K = q_BxCxHxK.shape
   T, G = k_BxTxGxK.shape[1:3]
   tok_BxCxGxN = (ids_BxCxGxN[..., None] * ls + jnp.arange(ls)[None, None, None, None]).reshape(B, C, G, -1)  # N * l' token positions
   ok = (jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_C[None, :, None, None]) & (tok_BxCxGxN < T))
   tok_BxCxGxN = jnp.minimum(tok_BxCxGxN, T - 1)
-  q_GxBxCxRxK = q_BxCxHxK.reshape(B, C, G, H // G, K).transpose(2, 0, 1, 3, 4)
-  one = lambda q, k, v, i, m: gathered_attention(q, k[:, :, None], v[:, :, None], i, m)[0]  # noqa: E731
-  o_GxBxCxRxK = jax.vmap(one)(q_GxBxCxRxK, k_BxTxGxK.transpose(2, 0, 1, 3), v_BxTxGxK.transpose(2, 0, 1, 3),
-                              tok_BxCxGxN.transpose(2, 0, 1, 3), ok.transpose(2, 0, 1, 3))
-  return o_GxBxCxRxK.transpose(1, 2, 0, 3, 4).reshape(B, C, H, K), tok_BxCxGxN, ok
+  out_BxCxHxK, _ = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, tok_BxCxGxN, ok)
+  return out_BxCxHxK, tok_BxCxGxN, ok
 
 
 @register_mixer("nsa", NSAOptions)

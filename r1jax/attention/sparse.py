@@ -71,17 +71,20 @@ def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: ja
 
   Args:
     q_BxTxHxK: queries; k_BxSxGxK, v_BxSxGxK: keys/values (G key/value heads, H/G query heads each).
-    idx_BxTxN: key positions per query; valid_BxTxN: False for padding picks (at least one True per row).
+    idx_BxTxN: key positions per query, or [B, T, G, N]: per query and key/value group (NSA's selection);
+      valid_BxTxN (same shape): False for padding picks (at least one True per row).
     bias_BxTxN: added to the logits (the indexer gate), or None.
   Returns:
     output [B, T, H, K] and float32 probabilities [B, T, G, H/G, N].
   """
   B, T, H, K = q_BxTxHxK.shape
   S, G = k_BxSxGxK.shape[1:3]
+  if idx_BxTxN.ndim == 3:  # one set for every group
+    idx_BxTxN, valid_BxTxN = idx_BxTxN[:, :, None], valid_BxTxN[:, :, None]
   # One row gather from [B*G*S, K] straight into [B, T, G, N, K]: batch dims lead and the contraction is minor in
   # both einsums, which makes the backward 3-4x faster on CPU than gathering [B, T, N, G, K] (whole key vectors).
   offset_BxGx1 = ((jnp.arange(B)[:, None] * G + jnp.arange(G)[None, :]) * S)[:, :, None]
-  flat_idx = (idx_BxTxN[:, :, None, :] + offset_BxGx1[:, None]).reshape(-1)
+  flat_idx = (idx_BxTxN + offset_BxGx1[:, None]).reshape(-1)
   gather = lambda a: jnp.take(  # noqa: E731
       a.transpose(0, 2, 1, 3).reshape(B * G * S, K), flat_idx, axis=0).reshape(B, T, G, -1, K)
   k_BxTxGxNxK, v_BxTxGxNxK = gather(k_BxSxGxK), gather(v_BxSxGxK)
@@ -90,7 +93,7 @@ def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: ja
   logits = logits * K ** -0.5
   if bias_BxTxN is not None:
     logits = logits + bias_BxTxN[:, :, None, None, :]
-  logits = jnp.where(valid_BxTxN[:, :, None, None, :], logits, -jnp.inf)
+  logits = jnp.where(valid_BxTxN[:, :, :, None, :], logits, -jnp.inf)
   probs_BxTxGxRxN = jax.nn.softmax(logits, axis=-1)
   o = jnp.einsum("BTGRN,BTGNK->BTGRK", probs_BxTxGxRxN.astype(v_BxSxGxK.dtype), v_BxTxGxNxK)
   return o.reshape(B, T, H, K), probs_BxTxGxRxN
