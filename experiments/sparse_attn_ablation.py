@@ -189,11 +189,12 @@ def layer(name: str, chunk: int = 256):
 
 
 def inference_layer(name: str, chunk: int = 256):
-  """`layer(name, chunk)` without its indexer's training loss (what a forward pass at inference runs)."""
+  """`layer(name, chunk)` without its indexer's training loss or sampled picks (what a forward pass at inference
+  runs)."""
   model = layer(name, chunk)
+  off = {"indexer_loss": "none", "sample_temperature": 0.0}  # training-only work: losses and sampled picks
   return dataclasses.replace(model, mixer_options={k: dataclasses.replace(
-      v, indexer_loss="none", sample_temperature=0.0) if hasattr(v, "indexer_loss") else v
-      for k, v in model.mixer_options.items()})
+      v, **{f: x for f, x in off.items() if hasattr(v, f)}) for k, v in model.mixer_options.items()})
 
 
 def same_layer(names) -> dict[str, list[str]]:

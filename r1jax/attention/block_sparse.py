@@ -83,8 +83,8 @@ def block_sparse_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK
   B, T, H, K = q_BxTxHxK.shape
   G, R = k_BxTxGxK.shape[2], H // k_BxTxGxK.shape[2]
   Q = -(-T // b)
-  u = 1 if per_token else b
   ids_BxGxUxJ, valid_BxGxUxJ = select_blocks(q_BxTxHxK, k_BxTxGxK, b, n, noise, tau, per_token)
+  u = Q * b // ids_BxGxUxJ.shape[2]  # queries per unit
   pad = [(0, 0), (0, Q * b - T), (0, 0), (0, 0)]
   q_BxGxUxuxRxK = jnp.pad(q_BxTxHxK, pad).reshape(B, Q * b // u, u, G, R, K).transpose(0, 3, 1, 2, 4, 5)
   kv = [jnp.pad(a, pad).reshape(B, Q, b, G, K).transpose(0, 3, 1, 2, 4) for a in (k_BxTxGxK, v_BxTxGxK)]
