@@ -2,7 +2,7 @@
 scratch, block top-k, and window and random-k controls, on long MQAR, passkey retrieval in Tiny Shakespeare and
 text at T=512; then one layer's forward and forward+backward time at T = 2k-16k, and the seed articles' claims.
 
-  python experiments/sparse_attn_ablation.py                  # 3 tasks x 8 runs, seed 0 (35.5 min, 2-core CPU)
+  python experiments/sparse_attn_ablation.py                  # 3 tasks x 8 runs, seed 0 (28.7 min, 2-core CPU)
   python experiments/sparse_attn_ablation.py --seeds=0,1,2    # three seeds (three times the training)
   python experiments/sparse_attn_ablation.py --quick          # smoke run
   python experiments/sparse_attn_ablation.py --long           # the GPU setting: T=2048 MQAR and passkey, T=4096
@@ -30,7 +30,7 @@ Probes on MQAR (seed 0, `--tasks=mqar --variants=...`), what each gave:
   control's 38.8%, and with the indexer matched to dense attention over all keys (`topk16_kl_dense`) 11.9% (recall
   of the dense top-16 0.68): an indexer trained only on the keys it picks never sees the pair's key, and the model's
   own attention, which never reads the pair, has no retrieval pattern to teach it. Sampling the training picks
-  (`topk16_sample`) 99.75%: exploration finds the pair, attention learns to read it, the KL teaches the indexer.
+  (`topk16_sample`) 99.96%: exploration finds the pair, attention learns to read it, the KL teaches the indexer.
 - Block top-k (MoBA's selection: each query scores the earlier blocks by q . mean(k)) with blocks of 8, i.e. 4 MQAR
   pairs per block (`block8x2`): 11.9%, below the random control; scored once per query block by its mean query
   (`block8x2_qblock`, our earlier recipe) 11.6%; with sampled picks 12.0% (per query block) and 19.9% (per query);
@@ -48,7 +48,8 @@ Probes on MQAR (seed 0, `--tasks=mqar --variants=...`), what each gave:
   dense attention's phase change on this task.
 - Steps: dense needs the curriculum's 500 steps; with 400 of 700 steps dense reached 20.8% (NSA 99.98%,
   topk16_sample 98.9%, block4x4 80.9%).
-Runs go two at a time on a CPU with 2+ cores (--workers=auto, one XLA thread each; --workers=1: one at a time).
+Runs go two at a time on a CPU with 2+ cores (--workers=auto, one XLA thread each, pinned to a core of its own, glibc
+huge pages; --workers=1: one at a time).
 Seed claims judged (declared in r1jax/claims.py): "3.2x faster at >= 98% of dense accuracy" (forward tokens/s and
 quality ratios to dense in the same run), "O(n log n) instead of O(n^2)" and "65% less compute" (each mixer's
 compiled FLOPs over T = 512..8192).
@@ -61,7 +62,7 @@ import sys
 import jax
 from absl import flags
 
-from r1jax import ablation, configs, reporting, scaling
+from r1jax import ablation, configs, reporting, scaling, sweep
 from r1jax.config import Config
 from r1jax.scaling import compiled_cost, fit_exponent
 
@@ -214,8 +215,10 @@ def layer_timing(names) -> tuple[list[str], dict]:
   trained = {first: next((n for n in same if "kl_dense" not in repr(layer(n))), first)
              for first, same in groups.items()}
   Ts = lengths()[1]
-  times = scaling.layer_times({f: (inference_layer(f), layer(trained[f])) for f in groups}, Ts, repeats=3,
-                              budget_sec=1.0, max_bytes=0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+  # in a fresh worker process (every core; glibc huge pages, as the training workers)
+  times = sweep.in_worker(scaling.layer_times, {f: (inference_layer(f), layer(trained[f])) for f in groups}, Ts,
+                          repeats=3, budget_sec=1.0,
+                          max_bytes=0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
   lines = [f"One layer (d=64, 2 heads, batch 1) on {jax.default_backend()}: median of up to 3 timed calls "
            "after a warm-up (1 past a second), ratio to dense "
            "(n/a: over 60% of RAM)", "", scaling.ratio_table(times, Ts, {f: " / ".join(s) for f, s in groups.items()})]

@@ -23,6 +23,19 @@ def require(ok: bool, field: str, problem: str, fix: str) -> None:
     raise ConfigError(f"{field}: {problem}. Fix: {fix}.")
 
 
+def _rebuilt(cls: type, values: dict[str, Any]) -> Any:
+  return cls(**values)
+
+
+class PicklesAsDicts:
+  """Pickles a frozen config dataclass whose read-only mappings (types.MappingProxyType, which do not pickle) are
+  rebuilt, and validated again, from plain dicts: a ModelConfig or a Config can be sent to a worker process."""
+
+  def __reduce__(self):
+    return _rebuilt, (type(self), {f.name: dict(v) if isinstance(v := getattr(self, f.name), types.MappingProxyType)
+                                   else v for f in dataclasses.fields(self)})
+
+
 def named_options(table: dict, values: Mapping[str, Any], field: str) -> Mapping[str, Any]:
   """{registered name: its validated options dataclass} from {name: mapping or dataclass}, read-only; ConfigError
   naming `field` for an unknown name or option."""
@@ -31,7 +44,7 @@ def named_options(table: dict, values: Mapping[str, Any], field: str) -> Mapping
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(PicklesAsDicts):
   """Decoder-only Transformer LM; each layer's mixer and feed-forward are chosen by registry name."""
 
   vocab_size: int = 0  # 0: taken from the dataset; else >= the dataset's vocabulary
@@ -116,7 +129,7 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(PicklesAsDicts):
   """Dataset and batching; the dataset is chosen by registry name, its own options in `options` (as a mixer's).
   The batch is global (over all devices and processes)."""
 

@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import pickle
+import types
 
 import jax
 import pytest
@@ -125,3 +127,12 @@ def test_run_identity_covers_the_used_mixers_and_the_own_dataset_only():
   mixed = run_identity(to_dict(tiny_config(text="x.txt", model__mixer_pattern=("attention", "local"),
                                            model__mixer_options__local__window=4)))
   assert mixed["model.mixer_options.local.window"] == 4
+
+
+def test_configs_pickle_with_their_read_only_options():
+  """A Config (and its ModelConfig) crosses to a worker process: pickled and back, equal, options still read-only."""
+  cfg = Config.from_dict(override(default_config(), {"model.mixer": "nsa", "model.mixer_options.nsa.window": 8}, "test"))
+  back = pickle.loads(pickle.dumps(cfg))
+  assert back == cfg and pickle.loads(pickle.dumps(cfg.model)) == cfg.model
+  assert isinstance(back.model.mixer_options, types.MappingProxyType) and back.model.mixer_options["nsa"].window == 8
+  assert isinstance(back.data.options, types.MappingProxyType)

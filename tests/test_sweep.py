@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -40,6 +41,43 @@ def test_resolve_workers():
   for bad in ("0", "two"):
     with pytest.raises(ConfigError, match=f"--workers={bad} is invalid"):
       sweep.resolve_workers(bad)
+
+
+def _worker_setup() -> tuple[list[int], str, str]:
+  time.sleep(1.0)  # both workers busy at once: the pool starts the second one
+  return sorted(os.sched_getaffinity(0)), os.environ.get("GLIBC_TUNABLES", ""), os.environ.get("XLA_FLAGS", "")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs 2 usable cores")
+def test_worker_pool_pins_each_worker_to_its_own_core_with_huge_pages():
+  """Each of 2 workers runs on one core of its own, started with glibc's huge-page tunable and one XLA thread; the
+  parent's environment is as before once the pool is gone."""
+  before = os.environ.get("GLIBC_TUNABLES")
+  with sweep.worker_pool(2) as (pool, cores):
+    seen = [f.result() for f in [pool.submit(_worker_setup) for _ in range(2)]]
+  assert cores == sorted(os.sched_getaffinity(0))[:2]
+  assert sorted(aff[0] for aff, _, _ in seen) == cores and all(len(aff) == 1 for aff, _, _ in seen), seen
+  assert all("glibc.malloc.hugetlb=1" in tun and "--xla_cpu_multi_thread_eigen=false" in xla for _, tun, xla in seen)
+  assert os.environ.get("GLIBC_TUNABLES") == before
+
+
+def test_workers_exit_when_their_driver_is_killed():
+  """A driver killed mid-sweep leaves no worker training into its results folder."""
+  script = ("import os, sys, time\nfrom r1jax import sweep\nwith sweep.worker_pool(1) as (pool, _):\n"
+            "  print(pool.submit(os.getpid).result(), flush=True)\n  time.sleep(600)\n")
+  driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+  worker = int(driver.stdout.readline())
+  driver.kill()
+  driver.wait()
+  for _ in range(100):
+    try:
+      os.kill(worker, 0)
+    except ProcessLookupError:
+      return
+    time.sleep(0.1)
+  os.kill(worker, 9)
+  pytest.fail("the worker outlived its killed driver by 10 s")
 
 
 def test_slurm_options_are_checked_and_mapped_to_submitit():
