@@ -42,7 +42,8 @@ class RMSNorm(nn.Module):
 
 
 def rope(x_BxTxHxK: jax.Array, positions_T: np.ndarray | jax.Array, base: float) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021), rotating half-split pairs (GPT-NeoX layout), in float32.
+  """Rotary position embedding (Su et al. 2021), rotating half-split pairs (GPT-NeoX layout), in float32; positions
+  [T], or [B, T] (each row its own, as in decoding).
 
   Static (numpy) positions give numpy sin/cos tables, compiled in as constants: XLA fuses the rotation into its
   consumers, and on CPU a gather of rotated keys (sparse attention) otherwise recomputes sin and cos per gathered
@@ -52,8 +53,11 @@ def rope(x_BxTxHxK: jax.Array, positions_T: np.ndarray | jax.Array, base: float)
     raise ValueError(f"RoPE needs an even head dimension, got {K}; change model.d_model / model.num_heads")
   xp = np if isinstance(positions_T, np.ndarray) else jnp
   inv_freq_F = 1.0 / (base ** (xp.arange(0, K, 2, dtype=xp.float32) / K))
-  angle_TxF = positions_T.astype(xp.float32)[:, None] * inv_freq_F[None, :]
-  sin, cos = xp.sin(angle_TxF)[None, :, None, :], xp.cos(angle_TxF)[None, :, None, :]
+  inv_freq = inv_freq_F.reshape((1,) * positions_T.ndim + (-1,))
+  angle_xTxF = positions_T.astype(xp.float32)[..., None] * inv_freq  # [T, F], or [B, T, F] per row (decoding)
+  if angle_xTxF.ndim == 2:
+    angle_xTxF = angle_xTxF[None]
+  sin, cos = xp.sin(angle_xTxF)[:, :, None, :], xp.cos(angle_xTxF)[:, :, None, :]
   x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxTxHxK.dtype)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import layers, registry
+from r1jax import decoding, layers, registry
 from r1jax.config import ModelConfig
 
 
@@ -22,13 +22,21 @@ class Block(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> tuple[jax.Array, dict]:
+  def __call__(self, x_BxTxD: jax.Array, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
     cfg, aux = self.cfg, {}
     for kind, table in (("mixer", registry.MIXERS), ("ffn", registry.FFNS)):
       name = cfg.layer_names(kind)[self.layer]
-      module = registry.lookup(table, name, f"model.{kind}").module
+      module, opts = registry.lookup(table, name, f"model.{kind}").module, cfg.options(kind, name)
       h_BxTxD = layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=f"{kind}_norm")(x_BxTxD)
-      h_BxTxD, aux[kind] = module(cfg, cfg.options(kind, name), name=kind)(h_BxTxD, deterministic=deterministic)
+      if decode is None:
+        h_BxTxD, aux[kind] = module(cfg, opts, name=kind)(h_BxTxD, deterministic=deterministic)
+      elif kind == "mixer":
+        decoding.check_decodable(module, opts, name)
+        h_BxTxD, aux[kind] = module(cfg, opts, name=kind)(h_BxTxD, deterministic=deterministic, decode=decode)
+      else:  # feed-forwards act per token; one that drops tokens by capacity decodes through its dropless path
+        opts = getattr(module, "decode_options", lambda o: o)(opts)
+        h_BxTxD, aux[kind] = module(cfg, opts, name=kind)(h_BxTxD, deterministic=deterministic)
       h_BxTxD = nn.Dropout(cfg.dropout)(h_BxTxD, deterministic=deterministic)
       x_BxTxD = layers.constrain(x_BxTxD + h_BxTxD.astype(x_BxTxD.dtype), ("act_batch", "act_length", "act_embed"))
     return x_BxTxD, aux
@@ -47,9 +55,11 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxT: jax.Array, *, deterministic: bool = True,
                target_pos_BxN: jax.Array | None = None,
-               embeddings_BxTxD: jax.Array | None = None) -> tuple[jax.Array, dict]:
+               embeddings_BxTxD: jax.Array | None = None,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
     """Args: tokens; deterministic (no dropout); target_pos: score only these positions; embeddings: input
-    vectors used instead of the token lookup (gradient-based causality checks)."""
+    vectors used instead of the token lookup (gradient-based causality checks); decode: a prefill or decoding
+    step with the `cache` collection mutable (r1jax/decoding.py)."""
     cfg = self.cfg
     V, D = cfg.padded_vocab, cfg.d_model
     embed_VxD = layers.param(self, "embed", (V, D), ("vocab", "embed"), cfg.init_std, cfg.param_dtype)
@@ -58,10 +68,10 @@ class Transformer(nn.Module):
     x_BxTxD = embeddings_BxTxD.astype(layers.dtype(cfg.dtype))
     x_BxTxD = layers.constrain(x_BxTxD, ("act_batch", "act_length", "act_embed"))
     x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
-    block_cls = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+    block_cls = nn.remat(Block, static_argnums=(2, 3)) if cfg.remat else Block
     per_layer = {}
     for i in range(cfg.num_layers):
-      x_BxTxD, aux = block_cls(cfg, i, name=f"layer{i}")(x_BxTxD, deterministic)
+      x_BxTxD, aux = block_cls(cfg, i, name=f"layer{i}")(x_BxTxD, deterministic, decode)
       for kind, values in aux.items():
         for key, value in values.items():
           per_layer.setdefault(f"{kind}/{key}", []).append((i, value))

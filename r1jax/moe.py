@@ -227,6 +227,11 @@ class MoE(nn.Module):
   cfg: "ModelConfig"  # noqa: F821
   opts: MoEOptions
 
+  @staticmethod
+  def decode_options(opts: MoEOptions) -> MoEOptions:
+    """Decoding routes a token through the dropless path (capacity slots are a training-time batch construct)."""
+    return dataclasses.replace(opts, dispatch="dropless")
+
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
     cfg, o = self.cfg, self.opts

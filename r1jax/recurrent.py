@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import layers
+from r1jax import decoding, layers
 from r1jax.registry import ConfigError, register_mixer
 
 GATES = ("fixed", "head", "scalar", "vector")
@@ -225,6 +225,7 @@ class FastWeight(nn.Module):
     if o.short_conv:  # one kernel per stream, starting as the identity (the current token's tap is 1)
       identity = jnp.zeros((o.short_conv, D)).at[-1].set(1.0)
       self.conv = {n: self._const(f"conv_{n}", identity, (None, "embed")) for n in "qkv"}
+    self.cache = decoding.StateCache()  # decoding: the fast weights (and the convolution's last inputs)
 
   def _const(self, name, value, axes):
     init = nn.with_logical_partitioning(lambda key, shape, dtype: jnp.asarray(value, dtype), axes)
@@ -280,12 +281,26 @@ class FastWeight(nn.Module):
     y_BxTxD = jnp.einsum("BTHP,HPD->BTD", o_BxTxHxP, self.wo.astype(dt))
     return layers.constrain(y_BxTxD, ("act_batch", "act_length", "act_embed"))
 
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
     del deterministic
+    B, T, _ = x_BxTxD.shape
+    if decoding.stepping(decode):
+      return self.cache(self.init_state(B), lambda s: self.step(x_BxTxD[:, 0], s))[:, None], {}
     q, k, v, log_a, beta, _ = self._inputs(x_BxTxD)
+    if decode is not None:  # prefill: steps past a row's prompt leave the state unchanged (a = 1, k = 0, b = 0)
+      keep_BxTx1x1 = decoding.prompt_mask(decode, T)[:, :, None, None]
+      k, log_a = k * keep_BxTx1x1, log_a * keep_BxTx1x1
+      beta = None if beta is None else beta * keep_BxTx1x1[..., 0]
     self.sow("intermediates", "log_a", log_a)
     chunk = self.opts.chunk or (16 if self.opts.gate == "vector" else 64)
-    o_BxTxHxP, _ = fast_weights(q, k, v, log_a, beta, form=self.opts.form, chunk=chunk)
+    o_BxTxHxP, S = fast_weights(q, k, v, log_a, beta, form=self.opts.form, chunk=chunk)
+    if decode is not None:
+      state = {"S": S}
+      if self.opts.short_conv:
+        state["conv"] = decoding.last_inputs(x_BxTxD.astype(layers.dtype(self.cfg.dtype)), decode.lengths,
+                                             self.opts.short_conv - 1)
+      self.cache(self.init_state(B), lambda _: (None, state))
     state_size = float(math.prod(state_shape(self.cfg, self.opts)))
     return self._output(x_BxTxD, o_BxTxHxP), {"decay": jnp.mean(jnp.exp(log_a)), "state_size": state_size}
 

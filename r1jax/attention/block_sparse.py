@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from r1jax import decoding
 from r1jax.attention.dense import project_out, project_qkv
 from r1jax.attention.sparse import dense_probs
 from r1jax.registry import ConfigError, register_mixer, wants_diagnostics
@@ -126,10 +127,52 @@ class BlockSparseAttention(nn.Module):
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: BlockSparseOptions
 
+  @staticmethod
+  def not_decodable(opts: BlockSparseOptions) -> str:
+    return ("score_by='block' picks with the mean query of a query block, later queries included"
+            if opts.score_by == "block" else "")
+
+  def _step(self, x_BxTxD: jax.Array, decode: decoding.Decode) -> tuple[jax.Array, dict]:
+    """One decoding step: the query scores the cached blocks before its own by their mean keys (complete blocks),
+    then attends to the top n and its own block, as the full forward's query at this position does."""
+    o, b = self.opts, self.opts.block_size
+    B, S = x_BxTxD.shape[0], decode.max_len
+    Q = -(-S // b)
+    q_Bx1xHxK, k_Bx1xGxK, v_Bx1xGxK = project_qkv(self, x_BxTxD, self.cfg, positions=decode.token_positions(1))
+    k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_Bx1xGxK), ("v", v_Bx1xGxK)))
+    H, K = q_Bx1xHxK.shape[2:]
+    G = k_BxSxGxK.shape[2]
+    q_BxGxRxK = q_Bx1xHxK[:, 0].reshape(B, G, H // G, K)
+    km_BxQxGxK = jnp.pad(k_BxSxGxK, [(0, 0), (0, Q * b - S), (0, 0), (0, 0)]).reshape(B, Q, b, G, K).mean(2)
+    own_B = decode.positions // b
+    ids_BxGxJ, valid_BxGxJ = own_B[:, None, None] * jnp.ones((1, G, 1), jnp.int32), jnp.ones((B, G, 1), bool)
+    n = min(o.top_blocks, Q - 1)
+    if n:
+      s_BxGxQ = jnp.einsum("BGK,BPGK->BGP", q_BxGxRxK.mean(2), km_BxQxGxK, preferred_element_type=jnp.float32)
+      earlier_BxQ = jnp.arange(Q)[None, :] < own_B[:, None]
+      vals, ids = jax.lax.top_k(jnp.where(earlier_BxQ[:, None], s_BxGxQ, -jnp.inf), n)
+      ids_BxGxJ = jnp.concatenate([ids, ids_BxGxJ], -1)
+      valid_BxGxJ = jnp.concatenate([jnp.isfinite(vals), valid_BxGxJ], -1)
+    tok_BxGxJxb = ids_BxGxJ[..., None] * b + jnp.arange(b)[None, None, None, :]
+    ok_BxGxN = (valid_BxGxJ[..., None] & (tok_BxGxJxb <= decode.positions[:, None, None, None])).reshape(B, G, -1)
+    tok_BxGxN = jnp.minimum(tok_BxGxJxb.reshape(B, G, -1), S - 1)
+    take = jax.vmap(jax.vmap(lambda a_SxK, i_N: a_SxK[i_N], (1, 0)), (0, 0))  # over B, G -> [B, G, N, K]
+    k_BxGxNxK, v_BxGxNxK = take(k_BxSxGxK, tok_BxGxN), take(v_BxSxGxK, tok_BxGxN)
+    logits = jnp.einsum("BGRK,BGNK->BGRN", q_BxGxRxK, k_BxGxNxK, preferred_element_type=jnp.float32) * K ** -0.5
+    probs = jax.nn.softmax(jnp.where(ok_BxGxN[:, :, None], logits, -jnp.inf), -1).astype(v_BxSxGxK.dtype)
+    o_BxGxRxK = jnp.einsum("BGRN,BGNK->BGRK", probs, v_BxGxNxK)
+    return project_out(self, o_BxGxRxK.reshape(B, 1, H, K), self.cfg), {}
+
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+    if decoding.stepping(decode):
+      return self._step(x_BxTxD, decode)
     o = self.opts
     q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg)
+    if decode is not None:  # prefill: cache the prompt's keys and values
+      decoding.cached(self, "k", k_BxTxGxK, decode)
+      decoding.cached(self, "v", v_BxTxGxK, decode)
     noise = self.make_rng("dropout") if o.sample_temperature > 0 and not deterministic else None
     out_BxTxHxK, ids, valid = block_sparse_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o.block_size, o.top_blocks,
                                                      noise, o.sample_temperature or 1.0, o.score_by == "token")

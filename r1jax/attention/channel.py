@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import layers
+from r1jax import decoding, layers
 from r1jax.attention.dense import Attention, AttentionOptions, project_out
 from r1jax.registry import register_mixer
 
@@ -49,14 +49,28 @@ class ChannelAttention(nn.Module):
   cfg: "ModelConfig"  # noqa: F821
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, decode: decoding.Decode | None = None) -> jax.Array:
     cfg = self.cfg
-    D, H = cfg.d_model, cfg.num_heads
+    B, T, D = x_BxTxD.shape
+    H = cfg.num_heads
     K, dt = D // H, layers.dtype(cfg.dtype)
     x = x_BxTxD.astype(dt)
     q, k, v = (jnp.einsum("BTD,DHK->BTHK", x, layers.param(self, n, (D, H, K), ("embed", "heads", "kv"),
                                                            cfg.init_std, cfg.param_dtype).astype(dt))
                for n in ("wq", "wk", "wv"))
+    if decode is None:
+      return project_out(self, causal_channel_attention(q, k, v), cfg)
+    # decoding: the running sum of q_s k_s^T over the prefix, [B, H, K, K] float32
+    C = decoding.state(self, "qk_sum", (B, H, K, K), jnp.float32)
+    f32 = jnp.float32
+    if decoding.stepping(decode):
+      C.value = C.value + jnp.einsum("BHI,BHJ->BHIJ", q[:, 0].astype(f32), k[:, 0].astype(f32))
+      scale_Bx1x1x1 = jax.lax.rsqrt(decode.positions.astype(f32) + 1.0)[:, None, None, None]
+      w_BxHxKxK = jax.nn.softmax(C.value * scale_Bx1x1x1, axis=-1)
+      o = jnp.einsum("BHIJ,BHJ->BHI", w_BxHxKxK, v[:, 0].astype(f32)).astype(v.dtype)[:, None]
+      return project_out(self, o, cfg)
+    keep_BxTx1x1 = decoding.prompt_mask(decode, T)[:, :, None, None].astype(f32)
+    C.value = jnp.einsum("BTHI,BTHJ->BHIJ", q.astype(f32) * keep_BxTx1x1, k.astype(f32))
     return project_out(self, causal_channel_attention(q, k, v), cfg)
 
 
@@ -68,10 +82,12 @@ class TimeChannelAttention(nn.Module):
   opts: TimeChannelOptions
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
-    y_BxTxD = ChannelAttention(self.cfg, name="channel")(x_BxTxD)
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+    y_BxTxD = ChannelAttention(self.cfg, name="channel")(x_BxTxD, decode)
     if self.opts.time:
-      y_BxTxD = y_BxTxD + Attention(self.cfg, AttentionOptions(), name="time")(x_BxTxD, deterministic=deterministic)[0]
+      y_BxTxD = y_BxTxD + Attention(self.cfg, AttentionOptions(), name="time")(
+          x_BxTxD, deterministic=deterministic, decode=decode)[0]
     if self.opts.seed_scale:
       y_BxTxD = y_BxTxD * (self.cfg.d_model // self.cfg.num_heads) ** -0.5
     return y_BxTxD, {}

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import layers, reference
+from r1jax import decoding, layers, reference
 from r1jax.registry import ConfigError, register_mixer
 
 IMPLS = ("auto", "xla", "cudnn", "naive")
@@ -39,10 +39,11 @@ def causal_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.
   return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True, implementation=impl)
 
 
-def project_kv(mod: nn.Module, x_BxTxD: jax.Array, cfg, suffix: str = "",
-               bias: bool = False) -> tuple[jax.Array, jax.Array]:
+def project_kv(mod: nn.Module, x_BxTxD: jax.Array, cfg, suffix: str = "", bias: bool = False,
+               positions=None) -> tuple[jax.Array, jax.Array]:
   """Key and value projections `wk<suffix>`, `wv<suffix>` (optionally with zero-initialised biases `bk`, `bv`),
-  RoPE on the keys; `suffix` gives a mixer further key/value sets (NSA's per-branch keys and values)."""
+  RoPE on the keys at `positions` ([T] or [B, T]; None: 0..T-1); `suffix` gives a mixer further key/value sets (NSA's
+  per-branch keys and values)."""
   D, H = cfg.d_model, cfg.num_heads
   G, K = cfg.num_kv_heads or H, D // H
   dt = layers.dtype(cfg.dtype)
@@ -55,12 +56,14 @@ def project_kv(mod: nn.Module, x_BxTxD: jax.Array, cfg, suffix: str = "",
   if bias:  # zero-initialised, [1, 1, heads, K]
     kv = [a + layers.param(mod, f"b{n}{suffix}", (G, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
           for n, a in zip("kv", kv)]
-  return layers.rope(kv[0], np.arange(x.shape[1]), cfg.rope_base), kv[1]
+  positions = np.arange(x.shape[1]) if positions is None else positions
+  return layers.rope(kv[0], positions, cfg.rope_base), kv[1]
 
 
-def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg,
-                bias: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Query, key and value projections (optionally with biases) and RoPE on q and k; shared by attention mixers."""
+def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg, bias: bool = False,
+                positions=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Query, key and value projections (optionally with biases) and RoPE on q and k at `positions` ([T] or [B, T];
+  None: 0..T-1); shared by attention mixers."""
   D, H = cfg.d_model, cfg.num_heads
   K = D // H
   wq_DxHxK = layers.param(mod, "wq", (D, H, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
@@ -68,10 +71,11 @@ def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg,
   x = x_BxTxD.astype(dt)
   q_BxTxHxK = layers.constrain(jnp.einsum("BTD,DHK->BTHK", x, wq_DxHxK.astype(dt)),
                                ("act_batch", "act_length", "act_heads", "act_kv"))
-  k_BxTxGxK, v_BxTxGxK = project_kv(mod, x_BxTxD, cfg, bias=bias)
+  k_BxTxGxK, v_BxTxGxK = project_kv(mod, x_BxTxD, cfg, bias=bias, positions=positions)
   if bias:  # zero-initialised, [1, 1, heads, K]
     q_BxTxHxK = q_BxTxHxK + layers.param(mod, "bq", (H, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
-  return layers.rope(q_BxTxHxK, np.arange(x.shape[1]), cfg.rope_base), k_BxTxGxK, v_BxTxGxK
+  positions = np.arange(x.shape[1]) if positions is None else positions
+  return layers.rope(q_BxTxHxK, positions, cfg.rope_base), k_BxTxGxK, v_BxTxGxK
 
 
 def project_out(mod: nn.Module, o_BxTxHxK: jax.Array, cfg) -> jax.Array:
@@ -91,8 +95,16 @@ class Attention(nn.Module):
   opts: AttentionOptions
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
     del deterministic  # no attention dropout
-    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg, self.opts.qkv_bias)
-    o_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, self.opts.impl)
+    T = x_BxTxD.shape[1]
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg, self.opts.qkv_bias,
+                                                  decoding.positions_of(decode, T))
+    if decode is not None:  # the KV cache: [B, max_len, G, K] keys and values
+      k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_BxTxGxK), ("v", v_BxTxGxK)))
+    if decoding.stepping(decode):
+      o_BxTxHxK = decoding.attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, decoding.causal_ok(decode, T))
+    else:
+      o_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, self.opts.impl)
     return project_out(self, o_BxTxHxK, self.cfg), {}

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import layers
+from r1jax import decoding, layers
 from r1jax.attention.dense import IMPLS as GLOBAL_IMPLS
 from r1jax.attention.dense import causal_attention, project_out, project_qkv
 from r1jax.attention.local import check_window, local_attention
@@ -53,14 +53,21 @@ class FusionAttention(nn.Module):
   opts: FusionOptions
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
     del deterministic
     cfg, o = self.cfg, self.opts
     B, T, _ = x_BxTxD.shape
     H = cfg.num_heads
-    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, cfg)
-    local_BxTxHxK = local_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o.window, o.local_impl)
-    global_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o.global_impl)
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, cfg, positions=decoding.positions_of(decode, T))
+    if decode is not None:  # one KV cache read by both branches (the local one through the window mask)
+      k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_BxTxGxK), ("v", v_BxTxGxK)))
+    if decoding.stepping(decode):
+      local_BxTxHxK = decoding.attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, decoding.causal_ok(decode, T, o.window))
+      global_BxTxHxK = decoding.attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, decoding.causal_ok(decode, T))
+    else:
+      local_BxTxHxK = local_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o.window, o.local_impl)
+      global_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o.global_impl)
     if o.beta == "fixed":
       beta_BxTxH = jnp.full((B, T, H), o.beta_init, jnp.float32)
     else:

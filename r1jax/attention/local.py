@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import reference
+from r1jax import decoding, reference
 from r1jax.attention.dense import project_out, project_qkv, resolve_impl
 from r1jax.registry import ConfigError, register_mixer
 
@@ -85,8 +85,18 @@ class LocalAttention(nn.Module):
   opts: LocalOptions
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
     del deterministic
-    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg)
-    o_BxTxHxK = local_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, self.opts.window, self.opts.impl)
+    T, w = x_BxTxD.shape[1], self.opts.window
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg, positions=decoding.positions_of(decode, T))
+    if decode is not None:  # ring buffers of the last w keys and values: memory O(w)
+      k_BxWxGxK, kpos_BxW = decoding.ring(self, "k", k_BxTxGxK, decode, w)
+      v_BxWxGxK, _ = decoding.ring(self, "v", v_BxTxGxK, decode, w)
+    if decoding.stepping(decode):
+      t_Bx1 = decode.positions[:, None]
+      ok_Bx1xW = ((kpos_BxW >= 0) & (kpos_BxW <= t_Bx1) & (t_Bx1 - kpos_BxW < w))[:, None]
+      o_BxTxHxK = decoding.attend(q_BxTxHxK, k_BxWxGxK, v_BxWxGxK, ok_Bx1xW)
+    else:
+      o_BxTxHxK = local_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, w, self.opts.impl)
     return project_out(self, o_BxTxHxK, self.cfg), {}

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import layers
+from r1jax import decoding, layers
 from r1jax.attention.dense import project_kv, project_out, project_qkv
 from r1jax.attention.local import blocked_local_attention
 from r1jax.attention.sparse import dense_probs, gathered_attention, map_query_chunks
@@ -123,23 +123,25 @@ def select_blocks(p_BxCxGxM: jax.Array, pos_C: jax.Array, T: int, o: NSAOptions)
   lo, hi = block_overlap_ranges(T, o.cmp_block, o.cmp_stride, o.slc_block)
   csum = jnp.pad(jnp.cumsum(p_BxCxGxM, -1), [(0, 0)] * 3 + [(1, 0)])
   score = csum[..., hi] - csum[..., lo]  # [B, C, G, NB]: sum over the overlapping compressed blocks
-  own_C = pos_C // o.slc_block
-  j_NB = jnp.arange(NB)
-  causal_CxNB = j_NB[None, :] <= own_C[:, None]
-  forced_CxNB = (j_NB[None, :] == 0) | (j_NB[None, :] == own_C[:, None]) | (j_NB[None, :] == own_C[:, None] - 1)
-  score = jnp.where(forced_CxNB[None, :, None], jnp.inf, score)
-  score = jnp.where(causal_CxNB[None, :, None], score, -jnp.inf)
+  own_xCx1 = (pos_C[None] if pos_C.ndim == 1 else pos_C)[:, :, None] // o.slc_block  # positions [C] or [B, C]
+  j_1x1xNB = jnp.arange(NB)[None, None, :]
+  causal_xCxNB = j_1x1xNB <= own_xCx1
+  forced_xCxNB = (j_1x1xNB == 0) | (j_1x1xNB == own_xCx1) | (j_1x1xNB == own_xCx1 - 1)
+  score = jnp.where(forced_xCxNB[:, :, None], jnp.inf, score)
+  score = jnp.where(causal_xCxNB[:, :, None], score, -jnp.inf)
   top, ids = jax.lax.top_k(score, min(o.top_blocks, NB))
   return ids, top > -jnp.inf
 
 
 def selected_attention(q_BxCxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, ids_BxCxGxN: jax.Array,
                        valid_BxCxGxN: jax.Array, pos_C: jax.Array, ls: int) -> jax.Array:
-  """Attention of each query over the tokens of its group's selected blocks (causal)."""
+  """Attention of each query over the tokens of its group's selected blocks (causal; query positions [C] or
+  [B, C])."""
   B, C, H, K = q_BxCxHxK.shape
   T, G = k_BxTxGxK.shape[1:3]
   tok_BxCxGxN = (ids_BxCxGxN[..., None] * ls + jnp.arange(ls)[None, None, None, None]).reshape(B, C, G, -1)  # N * l' token positions
-  ok = (jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_C[None, :, None, None]) & (tok_BxCxGxN < T))
+  pos_xCx1x1 = (pos_C[None] if pos_C.ndim == 1 else pos_C)[:, :, None, None]  # [C], or [B, C] per row (decoding)
+  ok = (jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_xCx1x1) & (tok_BxCxGxN < T))
   tok_BxCxGxN = jnp.minimum(tok_BxCxGxN, T - 1)
   out_BxCxHxK, _ = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, tok_BxCxGxN, ok)
   return out_BxCxHxK, tok_BxCxGxN, ok
@@ -166,8 +168,77 @@ class NativeSparseAttention(nn.Module):
     dt = layers.dtype(cfg.dtype)
     return pos.astype(dt), w1.astype(dt), w2.astype(dt)
 
+  def _gates(self, x_BxTxD: jax.Array) -> jax.Array:
+    """sigmoid(x W + b) per head and branch [B, T, H, 3], initialised as gate_init says."""
+    cfg, H = self.cfg, self.cfg.num_heads
+    wg = layers.param(self, "gate_w", (cfg.d_model, H, 3), ("embed", "heads", None), 0.0, cfg.param_dtype)
+    bg = layers.param(self, "gate_b", (H, 3), ("heads", None), 0.0, "float32") + GATE_INIT[self.opts.gate_init][None]
+    return jax.nn.sigmoid(jnp.einsum("BTD,DHC->BTHC", x_BxTxD.astype(jnp.float32), wg.astype(jnp.float32))
+                          + bg[None, None])
+
+  def _step(self, x_BxTxD: jax.Array, decode: decoding.Decode) -> tuple[jax.Array, dict]:
+    """One decoding step: the token's keys enter the selection cache, the window's and the compressor's ring
+    buffers; a compressed block that ends here is summarised into the compressed cache; then the three branches
+    read (T - l) / d + 1 summaries, n * l' selected tokens and w window tokens."""
+    o, cfg = self.opts, self.cfg
+    B, S, l, d = x_BxTxD.shape[0], decode.max_len, o.cmp_block, o.cmp_stride
+    H, t_B = cfg.num_heads, decode.positions
+    pos_Bx1 = decode.token_positions(1)
+    q_Bx1xHxK, k_slc, v_slc = project_qkv(self, x_BxTxD, cfg, positions=pos_Bx1)
+    K = q_Bx1xHxK.shape[-1]
+    (k_cmp, v_cmp), (k_win, v_win) = (project_kv(self, x_BxTxD, cfg, suffix, positions=pos_Bx1)
+                                      for suffix in ("_cmp", "_win"))
+    k_slc, v_slc = (decoding.cached(self, n, a, decode) for n, a in (("k_slc", k_slc), ("v_slc", v_slc)))
+    G = k_slc.shape[2]
+
+    # (a) the compressed cache: block i = (t + 1 - l) / d ends at this token when that is a whole number >= 0
+    M = max(num_compressed(S, l, d), 1)
+    i_B = (t_B + 1 - l) // d
+    ends_B = (t_B + 1 >= l) & ((t_B + 1 - l) % d == 0)
+    order_Bxl = jnp.mod(t_B[:, None] - l + 1 + jnp.arange(l)[None, :], l)  # ring slots of the block, in order
+    summaries = []
+    for name, a, mlp in (("k_cmp", k_cmp, "cmp_k"), ("v_cmp", v_cmp, "cmp_v")):
+      ring_BxlxGxK, _ = decoding.ring(self, name, a, decode, l)
+      block_BxlxGxK = jnp.take_along_axis(ring_BxlxGxK, order_Bxl[:, :, None, None], 1)
+      new_Bx1xGxK = compress_blocks(block_BxlxGxK, l, d, o.compress, self._mlp(mlp, K))
+      cache = self.variable(decoding.CACHE, f"{name}_blocks", jnp.zeros, (B, M, G, K), new_Bx1xGxK.dtype)
+      written = jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, 0))(
+          cache.value, new_Bx1xGxK.astype(cache.value.dtype), jnp.maximum(i_B, 0))
+      cache.value = jnp.where(ends_B[:, None, None, None], written, cache.value)
+      summaries.append(cache.value)
+    kc_BxMxGxK, vc_BxMxGxK = summaries
+    ended_BxM = jnp.arange(M)[None, :] * d + l - 1 <= t_B[:, None]
+    q_BxGxRxK = q_Bx1xHxK[:, 0].reshape(B, G, H // G, K)
+    logits = jnp.einsum("BGRK,BMGK->BGRM", q_BxGxRxK, kc_BxMxGxK, preferred_element_type=jnp.float32) * K ** -0.5
+    any_B = ended_BxM.any(1)
+    logits = jnp.where(ended_BxM[:, None, None], logits, -jnp.inf)
+    logits = jnp.where(any_B[:, None, None, None], logits, 0.0)
+    probs_BxGxRxM = jax.nn.softmax(logits, -1) * any_B[:, None, None, None]
+    o_cmp = jnp.einsum("BGRM,BMGK->BGRK", probs_BxGxRxM.astype(vc_BxMxGxK.dtype), vc_BxMxGxK).reshape(B, 1, H, K)
+
+    # (b) selection from the group's compressed probabilities, as the forward's select_blocks at this position
+    p_Bx1xGxM = probs_BxGxRxM.sum(2)[:, None]
+    if num_compressed(S, l, d) == 0:
+      p_Bx1xGxM = p_Bx1xGxM[..., :0]
+    ids, valid = select_blocks(p_Bx1xGxM, pos_Bx1, S, o)
+    o_slc, _, _ = selected_attention(q_Bx1xHxK, k_slc, v_slc, ids, valid, pos_Bx1, o.slc_block)
+
+    # (c) the window, from its ring buffers
+    k_ring, kpos_BxW = decoding.ring(self, "k_win", k_win, decode, o.window)
+    v_ring, _ = decoding.ring(self, "v_win", v_win, decode, o.window)
+    ok_Bx1xW = ((kpos_BxW >= 0) & (kpos_BxW <= t_B[:, None]) & (t_B[:, None] - kpos_BxW < o.window))[:, None]
+    o_win = decoding.attend(q_Bx1xHxK, k_ring, v_ring, ok_Bx1xW)
+
+    g_Bx1xHx3 = self._gates(x_BxTxD)
+    dt = o_win.dtype
+    out = sum(g_Bx1xHx3[..., i, None].astype(dt) * b.astype(dt) for i, b in enumerate((o_cmp, o_slc, o_win)))
+    return project_out(self, out, cfg), {}
+
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+    if decoding.stepping(decode):
+      return self._step(x_BxTxD, decode)
     o, cfg = self.opts, self.cfg
     B, T, _ = x_BxTxD.shape
     H = cfg.num_heads
@@ -204,12 +275,17 @@ class NativeSparseAttention(nn.Module):
     o_win = blocked_local_attention(q_BxTxHxK, k_win, v_win, o.window)
     self.sow("intermediates", "branches", (o_cmp, o_slc, o_win))
 
-    # gates: sigmoid(x W + b) per head and branch, initialised as gate_init says
-    D = cfg.d_model
-    wg = layers.param(self, "gate_w", (D, H, 3), ("embed", "heads", None), 0.0, cfg.param_dtype)
-    bg = layers.param(self, "gate_b", (H, 3), ("heads", None), 0.0, "float32") + GATE_INIT[o.gate_init][None]
-    g_BxTxHx3 = jax.nn.sigmoid(jnp.einsum("BTD,DHC->BTHC", x_BxTxD.astype(jnp.float32), wg.astype(jnp.float32))
-                               + bg[None, None])
+    g_BxTxHx3 = self._gates(x_BxTxD)
+    if decode is not None:  # prefill: the caches a step reads (blocks past a prompt are rewritten before they are read)
+      for name, a in (("k_slc", k_slc), ("v_slc", v_slc)):
+        decoding.cached(self, name, a, decode)
+      for name, a, size in (("k_cmp", k_cmp, o.cmp_block), ("v_cmp", v_cmp, o.cmp_block), ("k_win", k_win, o.window),
+                            ("v_win", v_win, o.window)):
+        decoding.ring(self, name, a, decode, size)
+      M = max(num_compressed(decode.max_len, o.cmp_block, o.cmp_stride), 1)
+      for name, a in (("k_cmp_blocks", kc), ("v_cmp_blocks", vc)):
+        cache = self.variable(decoding.CACHE, name, jnp.zeros, (B, M, *a.shape[2:]), a.dtype)
+        cache.value = jax.lax.dynamic_update_slice_in_dim(cache.value, a, 0, 1)
     dt = o_win.dtype
     out = sum(g_BxTxHx3[..., i, None].astype(dt) * b.astype(dt) for i, b in enumerate((o_cmp, o_slc, o_win)))
     aux = {f"gate_{n}": jnp.mean(g_BxTxHx3[..., i]) for i, n in enumerate(("cmp", "slc", "win"))}

@@ -78,6 +78,12 @@ class RoutedAttention(nn.Module):
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: RoutedOptions
 
+  @staticmethod
+  def not_decodable(opts: RoutedOptions) -> str:
+    del opts
+    return ("its top-c choice ranks the whole sequence, so whether token t is routed depends on later tokens "
+            "(MoD's causal predictor for sampling is not built)")
+
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
     del deterministic

@@ -78,6 +78,11 @@ class SpaceTimeAttention(nn.Module):
   cfg: "ModelConfig"  # noqa: F821
   opts: SpaceTimeOptions
 
+  @staticmethod
+  def not_decodable(opts: SpaceTimeOptions) -> str:
+    del opts
+    return "it classifies whole clips [B, T, S, D]; it is not autoregressive"
+
   @nn.compact
   def __call__(self, x_BxTxSxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
     del deterministic

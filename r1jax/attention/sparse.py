@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import layers
+from r1jax import decoding, layers
 from r1jax.attention.dense import project_out, project_qkv
 from r1jax.registry import ConfigError, register_mixer, wants_diagnostics
 
@@ -131,6 +131,17 @@ def _kl(p_BxCxN: jax.Array, logits_BxCxN: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(p_BxCxN > 0, p_BxCxN * (jnp.log(jnp.maximum(p_BxCxN, 1e-30)) - logq), 0.0), -1)
 
 
+def random_scores(seed: int, t: jax.Array, s: jax.Array) -> jax.Array:
+  """Uniform [0, 1) scores of key s for query t, a fixed hash of (layer seed, t, s) (broadcast shapes): the same
+  pattern at any sequence length, so a decoding step picks what the full forward picked (murmur3's finaliser)."""
+  h = (jnp.asarray(t, jnp.uint32) * jnp.uint32(0x9E3779B1)) ^ (jnp.asarray(s, jnp.uint32) * jnp.uint32(0x85EBCA77))
+  h = h ^ jnp.uint32(seed & 0xFFFFFFFF)
+  for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+    h = (h ^ (h >> shift)) * jnp.uint32(mult)
+  h = h ^ (h >> 16)
+  return (h >> 8).astype(jnp.float32) * 2.0 ** -24
+
+
 def map_query_chunks(fn, T: int, C: int):
   """Runs fn(start) -> pytree of [B, C, ...] over query chunks (rematerialised), returns [B, T, ...] pieces."""
   n = -(-T // C)
@@ -147,8 +158,9 @@ class SparseAttention(nn.Module):
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: SparseOptions
 
-  def indexer_inputs(self, x_BxTxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Indexer queries [B,T,J,I], shared key [B,T,I] (both RoPE'd) and head weights [B,T,J] (DSA)."""
+  def indexer_inputs(self, x_BxTxD: jax.Array, positions=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Indexer queries [B,T,J,I], shared key [B,T,I] (both RoPE'd at `positions`, None: 0..T-1) and head weights
+    [B,T,J] (DSA)."""
     cfg, o = self.cfg, self.opts
     D, J, I = cfg.d_model, o.indexer_heads, o.indexer_dim
     dt = layers.dtype(cfg.dtype)
@@ -156,14 +168,50 @@ class SparseAttention(nn.Module):
     wq_DxJxI = layers.param(self, "idx_wq", (D, J, I), ("embed", None, None), cfg.init_std, cfg.param_dtype)
     wk_DxI = layers.param(self, "idx_wk", (D, I), ("embed", None), cfg.init_std, cfg.param_dtype)
     ww_DxJ = layers.param(self, "idx_ww", (D, J), ("embed", None), cfg.init_std, cfg.param_dtype)
-    pos_T = np.arange(x.shape[1])
+    pos_T = np.arange(x.shape[1]) if positions is None else positions
     q_BxTxJxI = layers.rope(jnp.einsum("BTD,DJI->BTJI", x, wq_DxJxI.astype(dt)), pos_T, cfg.rope_base)
     k_BxTxI = layers.rope(jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))[:, :, None], pos_T, cfg.rope_base)[:, :, 0]
     w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * J ** -0.5
     return q_BxTxJxI, k_BxTxI, w_BxTxJ
 
+  def seed(self) -> int:
+    return zlib.crc32("/".join(self.scope.path).encode())  # a fixed random pattern per layer
+
+  def _step(self, x_BxTxD: jax.Array, decode: decoding.Decode) -> tuple[jax.Array, dict]:
+    """One decoding step: the rule scores every cached key (the indexer: its cached indexer keys), the top k are
+    gathered from the KV cache and attended; the same picks as the full forward's at this position."""
+    o = self.opts
+    B, S = x_BxTxD.shape[0], decode.max_len
+    N, pos_Bx1 = min(o.top_k, S), decode.token_positions(1)
+    q_Bx1xHxK, k_Bx1xGxK, v_Bx1xGxK = project_qkv(self, x_BxTxD, self.cfg, positions=pos_Bx1)
+    k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_Bx1xGxK), ("v", v_Bx1xGxK)))
+    t_Bx1x1 = pos_Bx1[:, :, None]
+    scores = None
+    if o.select == "window":
+      idx_Bx1xN = t_Bx1x1 - jnp.arange(N)[None, None, :]
+      idx_Bx1xN, valid_Bx1xN = jnp.maximum(idx_Bx1xN, 0), idx_Bx1xN >= 0
+    else:
+      s_1x1xS = jnp.arange(S)[None, None, :]
+      if o.select == "random":
+        pick_Bx1xS = random_scores(self.seed(), t_Bx1x1, s_1x1xS)
+      else:
+        iq_Bx1xJxI, ik_Bx1xI, iw_Bx1xJ = self.indexer_inputs(x_BxTxD, pos_Bx1)
+        ik_BxSxI = decoding.cached(self, "ik", ik_Bx1xI, decode)
+        pick_Bx1xS = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_BxSxI, "BCJI,BSI->BCJS")
+      top, idx_Bx1xN = jax.lax.top_k(jnp.where(s_1x1xS <= t_Bx1x1, pick_Bx1xS, -jnp.inf), N)
+      valid_Bx1xN = jnp.isfinite(top)
+      if o.select == "indexer":  # the picked keys' scores recomputed from their indexer keys, as in the forward
+        ik_Bx1xNxI = jax.vmap(lambda a, i: a[i])(ik_BxSxI, idx_Bx1xN)
+        scores = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_Bx1xNxI, "BCJI,BCNI->BCJN")
+    bias = jnp.where(valid_Bx1xN, scores, 0.0) if o.select == "indexer" and o.indexer_grad == "gate" else None
+    out_Bx1xHxK, _ = gathered_attention(q_Bx1xHxK, k_BxSxGxK, v_BxSxGxK, idx_Bx1xN, valid_Bx1xN, bias)
+    return project_out(self, out_Bx1xHxK, self.cfg), {}
+
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+    if decoding.stepping(decode):
+      return self._step(x_BxTxD, decode)
     o = self.opts
     B, T, _ = x_BxTxD.shape
     N, C = min(o.top_k, T), min(o.query_chunk, T)
@@ -179,8 +227,8 @@ class SparseAttention(nn.Module):
       iq_BxTxJxI, ik_BxTxI, iw_BxTxJ = self.indexer_inputs(x_BxTxD)
       self.sow("intermediates", "indexer", (iq_BxTxJxI, ik_BxTxI, iw_BxTxJ))
       iq_pad, iw_pad = padT(iq_BxTxJxI), padT(iw_BxTxJ)
-    seed = zlib.crc32("/".join(self.scope.path).encode())  # a fixed random pattern per layer
-    want_kl = o.select == "indexer" and o.indexer_loss != "none"
+    seed = self.seed()
+    want_kl = o.select == "indexer" and o.indexer_loss != "none" and decode is None
     want_diag = o.diagnostics and wants_diagnostics(self)  # never in a timed or training pass
     # exploration in training: Gumbel-top-k over I / tau draws k keys without replacement from softmax(I / tau)
     noise_key = self.make_rng("dropout") if o.sample_temperature > 0 and not deterministic else None
@@ -196,7 +244,7 @@ class SparseAttention(nn.Module):
         valid_BxCxN = jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
       else:
         if o.select == "random":  # one pattern for all rows ([1, C, T]): pick once, then broadcast
-          pick_xCxS = jax.random.uniform(jax.random.fold_in(jax.random.key(seed), start), (1, C, T))
+          pick_xCxS = random_scores(seed, pos_C[None, :, None], jnp.arange(T)[None, None, :])
         else:
           iq = jax.lax.dynamic_slice_in_dim(iq_pad, start, C, 1)
           iw = jax.lax.dynamic_slice_in_dim(iw_pad, start, C, 1)
@@ -229,6 +277,9 @@ class SparseAttention(nn.Module):
 
     res = map_query_chunks(chunk, T, C)
     self.sow("intermediates", "selected", (res["idx"], res["valid"]))
+    if decode is not None:  # prefill: cache the prompt's keys, values and indexer keys
+      for name, a in (("k", k_BxTxGxK), ("v", v_BxTxGxK)) + ((("ik", ik_BxTxI),) if o.select == "indexer" else ()):
+        decoding.cached(self, name, a, decode)
     aux = {}
     if want_kl:
       aux["indexer_kl"] = jnp.mean(res["kl"])

@@ -1,0 +1,110 @@
+"""The decoding contract (r1jax/decoding.py), over every registered mixer and feed-forward: a prefill of prompts of
+different lengths, then one token at a time, gives the full forward's logits at every position (float32)."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import decoding, registry
+from r1jax.config import ModelConfig
+from r1jax.model import Transformer
+from r1jax.registry import ConfigError
+
+registry.load_builtins()
+# Options small enough that the selection rules choose at T = 12 (a key budget below the context), per mixer name;
+# extra cases (name, options) for the other rules and branches of a mixer.
+SMALL = {
+    "local": {"window": 3}, "fusion": {"window": 3, "beta": "token"},
+    "sparse": {"top_k": 4, "query_chunk": 8}, "block_sparse": {"block_size": 2, "top_blocks": 2},
+    "nsa": {"cmp_block": 4, "cmp_stride": 2, "slc_block": 2, "top_blocks": 4, "window": 3, "query_chunk": 8},
+    "fast_weight": {"short_conv": 3},
+}
+EXTRA = [("sparse", {"select": "window", "top_k": 4}), ("sparse", {"select": "random", "top_k": 4}),
+         ("sparse", {"top_k": 4, "indexer_grad": "none", "indexer_loss": "kl", "detach_indexer_input": True}),
+         ("nsa", {"cmp_block": 4, "cmp_stride": 4, "slc_block": 4, "top_blocks": 3, "window": 2, "compress": "mean"}),
+         ("fast_weight", {"delta": True, "gate": "scalar"}), ("fast_weight", {"gate": "vector", "out_gate": True}), ("time_channel", {"time": False})]
+
+
+def _not_decodable(name: str, opts) -> str:
+  return getattr(registry.MIXERS[name].module, "not_decodable", lambda o: "")(opts)
+
+
+CAUSAL = [n for n, e in sorted(registry.MIXERS.items()) if not _not_decodable(n, e.options())]
+CASES = [(n, SMALL.get(n, {})) for n in CAUSAL] + EXTRA
+
+
+def _config(mixer: str, options: dict, ffn: str = "swiglu", ffn_options: dict | None = None) -> ModelConfig:
+  return ModelConfig(vocab_size=40, num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, d_ff=48, mixer=mixer,
+                     mixer_options={mixer: options}, ffn=ffn, ffn_options={ffn: ffn_options or {}}, init_std=0.3)
+
+
+def decode_logits(model, params, tokens_BxT, lengths_B, max_len):
+  """Prefill the first lengths[b] tokens of each row (the rest of the row is junk the prefill must not read), then
+  feed row b's tokens from lengths[b] on, one step at a time: logits [B, T, V] at every position < T, position t
+  from the call that consumed token t."""
+  B, T = tokens_BxT.shape
+  junk = jnp.where(jnp.arange(T)[None] < lengths_B[:, None], tokens_BxT, (tokens_BxT * 7 + 3) % 40)
+  prefill = jax.jit(lambda p, t, L: model.apply(p, t, decode=decoding.Decode.prefill(L, max_len), mutable=["cache"]))
+  step = jax.jit(lambda p, c, t, pos: model.apply({**p, "cache": c}, t, decode=decoding.Decode.step(pos, max_len),
+                                                  mutable=["cache"]))
+  (logits, _), state = prefill(params, junk, lengths_B)
+  out = np.array(logits)
+  cache, lengths = state["cache"], np.asarray(lengths_B)
+  for j in range(T - lengths.min()):
+    pos = lengths + j
+    tok = np.asarray(tokens_BxT)[np.arange(B), np.minimum(pos, T - 1)][:, None]
+    (logits, _), state = step(params, cache, jnp.asarray(tok), jnp.asarray(pos))
+    cache = state["cache"]
+    for b in np.nonzero(pos < T)[0]:
+      out[b, pos[b]] = logits[b, 0]
+  return out
+
+
+def _check_decode_equals_forward(cfg, T=12, lengths=(5, 1, 9)):
+  model = Transformer(cfg)
+  tokens = jax.random.randint(jax.random.key(0), (len(lengths), T), 0, cfg.vocab_size)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(1), tokens))
+  full, _ = jax.jit(model.apply)(params, tokens)
+  got = decode_logits(model, params, tokens, jnp.asarray(lengths), max_len=2 * T)
+  V = cfg.vocab_size
+  np.testing.assert_allclose(got[..., :V], np.asarray(full)[..., :V], rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("mixer,options", CASES, ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}"
+                                                      for n, o in CASES])
+def test_prefill_then_steps_equal_the_full_forward(mixer, options):
+  _check_decode_equals_forward(_config(mixer, options))
+
+
+@pytest.mark.parametrize("ffn", sorted(registry.FFNS))
+def test_every_feed_forward_decodes(ffn):
+  """Feed-forwards act per token; MoE with capacity slots (a batch construct) decodes through its dropless path,
+  so its forward is compared dropless."""
+  opts = {"num_experts": 4, "top_k": 2, "num_shared": 1} if ffn == "moe" else {}
+  _check_decode_equals_forward(_config("attention", {}, ffn, opts))
+
+
+def test_every_registered_mixer_is_covered_or_says_why_it_cannot_decode():
+  for name, entry in registry.MIXERS.items():
+    assert name in CAUSAL or _not_decodable(name, entry.options()), name
+
+
+@pytest.mark.parametrize("mixer,options,why", [("routed", {}, "later tokens"),
+                                               ("block_sparse", {"score_by": "block"}, "later queries")])
+def test_a_mixer_that_cannot_decode_is_one_clear_error(mixer, options, why):
+  cfg = dataclasses.replace(_config("attention", {}), mixer=mixer, mixer_options={mixer: options})
+  model = Transformer(cfg)
+  tokens = jnp.zeros((1, 4), jnp.int32)
+  with pytest.raises(ConfigError, match=f"model.mixer='{mixer}' cannot decode: .*{why}"):
+    jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), tokens,
+                                                  decode=decoding.Decode.prefill(jnp.ones(1), 8)))
+
+
+def test_the_video_mixer_cannot_decode():
+  entry = registry.MIXERS["spacetime"]
+  with pytest.raises(ConfigError, match="model.mixer='spacetime' cannot decode: .*not autoregressive"):
+    decoding.check_decodable(entry.module, entry.options(), "spacetime")
