@@ -1,6 +1,6 @@
 """Sampling text from a trained run: a jitted prefill of the prompts, then a decode loop inside one compiled function.
 
-  python -m r1jax.generate --workdir=results/dense_baseline/dense/seed0 --prompt="ROMEO:" --max_new_tokens=300
+  python -m r1jax.generate --workdir=results/dense_baseline/base/seed0 --prompt="ROMEO:" --max_new_tokens=300
   python -m r1jax.generate --workdir=<run> --prompt="ROMEO:" --prompt="JULIET:" --temperature=0.8 --top_k=20
 
 Prompts of different lengths share one batch (right-padded; each row decodes from its own position, see
@@ -87,7 +87,7 @@ def load(workdir: str):
   cannot generate text."""
   if latest_step(workdir) is None:
     raise ConfigError(f"--workdir={workdir!r} holds no checkpoint (no {os.path.join(workdir, 'checkpoints')}). Fix: "
-                      "pass the workdir of a trained run, e.g. results/dense_baseline/dense/seed0.")
+                      "pass the workdir of a trained run, e.g. results/dense_baseline/base/seed0.")
   ckpt = Checkpointer(workdir, 1, create=False)
   try:
     saved, meta = ckpt.restore_raw()
@@ -155,7 +155,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint it opens at INFO
   if not FLAGS.workdir:
     raise ConfigError("--workdir is required. Fix: pass a trained run's workdir, e.g. "
-                      "--workdir=results/dense_baseline/dense/seed0.")
+                      "--workdir=results/dense_baseline/base/seed0.")
   sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
   for text in generate_text(FLAGS.workdir, FLAGS.prompt, FLAGS.max_new_tokens, sampling, FLAGS.max_len):
     print(text)

@@ -234,7 +234,7 @@ class LocalLauncher:
   def launch(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None],
              record: SweepRecord) -> None:
     del record
-    if self.workers > 1 and len(todo) > 1:
+    if self.workers > 1:  # even for one run: its tokens/s must be one-thread numbers, as its table's others
       self._pool(todo, finish, log)
       return
 
