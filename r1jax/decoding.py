@@ -115,7 +115,7 @@ def ring(module, name: str, new_BxTx: jax.Array, decode: Decode, window: int) ->
   """A ring buffer of the last `window` entries per row (memory O(window), not O(max_len)): slot j holds position p
   with p % window == j. Returns the buffer [B, W, ...] and its slots' positions [B, W] (-1: empty)."""
   B, T, *rest = new_BxTx.shape
-  W = window
+  W = min(window, decode.max_len)  # a window longer than the cache needs no more slots than it
   buf = module.variable(CACHE, name, jnp.zeros, (B, W, *rest), new_BxTx.dtype)
   pos = module.variable(CACHE, f"{name}_pos", lambda: jnp.full((B, W), -1, jnp.int32))
   if decode.mode == "prefill":  # slot j: the last prompt position p < L with p % W == j
