@@ -14,8 +14,6 @@ that would not fit in memory, or fails, prints as n/a.
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 from absl import flags
@@ -23,7 +21,7 @@ from absl import flags
 from r1jax import entry
 from r1jax.config import ModelConfig
 from r1jax.registry import ConfigError
-from r1jax.scaling import fit_exponent, timed
+from r1jax.scaling import fit_exponent, measure_in_child, memory_limit_bytes, timed
 
 flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"], "sequence lengths T")
 flags.DEFINE_list("variants", ["dense", "topk", "block", "window", "random", "local"],
@@ -68,25 +66,17 @@ def variant_config(name: str) -> ModelConfig:
 
 
 def max_bytes() -> float:
-  if FLAGS.max_memory_gb:
-    return FLAGS.max_memory_gb * 2**30
-  if jax.default_backend() != "cpu":
-    return float("inf")
-  return 0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return memory_limit_bytes(FLAGS.max_memory_gb)
 
 
 def measure(name: str, T: int, backward: bool) -> dict:
   """One measurement in a child process: running out of host memory kills the child, not the sweep."""
-  args = [sys.executable, os.path.abspath(__file__), f"--one={name}:{T}:{int(backward)}"] + [
+  args = [os.path.abspath(__file__), f"--one={name}:{T}:{int(backward)}"] + [
       f"--{f}={FLAGS[f].value}" for f in ("budget", "d_model", "heads", "batch", "repeats", "max_sec", "dtype",
                                           "max_memory_gb")]
-  out = subprocess.run(args, capture_output=True, text=True)
-  if out.returncode == 0:
-    return json.loads(out.stdout.strip().splitlines()[-1])
-  if out.returncode < 0:  # the host's OOM killer sends SIGKILL; the child's stderr then ends with unrelated logs
-    why = f"killed by signal {-out.returncode}, likely out of host memory"
-  else:
-    why = out.stderr.strip().splitlines()[-1][:150] if out.stderr.strip() else f"exit code {out.returncode}"
+  result, why = measure_in_child(args)
+  if result is not None:
+    return result
   print(f"  {name} T={T} {'fwd+bwd' if backward else 'fwd'}: n/a ({why})")
   return {"T": T, "sec": float("nan"), "memory_bytes": float("nan")}
 

@@ -18,8 +18,6 @@ Each measurement runs in a child process, so running out of memory costs one cel
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 
 import flax.linen as nn
@@ -32,6 +30,7 @@ from r1jax import decoding, entry
 from r1jax.config import ModelConfig
 from r1jax.model import Transformer
 from r1jax.registry import ConfigError
+from r1jax.scaling import measure_in_child, memory_limit_bytes
 from r1jax.train import static_memory_bytes
 
 flags.DEFINE_list("contexts", ["1024", "4096", "16384"], "context lengths C (cache positions)")
@@ -70,14 +69,6 @@ def variant_config(name: str) -> ModelConfig:
                      dtype=FLAGS.dtype, mixer=mixer, mixer_options={mixer: options}, **ffn)
 
 
-def max_bytes() -> float:
-  if FLAGS.max_memory_gb:
-    return FLAGS.max_memory_gb * 2**30
-  if jax.default_backend() != "cpu":
-    return float("inf")
-  return 0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _median_sec(fn, *args) -> float:
   jax.block_until_ready(fn(*args))
   times = []
@@ -98,7 +89,7 @@ def measure_here(name: str, C: int) -> dict:
                                              mutable=[decoding.CACHE])[1][decoding.CACHE])
   tokens = jax.random.randint(jax.random.key(1), (1, C), 0, 256)
   compiled = prefill.lower(params, tokens).compile()
-  out["prefill_sec"] = (_median_sec(compiled, params, tokens) if static_memory_bytes(compiled) <= max_bytes()
+  out["prefill_sec"] = (_median_sec(compiled, params, tokens) if static_memory_bytes(compiled) <= memory_limit_bytes(FLAGS.max_memory_gb)
                         else float("nan"))
 
   def steps(p, cache, pos_B):  # --steps tokens, the cache's last positions
@@ -131,14 +122,12 @@ def measure_here(name: str, C: int) -> dict:
 
 def measure(name: str, C: int) -> dict:
   """One measurement in a child process (running out of memory kills the child, not the sweep)."""
-  args = [sys.executable, os.path.abspath(__file__), f"--one={name}:{C}"] + [
+  args = [os.path.abspath(__file__), f"--one={name}:{C}"] + [
       f"--{f}={FLAGS[f].value}" for f in ("budget", "d_model", "heads", "layers", "batch", "steps", "repeats",
                                           "dtype", "max_memory_gb")]
-  res = subprocess.run(args, capture_output=True, text=True)
-  if res.returncode == 0:
-    return json.loads(res.stdout.strip().splitlines()[-1])
-  why = (f"killed by signal {-res.returncode}, likely out of host memory" if res.returncode < 0 else
-         (res.stderr.strip().splitlines() or [f"exit code {res.returncode}"])[-1][:150])
+  result, why = measure_in_child(args)
+  if result is not None:
+    return result
   print(f"  {name} C={C}: n/a ({why})")
   return {k: float("nan") for k in ("prefill_sec", "step_sec_b1", "step_sec_batch", "cache_bytes")}
 

@@ -221,7 +221,7 @@ def layer_timing(names) -> tuple[list[str], dict]:
   # in a fresh worker process (every core; glibc huge pages, as the training workers)
   times = sweep.in_worker(scaling.layer_times, {f: (inference_layer(f), layer(trained[f])) for f in groups}, Ts,
                           repeats=3, budget_sec=1.0,
-                          max_bytes=0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+                          max_bytes=scaling.memory_limit_bytes(fraction=0.6))
   lines = [f"One layer (d=64, 2 heads, batch 1) on {jax.default_backend()}: median of up to 3 timed calls "
            "after a warm-up (1 past a second), ratio to dense "
            "(n/a: over 60% of RAM)", "", scaling.ratio_table(times, Ts, {f: " / ".join(s) for f, s in groups.items()})]

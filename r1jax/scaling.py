@@ -1,6 +1,10 @@
 """Cost of one sequence mixer as a function of sequence length: compiled FLOPs, time and memory, and the fitted
 log-log slope (the empirical complexity exponent). Used by benchmarks/ and by drivers that check O(.) claims."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -9,6 +13,27 @@ import numpy as np
 from r1jax import registry
 from r1jax.config import ModelConfig
 from r1jax.train import compiled_flops, peak_memory_bytes, static_memory_bytes
+
+
+def memory_limit_bytes(max_memory_gb: float = 0.0, fraction: float = 0.75) -> float:
+  """The memory a measurement may take: max_memory_gb when set; else `fraction` of the host's RAM on a CPU (where
+  running out kills the process instead of raising) and no limit on a GPU/TPU (out of memory is an error there)."""
+  if max_memory_gb:
+    return max_memory_gb * 2**30
+  if jax.default_backend() != "cpu":
+    return float("inf")
+  return fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def measure_in_child(args: list[str]) -> tuple[dict | None, str]:
+  """Runs `python <args>` (a benchmark measuring one cell and printing it as JSON on its last line) in a child
+  process, so that running out of memory costs that cell, not the sweep: (the JSON, "") or (None, why it failed)."""
+  out = subprocess.run([sys.executable] + args, capture_output=True, text=True)
+  if out.returncode == 0:
+    return json.loads(out.stdout.strip().splitlines()[-1]), ""
+  if out.returncode < 0:  # the host's OOM killer sends SIGKILL; the child's stderr then ends with unrelated logs
+    return None, f"killed by signal {-out.returncode}, likely out of host memory"
+  return None, (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1][:150]
 
 
 def compile_mixer(cfg: ModelConfig, T: int, batch: int, backward: bool):

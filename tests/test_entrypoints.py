@@ -28,6 +28,13 @@ def _check_scaling(out, res):
   assert rows[1].split("|")[2].strip() + ": fwd+bwd time slope" in out and "n/a" not in out
 
 
+def _check_decode(out, res):
+  """decode.py: a child process per measurement, a row per (context, variant) with ratios to dense, a crossover line."""
+  rows = [line for line in out.splitlines() if line.startswith("| 64 |")]
+  assert len(rows) == 2 and rows[0].startswith("| 64 | dense |") and rows[0].count("(1.00)") == 4, rows
+  assert "local: decode step" in out and "n/a" not in out
+
+
 def _check_sparse(out, res):
   for task in ("mqar", "passkey", "shakespeare"):
     assert os.path.exists(res / task / "results.md")
@@ -116,6 +123,8 @@ TINY = {
                                          "--variants=dense,local"], _check_scaling),
     "benchmarks/recurrence_scaling.py": (["--lengths=64", "--d_model=32", "--heads=2", "--repeats=1",
                                           "--variants=dense,fw_chunkwise"], _check_scaling),
+    "benchmarks/decode.py": (["--contexts=32,64", "--steps=4", "--d_model=32", "--heads=2", "--layers=1", "--batch=2",
+                              "--repeats=1", "--variants=dense,local"], _check_decode),
     "benchmarks/train_step.py": (["--sizes=1x32x2,2x32x2", "--steps=2", "--seq_len=16", "--batch=4"],
                                  _check_train_step),
 }
