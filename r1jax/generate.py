@@ -62,7 +62,6 @@ def generate_ids(model, params, prompts_BxT: jax.Array, lengths_B: jax.Array, *,
                  sampling: Sampling) -> jax.Array:
   """[B, max_new_tokens] sampled ids after each row's prompt (its first lengths[b] tokens): one prefill, then a
   scan of decoding steps, all in one compiled function."""
-  B = prompts_BxT.shape[0]
   (logits_BxTxV, _), state = model.apply(params, prompts_BxT, decode=decoding.Decode.prefill(lengths_B, max_len),
                                          mutable=[decoding.CACHE])
   last_BxV = jnp.take_along_axis(logits_BxTxV, (lengths_B - 1)[:, None, None], 1)[:, 0]
@@ -78,7 +77,6 @@ def generate_ids(model, params, prompts_BxT: jax.Array, lengths_B: jax.Array, *,
     return (new[decoding.CACHE], token_B), token_B
 
   _, rest_NxB = jax.lax.scan(step, (state[decoding.CACHE], first_B), jnp.arange(1, max_new_tokens))
-  del B
   return jnp.concatenate([first_B[:, None], rest_NxB.T], 1)
 
 
