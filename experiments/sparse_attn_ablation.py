@@ -167,7 +167,7 @@ TIMED_LENGTHS = (2048, 4096, 8192, 16384)  # one layer's forward and forward+bac
 
 def lengths() -> tuple[tuple[int, ...], tuple[int, ...]]:
   """(LENGTHS, TIMED_LENGTHS), shrunk for --quick."""
-  return ((128, 256), (256, 512)) if flags.FLAGS.quick else (LENGTHS, TIMED_LENGTHS)
+  return ((128, 256), (256,)) if flags.FLAGS.quick else (LENGTHS, TIMED_LENGTHS)
 
 
 def complexity(names) -> tuple[list[str], dict]:

@@ -125,13 +125,18 @@ class SpeedQuality:
     return Measured(value, r.scale(v), _verdict(s[0] >= self.min_speed and q[0] >= self.min_quality))
 
 
-def _saved_complexity(folder: str) -> dict:
-  """The compiled-FLOPs-against-T measurements the sparse driver saved beside its task folders ({} if none)."""
+def _saved_report(folder: str, key: str) -> dict:
+  """Measurements `key` a driver saved in report.json beside its task folders ({} if none): the sparse driver's
+  compiled FLOPs against T ("complexity"), the KV-cache driver's decoding costs ("decode")."""
   path = os.path.join(os.path.dirname(folder), "report.json")
   if not os.path.exists(path):
     return {}
   with open(path) as f:
-    return json.load(f)["complexity"]
+    return json.load(f).get(key, {})
+
+
+def _saved_complexity(folder: str) -> dict:
+  return _saved_report(folder, "complexity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +181,67 @@ class ComputeCut:
       cut = 1 - cx[v]["flops"][-1] / cx["dense"]["flops"][-1]
       out.append(Measured(f"{v}: {cut:.0%} fewer attention FLOPs than dense",
                           f"one mixer at T={cx[v]['lengths'][-1]}", _verdict(cut >= self.min_cut)))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheCut:
+  """At least `min_cut` fewer decoding-cache bytes per token than the folder's baseline (report.json, measured from
+  the models' caches) at a quality ratio of at least `min_quality` (baseline loss / loss)."""
+
+  variants: tuple[str, ...]
+  min_cut: float
+  min_quality: float
+
+  def judged_on(self) -> str:
+    return (f"1 - cache bytes per token / the baseline's >= {self.min_cut:.0%} (the KV cache only, not the weights; "
+            f"report.json) and baseline loss / loss >= {self.min_quality:g}; per-seed ratios, mean ± std")
+
+  def __call__(self, folder: str) -> list[Measured]:
+    cache = _saved_report(folder, "decode").get("variants", {})
+    r = Results.load(folder)
+    if r is None or r.baseline not in cache:
+      return []
+    out = []
+    for v in (v for v in self.variants if v in r.rows and v in cache):
+      cut = 1 - cache[v]["cache_bytes_per_token"] / cache[r.baseline]["cache_bytes_per_token"]
+      q = r.ratio(v, "eval/loss", invert=True)
+      out.append(Measured(f"{v}: {cut:.0%} smaller cache than {r.baseline}, quality {_pm(*q, '{:.3f}')} "
+                          f"({r.baseline} loss / loss)", r.scale(v),
+                          _verdict(cut >= self.min_cut and q[0] >= self.min_quality)))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpeed:
+  """A decoding step at batch 1 at least `min_speed` x faster than `baseline`'s at the longest context measured
+  (benchmarks/decode.py's report.json in the folder: random weights, so speed only; quality is judged on the
+  trained models' rows of the same claim)."""
+
+  variants: tuple[str, ...]
+  min_speed: float
+  baseline: str = "dense"
+
+  def judged_on(self) -> str:
+    return (f"{self.baseline} decode step time / the variant's >= {self.min_speed:g} at batch 1, the longest context "
+            "measured (benchmarks/decode.py; speed only)")
+
+  def __call__(self, folder: str) -> list[Measured]:
+    path = os.path.join(folder, "report.json")
+    if not os.path.exists(path):
+      return []
+    with open(path) as f:
+      d = json.load(f)
+    steps, C, m = d["variants"], d["contexts"][-1], d["model"]
+    if self.baseline not in steps:
+      return []
+    scale = (f"{m['layers']} layers x {m['d_model']} wide, {m['heads']} heads, {C:,} cached tokens, batch 1, "
+             f"{m['dtype']}, {d['backend']}")
+    out = []
+    for v in (v for v in self.variants if v in steps):
+      speed = steps[self.baseline]["step_sec_b1"][-1] / steps[v]["step_sec_b1"][-1]
+      out.append(Measured(f"{v}: decode step {speed:.2f}x {self.baseline}'s speed", scale,
+                          _verdict(speed >= self.min_speed)))
     return out
 
 
@@ -275,6 +341,7 @@ class Claim:
   driver: str  # experiments/<driver>.py, whose results folder is <results root>/<driver>
   task: str  # the task folder inside it ("" for a single-task driver)
   measure: Callable[[str], list[Measured]]  # a measure above: metric, statistic and threshold
+  script: str = ""  # what writes the results folder, when not experiments/<driver>.py (a benchmark)
 
   @property
   def experiment(self) -> str:
@@ -282,7 +349,7 @@ class Claim:
 
   @property
   def command(self) -> str:
-    return f"python experiments/{self.driver}.py"
+    return f"python {self.script or f'experiments/{self.driver}.py'}"
 
 
 SPARSE = "sparse_attn_ablation"
@@ -294,12 +361,19 @@ CLAIMS = (
           SPARSE, "passkey", SpeedQuality(SPARSE_VARIANTS, 3.2, 0.98, "accuracy")),
     Claim("002, 004", "在保持98%精度的情况下,推理速度提升3.2倍", "(the same claim on text)",
           SPARSE, "shakespeare", SpeedQuality(SPARSE_VARIANTS, 3.2, 0.98, "loss")),
+    Claim("002, 004", "在保持98%精度的情况下,推理速度提升3.2倍", "(the same claim on decoding speed)",
+          "decode", "", DecodeSpeed(("sparse", "nsa", "block_sparse"), 3.2), "benchmarks/decode.py"),
     Claim("002", "计算复杂度从O(n²)降至O(n log n)", "sparse attention: O(n^2) -> O(n log n)",
           SPARSE, "mqar", Complexity(SPARSE_VARIANTS)),
     Claim("003", "稀疏注意力架构将计算量降低65%", "sparse attention cuts compute by 65%",
           SPARSE, "mqar", ComputeCut(SPARSE_VARIANTS, 0.65)),
+    Claim("001", "内存复用技术:通过共享K/V缓存,将连续推理的内存占用降低60%",
+          "sharing the K/V cache cuts inference memory by 60%", "kv_cache_ablation", "shakespeare",
+          CacheCut(("gqa2", "mqa", "mla", "mla_sparse"), 0.6, 0.98)),
     Claim("000", "推理速度提升3-5倍,而准确率损失不足1%", "MoE: 3-5x faster inference than dense, < 1% accuracy loss",
           "moe_ablation", "", SpeedAtLoss(("top2", "top1", "deepseekmoe"), "dense_8x", 3.0, 0.01)),
+    Claim("000", "推理速度提升3-5倍,而准确率损失不足1%", "(the same claim on decoding speed, against dense of equal "
+          "active width)", "decode", "", DecodeSpeed(("moe",), 3.0), "benchmarks/decode.py"),
     Claim("001", "参数量减少35%的同时,保持了与BERT-large相当的语义理解能力",
           "local lower / global upper layers: 35% fewer parameters at the same quality",
           "hierarchical_routing_ablation", "listops",

@@ -94,6 +94,9 @@ class ModelConfig(PicklesAsDicts):
         registry.lookup(table, name, f"model.{field}" + ("_pattern" if getattr(self, f"{field}_pattern") else ""))
       object.__setattr__(self, f"{field}_options",
                          named_options(table, getattr(self, f"{field}_options"), f"model.{field}_options"))
+    for kind in ("mixer", "ffn"):  # option sets with constraints that involve the model's widths check them here
+      for name in sorted(set(self.layer_names(kind))):
+        getattr(self.options(kind, name), "check_model", lambda model: None)(self)
     video_mixers = set(self.layer_names("mixer")) & set(VIDEO_MIXERS)
     if self.arch == "video":
       require(set(self.layer_names("mixer")) <= set(VIDEO_MIXERS), "model.mixer",

@@ -66,8 +66,8 @@ def check_decodable(module_cls: type, opts, name: str) -> None:
   why = getattr(module_cls, "not_decodable", lambda o: "")(opts)
   if why:
     raise ConfigError(f"model.mixer={name!r} cannot decode: {why}. Fix: decode a model whose mixers are causal "
-                      "(attention, local, fusion, sparse, block_sparse with score_by='token', nsa, fast_weight, "
-                      "time_channel).")
+                      "(attention, local, fusion, sparse, block_sparse with score_by='token', nsa, mla, "
+                      "fast_weight, time_channel).")
 
 
 def write(cache: jax.Array, new_BxTx: jax.Array, decode: Decode) -> jax.Array:

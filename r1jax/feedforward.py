@@ -53,4 +53,4 @@ class NoFFN(nn.Module):
 
   def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
     del deterministic
-    return jnp.zeros_like(x_BxTxD), {}
+    return jnp.zeros_like(x_BxTxD, dtype=layers.dtype(self.cfg.dtype)), {}

@@ -274,3 +274,37 @@ def nsa_branches(q_BxTxHxK, kv_cmp, kv_slc, kv_win, opts, mlp_k=None, mlp_v=None
   o_slc = np.asarray(attention(q_BxTxHxK, kv_slc[0], kv_slc[1], mask_BxHxTxT))
   o_win = np.asarray(attention(q_BxTxHxK, kv_win[0], kv_win[1], window_mask(T, opts.window)))
   return o_cmp, o_slc, o_win, chosen
+
+
+def mla(x_BxTxD, params, dims, eps, base, mask_BxTxS=None):
+  """Multi-head latent attention (DeepSeek-V2 section 2.1) token by token from its equations in float64: the
+  latent c = RMSNorm(x W_DKV), per-head keys [c W_UK,h ; RoPE(x W_KR)] and values c W_UV,h, queries
+  [q_C,h ; RoPE(q_R,h)] (from RMSNorm(x W_DQ) when the model has a query latent), scale 1/sqrt(d_h + d_r), then the
+  output projection. `params` is the mla mixer's parameter dict; mask (True = attend) defaults to causal."""
+  x = np.asarray(x_BxTxD, np.float64)
+  p = {k: (np.asarray(v["scale"] if isinstance(v, dict) else v, np.float64)) for k, v in params.items()}
+  d_c, d_r, d_h = dims["d_c"], dims["d_r"], dims["d_h"]
+
+  def rmsnorm(a, scale):
+    return a / np.sqrt(np.mean(a * a, -1, keepdims=True) + eps) * scale
+
+  latent = x @ p["wkv_a"]
+  c = rmsnorm(latent[..., :d_c], p["kv_norm"])
+  k_rope = rope(latent[..., d_c:][:, :, None], base)  # [B, T, 1, d_r], shared by every head
+  xq = rmsnorm(x @ p["wq_a"], p["q_norm"]) if dims["d_cq"] else x
+  q = np.einsum("btd,dhe->bthe", xq, p["wq"])
+  q = np.concatenate([q[..., :d_h], rope(q[..., d_h:], base)], -1)
+  H = q.shape[2]
+  k = np.concatenate([np.einsum("btc,chn->bthn", c, p["wk_b"]), np.repeat(k_rope, H, 2)], -1)
+  v = np.einsum("btc,chv->bthv", c, p["wv_b"])
+  T = x.shape[1]
+  mask_BxTxS = np.broadcast_to(causal_mask(T) if mask_BxTxS is None else mask_BxTxS, (x.shape[0], T, T))
+  o = np.zeros(v.shape[:2] + (H, v.shape[-1]))
+  for b in range(x.shape[0]):
+    for t in range(T):
+      for h in range(H):
+        s = np.nonzero(mask_BxTxS[b, t])[0]
+        logits = k[b, s, h] @ q[b, t, h] / np.sqrt(d_h + d_r)
+        w = np.exp(logits - logits.max())
+        o[b, t, h] = (w / w.sum()) @ v[b, s, h]
+  return np.einsum("bthv,hvd->btd", o, p["wo"])

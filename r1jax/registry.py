@@ -12,6 +12,7 @@ BUILTIN_MODULES = (
     "r1jax.attention.sparse",
     "r1jax.attention.block_sparse",
     "r1jax.attention.nsa",
+    "r1jax.attention.mla",
     "r1jax.attention.local",
     "r1jax.attention.fusion",
     "r1jax.attention.routed",

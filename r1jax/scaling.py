@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -106,6 +107,54 @@ def layer_times(layers: dict[str, tuple[ModelConfig, ModelConfig]], lengths, rep
         except MemoryError:
           sec = float("nan")
         out.setdefault(name, {}).setdefault(what, []).append(sec)
+  return out
+
+
+def decode_step(cfg: ModelConfig, C: int, batch: int = 1, steps: int = 16, repeats: int = 3,
+                params=None) -> dict[str, float]:
+  """A decoding step of the LM `cfg` at context C (r1jax/decoding.py): seconds per token at `batch` (median of
+  `repeats` timed calls of one compiled scan of `steps` tokens at the cache's last positions, after a warm-up call)
+  and the cache's bytes per sequence. A step attends a cache of C positions; its content does not change the work,
+  so the cache is an empty one (no prefill)."""
+  import jax.numpy as jnp
+
+  from r1jax import decoding
+  from r1jax.model import Transformer
+
+  model = Transformer(cfg)
+  if params is None:
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+  start = jax.jit(lambda p, t: model.apply(p, t, decode=decoding.Decode.prefill(jnp.ones((batch,), jnp.int32), C),
+                                           mutable=[decoding.CACHE])[1][decoding.CACHE])
+
+  def scan(p, cache, pos_B):
+    def one(c, i):
+      (logits, _), new = model.apply({**p, decoding.CACHE: c}, jnp.zeros((batch, 1), jnp.int32),
+                                     decode=decoding.Decode.step(pos_B + i, C), mutable=[decoding.CACHE])
+      return new[decoding.CACHE], logits[:, 0, 0]
+    return jax.lax.scan(one, cache, jnp.arange(steps))
+
+  cache = start(params, jnp.zeros((batch, 1), jnp.int32))  # an empty cache of C positions
+  cache_bytes = float(sum(a.nbytes for a in jax.tree.leaves(cache))) / batch
+  pos_B = jnp.full((batch,), C - steps, jnp.int32)
+  compiled = jax.jit(scan, donate_argnums=1).lower(params, cache, pos_B).compile()
+  times = []
+  for _ in range(repeats + 1):  # the first call warms up
+    t0 = time.perf_counter()
+    cache = jax.block_until_ready(compiled(params, cache, pos_B)[0])  # the donated cache comes back each call
+    times.append(time.perf_counter() - t0)
+  return {"step_sec": float(np.median(times[1:])) / steps, "cache_bytes": cache_bytes}
+
+
+def decode_steps(models: dict[str, ModelConfig], contexts, batch: int = 1, steps: int = 16,
+                 repeats: int = 3) -> dict[str, dict[str, list[float]]]:
+  """name -> {"step_sec": [per context], "cache_bytes": [...]}: `decode_step` of each model at each context."""
+  out = {}
+  for name, cfg in models.items():
+    for C in contexts:
+      r = decode_step(cfg, C, batch, steps, repeats)
+      for k, v in r.items():
+        out.setdefault(name, {}).setdefault(k, []).append(v)
   return out
 
 

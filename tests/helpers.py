@@ -7,8 +7,37 @@ import numpy as np
 
 from r1jax.ablation import override
 from r1jax import sharding
-from r1jax.config import Config, default_config
+from r1jax.config import VIDEO_MIXERS, Config, ModelConfig, default_config
+from r1jax.registry import ConfigError
 from r1jax.train import Run, compile_train_step, forward
+
+# Mixer options small enough that every selection rule chooses at T = 12 (a key budget below the context), by
+# mixer name: the decoding and module-contract tests (test_decoding.py, test_contract.py) build mixers with them.
+SMALL_MIXER_OPTIONS = {
+    "local": {"window": 3}, "fusion": {"window": 3, "beta": "token"}, "routed": {"capacity": 0.5, "window": 4},
+    "sparse": {"top_k": 4, "query_chunk": 8}, "block_sparse": {"block_size": 2, "top_blocks": 2},
+    "nsa": {"cmp_block": 4, "cmp_stride": 2, "slc_block": 2, "top_blocks": 4, "window": 3, "query_chunk": 8},
+    "fast_weight": {"short_conv": 3},
+}
+
+def small_model_config(kind: str, name: str, options: dict, **kw) -> ModelConfig:
+  """A one-layer model (32 wide, 4 heads) with mixer or ffn (`kind`) `name` and its options, with 2 key/value
+  groups where the mixer takes them (GQA coverage), else none (MLA's heads share one latent)."""
+  base = dict(vocab_size=40, num_layers=1, d_model=32, num_heads=4, d_ff=48, init_std=0.3,
+              arch="video" if kind == "mixer" and name in VIDEO_MIXERS else "lm",
+              **{kind: name, f"{kind}_options": {name: options}}, **kw)
+  try:
+    return ModelConfig(num_kv_heads=2, **base)
+  except ConfigError as e:
+    if "num_kv_heads" not in str(e):
+      raise
+    return ModelConfig(**base)
+
+
+# tiny_config overrides for a video classifier on moving digits (3 frames of 8 x 8, 4 x 4 patches)
+VIDEO = dict(model__arch="video", model__mixer="spacetime", data__kind="moving_digits", **{
+    f"data__options__moving_digits__{k}": v
+    for k, v in dict(frames=3, canvas=8, patch=4, num_test_examples=16).items()})
 
 
 def tiny_config(text: str = "", **overrides) -> Config:

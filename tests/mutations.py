@@ -125,6 +125,19 @@ MUTATIONS = (
              "tests/test_data.py", "min_gap"),
     Mutation("frozen_parameters_updated", "r1jax/train.py", "lambda m, new, old: new if m else old",
              "lambda m, new, old: new", "tests/test_train.py", "trainable_freezes"),
+    # MLA and the module contract (tests/test_mla.py, tests/test_contract.py) and the decoding cache
+    Mutation("mla_absorbs_w_uv_into_the_query", "r1jax/attention/mla.py",
+             'q_lat = jnp.einsum("BTHN,CHN->BTHC", q_C, wk)', 'q_lat = jnp.einsum("BTHN,CHN->BTHC", q_C, wv)',
+             "tests/test_mla.py", "absorbed"),
+    Mutation("mla_mask_reads_the_next_token", "r1jax/attention/mla.py", "np.tril(np.ones((T, T), bool))",
+             "np.tril(np.ones((T, T), bool), 1)", "tests/test_contract.py", "later and mla"),
+    Mutation("decode_cache_written_one_position_late", "r1jax/decoding.py",
+             "(cache, new_BxTx, decode.positions)", "(cache, new_BxTx, decode.positions + 1)",
+             "tests/test_decoding.py", "full_forward and attention"),
+    Mutation("feed_forward_mixes_tokens", "r1jax/feedforward.py",
+             "h_BxTxF = layers.constrain(nn.silu(gate_BxTxF) * up_BxTxF,",
+             "h_BxTxF = layers.constrain(nn.silu(gate_BxTxF) * jnp.cumsum(up_BxTxF, 1),", "tests/test_contract.py",
+             "row and swiglu"),
 )
 
 

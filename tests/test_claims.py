@@ -50,7 +50,32 @@ def test_ledger_lists_every_claim_and_marks_missing_results_not_tested(tmp_path)
   text = claims.ledger(str(tmp_path))  # an empty results root
   table = [line for line in text.splitlines() if line.startswith("| 0")]
   assert len(table) == len(claims.CLAIMS)
-  assert all(claims.NOT_TESTED in line and "run `python experiments/" in line for line in table)
+  assert all(claims.NOT_TESTED in line and "run `python experiments/" in line for line in table
+             if "| decode |" not in line)
+  assert sum("| decode |" in line and "run `python benchmarks/decode.py`" in line for line in table) == 2
+
+
+@pytest.mark.parametrize("step_sec,verdict", [(0.3, claims.SUPPORTED), (0.33, claims.NOT_AT_SCALE)])
+def test_decode_speed_verdict_from_the_benchmark_at_its_longest_context(tmp_path, step_sec, verdict):
+  os.makedirs(tmp_path / "decode")
+  saved = {"backend": "cpu (cpu)", "contexts": [1024, 4096], "variants": {
+      "dense": {"step_sec_b1": [0.1, 1.0]}, "sparse": {"step_sec_b1": [1.0, step_sec]}},
+      "model": {"layers": 2, "d_model": 256, "heads": 4, "budget": 128, "dtype": "float32", "batch": 8}}
+  with open(tmp_path / "decode" / "report.json", "w") as f:
+    json.dump(saved, f)
+  (m,) = claims.DecodeSpeed(("sparse", "nsa"), 3.2)(str(tmp_path / "decode"))  # nsa not measured: no row
+  assert m.verdict == verdict and "4,096 cached tokens" in m.scale and f"{1 / step_sec:.2f}x" in m.value
+
+
+@pytest.mark.parametrize("cache_bytes,loss,verdict", [(400, 1.0, claims.SUPPORTED), (420, 1.0, claims.NOT_AT_SCALE),
+                                                      (400, 1.03, claims.NOT_AT_SCALE)])
+def test_cache_cut_needs_the_cut_and_the_quality(tmp_path, cache_bytes, loss, verdict):
+  _write_task(tmp_path / "kv" / "text", "mha", {"mha/seed0": _run(0, 1.0, 1), "mla/seed0": _run(0, loss, 1)})
+  with open(tmp_path / "kv" / "report.json", "w") as f:
+    json.dump({"decode": {"variants": {"mha": {"cache_bytes_per_token": 1000},
+                                       "mla": {"cache_bytes_per_token": cache_bytes}}}}, f)
+  (m,) = claims.CacheCut(("mla", "mqa"), 0.6, 0.98)(str(tmp_path / "kv" / "text"))
+  assert m.verdict == verdict and f"{1 - cache_bytes / 1000:.0%} smaller cache than mha" in m.value
 
 
 @pytest.mark.parametrize("slope, verdict", [(1.05, claims.SUPPORTED), (1.8, claims.NOT_AT_SCALE)])

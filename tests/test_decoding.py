@@ -9,24 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import SMALL_MIXER_OPTIONS, small_model_config
 from r1jax import decoding, registry
 from r1jax.config import ModelConfig
 from r1jax.model import Transformer
 from r1jax.registry import ConfigError
 
 registry.load_builtins()
-# Options small enough that the selection rules choose at T = 12 (a key budget below the context), per mixer name;
-# extra cases (name, options) for the other rules and branches of a mixer.
-SMALL = {
-    "local": {"window": 3}, "fusion": {"window": 3, "beta": "token"},
-    "sparse": {"top_k": 4, "query_chunk": 8}, "block_sparse": {"block_size": 2, "top_blocks": 2},
-    "nsa": {"cmp_block": 4, "cmp_stride": 2, "slc_block": 2, "top_blocks": 4, "window": 3, "query_chunk": 8},
-    "fast_weight": {"short_conv": 3},
-}
+# extra cases (name, options) for the other rules and branches of a mixer
 EXTRA = [("sparse", {"select": "window", "top_k": 4}), ("sparse", {"select": "random", "top_k": 4}),
          ("sparse", {"top_k": 4, "indexer_grad": "none", "indexer_loss": "kl", "detach_indexer_input": True}),
          ("nsa", {"cmp_block": 4, "cmp_stride": 4, "slc_block": 4, "top_blocks": 3, "window": 2, "compress": "mean"}),
-         ("fast_weight", {"delta": True, "gate": "scalar"}), ("fast_weight", {"gate": "vector", "out_gate": True}), ("time_channel", {"time": False})]
+         ("fast_weight", {"delta": True, "gate": "scalar"}), ("fast_weight", {"gate": "vector", "out_gate": True}),
+         ("time_channel", {"time": False}),
+         ("mla", {"top_k": 4, "query_chunk": 8}), ("mla", {"q_rank": 12, "kv_rank": 10, "absorb": False}),
+         ("mla", {"top_k": 4, "query_chunk": 8, "indexer_grad": "gate", "indexer_loss": "none"})]
 
 
 def _not_decodable(name: str, opts) -> str:
@@ -34,12 +31,11 @@ def _not_decodable(name: str, opts) -> str:
 
 
 CAUSAL = [n for n, e in sorted(registry.MIXERS.items()) if not _not_decodable(n, e.options())]
-CASES = [(n, SMALL.get(n, {})) for n in CAUSAL] + EXTRA
+CASES = [(n, SMALL_MIXER_OPTIONS.get(n, {})) for n in CAUSAL] + EXTRA
 
 
 def _config(mixer: str, options: dict, ffn: str = "swiglu", ffn_options: dict | None = None) -> ModelConfig:
-  return ModelConfig(vocab_size=40, num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, d_ff=48, mixer=mixer,
-                     mixer_options={mixer: options}, ffn=ffn, ffn_options={ffn: ffn_options or {}}, init_std=0.3)
+  return small_model_config("mixer", mixer, options, ffn=ffn, ffn_options={ffn: ffn_options or {}})
 
 
 def decode_logits(model, params, tokens_BxT, lengths_B, max_len):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SHAKESPEARE
-from helpers import tiny_config
+from helpers import VIDEO, tiny_config
 from r1jax import generate
 from r1jax.registry import ConfigError
 from r1jax.train import Run
@@ -60,6 +60,13 @@ def test_bad_input_is_one_clear_error(trained, tmp_path):
     generate.generate_text(trained, ["ROMEO:"], 4, max_len=8)
   with pytest.raises(ConfigError, match="--top_p=0"):
     generate.Sampling(top_p=0.0)
+
+
+def test_a_video_model_cannot_generate(tmp_path):
+  workdir = str(tmp_path / "video")
+  Run(tiny_config(**VIDEO, workdir=workdir, model__num_layers=1, train__steps=1, train__checkpoint_every=1)).train()
+  with pytest.raises(ConfigError, match="holds a video model .*cannot generate. Fix: pass the workdir of a language"):
+    generate.load(workdir)
 
 
 def test_command_line_prints_text_and_errors_in_one_line(trained, tmp_path):

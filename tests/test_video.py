@@ -8,12 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import one_run, tiny_config
+from helpers import VIDEO, one_run, tiny_config
 from r1jax.video import VideoTransformer, layer_kinds
 
-VIDEO = dict(model__arch="video", model__mixer="spacetime", data__kind="moving_digits", **{
-    f"data__options__moving_digits__{k}": v
-    for k, v in dict(frames=3, canvas=8, patch=4, num_test_examples=16).items()})
 
 
 def model(kind, layers=2):

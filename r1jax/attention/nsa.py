@@ -97,21 +97,23 @@ def compress_blocks(k_BxTxGxK: jax.Array, l: int, d: int, mode: str, mlp: tuple 
   return jnp.einsum("BMGF,FK->BMGK", nn.silu(jnp.einsum("BMGE,EF->BMGF", flat_BxMxGxLK, w1_LKxF)), w2_FxK)
 
 
-def compressed_attention(q_BxTxHxK: jax.Array, kc_BxMxGxK: jax.Array, vc_BxMxGxK: jax.Array, l: int,
-                         d: int) -> tuple[jax.Array, jax.Array]:
-  """Attention over the compressed blocks that have ended by each query (none: zero output, zero probabilities).
+def compressed_attention(q_BxTxHxK: jax.Array, kc_BxMxGxK: jax.Array, vc_BxMxGxK: jax.Array, l: int, d: int,
+                         pos: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Attention over the compressed blocks that have ended by each query (none: zero output, zero probabilities);
+  query positions `pos` [T], or [B, T] per row (a decoding step), default 0..T-1.
 
   Returns output [B, T, H, K] and float32 probabilities [B, T, H, M]."""
   B, T, H, K = q_BxTxHxK.shape
   M, G = kc_BxMxGxK.shape[1:3]
   R = H // G
+  pos_xT = (np.arange(T) if pos is None else pos).reshape(-1, T)  # [1, T] or [B, T]
   q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, R, K)
   logits = jnp.einsum("BTGRK,BMGK->BTGRM", q_BxTxGxRxK, kc_BxMxGxK, preferred_element_type=jnp.float32) * K ** -0.5
-  ended_TxM = (np.arange(M)[None, :] * d + l - 1) <= np.arange(T)[:, None]
-  any_T = ended_TxM.any(1)
-  logits = jnp.where(ended_TxM[None, :, None, None], logits, -jnp.inf)
-  logits = jnp.where(any_T[None, :, None, None, None], logits, 0.0)  # rows with no block: defined, then zeroed
-  probs = jax.nn.softmax(logits, -1) * any_T[None, :, None, None, None]
+  ended_xTxM = (np.arange(M)[None, None, :] * d + l - 1) <= pos_xT[..., None]
+  any_xTx1x1x1 = ended_xTxM.any(-1)[..., None, None, None]
+  logits = jnp.where(ended_xTxM[:, :, None, None], logits, -jnp.inf)
+  logits = jnp.where(any_xTx1x1x1, logits, 0.0)  # rows with no block: defined, then zeroed
+  probs = jax.nn.softmax(logits, -1) * any_xTx1x1x1
   o = jnp.einsum("BTGRM,BMGK->BTGRK", probs.astype(vc_BxMxGxK.dtype), vc_BxMxGxK)
   return o.reshape(B, T, H, K), probs.reshape(B, T, H, M)
 
@@ -207,17 +209,10 @@ class NativeSparseAttention(nn.Module):
       cache.value = jnp.where(ends_B[:, None, None, None], written, cache.value)
       summaries.append(cache.value)
     kc_BxMxGxK, vc_BxMxGxK = summaries
-    ended_BxM = jnp.arange(M)[None, :] * d + l - 1 <= t_B[:, None]
-    q_BxGxRxK = q_Bx1xHxK[:, 0].reshape(B, G, H // G, K)
-    logits = jnp.einsum("BGRK,BMGK->BGRM", q_BxGxRxK, kc_BxMxGxK, preferred_element_type=jnp.float32) * K ** -0.5
-    any_B = ended_BxM.any(1)
-    logits = jnp.where(ended_BxM[:, None, None], logits, -jnp.inf)
-    logits = jnp.where(any_B[:, None, None, None], logits, 0.0)
-    probs_BxGxRxM = jax.nn.softmax(logits, -1) * any_B[:, None, None, None]
-    o_cmp = jnp.einsum("BGRM,BMGK->BGRK", probs_BxGxRxM.astype(vc_BxMxGxK.dtype), vc_BxMxGxK).reshape(B, 1, H, K)
+    o_cmp, p_Bx1xHxM = compressed_attention(q_Bx1xHxK, kc_BxMxGxK, vc_BxMxGxK, l, d, pos_Bx1)
 
     # (b) selection from the group's compressed probabilities, as the forward's select_blocks at this position
-    p_Bx1xGxM = probs_BxGxRxM.sum(2)[:, None]
+    p_Bx1xGxM = p_Bx1xHxM.reshape(B, 1, G, H // G, M).sum(3)
     if num_compressed(S, l, d) == 0:
       p_Bx1xGxM = p_Bx1xGxM[..., :0]
     ids, valid = select_blocks(p_Bx1xGxM, pos_Bx1, S, o)

@@ -14,6 +14,7 @@ Registered as the mixer `spacetime` of `model.arch=video` (see r1jax/video.py), 
 """
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -77,6 +78,7 @@ class SpaceTimeAttention(nn.Module):
 
   cfg: "ModelConfig"  # noqa: F821
   opts: SpaceTimeOptions
+  VIDEO: ClassVar[bool] = True  # takes [B, T, S, D] (the module contract, tests/test_contract.py, reads this)
 
   @staticmethod
   def not_decodable(opts: SpaceTimeOptions) -> str:

@@ -70,12 +70,13 @@ def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: ja
   """Softmax attention of each query over its N selected keys only (shared by the query's heads).
 
   Args:
-    q_BxTxHxK: queries; k_BxSxGxK, v_BxSxGxK: keys/values (G key/value heads, H/G query heads each).
+    q_BxTxHxK: queries; k_BxSxGxK, v_BxSxGxK: keys/values (G key/value heads, H/G query heads each; the values'
+      width may differ from K, as MLA's).
     idx_BxTxN: key positions per query, or [B, T, G, N]: per query and key/value group (NSA's selection);
       valid_BxTxN (same shape): False for padding picks (at least one True per row).
     bias_BxTxN: added to the logits (the indexer gate), or None.
   Returns:
-    output [B, T, H, K] and float32 probabilities [B, T, G, H/G, N].
+    output [B, T, H, K_v] and float32 probabilities [B, T, G, H/G, N].
   """
   B, T, H, K = q_BxTxHxK.shape
   S, G = k_BxSxGxK.shape[1:3]
@@ -86,7 +87,7 @@ def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: ja
   offset_BxGx1 = ((jnp.arange(B)[:, None] * G + jnp.arange(G)[None, :]) * S)[:, :, None]
   flat_idx = (idx_BxTxN + offset_BxGx1[:, None]).reshape(-1)
   gather = lambda a: jnp.take(  # noqa: E731
-      a.transpose(0, 2, 1, 3).reshape(B * G * S, K), flat_idx, axis=0).reshape(B, T, G, -1, K)
+      a.transpose(0, 2, 1, 3).reshape(B * G * S, -1), flat_idx, axis=0).reshape(B, T, G, idx_BxTxN.shape[-1], -1)
   k_BxTxGxNxK, v_BxTxGxNxK = gather(k_BxSxGxK), gather(v_BxSxGxK)
   q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K)
   logits = jnp.einsum("BTGRK,BTGNK->BTGRN", q_BxTxGxRxK, k_BxTxGxNxK, preferred_element_type=jnp.float32)
@@ -96,7 +97,7 @@ def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: ja
   logits = jnp.where(valid_BxTxN[:, :, :, None, :], logits, -jnp.inf)
   probs_BxTxGxRxN = jax.nn.softmax(logits, axis=-1)
   o = jnp.einsum("BTGRN,BTGNK->BTGRK", probs_BxTxGxRxN.astype(v_BxSxGxK.dtype), v_BxTxGxNxK)
-  return o.reshape(B, T, H, K), probs_BxTxGxRxN
+  return o.reshape(B, T, H, -1), probs_BxTxGxRxN
 
 
 def indexer_scores(iq_BxCxJxI: jax.Array, iw_BxCxJ: jax.Array, ik: jax.Array, spec: str) -> jax.Array:
@@ -142,6 +143,43 @@ def random_scores(seed: int, t: jax.Array, s: jax.Array) -> jax.Array:
   return (h >> 8).astype(jnp.float32) * 2.0 ** -24
 
 
+def indexer_inputs(mod: nn.Module, x_BxTxD: jax.Array, cfg, o, positions=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """DSA's lightning-indexer inputs, parameters `idx_*` of `mod`: queries [B,T,J,I], one shared key [B,T,I] (both
+  RoPE'd at `positions`, None: 0..T-1) and head weights [B,T,J]; `o` has indexer_heads J, indexer_dim I and
+  detach_indexer_input (SparseOptions, or MLA's sparse options)."""
+  D, J, I = cfg.d_model, o.indexer_heads, o.indexer_dim
+  dt = layers.dtype(cfg.dtype)
+  x = (jax.lax.stop_gradient(x_BxTxD) if o.detach_indexer_input else x_BxTxD).astype(dt)
+  wq_DxJxI = layers.param(mod, "idx_wq", (D, J, I), ("embed", None, None), cfg.init_std, cfg.param_dtype)
+  wk_DxI = layers.param(mod, "idx_wk", (D, I), ("embed", None), cfg.init_std, cfg.param_dtype)
+  ww_DxJ = layers.param(mod, "idx_ww", (D, J), ("embed", None), cfg.init_std, cfg.param_dtype)
+  pos_T = np.arange(x.shape[1]) if positions is None else positions
+  q_BxTxJxI = layers.rope(jnp.einsum("BTD,DJI->BTJI", x, wq_DxJxI.astype(dt)), pos_T, cfg.rope_base)
+  k_BxTxI = layers.rope(jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))[:, :, None], pos_T, cfg.rope_base)[:, :, 0]
+  w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * J ** -0.5
+  return q_BxTxJxI, k_BxTxI, w_BxTxJ
+
+
+def indexer_step_picks(mod: nn.Module, x_Bx1xD: jax.Array, cfg, o,
+                       decode: decoding.Decode) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """A decoding step's indexer picks: the token's indexer key enters the cache `ik` of `mod`, every cached key is
+  scored and the top k kept, as the forward picks at this position. Returns picks [B, 1, N], validity, and the gate
+  bias (the picked keys' scores recomputed from their indexer keys, as in the forward; None unless
+  indexer_grad=gate)."""
+  S, pos_Bx1 = decode.max_len, decode.token_positions(1)
+  iq_Bx1xJxI, ik_Bx1xI, iw_Bx1xJ = indexer_inputs(mod, x_Bx1xD, cfg, o, pos_Bx1)
+  ik_BxSxI = decoding.cached(mod, "ik", ik_Bx1xI, decode)
+  pick_Bx1xS = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_BxSxI, "BCJI,BSI->BCJS")
+  causal_Bx1xS = jnp.arange(S)[None, None, :] <= pos_Bx1[:, :, None]
+  top, idx_Bx1xN = jax.lax.top_k(jnp.where(causal_Bx1xS, pick_Bx1xS, -jnp.inf), min(o.top_k, S))
+  valid_Bx1xN = jnp.isfinite(top)
+  if o.indexer_grad != "gate":
+    return idx_Bx1xN, valid_Bx1xN, None
+  ik_Bx1xNxI = jax.vmap(lambda a, i: a[i])(ik_BxSxI, idx_Bx1xN)
+  scores = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_Bx1xNxI, "BCJI,BCNI->BCJN")
+  return idx_Bx1xN, valid_Bx1xN, jnp.where(valid_Bx1xN, scores, 0.0)
+
+
 def map_query_chunks(fn, T: int, C: int):
   """Runs fn(start) -> pytree of [B, C, ...] over query chunks (rematerialised), returns [B, T, ...] pieces."""
   n = -(-T // C)
@@ -151,28 +189,82 @@ def map_query_chunks(fn, T: int, C: int):
   return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], n * C, *a.shape[3:])[:, :T], out)
 
 
+def topk_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, o, index=None, seed: int = 0,
+                   noise_key: jax.Array | None = None, want_kl: bool = False, want_diag: bool = False) -> dict:
+  """Causal attention of each query over the k keys its rule picks, in query chunks of C (see the module docstring).
+
+  Args:
+    o: the rule (select, top_k, query_chunk, sample_temperature, indexer_grad, indexer_loss): SparseOptions, or
+      MLA's sparse options.
+    index: the indexer's (queries [B,T,J,I], keys [B,T,I], head weights [B,T,J]) for select=indexer, else None.
+    seed: the random rule's pattern; noise_key: Gumbel noise for sampled picks (training), or None.
+    want_kl: the indexer loss per query ("kl"); want_diag: recall and mass against dense attention (a dense pass).
+  Returns:
+    {"out": [B,T,H,K_v], "idx", "valid": [B,T,N]} and "kl", "recall", "mass" [B,T] as asked.
+  """
+  B, T = q_BxTxHxK.shape[:2]
+  N, C = min(o.top_k, T), min(o.query_chunk, T)
+  pad = -T % C
+
+  def padT(a):  # queries padded to whole chunks
+    return jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+
+  q_pad = padT(q_BxTxHxK)
+  if index is not None:
+    iq_BxTxJxI, ik_BxTxI, iw_BxTxJ = index
+    iq_pad, iw_pad = padT(iq_BxTxJxI), padT(iw_BxTxJ)
+
+  def chunk(start):
+    pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
+    q_BxCxHxK = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
+    causal_CxS = jnp.arange(T)[None, :] <= pos_C[:, None]
+    scores = None
+    if o.select == "window":
+      idx_CxN = pos_C[:, None] - jnp.arange(N)[None, :]
+      idx_BxCxN = jnp.broadcast_to(jnp.maximum(idx_CxN, 0), (B, C, N))
+      valid_BxCxN = jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
+    else:
+      if o.select == "random":  # one pattern for all rows ([1, C, T]): pick once, then broadcast
+        pick_xCxS = random_scores(seed, pos_C[None, :, None], jnp.arange(T)[None, None, :])
+      else:
+        iq = jax.lax.dynamic_slice_in_dim(iq_pad, start, C, 1)
+        iw = jax.lax.dynamic_slice_in_dim(iw_pad, start, C, 1)
+        s_BxCxS = indexer_scores(iq, iw, ik_BxTxI, "BCJI,BSI->BCJS")
+        # The pick itself is not differentiable; gradients reach the indexer through the picked keys' scores,
+        # recomputed from gathered indexer keys (the transpose of top_k's value gather is a slow [B, C, T] scatter).
+        pick_xCxS = jax.lax.stop_gradient(s_BxCxS)
+        if noise_key is not None:
+          pick_xCxS = pick_xCxS / o.sample_temperature + jax.random.gumbel(
+              jax.random.fold_in(noise_key, start), pick_xCxS.shape)
+      top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], pick_xCxS, -jnp.inf), N)
+      idx_BxCxN, valid_BxCxN = jnp.broadcast_to(idx_BxCxN, (B, C, N)), jnp.broadcast_to(jnp.isfinite(top), (B, C, N))
+      if o.select == "indexer":
+        rows = (idx_BxCxN + T * jnp.arange(B)[:, None, None]).reshape(-1)
+        ik_BxCxNxI = jnp.take(ik_BxTxI.reshape(B * T, -1), rows, axis=0).reshape(B, C, N, -1)
+        scores = indexer_scores(iq, iw, ik_BxCxNxI, "BCJI,BCNI->BCJN")
+    gate = o.select == "indexer" and o.indexer_grad == "gate"
+    bias = jnp.where(valid_BxCxN, scores, 0.0) if gate else None
+    out_BxCxHxK, probs = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, idx_BxCxN, valid_BxCxN, bias)
+    res = {"out": out_BxCxHxK, "idx": idx_BxCxN, "valid": valid_BxCxN}
+    if want_kl or want_diag:
+      p_dense_BxCxS = dense_probs(q_BxCxHxK, k_BxTxGxK, pos_C) if want_diag or o.indexer_loss == "kl_dense" else None
+      if o.indexer_loss == "kl":  # DSA sparse stage: main attention (summed over heads) over the selected keys
+        res["kl"] = _kl(jax.lax.stop_gradient(probs.mean((2, 3))), jnp.where(valid_BxCxN, scores, -jnp.inf))
+      elif o.indexer_loss == "kl_dense":  # DSA warm-up: dense attention over all earlier keys
+        res["kl"] = _kl(jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], s_BxCxS, -jnp.inf))
+      if want_diag:
+        res.update(selection_diagnostics(p_dense_BxCxS, idx_BxCxN, valid_BxCxN))
+    return res
+
+  return map_query_chunks(chunk, T, C)
+
+
 @register_mixer("sparse", SparseOptions)
 class SparseAttention(nn.Module):
   """Causal attention over k selected keys per query; the selection rule is `select` (indexer/window/random)."""
 
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: SparseOptions
-
-  def indexer_inputs(self, x_BxTxD: jax.Array, positions=None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Indexer queries [B,T,J,I], shared key [B,T,I] (both RoPE'd at `positions`, None: 0..T-1) and head weights
-    [B,T,J] (DSA)."""
-    cfg, o = self.cfg, self.opts
-    D, J, I = cfg.d_model, o.indexer_heads, o.indexer_dim
-    dt = layers.dtype(cfg.dtype)
-    x = (jax.lax.stop_gradient(x_BxTxD) if o.detach_indexer_input else x_BxTxD).astype(dt)
-    wq_DxJxI = layers.param(self, "idx_wq", (D, J, I), ("embed", None, None), cfg.init_std, cfg.param_dtype)
-    wk_DxI = layers.param(self, "idx_wk", (D, I), ("embed", None), cfg.init_std, cfg.param_dtype)
-    ww_DxJ = layers.param(self, "idx_ww", (D, J), ("embed", None), cfg.init_std, cfg.param_dtype)
-    pos_T = np.arange(x.shape[1]) if positions is None else positions
-    q_BxTxJxI = layers.rope(jnp.einsum("BTD,DJI->BTJI", x, wq_DxJxI.astype(dt)), pos_T, cfg.rope_base)
-    k_BxTxI = layers.rope(jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))[:, :, None], pos_T, cfg.rope_base)[:, :, 0]
-    w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * J ** -0.5
-    return q_BxTxJxI, k_BxTxI, w_BxTxJ
 
   def seed(self) -> int:
     return zlib.crc32("/".join(self.scope.path).encode())  # a fixed random pattern per layer
@@ -186,24 +278,17 @@ class SparseAttention(nn.Module):
     q_Bx1xHxK, k_Bx1xGxK, v_Bx1xGxK = project_qkv(self, x_BxTxD, self.cfg, positions=pos_Bx1)
     k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_Bx1xGxK), ("v", v_Bx1xGxK)))
     t_Bx1x1 = pos_Bx1[:, :, None]
-    scores = None
+    bias = None
     if o.select == "window":
       idx_Bx1xN = t_Bx1x1 - jnp.arange(N)[None, None, :]
       idx_Bx1xN, valid_Bx1xN = jnp.maximum(idx_Bx1xN, 0), idx_Bx1xN >= 0
-    else:
+    elif o.select == "random":
       s_1x1xS = jnp.arange(S)[None, None, :]
-      if o.select == "random":
-        pick_Bx1xS = random_scores(self.seed(), t_Bx1x1, s_1x1xS)
-      else:
-        iq_Bx1xJxI, ik_Bx1xI, iw_Bx1xJ = self.indexer_inputs(x_BxTxD, pos_Bx1)
-        ik_BxSxI = decoding.cached(self, "ik", ik_Bx1xI, decode)
-        pick_Bx1xS = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_BxSxI, "BCJI,BSI->BCJS")
-      top, idx_Bx1xN = jax.lax.top_k(jnp.where(s_1x1xS <= t_Bx1x1, pick_Bx1xS, -jnp.inf), N)
+      scores = jnp.where(s_1x1xS <= t_Bx1x1, random_scores(self.seed(), t_Bx1x1, s_1x1xS), -jnp.inf)
+      top, idx_Bx1xN = jax.lax.top_k(scores, N)
       valid_Bx1xN = jnp.isfinite(top)
-      if o.select == "indexer":  # the picked keys' scores recomputed from their indexer keys, as in the forward
-        ik_Bx1xNxI = jax.vmap(lambda a, i: a[i])(ik_BxSxI, idx_Bx1xN)
-        scores = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_Bx1xNxI, "BCJI,BCNI->BCJN")
-    bias = jnp.where(valid_Bx1xN, scores, 0.0) if o.select == "indexer" and o.indexer_grad == "gate" else None
+    else:
+      idx_Bx1xN, valid_Bx1xN, bias = indexer_step_picks(self, x_BxTxD, self.cfg, o, decode)
     out_Bx1xHxK, _ = gathered_attention(q_Bx1xHxK, k_BxSxGxK, v_BxSxGxK, idx_Bx1xN, valid_Bx1xN, bias)
     return project_out(self, out_Bx1xHxK, self.cfg), {}
 
@@ -213,72 +298,20 @@ class SparseAttention(nn.Module):
     if decoding.stepping(decode):
       return self._step(x_BxTxD, decode)
     o = self.opts
-    B, T, _ = x_BxTxD.shape
-    N, C = min(o.top_k, T), min(o.query_chunk, T)
     q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg)
     self.sow("intermediates", "qkv", (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK))  # kept with mutable=["intermediates"]
-    pad = -T % C
-
-    def padT(a):  # queries padded to whole chunks
-      return jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-
-    q_pad = padT(q_BxTxHxK)
+    index = None
     if o.select == "indexer":
-      iq_BxTxJxI, ik_BxTxI, iw_BxTxJ = self.indexer_inputs(x_BxTxD)
-      self.sow("intermediates", "indexer", (iq_BxTxJxI, ik_BxTxI, iw_BxTxJ))
-      iq_pad, iw_pad = padT(iq_BxTxJxI), padT(iw_BxTxJ)
-    seed = self.seed()
+      index = indexer_inputs(self, x_BxTxD, self.cfg, o)
+      self.sow("intermediates", "indexer", index)
     want_kl = o.select == "indexer" and o.indexer_loss != "none" and decode is None
     want_diag = o.diagnostics and wants_diagnostics(self)  # never in a timed or training pass
     # exploration in training: Gumbel-top-k over I / tau draws k keys without replacement from softmax(I / tau)
     noise_key = self.make_rng("dropout") if o.sample_temperature > 0 and not deterministic else None
-
-    def chunk(start):
-      pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
-      q_BxCxHxK = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
-      causal_CxS = jnp.arange(T)[None, :] <= pos_C[:, None]
-      scores = None
-      if o.select == "window":
-        idx_CxN = pos_C[:, None] - jnp.arange(N)[None, :]
-        idx_BxCxN = jnp.broadcast_to(jnp.maximum(idx_CxN, 0), (B, C, N))
-        valid_BxCxN = jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
-      else:
-        if o.select == "random":  # one pattern for all rows ([1, C, T]): pick once, then broadcast
-          pick_xCxS = random_scores(seed, pos_C[None, :, None], jnp.arange(T)[None, None, :])
-        else:
-          iq = jax.lax.dynamic_slice_in_dim(iq_pad, start, C, 1)
-          iw = jax.lax.dynamic_slice_in_dim(iw_pad, start, C, 1)
-          s_BxCxS = indexer_scores(iq, iw, ik_BxTxI, "BCJI,BSI->BCJS")
-          # The pick itself is not differentiable; gradients reach the indexer through the picked keys' scores,
-          # recomputed from gathered indexer keys (the transpose of top_k's value gather is a slow [B, C, T] scatter).
-          pick_xCxS = jax.lax.stop_gradient(s_BxCxS)
-          if noise_key is not None:
-            pick_xCxS = pick_xCxS / o.sample_temperature + jax.random.gumbel(
-                jax.random.fold_in(noise_key, start), pick_xCxS.shape)
-        top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], pick_xCxS, -jnp.inf), N)
-        idx_BxCxN, valid_BxCxN = jnp.broadcast_to(idx_BxCxN, (B, C, N)), jnp.broadcast_to(jnp.isfinite(top), (B, C, N))
-        if o.select == "indexer":
-          rows = (idx_BxCxN + T * jnp.arange(B)[:, None, None]).reshape(-1)
-          ik_BxCxNxI = jnp.take(ik_BxTxI.reshape(B * T, -1), rows, axis=0).reshape(B, C, N, -1)
-          scores = indexer_scores(iq, iw, ik_BxCxNxI, "BCJI,BCNI->BCJN")
-      gate = o.select == "indexer" and o.indexer_grad == "gate"
-      bias = jnp.where(valid_BxCxN, scores, 0.0) if gate else None
-      out_BxCxHxK, probs = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, idx_BxCxN, valid_BxCxN, bias)
-      res = {"out": out_BxCxHxK, "idx": idx_BxCxN, "valid": valid_BxCxN}
-      if want_kl or want_diag:
-        p_dense_BxCxS = dense_probs(q_BxCxHxK, k_BxTxGxK, pos_C) if want_diag or o.indexer_loss == "kl_dense" else None
-        if o.indexer_loss == "kl":  # DSA sparse stage: main attention (summed over heads) over the selected keys
-          res["kl"] = _kl(jax.lax.stop_gradient(probs.mean((2, 3))), jnp.where(valid_BxCxN, scores, -jnp.inf))
-        elif o.indexer_loss == "kl_dense":  # DSA warm-up: dense attention over all earlier keys
-          res["kl"] = _kl(jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], s_BxCxS, -jnp.inf))
-        if want_diag:
-          res.update(selection_diagnostics(p_dense_BxCxS, idx_BxCxN, valid_BxCxN))
-      return res
-
-    res = map_query_chunks(chunk, T, C)
+    res = topk_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o, index, self.seed(), noise_key, want_kl, want_diag)
     self.sow("intermediates", "selected", (res["idx"], res["valid"]))
     if decode is not None:  # prefill: cache the prompt's keys, values and indexer keys
-      for name, a in (("k", k_BxTxGxK), ("v", v_BxTxGxK)) + ((("ik", ik_BxTxI),) if o.select == "indexer" else ()):
+      for name, a in (("k", k_BxTxGxK), ("v", v_BxTxGxK)) + ((("ik", index[1]),) if o.select == "indexer" else ()):
         decoding.cached(self, name, a, decode)
     aux = {}
     if want_kl:

@@ -1,0 +1,144 @@
+"""The KV cache: multi-head attention against grouped-query (2 groups), multi-query, multi-head latent attention
+(DeepSeek-V2's MLA) and sparse MLA (DeepSeek-V3.2), trained on Tiny Shakespeare at T=256 (loss) and on MQAR
+(accuracy), 3 seeds; then, in the same run, each layer's cache per token and the decoding step's latency at 16k and
+64k cached tokens, as ratios to MHA. The seed claim "sharing the K/V cache cuts inference memory by 60%" is judged
+on cache bytes at the measured quality (r1jax/claims.py).
+
+  python experiments/kv_cache_ablation.py              # 2 tasks x 5 (MQAR: 4) variants x 3 seeds, then decoding
+  python experiments/kv_cache_ablation.py --quick      # smoke run
+
+Text models: 2 layers of width 64 with 4 heads of 16. Attention parameters per layer (the report prints them): MHA
+16,384, GQA 12,288, MQA 10,240, MLA with d_c = 32 and d_r = 16 (content and value heads of 16) 19,488. Cache numbers
+per token and layer: MHA 2 x 4 x 16 = 128, GQA 64, MQA 32, MLA d_c + d_r = 48, sparse MLA 48 + the indexer's key
+(16). Sparse MLA attends to 16 latents per query (every head the same 16), picked by DSA's lightning indexer trained
+by DSA's sparse-stage KL on a detached input, with training picks sampled (Gumbel-top-k, tau = 1) since it starts
+from scratch (experiments/sparse_attn_ablation.py's probes: greedy picks from scratch never find an MQAR pair).
+Probes of MLA's recipe (text, seed 0, val loss at 300 steps; MHA 2.1309): with DeepSeek-V2's RoPE width d_r = d_h/2
+= 8 and W_UK, W_UV initialised at std d_c^-1/2 (per-head keys and values of scale 1, six times MHA's at init) 2.2970
+(3 seeds: 2.2720 +- 0.0518, MHA 2.1131 +- 0.0179; MQAR 15.0% against MHA's 77.0%); with W_UK, W_UV at the model's
+init std (as every other projection; DeepSeek inits every weight alike) 2.2209 (`mla_r8`); with that and a latent
+twice as wide (d_c = 64) 2.1765 (`mla_r8_c64`); with a RoPE key as wide as a head (d_r = 16) 2.1440 (`mla`). At
+character level, position is carried by the one shared RoPE key: its width mattered most.
+MQAR: 8 pairs at T=64, queries at least 24 tokens after their pair, attention-only models with 2 heads of 32, batch
+128, lr 1e-2, 1000 steps. Probes (MHA, `--tasks=mqar --variants=mha`, test accuracy): with 4 heads of 16 the model
+did not learn within the budget (T=128, batch 32, 600 or 900 steps with a T=64 curriculum: 12.6-13.9%, also at
+width 128; T=64, batch 128, 500 steps: 14.3%); with 2 heads of 32 at T=128 and batch 32 or 64 (curriculum 400-500
+steps) 12.6-22.9%; at T=64, batch 128, 600 steps one seed reached 99.8% and the other 55.1%; 800 steps gave
+100% / 75.9% / 55.1% on seeds 0-2, hence 1000.
+Decoding: `r1jax.scaling.decode_step` on the text task's models (batch 1, a scan of 16 steps at the cache's last
+positions, median of 3 after a warm-up), in a fresh worker process with every core.
+"""
+
+import sys
+
+import jax
+import numpy as np
+
+from r1jax import ablation, configs, registry, scaling, sweep
+from r1jax.config import Config
+from r1jax.data import make_dataset
+from r1jax.train import resolve_model_config
+
+MLA = "model.mixer_options.mla"
+VARIANTS = {
+    "mha": {"model.mixer": "attention"},
+    "gqa2": {"model.mixer": "attention", "model.num_kv_heads": 2},
+    "mqa": {"model.mixer": "attention", "model.num_kv_heads": 1},
+    "mla": {"model.mixer": "mla", f"{MLA}.kv_rank": 32, f"{MLA}.rope_dim": 16},
+    "mla_sparse": {"model.mixer": "mla", f"{MLA}.kv_rank": 32, f"{MLA}.rope_dim": 16, f"{MLA}.top_k": 16,
+                   f"{MLA}.sample_temperature": 1.0},
+    # On request, probes of MLA's recipe: DeepSeek-V2's RoPE width d_r = d_h / 2 (8), and with it a latent twice
+    # as wide (64)
+    "mla_r8": {"model.mixer": "mla", f"{MLA}.kv_rank": 32, f"{MLA}.rope_dim": 8},
+    "mla_r8_c64": {"model.mixer": "mla", f"{MLA}.kv_rank": 64, f"{MLA}.rope_dim": 8},
+}
+MODEL = {"model.num_layers": 2, "model.d_model": 64, "model.num_heads": 4, "model.init_std": 0.1}
+MQAR = "data.options.mqar"
+TASKS = {
+    "shakespeare": ablation.override(configs.shakespeare_char(), {
+        **MODEL, "model.init_std": 0.02, "data.seq_len": 256, "data.batch_size": 8, "data.eval_batch_size": 16,
+        "data.eval_max_batches": 8, "optim.lr": 3e-3, "train.steps": 300, "train.eval_every": 150,
+        "train.checkpoint_every": 150}, "shakespeare"),
+    # MQAR at T=64 with 2 heads of 32: 8 pairs in the first 16 tokens, every query at least 24 tokens after its pair
+    # (min_gap 0.5), batch 128, lr 1e-2 (mqar_dense's recipe; see the probes in the docstring)
+    "mqar": ablation.override(configs.mqar(seq_len=64, num_kv_pairs=8), {
+        **MODEL, "model.num_heads": 2, "model.ffn": "none", f"{MQAR}.vocab_size": 512, f"{MQAR}.min_gap": 0.5,
+        "data.batch_size": 128, "optim.lr": 1e-2, "train.steps": 1000, "train.eval_every": 500,
+        "train.checkpoint_every": 500, "data.eval_max_batches": 4}, "mqar"),
+}
+# With 2 heads, 2 key/value groups are multi-head attention, and at T=64 sparse MLA's 16 keys are a quarter of the
+# context (it trained at 0.45x MHA's tokens/s there): MQAR runs gqa2 and mla_sparse only on request.
+DEFAULT = {"shakespeare": ("mha", "gqa2", "mqa", "mla", "mla_sparse"), "mqar": ("mha", "mqa", "mla")}
+QUICK = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "data.eval_max_batches": 1,
+         "data.eval_batch_size": 16}
+CONTEXTS = (16384, 65536)
+QUICK_CONTEXTS = (256, 512)
+
+
+def model_config(name: str, task: str = "shakespeare"):
+  """Variant `name`'s model on `task`, its vocabulary taken from the dataset."""
+  cfg = Config.from_dict(ablation.override(TASKS[task], VARIANTS[name], name))
+  return resolve_model_config(cfg.model, make_dataset(cfg.data, cfg.seed).vocab_size)
+
+
+def attention_params(cfg) -> int:
+  """Parameters of one layer's mixer (attention projections, MLA's latent projections and norms, the indexer)."""
+  name = cfg.layer_names("mixer")[0]
+  module = registry.MIXERS[name].module(cfg, cfg.options("mixer", name))
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jax.numpy.zeros((1, 8, cfg.d_model)),
+                                              deterministic=True))
+  return int(sum(np.prod(a.shape) for a in jax.tree.leaves(shapes)))
+
+
+def cache_numbers(cfg) -> int:
+  """Numbers one layer caches per token."""
+  name = cfg.layer_names("mixer")[0]
+  if name == "mla":
+    o = cfg.options("mixer", "mla")
+    return o.cache_per_token(cfg) + (o.indexer_dim if o.top_k else 0)
+  return 2 * (cfg.num_kv_heads or cfg.num_heads) * (cfg.d_model // cfg.num_heads)
+
+
+def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, dict]:
+  """Cache size, parameters, quality and decoding latency per variant, ratios to MHA; saved to report.json, where
+  r1jax.claims judges the KV-memory claim."""
+  names = list(dict.fromkeys(row["variant"] for rows in rows_by_task.values() for row in rows))
+  contexts = QUICK_CONTEXTS if "--quick" in sys.argv[1:] else CONTEXTS
+  models = {n: model_config(n) for n in names}
+  decode = sweep.in_worker(scaling.decode_steps, models, contexts)
+  base = "mha" if "mha" in names else names[0]
+  quality = {t: {r["variant"]: r for r in rows} for t, rows in rows_by_task.items()}
+  head = ["variant", "attention params / layer", "cache numbers / token / layer", f"cache bytes / token (/{base})"]
+  head += [f"{t} {'val loss' if t == 'shakespeare' else 'accuracy %'}" for t in quality]
+  head += [f"decode step ms at {C // 1024}k (/{base})" if C >= 1024 else f"decode step ms at {C} (/{base})"
+           for C in contexts]
+  lines = ["## The KV cache: size, quality and decoding latency (float32 caches, all layers)", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  saved = {"contexts": list(contexts), "variants": {}}
+  for n in names:
+    cfg = models[n]
+    per_token = decode[n]["cache_bytes"][-1] / contexts[-1]
+    ref = decode[base]["cache_bytes"][-1] / contexts[-1]
+    cells = [n, f"{attention_params(cfg):,}", str(cache_numbers(cfg)), f"{per_token:,.0f} ({per_token / ref:.2f})"]
+    for t, by in quality.items():
+      r = by.get(n)
+      if r is None:
+        cells.append("-")
+      elif t == "shakespeare":
+        cells.append(f"{r['eval/loss']:.4f} ± {r['eval/loss:std']:.4f}")
+      else:
+        cells.append(f"{100 * r['eval/accuracy']:.2f} ± {100 * r['eval/accuracy:std']:.2f}")
+    for i in range(len(contexts)):
+      sec, ref_sec = decode[n]["step_sec"][i], decode[base]["step_sec"][i]
+      cells.append(f"{1e3 * sec:.2f} ({sec / ref_sec:.2f})")
+    lines.append("| " + " | ".join(cells) + " |")
+    saved["variants"][n] = {"cache_bytes_per_token": per_token, "step_sec": decode[n]["step_sec"],
+                            "attention_params": attention_params(cfg), "cache_numbers": cache_numbers(cfg)}
+  lines += ["", f"Decoding: {models[base].num_layers} layers x {models[base].d_model}, batch 1, an empty cache of C "
+            "positions, median of 3 timed scans of 16 steps after a warm-up."]
+  return "\n".join(lines), {"decode": saved, "baseline": base}
+
+
+if __name__ == "__main__":
+  ablation.cli("kv_cache_ablation", TASKS, VARIANTS, seeds=(0, 1, 2), baseline="mha", quick=QUICK,
+               default_variants=DEFAULT, report=report, workers="auto")

@@ -1,0 +1,116 @@
+"""Multi-head latent attention (r1jax/attention/mla.py): the expanded forward against the equations, the absorbed
+decoding step against the expanded one, the latent cache's size, sparse MLA, and option errors. Causality by
+gradients, jit, bfloat16 and sharding are the module contract's (test_contract.py); decode == forward at every
+position is test_decoding.py's, which covers mla by registration."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import decoding, reference
+from r1jax.attention.mla import MLAOptions, MultiHeadLatentAttention
+from r1jax.config import ModelConfig
+from r1jax.model import Transformer
+from r1jax.registry import ConfigError
+
+SHAPES = [dict(), dict(q_rank=12, kv_rank=10, rope_dim=6, head_dim=6, v_dim=10)]
+
+
+def _cfg(heads=4, **opts) -> ModelConfig:
+  return ModelConfig(vocab_size=40, num_layers=1, d_model=32, num_heads=heads, d_ff=48, mixer="mla",
+                     mixer_options={"mla": opts}, init_std=0.3)
+
+
+def _mixer(**opts):
+  cfg = _cfg(**opts)
+  return MultiHeadLatentAttention(cfg, cfg.options("mixer", "mla")), cfg
+
+
+@pytest.mark.parametrize("opts", SHAPES, ids=["defaults", "query_latent-narrow"])
+def test_expanded_forward_equals_the_equations(opts):
+  mla, cfg = _mixer(**opts)
+  x = jax.random.normal(jax.random.key(0), (2, 9, 32))
+  params = nn.unbox(mla.init(jax.random.key(1), x, deterministic=True))
+  y, _ = mla.apply(params, x, deterministic=True)
+  ref = reference.mla(x, params["params"], mla.opts.dims(cfg), cfg.norm_eps, cfg.rope_base)
+  np.testing.assert_allclose(np.asarray(y), ref, rtol=2e-5, atol=2e-5)
+
+
+def _decode_steps(model, params, tokens, lengths, max_len):
+  """Logits of every position a step produced (prefill to each row's length, then steps), [B, T, V]."""
+  B, T = tokens.shape
+  prefill = jax.jit(lambda p, t, L: model.apply(p, t, decode=decoding.Decode.prefill(L, max_len), mutable=["cache"]))
+  step = jax.jit(lambda p, c, t, pos: model.apply({**p, "cache": c}, t, decode=decoding.Decode.step(pos, max_len),
+                                                  mutable=["cache"]))
+  (_, _), state = prefill(params, tokens, lengths)
+  out = np.zeros((B, T, model.cfg.padded_vocab), np.float32)
+  for t in range(int(lengths.min()), T):
+    pos = np.maximum(lengths, t)
+    (logits, _), state = step(params, state["cache"], tokens[np.arange(B), np.minimum(pos, T - 1)][:, None], pos)
+    out[np.arange(B), pos] = np.asarray(logits[:, 0])
+  return out, state["cache"]
+
+
+@pytest.mark.parametrize("opts", SHAPES + [dict(top_k=3)], ids=["defaults", "query_latent-narrow", "sparse"])
+def test_absorbed_steps_equal_expanded_steps_and_the_cache_holds_only_latents(opts):
+  """W_UK folded into the query and W_UV into the output give the expanded attention's logits (float32, tight);
+  the cache holds c_kv [B, S, d_c] and k_R [B, S, d_r] per layer, and nothing per head."""
+  T, max_len = 10, 16
+  tokens = jax.random.randint(jax.random.key(0), (3, T), 0, 40)
+  lengths = np.array([4, 1, 7])
+  outs = {}
+  for absorb in (True, False):
+    cfg = _cfg(**opts, absorb=absorb)
+    model = Transformer(cfg)
+    params = nn.unbox(model.init(jax.random.key(1), tokens))
+    outs[absorb], cache = _decode_steps(model, params, tokens, lengths, max_len)
+  mask = np.arange(T)[None, :] >= lengths[:, None]
+  np.testing.assert_allclose(outs[True][mask], outs[False][mask], rtol=1e-5, atol=1e-5)
+  d = MLAOptions(**opts).dims(cfg)
+  layer = cache["layer0"]["mixer"]
+  shapes = {k: v.shape for k, v in layer.items() if k != "ik"}
+  assert shapes == {"c_kv": (3, max_len, d["d_c"]), "k_rope": (3, max_len, d["d_r"])}
+  assert MLAOptions(**opts).cache_per_token(cfg) == d["d_c"] + d["d_r"]
+
+
+def test_sparse_mla_with_k_at_least_the_context_is_dense_mla():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 32))
+  dense, _ = _mixer()
+  sparse, _ = _mixer(top_k=9, query_chunk=4)
+  params = nn.unbox(sparse.init(jax.random.key(1), x, deterministic=True))
+  y_sparse, aux = sparse.apply(params, x, deterministic=False)
+  dense_params = {"params": {k: v for k, v in params["params"].items() if not k.startswith("idx_")}}
+  y_dense, _ = dense.apply(dense_params, x, deterministic=False)
+  np.testing.assert_allclose(np.asarray(y_sparse), np.asarray(y_dense), rtol=1e-5, atol=1e-5)
+  assert float(aux["indexer_kl"]) >= 0 and "loss_indexer" in aux
+
+
+def test_sparse_mla_attends_to_the_indexer_top_k_only():
+  """With k < T, each query reads exactly its k top-scored earlier tokens: the reference on that mask."""
+  mla, cfg = _mixer(top_k=3, query_chunk=4)
+  x = jax.random.normal(jax.random.key(0), (2, 9, 32))
+  params = nn.unbox(mla.init(jax.random.key(1), x, deterministic=True))
+  (y, _), state = mla.apply(params, x, deterministic=True, mutable=["intermediates"])
+  idx, valid = state["intermediates"]["selected"][0]
+  mask = np.zeros((2, 9, 9), bool)
+  for b in range(2):
+    for t in range(9):
+      mask[b, t, np.asarray(idx)[b, t][np.asarray(valid)[b, t]]] = True
+  assert mask.sum(-1).max() == 3 and np.all(mask <= reference.causal_mask(9)[None])
+  p = {k: v for k, v in params["params"].items() if not k.startswith("idx_")}
+  ref = reference.mla(x, p, mla.opts.dims(cfg), cfg.norm_eps, cfg.rope_base, mask)
+  np.testing.assert_allclose(np.asarray(y), ref, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("opts,field", [(dict(rope_dim=3), "rope_dim=3 is odd"), (dict(kv_rank=-1), "kv_rank=-1"),
+                                        (dict(top_k=2, indexer_loss="x"), "indexer_loss")])
+def test_bad_options_name_the_field(opts, field):
+  with pytest.raises(ConfigError, match=field):
+    _cfg(**opts)
+
+
+def test_grouped_heads_are_refused_before_anything_is_built():
+  with pytest.raises(ConfigError, match="model.num_kv_heads=2 with mixer mla.*Fix: leave model.num_kv_heads at 0"):
+    ModelConfig(vocab_size=40, num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, mixer="mla")
