@@ -70,7 +70,7 @@ TASKS = {
 # context (it trained at 0.45x MHA's tokens/s there): MQAR runs gqa2 and mla_sparse only on request.
 DEFAULT = {"shakespeare": ("mha", "gqa2", "mqa", "mla", "mla_sparse"), "mqar": ("mha", "mqa", "mla")}
 QUICK = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "data.eval_max_batches": 1,
-         "data.eval_batch_size": 16}
+         "data.batch_size": 8, "data.eval_batch_size": 16}
 CONTEXTS = (16384, 65536)
 QUICK_CONTEXTS = (256, 512)
 
