@@ -29,6 +29,7 @@ Decoding: `r1jax.scaling.decode_step` on the text task's models (batch 1, a scan
 positions, median of 3 after a warm-up), in a fresh worker process with every core.
 """
 
+import functools
 import sys
 
 import jax
@@ -75,10 +76,17 @@ CONTEXTS = (16384, 65536)
 QUICK_CONTEXTS = (256, 512)
 
 
+@functools.cache
+def vocab_size(task: str) -> int:
+  """The vocabulary of `task`'s dataset (read once; every variant of a task shares its data)."""
+  cfg = Config.from_dict(TASKS[task])
+  return make_dataset(cfg.data, cfg.seed).vocab_size
+
+
 def model_config(name: str, task: str = "shakespeare"):
   """Variant `name`'s model on `task`, its vocabulary taken from the dataset."""
   cfg = Config.from_dict(ablation.override(TASKS[task], VARIANTS[name], name))
-  return resolve_model_config(cfg.model, make_dataset(cfg.data, cfg.seed).vocab_size)
+  return resolve_model_config(cfg.model, vocab_size(task))
 
 
 def attention_params(cfg) -> int:
@@ -115,11 +123,13 @@ def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, di
   lines = ["## The KV cache: size, quality and decoding latency (float32 caches, all layers)", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   saved = {"contexts": list(contexts), "variants": {}}
+  per_token = {n: decode[n]["cache_bytes"][-1] / contexts[-1] for n in names}
   for n in names:
-    cfg = models[n]
-    per_token = decode[n]["cache_bytes"][-1] / contexts[-1]
-    ref = decode[base]["cache_bytes"][-1] / contexts[-1]
-    cells = [n, f"{attention_params(cfg):,}", str(cache_numbers(cfg)), f"{per_token:,.0f} ({per_token / ref:.2f})"]
+    saved["variants"][n] = v = {"cache_bytes_per_token": per_token[n], "step_sec": decode[n]["step_sec"],
+                                "attention_params": attention_params(models[n]),
+                                "cache_numbers": cache_numbers(models[n])}
+    cells = [n, f"{v['attention_params']:,}", str(v["cache_numbers"]),
+             f"{per_token[n]:,.0f} ({per_token[n] / per_token[base]:.2f})"]
     for t, by in quality.items():
       r = by.get(n)
       if r is None:
@@ -132,8 +142,6 @@ def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, di
       sec, ref_sec = decode[n]["step_sec"][i], decode[base]["step_sec"][i]
       cells.append(f"{1e3 * sec:.2f} ({sec / ref_sec:.2f})")
     lines.append("| " + " | ".join(cells) + " |")
-    saved["variants"][n] = {"cache_bytes_per_token": per_token, "step_sec": decode[n]["step_sec"],
-                            "attention_params": attention_params(cfg), "cache_numbers": cache_numbers(cfg)}
   lines += ["", f"Decoding: {models[base].num_layers} layers x {models[base].d_model}, batch 1, an empty cache of C "
             "positions, median of 3 timed scans of 16 steps after a warm-up."]
   return "\n".join(lines), {"decode": saved, "baseline": base}

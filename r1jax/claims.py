@@ -135,10 +135,6 @@ def _saved_report(folder: str, key: str) -> dict:
     return json.load(f).get(key, {})
 
 
-def _saved_complexity(folder: str) -> dict:
-  return _saved_report(folder, "complexity")
-
-
 @dataclasses.dataclass(frozen=True)
 class Complexity:
   """The log-log slope of a mixer's compiled forward FLOPs against T, at most n log n's slope + `slack`."""
@@ -152,7 +148,7 @@ class Complexity:
   def __call__(self, folder: str) -> list[Measured]:
     from r1jax.scaling import fit_exponent  # the driver's own slope fit (imports JAX: only when there is a slope)
 
-    cx = _saved_complexity(folder)
+    cx = _saved_report(folder, "complexity")
     out = []
     for v in (v for v in ("dense",) + self.variants if v in cx):
       T = cx[v]["lengths"]
@@ -175,7 +171,7 @@ class ComputeCut:
     return f"1 - FLOPs / dense FLOPs >= {self.min_cut:.0%} at the longest T (report.json)"
 
   def __call__(self, folder: str) -> list[Measured]:
-    cx = _saved_complexity(folder)
+    cx = _saved_report(folder, "complexity")
     out = []
     for v in (v for v in self.variants if v in cx and "dense" in cx):
       cut = 1 - cx[v]["flops"][-1] / cx["dense"]["flops"][-1]

@@ -9,10 +9,12 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from r1jax import registry
+from r1jax import decoding, registry
 from r1jax.config import ModelConfig
+from r1jax.model import Transformer
 from r1jax.train import compiled_flops, peak_memory_bytes, static_memory_bytes
 
 
@@ -116,11 +118,6 @@ def decode_step(cfg: ModelConfig, C: int, batch: int = 1, steps: int = 16, repea
   `repeats` timed calls of one compiled scan of `steps` tokens at the cache's last positions, after a warm-up call)
   and the cache's bytes per sequence. A step attends a cache of C positions; its content does not change the work,
   so the cache is an empty one (no prefill)."""
-  import jax.numpy as jnp
-
-  from r1jax import decoding
-  from r1jax.model import Transformer
-
   model = Transformer(cfg)
   if params is None:
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.ablation import override
-from r1jax import sharding
+from r1jax import decoding, sharding
 from r1jax.config import VIDEO_MIXERS, Config, ModelConfig, default_config
 from r1jax.registry import ConfigError
 from r1jax.train import Run, compile_train_step, forward
@@ -112,3 +112,25 @@ def assert_grad_matches_finite_differences(f, params, eps=1e-3, rtol=2e-2, seed=
   analytic = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(d)))
   np.testing.assert_allclose(numeric, analytic, rtol=rtol)
   return g
+
+
+def decode_logits(model, params, tokens_BxT, lengths_B, max_len):
+  """Prefill the first lengths[b] tokens of each row (the rest of the row is junk the prefill must not read), then
+  feed row b's tokens from lengths[b] on, one step at a time: logits [B, T, V] at every position < T, position t
+  from the call that consumed token t; and the cache after the last step."""
+  B, T = tokens_BxT.shape
+  junk = jnp.where(jnp.arange(T)[None] < lengths_B[:, None], tokens_BxT, (tokens_BxT * 7 + 3) % 40)
+  prefill = jax.jit(lambda p, t, L: model.apply(p, t, decode=decoding.Decode.prefill(L, max_len), mutable=["cache"]))
+  step = jax.jit(lambda p, c, t, pos: model.apply({**p, "cache": c}, t, decode=decoding.Decode.step(pos, max_len),
+                                                  mutable=["cache"]))
+  (logits, _), state = prefill(params, junk, lengths_B)
+  out = np.array(logits)
+  cache, lengths = state["cache"], np.asarray(lengths_B)
+  for j in range(T - lengths.min()):
+    pos = lengths + j
+    tok = np.asarray(tokens_BxT)[np.arange(B), np.minimum(pos, T - 1)][:, None]
+    (logits, _), state = step(params, cache, jnp.asarray(tok), jnp.asarray(pos))
+    cache = state["cache"]
+    for b in np.nonzero(pos < T)[0]:
+      out[b, pos[b]] = logits[b, 0]
+  return out, cache

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import SMALL_MIXER_OPTIONS, small_model_config
-from r1jax import registry, sharding
+from r1jax import decoding, registry, sharding
 from r1jax.config import MeshConfig
 
 registry.load_builtins()
@@ -26,7 +26,7 @@ def _is_video(entry: registry.Entry) -> bool:
 
 def _decodes(name: str) -> bool:
   entry = registry.MIXERS[name]
-  return not getattr(entry.module, "not_decodable", lambda o: "")(entry.options())
+  return not decoding.why_not_decodable(entry.module, entry.options())
 
 
 CASES = [("mixer", n) for n in sorted(registry.MIXERS)] + [("ffn", n) for n in sorted(registry.FFNS)]

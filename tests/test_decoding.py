@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import SMALL_MIXER_OPTIONS, small_model_config
+from helpers import SMALL_MIXER_OPTIONS, decode_logits, small_model_config
 from r1jax import decoding, registry
 from r1jax.config import ModelConfig
 from r1jax.model import Transformer
@@ -27,7 +27,7 @@ EXTRA = [("sparse", {"select": "window", "top_k": 4}), ("sparse", {"select": "ra
 
 
 def _not_decodable(name: str, opts) -> str:
-  return getattr(registry.MIXERS[name].module, "not_decodable", lambda o: "")(opts)
+  return decoding.why_not_decodable(registry.MIXERS[name].module, opts)
 
 
 CAUSAL = [n for n, e in sorted(registry.MIXERS.items()) if not _not_decodable(n, e.options())]
@@ -38,34 +38,12 @@ def _config(mixer: str, options: dict, ffn: str = "swiglu", ffn_options: dict | 
   return small_model_config("mixer", mixer, options, ffn=ffn, ffn_options={ffn: ffn_options or {}})
 
 
-def decode_logits(model, params, tokens_BxT, lengths_B, max_len):
-  """Prefill the first lengths[b] tokens of each row (the rest of the row is junk the prefill must not read), then
-  feed row b's tokens from lengths[b] on, one step at a time: logits [B, T, V] at every position < T, position t
-  from the call that consumed token t."""
-  B, T = tokens_BxT.shape
-  junk = jnp.where(jnp.arange(T)[None] < lengths_B[:, None], tokens_BxT, (tokens_BxT * 7 + 3) % 40)
-  prefill = jax.jit(lambda p, t, L: model.apply(p, t, decode=decoding.Decode.prefill(L, max_len), mutable=["cache"]))
-  step = jax.jit(lambda p, c, t, pos: model.apply({**p, "cache": c}, t, decode=decoding.Decode.step(pos, max_len),
-                                                  mutable=["cache"]))
-  (logits, _), state = prefill(params, junk, lengths_B)
-  out = np.array(logits)
-  cache, lengths = state["cache"], np.asarray(lengths_B)
-  for j in range(T - lengths.min()):
-    pos = lengths + j
-    tok = np.asarray(tokens_BxT)[np.arange(B), np.minimum(pos, T - 1)][:, None]
-    (logits, _), state = step(params, cache, jnp.asarray(tok), jnp.asarray(pos))
-    cache = state["cache"]
-    for b in np.nonzero(pos < T)[0]:
-      out[b, pos[b]] = logits[b, 0]
-  return out
-
-
 def _check_decode_equals_forward(cfg, T=12, lengths=(5, 1, 9)):
   model = Transformer(cfg)
   tokens = jax.random.randint(jax.random.key(0), (len(lengths), T), 0, cfg.vocab_size)
   params = nn.unbox(jax.jit(model.init)(jax.random.key(1), tokens))
   full, _ = jax.jit(model.apply)(params, tokens)
-  got = decode_logits(model, params, tokens, jnp.asarray(lengths), max_len=2 * T)
+  got, _ = decode_logits(model, params, tokens, jnp.asarray(lengths), max_len=2 * T)
   V = cfg.vocab_size
   np.testing.assert_allclose(got[..., :V], np.asarray(full)[..., :V], rtol=2e-4, atol=2e-4)
 

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import decoding, reference
+from helpers import decode_logits
+from r1jax import reference
 from r1jax.attention.mla import MLAOptions, MultiHeadLatentAttention
 from r1jax.config import ModelConfig
 from r1jax.model import Transformer
@@ -38,21 +39,6 @@ def test_expanded_forward_equals_the_equations(opts):
   np.testing.assert_allclose(np.asarray(y), ref, rtol=2e-5, atol=2e-5)
 
 
-def _decode_steps(model, params, tokens, lengths, max_len):
-  """Logits of every position a step produced (prefill to each row's length, then steps), [B, T, V]."""
-  B, T = tokens.shape
-  prefill = jax.jit(lambda p, t, L: model.apply(p, t, decode=decoding.Decode.prefill(L, max_len), mutable=["cache"]))
-  step = jax.jit(lambda p, c, t, pos: model.apply({**p, "cache": c}, t, decode=decoding.Decode.step(pos, max_len),
-                                                  mutable=["cache"]))
-  (_, _), state = prefill(params, tokens, lengths)
-  out = np.zeros((B, T, model.cfg.padded_vocab), np.float32)
-  for t in range(int(lengths.min()), T):
-    pos = np.maximum(lengths, t)
-    (logits, _), state = step(params, state["cache"], tokens[np.arange(B), np.minimum(pos, T - 1)][:, None], pos)
-    out[np.arange(B), pos] = np.asarray(logits[:, 0])
-  return out, state["cache"]
-
-
 @pytest.mark.parametrize("opts", SHAPES + [dict(top_k=3)], ids=["defaults", "query_latent-narrow", "sparse"])
 def test_absorbed_steps_equal_expanded_steps_and_the_cache_holds_only_latents(opts):
   """W_UK folded into the query and W_UV into the output give the expanded attention's logits (float32, tight);
@@ -65,7 +51,7 @@ def test_absorbed_steps_equal_expanded_steps_and_the_cache_holds_only_latents(op
     cfg = _cfg(**opts, absorb=absorb)
     model = Transformer(cfg)
     params = nn.unbox(model.init(jax.random.key(1), tokens))
-    outs[absorb], cache = _decode_steps(model, params, tokens, lengths, max_len)
+    outs[absorb], cache = decode_logits(model, params, tokens, jnp.asarray(lengths), max_len)
   mask = np.arange(T)[None, :] >= lengths[:, None]
   np.testing.assert_allclose(outs[True][mask], outs[False][mask], rtol=1e-5, atol=1e-5)
   d = MLAOptions(**opts).dims(cfg)

@@ -174,7 +174,6 @@ class MultiHeadLatentAttention(nn.Module):
     c_new, k_rope_new = self._latent(x_BxTxD, pos_Bx1)
     c_BxSxC, k_rope_BxSxR = (decoding.cached(self, n, a, decode) for n, a in (("c_kv", c_new), ("k_rope", k_rope_new)))
     wk, wv = self._up()
-    scale = (d["d_h"] + d["d_r"]) ** -0.5
     bias = None  # the indexer gate's scores on the picked keys (sparse, indexer_grad=gate), as in the forward
     if o.top_k:
       idx_Bx1xN, ok_Bx1xN, bias = indexer_step_picks(self, x_BxTxD, self.cfg, o.sparse_options(), decode)
@@ -184,15 +183,11 @@ class MultiHeadLatentAttention(nn.Module):
       c_sel, k_rope_sel = c_BxSxC[:, None], k_rope_BxSxR[:, None]
     if o.absorb:
       q_lat = jnp.einsum("BTHN,CHN->BTHC", q_C, wk)  # W_UK absorbed into the query
-      o_lat = absorbed_attention(q_lat, q_R, c_sel, k_rope_sel, ok_Bx1xN, scale, bias)
+      o_lat = absorbed_attention(q_lat, q_R, c_sel, k_rope_sel, ok_Bx1xN, (d["d_h"] + d["d_r"]) ** -0.5, bias)
       out = jnp.einsum("BTHC,CHV->BTHV", o_lat, wv)  # W_UV absorbed into the output
     else:  # expand every visible cached latent into per-head keys and values
-      k, v = self._expand(c_sel[:, 0], k_rope_sel[:, 0], wk, wv)  # [B, N, H, .]
-      q = jnp.concatenate([q_C, q_R], -1)
-      logits = jnp.einsum("BTHE,BNHE->BTHN", q, k, preferred_element_type=jnp.float32) * scale
-      logits = logits + (0.0 if bias is None else bias[:, :, None, :])  # the indexer gate (indexer_grad=gate)
-      probs = jax.nn.softmax(jnp.where(ok_Bx1xN[:, :, None], logits, -jnp.inf), -1).astype(v.dtype)
-      out = jnp.einsum("BTHN,BNHV->BTHV", probs, v)
+      k, v = self._expand(c_sel[:, 0], k_rope_sel[:, 0], wk, wv)  # [B, N, H, .]: one key/value head per head
+      out = decoding.attend(jnp.concatenate([q_C, q_R], -1), k, v, ok_Bx1xN, bias)
     return project_out(self, out, self.cfg), {}
 
   @nn.compact

@@ -143,7 +143,8 @@ def random_scores(seed: int, t: jax.Array, s: jax.Array) -> jax.Array:
   return (h >> 8).astype(jnp.float32) * 2.0 ** -24
 
 
-def indexer_inputs(mod: nn.Module, x_BxTxD: jax.Array, cfg, o, positions=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def indexer_inputs(mod: nn.Module, x_BxTxD: jax.Array, cfg, o,
+                   positions=None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """DSA's lightning-indexer inputs, parameters `idx_*` of `mod`: queries [B,T,J,I], one shared key [B,T,I] (both
   RoPE'd at `positions`, None: 0..T-1) and head weights [B,T,J]; `o` has indexer_heads J, indexer_dim I and
   detach_indexer_input (SparseOptions, or MLA's sparse options)."""
@@ -273,7 +274,7 @@ class SparseAttention(nn.Module):
     """One decoding step: the rule scores every cached key (the indexer: its cached indexer keys), the top k are
     gathered from the KV cache and attended; the same picks as the full forward's at this position."""
     o = self.opts
-    B, S = x_BxTxD.shape[0], decode.max_len
+    S = decode.max_len
     N, pos_Bx1 = min(o.top_k, S), decode.token_positions(1)
     q_Bx1xHxK, k_Bx1xGxK, v_Bx1xGxK = project_qkv(self, x_BxTxD, self.cfg, positions=pos_Bx1)
     k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_Bx1xGxK), ("v", v_Bx1xGxK)))
