@@ -247,7 +247,7 @@ def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, di
   lines = []
   if ablations and "passkey" in ablations:
     a = ablations["passkey"]
-    lines += passkey_by_depth(os.path.abspath(a.results_dir or os.path.join("results", a.name))) + [""]
+    lines += passkey_by_depth(a.out_dir) + [""]
   names += [timed for timed, trained in TIMED_ONLY.items() if trained in names]
   flops_lines, flops = complexity(names)
   time_lines, times = layer_timing(names)

@@ -41,11 +41,16 @@ class Ablation:
   baseline: str = ""  # variant the ratios are taken against; "" = the first variant
   results_dir: str = ""  # "" = ./results/<name>
 
+  @property
+  def out_dir(self) -> str:
+    """Where the runs and tables go (absolute)."""
+    return os.path.abspath(self.results_dir or os.path.join("results", self.name))
+
   def configs(self) -> dict[tuple[str, int], Config]:
     if self.baseline and self.baseline not in self.variants:
       raise ConfigError(f"baseline={self.baseline!r} is not a variant. Fix: use one of {list(self.variants)}.")
     out = {}
-    root = os.path.abspath(self.results_dir or os.path.join("results", self.name))
+    root = self.out_dir
     # train.init_from='@<variant>': that variant's run of the same seed
     chain = {v: o["train.init_from"][1:] for v, o in self.variants.items()
              if str(o.get("train.init_from", "")).startswith("@")}
@@ -82,7 +87,7 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
   """
   launcher = launcher or sweep.LocalLauncher(workers, train_fn)
   configs = ablation.configs()  # validates every variant first
-  out_dir = os.path.abspath(ablation.results_dir or os.path.join("results", ablation.name))
+  out_dir = ablation.out_dir
   labels = {f"{v}/seed{s}": (v, s) for v, s in configs}
   record = sweep.SweepRecord.open(out_dir, ablation.name, {label: configs[key] for label, key in labels.items()})
   os.makedirs(out_dir, exist_ok=True)

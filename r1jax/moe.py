@@ -11,7 +11,8 @@ than the mean load, += gamma if less), kept in the `balance` variable collection
 Dispatch: `capacity` gives each expert ceil(cf T k / E) slots per sequence and drops the overflow (GShard, with
 slots taken in token order so that a decoder stays causal); `dropless` sorts the token copies by expert and runs
 grouped matmuls, through `jax.lax.ragged_dot` or through blocks of `block_size` rows padded per expert (MegaBlocks,
-Gale et al. 2022; XLA's CPU backend computes ragged_dot densely for every group, E times the work).
+Gale et al. 2022; XLA's CPU backend computes ragged_dot densely for every group, E times the work). Copies move to
+their rows and back by gathers whose gradients are gathers through the inverse map (permute_rows), no scatter-adds.
 """
 
 import dataclasses
@@ -29,7 +30,7 @@ from r1jax.registry import ConfigError, register_ffn
 SCORES = ("softmax", "sigmoid")
 BALANCES = ("aux", "aux_free", "none")
 DISPATCHES = ("dropless", "capacity")
-MATMULS = ("ragged_dot", "blocks")
+MATMULS = ("auto", "ragged_dot", "blocks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +50,9 @@ class MoEOptions:
   bias_rate: float = 1e-3  # gamma of aux_free, per step (DeepSeek-V3: 0.001)
   dispatch: str = "dropless"  # dropless (every routed copy computed) | capacity (per-expert slots, overflow dropped)
   capacity_factor: float = 1.25  # capacity: slots per expert per sequence = ceil(cf * T * top_k / E), > 0
-  grouped_matmul: str = "ragged_dot"  # dropless: ragged_dot (jax.lax.ragged_dot) | blocks (padded row blocks)
-  block_size: int = 32  # blocks: rows per block, >= 1
+  grouped_matmul: str = "auto"  # dropless: ragged_dot (jax.lax.ragged_dot) | blocks (padded row blocks) | auto
+  # (blocks on CPU, where XLA computes ragged_dot densely for every expert; ragged_dot on GPU/TPU)
+  block_size: int = 0  # blocks: rows per block, >= 0; 0: chosen from the copies per step (auto_block_size)
 
   def __post_init__(self):
     def need(ok, field, problem, fix):
@@ -59,8 +61,8 @@ class MoEOptions:
     need(self.num_experts >= 1 and 1 <= self.top_k <= self.num_experts, "top_k",
          f"needs 1 <= top_k <= num_experts, got top_k={self.top_k}, num_experts={self.num_experts}",
          "lower top_k or raise num_experts")
-    need(self.d_expert >= 0 and self.num_shared >= 0 and self.block_size >= 1, "d_expert/num_shared/block_size",
-         "must be >= 0 (block_size >= 1)", "use 0 for the default width")
+    need(self.d_expert >= 0 and self.num_shared >= 0 and self.block_size >= 0, "d_expert/num_shared/block_size",
+         "must be >= 0", "use 0 for the defaults")
     need(self.score in SCORES, "score", f"unknown {self.score!r}", f"use one of {SCORES}")
     need(self.balance in BALANCES, "balance", f"unknown {self.balance!r}", f"use one of {BALANCES}")
     need(self.dispatch in DISPATCHES, "dispatch", f"unknown {self.dispatch!r}", f"use one of {DISPATCHES}")
@@ -128,43 +130,88 @@ def _swiglu(x, w1, w3, w2, mm):
   return mm(nn.silu(mm(x, w1)) * mm(x, w3), w2)
 
 
-def grouped_swiglu(x_MxD, sizes_E, w1_ExDxF, w3_ExDxF, w2_ExFxD, matmul: str, block_size: int) -> jax.Array:
-  """Rows sorted by expert (expert e owns the next sizes_E[e] rows; rows past the last group give zeros) through
-  their expert's SwiGLU."""
-  M, E = x_MxD.shape[0], sizes_E.shape[0]
-  valid_M = jnp.arange(M) < jnp.sum(sizes_E)
+@jax.custom_vjp
+def permute_rows(x_RxD: jax.Array, to_S: jax.Array, from_R: jax.Array) -> jax.Array:
+  """x[to] with zero rows where `to` is out of range. `to` and `from` are inverse maps on their in-range entries (each
+  row of x lands in at most one output row), so the gradient is the gather g[from], not a scatter-add."""
+  return x_RxD.at[to_S].get(mode="fill", fill_value=0)
+
+
+def _permute_fwd(x_RxD, to_S, from_R):
+  return permute_rows(x_RxD, to_S, from_R), (to_S, from_R)
+
+
+def _permute_bwd(maps, g_SxD):
+  to_S, from_R = maps
+  return g_SxD.at[from_R].get(mode="fill", fill_value=0), None, None
+
+
+permute_rows.defvjp(_permute_fwd, _permute_bwd)
+
+
+def auto_block_size(copies: int, num_experts: int) -> int:
+  """Rows per block when block_size=0. Each block reads its expert's weights, and each expert's last block is padded:
+  per step about (copies / b + E) weight reads against E * b / 2 padding rows, balanced near b = sqrt(16 copies / E)
+  (a power of 2, at most 256; measured with benchmarks/moe_dispatch.py). With no more copies than experts (decoding),
+  one row per block: only the chosen experts' weights are read."""
+  if copies <= num_experts:
+    return 1
+  return int(min(256, 2 ** round(math.log2(math.sqrt(16 * copies / num_experts)))))
+
+
+def grouped_layout(opts: MoEOptions, copies: int, num_experts: int) -> tuple[str, int]:
+  """(grouped matmul, rows per block) of the dropless path for this many copies: `auto` resolved for the backend."""
+  matmul = opts.grouped_matmul
+  if matmul == "auto":
+    matmul = "blocks" if jax.default_backend() == "cpu" else "ragged_dot"
+  return matmul, 1 if matmul == "ragged_dot" else opts.block_size or auto_block_size(copies, num_experts)
+
+
+def sort_by_expert(expert_M: jax.Array, num_experts: int, block: int):
+  """Rows for M routed copies (expert ids; num_experts and above: not computed here), sorted by expert and each
+  expert's group padded to a multiple of `block` rows. Returns (row of each copy [M] (out of range if not computed),
+  copy in each row [R] (M for padding), expert of each block [R / block], copies per expert [E])."""
+  M, E = expert_M.shape[0], num_experts
+  blocks = -(-M // block) + (min(E, M) if block > 1 else 0)  # sum_e ceil(n_e / b) <= M / b + (non-empty groups)
+  order_M = jnp.argsort(expert_M, stable=True)
+  sizes_E = jnp.bincount(expert_M, length=E + 1)[:E].astype(jnp.int32)
+  padded_E = -(-sizes_E // block) * block
+  start_E, pstart_E = jnp.cumsum(sizes_E) - sizes_E, jnp.cumsum(padded_E) - padded_E
+  rank_M = jnp.zeros((M,), jnp.int32).at[order_M].set(jnp.arange(M, dtype=jnp.int32))  # position in sorted order
+  mine_M = expert_M < E
+  e_M = jnp.minimum(expert_M, E - 1)
+  row_M = jnp.where(mine_M, pstart_E[e_M] + rank_M - start_E[e_M], blocks * block)
+  copy_R = jnp.full((blocks * block,), M, jnp.int32).at[row_M].set(jnp.arange(M, dtype=jnp.int32), mode="drop")
+  expert_B = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded_E), jnp.arange(blocks) * block, side="right"), E - 1)
+  return row_M, copy_R, expert_B, sizes_E
+
+
+def grouped_swiglu(x_RxD, sizes_E, expert_B, w1_ExDxF, w3_ExDxF, w2_ExFxD, matmul: str) -> jax.Array:
+  """Rows laid out by sort_by_expert through their expert's SwiGLU: `ragged_dot` over groups of sizes_E rows (block
+  1), or `blocks`, one batched matmul over blocks with each block's expert weights (rows per block: R / blocks)."""
+  dt = x_RxD.dtype
   if matmul == "ragged_dot":
-    y = _swiglu(x_MxD, w1_ExDxF, w3_ExDxF, w2_ExFxD, lambda a, w: jax.lax.ragged_dot(a, w.astype(a.dtype), sizes_E))
-    return jnp.where(valid_M[:, None], y, 0)
-  # Blocks: each group padded to a multiple of the block size, then one batched matmul with per-block weights.
-  bs = block_size
-  nb = -(-M // bs) + E  # sum_e ceil(sizes_e / bs) < M / bs + E
-  padded_E = -(-sizes_E // bs) * bs
-  ends_E, pends_E = jnp.cumsum(sizes_E), jnp.cumsum(padded_E)
-  expert_M = jnp.minimum(jnp.searchsorted(ends_E, jnp.arange(M), side="right"), E - 1)
-  dest_M = pends_E[expert_M] - padded_E[expert_M] + jnp.arange(M) - (ends_E[expert_M] - sizes_E[expert_M])
-  dest_M = jnp.where(valid_M, dest_M, nb * bs)  # out of range: dropped by the scatter, zero-filled by the gather
-  xb = jnp.zeros((nb * bs, x_MxD.shape[1]), x_MxD.dtype).at[dest_M].set(x_MxD, mode="drop").reshape(nb, bs, -1)
-  block_expert = jnp.minimum(jnp.searchsorted(pends_E, jnp.arange(nb) * bs, side="right"), E - 1)
-  take = lambda w: w[block_expert].astype(x_MxD.dtype)
-  yb = _swiglu(xb, take(w1_ExDxF), take(w3_ExDxF), take(w2_ExFxD), lambda a, w: jnp.einsum("nbi,nio->nbo", a, w))
-  return yb.reshape(nb * bs, -1).at[dest_M].get(mode="fill", fill_value=0)
+    return _swiglu(x_RxD, w1_ExDxF, w3_ExDxF, w2_ExFxD, lambda a, w: jax.lax.ragged_dot(a, w.astype(dt), sizes_E))
+  xb = x_RxD.reshape(expert_B.shape[0], -1, x_RxD.shape[1])
+  take = lambda w: w[expert_B].astype(dt)
+  yb = _swiglu(xb, take(w1_ExDxF), take(w3_ExDxF), take(w2_ExFxD), lambda a, w: jnp.einsum("Bbi,Bio->Bbo", a, w))
+  return yb.reshape(x_RxD.shape[0], -1)
 
 
 def dropless(x_NxD, idx_NxK, gate_NxK, weights, opts: MoEOptions, first_expert=0) -> jax.Array:
   """sum_k gate_k E_{idx_k}(x) per token, every routed copy computed; `weights` hold experts first_expert... only
-  (expert parallelism), copies routed elsewhere contribute zero."""
+  (expert parallelism), copies routed elsewhere contribute zero. Phases: sort the copies by expert, gather them
+  into rows, the experts' grouped matmuls, gather the rows back and weight them by the gates."""
   N, K = idx_NxK.shape
   E_local = weights[0].shape[0]
   local_M = idx_NxK.reshape(-1) - first_expert
-  mine_M = (local_M >= 0) & (local_M < E_local)
-  local_M = jnp.where(mine_M, local_M, E_local)  # other shards' copies sort last, past every group
-  order_M = jnp.argsort(local_M, stable=True)
-  sizes_E = jnp.bincount(local_M, length=E_local + 1)[:E_local].astype(jnp.int32)
-  y_sorted = grouped_swiglu(x_NxD[order_M // K], sizes_E, *weights, opts.grouped_matmul, opts.block_size)
-  y_MxD = jnp.zeros_like(y_sorted).at[order_M].set(y_sorted)
-  gate_M = jnp.where(mine_M, gate_NxK.reshape(-1), 0).astype(y_MxD.dtype)
-  return jnp.einsum("NKD,NK->ND", y_MxD.reshape(N, K, -1), gate_M.reshape(N, K))
+  local_M = jnp.where((local_M >= 0) & (local_M < E_local), local_M, E_local)  # other shards' copies: not here
+  matmul, block = grouped_layout(opts, N * K, E_local)
+  row_M, copy_R, expert_B, sizes_E = sort_by_expert(local_M, E_local, block)
+  x_MxD = jnp.broadcast_to(x_NxD[:, None], (N, K, x_NxD.shape[1])).reshape(N * K, -1)
+  y_RxD = grouped_swiglu(permute_rows(x_MxD, copy_R, row_M), sizes_E, expert_B, *weights, matmul)
+  y_MxD = permute_rows(y_RxD, row_M, copy_R)  # zero for copies computed on another shard
+  return jnp.einsum("NKD,NK->ND", y_MxD.reshape(N, K, -1), gate_NxK.astype(y_MxD.dtype))
 
 
 def capacity(x_BxTxD, idx_BxTxK, gate_BxTxK, weights, opts: MoEOptions) -> tuple[jax.Array, jax.Array]:

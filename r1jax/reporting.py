@@ -271,6 +271,15 @@ def load_summary(folder: str) -> dict:
     return json.load(f)
 
 
+def paired(saved: dict, first: str, second: str, key: str = "eval/loss") -> np.ndarray:
+  """Per-seed differences first - second of a result key, over the seeds both variants finished (in a driver every
+  variant of a seed sees the same batches, so these differences cancel the seed's shared noise)."""
+  runs = {label: run for label, run in saved["runs"].items() if "failed" not in run}
+  seeds = sorted({label.split("/")[1] for label in runs if label.startswith(f"{first}/")}
+                 & {label.split("/")[1] for label in runs if label.startswith(f"{second}/")})
+  return np.array([runs[f"{first}/{s}"][key] - runs[f"{second}/{s}"][key] for s in seeds])
+
+
 def write_summary(out_dir: str, name: str, sweep_id: str, baseline: str,
                   results: dict[tuple[str, int], dict]) -> tuple[list[dict], str]:
   """results.json / .csv / .md and the plots of an ablation in `out_dir`; returns (rows, markdown table)."""

@@ -84,8 +84,18 @@ def _check_context_rnn(out, res):
   assert os.path.exists(res / "mqar" / "results.md") and os.path.exists(res / "report.md")
 
 
+def _check_moe_dispatch(out, res):
+  """moe_dispatch.py: every phase of the layer and the dense SwiGLU as 1.00, then the train steps with their ratio."""
+  rows = [line.split("|")[3].strip() for line in out.splitlines() if line.startswith("| 64 | 4 |")]
+  assert rows == ["route", "sort", "gather", "experts", "combine", "moe layer", "capacity layer", "dense SwiGLU"]
+  assert out.splitlines()[[i for i, line in enumerate(out.splitlines()) if "| dense SwiGLU |" in line][0]].endswith(
+      "| 1.00 |")
+  assert "Whole train steps" in out and len([line for line in out.splitlines() if line.startswith("| 64 | ")]) == 9
+
+
 def _check_moe(out, res):
-  assert "| top1 | 1.00 | 0.13 |" in out  # same total FFN parameters as dense_8x, 1/8 of them active (+ router)
+  assert "| top1 < dense | Switch" in out  # the anchors' orderings, per seed
+  assert "| top1 | 8.02 | 1.02 |" in out  # 8x the FFN parameters of dense (+ router), 1x of them active
   assert "## MoE against dense_8x" in out and "| top1 |" in out.split("## MoE against dense_8x")[1]
   assert "top1 vs dense_8x:" in out.split("## Seed claims, judged")[1]
   assert os.path.exists(res / "report.md")
@@ -142,6 +152,8 @@ TINY = {
                               "--repeats=1", "--variants=dense,local"], _check_decode),
     "benchmarks/train_step.py": (["--sizes=1x32x2,2x32x2", "--steps=2", "--seq_len=16", "--batch=4"],
                                  _check_train_step),
+    "benchmarks/moe_dispatch.py": (["--tokens=64", "--experts=4", "--d_model=16", "--d_expert=8", "--seq_len=32",
+                                    "--layers=1", "--repeats=1"], _check_moe_dispatch),
 }
 ONE_VARIANT = {"dense_baseline": "small", "mqar_dense": "d64", "sparse_attn_ablation": "dense",
                "hierarchical_routing_ablation": "global", "context_rnn_ablation": "attention",
@@ -151,7 +163,7 @@ SMOKE = {
     "hierarchical_routing_ablation": (["--tasks=listops", "--variants=global,fusion_token,routed25"],
                                       _check_hierarchical),
     "context_rnn_ablation": (["--tasks=mqar", "--variants=attention,scalar_k2,hybrid"], _check_context_rnn),
-    "moe_ablation": (["--variants=dense_8x,top1"], _check_moe),
+    "moe_ablation": (["--variants=dense,dense_8x,top1"], _check_moe),
     "attention3d_ablation": (["--variants=divided,space,time_channel"], _check_attention3d),
     "kv_cache_ablation": (["--variants=mha,mla", "--tasks=shakespeare"], _check_kv_cache),
 }

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import assert_causal, one_run, tiny_config
 from r1jax import reference
-from r1jax.moe import MoE, MoEOptions, grouped_swiglu, route
+from r1jax.moe import MoE, MoEOptions, grouped_swiglu, permute_rows, route, sort_by_expert
 from r1jax.registry import ConfigError
 
 
@@ -43,10 +43,10 @@ OPTION_SETS = [
 ]
 
 
-@pytest.mark.parametrize("kw, matmul", [(kw, "ragged_dot") for kw in OPTION_SETS]
-                         + [(OPTION_SETS[0], "blocks"), (OPTION_SETS[4], "blocks")])
-def test_dropless_equals_token_loop(kw, matmul):
-  opts = MoEOptions(**kw, grouped_matmul=matmul, block_size=3)
+@pytest.mark.parametrize("kw, matmul, block", [(kw, "ragged_dot", 0) for kw in OPTION_SETS]
+                         + [(OPTION_SETS[0], "blocks", 3), (OPTION_SETS[4], "blocks", 3), (OPTION_SETS[0], "auto", 0)])
+def test_dropless_equals_token_loop(kw, matmul, block):
+  opts = MoEOptions(**kw, grouped_matmul=matmul, block_size=block)
   x = jax.random.normal(jax.random.key(len(kw) + 7 * kw["top_k"]), (3, 7, 16))
   variables, (y, aux), _ = apply_moe(opts, x)
   want, _, _ = reference_of(variables, x, opts)
@@ -54,18 +54,35 @@ def test_dropless_equals_token_loop(kw, matmul):
   assert float(aux["dropped"]) == 0.0
 
 
-def test_grouped_swiglu_blocks_equal_ragged_dot_with_empty_groups_and_tail_rows():
+@pytest.mark.parametrize("matmul, block", [("ragged_dot", 1), ("blocks", 4), ("blocks", 1)])
+def test_sorted_rows_through_their_experts_with_empty_groups_and_other_shards_copies(matmul, block):
   k = jax.random.split(jax.random.key(0), 4)
-  x = jax.random.normal(k[0], (23, 5))
+  expert_M = jnp.array([3, 1, 4, 1, 3, 3, 4, 1, 3, 3, 1, 3, 4], jnp.int32)  # 4: another shard's expert
+  x = jax.random.normal(k[0], (13, 5))
   w1, w3 = jax.random.normal(k[1], (4, 5, 6)), jax.random.normal(k[2], (4, 5, 6))
   w2 = jax.random.normal(k[3], (4, 6, 5))
-  sizes = jnp.array([0, 9, 0, 11], jnp.int32)  # empty groups, and 3 rows past the last group
-  a = grouped_swiglu(x, sizes, w1, w3, w2, "ragged_dot", 4)
-  b = grouped_swiglu(x, sizes, w1, w3, w2, "blocks", 4)
-  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(a[20:]), 0)
+
+  def through(x):
+    row_M, copy_R, expert_B, sizes_E = sort_by_expert(expert_M, 4, block)
+    np.testing.assert_array_equal(sizes_E, [0, 4, 0, 6])
+    return permute_rows(grouped_swiglu(permute_rows(x, copy_R, row_M), sizes_E, expert_B, w1, w3, w2, matmul),
+                        row_M, copy_R)
+
   silu = lambda z: z * jax.nn.sigmoid(z)
-  np.testing.assert_allclose(a[9:20], silu(x[9:20] @ w1[3]) * (x[9:20] @ w3[3]) @ w2[3], rtol=1e-5, atol=1e-5)
+  want = jnp.stack([silu(x[m] @ w1[e]) * (x[m] @ w3[e]) @ w2[e] if e < 4 else jnp.zeros(5)
+                    for m, e in enumerate(expert_M.tolist())])
+  np.testing.assert_allclose(through(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_permute_rows_gradient_is_the_gather_of_the_inverse_map():
+  """permute_rows's hand-written backward (a gather through the inverse map) equals autodiff of the plain gather."""
+  x = jax.random.normal(jax.random.key(3), (6, 4))
+  row_M, copy_R, _, _ = sort_by_expert(jnp.array([2, 0, 3, 2, 0, 2], jnp.int32), 3, 2)  # 3: not here
+  g = jax.random.normal(jax.random.key(4), (copy_R.shape[0], 4))
+  plain = lambda x: x.at[copy_R].get(mode="fill", fill_value=0)
+  np.testing.assert_array_equal(permute_rows(x, copy_R, row_M), plain(x))
+  np.testing.assert_allclose(jax.vjp(lambda x: permute_rows(x, copy_R, row_M), x)[1](g)[0],
+                             jax.vjp(plain, x)[1](g)[0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("kw", OPTION_SETS[:2] + OPTION_SETS[3:4])
