@@ -22,12 +22,10 @@ Each measurement runs in a child process, so running out of memory costs one cel
 import json
 import math
 import os
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import flags
 
 from r1jax import decoding, entry
@@ -35,7 +33,7 @@ from r1jax.config import ModelConfig
 from r1jax.model import Transformer
 from r1jax.registry import ConfigError
 from r1jax.reporting import write_json
-from r1jax.scaling import decode_step, measure_in_child, memory_limit_bytes
+from r1jax.scaling import decode_step, measure_in_child, median_sec, memory_limit_bytes
 from r1jax.train import static_memory_bytes
 
 flags.DEFINE_list("contexts", ["1024", "4096", "16384"], "context lengths C (cache positions)")
@@ -81,16 +79,6 @@ def variant_config(name: str) -> ModelConfig:
                      num_kv_heads=kv_heads, dtype=FLAGS.dtype, mixer=mixer, mixer_options={mixer: options}, **ffn)
 
 
-def _median_sec(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(FLAGS.repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
-
-
 def measure_here(name: str, C: int) -> dict:
   """Prefill seconds, seconds per decode step at batch 1 and at --batch, and cache bytes per sequence."""
   model = Transformer(variant_config(name))
@@ -102,7 +90,7 @@ def measure_here(name: str, C: int) -> dict:
   tokens = jax.random.randint(jax.random.key(1), (1, C), 0, 256)
   compiled = prefill.lower(params, tokens).compile()
   fits = static_memory_bytes(compiled) <= memory_limit_bytes(FLAGS.max_memory_gb)
-  out["prefill_sec"] = _median_sec(compiled, params, tokens) if fits else float("nan")
+  out["prefill_sec"] = median_sec(compiled, params, tokens, repeats=FLAGS.repeats) if fits else float("nan")
 
   for B, key in ((1, "step_sec_b1"), (FLAGS.batch, "step_sec_batch")):
     r = decode_step(model.cfg, C, B, FLAGS.steps, FLAGS.repeats, params)

@@ -13,7 +13,6 @@ after a warm-up), so the phases add up to about the whole layer, which is timed 
 dispatch (capacity factor 1.25 over sequences of --seq_len tokens), timed whole.
 """
 
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ from r1jax.model import Transformer
 from r1jax.moe import (MATMULS, MoEOptions, capacity, grouped_layout, grouped_swiglu, permute_rows, route,
                        sort_by_expert)
 from r1jax.registry import ConfigError
+from r1jax.scaling import median_sec
 from r1jax.train import compile_train_step, init_train_state, make_optimizer
 
 flags.DEFINE_list("tokens", ["768", "4096"], "tokens per step (batch x sequence length)")
@@ -42,13 +42,7 @@ FLAGS = flags.FLAGS
 
 
 def median_ms(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(FLAGS.repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)) * 1e3
+  return median_sec(fn, *args, repeats=FLAGS.repeats) * 1e3
 
 
 def fwd_and_bwd(fn, *args) -> tuple[float, float]:

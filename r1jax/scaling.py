@@ -64,6 +64,17 @@ def compiled_cost(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = Fal
   return {"T": T, "flops": compiled_flops(compiled), "memory_bytes": static_memory_bytes(compiled)}
 
 
+def median_sec(fn, *args, repeats: int = 3) -> float:
+  """Median wall time of fn(*args) over `repeats` calls after one warm-up call (compile, caches)."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
 def timed(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = False, repeats: int = 3,
           budget_sec: float = 30.0, max_bytes: float = float("inf")) -> dict:
   """Median wall time of the compiled mixer at length T (after one warm-up call), and its peak memory.
