@@ -12,11 +12,12 @@ inference-speed claims on the decoding step at the longest context measured.
 The model: --layers layers of width --d_model, --heads heads; the sparse mixers at one key budget --budget (top-k
 keys; block: budget/64 blocks of 64; local: a window of budget); NSA at its paper's sizes (l=32, d=16, l'=64,
 n=16, w=512); `moe` is the dense-attention model with an 8-expert top-2 feed-forward, each expert as wide as
-`dense`'s SwiGLU (twice its active FFN parameters); `gqa` (2 key/value groups), `mqa` (1), `mla` and `mla_sparse` (latent caches; r1jax/attention/mla.py)
-are on request. A decode step at context C attends a cache of C positions (its content does not change the work);
-the step is timed inside one compiled scan of --steps tokens. Prefill is the forward over C prompt tokens that fills
-the cache; n/a where XLA's memory estimate exceeds --max_memory_gb (dense prefill's T x T scores at 64k on a CPU).
-Each measurement runs in a child process, so running out of memory costs one cell.
+`dense`'s SwiGLU (twice its active FFN parameters); `gqa` (2 key/value groups), `mqa` (1), `mla` and `mla_sparse`
+(latent caches; r1jax/attention/mla.py) are on request. A decode step at context C attends a cache of C positions
+(its content does not change the work); the step is timed inside one compiled scan of --steps tokens. Prefill is
+the forward over C prompt tokens that fills the cache; n/a where XLA's memory estimate exceeds --max_memory_gb
+(dense prefill's T x T scores at 64k on a CPU). Each measurement runs in a child process, so running out of memory
+costs one cell.
 """
 
 import json

@@ -13,20 +13,16 @@ after a warm-up), so the phases add up to about the whole layer, which is timed 
 dispatch (capacity factor 1.25 over sequences of --seq_len tokens), timed whole.
 """
 
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import flags
 
-from r1jax import entry, sharding
-from r1jax.config import MeshConfig, ModelConfig, OptimConfig
-from r1jax.model import Transformer
-from r1jax.moe import (MATMULS, MoEOptions, capacity, grouped_layout, grouped_swiglu, permute_rows, route,
+from r1jax import entry
+from r1jax.config import ModelConfig
+from r1jax.moe import (MATMULS, MoEOptions, capacity, dropless, grouped_layout, grouped_swiglu, permute_rows, route,
                        sort_by_expert)
 from r1jax.registry import ConfigError
-from r1jax.scaling import median_sec
-from r1jax.train import compile_train_step, init_train_state, make_optimizer
+from r1jax.scaling import lm_train_step, median_sec
 
 flags.DEFINE_list("tokens", ["768", "4096"], "tokens per step (batch x sequence length)")
 flags.DEFINE_list("experts", ["8", "32"], "routed experts E")
@@ -84,11 +80,8 @@ def layer_rows(N: int, E: int) -> list[tuple[str, float, float]]:
     y_M = permute_rows(y_R, row_M, copy_R).reshape(N, K, D)
     return jnp.einsum("NKD,NK->ND", y_M, gate)
 
-  def layer(x, router, w1, w3, w2):
-    idx, gate = routed(x, router)
-    rows = sort_by_expert(idx.reshape(-1), E, block)
-    y_R = grouped_swiglu(permute_rows(copies(x), rows[1], rows[0]), rows[3], rows[2], w1, w3, w2, matmul)
-    return jnp.einsum("NKD,NK->ND", permute_rows(y_R, rows[0], rows[1]).reshape(N, K, D), gate)
+  def layer(x, router, w1, w3, w2):  # the library's dropless path, whole
+    return dropless(x, *routed(x, router), (w1, w3, w2), opts)
 
   def capacity_layer(x, router, w1, w3, w2):
     idx, gate = routed(x, router)
@@ -110,14 +103,7 @@ def layer_rows(N: int, E: int) -> list[tuple[str, float, float]]:
 
 
 def step_ms(cfg: ModelConfig, batch_size: int) -> float:
-  model, mesh = Transformer(cfg), sharding.make_mesh(MeshConfig())
-  schedule, tx = make_optimizer(OptimConfig(), 1000)
-  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, FLAGS.seq_len + 1)).astype(np.int32)
-  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((batch_size, FLAGS.seq_len),
-                                                                                   np.float32)}
-  state, state_sh = init_train_state(model, tx, batch, 0, mesh)
-  batch = sharding.put_batch(batch, mesh)
-  step = compile_train_step(model, tx, schedule, state, state_sh, batch, jax.random.key(1), mesh)
+  step, state, batch, _ = lm_train_step(cfg, batch_size, FLAGS.seq_len)
   holder = [state]
 
   def run():
@@ -148,9 +134,9 @@ def main(argv):
         print(f"| {N} | {E} | {name} | {fwd:.2f} | {both:.2f} | {share} | {both / dense:.2f} |")
   if not FLAGS.layers:
     return
-  print(f"\nWhole train steps, {FLAGS.layers} layers x {FLAGS.d_model}, 4 heads, T={FLAGS.seq_len} (the MoE ablation's "
-        f"model), {experts[0]} experts:\n\n| tokens | dense ms (d_ff {FLAGS.top_k * FLAGS.d_expert}) | top-{FLAGS.top_k} "
-        f"dropless ms | ratio | capacity ms | ratio |\n|---|---|---|---|---|---|")
+  print(f"\nWhole train steps, {FLAGS.layers} layers x {FLAGS.d_model}, 4 heads, T={FLAGS.seq_len} (the MoE "
+        f"ablation's model), {experts[0]} experts:\n\n| tokens | dense ms (d_ff {FLAGS.top_k * FLAGS.d_expert}) | "
+        f"top-{FLAGS.top_k} dropless ms | ratio | capacity ms | ratio |\n|---|---|---|---|---|---|")
   base = dict(vocab_size=65, num_layers=FLAGS.layers, d_model=FLAGS.d_model, num_heads=4)
   for N in tokens:
     moe = dict(num_experts=experts[0], top_k=FLAGS.top_k, d_expert=FLAGS.d_expert, grouped_matmul=FLAGS.matmul,

@@ -9,14 +9,13 @@ Each size is LAYERSxWIDTHxHEADS of the dense baseline; ratios are against the fi
 import time
 
 import jax
-import numpy as np
 from absl import flags
 
-from r1jax import entry, sharding
-from r1jax.config import MeshConfig, ModelConfig, OptimConfig
-from r1jax.model import Transformer
+from r1jax import entry
+from r1jax.config import ModelConfig
 from r1jax.registry import ConfigError
-from r1jax.train import compile_train_step, compiled_flops, init_train_state, make_optimizer, peak_memory_bytes
+from r1jax.scaling import lm_train_step
+from r1jax.train import compiled_flops, peak_memory_bytes
 
 flags.DEFINE_list("sizes", ["2x64x2", "4x128x4", "6x192x6"], "LAYERSxWIDTHxHEADS per row")
 flags.DEFINE_integer("seq_len", 64, "tokens per sequence")
@@ -47,15 +46,7 @@ def size_config(size: str) -> ModelConfig:
 
 def measure(cfg: ModelConfig) -> dict:
   layers, width, heads = cfg.num_layers, cfg.d_model, cfg.num_heads
-  model, mesh = Transformer(cfg), sharding.make_mesh(MeshConfig())
-  schedule, tx = make_optimizer(OptimConfig(), 1000)
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, FLAGS.vocab, (FLAGS.batch, FLAGS.seq_len + 1)).astype(np.int32)
-  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-           "weights": np.ones((FLAGS.batch, FLAGS.seq_len), np.float32)}
-  state, state_sh = init_train_state(model, tx, batch, 0, mesh)
-  batch = sharding.put_batch(batch, mesh)
-  step = compile_train_step(model, tx, schedule, state, state_sh, batch, jax.random.key(1), mesh)
+  step, state, batch, mesh = lm_train_step(cfg, FLAGS.batch, FLAGS.seq_len)
   for _ in range(3):
     state, metrics = step(state, batch, jax.random.key(1))
   jax.block_until_ready(metrics)

@@ -4,7 +4,7 @@ dropless dispatch, DeepSeekMoE's fine-grained + shared experts and DeepSeek-V3's
 their orderings judged per seed, and the seed claim (declared in r1jax/claims.py), measured. "Inference" speed is the
 forward-only throughput of the evaluation batches.
 
-  python experiments/moe_ablation.py             # 9 variants x 3 seeds, ~25 min (2-core CPU, two runs at a time)
+  python experiments/moe_ablation.py             # 9 variants x 3 seeds, ~20 min (2-core CPU, two runs at a time)
   python experiments/moe_ablation.py --quick     # smoke run
   python experiments/moe_ablation.py --variants=  # every variant (also top4, shared, ragged_dot, z-loss, V3 routing)
   python experiments/moe_ablation.py --config.train.steps=20000 --config.model.num_layers=4   # longer (GPU-sized)

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import decoding, registry
-from r1jax.config import ModelConfig
+from r1jax import decoding, registry, sharding
+from r1jax.config import MeshConfig, ModelConfig, OptimConfig
 from r1jax.model import Transformer
-from r1jax.train import compiled_flops, peak_memory_bytes, static_memory_bytes
+from r1jax.train import (compile_train_step, compiled_flops, init_train_state, make_optimizer, peak_memory_bytes,
+                         static_memory_bytes)
 
 
 def memory_limit_bytes(max_memory_gb: float = 0.0, fraction: float = 0.75) -> float:
@@ -62,6 +63,18 @@ def compiled_cost(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = Fal
   """XLA's FLOPs and memory estimate of the mixer at length T, compiled but not run."""
   compiled, _, _ = compile_mixer(cfg, T, batch, backward)
   return {"T": T, "flops": compiled_flops(compiled), "memory_bytes": static_memory_bytes(compiled)}
+
+
+def lm_train_step(cfg: ModelConfig, batch_size: int, seq_len: int):
+  """(compiled train step, initial state, batch on the mesh, mesh) of cfg's LM on random tokens, with the default
+  optimizer and a mesh over every device: what the train-step benchmarks time."""
+  model, mesh = Transformer(cfg), sharding.make_mesh(MeshConfig())
+  schedule, tx = make_optimizer(OptimConfig(), 1000)
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": np.ones((batch_size, seq_len), np.float32)}
+  state, state_sh = init_train_state(model, tx, batch, 0, mesh)
+  batch = sharding.put_batch(batch, mesh)
+  return compile_train_step(model, tx, schedule, state, state_sh, batch, jax.random.key(1), mesh), state, batch, mesh
 
 
 def median_sec(fn, *args, repeats: int = 3) -> float:
