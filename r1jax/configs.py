@@ -70,3 +70,75 @@ def passkey(seq_len: int = 256) -> ml_collections.ConfigDict:
       "optim.lr": 3e-3, "optim.warmup_steps": 50, "optim.b2": 0.99,
       "train.steps": 800, "train.eval_every": 400, "train.checkpoint_every": 400,
   }, "passkey")
+
+
+# GPU-sized presets on a corpus prepared by r1jax.prepare (data.kind=tokens): GPT-2's shapes (Radford et al. 2019;
+# nanoGPT's training recipe: AdamW lr 6e-4, betas (0.9, 0.95), weight decay 0.1, 2000 warm-up steps, cosine to a
+# tenth), bfloat16 compute with float32 parameters, context 1024, 256 sequences per step (262k tokens; nanoGPT:
+# ~0.5M with gradient accumulation). model.remat=True trades a second forward for activation memory.
+# Computed, not measured (no GPU was lent): `python benchmarks/train_step.py --presets=gpt2_small,gpt2_small:remat,
+# gpt2_small:dsa,gpt2_small:nsa,gpt2_small:moe,gpt2_small:mla,gpt2_small:gated_deltanet,gpt2_small:fusion,
+# gpt2_medium,gpt2_medium:remat --seq_len=1024 --batch=16 --compile_only` on the CPU, 16 sequences per device,
+# vocabulary 50304. FLOPs per token from XLA's cost analysis of the compiled train step; tokens/s per device at
+# 40% MFU of an H100's 989 dense bf16 TFLOP/s; weights + AdamW state + gradients in float32 = 16 bytes/parameter.
+#   preset                      params   GFLOPs/token  tokens/s/device @40%  weights+optimizer
+#   gpt2_small                  123.6M   0.86          459k                  2.0 GB
+#   gpt2_small:remat            123.6M   1.03          383k                  2.0 GB
+#   gpt2_small:dsa              124.4M   0.78          510k                  2.0 GB
+#   gpt2_small:nsa              155.5M   1.16          341k                  2.5 GB
+#   gpt2_small:moe              520.0M   1.25          317k                  8.3 GB
+#   gpt2_small:mla              120.3M   0.87          455k                  1.9 GB
+#   gpt2_small:gated_deltanet   131.0M   0.82          483k                  2.1 GB
+#   gpt2_small:fusion           123.7M   0.87          457k                  2.0 GB
+#   gpt2_medium                 355.1M   2.45          162k                  5.7 GB
+#   gpt2_medium:remat           355.1M   3.03          131k                  5.7 GB
+# XLA's CPU peak-memory estimate of the same step (47 GiB small, 112 GiB medium, remat or not) materialises every
+# T x T attention matrix in float32 and is not what a GPU with fused (cuDNN) attention needs: run the same command
+# without --compile_only on the GPU for its measured memory, tokens/s and MFU.
+PRESETS = {
+    "gpt2_small": {"model.num_layers": 12, "model.d_model": 768, "model.num_heads": 12},
+    "gpt2_medium": {"model.num_layers": 24, "model.d_model": 1024, "model.num_heads": 16},
+}
+# Each mechanism's main variant at those sizes (its driver's headline variant, at the papers' sizes where they fit
+# a 1024 context): DSA's indexer top-k 256, NSA's paper sizes (l=32, d=16, l'=64, n=16, w=512), GShard's top-2 of
+# 8 experts each as wide as the dense FFN, DeepSeek-V2's MLA (d_c = 4 d_h, d_r = d_h / 2), Gated DeltaNet, NSA-style
+# per-token fusion of a local and a global branch.
+MECHANISMS = {
+    "dense": {},
+    "dsa": {"model.mixer": "sparse", "model.mixer_options.sparse.top_k": 256,
+            "model.mixer_options.sparse.indexer_grad": "none", "model.mixer_options.sparse.detach_indexer_input": True,
+            "model.mixer_options.sparse.indexer_loss": "kl"},
+    "nsa": {"model.mixer": "nsa", **{f"model.mixer_options.nsa.{k}": v for k, v in dict(
+        cmp_block=32, cmp_stride=16, slc_block=64, top_blocks=16, window=512).items()}},
+    "moe": {"model.ffn": "moe", "model.ffn_options.moe.num_experts": 8, "model.ffn_options.moe.top_k": 2},
+    "mla": {"model.mixer": "mla"},
+    "gated_deltanet": {"model.mixer": "fast_weight", "model.mixer_options.fast_weight.gate": "scalar",
+                       "model.mixer_options.fast_weight.delta": True},
+    "fusion": {"model.mixer": "fusion", "model.mixer_options.fusion.beta": "token"},
+}
+
+
+def preset(name: str = "gpt2_small", mechanism: str = "dense", path: str = "",
+           remat: bool = False) -> ml_collections.ConfigDict:
+  """A GPU-sized run of `mechanism`'s main variant (MECHANISMS) at PRESETS[name] on the corpus prepared in `path`
+  (`python -m r1jax.prepare ... --out=<path>`)."""
+  from r1jax.registry import ConfigError
+  for arg, value, known in (("name", name, PRESETS), ("mechanism", mechanism, MECHANISMS)):
+    if value not in known:
+      raise ConfigError(f"preset {arg}={value!r} is unknown. Fix: use one of {sorted(known)}.")
+  return override(default_config(), {
+      "data.kind": "tokens", "data.options.tokens.path": path, "data.seq_len": 1024, "data.batch_size": 256,
+      "data.eval_batch_size": 64, "data.eval_max_batches": 16,  # 1M validation tokens per evaluation
+      **PRESETS[name], "model.dtype": "bfloat16", "model.param_dtype": "float32", "model.remat": remat,
+      "model.dropout": 0.0, "model.vocab_size": 0,
+      "optim.lr": 6e-4, "optim.b2": 0.95, "optim.weight_decay": 0.1, "optim.warmup_steps": 2000,
+      "optim.min_lr_ratio": 0.1, "train.steps": 20000, "train.eval_every": 1000, "train.checkpoint_every": 1000,
+      **MECHANISMS[mechanism]}, f"{name} {mechanism}")
+
+
+def preset_spec(spec: str) -> ml_collections.ConfigDict:
+  """The preset a NAME[:MECHANISM][:remat] string names (r1jax.main --preset, benchmarks/train_step.py --presets)."""
+  parts = spec.split(":")
+  remat = parts[-1] == "remat"
+  parts = parts[:-1] if remat else parts
+  return preset(parts[0], parts[1] if len(parts) > 1 else "dense", remat=remat)

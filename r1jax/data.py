@@ -45,17 +45,18 @@ PACKAGE_PREFIX = "package:"  # a path package:<file> names a file shipped in r1j
 def resolve_path(path: str, field: str = "data.options.text.path") -> str:
   """The file a `path` option names: package:<file> is looked up inside the installed r1jax package (any working
   directory), anything else is an ordinary path. Raises ConfigError naming `field` when there is no such file."""
+  flag = field if field.startswith("--") else f"--config.{field}"
   if path.startswith(PACKAGE_PREFIX):
     assets = importlib.resources.files("r1jax") / "assets"
     found = assets / path[len(PACKAGE_PREFIX):]
     if not found.is_file():
       shipped = sorted(PACKAGE_PREFIX + f.name for f in assets.iterdir() if f.name.endswith(".txt"))
       raise ConfigError(f"{field}: {path!r} is not shipped with r1jax (shipped: {shipped}). Fix: use one of "
-                        f"those, or pass a file's path: --config.{field}=/path/to/file.txt.")
+                        f"those, or pass a file's path: {flag}=/path/to/file.txt.")
     return str(found)
   if not os.path.isfile(path):
     raise ConfigError(f"{field}: text file {path!r} does not exist (cwd {os.getcwd()!r}). Fix: pass "
-                      f"--config.{field}=/path/to/file.txt, or {TINY_SHAKESPEARE} (the shipped default).")
+                      f"{flag}=/path/to/file.txt, or {TINY_SHAKESPEARE} (the shipped default).")
   return path
 
 
@@ -113,6 +114,10 @@ class TextData:
 
   def decode(self, ids) -> str:
     return "".join(self.chars[i] for i in ids)
+
+  def encode(self, text: str) -> list[int]:
+    lookup = {c: i for i, c in enumerate(self.chars)}
+    return [lookup[c] for c in text]
 
   def train_batch(self, step: int) -> Batch:
     rng = np.random.default_rng([self.seed, TRAIN, step])

@@ -53,14 +53,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
     raise ConfigError(f"{e}. Fix: see --helpshort for the flags and their types.") from None
 
 
-def run(main: Callable[[list[str]], None], flag_configs: Mapping[str, ml_collections.ConfigDict] | None = None,
+def run(main: Callable[[list[str]], None],
+        flag_configs: Mapping[str, ml_collections.ConfigDict | Callable[[], ml_collections.ConfigDict]] | None = None,
         argv: Sequence[str] | None = None) -> None:
-  """Defines a ConfigDict flag per `flag_configs` entry (--name.a.b=v overrides; main reads flags.FLAGS.name), then
-  runs absl's `app.run(main)`. The overrides are checked first (ml_collections reads them as the flag is defined),
-  and a ConfigError ends the program with one line on stderr and exit status 2."""
+  """Defines a ConfigDict flag per `flag_configs` entry (a ConfigDict, or a function returning one; --name.a.b=v
+  overrides; main reads flags.FLAGS.name), then runs absl's `app.run(main)`. The overrides are checked first
+  (ml_collections reads them as the flag is defined), and a ConfigError ends the program with one line on stderr and
+  exit status 2."""
   argv = list(sys.argv if argv is None else argv)
   try:
     for name, cfg in (flag_configs or {}).items():
+      cfg = cfg() if callable(cfg) else cfg  # a function building the config may raise a ConfigError too
       check_overrides(argv[1:], name, cfg)
       config_flags.DEFINE_config_dict(name, cfg, f"config overrides: --{name}.<field>=<value>")
     app.run(main, argv=argv, flags_parser=_parse_flags)

@@ -96,38 +96,40 @@ def load(workdir: str):
     raise ConfigError(f"--workdir={workdir!r} holds a {cfg.model.arch} model (model.arch={cfg.model.arch!r}); it "
                       "classifies clips and cannot generate. Fix: pass the workdir of a language model run.")
   data = make_dataset(cfg.data, cfg.seed)
-  if not hasattr(data, "chars"):
+  if not hasattr(data, "encode"):
     raise ConfigError(f"--workdir={workdir!r} was trained on data.kind={cfg.data.kind!r}, which has no text "
-                      "vocabulary. Fix: pass a run trained on text (data.kind=text).")
+                      "vocabulary. Fix: pass a run trained on text (data.kind=text or tokens).")
   model = make_model(resolve_model_config(cfg.model, data.vocab_size))
   return model, {"params": saved["params"], **saved.get("model_state", {})}, data
 
 
-def encode(prompts: list[str], chars: list[str]) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded ids [B, T] and lengths [B]; ConfigError naming a character the vocabulary lacks."""
-  lookup = {c: i for i, c in enumerate(chars)}
+def encode(prompts: list[str], data) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded ids [B, T] and lengths [B] of the prompts in `data`'s vocabulary (its `encode`); ConfigError
+  naming a character a character-level vocabulary lacks."""
+  if not all(prompts):
+    raise ConfigError("--prompt is empty. Fix: give at least one character, e.g. --prompt='ROMEO:'.")
+  rows = []
   for p in prompts:
-    if not p:
-      raise ConfigError("--prompt is empty. Fix: give at least one character, e.g. --prompt='ROMEO:'.")
-    missing = sorted({c for c in p if c not in lookup})
+    missing = sorted({c for c in p if c not in data.chars}) if hasattr(data, "chars") else []
     if missing:
       raise ConfigError(f"--prompt={p!r} has characters the vocabulary lacks: {missing}. Fix: use only characters of "
                         "the training text.")
-  T = max(len(p) for p in prompts)
+    rows.append(data.encode(p))
+  T = max(len(r) for r in rows)
   ids = np.zeros((len(prompts), T), np.int32)
-  for b, p in enumerate(prompts):
-    ids[b, :len(p)] = [lookup[c] for c in p]
-  return ids, np.array([len(p) for p in prompts], np.int32)
+  for b, r in enumerate(rows):
+    ids[b, :len(r)] = r
+  return ids, np.array([len(r) for r in rows], np.int32)
 
 
 def generate_text(workdir: str, prompts: list[str], max_new_tokens: int, sampling: Sampling = Sampling(),
                   max_len: int = 0) -> list[str]:
-  """Each prompt followed by `max_new_tokens` sampled characters. max_len: the cache's positions (0: just enough);
-  ConfigError when a prompt plus max_new_tokens does not fit."""
+  """Each prompt followed by `max_new_tokens` sampled tokens, decoded to text. max_len: the cache's positions (0: just
+  enough); ConfigError when a prompt plus max_new_tokens does not fit."""
   if max_new_tokens < 1:
     raise ConfigError(f"--max_new_tokens={max_new_tokens} is invalid. Fix: ask for 1 or more.")
   model, variables, data = load(workdir)
-  ids, lengths = encode(prompts, data.chars)
+  ids, lengths = encode(prompts, data)
   need = int(lengths.max()) + max_new_tokens
   if max_len and need > max_len:
     raise ConfigError(f"--prompt plus --max_new_tokens need {need} positions but --max_len={max_len}. Fix: raise "

@@ -3,16 +3,18 @@
   python -m r1jax.main --config.workdir=/tmp/run           # Tiny Shakespeare (shipped with the package)
   python -m r1jax.main --config.data.options.text.path=my_corpus.txt    # any UTF-8 text file, character level
   python -m r1jax.main --config.data.kind=mqar --config.data.seq_len=256 --config.train.steps=1500
+  python -m r1jax.main --preset=gpt2_small:nsa --config.data.options.tokens.path=<prepared corpus>  # a GPU preset
 
 Rerunning the same command with the same workdir resumes from the latest checkpoint. The result (final
 metrics, perf, config) is written to <workdir>/result.json and printed as JSON.
 """
 
 import json
+import sys
 
 from absl import flags, logging
 
-from r1jax import entry
+from r1jax import configs, entry
 from r1jax.config import Config, default_config
 from r1jax.train import train
 
@@ -26,4 +28,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  entry.run(main, {"config": default_config()})
+  # --preset picks the base config that the --config.<field> overrides then apply to
+  spec = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--preset=")), "")
+  flags.DEFINE_string("preset", "", "NAME[:MECHANISM][:remat] of r1jax.configs.PRESETS / MECHANISMS (GPU sizes)")
+  entry.run(main, {"config": (lambda: configs.preset_spec(spec)) if spec else default_config()})

@@ -26,6 +26,7 @@ BUILTIN_MODULES = (
     "r1jax.listops",
     "r1jax.moving_digits",
     "r1jax.passkey",
+    "r1jax.tokens",
 )
 
 

@@ -121,3 +121,27 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda idx: x[idx])
 
   return {k: put(v) for k, v in batch.items()}
+
+
+def local_rows(mesh: Mesh, rows: int) -> np.ndarray:
+  """The rows of a global batch of `rows` rows that this process's devices hold (all of them in one process)."""
+  held = batch_sharding(mesh, 1).addressable_devices_indices_map((rows,)).values()
+  return np.unique(np.concatenate([np.arange(rows)[idx[0]] for idx in held]))
+
+
+def put_train_batch(data, step: int, mesh: Mesh) -> dict[str, jax.Array]:
+  """Step `step`'s training batch as global arrays. A dataset with `reads_rows` reads only this process's rows
+  (`data.train_batch(step, rows)`: each host reads its part of the global batch); others build the global batch."""
+  if not getattr(data, "reads_rows", False):
+    return put_batch(data.train_batch(step), mesh)
+  total = data.cfg.batch_size
+  rows = local_rows(mesh, total)
+  batch = data.train_batch(step, rows)
+  where = np.zeros(total, np.int64)
+  where[rows] = np.arange(len(rows))  # global row -> its row in this process's batch
+
+  def put(x: np.ndarray) -> jax.Array:
+    return jax.make_array_from_callback((total,) + x.shape[1:], batch_sharding(mesh, x.ndim),
+                                        lambda idx: x[(where[np.arange(total)[idx[0]]],) + tuple(idx[1:])])
+
+  return {k: put(v) for k, v in batch.items()}

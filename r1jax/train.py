@@ -1,6 +1,7 @@
 """Training loop: AdamW + warm-up/cosine, a pure jitted train step with NamedShardings, eval, logs, checkpoints."""
 
 import dataclasses
+import math
 import os
 import re
 import time
@@ -270,7 +271,10 @@ class Run:
     n = max(float(totals["count"]), 1.0)
     groups = {f"eval/accuracy/{name}": float(c / max(m, 1.0)) for name, c, m in zip(
         self.data.group_names, np.atleast_1d(totals["group_correct"]), np.atleast_1d(totals["group_count"]))}
-    return {"eval/loss": float(totals["loss_sum"]) / n, "eval/accuracy": float(totals["correct_sum"]) / n, **groups,
+    loss = float(totals["loss_sum"]) / n
+    # bits per character (datasets of text: characters per token of their validation split), across tokenizers
+    bpc = {"eval/bpc": loss / math.log(2) / self.data.chars_per_token} if hasattr(self.data, "chars_per_token") else {}
+    return {"eval/loss": loss, "eval/accuracy": float(totals["correct_sum"]) / n, **groups, **bpc,
             **{f"eval/{k}": v / max(batches, 1) for k, v in diags.items()}}
 
   def train(self) -> dict:
@@ -302,7 +306,7 @@ class Run:
     phases = self.data.phases
     shaped = {}
     for first in [max(p for p in phases if p <= start)] + [p for p in phases if p > start]:
-      batch = sharding.put_batch(self.data.train_batch(first), self.mesh)
+      batch = sharding.put_train_batch(self.data, first, self.mesh)
       shaped[batch["inputs"].shape] = compile_train_step(self.model, self.tx, self.schedule, state, state_sh, batch,
                                                          base_rng, self.mesh, cfg.optim.trainable)
     compiled = shaped[batch["inputs"].shape]  # the run's own shape: FLOPs and memory are reported for it
@@ -353,7 +357,7 @@ class Run:
       last_eval = None
       try:
         for step in range(start, tc.steps):
-          batch = sharding.put_batch(self.data.train_batch(step), self.mesh)
+          batch = sharding.put_train_batch(self.data, step, self.mesh)
           state, window["metrics"] = shaped[batch["inputs"].shape](state, batch, base_rng)
           window["steps"] += 1
           done = step + 1

@@ -144,6 +144,14 @@ MUTATIONS = (
              "h_BxTxF = layers.constrain(nn.silu(gate_BxTxF) * up_BxTxF,",
              "h_BxTxF = layers.constrain(nn.silu(gate_BxTxF) * jnp.cumsum(up_BxTxF, 1),", "tests/test_contract.py",
              "row and swiglu"),
+    Mutation("resumed_prepare_rewrites_the_whole_document", "r1jax/prepare.py", "ids = ids[skip:]", "ids = ids",
+             "tests/test_tokens.py", "killed_run_resumes"),
+    Mutation("every_process_reads_rows_from_the_start", "r1jax/sharding.py", "where[rows] = np.arange(len(rows))",
+             "where[:len(rows)] = np.arange(len(rows))", "tests/test_tokens.py", "two_processes"),
+    Mutation("window_order_ignores_the_seed", "r1jax/tokens.py", ".shuffle(seed=self.seed)", ".shuffle(seed=0)",
+             "tests/test_tokens.py", "depend_only_on_seed"),
+    Mutation("windows_overlap_by_a_token", "r1jax/tokens.py", "self.train.read(i * T, i * T + T + 1)",
+             "self.train.read(i * (T - 1), i * (T - 1) + T + 1)", "tests/test_tokens.py", "depend_only_on_seed"),
 )
 
 

@@ -117,6 +117,10 @@ def _check_attention3d(out, res):
      "data.options.text.path: text file '/no/such/file.txt'"),
     (["-m", "r1jax.main", "--config.train.steps=many"], "flag --config.train.steps=many"),
     (["-m", "r1jax.claims", "--resuls=x"], "Unknown command line flag 'resuls'"),
+    (["-m", "r1jax.prepare", "--input=/no/such/*.txt", "--out=/tmp/r1jax_never"], "--input: '/no/such/*.txt' matches"),
+    (["-m", "r1jax.main", "--preset=gpt3:nsa"], "preset name='gpt3' is unknown"),
+    (["-m", "r1jax.main", "--config.data.kind=tokens", "--config.data.options.tokens.path=/no/such/dir"],
+     "data.options.tokens.path: '/no/such/dir' holds no meta.json"),
     (["benchmarks/train_step.py", "--sizes=2x30x4"], "model.num_heads: 4 heads do not divide d_model=30"),
     (["benchmarks/attention_scaling.py", "--variants=dense,topk8"], "--variants: unknown 'topk8'"),
 ])

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from conftest import SHAKESPEARE
 from r1jax import registry
 from r1jax.config import DataConfig
 from r1jax.data import make_dataset
@@ -55,18 +56,23 @@ def test_passkey_shortest_context_must_hold_needle_and_question():
     tiny_config(data__kind="passkey", data__seq_len=256)
 
 
-def small_data_config(name: str) -> DataConfig:
-  """A dataset's defaults at a length every registered dataset accepts, with a small test set."""
+def small_data_config(name: str, folder: str) -> DataConfig:
+  """A dataset's defaults at a length every registered dataset accepts, with a small test set; a dataset that reads
+  a prepared corpus (options.path, no default) gets Tiny Shakespeare prepared into `folder` (byte level)."""
   options = registry.DATASETS[name].options()
   sizes = {"num_test_examples": 6} if hasattr(options, "num_test_examples") else {}
+  if hasattr(options, "path") and not options.path:
+    from r1jax import prepare
+    prepare.prepare(prepare.PrepareOptions(inputs=(SHAKESPEARE,), tokenizer="byte", out=folder, docs="paragraph"))
+    sizes = {"path": folder}
   return DataConfig(kind=name, seq_len=512, batch_size=3, eval_batch_size=4,
                     options={name: dataclasses.replace(options, **sizes)})
 
 
 @pytest.mark.parametrize("name", sorted(registry.DATASETS) or ["text"])
-def test_every_registered_dataset_keeps_the_batch_contract(name):
+def test_every_registered_dataset_keeps_the_batch_contract(name, tmp_path):
   registry.load_builtins()
-  cfg = small_data_config(name)
+  cfg = small_data_config(name, str(tmp_path / "prepared"))
   data = make_dataset(cfg, 0)
   assert data.arch in ("lm", "video") and data.phases[0] == 0
   batch, again = data.train_batch(1), make_dataset(cfg, 0).train_batch(1)
