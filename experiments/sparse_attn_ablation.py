@@ -54,8 +54,8 @@ Probes on MQAR (seed 0, `--tasks=mqar --variants=...`), what each gave:
   step 500 (86%), but MQAR needs a vocabulary above T, and 260 failed on seed 0 (18-21%); untied embeddings learned on seeds 0-3 by step 500 (98-99.9%), yet in the full 800-step recipe dense
   failed untied on seeds 0 and 1 (12.8%, 13.4% at step 800; tied, seed 0 reaches 99.9%); 16 pairs per curriculum
   row failed on seeds 0 and 1 (12.7%). More steps on seed 1: 1200 (curriculum 500) 61.5%, 1200 (curriculum 900)
-  46.0%, still climbing; the phase change moves with the seed and the schedule, and seed 1 is slow at T=256 even
-  after the T=64 stage.
+  46.0%, still climbing (its loss left the plateau at step ~600 in both); the phase change moves with the seed and
+  the schedule, and on seed 1 it comes late and slowly.
 Runs go two at a time on a CPU with 2+ cores (--workers=auto, one XLA thread each, pinned to a core of its own, glibc
 huge pages; --workers=1: one at a time).
 The random-key control's pattern is a fixed hash of (layer, query position, key position), the same at any length
