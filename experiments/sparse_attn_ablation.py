@@ -51,11 +51,12 @@ Probes on MQAR (seed 0, `--tasks=mqar --variants=...`), what each gave:
 - A dense recipe that learns on seed 1 (not found). The T=64 stage alone (500 steps, its own cosine), seed 1: not
   learned by step 500 with lr 3e-2, init 0.02, 1 or 4 heads, no weight decay, beta2 0.95 or width 128 (13-21%); the
   full recipe at lr 3e-3: 18.1% at step 800. Vocabulary 128 at lr 3e-3 learned the stage by step 300 (99%), 320 by
-  step 500 (86%), but MQAR needs a vocabulary above T, and 260 failed on seed 0 (18-21%); untied embeddings learned on seeds 0-3 by step 500 (98-99.9%), yet in the full 800-step recipe dense
-  failed untied on seeds 0 and 1 (12.8%, 13.4% at step 800; tied, seed 0 reaches 99.9%); 16 pairs per curriculum
-  row failed on seeds 0 and 1 (12.7%). More steps on seed 1: 1200 (curriculum 500) 61.5%, 1200 (curriculum 900)
-  46.0%, still climbing (its loss left the plateau at step ~600 in both); the phase change moves with the seed and
-  the schedule, and on seed 1 it comes late and slowly.
+  step 500 (86%), but MQAR needs a vocabulary above T, and 260 failed on seed 0 (18-21%); untied embeddings learned
+  on seeds 0-3 by step 500 (94-99.9%), yet in the full 800-step recipe dense failed untied on seeds 0 and 1 (12.8%,
+  13.4% at step 800; tied, seed 0 reaches 99.9%); 16 pairs per curriculum row failed on seeds 0 and 1 (12.7%). More
+  steps on seed 1: 1200 (curriculum 500) 61.5%, 1200 (curriculum 900) 46.0%, still climbing (its loss left the
+  plateau at step ~600 in both); the phase change moves with the seed and the schedule, and on seed 1 it comes late
+  and slowly.
 Runs go two at a time on a CPU with 2+ cores (--workers=auto, one XLA thread each, pinned to a core of its own, glibc
 huge pages; --workers=1: one at a time).
 The random-key control's pattern is a fixed hash of (layer, query position, key position), the same at any length
@@ -237,8 +238,11 @@ def layer_timing(names) -> tuple[list[str], dict]:
 
 
 def passkey_by_depth(folder: str) -> list[str]:
-  """Passkey accuracy per (length, depth) group, mean over seeds, as a table and accuracy_by_depth.png."""
-  acc = os.path.exists(os.path.join(folder, "results.json")) and reporting.group_accuracy(reporting.load_summary(folder))
+  """Passkey accuracy per (length, depth) group, mean over seeds, as a table and accuracy_by_depth.png ([] when the
+  folder holds no passkey results)."""
+  if not os.path.exists(os.path.join(folder, "results.json")):
+    return []
+  acc = reporting.group_accuracy(reporting.load_summary(folder))
   if not acc:
     return []
   reporting.depth_figure(acc).savefig(os.path.join(folder, "accuracy_by_depth.png"), dpi=100)
