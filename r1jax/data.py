@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import importlib.resources
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -127,16 +127,21 @@ class TextData:
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:], "weights": np.ones((len(starts), T), np.float32)}
 
   def eval_batches(self) -> Iterator[Batch]:
-    T = self.cfg.seq_len
-    rows = self.cfg.eval_batch_size or self.cfg.batch_size
-    n_windows = (len(self.val_ids) - 1) // T
-    starts = np.arange(n_windows) * T
-    if self.cfg.eval_max_batches:
-      starts = starts[: self.cfg.eval_max_batches * rows]
-    for i in range(0, len(starts), rows):
-      windows = np.stack([self.val_ids[s:s + T + 1] for s in starts[i:i + rows]])
-      yield pad_rows({"inputs": windows[:, :-1], "targets": windows[:, 1:],
-                       "weights": np.ones((len(windows), T), np.float32)}, rows)
+    return tiled_batches(lambda start, stop: self.val_ids[start:stop], len(self.val_ids), self.cfg)
+
+
+def tiled_batches(read: Callable[[int, int], np.ndarray], length: int, cfg: DataConfig) -> Iterator[Batch]:
+  """Evaluation batches tiling `length` tokens (`read(start, stop)`) with non-overlapping windows of seq_len + 1
+  (all of them, or the first cfg.eval_max_batches batches), the last batch padded with zero-weight rows."""
+  T = cfg.seq_len
+  rows = cfg.eval_batch_size or cfg.batch_size
+  starts = np.arange((length - 1) // T) * T
+  if cfg.eval_max_batches:
+    starts = starts[: cfg.eval_max_batches * rows]
+  for i in range(0, len(starts), rows):
+    windows = np.stack([read(s, s + T + 1) for s in starts[i:i + rows]])
+    yield pad_rows({"inputs": windows[:, :-1], "targets": windows[:, 1:],
+                    "weights": np.ones((len(windows), T), np.float32)}, rows)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,11 +114,20 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Global numpy batch -> global arrays sharded over the batch axes (each process fills its own shards)."""
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, rows: np.ndarray | None = None,
+              total: int = 0) -> dict[str, jax.Array]:
+  """Numpy batch -> global arrays sharded over the batch axes (each process fills its own shards). `batch` is the
+  global batch, or, with `rows`, only those rows (sorted global indices, at least this process's) of a global batch
+  of `total` rows."""
+  if rows is not None:
+    where = np.zeros(total, np.int64)
+    where[rows] = np.arange(len(rows))  # global row -> its row in `batch`
 
   def put(x: np.ndarray) -> jax.Array:
-    return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda idx: x[idx])
+    if rows is None:
+      return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda idx: x[idx])
+    return jax.make_array_from_callback((total,) + x.shape[1:], batch_sharding(mesh, x.ndim),
+                                        lambda idx: x[(where[np.arange(total)[idx[0]]],) + tuple(idx[1:])])
 
   return {k: put(v) for k, v in batch.items()}
 
@@ -134,14 +143,5 @@ def put_train_batch(data, step: int, mesh: Mesh) -> dict[str, jax.Array]:
   (`data.train_batch(step, rows)`: each host reads its part of the global batch); others build the global batch."""
   if not getattr(data, "reads_rows", False):
     return put_batch(data.train_batch(step), mesh)
-  total = data.cfg.batch_size
-  rows = local_rows(mesh, total)
-  batch = data.train_batch(step, rows)
-  where = np.zeros(total, np.int64)
-  where[rows] = np.arange(len(rows))  # global row -> its row in this process's batch
-
-  def put(x: np.ndarray) -> jax.Array:
-    return jax.make_array_from_callback((total,) + x.shape[1:], batch_sharding(mesh, x.ndim),
-                                        lambda idx: x[(where[np.arange(total)[idx[0]]],) + tuple(idx[1:])])
-
-  return {k: put(v) for k, v in batch.items()}
+  rows = local_rows(mesh, data.cfg.batch_size)
+  return put_batch(data.train_batch(step, rows), mesh, rows, data.cfg.batch_size)

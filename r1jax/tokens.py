@@ -15,14 +15,13 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 from typing import Iterator
 
 import numpy as np
 
 from r1jax.config import DataConfig, require
-from r1jax.data import Batch, pad_rows
+from r1jax.data import Batch, tiled_batches
 from r1jax.registry import ConfigError, register_dataset
 
 FORMAT = 1  # of a prepared folder (meta.json's "format"), written by r1jax.prepare
@@ -41,7 +40,6 @@ def sha256(path: str) -> str:
 class TokenOptions:
   path: str = ""  # a folder written by `python -m r1jax.prepare` (its meta.json, tokenizer.json and shards)
   verify: bool = False  # check every shard's sha256 against meta.json before training (reads the whole corpus)
-
 
 
 def read_meta(folder: str, field: str = "data.options.tokens.path") -> dict:
@@ -146,17 +144,4 @@ class TokenData:
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:], "weights": np.ones(windows[:, 1:].shape, np.float32)}
 
   def eval_batches(self) -> Iterator[Batch]:
-    T = self.cfg.seq_len
-    rows = self.cfg.eval_batch_size or self.cfg.batch_size
-    starts = np.arange((len(self.val) - 1) // T) * T
-    if self.cfg.eval_max_batches:
-      starts = starts[: self.cfg.eval_max_batches * rows]
-    for i in range(0, len(starts), rows):
-      windows = np.stack([self.val.read(s, s + T + 1) for s in starts[i:i + rows]])
-      yield pad_rows({"inputs": windows[:, :-1], "targets": windows[:, 1:],
-                      "weights": np.ones((len(windows), T), np.float32)}, rows)
-
-
-def bits_per_char(loss_nats: float, chars_per_token: float) -> float:
-  """Bits per character of a per-token loss in nats."""
-  return loss_nats / math.log(2) / chars_per_token
+    return tiled_batches(self.val.read, len(self.val), self.cfg)
