@@ -175,6 +175,9 @@ class OptimConfig:
   # A regex searched in parameter names such as 'layer0/mixer/indexer_wk': only matching parameters train, the others
   # stay bitwise unchanged (e.g. DSA's indexer warm-up: 'indexer'); "" trains every parameter.
   trainable: str = ""
+  # True: the warm-up and cosine restart at each change of the data's phase (the MQAR length curriculum's end), each
+  # phase decaying over its own steps (SGDR-style restarts, Loshchilov & Hutter 2017); False: one schedule for the run.
+  restart_per_phase: bool = False
 
   def __post_init__(self):
     try:

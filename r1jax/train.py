@@ -34,10 +34,15 @@ class TrainState:
   model_state: Any  # non-parameter variable collections updated by the forward pass (e.g. routing biases)
 
 
-def make_optimizer(cfg: OptimConfig, steps: int) -> tuple[optax.Schedule, optax.GradientTransformation]:
-  """AdamW with linear warm-up and cosine decay to lr*min_lr_ratio; weight decay on matrices only."""
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, max(steps, cfg.warmup_steps + 1),
-                                                cfg.lr * cfg.min_lr_ratio)
+def make_optimizer(cfg: OptimConfig, steps: int,
+                   phases: tuple[int, ...] = (0,)) -> tuple[optax.Schedule, optax.GradientTransformation]:
+  """AdamW with linear warm-up and cosine decay to lr*min_lr_ratio (restarted at each data phase start in `phases`
+  with `cfg.restart_per_phase`); weight decay on matrices only."""
+  starts = sorted({0, *(p for p in phases if 0 < p < steps)}) if cfg.restart_per_phase else [0]
+  ends = starts[1:] + [steps]
+  schedule = optax.join_schedules([optax.warmup_cosine_decay_schedule(
+      0.0, cfg.lr, min(cfg.warmup_steps, end - start - 1), max(end - start, 1), cfg.lr * cfg.min_lr_ratio)
+      for start, end in zip(starts, ends)], starts[1:])
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   adamw = optax.adamw(schedule, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
   return schedule, optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip else adamw
@@ -234,7 +239,7 @@ class Run:
     eval_rows = cfg.data.eval_batch_size or cfg.data.batch_size
     sharding.check_divisibility(cfg.model, cfg.data.batch_size, eval_rows, self.mesh)
     self.model = make_model(cfg.model)
-    self.schedule, self.tx = make_optimizer(cfg.optim, cfg.train.steps)
+    self.schedule, self.tx = make_optimizer(cfg.optim, cfg.train.steps, self.data.phases)
     self.is_main = jax.process_index() == 0
     self.replicated = NamedSharding(self.mesh, P())
     self.eval_timing = {"tokens": 0, "sec": 0.0, "warm": False}

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from r1jax.ablation import override
 from r1jax.config import Config, default_config
 from r1jax.train import train
@@ -37,7 +38,7 @@ def _cmd(text_file, workdir, **dist):
 
 
 def _env(devices: int) -> dict:
-  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+  return {**os.environ, "XLA_FLAGS": xla_flags(devices), "JAX_PLATFORMS": "cpu"}
 
 
 def _two_processes(text_file, workdir):

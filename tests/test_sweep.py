@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from helpers import tiny_config
 from r1jax import ablation, sweep
 from r1jax.config import default_config, to_dict
@@ -216,7 +217,7 @@ class _LauncherKilledAfterSubmitting(sweep.SlurmLauncher):
 def test_two_process_run_on_slurm_and_a_relaunch_waits_on_the_queued_job(slurm, text_file, tmp_path):
   # Each task: 2 CPU devices; the run's global mesh is data 2 x fsdp 2 over both processes.
   opts = sweep.SlurmOptions(tasks_per_node=2, time_min=10, poll_sec=0.5,
-                            setup="export XLA_FLAGS=--xla_force_host_platform_device_count=2")
+                            setup=f"export XLA_FLAGS='{xla_flags(2)}'")
   base = _base(text_file, **{"mesh.devices": 0, "mesh.data": 2, "mesh.fsdp": 2})
   abl = ablation.Ablation("mp", base, {"two_procs": {}}, seeds=(0,), results_dir=str(tmp_path / "res"))
   with pytest.raises(KeyboardInterrupt):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from helpers import tiny_config
 from r1jax import configs, generate
 from r1jax import prepare as prep
@@ -219,7 +220,7 @@ def test_two_processes_read_exactly_the_global_batch_of_one(corpus, tmp_path):
   from test_distributed import _free_port
   prep.prepare(options(corpus, tmp_path / "out"))
   one = make_dataset(tiny_config(data__kind="tokens", data__options__tokens__path=str(tmp_path / "out")).data, 0)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+  env = {**os.environ, "XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": os.path.dirname(__file__)}
   address = f"localhost:{_free_port()}"
   procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS, address, str(i), str(tmp_path / "out")], env=env,

@@ -1,5 +1,6 @@
 """Training end to end: loss goes down, logs are written, a SIGKILLed run resumes to the same result."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -68,6 +69,18 @@ def test_schedule_is_warmup_then_cosine_to_min_lr():
   schedule, _ = make_optimizer(OptimConfig(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1), 2000)
   assert float(schedule(0)) == 0.0 and np.isclose(float(schedule(50)), 5e-4)
   assert np.isclose(float(schedule(100)), 1e-3) and np.isclose(float(schedule(2000)), 1e-4)
+
+
+def test_schedule_restarts_at_each_phase_only_when_asked():
+  cfg = OptimConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+  one, _ = make_optimizer(cfg, 100, phases=(0, 60))
+  per_phase, _ = make_optimizer(dataclasses.replace(cfg, restart_per_phase=True), 100, phases=(0, 60))
+  plain, _ = make_optimizer(cfg, 100)
+  assert all(float(one(s)) == float(plain(s)) for s in range(101))  # phases alone change nothing
+  alone = {n: make_optimizer(cfg, n)[0] for n in (60, 40)}  # each phase: a whole schedule over its own steps
+  assert [float(per_phase(s)) for s in range(60)] == [float(alone[60](s)) for s in range(60)]
+  assert [float(per_phase(s)) for s in range(60, 101)] == [float(alone[40](s)) for s in range(41)]
+  assert float(per_phase(60)) == 0.0 and np.isclose(float(per_phase(70)), 1e-3)
 
 
 def _main_cmd(workdir, text_file, steps):

@@ -88,8 +88,9 @@ def compress_blocks(k_BxTxGxK: jax.Array, l: int, d: int, mode: str, mlp: tuple 
   """[B, M, G, K] block summaries: mean pooling, or MLP(flatten(block + intra-block positions))."""
   B, T, G, K = k_BxTxGxK.shape
   M = num_compressed(T, l, d)
-  idx_MxL = np.arange(M)[:, None] * d + np.arange(l)[None, :]
-  blocks_BxMxLxGxK = k_BxTxGxK[:, idx_MxL]
+  # token j of block i is i*d + j: l strided slices (no gather, no scatter-add in the backward pass)
+  blocks_BxMxLxGxK = (jnp.stack([jax.lax.slice_in_dim(k_BxTxGxK, j, j + (M - 1) * d + 1, d, 1) for j in range(l)], 2)
+                      if M else jnp.zeros((B, 0, l, G, K), k_BxTxGxK.dtype))
   if mode == "mean":
     return blocks_BxMxLxGxK.mean(2)
   pos_LxK, w1_LKxF, w2_FxK = mlp
