@@ -41,7 +41,7 @@ def make_optimizer(cfg: OptimConfig, steps: int,
   starts = sorted({0, *(p for p in phases if 0 < p < steps)}) if cfg.restart_per_phase else [0]
   ends = starts[1:] + [steps]
   schedule = optax.join_schedules([optax.warmup_cosine_decay_schedule(
-      0.0, cfg.lr, min(cfg.warmup_steps, end - start - 1), max(end - start, 1), cfg.lr * cfg.min_lr_ratio)
+      0.0, cfg.lr, cfg.warmup_steps, max(end - start, cfg.warmup_steps + 1), cfg.lr * cfg.min_lr_ratio)
       for start, end in zip(starts, ends)], starts[1:])
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   adamw = optax.adamw(schedule, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)

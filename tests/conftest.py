@@ -3,12 +3,12 @@
 import os
 
 
-def xla_flags(devices: int) -> str:
-  """XLA_FLAGS for a test process with `devices` simulated CPU devices, compiled fast: LLVM's backend optimisation
-  off: the tests' tiny programs spend more CPU time compiling than running (LLVM's optimisation changes no
+def xla_flags(devices: int, fast_compile: bool = True) -> str:
+  """XLA_FLAGS for a test process with `devices` simulated CPU devices; `fast_compile`: LLVM's backend optimisation
+  off, as the tests' tiny programs spend more CPU time compiling than running (LLVM's optimisation changes no
   semantics; results stay within every test's tolerance)."""
-  return (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
-          "--xla_llvm_disable_expensive_passes=true")
+  fast = " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true" if fast_compile else ""
+  return f"--xla_force_host_platform_device_count={devices}{fast}"
 
 
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))

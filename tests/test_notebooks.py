@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import REPO
+from conftest import REPO, xla_flags
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
 DRAWS = re.compile(r"plt\.show\(|display\((?!Markdown)|\.subplots\(")  # a cell that means to show a figure
@@ -23,8 +23,7 @@ def drawing_cells_without_figure(nb) -> list[int]:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_and_every_drawing_cell_shows_a_figure(path, monkeypatch):
-  # the kernel trains for hundreds of steps: compiled with LLVM's optimisation (conftest.xla_flags turns it off)
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  monkeypatch.setenv("XLA_FLAGS", xla_flags(8, fast_compile=False))  # the kernel trains for hundreds of steps
   nb = nbformat.read(path, as_version=4)
   NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(path)}}
                  ).execute()

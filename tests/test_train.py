@@ -69,6 +69,8 @@ def test_schedule_is_warmup_then_cosine_to_min_lr():
   schedule, _ = make_optimizer(OptimConfig(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1), 2000)
   assert float(schedule(0)) == 0.0 and np.isclose(float(schedule(50)), 5e-4)
   assert np.isclose(float(schedule(100)), 1e-3) and np.isclose(float(schedule(2000)), 1e-4)
+  short, _ = make_optimizer(OptimConfig(lr=1e-3, warmup_steps=100), 6)  # a run shorter than its warm-up stays in it
+  assert np.isclose(float(short(5)), 5e-5)
 
 
 def test_schedule_restarts_at_each_phase_only_when_asked():
