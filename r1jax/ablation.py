@@ -85,41 +85,64 @@ def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, lo
   one-thread processes at once (see LocalLauncher). The sweep's id and where each run was launched are kept in
   <results>/sweep.json.
   """
-  launcher = launcher or sweep.LocalLauncher(workers, train_fn)
-  configs = ablation.configs()  # validates every variant first
-  out_dir = ablation.out_dir
-  labels = {f"{v}/seed{s}": (v, s) for v, s in configs}
-  record = sweep.SweepRecord.open(out_dir, ablation.name, {label: configs[key] for label, key in labels.items()})
-  os.makedirs(out_dir, exist_ok=True)
-  results, todo = {}, []
-  for label, key in labels.items():
-    cfg = configs[key]
-    path = os.path.join(cfg.workdir, reporting.RESULT_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        results[key] = json.load(f)
-      saved, current = results[key]["config"], to_dict(cfg)
-      if current["model"]["vocab_size"] == 0:  # filled from the data by the run (and the data must match)
-        current["model"]["vocab_size"] = saved["model"]["vocab_size"]
-      check_same_config(saved, current, f"{path!r}", RUN_KEYS)
-      log(f"{label}: finished earlier, skipping")
-    else:
-      os.makedirs(cfg.workdir, exist_ok=True)
-      todo.append((label, cfg))
-  log(f"sweep {ablation.name} ({record.id}): {len(labels)} runs, {len(labels) - len(todo)} finished")
-  record.save()
+  return run_all({"": ablation}, launcher or sweep.LocalLauncher(workers, train_fn), log)[""]
 
-  def finish(label: str, result: dict) -> None:
-    results[labels[label]] = result
+
+class _Plan:
+  """One ablation's runs: those to train (`todo`), their results as they finish, and its summary once done."""
+
+  def __init__(self, ablation: Ablation, log):
+    self.ablation, self.log = ablation, log
+    self.configs = configs = ablation.configs()  # validates every variant first
+    self.labels = labels = {f"{v}/seed{s}": (v, s) for v, s in configs}
+    self.record = sweep.SweepRecord.open(ablation.out_dir, ablation.name,
+                                         {label: configs[key] for label, key in labels.items()})
+    os.makedirs(ablation.out_dir, exist_ok=True)
+    self.results, self.todo = {}, []
+    for label, key in labels.items():
+      cfg = configs[key]
+      path = os.path.join(cfg.workdir, reporting.RESULT_FILE)
+      if os.path.exists(path):
+        with open(path) as f:
+          self.results[key] = json.load(f)
+        saved, current = self.results[key]["config"], to_dict(cfg)
+        if current["model"]["vocab_size"] == 0:  # filled from the data by the run (and the data must match)
+          current["model"]["vocab_size"] = saved["model"]["vocab_size"]
+        check_same_config(saved, current, f"{path!r}", RUN_KEYS)
+        log(f"{label}: finished earlier, skipping")
+      else:
+        os.makedirs(cfg.workdir, exist_ok=True)
+        self.todo.append((label, cfg))
+    log(f"sweep {ablation.name} ({self.record.id}): {len(labels)} runs, {len(labels) - len(self.todo)} finished")
+    self.record.save()
+
+  def finish(self, label: str, result: dict) -> None:
+    self.results[self.labels[label]] = result
     if "failed" in result:
-      log(f"{label}: FAILED: {result['failed']}")
+      self.log(f"{label}: FAILED: {result['failed']}")
 
-  launcher.launch(todo, finish, log, record)  # a run that starts from another's checkpoint waits for it
-  results = {key: results[key] for key in configs}  # in the ablation's order, however runs finished
-  baseline = ablation.baseline or next(iter(ablation.variants))
-  rows, table = reporting.write_summary(out_dir, ablation.name, record.id, baseline, results)
-  log(f"\n{ablation.name}: mean ± std over seeds; ratios to '{baseline}'\n{table}\nresults: {out_dir}")
-  return rows
+  def summary(self) -> list[dict]:
+    a = self.ablation
+    results = {key: self.results[key] for key in self.configs}  # in the ablation's order, however runs finished
+    baseline = a.baseline or next(iter(a.variants))
+    rows, table = reporting.write_summary(a.out_dir, a.name, self.record.id, baseline, results)
+    self.log(f"\n{a.name}: mean ± std over seeds; ratios to '{baseline}'\n{table}\nresults: {a.out_dir}")
+    return rows
+
+
+def run_all(ablations: Mapping[str, Ablation], launcher: Any, log=print) -> dict[str, list[dict]]:
+  """`run` for several ablations (a driver's tasks): every one validated first, then their runs trained, in one
+  launch for a local pool of workers (a task's last runs do not leave a worker idle while the next task waits; a run
+  that starts from another's checkpoint waits for it), one launch per ablation elsewhere (SLURM: its own record)."""
+  plans = {name: _Plan(a, log) for name, a in ablations.items()}
+  if isinstance(launcher, sweep.LocalLauncher) and launcher.workers > 1:
+    todo = [(f"{name}:{label}", cfg) for name, plan in plans.items() for label, cfg in plan.todo]
+    launcher.launch(todo, lambda label, result: plans[label.split(":", 1)[0]].finish(label.split(":", 1)[1], result),
+                    log, None)
+  else:
+    for plan in plans.values():
+      launcher.launch(plan.todo, plan.finish, log, plan.record)
+  return {name: plan.summary() for name, plan in plans.items()}
 
 
 def task_plan(variants: Mapping[str, Any], asked: Sequence[str] | None, task: str,
@@ -201,7 +224,7 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
                                    slurm)
     if not jax.config.jax_compilation_cache_dir:
       sweep.use_compile_cache(os.path.join(root, ".xla_cache"))
-    rows = {t: run(a, launcher=launcher) for t, a in ablations.items()}
+    rows = run_all(ablations, launcher)
     text = ""
     if report is not None:
       text = report(rows, ablations)

@@ -234,6 +234,8 @@ class LocalLauncher:
   def launch(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None],
              record: SweepRecord) -> None:
     del record
+    if not todo:  # every run finished earlier: nothing to start (a pool of no workers cannot be made)
+      return
     if self.workers > 1:  # even for one run: its tokens/s must be one-thread numbers, as its table's others
       self._pool(todo, finish, log)
       return

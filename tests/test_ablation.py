@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from r1jax import ablation, registry, reporting
+from r1jax import ablation, registry, reporting, sweep
 from r1jax.config import default_config, to_dict
 from r1jax.registry import ConfigError
 from r1jax.train import load_trained, train
@@ -64,6 +64,16 @@ def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):
   np.testing.assert_allclose([r["eval/loss"] for r in rows_workers], [r["eval/loss"] for r in rows], rtol=1e-4)
   with pytest.raises(ValueError, match="workers=1"):
     ablation.run(abl, counting_train, workers=2)
+
+  # Several ablations (a driver's tasks) in one pool: the runs of both in one launch, each its own summary.
+  os.remove(tmp_path / "res" / "two" / "seed1" / reporting.RESULT_FILE)
+  other = ablation.Ablation("toy2", _base(text_file), {"one": {}}, seeds=(0,), results_dir=str(tmp_path / "res2"))
+  lines.clear()
+  both = ablation.run_all({"a": abl, "b": other}, sweep.LocalLauncher(workers=2), lines.append)
+  pools = [line for line in lines if "worker processes" in line]
+  assert len(pools) == 1 and pools[0].startswith("training 2 runs in 2 worker processes"), pools
+  np.testing.assert_allclose([r["eval/loss"] for r in both["a"]], [r["eval/loss"] for r in rows], rtol=1e-4)
+  assert [r["variant"] for r in both["b"]] == ["one"] and os.path.exists(tmp_path / "res2" / "results.json")
 
   # A finished run of another config is stale: refused, naming the field, not silently reused.
   longer = ablation.Ablation("toy", ablation.override(_base(text_file), {"train.steps": 7}, "longer"),

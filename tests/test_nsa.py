@@ -8,7 +8,7 @@ import pytest
 
 from helpers import apply_mixer, assert_causal, mixer_config, project_out
 from r1jax import reference
-from r1jax.attention.nsa import GATE_INIT, NativeSparseAttention, NSAOptions
+from r1jax.attention.nsa import GATE_INIT, NativeSparseAttention, NSAOptions, num_compressed, overlap_scores
 from r1jax.registry import ConfigError
 
 
@@ -25,6 +25,19 @@ def _reference(opts, params, inter):
   p = params["params"]
   mlp = {n: (p[f"{n}_pos"], p[f"{n}_w1"], p[f"{n}_w2"]) if opts.compress == "mlp" else None for n in ("cmp_k", "cmp_v")}
   return reference.nsa_branches(q, kv_cmp, kv_slc, kv_win, opts, mlp["cmp_k"], mlp["cmp_v"])
+
+
+@pytest.mark.parametrize("T,l,d,ls", [(21, 4, 2, 4), (16, 4, 4, 8), (19, 6, 2, 2), (5, 8, 4, 4), (64, 32, 16, 64)])
+def test_overlap_scores_sum_the_compressed_blocks_overlapping_each_selection_block(T, l, d, ls):
+  """The paper's Eq. 9 by its definition: selection block j sums compressed block i iff their tokens overlap."""
+  M, NB = num_compressed(T, l, d), -(-T // ls)
+  p = np.random.default_rng(T).random((2, 3, M))
+  want = np.zeros((2, 3, NB))
+  for j in range(NB):
+    for i in range(M):
+      if i * d < (j + 1) * ls and i * d + l > j * ls:
+        want[..., j] += p[..., i]
+  np.testing.assert_allclose(overlap_scores(jnp.asarray(p, jnp.float32), T, l, d, ls), want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("T,l,d,ls,n,w,chunk,kv_heads,compress", [

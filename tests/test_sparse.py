@@ -35,6 +35,20 @@ def test_gathered_attention_equals_masked_reference(B, T, H, G, N):
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_gathered_attention_over_blocks_of_rows_equals_the_same_keys_picked_one_by_one():
+  """rows > 1 (NSA's selection blocks): block ids per (query, group) read the same keys as their token positions."""
+  rng = np.random.default_rng(0)
+  B, T, H, G, rows, N = 2, 12, 4, 2, 3, 2
+  q, k, v = (jnp.asarray(rng.normal(size=(B, T, h, 8)), jnp.float32) for h in (H, G, G))
+  ids = jnp.asarray(rng.integers(0, T // rows, size=(B, T, G, N)), jnp.int32)
+  tok = (ids[..., None] * rows + jnp.arange(rows)[None, None, None, None]).reshape(B, T, G, N * rows)
+  valid = jnp.asarray(rng.random((B, T, G, N * rows)) < 0.8).at[..., 0].set(True)
+  by_block, p_block = gathered_attention(q, k, v, ids, valid, rows=rows)
+  by_token, p_token = gathered_attention(q, k, v, tok, valid)
+  np.testing.assert_allclose(by_block, by_token, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(p_block, p_token, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("T,chunk,top_k,kv_heads", [(13, 4, 3, 0), (16, 16, 5, 2), (7, 3, 7, 1)])
 def test_indexer_topk_equals_masked_reference(T, chunk, top_k, kv_heads):
   """The whole mixer (chunked queries, T not a multiple of the chunk, GQA) against top-k by sorting."""

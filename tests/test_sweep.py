@@ -63,6 +63,13 @@ def test_worker_pool_pins_each_worker_to_its_own_core_with_huge_pages():
   assert os.environ.get("GLIBC_TUNABLES") == before
 
 
+def test_a_pool_launcher_with_nothing_left_to_train_returns():
+  """A rerun after every run finished (the driver then only reports) starts no pool: one of no workers raised."""
+  finished = []
+  sweep.LocalLauncher(workers=2).launch([], lambda label, result: finished.append(label), print, None)
+  assert finished == []
+
+
 def test_workers_exit_when_their_driver_is_killed():
   """A driver killed mid-sweep leaves no worker training into its results folder."""
   script = ("import os, sys, time\nfrom r1jax import sweep\nwith sweep.worker_pool(1) as (pool, _):\n"

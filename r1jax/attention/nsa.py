@@ -74,28 +74,25 @@ def num_compressed(T: int, l: int, d: int) -> int:
   return (T - l) // d + 1 if T >= l else 0
 
 
-def block_overlap_ranges(T: int, l: int, d: int, ls: int) -> tuple[np.ndarray, np.ndarray]:
-  """For each selection block j (tokens [j*l', (j+1)*l')), the first and one-past-last compressed block that
-  overlaps it (an empty range where none does)."""
-  M, NB = num_compressed(T, l, d), -(-T // ls)
-  j = np.arange(NB)
-  lo = np.clip(-(-(j * ls - l + 1) // d), 0, M)
-  hi = np.clip((j + 1) * ls - 1, 0, None) // d + 1
-  return lo, np.maximum(np.minimum(hi, M), lo)
-
-
 def compress_blocks(k_BxTxGxK: jax.Array, l: int, d: int, mode: str, mlp: tuple | None) -> jax.Array:
-  """[B, M, G, K] block summaries: mean pooling, or MLP(flatten(block + intra-block positions))."""
+  """[B, M, G, K] block summaries: mean pooling, or MLP(flatten(block + intra-block positions)).
+
+  Block i is the chunks i..i+b-1 of d tokens (b = l/d): chunk means averaged, or the MLP's first layer split into b
+  slices of rows, each applied to every chunk once and the results of a block's chunks summed (the positions'
+  share, flatten(pos) @ W1, added once); contiguous slices only, no gather, stack or scatter in either pass."""
   B, T, G, K = k_BxTxGxK.shape
-  M = num_compressed(T, l, d)
-  # token j of block i is i*d + j: l strided slices (no gather, no scatter-add in the backward pass)
-  blocks_BxMxLxGxK = (jnp.stack([jax.lax.slice_in_dim(k_BxTxGxK, j, j + (M - 1) * d + 1, d, 1) for j in range(l)], 2)
-                      if M else jnp.zeros((B, 0, l, G, K), k_BxTxGxK.dtype))
+  M, b = num_compressed(T, l, d), l // d
+  if M == 0:
+    return jnp.zeros((B, 0, G, K), k_BxTxGxK.dtype)
+  chunks_BxNxdxGxK = k_BxTxGxK[:, :(M + b - 1) * d].reshape(B, M + b - 1, d, G, K)
   if mode == "mean":
-    return blocks_BxMxLxGxK.mean(2)
+    means_BxNxGxK = chunks_BxNxdxGxK.mean(2)
+    return sum(means_BxNxGxK[:, r:r + M] for r in range(b)) / b
   pos_LxK, w1_LKxF, w2_FxK = mlp
-  flat_BxMxGxLK = (blocks_BxMxLxGxK + pos_LxK[None, None, :, None]).transpose(0, 1, 3, 2, 4).reshape(B, M, G, l * K)
-  return jnp.einsum("BMGF,FK->BMGK", nn.silu(jnp.einsum("BMGE,EF->BMGF", flat_BxMxGxLK, w1_LKxF)), w2_FxK)
+  flat_BxNxGxE = chunks_BxNxdxGxK.transpose(0, 1, 3, 2, 4).reshape(B, M + b - 1, G, d * K)  # token-major, as W1's rows
+  y_rxBxNxGxF = jnp.einsum("BNGE,rEF->rBNGF", flat_BxNxGxE, w1_LKxF.reshape(b, d * K, -1))
+  h_BxMxGxF = sum(y_rxBxNxGxF[r, :, r:r + M] for r in range(b)) + (pos_LxK.reshape(1, -1) @ w1_LKxF)[None, None]
+  return jnp.einsum("BMGF,FK->BMGK", nn.silu(h_BxMxGxF), w2_FxK)
 
 
 def compressed_attention(q_BxTxHxK: jax.Array, kc_BxMxGxK: jax.Array, vc_BxMxGxK: jax.Array, l: int, d: int,
@@ -107,10 +104,10 @@ def compressed_attention(q_BxTxHxK: jax.Array, kc_BxMxGxK: jax.Array, vc_BxMxGxK
   B, T, H, K = q_BxTxHxK.shape
   M, G = kc_BxMxGxK.shape[1:3]
   R = H // G
-  pos_xT = (np.arange(T) if pos is None else pos).reshape(-1, T)  # [1, T] or [B, T]
+  pos_xT = (jnp.arange(T) if pos is None else pos).reshape(-1, T)  # [1, T] or [B, T]
   q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, R, K)
   logits = jnp.einsum("BTGRK,BMGK->BTGRM", q_BxTxGxRxK, kc_BxMxGxK, preferred_element_type=jnp.float32) * K ** -0.5
-  ended_xTxM = (np.arange(M)[None, None, :] * d + l - 1) <= pos_xT[..., None]
+  ended_xTxM = (jnp.arange(M)[None, None, :] * d + l - 1) <= pos_xT[..., None]  # on device: no T x M constant
   any_xTx1x1x1 = ended_xTxM.any(-1)[..., None, None, None]
   logits = jnp.where(ended_xTxM[:, :, None, None], logits, -jnp.inf)
   logits = jnp.where(any_xTx1x1x1, logits, 0.0)  # rows with no block: defined, then zeroed
@@ -119,35 +116,53 @@ def compressed_attention(q_BxTxHxK: jax.Array, kc_BxMxGxK: jax.Array, vc_BxMxGxK
   return o.reshape(B, T, H, K), probs.reshape(B, T, H, M)
 
 
+def overlap_scores(p_xM: jax.Array, T: int, l: int, d: int, ls: int) -> jax.Array:
+  """[..., NB] selection-block scores from compressed-block scores [..., M]: block j sums the compressed blocks that
+  overlap its tokens [j*l', (j+1)*l') (the paper's Eq. 9). With d dividing l and l', those are the a + b - 1
+  compressed blocks j*a - b + 1 + r (a = l'/d, b = l/d, r = 0..a+b-2): as many strided slices, no cumsum or gather
+  (missing blocks count 0)."""
+  M, NB, a, b = p_xM.shape[-1], -(-T // ls), ls // d, l // d
+  padded = jnp.pad(p_xM, [(0, 0)] * (p_xM.ndim - 1) + [(b - 1, max(NB * a - M, 0) + a)])
+  return sum(jax.lax.slice_in_dim(padded, r, r + (NB - 1) * a + 1, a, -1) for r in range(a + b - 1))
+
+
 def select_blocks(p_BxCxGxM: jax.Array, pos_C: jax.Array, T: int, o: NSAOptions) -> tuple[jax.Array, jax.Array]:
   """Top-n selection blocks per query and group from the group's compressed probabilities; the first block and the
-  two local ones forced. Returns block ids [B, C, G, n'] (n' = min(n, number of blocks)) and their validity."""
+  two local ones forced. Returns block ids [B, C, G, n'] (n' = min(n, number of blocks): the forced blocks (the
+  first, the previous, the own one; a repeat is invalid), then the top n' - 3 of the others) and their validity."""
   NB = -(-T // o.slc_block)
-  lo, hi = block_overlap_ranges(T, o.cmp_block, o.cmp_stride, o.slc_block)
-  csum = jnp.pad(jnp.cumsum(p_BxCxGxM, -1), [(0, 0)] * 3 + [(1, 0)])
-  score = csum[..., hi] - csum[..., lo]  # [B, C, G, NB]: sum over the overlapping compressed blocks
+  score = overlap_scores(p_BxCxGxM, T, o.cmp_block, o.cmp_stride, o.slc_block)  # [B, C, G, NB]
   own_xCx1 = (pos_C[None] if pos_C.ndim == 1 else pos_C)[:, :, None] // o.slc_block  # positions [C] or [B, C]
-  j_1x1xNB = jnp.arange(NB)[None, None, :]
-  causal_xCxNB = j_1x1xNB <= own_xCx1
-  forced_xCxNB = (j_1x1xNB == 0) | (j_1x1xNB == own_xCx1) | (j_1x1xNB == own_xCx1 - 1)
-  score = jnp.where(forced_xCxNB[:, :, None], jnp.inf, score)
-  score = jnp.where(causal_xCxNB[:, :, None], score, -jnp.inf)
-  top, ids = jax.lax.top_k(score, min(o.top_blocks, NB))
-  return ids, top > -jnp.inf
+  forced_xCx3 = jnp.concatenate([jnp.zeros_like(own_xCx1), own_xCx1 - 1, own_xCx1], -1)
+  ok_xCx3 = jnp.concatenate([jnp.ones_like(own_xCx1, bool), own_xCx1 >= 2, own_xCx1 >= 1], -1)
+  shape = score.shape[:3] + (FORCED,)
+  ids = jnp.broadcast_to(jnp.maximum(forced_xCx3, 0)[:, :, None], shape)
+  valid = jnp.broadcast_to(ok_xCx3[:, :, None], shape)
+  n = min(o.top_blocks, NB) - FORCED
+  if n > 0:  # the others: earlier than the previous block (only they can be neither forced nor in the future)
+    j_1x1xNB = jnp.arange(NB)[None, None, :]
+    others_xCxNB = (j_1x1xNB >= 1) & (j_1x1xNB < own_xCx1 - 1)
+    top, chosen = jax.lax.top_k(jnp.where(others_xCxNB[:, :, None], score, -jnp.inf), n)
+    ids, valid = jnp.concatenate([ids, chosen], -1), jnp.concatenate([valid, top > -jnp.inf], -1)
+  elif n < 0:  # fewer blocks than the forced ones: all of them, those begun by the query valid
+    ids = jnp.broadcast_to(jnp.arange(NB), score.shape)
+    valid = jnp.broadcast_to((jnp.arange(NB)[None, None, :] <= own_xCx1)[:, :, None], score.shape)
+  return ids, valid
 
 
 def selected_attention(q_BxCxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, ids_BxCxGxN: jax.Array,
                        valid_BxCxGxN: jax.Array, pos_C: jax.Array, ls: int) -> jax.Array:
   """Attention of each query over the tokens of its group's selected blocks (causal; query positions [C] or
-  [B, C])."""
-  B, C, H, K = q_BxCxHxK.shape
-  T, G = k_BxTxGxK.shape[1:3]
-  tok_BxCxGxN = (ids_BxCxGxN[..., None] * ls + jnp.arange(ls)[None, None, None, None]).reshape(B, C, G, -1)  # N * l' token positions
+  [B, C]); each block gathered as one row of l' keys."""
+  T = k_BxTxGxK.shape[1]
+  tok_BxCxGxN = (ids_BxCxGxN[..., None] * ls + jnp.arange(ls)[None, None, None, None]).reshape(
+      *ids_BxCxGxN.shape[:3], -1)  # the N * l' token positions
   pos_xCx1x1 = (pos_C[None] if pos_C.ndim == 1 else pos_C)[:, :, None, None]  # [C], or [B, C] per row (decoding)
-  ok = (jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_xCx1x1) & (tok_BxCxGxN < T))
-  tok_BxCxGxN = jnp.minimum(tok_BxCxGxN, T - 1)
-  out_BxCxHxK, _ = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, tok_BxCxGxN, ok)
-  return out_BxCxHxK, tok_BxCxGxN, ok
+  ok = jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_xCx1x1) & (tok_BxCxGxN < T)
+  pad = [(0, 0), (0, -T % ls), (0, 0), (0, 0)]
+  out_BxCxHxK, _ = gathered_attention(q_BxCxHxK, jnp.pad(k_BxTxGxK, pad), jnp.pad(v_BxTxGxK, pad), ids_BxCxGxN, ok,
+                                      rows=ls)
+  return out_BxCxHxK, jnp.minimum(tok_BxCxGxN, T - 1), ok
 
 
 @register_mixer("nsa", NSAOptions)

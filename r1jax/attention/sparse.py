@@ -66,28 +66,32 @@ class SparseOptions:
 
 
 def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, idx_BxTxN: jax.Array,
-                       valid_BxTxN: jax.Array, bias_BxTxN: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                       valid_BxTxN: jax.Array, bias_BxTxN: jax.Array | None = None,
+                       rows: int = 1) -> tuple[jax.Array, jax.Array]:
   """Softmax attention of each query over its N selected keys only (shared by the query's heads).
 
   Args:
     q_BxTxHxK: queries; k_BxSxGxK, v_BxSxGxK: keys/values (G key/value heads, H/G query heads each; the values'
       width may differ from K, as MLA's).
-    idx_BxTxN: key positions per query, or [B, T, G, N]: per query and key/value group (NSA's selection);
-      valid_BxTxN (same shape): False for padding picks (at least one True per row).
+    idx_BxTxN: key positions per query, or [B, T, G, N]: per query and key/value group (NSA's selection); with
+      `rows` > 1, ids of blocks of `rows` consecutive keys (S a multiple of rows), block j = keys [j*rows, (j+1)*rows).
+    valid_BxTxN: False for padding picks (at least one True per row), per key: [..., N * rows].
     bias_BxTxN: added to the logits (the indexer gate), or None.
   Returns:
-    output [B, T, H, K_v] and float32 probabilities [B, T, G, H/G, N].
+    output [B, T, H, K_v] and float32 probabilities [B, T, G, H/G, N * rows].
   """
   B, T, H, K = q_BxTxHxK.shape
   S, G = k_BxSxGxK.shape[1:3]
   if idx_BxTxN.ndim == 3:  # one set for every group
     idx_BxTxN, valid_BxTxN = idx_BxTxN[:, :, None], valid_BxTxN[:, :, None]
-  # One row gather from [B*G*S, K] straight into [B, T, G, N, K]: batch dims lead and the contraction is minor in
-  # both einsums, which makes the backward 3-4x faster on CPU than gathering [B, T, N, G, K] (whole key vectors).
-  offset_BxGx1 = ((jnp.arange(B)[:, None] * G + jnp.arange(G)[None, :]) * S)[:, :, None]
+  # One row gather from [B*G*S/rows, rows*K] straight into [B, T, G, N*rows, K]: batch dims lead and the contraction
+  # is minor in both einsums, which makes the backward 3-4x faster on CPU than gathering [B, T, N, G, K] (whole key
+  # vectors); a block of rows is one contiguous row of the gather. The ids are in range (no masking select).
+  offset_BxGx1 = ((jnp.arange(B)[:, None] * G + jnp.arange(G)[None, :]) * (S // rows))[:, :, None]
   flat_idx = (idx_BxTxN + offset_BxGx1[:, None]).reshape(-1)
-  gather = lambda a: jnp.take(  # noqa: E731
-      a.transpose(0, 2, 1, 3).reshape(B * G * S, -1), flat_idx, axis=0).reshape(B, T, G, idx_BxTxN.shape[-1], -1)
+  gather = lambda a: a.transpose(0, 2, 1, 3).reshape(B * G * (S // rows), -1).at[flat_idx].get(  # noqa: E731
+      mode="promise_in_bounds").reshape(
+          B, T, G, idx_BxTxN.shape[-1] * rows, -1)
   k_BxTxGxNxK, v_BxTxGxNxK = gather(k_BxSxGxK), gather(v_BxSxGxK)
   q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K)
   logits = jnp.einsum("BTGRK,BTGNK->BTGRN", q_BxTxGxRxK, k_BxTxGxNxK, preferred_element_type=jnp.float32)
