@@ -201,6 +201,9 @@ class TrainConfig:
   checkpoint_every: int = 500  # 0: no periodic checkpoints (a final one is still written when workdir is set)
   keep_checkpoints: int = 2
   progress: bool = True  # tqdm progress bar (process 0 only)
+  # Eval batches the untimed diagnostics pass reads (e.g. a sparse mixer's recall of the dense top-k, which runs a
+  # dense attention pass; registry.DIAGNOSTICS), from the start of the eval set; 0: all of them.
+  diag_batches: int = 1
   # Another run's workdir: a new run starts from its latest checkpoint's parameters (and model state), matched by
   # name; parameters it lacks (e.g. a sparse mixer's indexer) keep their init; the optimizer and step start fresh.
   # Ignored once this run has checkpoints of its own (it resumes from them).
@@ -211,6 +214,8 @@ class TrainConfig:
     require(min(self.eval_every, self.log_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
              "train.log_every", "intervals must be >= 0 (log_every >= 1)", "use e.g. 20")
     require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", "use 2")
+    require(self.diag_batches >= 0, "train.diag_batches", f"must be >= 0, got {self.diag_batches}",
+            "use 1 (0: every eval batch)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Training loop: AdamW + warm-up/cosine, a pure jitted train step with NamedShardings, eval, logs, checkpoints."""
 
 import dataclasses
+import itertools
 import math
 import os
 import re
@@ -253,7 +254,8 @@ class Run:
 
   def evaluate(self, eval_fns, state: TrainState) -> dict[str, float]:
     """Loss and accuracy over the eval set, timed (forward tokens/s), and the mixer/ffn diagnostics averaged over
-    batches; the costly ones (e.g. a sparse mixer's recall of the dense top-k) from a second, untimed pass.
+    batches; the costly ones (e.g. a sparse mixer's recall of the dense top-k) from a second, untimed pass over the
+    first train.diag_batches batches.
     eval_fns = (timed eval step, diagnostics eval step or None), as make_eval_step builds them."""
     eval_fn, diag_fn = eval_fns
     totals = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0, "group_correct": 0.0, "group_count": 0.0}
@@ -269,10 +271,11 @@ class Run:
       diags = {k: diags.get(k, 0.0) + float(v) for k, v in diag.items()}
       batches += 1
     if diag_fn is not None:  # outside the timed loop: its dense passes never count as evaluation time
-      diags = {}
-      for batch in self.data.eval_batches():
+      diags, batches = {}, 0
+      for batch in itertools.islice(self.data.eval_batches(), self.cfg.train.diag_batches or None):
         _, diag = jax.device_get(diag_fn(state, sharding.put_batch(batch, self.mesh)))
         diags = {k: diags.get(k, 0.0) + float(v) for k, v in diag.items()}
+        batches += 1
     n = max(float(totals["count"]), 1.0)
     groups = {f"eval/accuracy/{name}": float(c / max(m, 1.0)) for name, c, m in zip(
         self.data.group_names, np.atleast_1d(totals["group_correct"]), np.atleast_1d(totals["group_count"]))}

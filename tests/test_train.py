@@ -322,3 +322,33 @@ def test_a_field_added_after_a_run_was_saved_counts_as_its_default():
   check_same_config(saved, to_dict(tiny_config(text="x")), "run")  # at their defaults: the same run
   with pytest.raises(ConfigError, match="different 'optim.trainable' config"):
     check_same_config(saved, to_dict(tiny_config(text="x", optim__trainable="wq")), "run")
+
+
+@pytest.mark.parametrize("diag_batches", [1, 2, 0])
+def test_the_diagnostics_pass_reads_the_first_diag_batches_eval_batches(text_file, diag_batches):
+  """Run.evaluate: the untimed diagnostics pass reads the first train.diag_batches eval batches (0: all) and averages
+  its diagnostics over those; the timed pass still reads every batch."""
+  run = Run(tiny_config(text=text_file, data__eval_max_batches=3, train__diag_batches=diag_batches))
+  batches = [b["inputs"] for b in run.data.eval_batches()]
+  assert len(batches) == 3
+  timed, seen = [], []
+
+  def eval_fn(state, batch):
+    timed.append(np.asarray(batch["inputs"]))
+    return {"loss_sum": 1.0, "correct_sum": 0.0, "count": 1.0}, {}
+
+  def diag_fn(state, batch):
+    seen.append(np.asarray(batch["inputs"]))
+    return {}, {"mixer/recall": float(len(seen))}
+
+  out = run.evaluate((eval_fn, diag_fn), None)
+  n = diag_batches or 3
+  assert len(timed) == 3 and len(seen) == n
+  assert all(np.array_equal(a, b) for a, b in zip(seen, batches))  # the first n, in order
+  assert out["eval/mixer/recall"] == pytest.approx(np.mean(np.arange(1, n + 1)))
+  assert out["eval/loss"] == pytest.approx(1.0)
+
+
+def test_a_negative_diag_batches_is_refused_naming_the_field():
+  with pytest.raises(ConfigError, match="train.diag_batches"):
+    tiny_config(train__diag_batches=-1)
