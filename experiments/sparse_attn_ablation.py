@@ -216,15 +216,29 @@ def lengths() -> tuple[tuple[int, ...], tuple[int, ...]]:
   return ((128, 256), (256,)) if flags.FLAGS.quick else (LENGTHS, TIMED_LENGTHS)
 
 
-def complexity(names) -> tuple[list[str], dict]:
+def compile_ahead(names) -> dict[str, list[float]]:
+  """The compile-only work of the report, two processes at once (it needs no quiet machine): each inference layer's
+  compiled FLOPs at LENGTHS (returned: first name of each group -> FLOPs per T; see `complexity`), and every program
+  `layer_timing` will time, into the persistent compilation cache its worker reads (then it loads, not compiles)."""
+  groups, (Ts, timed_Ts) = timing_layers(names), lengths()
+  cost = [(scaling.compiled_cost, (inference_layer(f, max(Ts)), T), {}) for f in groups for T in Ts]
+  ahead = [(scaling.precompile, (cfg, T, what == "fwd+bwd"), {}) for fwd, bwd in groups.values() for T in timed_Ts
+           for what, cfg in (("fwd", fwd), ("fwd+bwd", bwd))]
+  flops = [c["flops"] for c in sweep.in_workers(cost + ahead, 2)[:len(cost)]]
+  return {f: flops[i * len(Ts):(i + 1) * len(Ts)] for i, f in enumerate(groups)}
+
+
+def complexity(names, flops_by_group: dict[str, list[float]] | None = None) -> tuple[list[str], dict]:
   """Each mixer's compiled inference-forward FLOPs against T (no indexer loss; one query chunk: XLA's cost analysis
-  counts a loop body once); variants with the same inference layer (dsa, topk16_kl) measured once."""
+  counts a loop body once); variants with the same inference layer (dsa, topk16_kl) measured once. flops_by_group:
+  `compile_ahead`'s FLOPs (else compiled here)."""
   Ts = lengths()[0]
   lines = [f"Complexity: log-log slope of compiled forward FLOPs of one mixer (d=64, 2 heads) over T={Ts}",
            "(1 = linear, 2 = quadratic; n log n over this range fits ~1.1):", ""]
   out = {}
   for first, same in same_layer(names).items():
-    flops = [compiled_cost(inference_layer(first, max(Ts)), T)["flops"] for T in Ts]
+    flops = (flops_by_group or {}).get(first) or [compiled_cost(inference_layer(first, max(Ts)), T)["flops"]
+                                                  for T in Ts]
     for name in same:
       out[name] = {"lengths": list(Ts), "flops": flops, "slope": fit_exponent(Ts, flops)}
       lines.append(f"- {name}: slope {out[name]['slope']:.2f}, FLOPs at T={Ts[-1]}: {flops[-1]:.3g}")
@@ -256,17 +270,22 @@ def same_layer(names) -> dict[str, list[str]]:
   return {same[0]: same for same in groups.values()}
 
 
-def layer_timing(names) -> tuple[list[str], dict]:
-  """One layer's median forward (inference: no indexer loss) and forward+backward (training, the variant's own
-  losses; DSA's warm-up KL to dense attention excluded) wall time at TIMED_LENGTHS, batch 1, after a warm-up call,
-  ratios to dense; variants with the same mixer (dsa, topk16_kl) once."""
+def timing_layers(names) -> dict[str, tuple]:
+  """First name of each group of `same_layer(names)` -> (its inference layer, the layer it trains: the variant's own
+  losses; DSA's warm-up KL to dense attention excluded), what `layer_timing` times."""
   groups = same_layer(names)
   trained = {first: next((n for n in same if "kl_dense" not in repr(layer(n))), first)
              for first, same in groups.items()}
+  return {f: (inference_layer(f), layer(trained[f])) for f in groups}
+
+
+def layer_timing(names) -> tuple[list[str], dict]:
+  """One layer's median forward (inference: no indexer loss) and forward+backward (training) wall time at
+  TIMED_LENGTHS, batch 1, after a warm-up call, ratios to dense; variants with the same mixer (dsa, topk16_kl) once."""
+  groups = same_layer(names)
   Ts = lengths()[1]
   # in a fresh worker process (every core; glibc huge pages, as the training workers)
-  times = sweep.in_worker(scaling.layer_times, {f: (inference_layer(f), layer(trained[f])) for f in groups}, Ts,
-                          repeats=3, budget_sec=1.0,
+  times = sweep.in_worker(scaling.layer_times, timing_layers(names), Ts, repeats=3, budget_sec=1.0,
                           max_bytes=scaling.memory_limit_bytes(fraction=0.6))
   lines = [f"One layer (d=64, 2 heads, batch 1) on {jax.default_backend()}: median of up to 3 timed calls "
            "after a warm-up (1 past a second), ratio to dense "
@@ -298,7 +317,7 @@ def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, di
     lines += passkey_by_depth(os.path.join(os.path.dirname(next(iter(ablations.values())).out_dir), "passkey")) + [""]
   if getattr(flags.FLAGS, "paper_sizes", False):
     names += [timed for timed, trained in TIMED_ONLY.items() if trained in names]
-  flops_lines, flops = complexity(names)
+  flops_lines, flops = complexity(names, compile_ahead(names))
   time_lines, times = layer_timing(names)
   return "\n".join(lines + flops_lines + [""] + time_lines), {"complexity": flops, "layer_time": times}
 

@@ -119,6 +119,12 @@ def fit_exponent(lengths, values) -> float:
   return float(np.polyfit(np.log(lengths[ok]), np.log(values[ok]), 1)[0])
 
 
+def precompile(cfg: ModelConfig, T: int, backward: bool = False, batch: int = 1) -> None:
+  """Compiles what `timed(cfg, T, batch, backward)` runs, without running it: where JAX's persistent compilation
+  cache is set (sweep.use_compile_cache), a later process's `timed` loads the executable instead of compiling it."""
+  compile_mixer(cfg, T, batch, backward)
+
+
 def layer_times(layers: dict[str, tuple[ModelConfig, ModelConfig]], lengths, repeats: int = 2,
                 budget_sec: float = 20.0, max_bytes: float = float("inf")) -> dict[str, dict[str, list[float]]]:
   """name -> {"fwd": [sec per T], "fwd+bwd": [...]}: `timed` for each (forward model, forward+backward model) of

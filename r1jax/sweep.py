@@ -261,8 +261,15 @@ class LocalLauncher:
 def in_worker(fn: Callable, *args, **kwargs):
   """fn(*args, **kwargs) in one fresh worker process (worker_pool's environment, not pinned: every core), e.g. a
   timing that should not pay for this process's 4 KiB-page allocations; fn and its arguments must pickle."""
-  with worker_pool(1, pin=False) as (pool, _):
-    return pool.submit(fn, *args, **kwargs).result()
+  return in_workers([(fn, args, kwargs)], 1)[0]
+
+
+def in_workers(calls: Sequence[tuple[Callable, tuple, dict]], n: int) -> list:
+  """[fn(*args, **kwargs) for each call], run by `n` fresh worker processes at once (worker_pool's environment, not
+  pinned), in the order given; e.g. compile-only work that needs no quiet machine. Everything must pickle."""
+  with worker_pool(n, pin=False) as (pool, _):
+    futures = [pool.submit(fn, *args, **kwargs) for fn, args, kwargs in calls]
+    return [f.result() for f in futures]
 
 
 @contextlib.contextmanager

@@ -93,3 +93,23 @@ def test_nsa_is_causal_and_every_parameter_gets_a_gradient():
 def test_bad_options_name_the_field(field, value, match):
   with pytest.raises(ConfigError, match=match):
     NSAOptions(**{"cmp_block": 4, "cmp_stride": 2, "slc_block": 4, field: value})
+
+
+def test_the_mass_diagnostic_is_the_dense_attention_on_each_groups_selected_tokens():
+  """With some blocks left out: `mass` = dense attention (averaged over heads) summed over the tokens the reference
+  selects for each (query, group), averaged over queries and groups."""
+  T, ls = 22, 4
+  opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=ls, top_blocks=3, window=3, query_chunk=8)
+  mixer, x, params, _, _, inter = _run(opts, T, kv_heads=2)
+  q, _, (k, _), _ = (np.asarray(a, np.float64) if not isinstance(a, tuple) else a for a in inter["qkv"][0])
+  chosen = _reference(opts, params, inter)[3]  # [B, G, T, S]
+  B, _, H, K = q.shape
+  G = k.shape[2]
+  logits = np.einsum("BTHK,BSHK->BHTS", q, np.repeat(np.asarray(k, np.float64), H // G, 2)) / np.sqrt(K)
+  logits = np.where(np.tril(np.ones((T, T), bool)), logits, -np.inf)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p = (p / p.sum(-1, keepdims=True)).mean(1)  # [B, T, S]
+  want = np.mean(np.einsum("BGTS,BTS->BGT", chosen.astype(np.float64), p))
+  assert 0.2 < want < 0.95  # a partial selection
+  (_, aux), _ = mixer.apply(params, x, deterministic=True, mutable=["diagnostics"])
+  np.testing.assert_allclose(aux["mass"], want, rtol=1e-4)

@@ -257,3 +257,24 @@ def test_a_run_reports_the_diagnostics_from_its_untimed_pass(text_file):
   final = train(cfg)["final"]
   assert 0.0 < final["eval/mixer/recall"] <= 1.0 and 0.0 < final["eval/mixer/mass"] <= 1.0
   assert np.isfinite(final["eval/loss"])
+
+
+def test_selection_diagnostics_by_their_definition():
+  """recall: the share of a query's valid picks whose dense probability is at least the N-th largest (ties count,
+  zero-probability keys never); mass: the dense probability the valid picks hold. Probabilities with ties."""
+  from r1jax.attention.sparse import selection_diagnostics
+
+  rng = np.random.default_rng(0)
+  B, C, S, N = 2, 5, 12, 4
+  p = rng.integers(0, 5, (B, C, S)).astype(np.float32)  # many ties, some zeros
+  p /= np.maximum(p.sum(-1, keepdims=True), 1)
+  idx = np.stack([[rng.choice(S, N, replace=False) for _ in range(C)] for _ in range(B)])
+  valid = rng.random((B, C, N)) < 0.8
+  got = jax.jit(selection_diagnostics)(jnp.asarray(p), jnp.asarray(idx), jnp.asarray(valid))
+  for b in range(B):
+    for c in range(C):
+      kth = np.sort(p[b, c])[-N]
+      picks = [p[b, c, i] for i, ok in zip(idx[b, c], valid[b, c]) if ok]
+      want = sum(x >= kth and x > 0 for x in picks) / max(len(picks), 1)
+      np.testing.assert_allclose(got["recall"][b, c], want, rtol=1e-6, err_msg=f"{b},{c}")
+      np.testing.assert_allclose(got["mass"][b, c], sum(picks), rtol=1e-6)

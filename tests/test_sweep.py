@@ -63,6 +63,21 @@ def test_worker_pool_pins_each_worker_to_its_own_core_with_huge_pages():
   assert os.environ.get("GLIBC_TUNABLES") == before
 
 
+def _call_info(i: int, scale: int = 1) -> tuple[int, int, list[int], str]:
+  time.sleep(0.5)  # both workers busy at once
+  return i * scale, os.getpid(), sorted(os.sched_getaffinity(0)), os.environ.get("XLA_FLAGS", "")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs sched_getaffinity")
+def test_in_workers_runs_the_calls_in_n_unpinned_processes_and_returns_in_order():
+  """sweep.in_workers: each call's (args, kwargs), results in the order given, n processes at once, none pinned to a
+  core or limited to one XLA thread (compile-only work of a report; see scaling.precompile)."""
+  out = sweep.in_workers([(_call_info, (i,), {"scale": 10}) for i in range(4)], 2)
+  assert [r[0] for r in out] == [0, 10, 20, 30]
+  assert len({r[1] for r in out}) == 2 and os.getpid() not in {r[1] for r in out}
+  assert all(r[2] == sorted(os.sched_getaffinity(0)) and "eigen=false" not in r[3] for r in out)
+
+
 def test_a_pool_launcher_with_nothing_left_to_train_returns():
   """A rerun after every run finished (the driver then only reports) starts no pool: one of no workers raised."""
   finished = []

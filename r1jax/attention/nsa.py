@@ -271,12 +271,14 @@ class NativeSparseAttention(nn.Module):
     q_pad = jnp.pad(q_BxTxHxK, [(0, 0), (0, pad), (0, 0), (0, 0)])
     p_pad = jnp.pad(p_BxTxGxM, [(0, 0), (0, pad), (0, 0), (0, 0)])
 
+    want_diag = o.diagnostics and wants_diagnostics(self)  # a dense pass: never in a timed or training pass
+
     def chunk(start):
       pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
       q_C = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
       ids, valid = select_blocks(jax.lax.dynamic_slice_in_dim(p_pad, start, C, 1), pos_C, T, o)
-      out, _, _ = selected_attention(q_C, k_slc, v_slc, ids, valid, pos_C, o.slc_block)
-      return {"out": out, "ids": ids, "valid": valid}
+      out, tok, ok = selected_attention(q_C, k_slc, v_slc, ids, valid, pos_C, o.slc_block)
+      return {"out": out, "ids": ids, "valid": valid, **({"tok": tok, "ok": ok} if want_diag else {})}
 
     res = map_query_chunks(chunk, T, C)
     o_slc = res["out"]
@@ -300,10 +302,9 @@ class NativeSparseAttention(nn.Module):
     dt = o_win.dtype
     out = sum(g_BxTxHx3[..., i, None].astype(dt) * b.astype(dt) for i, b in enumerate((o_cmp, o_slc, o_win)))
     aux = {f"gate_{n}": jnp.mean(g_BxTxHx3[..., i]) for i, n in enumerate(("cmp", "slc", "win"))}
-    if o.diagnostics and wants_diagnostics(self):  # a dense pass: never in a timed or training pass
+    if want_diag:  # the dense attention mass on each group's selected tokens (positions from the selected branch)
       p_dense_BxTxS = dense_probs(q_BxTxHxK, k_slc, jnp.arange(T))  # averaged over all heads
-      tok = (res["ids"][..., None] * o.slc_block + jnp.arange(o.slc_block)[None, None, None, None]).reshape(B, T, G, -1)
-      ok = jnp.repeat(res["valid"], o.slc_block, -1) & (tok <= jnp.arange(T)[None, :, None, None])
-      p_BxTxGxN = jnp.take_along_axis(p_dense_BxTxS, jnp.minimum(tok, T - 1).reshape(B, T, -1), -1).reshape(tok.shape)
-      aux["mass"] = jnp.mean(jnp.sum(jnp.where(ok, p_BxTxGxN, 0.0), -1))  # per group's selection, then averaged
+      tok = res["tok"]
+      p_BxTxGxN = jnp.take_along_axis(p_dense_BxTxS, tok.reshape(B, T, -1), -1).reshape(tok.shape)
+      aux["mass"] = jnp.mean(jnp.sum(jnp.where(res["ok"], p_BxTxGxN, 0.0), -1))  # per group's selection, averaged
     return project_out(self, out, cfg), aux
