@@ -97,7 +97,8 @@ Probes on MQAR with the earlier recipe (vocabulary 512, lr 1e-2, 32 rows, 800 st
   keys above each pick instead of a top_k (7x faster, the same values); the report's compile-only work (the FLOPs fit
   and every program it times, into the compilation cache) runs in two processes before the timing: 27m56s end to end
   (training 24.0 min, 2,859 worker-seconds: MQAR 1,425, passkey 937, text 497; the report 3.9 min), the same
-  accuracies to the digit. Then `dense_longer` (passkey and text, below): 6 runs, ~115 worker-seconds more.
+  accuracies to the digit. With `dense_longer` (passkey and text, above; 6 runs): 29m26s (training 25.2 min, 3,005
+  worker-seconds; the report 4.1 min).
 Runs go two at a time on a CPU with 2+ cores (--workers=auto, one XLA thread each, pinned to a core of its own, glibc
 huge pages; --workers=1: one at a time).
 The random-key control's pattern is a fixed hash of (layer, query position, key position), the same at any length
