@@ -118,7 +118,7 @@ from absl import flags
 
 from r1jax import ablation, configs, reporting, scaling, sweep
 from r1jax.config import Config
-from r1jax.scaling import compiled_cost, fit_exponent
+from r1jax.scaling import fit_exponent
 
 SPARSE = "model.mixer_options.sparse"
 DSA = {"model.mixer": "sparse", f"{SPARSE}.top_k": 16, f"{SPARSE}.indexer_grad": "none",
@@ -245,17 +245,16 @@ def compile_ahead(names) -> dict[str, list[float]]:
   return {f: flops[i * len(Ts):(i + 1) * len(Ts)] for i, f in enumerate(groups)}
 
 
-def complexity(names, flops_by_group: dict[str, list[float]] | None = None) -> tuple[list[str], dict]:
+def complexity(names, flops_by_group: dict[str, list[float]]) -> tuple[list[str], dict]:
   """Each mixer's compiled inference-forward FLOPs against T (no indexer loss; one query chunk: XLA's cost analysis
-  counts a loop body once); variants with the same inference layer (dsa, topk16_kl) measured once. flops_by_group:
-  `compile_ahead`'s FLOPs (else compiled here)."""
+  counts a loop body once), from `compile_ahead`'s flops_by_group; variants with the same inference layer (dsa,
+  topk16_kl) measured once."""
   Ts = lengths()[0]
   lines = [f"Complexity: log-log slope of compiled forward FLOPs of one mixer (d=64, 2 heads) over T={Ts}",
            "(1 = linear, 2 = quadratic; n log n over this range fits ~1.1):", ""]
   out = {}
   for first, same in same_layer(names).items():
-    flops = (flops_by_group or {}).get(first) or [compiled_cost(inference_layer(first, max(Ts)), T)["flops"]
-                                                  for T in Ts]
+    flops = flops_by_group[first]
     for name in same:
       out[name] = {"lengths": list(Ts), "flops": flops, "slope": fit_exponent(Ts, flops)}
       lines.append(f"- {name}: slope {out[name]['slope']:.2f}, FLOPs at T={Ts[-1]}: {flops[-1]:.3g}")
