@@ -20,8 +20,8 @@ from absl import flags
 
 from r1jax import entry
 from r1jax.config import ModelConfig
-from r1jax.registry import ConfigError
-from r1jax.scaling import fit_exponent, measure_in_child, memory_limit_bytes, timed
+from r1jax.errors import ConfigError
+from r1jax.lab.scaling import fit_exponent, measure_in_child, memory_limit_bytes, timed
 
 flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"], "sequence lengths T")
 flags.DEFINE_list("variants", ["dense", "topk", "block", "window", "random", "local"],
@@ -51,7 +51,7 @@ def variant_config(name: str) -> ModelConfig:
       "local": ("local", {"window": k}),  # the same window as 'window', blocked instead of gathered: O(T*k)
       "fusion": ("fusion", {"beta": "token", "window": k}),  # local + global branches
       "routed": ("routed", {"capacity": 0.125, "window": k}),  # global attention for 1/8 of the queries
-      # The fast-weight recurrence (r1jax/recurrent.py) with a data-dependent decay per head, in each form; and the
+      # The fast-weight recurrence (r1jax/mixers/recurrent.py) with a data-dependent decay per head, in each form; and the
       # per-key-dimension (GLA) gate in its chunkwise form.
       "fw_chunkwise": ("fast_weight", {"gate": "scalar", "form": "chunkwise"}),
       "fw_parallel": ("fast_weight", {"gate": "scalar", "form": "parallel"}),

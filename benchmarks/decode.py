@@ -13,7 +13,7 @@ The model: --layers layers of width --d_model, --heads heads; the sparse mixers 
 keys; block: budget/64 blocks of 64; local: a window of budget); NSA at its paper's sizes (l=32, d=16, l'=64,
 n=16, w=512); `moe` is the dense-attention model with an 8-expert top-2 feed-forward, each expert as wide as
 `dense`'s SwiGLU (twice its active FFN parameters); `gqa` (2 key/value groups), `mqa` (1), `mla` and `mla_sparse`
-(latent caches; r1jax/attention/mla.py) are on request. A decode step at context C attends a cache of C positions
+(latent caches; r1jax/mixers/mla.py) are on request. A decode step at context C attends a cache of C positions
 (its content does not change the work); the step is timed inside one compiled scan of --steps tokens. Prefill is
 the forward over C prompt tokens that fills the cache; n/a where XLA's memory estimate exceeds --max_memory_gb
 (dense prefill's T x T scores at 64k on a CPU). Each measurement runs in a child process, so running out of memory
@@ -31,10 +31,12 @@ from absl import flags
 
 from r1jax import decoding, entry
 from r1jax.config import ModelConfig
+from r1jax.mixers.sparse import DSA_INDEXER
 from r1jax.model import Transformer
-from r1jax.registry import ConfigError
-from r1jax.reporting import write_json
-from r1jax.scaling import decode_step, measure_in_child, median_sec, memory_limit_bytes
+from r1jax.errors import ConfigError
+from r1jax.atomic import write_json
+from r1jax.lab import configs
+from r1jax.lab.scaling import decode_step, measure_in_child, median_sec, memory_limit_bytes
 from r1jax.train import static_memory_bytes
 
 flags.DEFINE_list("contexts", ["1024", "4096", "16384"], "context lengths C (cache positions)")
@@ -61,15 +63,15 @@ def variant_config(name: str) -> ModelConfig:
   k = FLAGS.budget
   variants = {
       "dense": ("attention", {}), "local": ("local", {"window": k}),
-      "sparse": ("sparse", {"top_k": k, "indexer_grad": "none", "detach_indexer_input": True}),
+      "sparse": ("sparse", {"top_k": k, **DSA_INDEXER}),
       "block_sparse": ("block_sparse", {"block_size": 64, "top_blocks": max(k // 64 - 1, 0)}),
-      "nsa": ("nsa", {"cmp_block": 32, "cmp_stride": 16, "slc_block": 64, "top_blocks": 16, "window": 512}),
+      "nsa": ("nsa", configs.NSA_PAPER),
       "fast_weight": ("fast_weight", {"gate": "scalar"}), "fusion": ("fusion", {"window": k}),
       "time_channel": ("time_channel", {}), "moe": ("attention", {}),
       # the KV cache's size: grouped-query (2 groups), multi-query, latent (DeepSeek-V2's d_c = 4 d_h, d_r = d_h / 2)
       # and sparse latent attention (DeepSeek-V3.2: the indexer's top-k latents)
       "gqa": ("attention", {}), "mqa": ("attention", {}), "mla": ("mla", {}),
-      "mla_sparse": ("mla", {"top_k": k}),
+      "mla_sparse": ("mla", {"sparse": True, "indexer": {"top_k": k}}),
   }
   kv_heads = {"gqa": 2, "mqa": 1}.get(name, 0)
   if name not in variants:

@@ -19,17 +19,16 @@ from absl import flags
 
 from r1jax import entry
 from r1jax.config import ModelConfig
-from r1jax.moe import (MATMULS, MoEOptions, capacity, dropless, grouped_layout, grouped_swiglu, permute_rows, route,
-                       sort_by_expert)
-from r1jax.registry import ConfigError
-from r1jax.scaling import lm_train_step, median_sec
+from r1jax.ffn.moe import (MATMULS, MoEOptions, capacity, dropless, grouped_layout, grouped_swiglu, permute_rows, route, sort_by_expert)
+from r1jax.errors import ConfigError
+from r1jax.lab.scaling import lm_train_step, median_sec
 
 flags.DEFINE_list("tokens", ["768", "4096"], "tokens per step (batch x sequence length)")
 flags.DEFINE_list("experts", ["8", "32"], "routed experts E")
 flags.DEFINE_integer("top_k", 2, "experts per token")
 flags.DEFINE_integer("d_model", 64, "model width D")
 flags.DEFINE_integer("d_expert", 128, "expert width F (the dense SwiGLU is top_k * F wide)")
-flags.DEFINE_integer("block_size", 0, "rows per block of the blocks path; 0: auto (r1jax.moe.auto_block_size)")
+flags.DEFINE_integer("block_size", 0, "rows per block of the blocks path; 0: auto (r1jax.ffn.moe.auto_block_size)")
 flags.DEFINE_string("matmul", "auto", "grouped matmul: blocks | ragged_dot | auto (blocks on CPU, else ragged_dot)")
 flags.DEFINE_integer("seq_len", 64, "tokens per sequence (capacity slots and the train step)")
 flags.DEFINE_integer("layers", 2, "layers of the train-step model (0: skip the train steps)")

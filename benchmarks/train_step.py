@@ -5,7 +5,7 @@
   python benchmarks/train_step.py --presets=gpt2_small,gpt2_small:moe,gpt2_medium --seq_len=1024 --batch=16  # GPU
   python benchmarks/train_step.py --presets=gpt2_small,gpt2_medium --seq_len=1024 --batch=16 --compile_only  # CPU
 
-Each size is LAYERSxWIDTHxHEADS of the dense baseline; each preset NAME[:MECHANISM] is a model of r1jax.configs
+Each size is LAYERSxWIDTHxHEADS of the dense baseline; each preset NAME[:MECHANISM] is a model of r1jax.lab.configs
 (PRESETS, MECHANISMS: bfloat16, its own remat setting; :remat appended turns remat on). Ratios are against the first
 row, measured in the same run. --compile_only compiles without running (on a CPU: the FLOPs and the memory a device
 would need, and the tokens/s a device would reach at --assumed_mfu of --peak_tflops).
@@ -17,10 +17,11 @@ import time
 import jax
 from absl import flags
 
-from r1jax import configs, entry
+from r1jax import entry
+from r1jax.lab import configs
 from r1jax.config import Config, ModelConfig
-from r1jax.registry import ConfigError
-from r1jax.scaling import lm_train_step
+from r1jax.errors import ConfigError
+from r1jax.lab.scaling import lm_train_step
 from r1jax.train import compiled_flops, peak_memory_bytes
 
 flags.DEFINE_list("sizes", ["2x64x2", "4x128x4", "6x192x6"], "LAYERSxWIDTHxHEADS per row")
@@ -29,7 +30,7 @@ flags.DEFINE_integer("batch", 12, "global sequences per step")
 flags.DEFINE_integer("vocab", 65, "vocabulary size")
 flags.DEFINE_integer("steps", 20, "timed steps (after 3 warm-up steps)")
 flags.DEFINE_string("dtype", "float32", "compute dtype: float32 | bfloat16")
-flags.DEFINE_list("presets", [], "NAME[:MECHANISM][:remat] rows of r1jax.configs presets (instead of --sizes)")
+flags.DEFINE_list("presets", [], "NAME[:MECHANISM][:remat] rows of r1jax.lab.configs presets (instead of --sizes)")
 flags.DEFINE_integer("preset_vocab", 50304, "vocabulary of preset rows (GPT-2's 50257, padded to 64)")
 flags.DEFINE_bool("compile_only", False, "compile and report FLOPs and memory without timing")
 flags.DEFINE_float("assumed_mfu", 0.4, "--compile_only: MFU for the stated tokens/s")

@@ -10,7 +10,7 @@ motion: the direction of the digit's movement (needs two frames); appearance: th
 the control. The space-only model has no time embedding (TimeSformer), so on motion it can at best tell the axis.
 """
 
-from r1jax import ablation, configs
+from r1jax.lab import ablation, configs
 
 ST, TC = "model.mixer_options.spacetime.kind", "model.mixer_options.time_channel"
 VIDEO = ("joint", "divided", "parallel", "factorised", "space", "time", "dot_product")
@@ -33,7 +33,6 @@ TASKS = {
 }
 TASK_VARIANTS = {"motion": VIDEO, "appearance": VIDEO, "text": TEXT}
 DEFAULT = {"motion": VIDEO[:6], "appearance": VIDEO[:6], "text": TEXT[:3]}
-QUICK = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "data.eval_max_batches": 1}
 TIMESFORMER_SSV2 = {"space": 36.6, "joint": 58.5, "divided": 59.5}  # Table 1, top-1 %, motion-heavy
 
 
@@ -81,5 +80,4 @@ def report(rows_by_task: dict[str, list[dict]], ablations: dict) -> str:
 
 
 if __name__ == "__main__":
-  ablation.cli("attention3d_ablation", TASKS, VARIANTS, seeds=(0, 1, 2), baseline="joint", quick=QUICK,
-               default_variants=DEFAULT, report=report, task_variants=TASK_VARIANTS)
+  ablation.cli("attention3d_ablation", TASKS, VARIANTS, seeds=(0, 1, 2), baseline="joint", default_variants=DEFAULT, report=report, task_variants=TASK_VARIANTS)

@@ -17,9 +17,9 @@ RetNet/GLA's additive write S = a S + k v^T.
 
 import math
 
-from r1jax import ablation, configs
-from r1jax.analysis import horizon_table, sown
-from r1jax.recurrent import state_shape
+from r1jax.lab import ablation, configs
+from r1jax.lab.analysis import horizon_table, sown
+from r1jax.mixers.recurrent import state_shape
 
 FW = "model.mixer_options.fast_weight"
 
@@ -58,7 +58,6 @@ TASKS = {
 # task with --variants (e.g. --variants=attention,scalar_k2,scalar_k8,scalar --tasks=mqar for the state sweep).
 DEFAULT = {"mqar": ("attention", "fixed", "scalar", "delta", "scalar_k2", "hybrid"),
            "shakespeare": ("attention", "fixed", "head", "scalar", "vector", "hybrid")}
-QUICK = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "data.eval_max_batches": 1}
 
 
 def decode_state(model, T: int) -> int:
@@ -104,5 +103,4 @@ def report(rows_by_task: dict[str, list[dict]], ablations: dict) -> str:
 
 
 if __name__ == "__main__":
-  ablation.cli("context_rnn_ablation", TASKS, VARIANTS, seeds=(0, 1, 2), baseline="attention", quick=QUICK,
-               default_variants=DEFAULT, report=report)
+  ablation.cli("context_rnn_ablation", TASKS, VARIANTS, seeds=(0, 1, 2), baseline="attention", default_variants=DEFAULT, report=report)

@@ -10,7 +10,7 @@ nanoGPT reports val loss ~1.88 for `base` (4 layers, 4 heads, 128 wide, context 
 lr 1e-3, no dropout). Runs resume after being killed; finished variants are skipped on rerun.
 """
 
-from r1jax import ablation, configs
+from r1jax.lab import ablation, configs
 
 BASE = configs.shakespeare_char()
 VARIANTS = {
@@ -18,7 +18,6 @@ VARIANTS = {
     "small": {"model.num_layers": 2, "model.d_model": 64, "model.num_heads": 2},
     "deep": {"model.num_layers": 6},
 }
-QUICK = {"train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10, "data.eval_max_batches": 2}
 
 if __name__ == "__main__":
-  ablation.cli("dense_baseline", BASE, VARIANTS, seeds=(0,), baseline="base", quick=QUICK)
+  ablation.cli("dense_baseline", BASE, VARIANTS, seeds=(0,), baseline="base")

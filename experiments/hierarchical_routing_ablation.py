@@ -1,6 +1,6 @@
 """Hierarchical attention routing: sliding-window layers below and global layers above, learned local/global fusion
 (beta fixed, per head, per token) and MoD-style routing of the top-c tokens to global attention, on ListOps and
-Tiny Shakespeare; then the seed articles' claims (declared in r1jax/claims.py), measured.
+Tiny Shakespeare; then the seed articles' claims (declared in r1jax/lab/claims.py), measured.
 
   python experiments/hierarchical_routing_ablation.py             # 5 variants x 3 seeds x 2 tasks, ~10 min (2-core CPU)
   python experiments/hierarchical_routing_ablation.py --quick     # smoke run
@@ -13,8 +13,8 @@ Routed variants run on ListOps only: their top-c choice looks at the whole seque
 routing), which is harmless for a label read at the last token but leaks the future in next-token prediction.
 """
 
-from r1jax import ablation, configs
-from r1jax.analysis import histogram_table, sown
+from r1jax.lab import ablation, configs
+from r1jax.lab.analysis import histogram_table, sown
 
 FUSION, ROUTED = "model.mixer_options.fusion", "model.mixer_options.routed"
 
@@ -55,7 +55,6 @@ TASKS = {
         "train.eval_every": 0, "train.checkpoint_every": 0, "data.eval_max_batches": 4}, "shakespeare"),
 }
 TASK_VARIANTS = {"shakespeare": [v for v in VARIANTS if not v.startswith("routed")]}
-QUICK = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "data.eval_max_batches": 1}
 LRA_LISTOPS = {"Transformer": 36.37, "Longformer": 35.63, "BigBird": 36.05, "Local Attention": 15.82, "S4": 59.60}
 
 
@@ -86,5 +85,4 @@ def report(rows_by_task: dict[str, list[dict]], ablations: dict) -> str:
 
 
 if __name__ == "__main__":
-  ablation.cli("hierarchical_routing_ablation", TASKS, VARIANTS, seeds=(0, 1, 2), baseline="global", quick=QUICK,
-               default_variants=DEFAULT, report=report, task_variants=TASK_VARIANTS)
+  ablation.cli("hierarchical_routing_ablation", TASKS, VARIANTS, seeds=(0, 1, 2), baseline="global", default_variants=DEFAULT, report=report, task_variants=TASK_VARIANTS)

@@ -1,31 +1,32 @@
 """Top-k mixture-of-experts feed-forwards against dense SwiGLU on Tiny Shakespeare: equal active and equal total
 parameters, top-1/2/4, balancing (Switch aux loss, DeepSeek-V3 aux-free bias, none), a shared expert, capacity vs
 dropless dispatch, DeepSeekMoE's fine-grained + shared experts and DeepSeek-V3's routing; then the papers' anchors,
-their orderings judged per seed, and the seed claim (declared in r1jax/claims.py), measured. "Inference" speed is the
-forward-only throughput of the evaluation batches.
+their orderings judged per seed, and the seed claim (declared in r1jax/lab/claims.py), measured. "Inference" speed
+is the forward-only throughput of the evaluation batches.
 
   python experiments/moe_ablation.py             # 9 variants x 3 seeds, ~20 min (2-core CPU, two runs at a time)
   python experiments/moe_ablation.py --quick     # smoke run
   python experiments/moe_ablation.py --variants=  # every variant (also top4, shared, ragged_dot, z-loss, V3 routing)
   python experiments/moe_ablation.py --config.train.steps=20000 --config.model.num_layers=4   # longer (GPU-sized)
 
-The regime. MoE pays once its experts are trained: at the old default of 200 steps each expert had seen about 40k
-routed copies, and top-1 (val loss 2.3262) sat above dense (2.2586) with top-2 level with it (2.2599), the opposite
-of every anchor. Probe at 1500 steps (3 seeds; differences per seed): top1 - dense -0.017 +- 0.014 and top2 - dense_2x
--0.046 +- 0.022, each on 3 of 3 seeds; deepseekmoe - top2 +0.005 +- 0.010 (1 of 3). The default trains 3000 steps of
-12 x 64 characters (2.3M, about two passes over the train split; each of top-2's experts sees ~580k copies) with the
-anchors' router (softmax gates, Switch aux loss 0.01, no top-k renormalisation; V3's sigmoid gate and aux-free bias as
-variants), lr 3e-3 (100 warm-up steps, cosine to 3e-4), and compares at equal training tokens: `dense` is one
-expert wide (top-1's active parameters), `dense_2x` two (top-2's, aux-free's and DeepSeekMoE's), `dense_8x` eight
-(the total). Val loss is over the whole validation split; every variant of a seed sees the same batches.
+The default trains 3000 steps of 12 x 64 characters (2.3M, about two passes over the train split; each of top-2's
+experts sees ~580k copies) with the anchors' router (softmax gates, Switch aux loss 0.01, no top-k renormalisation;
+V3's sigmoid gate and aux-free bias as variants), lr 3e-3 (100 warm-up steps, cosine to 3e-4), and compares at equal
+training tokens: `dense` is one expert wide (top-1's active parameters), `dense_2x` two (top-2's, aux-free's and
+DeepSeekMoE's), `dense_8x` eight (the total). Val loss is over the whole validation split; every variant of a seed
+sees the same batches.
 
 Dropless runs use the padded-block grouped matmul (`grouped_matmul=auto` on a CPU): XLA's CPU ragged_dot computes
 every expert densely (`--variants=top2,ragged` shows the cost; both give the same numbers). Dispatch cost per phase:
 benchmarks/moe_dispatch.py.
+
+The default's result (results/moe_ablation/, 3 seeds, validation loss): dense 1.745, top1 1.717 (dense_2x 1.712),
+top2 1.677, aux_free 1.681, deepseekmoe 1.680, fine_grained 1.668, dense_8x 1.682; top-1 beats its equal-active dense
+model and top-2 its own on every seed. Why 3000 steps (at 200, top-1 lost to dense): docs/probes/moe_ablation.md.
 """
 
-from r1jax import ablation, configs, reporting
-from r1jax.moe import ffn_params
+from r1jax.lab import ablation, configs, reporting
+from r1jax.ffn.moe import ffn_params
 
 MOE, F = "model.ffn_options.moe", 128  # F: the dense SwiGLU width and the width of one (coarse) expert
 
@@ -59,7 +60,6 @@ BASE = ablation.override(configs.shakespeare_char(), {
     "model.num_layers": 2, "model.d_model": 64, "model.num_heads": 4, "model.d_ff": F, "optim.lr": 3e-3,
     "train.steps": 3000, "train.eval_every": 500, "train.checkpoint_every": 0, "data.eval_max_batches": 0,
     f"{MOE}.num_experts": 8, f"{MOE}.d_expert": F}, "moe")
-QUICK = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "data.eval_max_batches": 1}
 # The anchors' orderings, judged per seed (every variant of a seed sees the same batches): (lower, higher, anchor).
 ORDERINGS = (("top1", "dense", "Switch: top-1 below the dense model of equal active parameters"),
              ("top2", "dense_2x", "GShard: top-2 below the dense model of equal active parameters"),
@@ -124,5 +124,4 @@ def orderings(by: dict, a) -> list[str]:
 
 
 if __name__ == "__main__":
-  ablation.cli("moe_ablation", BASE, VARIANTS, seeds=(0, 1, 2), baseline="dense", quick=QUICK,
-               default_variants=DEFAULT, report=report, workers="auto")
+  ablation.cli("moe_ablation", BASE, VARIANTS, seeds=(0, 1, 2), baseline="dense", default_variants=DEFAULT, report=report, workers="auto")

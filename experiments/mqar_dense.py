@@ -5,17 +5,14 @@
   python experiments/mqar_dense.py --seeds=0,1,2 --variants=d64,d128,no_curriculum
   python experiments/mqar_dense.py --quick
 
-Zoology (Arora et al. 2023) finds attention solves MQAR at any width given enough training (tens of epochs over
-100k sequences, lengths mixed). On a CPU budget the recipe decides it. Probes at T=64, 8 pairs, vocab 8192, d64,
-init std 0.1, 1000 steps (test accuracy): batch 32 / lr 3e-3 / 1 head 8.6%; batch 128 / lr 3e-3 / 2 heads 99.6%
-(phase change near step 700); batch 128 / lr 1e-2 / 2 heads 99.9% (near step 350). At T=256 from the start
-(batch 64, lr 1e-2, 2 heads) it was 3.6% after 1000 steps, while the T=64 model read T=256 zero-shot at 73%. So the
-base learns on T=64 sequences first (700 steps, as many tokens per step), then 500 steps at T=256. Measured with
---seeds=0,1,2: test accuracy 99.92 +- 0.03% (each seed >= 99.7% by step 900), 216 +- 2 s per run with 4 evaluations.
-With 500 + 400 steps, seed 1 ended at 98.5% (its phase change came after the curriculum).
+Zoology (Arora et al. 2023) finds attention solves MQAR at any width given enough training; on a CPU budget the
+recipe decides it (its probes: docs/probes/mqar_dense.md). So the base learns on T=64 sequences first (700 steps, as
+many tokens per step), then 500 steps at T=256. Measured with --seeds=0,1,2: test accuracy 99.92 +- 0.03% (each seed
+>= 99.7% by step 900), 216 +- 2 s per run with 4 evaluations. With 500 + 400 steps, seed 1 ended at 98.5% (its phase
+change came after the curriculum).
 """
 
-from r1jax import ablation, configs
+from r1jax.lab import ablation, configs
 
 BASE = ablation.override(configs.mqar(), {
     "model.num_heads": 2, "model.init_std": 0.1, "optim.lr": 1e-2,
@@ -28,9 +25,8 @@ VARIANTS = {
     "d64_mlp": {"model.ffn": "swiglu"},
     "no_curriculum": {"data.options.mqar.curriculum_steps": 0},  # the same 1200 steps, all at T=256
 }
-QUICK = {"train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10, "data.eval_max_batches": 2,
-         "data.eval_batch_size": 50, "data.options.mqar.num_test_examples": 100,
-         "data.options.mqar.curriculum_steps": 10}
+QUICK = {"data.eval_batch_size": 50, "data.options.mqar.num_test_examples": 100,
+         "data.options.mqar.curriculum_steps": 2}  # with ablation.QUICK: a curriculum shorter than the smoke run
 
 if __name__ == "__main__":
   ablation.cli("mqar_dense", BASE, VARIANTS, seeds=(0,), baseline="d64", quick=QUICK, default_variants=("d64",))

@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from r1jax.config import NO_DEFAULT, RESUME_KEYS, field_default, run_identity
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 
 _MISSING = "<missing>"
 

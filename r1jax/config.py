@@ -10,11 +10,10 @@ from typing import Any, Mapping
 import ml_collections
 
 from r1jax import registry
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
 ARCHS = ("lm", "video")
-VIDEO_MIXERS = ("spacetime",)  # mixers over [B, T, S, D] (r1jax/attention/spacetime.py), for arch=video only
 TINY_SHAKESPEARE = "package:tinyshakespeare.txt"  # shipped in r1jax/assets (see its README), found from any cwd
 
 
@@ -97,11 +96,12 @@ class ModelConfig(PicklesAsDicts):
     for kind in ("mixer", "ffn"):  # option sets with constraints that involve the model's widths check them here
       for name in sorted(set(self.layer_names(kind))):
         getattr(self.options(kind, name), "check_model", lambda model: None)(self)
-    video_mixers = set(self.layer_names("mixer")) & set(VIDEO_MIXERS)
+    video = registry.video_mixers()
+    video_mixers = set(self.layer_names("mixer")) & set(video)
     if self.arch == "video":
-      require(set(self.layer_names("mixer")) <= set(VIDEO_MIXERS), "model.mixer",
+      require(set(self.layer_names("mixer")) <= set(video), "model.mixer",
                f"arch=video mixes [B, T, S, D] clips, but the layers use {sorted(set(self.layer_names('mixer')))}",
-               f"use --config.model.mixer={VIDEO_MIXERS[0]} (choose the variant with mixer_options.spacetime.kind)")
+               f"use --config.model.mixer={video[0]} (choose the variant with mixer_options.spacetime.kind)")
       require(self.num_layers >= 2 or self.options("mixer", "spacetime").kind != "factorised", "model.num_layers",
                "kind=factorised needs a spatial and a temporal layer", "use model.num_layers >= 2")
     else:
@@ -201,6 +201,10 @@ class TrainConfig:
   checkpoint_every: int = 500  # 0: no periodic checkpoints (a final one is still written when workdir is set)
   keep_checkpoints: int = 2
   progress: bool = True  # tqdm progress bar (process 0 only)
+  # What each evaluation measures (r1jax/evaluators.py): "timed" first (loss, accuracy, forward tokens/s: the forward
+  # pass alone), then any of groups (accuracy per group of rows) | bpc (bits per character) | diagnostics (the
+  # mixers' costly diagnostics, in an untimed pass of their own)
+  evaluators: tuple[str, ...] = ("timed", "groups", "bpc", "diagnostics")
   # Eval batches the untimed diagnostics pass reads (e.g. a sparse mixer's recall of the dense top-k, which runs a
   # dense attention pass; registry.DIAGNOSTICS), from the start of the eval set; 0: all of them.
   diag_batches: int = 1
@@ -214,6 +218,7 @@ class TrainConfig:
     require(min(self.eval_every, self.log_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
              "train.log_every", "intervals must be >= 0 (log_every >= 1)", "use e.g. 20")
     require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", "use 2")
+    object.__setattr__(self, "evaluators", tuple(self.evaluators))
     require(self.diag_batches >= 0, "train.diag_batches", f"must be >= 0, got {self.diag_batches}",
             "use 1 (0: every eval batch)")
 
@@ -254,12 +259,14 @@ class DistConfig:
 class Config:
   """A whole run: what to train, on what, how long, where."""
 
-  model: ModelConfig = ModelConfig()
-  data: DataConfig = DataConfig()
-  optim: OptimConfig = OptimConfig()
-  train: TrainConfig = TrainConfig()
-  mesh: MeshConfig = MeshConfig()
-  dist: DistConfig = DistConfig()
+  # default_factory: the defaults are built when a Config is, not when this module is imported (the model's and
+  # data's look their names up in the registries, which import this module)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  dist: DistConfig = dataclasses.field(default_factory=DistConfig)
   seed: int = 0
   workdir: str = ""  # checkpoints and logs; "" = no checkpoints, no logs (pure in-memory run)
 
@@ -308,6 +315,7 @@ def default_config() -> ml_collections.ConfigDict:
   values["data"]["options"] = registry.default_options(registry.DATASETS)
   for key in ("mixer_pattern", "ffn_pattern"):  # tuples, so that --config.model.mixer_pattern can override them
     values["model"][key] = tuple(values["model"][key])
+  values["train"]["evaluators"] = tuple(values["train"]["evaluators"])
   return ml_collections.ConfigDict(values)
 
 
@@ -365,26 +373,22 @@ NO_DEFAULT = object()
 
 def field_default(dotted: str) -> Any:
   """The default of a dotted config field ('optim.trainable', 'model.mixer_options.sparse.top_k',
-  'data.options.mqar.power_a'), as run_identity flattens it (tuples as lists); NO_DEFAULT for a field that does not
-  exist."""
+  'model.mixer_options.mla.indexer.top_k', 'data.options.mqar.power_a'), as run_identity flattens it (tuples as
+  lists); NO_DEFAULT for a field that does not exist. A field inside a default dataclass value (MLA's indexer) takes
+  that value's field, not its class's default."""
   parts = dotted.split(".")
   tables = {("model", "mixer_options"): registry.MIXERS, ("model", "ffn_options"): registry.FFNS,
             ("data", "options"): registry.DATASETS}
-  if len(parts) == 4 and tuple(parts[:2]) in tables:
+  if len(parts) >= 4 and tuple(parts[:2]) in tables:
     registry.load_builtins()
     entry = tables[tuple(parts[:2])].get(parts[2])
-    cls, parts = (entry.options if entry else None), parts[3:]
+    value, parts = (entry.options() if entry else NO_DEFAULT), parts[3:]
   else:
-    cls = Config
-  value: Any = NO_DEFAULT
+    value = Config()
   for part in parts:
-    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-    if part not in fields:
+    if not dataclasses.is_dataclass(value) or part not in {f.name for f in dataclasses.fields(value)}:
       return NO_DEFAULT
-    f = fields[part]
-    value = f.default if f.default is not dataclasses.MISSING else (
-        f.default_factory() if f.default_factory is not dataclasses.MISSING else NO_DEFAULT)
-    cls = typing.get_type_hints(cls).get(part)
+    value = getattr(value, part)
   return list(value) if isinstance(value, tuple) else value
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 
 MODES = ("prefill", "step")
 CACHE = "cache"  # the variable collection of decoding caches

@@ -14,7 +14,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from r1jax.registry import ConfigError, NonFiniteError
+from r1jax.errors import ConfigError, NonFiniteError
 
 EXIT_CONFIG_ERROR = 2
 

@@ -20,8 +20,8 @@ from absl import flags, logging
 from r1jax import decoding, entry
 from r1jax.checkpoint import Checkpointer, latest_step
 from r1jax.config import Config
-from r1jax.data import make_dataset
-from r1jax.registry import ConfigError
+from r1jax.data.core import make_dataset
+from r1jax.errors import ConfigError
 from r1jax.train import make_model, resolve_model_config
 
 

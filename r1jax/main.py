@@ -14,7 +14,8 @@ import sys
 
 from absl import flags, logging
 
-from r1jax import configs, entry
+from r1jax import entry
+from r1jax.lab import configs
 from r1jax.config import Config, default_config
 from r1jax.train import train
 
@@ -30,5 +31,5 @@ def main(argv):
 if __name__ == "__main__":
   # --preset picks the base config that the --config.<field> overrides then apply to
   spec = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--preset=")), "")
-  flags.DEFINE_string("preset", "", "NAME[:MECHANISM][:remat] of r1jax.configs.PRESETS / MECHANISMS (GPU sizes)")
+  flags.DEFINE_string("preset", "", "NAME[:MECHANISM][:remat] of r1jax.lab.configs.PRESETS / MECHANISMS (GPU sizes)")
   entry.run(main, {"config": (lambda: configs.preset_spec(spec)) if spec else default_config()})

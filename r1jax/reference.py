@@ -215,7 +215,7 @@ def nsa_branches(q_BxTxHxK, kv_cmp, kv_slc, kv_win, opts, mlp_k=None, mlp_v=None
 
   Args:
     q_BxTxHxK: shared queries; kv_cmp, kv_slc, kv_win: each branch's (keys, values) [B, T, G, K].
-    opts: r1jax.attention.nsa.NSAOptions. mlp_k, mlp_v: (pos [l, K], w1 [l*K, F], w2 [F, K]) for compress="mlp".
+    opts: r1jax.mixers.nsa.NSAOptions. mlp_k, mlp_v: (pos [l, K], w1 [l*K, F], w2 [F, K]) for compress="mlp".
   Returns:
     (o_cmp, o_slc, o_win) [B, T, H, K], and the selected-token mask [B, G, T, T].
   """

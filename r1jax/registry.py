@@ -3,39 +3,15 @@
 import dataclasses
 import difflib
 import importlib
+import pkgutil
+import typing
 from typing import Any, Callable
 
-# Modules that register the built-in mixers and feed-forwards on import. A new mechanism adds one line here and
-# is then selectable by name from the config, without touching the model.
-BUILTIN_MODULES = (
-    "r1jax.attention.dense",
-    "r1jax.attention.sparse",
-    "r1jax.attention.block_sparse",
-    "r1jax.attention.nsa",
-    "r1jax.attention.mla",
-    "r1jax.attention.local",
-    "r1jax.attention.fusion",
-    "r1jax.attention.routed",
-    "r1jax.attention.spacetime",
-    "r1jax.attention.channel",
-    "r1jax.recurrent",
-    "r1jax.feedforward",
-    "r1jax.moe",
-    "r1jax.data",
-    "r1jax.mqar",
-    "r1jax.listops",
-    "r1jax.moving_digits",
-    "r1jax.passkey",
-    "r1jax.tokens",
-)
+from r1jax.errors import ConfigError
 
-
-class ConfigError(ValueError):
-  """A configuration that cannot work; the message names the field and a fix."""
-
-
-class NonFiniteError(RuntimeError):
-  """Training stopped: a step's loss or gradient norm was not finite; nothing from that step on was saved."""
+# The packages whose modules register the built-in mixers, feed-forwards and datasets: each package's __init__
+# imports every module in its folder (import_all), so a new mechanism or dataset is one new file there.
+BUILTIN_PACKAGES = ("r1jax.mixers", "r1jax.ffn", "r1jax.data")
 
 
 # Diagnostics that cost a pass of their own (a sparse mixer's recall of the dense top-k needs dense attention) are
@@ -89,12 +65,32 @@ def register_dataset(name: str, options: type) -> Callable[[type], type]:
   return _register(DATASETS, "dataset", name, options)
 
 
+def import_all(package: str, path) -> None:
+  """Imports every module of a package's folder (a package's __init__ calls this with its __name__ and __path__),
+  so that each module's register_* decorators run; modules named _* are skipped."""
+  for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+    if not info.name.startswith("_"):
+      importlib.import_module(f"{package}.{info.name}")
+
+
 def load_builtins() -> None:
+  """Registers every built-in mixer, feed-forward and dataset (imports BUILTIN_PACKAGES once)."""
   global _loaded
   if not _loaded:
     _loaded = True
-    for mod in BUILTIN_MODULES:
-      importlib.import_module(mod)
+    for package in BUILTIN_PACKAGES:
+      importlib.import_module(package)
+
+
+def is_video(name: str) -> bool:
+  """Whether mixer `name` mixes video clips [B, T, S, D] (its module's VIDEO flag) rather than sequences [B, T, D]."""
+  return bool(getattr(lookup(MIXERS, name, "model.mixer").module, "VIDEO", False))
+
+
+def video_mixers() -> tuple[str, ...]:
+  """The registered mixers of model.arch=video (see is_video), sorted."""
+  load_builtins()
+  return tuple(sorted(name for name in MIXERS if is_video(name)))
 
 
 def lookup(table: dict[str, Entry], name: str, field: str) -> Entry:
@@ -108,16 +104,23 @@ def lookup(table: dict[str, Entry], name: str, field: str) -> Entry:
 
 
 def build_options(options_cls: type, values: Any, field: str) -> Any:
-  """Builds an options dataclass from a mapping, raising ConfigError on unknown or invalid fields."""
+  """Builds an options dataclass from a mapping, raising ConfigError on unknown or invalid fields; a field whose type
+  is itself an options dataclass (MLA's `indexer`) is built from its own mapping the same way, over its default."""
   if isinstance(values, options_cls):
     return values
   values = dict(values or {})
+  hints = typing.get_type_hints(options_cls)
   known = {f.name for f in dataclasses.fields(options_cls)}
   for key in values:
     if key not in known:
       close = difflib.get_close_matches(key, known, n=1)
       hint = f" Did you mean {close[0]!r}?" if close else ""
       raise ConfigError(f"unknown config field '{field}.{key}'.{hint} Known fields: {sorted(known)}.")
+    if dataclasses.is_dataclass(hints[key]) and not isinstance(values[key], hints[key]):
+      # fields not given keep the parent's default for them (MLA's indexer: DSA's recipe, not the class defaults)
+      default = next(f for f in dataclasses.fields(options_cls) if f.name == key).default
+      given = {**(dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}), **dict(values[key] or {})}
+      values[key] = build_options(hints[key], given, f"{field}.{key}")
   try:
     return options_cls(**values)
   except ConfigError as e:

@@ -9,7 +9,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from r1jax.config import MeshConfig, ModelConfig
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")  # the batch is split over every axis but tensor

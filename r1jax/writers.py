@@ -6,6 +6,8 @@ from typing import Mapping
 
 from tensorboard.summary import Writer
 
+from r1jax import atomic
+
 
 class MetricWriter:
   """Writes `{step, name: value}` records to `<workdir>/metrics.jsonl` and TensorBoard events in `<workdir>/tb`.
@@ -22,10 +24,7 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(self.path):
       self.records = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in self.records)
-      os.replace(tmp, self.path)
+      atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
     self._jsonl = open(self.path, "a")
     self._tb = Writer(os.path.join(workdir, "tb"))
 

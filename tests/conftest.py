@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 from absl import logging  # noqa: E402
 
 from r1jax.config import TINY_SHAKESPEARE  # noqa: E402
-from r1jax.data import resolve_path  # noqa: E402
+from r1jax.data.core import resolve_path  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 logging.set_verbosity(logging.WARNING)

@@ -5,11 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.ablation import override
+from r1jax.lab.ablation import override
 from r1jax import decoding, sharding
-from r1jax.config import VIDEO_MIXERS, Config, ModelConfig, default_config
-from r1jax.registry import ConfigError
-from r1jax.train import Run, compile_train_step, forward
+from r1jax import registry
+from r1jax.config import Config, ModelConfig, default_config
+from r1jax.errors import ConfigError
+from r1jax.objective import forward
+from r1jax.train import Run, compile_train_step
 
 # Mixer options small enough that every selection rule chooses at T = 12 (a key budget below the context), by
 # mixer name: the decoding and module-contract tests (test_decoding.py, test_contract.py) build mixers with them.
@@ -24,7 +26,7 @@ def small_model_config(kind: str, name: str, options: dict, **kw) -> ModelConfig
   """A one-layer model (32 wide, 4 heads) with mixer or ffn (`kind`) `name` and its options, with 2 key/value
   groups where the mixer takes them (GQA coverage), else none (MLA's heads share one latent)."""
   base = dict(vocab_size=40, num_layers=1, d_model=32, num_heads=4, d_ff=48, init_std=0.3,
-              arch="video" if kind == "mixer" and name in VIDEO_MIXERS else "lm",
+              arch="video" if kind == "mixer" and registry.is_video(name) else "lm",
               **{kind: name, f"{kind}_options": {name: options}}, **kw)
   try:
     return ModelConfig(num_kv_heads=2, **base)
@@ -72,11 +74,13 @@ def project_out(params, o_BxTxHxK):
   return jnp.einsum("BTHK,HKD->BTD", o_BxTxHxK, params["params"]["wo"])
 
 
-def assert_causal(mixer, T=10):
-  """Output t of a mixer depends on inputs <= t only (and on input t itself), by the Jacobian."""
+def assert_causal(mixer, T=10, forward_mode=False):
+  """Output t of a mixer depends on inputs <= t only (and on input t itself), by the Jacobian (jacrev; jacfwd with
+  `forward_mode`)."""
   x = jax.random.normal(jax.random.key(0), (1, T, mixer.cfg.d_model))
   params = mixer.init(jax.random.key(1), x, deterministic=True)
-  jac = jax.jit(jax.jacrev(lambda x: mixer.apply(params, x, deterministic=False)[0]))(x)  # [1,T,D,1,T,D]
+  jacobian = jax.jacfwd if forward_mode else jax.jacrev
+  jac = jax.jit(jacobian(lambda x: mixer.apply(params, x, deterministic=False)[0]))(x)  # [1,T,D,1,T,D]
   dep_TxT = np.abs(np.asarray(jac)).sum((0, 2, 3, 5))
   assert np.all(dep_TxT[np.triu_indices(T, 1)] == 0), "output depends on later inputs"
   assert np.all(np.diag(dep_TxT) > 0), "output does not depend on its own input"

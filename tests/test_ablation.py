@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from r1jax import ablation, registry, reporting, sweep
+from r1jax import atomic, registry
+from r1jax.lab import ablation, reporting, sweep
 from r1jax.config import default_config, to_dict
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 from r1jax.train import load_trained, train
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 
 
 def _base(text_file):
@@ -66,7 +69,7 @@ def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):
     ablation.run(abl, counting_train, workers=2)
 
   # Several ablations (a driver's tasks) in one pool: the runs of both in one launch, each its own summary.
-  os.remove(tmp_path / "res" / "two" / "seed1" / reporting.RESULT_FILE)
+  os.remove(tmp_path / "res" / "two" / "seed1" / atomic.RESULT_FILE)
   other = ablation.Ablation("toy2", _base(text_file), {"one": {}}, seeds=(0,), results_dir=str(tmp_path / "res2"))
   lines.clear()
   both = ablation.run_all({"a": abl, "b": other}, sweep.LocalLauncher(workers=2), lines.append)

@@ -8,9 +8,9 @@ import pytest
 
 from helpers import assert_grad_matches_finite_differences
 from r1jax import layers, reference
-from r1jax.attention import dense
+from r1jax.mixers import dense
 from r1jax.config import ModelConfig
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 
 
 def _qkv(seed, B, T, H, G, K, dtype=jnp.float32):
@@ -48,6 +48,7 @@ def test_reference_is_causal_softmax_by_hand():
   np.testing.assert_allclose(out[0, :, 0], expect, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_attention_is_causal_by_gradients():
   q, k, v = _qkv(2, 1, 12, 2, 2, 8)
   t = 5  # output at t must not depend on keys/values after t
@@ -57,6 +58,7 @@ def test_attention_is_causal_by_gradients():
     assert np.abs(g[0, : t + 1]).max() > 0.0
 
 
+@pytest.mark.slow
 def test_mixer_impls_agree_and_jit_equals_eager():
   cfg = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2)
   x = jax.random.normal(jax.random.key(3), (2, 24, 32))
@@ -80,6 +82,7 @@ def test_resolve_impl_uses_xla_on_cpu():
   assert dense.resolve_impl("cudnn", jnp.float32, 64) == "cudnn"
 
 
+@pytest.mark.slow
 def test_qkv_bias_starts_at_zero_and_learns():
   cfg = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_kv_heads=2)
   x = jax.random.normal(jax.random.key(4), (2, 10, 32))

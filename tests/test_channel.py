@@ -8,7 +8,7 @@ import pytest
 
 from helpers import assert_causal, mixer_config
 from r1jax import reference
-from r1jax.attention.channel import TimeChannelAttention, TimeChannelOptions, causal_channel_attention
+from r1jax.mixers.channel import TimeChannelAttention, TimeChannelOptions, causal_channel_attention
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 3, 4), (1, 12, 2, 8)])
@@ -18,11 +18,13 @@ def test_channel_attention_equals_the_step_by_step_reference(shape):
   np.testing.assert_allclose(causal_channel_attention(q, k, v), want, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("time", [True, False])
 def test_time_channel_is_causal(time):
   assert_causal(TimeChannelAttention(mixer_config(d_model=16, heads=2), TimeChannelOptions(time=time)))
 
 
+@pytest.mark.slow
 def test_both_branches_get_gradients_and_the_seed_scale_is_head_dim_to_the_minus_half():
   cfg = mixer_config(d_model=16, heads=2)
   x = jax.random.normal(jax.random.key(0), (2, 6, 16))

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from r1jax import claims
+from r1jax.lab import claims
 
 
 def _scales(runs, kind="mqar"):

@@ -10,9 +10,9 @@ import pytest
 
 from helpers import tiny_config
 from r1jax import sharding
-from r1jax.ablation import override
+from r1jax.lab.ablation import override
 from r1jax.config import Config, MeshConfig, ModelConfig, default_config
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 from r1jax.train import Run
 
 

@@ -19,11 +19,6 @@ B, T, S = 4, 12, 3  # batch (divisible by data * fsdp), sequence length, video p
 FFN_OPTIONS = {"moe": {"num_experts": 4, "top_k": 2, "num_shared": 1}}
 
 
-def _is_video(entry: registry.Entry) -> bool:
-  """Video mixers take [B, T, S, D] (see r1jax/video.py); every other mixer and feed-forward takes [B, T, D]."""
-  return getattr(entry.module, "VIDEO", False)
-
-
 def _decodes(name: str) -> bool:
   entry = registry.MIXERS[name]
   return not decoding.why_not_decodable(entry.module, entry.options())
@@ -40,10 +35,11 @@ def _build(kind: str, name: str, dtype: str = "float32"):
   options = SMALL_MIXER_OPTIONS.get(name, {}) if kind == "mixer" else FFN_OPTIONS.get(name, {})
   cfg = small_model_config(kind, name, options, dtype=dtype)
   module = entry.module(cfg, cfg.options(kind, name))
-  shape = (B, T, S, cfg.d_model) if _is_video(entry) else (B, T, cfg.d_model)
+  video = kind == "mixer" and registry.is_video(name)  # [B, T, S, D] clips (r1jax/model.py); others [B, T, D]
+  shape = (B, T, S, cfg.d_model) if video else (B, T, cfg.d_model)
   x = jax.random.normal(jax.random.key(0), shape)
   boxed = module.init(jax.random.key(1), x, deterministic=True)
-  return module, x, boxed, _is_video(entry)
+  return module, x, boxed, video
 
 
 def _loss_fn(module):
@@ -57,6 +53,7 @@ def _loss_fn(module):
   return loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,name", CASES, ids=IDS)
 def test_no_row_reads_another_and_causal_mixers_read_no_later_token(kind, name):
   """By gradients: d y[b, t] / d x[b', s] is zero for b' != b (every module), for s > t (causal mixers: all but
@@ -114,6 +111,7 @@ def test_shapes_and_jit_equals_eager(kind, name):
   np.testing.assert_allclose(float(jit_loss), float(eager_loss), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,name", CASES, ids=IDS)
 def test_bfloat16_compute_is_finite_and_near_float32(kind, name):
   """The same float32 parameters, computed in bfloat16: finite, and within a few bfloat16 roundings of float32
@@ -130,6 +128,7 @@ def test_bfloat16_compute_is_finite_and_near_float32(kind, name):
   assert np.linalg.norm(y16 - y32) / scale < 0.05, f"{name}: bfloat16 is {np.linalg.norm(y16 - y32) / scale:.3f}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,name", CASES, ids=IDS)
 def test_sharded_equals_unsharded(kind, name):
   """Parameters placed by their logical names on a (data 2, fsdp 2, tensor 2) mesh, the batch split over data and

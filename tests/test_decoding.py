@@ -13,7 +13,7 @@ from helpers import SMALL_MIXER_OPTIONS, decode_logits, small_model_config
 from r1jax import decoding, registry
 from r1jax.config import ModelConfig
 from r1jax.model import Transformer
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 
 registry.load_builtins()
 # extra cases (name, options) for the other rules and branches of a mixer
@@ -22,8 +22,9 @@ EXTRA = [("sparse", {"select": "window", "top_k": 4}), ("sparse", {"select": "ra
          ("nsa", {"cmp_block": 4, "cmp_stride": 4, "slc_block": 4, "top_blocks": 3, "window": 2, "compress": "mean"}),
          ("fast_weight", {"delta": True, "gate": "scalar"}), ("fast_weight", {"gate": "vector", "out_gate": True}),
          ("time_channel", {"time": False}),
-         ("mla", {"top_k": 4, "query_chunk": 8}), ("mla", {"q_rank": 12, "kv_rank": 10, "absorb": False}),
-         ("mla", {"top_k": 4, "query_chunk": 8, "indexer_grad": "gate", "indexer_loss": "none"})]
+         ("mla", {"sparse": True, "indexer": {"top_k": 4, "query_chunk": 8}}),
+         ("mla", {"q_rank": 12, "kv_rank": 10, "absorb": False}),
+         ("mla", {"sparse": True, "indexer": {"top_k": 4, "query_chunk": 8, "indexer_grad": "gate", "indexer_loss": "none"}})]
 
 
 def _not_decodable(name: str, opts) -> str:
@@ -48,12 +49,14 @@ def _check_decode_equals_forward(cfg, T=12, lengths=(5, 1, 9)):
   np.testing.assert_allclose(got[..., :V], np.asarray(full)[..., :V], rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer,options", CASES, ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}"
                                                       for n, o in CASES])
 def test_prefill_then_steps_equal_the_full_forward(mixer, options):
   _check_decode_equals_forward(_config(mixer, options))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ffn", sorted(registry.FFNS))
 def test_every_feed_forward_decodes(ffn):
   """Feed-forwards act per token; MoE with capacity slots (a batch construct) decodes through its dropless path,

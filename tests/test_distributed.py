@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import xla_flags
-from r1jax.ablation import override
+from r1jax.lab.ablation import override
 from r1jax.config import Config, default_config
 from r1jax.train import train
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 
 
 def _free_port() -> int:

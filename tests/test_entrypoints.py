@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from conftest import REPO, xla_flags
-from r1jax import ablation, claims
+from r1jax.lab import ablation, claims
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 
 ENV = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
 

@@ -10,8 +10,10 @@ import pytest
 from conftest import REPO, SHAKESPEARE
 from helpers import VIDEO, tiny_config
 from r1jax import generate
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 from r1jax.train import Run
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 
 
 @pytest.fixture(scope="module")

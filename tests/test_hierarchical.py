@@ -7,17 +7,18 @@ import pytest
 
 from helpers import apply_mixer, assert_causal, mixer_config, project_out
 from r1jax import reference
-from r1jax.attention.dense import Attention, AttentionOptions
-from r1jax.attention.fusion import FusionAttention, FusionOptions
-from r1jax.attention.local import LocalAttention, LocalOptions, local_attention
-from r1jax.attention.routed import RoutedAttention, RoutedOptions, routed_attention, routed_tokens
-from r1jax.registry import ConfigError
+from r1jax.mixers.dense import Attention, AttentionOptions
+from r1jax.mixers.fusion import FusionAttention, FusionOptions
+from r1jax.mixers.local import LocalAttention, LocalOptions, local_attention
+from r1jax.mixers.routed import RoutedAttention, RoutedOptions, routed_attention, routed_tokens
+from r1jax.errors import ConfigError
 
 
 def _qkv(rng, B, T, H, G, K=8):
   return [jnp.asarray(rng.normal(size=(B, T, h, K)), jnp.float32) for h in (H, G, G)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("B,T,H,G,w", [(2, 37, 4, 2, 5), (1, 16, 2, 2, 16), (2, 33, 2, 1, 8), (1, 20, 3, 3, 1),
                                        (1, 9, 2, 1, 4)])
 def test_blocked_local_equals_band_masked_reference(B, T, H, G, w):
@@ -38,6 +39,7 @@ def test_local_cost_is_linear_in_T():
   assert 1.8 < ratio < 2.2, ratio
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window", [12, 100])
 def test_window_at_least_T_equals_global(window):
   cfg = mixer_config(kv_heads=2)
@@ -47,6 +49,7 @@ def test_window_at_least_T_equals_global(window):
   np.testing.assert_allclose(out, dense, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beta,branch", [(1.0, "local"), (0.0, "global")])
 def test_fusion_with_fixed_beta_equals_one_branch(beta, branch):
   cfg = mixer_config()
@@ -58,6 +61,7 @@ def test_fusion_with_fixed_beta_equals_one_branch(beta, branch):
   assert float(aux["beta"]) == beta
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["head", "token"])
 def test_learned_fusion_equals_definition_and_trains_beta(mode):
   """o = beta * local + (1 - beta) * global with the sown beta; the LM loss reaches the beta parameters."""
@@ -84,6 +88,7 @@ def test_learned_fusion_equals_definition_and_trains_beta(mode):
   assert all(float(jnp.linalg.norm(grads[n])) > 0 for n in names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("B,T,H,G,c,w", [(2, 13, 4, 2, 0.3, 3), (1, 16, 2, 1, 0.5, 4), (2, 9, 2, 2, 0.1, 2)])
 def test_routed_equals_reference(B, T, H, G, c, w):
   """Routed tokens get global attention, all others the window only."""
@@ -100,6 +105,7 @@ def test_routed_equals_reference(B, T, H, G, c, w):
   np.testing.assert_allclose(out, reference.attention(q, k, v, mask_BxTxS[:, None]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_routed_capacity_one_equals_global_and_router_gets_gradient():
   cfg = mixer_config()
   x = jax.random.normal(jax.random.key(0), (2, 12, cfg.d_model))
@@ -111,6 +117,7 @@ def test_routed_capacity_one_equals_global_and_router_gets_gradient():
   assert float(jnp.linalg.norm(grads["router"])) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixer", [
     lambda cfg: LocalAttention(cfg, LocalOptions(window=3)),
     lambda cfg: FusionAttention(cfg, FusionOptions(beta="token", window=3)),
@@ -134,6 +141,7 @@ def test_bad_options_name_the_field(cls, kwargs, field):
     cls(**kwargs)
 
 
+@pytest.mark.slow
 def test_routed_capacity_one_equals_global_in_every_layer_of_a_model():
   """A whole model with routed layers at capacity 1 gives the logits of the dense model with the same weights."""
   from helpers import tiny_config

@@ -1,4 +1,4 @@
-"""Multi-head latent attention (r1jax/attention/mla.py): the expanded forward against the equations, the absorbed
+"""Multi-head latent attention (r1jax/mixers/mla.py): the expanded forward against the equations, the absorbed
 decoding step against the expanded one, the latent cache's size, sparse MLA, and option errors. Causality by
 gradients, jit, bfloat16 and sharding are the module contract's (test_contract.py); decode == forward at every
 position is test_decoding.py's, which covers mla by registration."""
@@ -11,10 +11,10 @@ import pytest
 
 from helpers import decode_logits
 from r1jax import reference
-from r1jax.attention.mla import MLAOptions, MultiHeadLatentAttention
+from r1jax.mixers.mla import MLAOptions, MultiHeadLatentAttention
 from r1jax.config import ModelConfig
 from r1jax.model import Transformer
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
 
 SHAPES = [dict(), dict(q_rank=12, kv_rank=10, rope_dim=6, head_dim=6, v_dim=10)]
 
@@ -29,6 +29,7 @@ def _mixer(**opts):
   return MultiHeadLatentAttention(cfg, cfg.options("mixer", "mla")), cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", SHAPES, ids=["defaults", "query_latent-narrow"])
 def test_expanded_forward_equals_the_equations(opts):
   mla, cfg = _mixer(**opts)
@@ -39,7 +40,8 @@ def test_expanded_forward_equals_the_equations(opts):
   np.testing.assert_allclose(np.asarray(y), ref, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("opts", SHAPES + [dict(top_k=3)], ids=["defaults", "query_latent-narrow", "sparse"])
+@pytest.mark.slow
+@pytest.mark.parametrize("opts", SHAPES + [dict(sparse=True, indexer=dict(top_k=3))], ids=["defaults", "query_latent-narrow", "sparse"])
 def test_absorbed_steps_equal_expanded_steps_and_the_cache_holds_only_latents(opts):
   """W_UK folded into the query and W_UV into the output give the expanded attention's logits (float32, tight);
   the cache holds c_kv [B, S, d_c] and k_R [B, S, d_r] per layer, and nothing per head."""
@@ -54,17 +56,18 @@ def test_absorbed_steps_equal_expanded_steps_and_the_cache_holds_only_latents(op
     outs[absorb], cache = decode_logits(model, params, tokens, jnp.asarray(lengths), max_len)
   mask = np.arange(T)[None, :] >= lengths[:, None]
   np.testing.assert_allclose(outs[True][mask], outs[False][mask], rtol=1e-5, atol=1e-5)
-  d = MLAOptions(**opts).dims(cfg)
+  d = cfg.options("mixer", "mla").dims(cfg)
   layer = cache["layer0"]["mixer"]
   shapes = {k: v.shape for k, v in layer.items() if k != "ik"}
   assert shapes == {"c_kv": (3, max_len, d["d_c"]), "k_rope": (3, max_len, d["d_r"])}
-  assert MLAOptions(**opts).cache_per_token(cfg) == d["d_c"] + d["d_r"]
+  assert cfg.options("mixer", "mla").cache_per_token(cfg) == d["d_c"] + d["d_r"]
 
 
+@pytest.mark.slow
 def test_sparse_mla_with_k_at_least_the_context_is_dense_mla():
   x = jax.random.normal(jax.random.key(0), (2, 9, 32))
   dense, _ = _mixer()
-  sparse, _ = _mixer(top_k=9, query_chunk=4)
+  sparse, _ = _mixer(sparse=True, indexer=dict(top_k=9, query_chunk=4))
   params = nn.unbox(sparse.init(jax.random.key(1), x, deterministic=True))
   y_sparse, aux = sparse.apply(params, x, deterministic=False)
   dense_params = {"params": {k: v for k, v in params["params"].items() if not k.startswith("idx_")}}
@@ -75,7 +78,7 @@ def test_sparse_mla_with_k_at_least_the_context_is_dense_mla():
 
 def test_sparse_mla_attends_to_the_indexer_top_k_only():
   """With k < T, each query reads exactly its k top-scored earlier tokens: the reference on that mask."""
-  mla, cfg = _mixer(top_k=3, query_chunk=4)
+  mla, cfg = _mixer(sparse=True, indexer=dict(top_k=3, query_chunk=4))
   x = jax.random.normal(jax.random.key(0), (2, 9, 32))
   params = nn.unbox(mla.init(jax.random.key(1), x, deterministic=True))
   (y, _), state = mla.apply(params, x, deterministic=True, mutable=["intermediates"])
@@ -91,7 +94,8 @@ def test_sparse_mla_attends_to_the_indexer_top_k_only():
 
 
 @pytest.mark.parametrize("opts,field", [(dict(rope_dim=3), "rope_dim=3 is odd"), (dict(kv_rank=-1), "kv_rank=-1"),
-                                        (dict(top_k=2, indexer_loss="x"), "indexer_loss")])
+                                        (dict(sparse=True, indexer=dict(top_k=2, indexer_loss="x")), "mla.indexer: indexer_loss"),
+                                        (dict(indexer=dict(select="window")), "sparse MLA picks its keys")])
 def test_bad_options_name_the_field(opts, field):
   with pytest.raises(ConfigError, match=field):
     _cfg(**opts)
@@ -100,3 +104,22 @@ def test_bad_options_name_the_field(opts, field):
 def test_grouped_heads_are_refused_before_anything_is_built():
   with pytest.raises(ConfigError, match="model.num_kv_heads=2 with mixer mla.*Fix: leave model.num_kv_heads at 0"):
     ModelConfig(vocab_size=40, num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, mixer="mla")
+
+
+def test_the_indexer_options_nest_and_a_partial_one_keeps_the_dsa_recipe():
+  """MLAOptions holds the sparse mixer's SparseOptions (one declaration of the indexer's fields): a mapping that
+  names some of them keeps V3.2's recipe (sparse.DSA_INDEXER) for the others, from Python and from the command
+  line's dotted overrides alike."""
+  from r1jax.config import Config, default_config, field_default, run_identity, to_dict
+  from r1jax.lab.ablation import override
+
+  indexer = _cfg(sparse=True, indexer=dict(top_k=3)).options("mixer", "mla").indexer
+  assert (indexer.top_k, indexer.indexer_grad, indexer.indexer_loss, indexer.detach_indexer_input) == (
+      3, "none", "kl", True)
+  cfg = Config.from_dict(override(default_config(), {"model.mixer": "mla", "model.mixer_options.mla.sparse": True,
+                                                      "model.mixer_options.mla.indexer.top_k": 7}, "test"))
+  assert cfg.model.options("mixer", "mla").indexer.top_k == 7
+  assert run_identity(to_dict(cfg))["model.mixer_options.mla.indexer.top_k"] == 7
+  assert field_default("model.mixer_options.mla.indexer.indexer_grad") == "none"
+  with pytest.raises(ConfigError, match="unknown config field 'model.mixer_options.mla.indexer.top_c'"):
+    _cfg(sparse=True, indexer=dict(top_c=3))

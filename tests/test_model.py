@@ -31,6 +31,7 @@ def test_logits_shape_and_padded_vocab_is_masked():
   assert np.isfinite(logits[..., :50]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t", [0, 7, 14])
 def test_model_is_causal_by_gradients(t):
   params, tokens = _init(CFG)
@@ -62,6 +63,7 @@ def test_target_pos_equals_gathered_full_logits():
   np.testing.assert_allclose(part, jnp.take_along_axis(full, pos[..., None], 1), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_remat_matches_plain_in_outputs_and_gradients():
   params, tokens = _init(CFG)
   loss = lambda cfg: lambda p: reference.cross_entropy(
@@ -71,6 +73,7 @@ def test_remat_matches_plain_in_outputs_and_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_plain, g_remat)
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_parameter_and_match_finite_differences():
   params, tokens = _init(CFG)
   g = assert_grad_matches_finite_differences(

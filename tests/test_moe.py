@@ -12,8 +12,8 @@ import pytest
 
 from helpers import assert_causal, one_run, tiny_config
 from r1jax import reference
-from r1jax.moe import MoE, MoEOptions, grouped_swiglu, permute_rows, route, sort_by_expert
-from r1jax.registry import ConfigError
+from r1jax.ffn.moe import MoE, MoEOptions, grouped_swiglu, permute_rows, route, sort_by_expert
+from r1jax.errors import ConfigError
 
 
 def moe_config(d_model=16, d_ff=24):
@@ -43,6 +43,7 @@ OPTION_SETS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw, matmul, block", [(kw, "ragged_dot", 0) for kw in OPTION_SETS]
                          + [(OPTION_SETS[0], "blocks", 3), (OPTION_SETS[4], "blocks", 3), (OPTION_SETS[0], "auto", 0)])
 def test_dropless_equals_token_loop(kw, matmul, block):
@@ -54,6 +55,7 @@ def test_dropless_equals_token_loop(kw, matmul, block):
   assert float(aux["dropped"]) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("matmul, block", [("ragged_dot", 1), ("blocks", 4), ("blocks", 1)])
 def test_sorted_rows_through_their_experts_with_empty_groups_and_other_shards_copies(matmul, block):
   k = jax.random.split(jax.random.key(0), 4)
@@ -85,6 +87,7 @@ def test_permute_rows_gradient_is_the_gather_of_the_inverse_map():
                              jax.vjp(plain, x)[1](g)[0], rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", OPTION_SETS[:2] + OPTION_SETS[3:4])
 def test_capacity_unlimited_equals_dropless_and_limited_drops_in_token_order(kw):
   x = jax.random.normal(jax.random.key(3), (2, 12, 16))
@@ -103,6 +106,7 @@ def test_capacity_unlimited_equals_dropless_and_limited_drops_in_token_order(kw)
   assert 0 < float(aux2["dropped"]) < 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
 def test_moe_is_causal(dispatch):
   """By the Jacobian, and by replacing the future: drop decisions are discrete, invisible to gradients."""
@@ -118,6 +122,7 @@ def test_moe_is_causal(dispatch):
     np.testing.assert_allclose(y_future[:, :t + 1], y[:, :t + 1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_aux_free_bias_update_follows_the_rule_and_steers_selection_only():
   opts = MoEOptions(num_experts=8, top_k=2, balance="aux_free", bias_rate=0.01)
   x = jax.random.normal(jax.random.key(5), (4, 8, 16))
@@ -154,6 +159,7 @@ def test_route_group_limit_keeps_choices_inside_the_best_groups():
   np.testing.assert_allclose(gate.sum(-1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_reach_router_and_every_expert():
   opts = MoEOptions(num_experts=4, top_k=2, num_shared=1, z_weight=1e-3, grouped_matmul="blocks", block_size=8)
   x = jax.random.normal(jax.random.key(4), (2, 16, 16))
@@ -172,6 +178,7 @@ def test_gradients_reach_router_and_every_expert():
     assert np.all(per_expert > 0), f"{name}: an expert got no gradient: {per_expert}"
 
 
+@pytest.mark.slow
 def test_train_step_updates_the_aux_free_bias(tmp_path):
   path = tmp_path / "corpus.txt"
   path.write_text("the quick brown fox jumps over the lazy dog. " * 200)
@@ -185,6 +192,7 @@ def test_train_step_updates_the_aux_free_bias(tmp_path):
   assert "train/ffn/max_load" in metrics and "train/ffn/bias_abs/layer1" in metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts, mesh", [
     # dropless through shard_map (experts over `expert`, widths over `tensor`), with the aux-free bias state
     ({"num_experts": 8, "top_k": 2, "balance": "aux_free", "num_shared": 1}, {"data": 1, "expert": 4, "tensor": 2}),
@@ -231,6 +239,7 @@ def test_experts_must_divide_the_expert_axis(tmp_path):
     Run(cfg)
 
 
+@pytest.mark.slow
 def test_balance_and_z_losses_equal_the_switch_and_st_moe_formulas_with_their_gradients():
   """Switch (Fedus et al. 2021, eq. 4): aux_weight * E * sum_i f_i P_i, f_i the share of routed copies (no gradient),
   P_i the mean router probability (the gradient's path); ST-MoE (Zoph et al. 2022, eq. 5): z_weight * mean over

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from r1jax import moving_digits as md
-from r1jax.data import make_dataset
-from r1jax.moving_digits import MovingDigits
-from r1jax.registry import ConfigError
+from r1jax.data import moving_digits as md
+from r1jax.data.core import make_dataset
+from r1jax.data.moving_digits import MovingDigits
+from r1jax.errors import ConfigError
 
 CLIP = "data__options__moving_digits__"
 VIDEO = dict(model__arch="video", model__mixer="spacetime", data__kind="moving_digits",

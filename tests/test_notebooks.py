@@ -10,6 +10,9 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import REPO, xla_flags
+from r1jax.lab import ablation
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
 DRAWS = re.compile(r"plt\.show\(|display\((?!Markdown)|\.subplots\(")  # a cell that means to show a figure
@@ -24,6 +27,7 @@ def drawing_cells_without_figure(nb) -> list[int]:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs_and_every_drawing_cell_shows_a_figure(path, monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", xla_flags(8, fast_compile=False))  # the kernel trains for hundreds of steps
+  monkeypatch.setenv(ablation.QUICK_ENV, "1")  # the sizes the stored outputs show
   nb = nbformat.read(path, as_version=4)
   NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(path)}}
                  ).execute()

@@ -8,8 +8,8 @@ import pytest
 
 from helpers import apply_mixer, assert_causal, mixer_config, project_out
 from r1jax import reference
-from r1jax.attention.nsa import GATE_INIT, NativeSparseAttention, NSAOptions, num_compressed, overlap_scores
-from r1jax.registry import ConfigError
+from r1jax.mixers.nsa import GATE_INIT, NativeSparseAttention, NSAOptions, num_compressed, overlap_scores
+from r1jax.errors import ConfigError
 
 
 def _run(opts, T, kv_heads, seed=0):
@@ -40,6 +40,7 @@ def test_overlap_scores_sum_the_compressed_blocks_overlapping_each_selection_blo
   np.testing.assert_allclose(overlap_scores(jnp.asarray(p, jnp.float32), T, l, d, ls), want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T,l,d,ls,n,w,chunk,kv_heads,compress", [
     (21, 4, 2, 4, 3, 5, 8, 2, "mlp"),  # overlapping compressed blocks, T not a multiple of anything, GQA
     (16, 4, 4, 8, 3, 4, 16, 0, "mean"),  # l = d, selection blocks of two compressed blocks, one query chunk
@@ -67,6 +68,7 @@ def test_each_branch_equals_its_masked_reference(T, l, d, ls, n, w, chunk, kv_he
   np.testing.assert_allclose(out, project_out(params, jnp.asarray(want, jnp.float32)), rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_selecting_every_block_is_dense_attention_and_keeps_all_the_mass():
   T, ls = 23, 4
   opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=ls, top_blocks=-(-T // ls), window=3, query_chunk=7)
@@ -78,6 +80,7 @@ def test_selecting_every_block_is_dense_attention_and_keeps_all_the_mass():
   np.testing.assert_allclose(aux["mass"], 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_nsa_is_causal_and_every_parameter_gets_a_gradient():
   opts = NSAOptions(cmp_block=4, cmp_stride=2, slc_block=4, top_blocks=3, window=3, query_chunk=12)  # one chunk:
   mixer, x, params, _, _, _ = _run(opts, 12, kv_heads=2)  # the chunked path is checked against the reference
@@ -95,6 +98,7 @@ def test_bad_options_name_the_field(field, value, match):
     NSAOptions(**{"cmp_block": 4, "cmp_stride": 2, "slc_block": 4, field: value})
 
 
+@pytest.mark.slow
 def test_the_mass_diagnostic_is_the_dense_attention_on_each_groups_selected_tokens():
   """With some blocks left out: `mass` = dense attention (averaged over heads) summed over the tokens the reference
   selects for each (query, group), averaged over queries and groups."""

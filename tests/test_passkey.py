@@ -1,4 +1,4 @@
-"""Passkey retrieval (r1jax/passkey.py) and the dataset registry's contract, parametrised over every dataset."""
+"""Passkey retrieval (r1jax/data/passkey.py) and the dataset registry's contract, parametrised over every dataset."""
 
 import dataclasses
 
@@ -8,9 +8,9 @@ import pytest
 from conftest import SHAKESPEARE
 from r1jax import registry
 from r1jax.config import DataConfig
-from r1jax.data import make_dataset
-from r1jax.passkey import NEEDLE, QUESTION, Passkey
-from r1jax.registry import ConfigError
+from r1jax.data.core import make_dataset
+from r1jax.data.passkey import NEEDLE, QUESTION, Passkey
+from r1jax.errors import ConfigError
 from tests.helpers import tiny_config
 
 PASSKEY = DataConfig(kind="passkey", seq_len=256, batch_size=6, eval_batch_size=7, options={"passkey": dict(
@@ -62,7 +62,7 @@ def small_data_config(name: str, folder: str) -> DataConfig:
   options = registry.DATASETS[name].options()
   sizes = {"num_test_examples": 6} if hasattr(options, "num_test_examples") else {}
   if hasattr(options, "path") and not options.path:
-    from r1jax import prepare
+    from r1jax.data import prepare
     prepare.prepare(prepare.PrepareOptions(inputs=(SHAKESPEARE,), tokenizer="byte", out=folder, docs="paragraph"))
     sizes = {"path": folder}
   return DataConfig(kind=name, seq_len=512, batch_size=3, eval_batch_size=4,
@@ -93,14 +93,13 @@ def test_every_registered_dataset_keeps_the_batch_contract(name, tmp_path):
 
 
 def test_group_accuracy_is_reported_per_group_and_averages_to_the_total():
-  import jax
+  from r1jax.train import Run
 
-  from r1jax.train import Run, make_eval_step
   cfg = tiny_config(data__kind="passkey", data__seq_len=256, data__eval_batch_size=8, data__eval_max_batches=0,
                     data__options__passkey__length_fractions=(0.5, 1.0), data__options__passkey__num_test_examples=24)
   run = Run(cfg)
   state, _ = run.init_state()
-  metrics = run.evaluate((jax.jit(make_eval_step(run.model)), None), state)
+  metrics = run.evaluate(state)
   groups = {k: v for k, v in metrics.items() if k.startswith("eval/accuracy/")}
   assert list(groups) == [f"eval/accuracy/{g}" for g in run.data.group_names] and len(groups) == 10
   counts = np.zeros(10)
@@ -111,7 +110,7 @@ def test_group_accuracy_is_reported_per_group_and_averages_to_the_total():
 
 
 def test_group_accuracy_averages_seeds_per_variant_and_the_depth_figure_has_a_panel_per_length():
-  from r1jax import reporting
+  from r1jax.lab import reporting
   runs = {"dense/seed0": {"eval/accuracy": 0.9, "eval/accuracy/len128/depth0.0-0.5": 1.0,
                           "eval/accuracy/len128/depth0.5-1.0": 0.8, "eval/accuracy/len256/depth0.0-0.5": 0.6,
                           "eval/accuracy/len256/depth0.5-1.0": 0.4},

@@ -10,8 +10,8 @@ import pytest
 
 from helpers import apply_mixer, assert_causal, assert_grad_matches_finite_differences, mixer_config
 from r1jax import reference
-from r1jax.recurrent import FastWeight, FastWeightOptions, fast_weights, unit_lower_inverse
-from r1jax.registry import ConfigError
+from r1jax.mixers.recurrent import FastWeight, FastWeightOptions, fast_weights, unit_lower_inverse
+from r1jax.errors import ConfigError
 
 FORMS = ("recurrent", "parallel", "chunkwise")
 
@@ -35,6 +35,7 @@ CASES = [  # (B, T, H, K, P, A, delta, chunk, initial state): T not a multiple o
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("B,T,H,K,P,A,delta,chunk,state", CASES)
 def test_every_form_equals_the_step_by_step_reference(B, T, H, K, P, A, delta, chunk, state):
   q, k, v, log_a, beta, s0 = _inputs(T * K + A, B, T, H, K, P, A, delta, state)
@@ -45,6 +46,7 @@ def test_every_form_equals_the_step_by_step_reference(B, T, H, K, P, A, delta, c
     np.testing.assert_allclose(s, ref_s, rtol=1e-4, atol=1e-5, err_msg=form)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("A,delta", [(1, False), (4, False), (1, True)])
 def test_forms_have_equal_gradients(A, delta):
   """Gradients of outputs and final state w.r.t. q, k, v, log a (and b) agree across the three forms."""
@@ -70,6 +72,7 @@ def test_unit_lower_inverse_equals_numpy_inverse(C):
   np.testing.assert_allclose(unit_lower_inverse(jnp.asarray(L, jnp.float32)), np.linalg.inv(L), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_equal_zero_is_a_per_step_outer_product():
   """a = 0 forgets everything: S_t = k_t v_t^T, so o_t = v_t (k_t . q_t), in every form."""
   q, k, v, _, _, _ = _inputs(0, 2, 10, 2, 3, 4, 1)
@@ -101,6 +104,7 @@ MIXER_OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", MIXER_OPTIONS, ids=lambda o: f"{o.gate}{'-delta' if o.delta else ''}")
 def test_mixer_forms_agree_and_decoding_equals_the_parallel_form(opts):
   cfg = mixer_config()
@@ -124,10 +128,13 @@ def test_mixer_forms_agree_and_decoding_equals_the_parallel_form(opts):
     np.testing.assert_allclose(float(aux["decay"]), opts.alpha, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", MIXER_OPTIONS[:2], ids=["vector", "scalar-delta"])
 def test_mixer_is_causal_and_every_parameter_gets_gradient(opts):
   mixer = FastWeight(mixer_config(), dataclasses.replace(opts, chunk=4))
-  assert_causal(mixer)
+  # forward mode: XLA:CPU (jax 0.10.2) segfaults running jacrev's batched backward of the chunkwise vector-gate
+  # recurrence over 2+ chunks on this project's AMD EPYC machines (tests/test_recurrent.py alone reproduces it)
+  assert_causal(mixer, forward_mode=True)
   x = jax.random.normal(jax.random.key(0), (2, 9, mixer.cfg.d_model))
   params = mixer.init(jax.random.key(1), x, deterministic=True)
   params = nn.meta.unbox(params)

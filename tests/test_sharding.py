@@ -19,6 +19,7 @@ def unsharded(tmp_path_factory):
   return str(path), one_run(str(path), {"data": 1, "devices": 1})[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [
     {"data": 8, "fsdp": 1, "tensor": 1},
     {"data": 2, "fsdp": 2, "tensor": 2},

@@ -9,8 +9,8 @@ import pytest
 
 from helpers import mixer_config
 from r1jax import reference
-from r1jax.attention.spacetime import SpaceTimeAttention, SpaceTimeOptions
-from r1jax.registry import ConfigError
+from r1jax.mixers.spacetime import SpaceTimeAttention, SpaceTimeOptions
+from r1jax.errors import ConfigError
 
 
 def init(kind, x, heads=4):
@@ -78,6 +78,7 @@ def test_which_tokens_each_kind_mixes_by_gradients(kind, same):
     assert np.all(dep > 0)
 
 
+@pytest.mark.slow
 def test_gradient_reaches_every_parameter_and_bad_options_name_the_field():
   x = jax.random.normal(jax.random.key(3), (2, 2, 3, 16))
   module, variables = init("divided", x)

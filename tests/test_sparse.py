@@ -10,12 +10,11 @@ import pytest
 
 from helpers import apply_mixer, assert_causal, mixer_config, project_out, tiny_config
 from r1jax import reference
-from r1jax.attention.block_sparse import (BlockSparseAttention, BlockSparseOptions, block_sparse_attention,
-                                          select_blocks)
-from r1jax.attention.dense import Attention, AttentionOptions
-from r1jax.attention.local import LocalAttention, LocalOptions
-from r1jax.attention.sparse import SparseAttention, SparseOptions, gathered_attention
-from r1jax.registry import ConfigError
+from r1jax.mixers.block_sparse import BlockSparseAttention, BlockSparseOptions, block_sparse_attention, select_blocks
+from r1jax.mixers.dense import Attention, AttentionOptions
+from r1jax.mixers.local import LocalAttention, LocalOptions
+from r1jax.mixers.sparse import SparseAttention, SparseOptions, gathered_attention
+from r1jax.errors import ConfigError
 
 
 @pytest.mark.parametrize("B,T,H,G,N", [(2, 9, 4, 2, 3), (1, 16, 2, 1, 16), (3, 5, 6, 3, 1)])
@@ -49,6 +48,7 @@ def test_gathered_attention_over_blocks_of_rows_equals_the_same_keys_picked_one_
   np.testing.assert_allclose(p_block, p_token, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T,chunk,top_k,kv_heads", [(13, 4, 3, 0), (16, 16, 5, 2), (7, 3, 7, 1)])
 def test_indexer_topk_equals_masked_reference(T, chunk, top_k, kv_heads):
   """The whole mixer (chunked queries, T not a multiple of the chunk, GQA) against top-k by sorting."""
@@ -91,6 +91,7 @@ def test_window_keeps_the_last_k_keys():
   np.testing.assert_allclose(local, out, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T,block,n,kv_heads,per_token", [(20, 4, 2, 0, True), (19, 5, 1, 2, True), (16, 8, 0, 1, True),
                                                            (12, 3, 5, 4, True), (20, 4, 2, 0, False),
                                                            (19, 5, 1, 2, False)])
@@ -104,6 +105,7 @@ def test_block_topk_equals_masked_reference(T, block, n, kv_heads, per_token):
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_block_topk_with_all_blocks_equals_dense():
   cfg = mixer_config(kv_heads=2)
   x = jax.random.normal(jax.random.key(0), (2, 22, cfg.d_model))
@@ -125,12 +127,14 @@ CAUSAL_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls,opts", CAUSAL_CASES)
 def test_selection_is_causal_by_gradients(cls, opts):
   """Output t (and the selection behind it) never depends on inputs after t."""
   assert_causal(cls(mixer_config(), opts))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad,loss,reaches", [("gate", "none", True), ("none", "kl", True),
                                                ("none", "kl_dense", True), ("none", "none", False)])
 def test_indexer_receives_gradient(grad, loss, reaches):
@@ -149,6 +153,7 @@ def test_indexer_receives_gradient(grad, loss, reaches):
   assert float(jnp.linalg.norm(grads["wq"])) > 0
 
 
+@pytest.mark.slow
 def test_sampled_selection_draws_from_the_indexer_softmax_in_training_only():
   """sample_temperature=tau: a training pass picks k=1 key with the frequencies of softmax(I / tau) over the earlier
   keys (Gumbel-top-k); an eval pass is the greedy mixer's, bitwise."""
@@ -228,8 +233,9 @@ def test_bad_block_options():
 def test_the_timed_eval_step_holds_no_dense_pass_and_the_diagnostics_pass_does(mixer):
   """At T=2048 a sparse model's timed eval step (what `eval tok/s` measures) compiles to fewer FLOPs than dense's;
   the untimed diagnostics pass (recall / mass against dense attention) is the one that pays for a dense pass."""
-  from r1jax.train import compiled_flops, forward, resolve_model_config
-  from r1jax.video import make_model
+  from r1jax.objective import forward
+  from r1jax.train import compiled_flops, resolve_model_config
+  from r1jax.model import make_model
 
   T = 2048
 
@@ -248,8 +254,9 @@ def test_the_timed_eval_step_holds_no_dense_pass_and_the_diagnostics_pass_does(m
   assert diag > timed + 0.3 * dense, (diag, timed, dense)  # the diagnostics' dense probabilities
 
 
+@pytest.mark.slow
 def test_a_run_reports_the_diagnostics_from_its_untimed_pass(text_file):
-  """Run.evaluate: recall and mass reach the results (from the diagnostics pass), loss and accuracy from the timed."""
+  """Recall and mass reach the results (from the diagnostics evaluator's pass), loss and accuracy from the timed."""
   from r1jax.train import train
 
   cfg = tiny_config(text=text_file, model__mixer="sparse", model__num_layers=1,
@@ -262,7 +269,7 @@ def test_a_run_reports_the_diagnostics_from_its_untimed_pass(text_file):
 def test_selection_diagnostics_by_their_definition():
   """recall: the share of a query's valid picks whose dense probability is at least the N-th largest (ties count,
   zero-probability keys never); mass: the dense probability the valid picks hold. Probabilities with ties."""
-  from r1jax.attention.sparse import selection_diagnostics
+  from r1jax.mixers.sparse import selection_diagnostics
 
   rng = np.random.default_rng(0)
   B, C, S, N = 2, 5, 12, 4

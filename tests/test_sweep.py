@@ -18,9 +18,11 @@ import pytest
 
 from conftest import xla_flags
 from helpers import tiny_config
-from r1jax import ablation, sweep
+from r1jax.lab import ablation, sweep
 from r1jax.config import default_config, to_dict
-from r1jax.registry import ConfigError
+from r1jax.errors import ConfigError
+
+pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +89,7 @@ def test_a_pool_launcher_with_nothing_left_to_train_returns():
 
 def test_workers_exit_when_their_driver_is_killed():
   """A driver killed mid-sweep leaves no worker training into its results folder."""
-  script = ("import os, sys, time\nfrom r1jax import sweep\nwith sweep.worker_pool(1) as (pool, _):\n"
+  script = ("import os, sys, time\nfrom r1jax.lab import sweep\nwith sweep.worker_pool(1) as (pool, _):\n"
             "  print(pool.submit(os.getpid).result(), flush=True)\n  time.sleep(600)\n")
   driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
   worker = int(driver.stdout.readline())

@@ -1,4 +1,4 @@
-"""Corpora prepared once into token shards (r1jax/prepare.py) and read through Grain (r1jax/tokens.py): exact round
+"""Corpora prepared once into token shards (r1jax/data/prepare.py) and read through Grain (r1jax/data/tokens.py): exact round
 trips, identical shards across runs and after a killed run, batches that depend only on (seed, step), and processes
 that together read exactly the global batch."""
 
@@ -16,12 +16,13 @@ import pytest
 
 from conftest import xla_flags
 from helpers import tiny_config
-from r1jax import configs, generate
-from r1jax import prepare as prep
+from r1jax import generate
+from r1jax.lab import configs
+from r1jax.data import prepare as prep
 from r1jax.config import Config
-from r1jax.data import make_dataset
-from r1jax.registry import ConfigError
-from r1jax.tokens import TokenStream
+from r1jax.data.core import make_dataset
+from r1jax.errors import ConfigError
+from r1jax.data.tokens import TokenStream
 from r1jax.train import make_model, train
 
 PARAGRAPHS = ["ROMEO:\nBut soft, what light through yonder window breaks?\n\n",
@@ -162,6 +163,7 @@ def test_windows_cross_shard_seams_and_batches_depend_only_on_seed_and_step(tmp_
   np.testing.assert_array_equal(val, split_tokens(str(tmp_path / "out"), meta, "val")[1:1 + len(val)])
 
 
+@pytest.mark.slow
 def test_token_run_resumes_on_the_same_batches_and_reports_bits_per_character(corpus, tmp_path):
   prep.prepare(options(corpus, tmp_path / "out"))
   kw = dict(data__kind="tokens", data__options__tokens__path=str(tmp_path / "out"), train__steps=8,
@@ -180,6 +182,7 @@ def test_token_run_resumes_on_the_same_batches_and_reports_bits_per_character(co
   assert text.startswith("JULIET:\nO Romeo") and len(text) > len("JULIET:\nO Romeo")  # tokens decoded to text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, params", [("gpt2_small", 124e6), ("gpt2_medium", 355e6)])
 def test_presets_have_gpt2_shapes_and_every_mechanism_builds_at_them(name, params):
   for mechanism in configs.MECHANISMS if name == "gpt2_small" else ["dense"]:
@@ -201,7 +204,7 @@ jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 from jax.experimental import multihost_utils
 from r1jax import sharding
 from r1jax.config import MeshConfig
-from r1jax.data import make_dataset
+from r1jax.data.core import make_dataset
 from helpers import tiny_config
 data = make_dataset(tiny_config(data__kind="tokens", data__options__tokens__path=sys.argv[3]).data, 0)
 mesh = sharding.make_mesh(MeshConfig(data=4))
@@ -215,6 +218,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_two_processes_read_exactly_the_global_batch_of_one(corpus, tmp_path):
   from test_distributed import _free_port

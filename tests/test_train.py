@@ -16,12 +16,15 @@ import optax
 import pytest
 
 from helpers import tiny_config
-from r1jax.registry import ConfigError, NonFiniteError
-from r1jax.train import Run, forward, load_trained, make_optimizer, train
+from r1jax import sharding
+from r1jax.errors import ConfigError, NonFiniteError
+from r1jax.objective import forward
+from r1jax.train import Run, load_trained, make_optimizer, train
 from r1jax.config import OptimConfig
 from r1jax.writers import read_jsonl
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_writes_logs(text_file, tmp_path):
   cfg = tiny_config(text=text_file, train__steps=60, train__eval_every=30, train__log_every=10,
                     optim__lr=3e-3, workdir=str(tmp_path / "run"), mesh__devices=1, mesh__data=1)
@@ -38,6 +41,7 @@ def test_training_reduces_loss_and_writes_logs(text_file, tmp_path):
   assert result["num_params"] == 64 * 32 + 2 * (4 * 32 * 32 + 3 * 32 * 64 + 2 * 32) + 32
 
 
+@pytest.mark.slow
 def test_mqar_training_scores_answer_positions_only():
   cfg = tiny_config(data__kind="mqar", data__options__mqar__vocab_size=64, data__seq_len=32,
                     data__options__mqar__num_kv_pairs=4, data__options__mqar__num_test_examples=16, train__steps=30,
@@ -51,6 +55,7 @@ def test_mqar_training_scores_answer_positions_only():
   assert float(sums["count"]) == 8 * 4  # 8 rows x 4 answers: no other position is scored
 
 
+@pytest.mark.slow
 def test_mqar_curriculum_trains_both_lengths_and_resumes_inside_it(tmp_path):
   mqar = dict(vocab_size=64, num_kv_pairs=4, num_test_examples=16, curriculum_steps=3, curriculum_seq_len=16,
               curriculum_kv_pairs=2)
@@ -93,6 +98,7 @@ def _main_cmd(workdir, text_file, steps):
   return [sys.executable, "-m", "r1jax.main"] + [f"--config.{k}={v}" for k, v in flags.items()]
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(text_file, tmp_path):
   steps = 300
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
@@ -118,6 +124,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(text_file, tmp_path):
   assert strip(a["history"]) == strip(b["history"])  # the log reads as one uninterrupted run
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_only_evaluates(text_file, tmp_path):
   cfg = tiny_config(text=text_file, workdir=str(tmp_path / "r"), mesh__devices=1, mesh__data=1)
   first = Run(cfg).train()
@@ -125,12 +132,14 @@ def test_rerun_of_a_finished_run_only_evaluates(text_file, tmp_path):
   assert again["perf"]["resumed_from"] == cfg.train.steps and again["final"] == first["final"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_model(text_file, tmp_path):
   Run(tiny_config(text=text_file, workdir=str(tmp_path / "r"))).train()
   with pytest.raises(ConfigError, match=r"different 'model.d_ff' config \(saved 64, now 32\)"):
     Run(tiny_config(text=text_file, workdir=str(tmp_path / "r"), model__d_ff=32)).train()
 
 
+@pytest.mark.slow
 def test_load_trained_returns_the_trained_params(tmp_path, text_file):
   cfg = tiny_config(text=text_file, workdir=str(tmp_path / "run"), train__checkpoint_every=4)
   with pytest.raises(ConfigError, match="holds no checkpoint"):
@@ -153,6 +162,7 @@ def _nan_config(workdir, **overrides):
                      workdir=workdir, mesh__devices=1, mesh__data=1, **overrides)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   cfg = _nan_config(str(tmp_path / "run"))
   with pytest.raises(NonFiniteError, match=r"train step 3: .*not finite.*last good checkpoint is step 2") as first:
@@ -173,6 +183,7 @@ def _truncate(folder):
         f.truncate(os.path.getsize(path) // 2)
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable_one(text_file, tmp_path, caplog):
   cfg = tiny_config(text=text_file, train__steps=6, train__checkpoint_every=2, train__keep_checkpoints=3,
                     workdir=str(tmp_path / "run"), mesh__devices=1, mesh__data=1)
@@ -199,6 +210,7 @@ def finished_run(tmp_path_factory):
   return str(text), workdir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field,value", [("optim__lr", 3e-3), ("data__seq_len", 8), ("seed", 1),
                                          ("model__num_layers", 1), ("data__options__text__path", "copy.txt"),
                                          ("model__mixer_options__attention__qkv_bias", True)])
@@ -218,6 +230,7 @@ def test_resume_ignores_loop_settings_and_unused_mixers_options(finished_run):
   assert again["perf"]["resumed_from"] == 2  # resumed (here: at the end, so it only evaluates)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,num_losses", [
     ({"model__ffn": "moe", "model__ffn_options__moe__num_experts": 4, "model__ffn_options__moe__z_weight": 1e-2},
      4),  # balance and z-loss in 2 layers
@@ -238,6 +251,7 @@ def test_objective_is_cross_entropy_plus_every_auxiliary_loss(text_file, overrid
   np.testing.assert_allclose(float(objective), float(ce) + sum(losses.values()), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_zero_weight_row_changes_no_loss_or_metric(text_file):
   run = Run(tiny_config(text=text_file, mesh__devices=1, mesh__data=1))
   state, _ = run.init_state()
@@ -250,11 +264,14 @@ def test_a_zero_weight_row_changes_no_loss_or_metric(text_file):
   (obj, metrics, sums, _), (obj_p, metrics_p, sums_p, _) = (
       forward(run.model, state.params, state.model_state, b, None, True) for b in (batch, padded))
   for got, want in ((obj_p, obj), (metrics_p["loss"], metrics["loss"]), (metrics_p["accuracy"], metrics["accuracy"]),
-                    *((sums_p[k], sums[k]) for k in sums)):
+                    *((sums_p[k], sums[k]) for k in ("loss_sum", "correct_sum", "count"))):
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+  for k in ("correct_B", "count_B"):  # per row: the padded row counts nothing, the others as before
+    np.testing.assert_allclose(np.asarray(sums_p[k]), np.append(np.asarray(sums[k]), 0.0), rtol=1e-6)
   assert float(sums["count"]) == batch["weights"].size
 
 
+@pytest.mark.slow
 def test_weight_decay_reaches_matrices_and_no_one_dimensional_parameter(text_file):
   run = Run(tiny_config(text=text_file, mesh__devices=1, mesh__data=1, optim__warmup_steps=0,
                         optim__weight_decay=0.5, optim__grad_clip=0.0))
@@ -278,6 +295,7 @@ def _named(params) -> dict:
   return {param_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
+@pytest.mark.slow
 def test_init_from_restores_parameters_by_name_and_trainable_freezes_the_rest_bitwise(text_file, tmp_path):
   """DSA's warm-up as two general features: a sparse run starts from a dense run's checkpoint (its new indexer keeps
   its init), and only the indexer trains: every other parameter stays bitwise the dense run's."""
@@ -297,6 +315,7 @@ def test_init_from_restores_parameters_by_name_and_trainable_freezes_the_rest_bi
       assert value.dtype == source[name].dtype and value.tobytes() == source[name].tobytes(), f"{name} changed"
 
 
+@pytest.mark.slow
 def test_init_from_and_trainable_refuse_what_cannot_work(text_file, tmp_path):
   small = tiny_config(text=text_file, workdir=str(tmp_path / "small"), model__num_layers=1)
   train(small)
@@ -326,7 +345,7 @@ def test_a_field_added_after_a_run_was_saved_counts_as_its_default():
 
 @pytest.mark.parametrize("diag_batches", [1, 2, 0])
 def test_the_diagnostics_pass_reads_the_first_diag_batches_eval_batches(text_file, diag_batches):
-  """Run.evaluate: the untimed diagnostics pass reads the first train.diag_batches eval batches (0: all) and averages
+  """The diagnostics evaluator: the untimed pass reads the first train.diag_batches eval batches (0: all) and averages
   its diagnostics over those; the timed pass still reads every batch."""
   run = Run(tiny_config(text=text_file, data__eval_max_batches=3, train__diag_batches=diag_batches))
   batches = [b["inputs"] for b in run.data.eval_batches()]
@@ -335,13 +354,14 @@ def test_the_diagnostics_pass_reads_the_first_diag_batches_eval_batches(text_fil
 
   def eval_fn(state, batch):
     timed.append(np.asarray(batch["inputs"]))
-    return {"loss_sum": 1.0, "correct_sum": 0.0, "count": 1.0}, {}
+    return {"loss_sum": 1.0, "correct_B": np.zeros(1), "count_B": np.ones(1)}, {}
 
   def diag_fn(state, batch):
     seen.append(np.asarray(batch["inputs"]))
     return {}, {"mixer/recall": float(len(seen))}
 
-  out = run.evaluate((eval_fn, diag_fn), None)
+  run = Run(run.cfg, eval_steps={"timed": eval_fn, "diagnostics": diag_fn})
+  out = run.evaluate(None)
   n = diag_batches or 3
   assert len(timed) == 3 and len(seen) == n
   assert all(np.array_equal(a, b) for a, b in zip(seen, batches))  # the first n, in order
@@ -352,3 +372,26 @@ def test_the_diagnostics_pass_reads_the_first_diag_batches_eval_batches(text_fil
 def test_a_negative_diag_batches_is_refused_naming_the_field():
   with pytest.raises(ConfigError, match="train.diag_batches"):
     tiny_config(train__diag_batches=-1)
+
+
+def test_the_timed_step_is_the_same_program_whatever_else_is_evaluated(text_file):
+  """Nothing an untimed evaluator computes enters the timed one: listing every evaluator or the timed one alone, a
+  sparse model's timed eval step lowers to the same program (its diagnostics evaluator runs dense attention), and
+  the diagnostics reach the results only from their own pass."""
+  programs, finals = [], []
+  for names in (("timed",), ("timed", "groups", "bpc", "diagnostics")):
+    run = Run(tiny_config(text=text_file, model__mixer="sparse", model__mixer_options__sparse__top_k=4,
+                          train__evaluators=names, mesh__devices=1, mesh__data=1))
+    state, _ = run.init_state()
+    batch = sharding.put_batch(next(iter(run.data.eval_batches())), run.mesh)
+    programs.append(run.evaluation.timed.step.lower(state, batch).as_text())
+    finals.append(run.evaluate(state))
+  assert programs[0] == programs[1]
+  assert "eval/mixer/recall" not in finals[0] and 0 < finals[1]["eval/mixer/recall"] <= 1
+  assert finals[0]["eval/loss"] == finals[1]["eval/loss"]
+
+
+@pytest.mark.parametrize("names", [("groups",), ("timed", "timed"), ("timed", "perplexity")])
+def test_an_evaluator_list_that_cannot_work_is_refused_naming_the_field(names, text_file):
+  with pytest.raises(ConfigError, match=r"train.evaluators=.*Fix: list 'timed' first"):
+    Run(tiny_config(text=text_file, train__evaluators=names))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import VIDEO, one_run, tiny_config
-from r1jax.video import VideoTransformer, layer_kinds
+from r1jax.model import VideoTransformer, layer_kinds
 
 
 
@@ -23,6 +23,7 @@ def init(m, x):
   return nn.meta.unbox(m.init(jax.random.key(1), x))
 
 
+@pytest.mark.slow
 def test_factorised_runs_space_layers_then_time_layers_on_the_frame_cls_tokens():
   assert layer_kinds(model("factorised", 3).cfg) == ("space", "space", "time")
   assert layer_kinds(model("divided", 3).cfg) == ("divided",) * 3
@@ -52,6 +53,7 @@ def test_only_space_only_is_blind_to_frame_order(kind, order_blind):
   assert ("time_pos" in params["params"]) != order_blind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["factorised", "dot_product"])
 def test_gradient_reaches_every_parameter(kind):
   x = jax.random.uniform(jax.random.key(0), (2, 3, 4, 16))
@@ -64,6 +66,7 @@ def test_gradient_reaches_every_parameter(kind):
     assert "frame_cls" in params["params"]
 
 
+@pytest.mark.slow
 def test_video_training_sharded_equals_unsharded():
   overrides = {**VIDEO, "model__mixer_options": {"spacetime": {"kind": "divided"}}}
   _, (loss0, grads0, params0, _) = one_run("", {"data": 1, "devices": 1}, **overrides)

@@ -1,0 +1,336 @@
+"""Dynamic token top-k sparse attention: each query attends to k keys picked by a rule, gathered ([B,T,k,...]),
+never through a T x T softmax.
+
+Rules with the same key budget k:
+  indexer  a learned 'lightning indexer' (DeepSeek-V3.2 DSA, 2025): I[t,s] = sum_j w[t,j] relu(q[t,j] . k[s]) with
+           few narrow heads scores every earlier key; the top-k are attended (cf. Routing Transformer, Roy et al.
+           2021, which picks keys by learned clusters). The scoring is O(T^2 * H_I * K_I), cheap next to dense
+           attention only when H_I * K_I << 4 * H * K.
+  window   the last k keys (sliding window, Longformer / Mistral), no selection cost.
+  random   k random earlier keys, a fixed pattern per layer (BigBird's random keys).
+An indexer trained only on the keys it picks (DSA's sparse-stage KL) never sees the others; from scratch it can lock
+onto keys that carry nothing. `sample_temperature` > 0 makes training picks a sample: the top-k of I / tau plus
+Gumbel noise, i.e. k keys drawn without replacement from softmax(I / tau) (the Gumbel-top-k trick, Kool et al. 2019;
+the exploration of noisy top-k gating, Shazeer et al. 2017). An untrained indexer then picks nearly at random, a
+trained one mostly its top keys; eval stays greedy.
+Queries are processed in chunks of C (memory O(C*T) for the scores); each chunk is rematerialised in the backward.
+"""
+
+import dataclasses
+import zlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import decoding, layers
+from r1jax.mixers.dense import project_out, project_qkv
+from r1jax.errors import ConfigError
+from r1jax.registry import register_mixer, wants_diagnostics
+
+SELECTS = ("indexer", "window", "random")
+INDEXER_GRADS = ("gate", "none")
+INDEXER_LOSSES = ("none", "kl", "kl_dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseOptions:
+  select: str = "indexer"  # indexer | window | random (see the module docstring)
+  top_k: int = 32  # keys attended per query (k >= T: every earlier key)
+  indexer_heads: int = 4  # indexer heads H_I (DSA uses 64; few and narrow keep the O(T^2) scoring cheap)
+  indexer_dim: int = 16  # indexer head dim K_I
+  indexer_grad: str = "gate"  # gate: indexer scores are added to the selected logits so the LM loss trains the
+  #                             indexer | none: only indexer_loss trains it (DSA)
+  indexer_loss: str = "none"  # none | kl: DSA's KL(main attention || softmax(I)) over the selected keys |
+  #                             kl_dense: DSA's dense warm-up KL over all earlier keys (costs a dense pass)
+  indexer_loss_weight: float = 1.0  # weight of the indexer loss in the objective
+  detach_indexer_input: bool = False  # DSA: the indexer reads stop_gradient(x), so it never shapes the residual
+  sample_temperature: float = 0.0  # > 0: training picks are a Gumbel-top-k sample of softmax(I / tau) (exploration;
+  #                                  eval and decoding stay greedy) | 0: greedy top-k in training too (DSA)
+  query_chunk: int = 256  # queries per chunk C
+  diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS), recall of the dense top-k and mass kept
+
+  def __post_init__(self):
+    checks = ((self.select in SELECTS, "select", f"use one of {SELECTS}"),
+              (self.top_k >= 1, "top_k", "use a positive key budget"),
+              (self.indexer_heads >= 1 and self.indexer_dim >= 2 and self.indexer_dim % 2 == 0,
+               "indexer_heads/indexer_dim", "use >= 1 heads of an even dim (RoPE)"),
+              (self.indexer_grad in INDEXER_GRADS, "indexer_grad", f"use one of {INDEXER_GRADS}"),
+              (self.indexer_loss in INDEXER_LOSSES, "indexer_loss", f"use one of {INDEXER_LOSSES}"),
+              (self.query_chunk >= 1, "query_chunk", "use a positive chunk size"),
+              (self.sample_temperature >= 0 and (self.sample_temperature == 0 or self.select == "indexer"),
+               "sample_temperature", "use 0 (greedy), or a positive temperature with select=indexer"))
+    for ok, field, fix in checks:
+      if not ok:
+        raise ConfigError(f"{field}={getattr(self, field.split('/')[0])!r} is invalid. Fix: {fix}")
+
+
+# DeepSeek-V3.2's DSA (V3.2-Exp report, section 2): the indexer reads a detached input and only its KL loss trains it
+# (no gate); KL over its own picks in the sparse stage (the warm-up stage uses kl_dense: over all earlier keys).
+# The named DSA configs (r1jax/lab/configs.py) and sparse MLA's default indexer are built from this one declaration.
+DSA_INDEXER = {"indexer_grad": "none", "detach_indexer_input": True, "indexer_loss": "kl"}
+
+
+def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, idx_BxTxN: jax.Array,
+                       valid_BxTxN: jax.Array, bias_BxTxN: jax.Array | None = None,
+                       rows: int = 1) -> tuple[jax.Array, jax.Array]:
+  """Softmax attention of each query over its N selected keys only (shared by the query's heads).
+
+  Args:
+    q_BxTxHxK: queries; k_BxSxGxK, v_BxSxGxK: keys/values (G key/value heads, H/G query heads each; the values'
+      width may differ from K, as MLA's).
+    idx_BxTxN: key positions per query, or [B, T, G, N]: per query and key/value group (NSA's selection); with
+      `rows` > 1, ids of blocks of `rows` consecutive keys (S a multiple of rows), block j = keys [j*rows, (j+1)*rows).
+    valid_BxTxN: False for padding picks (at least one True per row), per key: [..., N * rows].
+    bias_BxTxN: added to the logits (the indexer gate), or None.
+  Returns:
+    output [B, T, H, K_v] and float32 probabilities [B, T, G, H/G, N * rows].
+  """
+  B, T, H, K = q_BxTxHxK.shape
+  S, G = k_BxSxGxK.shape[1:3]
+  if idx_BxTxN.ndim == 3:  # one set for every group
+    idx_BxTxN, valid_BxTxN = idx_BxTxN[:, :, None], valid_BxTxN[:, :, None]
+  # One row gather from [B*G*S/rows, rows*K] straight into [B, T, G, N*rows, K]: batch dims lead and the contraction
+  # is minor in both einsums, which makes the backward 3-4x faster on CPU than gathering [B, T, N, G, K] (whole key
+  # vectors); a block of rows is one contiguous row of the gather. The ids are in range (no masking select).
+  offset_BxGx1 = ((jnp.arange(B)[:, None] * G + jnp.arange(G)[None, :]) * (S // rows))[:, :, None]
+  flat_idx = (idx_BxTxN + offset_BxGx1[:, None]).reshape(-1)
+  gather = lambda a: a.transpose(0, 2, 1, 3).reshape(B * G * (S // rows), -1).at[flat_idx].get(  # noqa: E731
+      mode="promise_in_bounds").reshape(
+          B, T, G, idx_BxTxN.shape[-1] * rows, -1)
+  k_BxTxGxNxK, v_BxTxGxNxK = gather(k_BxSxGxK), gather(v_BxSxGxK)
+  q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K)
+  logits = jnp.einsum("BTGRK,BTGNK->BTGRN", q_BxTxGxRxK, k_BxTxGxNxK, preferred_element_type=jnp.float32)
+  logits = logits * K ** -0.5
+  if bias_BxTxN is not None:
+    logits = logits + bias_BxTxN[:, :, None, None, :]
+  logits = jnp.where(valid_BxTxN[:, :, :, None, :], logits, -jnp.inf)
+  probs_BxTxGxRxN = jax.nn.softmax(logits, axis=-1)
+  o = jnp.einsum("BTGRN,BTGNK->BTGRK", probs_BxTxGxRxN.astype(v_BxSxGxK.dtype), v_BxTxGxNxK)
+  return o.reshape(B, T, H, -1), probs_BxTxGxRxN
+
+
+def indexer_scores(iq_BxCxJxI: jax.Array, iw_BxCxJ: jax.Array, ik: jax.Array, spec: str) -> jax.Array:
+  """DSA's index score sum_j w[t,j] relu(q[t,j] . k[s]) in float32, for the keys `ik` as contracted by the einsum
+  `spec` (all earlier keys [B, S, I], or each query's gathered ones [B, C, N, I])."""
+  relu_BxCxJxS = nn.relu(jnp.einsum(spec, iq_BxCxJxI, ik, preferred_element_type=jnp.float32))
+  return jnp.einsum("BCJ,BCJS->BCS", iw_BxCxJ.astype(jnp.float32), relu_BxCxJxS)
+
+
+def dense_probs(q_BxCxHxK: jax.Array, k_BxSxGxK: jax.Array, pos_C: jax.Array) -> jax.Array:
+  """Causal dense attention probabilities averaged over heads, [B, C, S] float32 (diagnostics, DSA's warm-up)."""
+  B, C, H, K = q_BxCxHxK.shape
+  G = k_BxSxGxK.shape[2]
+  logits = jnp.einsum("BCGRK,BSGK->BCGRS", q_BxCxHxK.reshape(B, C, G, H // G, K), k_BxSxGxK,
+                      preferred_element_type=jnp.float32) * K ** -0.5
+  causal_CxS = jnp.arange(k_BxSxGxK.shape[1])[None, :] <= pos_C[:, None]
+  return jax.nn.softmax(jnp.where(causal_CxS[None, :, None, None], logits, -jnp.inf), -1).mean((2, 3))
+
+
+def selection_diagnostics(p_dense_BxCxS: jax.Array, idx_BxCxN: jax.Array, valid_BxCxN: jax.Array) -> dict:
+  """Per query: recall of the dense top-N keys among the selected ones, and the dense attention mass they hold."""
+  N = idx_BxCxN.shape[-1]
+  p_sel = jnp.where(valid_BxCxN, jnp.take_along_axis(p_dense_BxCxS, idx_BxCxN, -1), 0.0)
+  # a pick is among the dense top-N iff fewer than N keys are more probable (= p_sel >= the N-th largest, ties
+  # included); a fused compare-and-count, ~7x faster on CPU than lax.top_k over every key
+  above_BxCxN = jnp.sum(p_dense_BxCxS[:, :, None, :] > p_sel[..., None], -1)
+  hits = jnp.sum(valid_BxCxN & (above_BxCxN < N) & (p_sel > 0), -1)
+  return {"recall": hits / jnp.maximum(jnp.sum(valid_BxCxN, -1), 1), "mass": jnp.sum(p_sel, -1)}
+
+
+def _kl(p_BxCxN: jax.Array, logits_BxCxN: jax.Array) -> jax.Array:
+  """KL(p || softmax(logits)) per row, zero where p is zero (masked keys)."""
+  logq = jax.nn.log_softmax(logits_BxCxN, -1)
+  return jnp.sum(jnp.where(p_BxCxN > 0, p_BxCxN * (jnp.log(jnp.maximum(p_BxCxN, 1e-30)) - logq), 0.0), -1)
+
+
+def random_scores(seed: int, t: jax.Array, s: jax.Array) -> jax.Array:
+  """Uniform [0, 1) scores of key s for query t, a fixed hash of (layer seed, t, s) (broadcast shapes): the same
+  pattern at any sequence length, so a decoding step picks what the full forward picked (murmur3's finaliser)."""
+  h = (jnp.asarray(t, jnp.uint32) * jnp.uint32(0x9E3779B1)) ^ (jnp.asarray(s, jnp.uint32) * jnp.uint32(0x85EBCA77))
+  h = h ^ jnp.uint32(seed & 0xFFFFFFFF)
+  for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+    h = (h ^ (h >> shift)) * jnp.uint32(mult)
+  h = h ^ (h >> 16)
+  return (h >> 8).astype(jnp.float32) * 2.0 ** -24
+
+
+def indexer_inputs(mod: nn.Module, x_BxTxD: jax.Array, cfg, o,
+                   positions=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """DSA's lightning-indexer inputs, parameters `idx_*` of `mod`: queries [B,T,J,I], one shared key [B,T,I] (both
+  RoPE'd at `positions`, None: 0..T-1) and head weights [B,T,J]; `o` has indexer_heads J, indexer_dim I and
+  detach_indexer_input (SparseOptions, or MLA's sparse options)."""
+  D, J, I = cfg.d_model, o.indexer_heads, o.indexer_dim
+  dt = layers.dtype(cfg.dtype)
+  x = (jax.lax.stop_gradient(x_BxTxD) if o.detach_indexer_input else x_BxTxD).astype(dt)
+  wq_DxJxI = layers.param(mod, "idx_wq", (D, J, I), ("embed", None, None), cfg.init_std, cfg.param_dtype)
+  wk_DxI = layers.param(mod, "idx_wk", (D, I), ("embed", None), cfg.init_std, cfg.param_dtype)
+  ww_DxJ = layers.param(mod, "idx_ww", (D, J), ("embed", None), cfg.init_std, cfg.param_dtype)
+  pos_T = np.arange(x.shape[1]) if positions is None else positions
+  q_BxTxJxI = layers.rope(jnp.einsum("BTD,DJI->BTJI", x, wq_DxJxI.astype(dt)), pos_T, cfg.rope_base)
+  k_BxTxI = layers.rope(jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))[:, :, None], pos_T, cfg.rope_base)[:, :, 0]
+  w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * J ** -0.5
+  return q_BxTxJxI, k_BxTxI, w_BxTxJ
+
+
+def indexer_step_picks(mod: nn.Module, x_Bx1xD: jax.Array, cfg, o,
+                       decode: decoding.Decode) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """A decoding step's indexer picks: the token's indexer key enters the cache `ik` of `mod`, every cached key is
+  scored and the top k kept, as the forward picks at this position. Returns picks [B, 1, N], validity, and the gate
+  bias (the picked keys' scores recomputed from their indexer keys, as in the forward; None unless
+  indexer_grad=gate)."""
+  S, pos_Bx1 = decode.max_len, decode.token_positions(1)
+  iq_Bx1xJxI, ik_Bx1xI, iw_Bx1xJ = indexer_inputs(mod, x_Bx1xD, cfg, o, pos_Bx1)
+  ik_BxSxI = decoding.cached(mod, "ik", ik_Bx1xI, decode)
+  pick_Bx1xS = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_BxSxI, "BCJI,BSI->BCJS")
+  causal_Bx1xS = jnp.arange(S)[None, None, :] <= pos_Bx1[:, :, None]
+  top, idx_Bx1xN = jax.lax.top_k(jnp.where(causal_Bx1xS, pick_Bx1xS, -jnp.inf), min(o.top_k, S))
+  valid_Bx1xN = jnp.isfinite(top)
+  if o.indexer_grad != "gate":
+    return idx_Bx1xN, valid_Bx1xN, None
+  ik_Bx1xNxI = jax.vmap(lambda a, i: a[i])(ik_BxSxI, idx_Bx1xN)
+  scores = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_Bx1xNxI, "BCJI,BCNI->BCJN")
+  return idx_Bx1xN, valid_Bx1xN, jnp.where(valid_Bx1xN, scores, 0.0)
+
+
+def map_query_chunks(fn, T: int, C: int):
+  """Runs fn(start) -> pytree of [B, C, ...] over query chunks (rematerialised), returns [B, T, ...] pieces."""
+  n = -(-T // C)
+  if n == 1:  # one chunk: no loop, no rematerialisation
+    return jax.tree.map(lambda a: a[:, :T], fn(jnp.zeros((), jnp.int32)))
+  out = jax.lax.map(jax.checkpoint(fn), jnp.arange(n) * C)
+  return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], n * C, *a.shape[3:])[:, :T], out)
+
+
+def topk_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, o, index=None, seed: int = 0,
+                   noise_key: jax.Array | None = None, want_kl: bool = False, want_diag: bool = False) -> dict:
+  """Causal attention of each query over the k keys its rule picks, in query chunks of C (see the module docstring).
+
+  Args:
+    o: the rule (select, top_k, query_chunk, sample_temperature, indexer_grad, indexer_loss): SparseOptions, or
+      MLA's sparse options.
+    index: the indexer's (queries [B,T,J,I], keys [B,T,I], head weights [B,T,J]) for select=indexer, else None.
+    seed: the random rule's pattern; noise_key: Gumbel noise for sampled picks (training), or None.
+    want_kl: the indexer loss per query ("kl"); want_diag: recall and mass against dense attention (a dense pass).
+  Returns:
+    {"out": [B,T,H,K_v], "idx", "valid": [B,T,N]} and "kl", "recall", "mass" [B,T] as asked.
+  """
+  B, T = q_BxTxHxK.shape[:2]
+  N, C = min(o.top_k, T), min(o.query_chunk, T)
+  pad = -T % C
+
+  def padT(a):  # queries padded to whole chunks
+    return jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+
+  q_pad = padT(q_BxTxHxK)
+  if index is not None:
+    iq_BxTxJxI, ik_BxTxI, iw_BxTxJ = index
+    iq_pad, iw_pad = padT(iq_BxTxJxI), padT(iw_BxTxJ)
+
+  def chunk(start):
+    pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
+    q_BxCxHxK = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
+    causal_CxS = jnp.arange(T)[None, :] <= pos_C[:, None]
+    scores = None
+    if o.select == "window":
+      idx_CxN = pos_C[:, None] - jnp.arange(N)[None, :]
+      idx_BxCxN = jnp.broadcast_to(jnp.maximum(idx_CxN, 0), (B, C, N))
+      valid_BxCxN = jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
+    else:
+      if o.select == "random":  # one pattern for all rows ([1, C, T]): pick once, then broadcast
+        pick_xCxS = random_scores(seed, pos_C[None, :, None], jnp.arange(T)[None, None, :])
+      else:
+        iq = jax.lax.dynamic_slice_in_dim(iq_pad, start, C, 1)
+        iw = jax.lax.dynamic_slice_in_dim(iw_pad, start, C, 1)
+        s_BxCxS = indexer_scores(iq, iw, ik_BxTxI, "BCJI,BSI->BCJS")
+        # The pick itself is not differentiable; gradients reach the indexer through the picked keys' scores,
+        # recomputed from gathered indexer keys (the transpose of top_k's value gather is a slow [B, C, T] scatter).
+        pick_xCxS = jax.lax.stop_gradient(s_BxCxS)
+        if noise_key is not None:
+          pick_xCxS = pick_xCxS / o.sample_temperature + jax.random.gumbel(
+              jax.random.fold_in(noise_key, start), pick_xCxS.shape)
+      top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], pick_xCxS, -jnp.inf), N)
+      idx_BxCxN, valid_BxCxN = jnp.broadcast_to(idx_BxCxN, (B, C, N)), jnp.broadcast_to(jnp.isfinite(top), (B, C, N))
+      if o.select == "indexer":
+        rows = (idx_BxCxN + T * jnp.arange(B)[:, None, None]).reshape(-1)
+        ik_BxCxNxI = jnp.take(ik_BxTxI.reshape(B * T, -1), rows, axis=0).reshape(B, C, N, -1)
+        scores = indexer_scores(iq, iw, ik_BxCxNxI, "BCJI,BCNI->BCJN")
+    gate = o.select == "indexer" and o.indexer_grad == "gate"
+    bias = jnp.where(valid_BxCxN, scores, 0.0) if gate else None
+    out_BxCxHxK, probs = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, idx_BxCxN, valid_BxCxN, bias)
+    res = {"out": out_BxCxHxK, "idx": idx_BxCxN, "valid": valid_BxCxN}
+    if want_kl or want_diag:
+      p_dense_BxCxS = dense_probs(q_BxCxHxK, k_BxTxGxK, pos_C) if want_diag or o.indexer_loss == "kl_dense" else None
+      if o.indexer_loss == "kl":  # DSA sparse stage: main attention (summed over heads) over the selected keys
+        res["kl"] = _kl(jax.lax.stop_gradient(probs.mean((2, 3))), jnp.where(valid_BxCxN, scores, -jnp.inf))
+      elif o.indexer_loss == "kl_dense":  # DSA warm-up: dense attention over all earlier keys
+        res["kl"] = _kl(jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], s_BxCxS, -jnp.inf))
+      if want_diag:
+        res.update(selection_diagnostics(p_dense_BxCxS, idx_BxCxN, valid_BxCxN))
+    return res
+
+  return map_query_chunks(chunk, T, C)
+
+
+@register_mixer("sparse", SparseOptions)
+class SparseAttention(nn.Module):
+  """Causal attention over k selected keys per query; the selection rule is `select` (indexer/window/random)."""
+
+  cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
+  opts: SparseOptions
+
+  def seed(self) -> int:
+    return zlib.crc32("/".join(self.scope.path).encode())  # a fixed random pattern per layer
+
+  def _step(self, x_BxTxD: jax.Array, decode: decoding.Decode) -> tuple[jax.Array, dict]:
+    """One decoding step: the rule scores every cached key (the indexer: its cached indexer keys), the top k are
+    gathered from the KV cache and attended; the same picks as the full forward's at this position."""
+    o = self.opts
+    S = decode.max_len
+    N, pos_Bx1 = min(o.top_k, S), decode.token_positions(1)
+    q_Bx1xHxK, k_Bx1xGxK, v_Bx1xGxK = project_qkv(self, x_BxTxD, self.cfg, positions=pos_Bx1)
+    k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_Bx1xGxK), ("v", v_Bx1xGxK)))
+    t_Bx1x1 = pos_Bx1[:, :, None]
+    bias = None
+    if o.select == "window":
+      idx_Bx1xN = t_Bx1x1 - jnp.arange(N)[None, None, :]
+      idx_Bx1xN, valid_Bx1xN = jnp.maximum(idx_Bx1xN, 0), idx_Bx1xN >= 0
+    elif o.select == "random":
+      s_1x1xS = jnp.arange(S)[None, None, :]
+      scores = jnp.where(s_1x1xS <= t_Bx1x1, random_scores(self.seed(), t_Bx1x1, s_1x1xS), -jnp.inf)
+      top, idx_Bx1xN = jax.lax.top_k(scores, N)
+      valid_Bx1xN = jnp.isfinite(top)
+    else:
+      idx_Bx1xN, valid_Bx1xN, bias = indexer_step_picks(self, x_BxTxD, self.cfg, o, decode)
+    out_Bx1xHxK, _ = gathered_attention(q_Bx1xHxK, k_BxSxGxK, v_BxSxGxK, idx_Bx1xN, valid_Bx1xN, bias)
+    return project_out(self, out_Bx1xHxK, self.cfg), {}
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
+               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+    if decoding.stepping(decode):
+      return self._step(x_BxTxD, decode)
+    o = self.opts
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg)
+    self.sow("intermediates", "qkv", (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK))  # kept with mutable=["intermediates"]
+    index = None
+    if o.select == "indexer":
+      index = indexer_inputs(self, x_BxTxD, self.cfg, o)
+      self.sow("intermediates", "indexer", index)
+    want_kl = o.select == "indexer" and o.indexer_loss != "none" and decode is None
+    want_diag = o.diagnostics and wants_diagnostics(self)  # never in a timed or training pass
+    # exploration in training: Gumbel-top-k over I / tau draws k keys without replacement from softmax(I / tau)
+    noise_key = self.make_rng("dropout") if o.sample_temperature > 0 and not deterministic else None
+    res = topk_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o, index, self.seed(), noise_key, want_kl, want_diag)
+    self.sow("intermediates", "selected", (res["idx"], res["valid"]))
+    if decode is not None:  # prefill: cache the prompt's keys, values and indexer keys
+      for name, a in (("k", k_BxTxGxK), ("v", v_BxTxGxK)) + ((("ik", index[1]),) if o.select == "indexer" else ()):
+        decoding.cached(self, name, a, decode)
+    aux = {}
+    if want_kl:
+      aux["indexer_kl"] = jnp.mean(res["kl"])
+      aux["loss_indexer"] = o.indexer_loss_weight * aux["indexer_kl"]
+    if want_diag:
+      aux["recall"], aux["mass"] = jnp.mean(res["recall"]), jnp.mean(res["mass"])
+    return project_out(self, res["out"], self.cfg), aux
