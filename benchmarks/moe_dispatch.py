@@ -19,7 +19,17 @@ from absl import flags
 
 from r1jax import entry
 from r1jax.config import ModelConfig
-from r1jax.ffn.moe import (MATMULS, MoEOptions, capacity, dropless, grouped_layout, grouped_swiglu, permute_rows, route, sort_by_expert)
+from r1jax.ffn.moe import (
+  MATMULS,
+  MoEOptions,
+  capacity,
+  dropless,
+  grouped_layout,
+  grouped_swiglu,
+  permute_rows,
+  route,
+  sort_by_expert,
+)
 from r1jax.errors import ConfigError
 from r1jax.lab.scaling import lm_train_step, median_sec
 
@@ -50,8 +60,9 @@ def fwd_and_bwd(fn, *args) -> tuple[float, float]:
       full[i] = a
     return sum(jnp.sum(o * o) for o in jax.tree.leaves(fn(*full)) if jnp.issubdtype(o.dtype, jnp.floating))
 
-  return median_ms(jax.jit(fn), *args), median_ms(jax.jit(jax.grad(loss, range(len(floats)))),
-                                                  *[args[i] for i in floats])
+  return median_ms(jax.jit(fn), *args), median_ms(
+    jax.jit(jax.grad(loss, range(len(floats)))), *[args[i] for i in floats]
+  )
 
 
 def layer_rows(N: int, E: int) -> list[tuple[str, float, float]]:
@@ -85,20 +96,29 @@ def layer_rows(N: int, E: int) -> list[tuple[str, float, float]]:
   def capacity_layer(x, router, w1, w3, w2):
     idx, gate = routed(x, router)
     B, T = N // FLAGS.seq_len, FLAGS.seq_len
-    return capacity(x.reshape(B, T, D), idx.reshape(B, T, K), gate.reshape(B, T, K), (w1, w3, w2),
-                    MoEOptions(num_experts=E, top_k=K, dispatch="capacity"))[0]
+    return capacity(
+      x.reshape(B, T, D),
+      idx.reshape(B, T, K),
+      gate.reshape(B, T, K),
+      (w1, w3, w2),
+      MoEOptions(num_experts=E, top_k=K, dispatch="capacity"),
+    )[0]
 
   swiglu = lambda x, a, b, c: (jax.nn.silu(x @ a) * (x @ b)) @ c
   sort_ms = median_ms(jax.jit(lambda i: sort_by_expert(i, E, block)), idx.reshape(-1))
-  return [("route", *fwd_and_bwd(routed, x, router)),
-          ("sort", sort_ms, sort_ms),  # integers: nothing to differentiate
-          ("gather", *fwd_and_bwd(lambda x: permute_rows(copies(x), copy_R, row_M), x)),
-          ("experts", *fwd_and_bwd(lambda x, a, b, c: grouped_swiglu(x, sizes_E, expert_B, a, b, c, matmul),
-                                   x_R, w1, w3, w2)),
-          ("combine", *fwd_and_bwd(combine, y_R, gate)),
-          ("moe layer", *fwd_and_bwd(layer, x, router, w1, w3, w2)),
-          ("capacity layer", *fwd_and_bwd(capacity_layer, x, router, w1, w3, w2)),
-          ("dense SwiGLU", *fwd_and_bwd(swiglu, x, *dense))]
+  return [
+    ("route", *fwd_and_bwd(routed, x, router)),
+    ("sort", sort_ms, sort_ms),  # integers: nothing to differentiate
+    ("gather", *fwd_and_bwd(lambda x: permute_rows(copies(x), copy_R, row_M), x)),
+    (
+      "experts",
+      *fwd_and_bwd(lambda x, a, b, c: grouped_swiglu(x, sizes_E, expert_B, a, b, c, matmul), x_R, w1, w3, w2),
+    ),
+    ("combine", *fwd_and_bwd(combine, y_R, gate)),
+    ("moe layer", *fwd_and_bwd(layer, x, router, w1, w3, w2)),
+    ("capacity layer", *fwd_and_bwd(capacity_layer, x, router, w1, w3, w2)),
+    ("dense SwiGLU", *fwd_and_bwd(swiglu, x, *dense)),
+  ]
 
 
 def step_ms(cfg: ModelConfig, batch_size: int) -> float:
@@ -118,12 +138,18 @@ def main(argv):
   del argv
   tokens, experts = [int(n) for n in FLAGS.tokens], [int(e) for e in FLAGS.experts]
   if any(n % FLAGS.seq_len for n in tokens) or FLAGS.matmul not in MATMULS:
-    raise ConfigError(f"--tokens: every value must be a multiple of --seq_len, and --matmul one of {MATMULS}. "
-                      "Fix: e.g. --tokens=768,4096 --seq_len=64.")
-  print(f"backend={jax.default_backend()} D={FLAGS.d_model} F={FLAGS.d_expert} top_k={FLAGS.top_k} "
-        f"matmul={FLAGS.matmul}; dense SwiGLU width {FLAGS.top_k * FLAGS.d_expert}; ms, median of {FLAGS.repeats}\n")
-  print("| tokens | experts | phase | fwd ms | fwd+bwd ms | share of the layer's fwd+bwd | fwd+bwd / dense |\n"
-        "|---|---|---|---|---|---|---|")
+    raise ConfigError(
+      f"--tokens: every value must be a multiple of --seq_len, and --matmul one of {MATMULS}. "
+      "Fix: e.g. --tokens=768,4096 --seq_len=64."
+    )
+  print(
+    f"backend={jax.default_backend()} D={FLAGS.d_model} F={FLAGS.d_expert} top_k={FLAGS.top_k} "
+    f"matmul={FLAGS.matmul}; dense SwiGLU width {FLAGS.top_k * FLAGS.d_expert}; ms, median of {FLAGS.repeats}\n"
+  )
+  print(
+    "| tokens | experts | phase | fwd ms | fwd+bwd ms | share of the layer's fwd+bwd | fwd+bwd / dense |\n"
+    "|---|---|---|---|---|---|---|"
+  )
   for N in tokens:
     for E in experts:
       rows = layer_rows(N, E)
@@ -133,18 +159,28 @@ def main(argv):
         print(f"| {N} | {E} | {name} | {fwd:.2f} | {both:.2f} | {share} | {both / dense:.2f} |")
   if not FLAGS.layers:
     return
-  print(f"\nWhole train steps, {FLAGS.layers} layers x {FLAGS.d_model}, 4 heads, T={FLAGS.seq_len} (the MoE "
-        f"ablation's model), {experts[0]} experts:\n\n| tokens | dense ms (d_ff {FLAGS.top_k * FLAGS.d_expert}) | "
-        f"top-{FLAGS.top_k} dropless ms | ratio | capacity ms | ratio |\n|---|---|---|---|---|---|")
+  print(
+    f"\nWhole train steps, {FLAGS.layers} layers x {FLAGS.d_model}, 4 heads, T={FLAGS.seq_len} (the MoE "
+    f"ablation's model), {experts[0]} experts:\n\n| tokens | dense ms (d_ff {FLAGS.top_k * FLAGS.d_expert}) | "
+    f"top-{FLAGS.top_k} dropless ms | ratio | capacity ms | ratio |\n|---|---|---|---|---|---|"
+  )
   base = dict(vocab_size=65, num_layers=FLAGS.layers, d_model=FLAGS.d_model, num_heads=4)
   for N in tokens:
-    moe = dict(num_experts=experts[0], top_k=FLAGS.top_k, d_expert=FLAGS.d_expert, grouped_matmul=FLAGS.matmul,
-               block_size=FLAGS.block_size)
+    moe = dict(
+      num_experts=experts[0],
+      top_k=FLAGS.top_k,
+      d_expert=FLAGS.d_expert,
+      grouped_matmul=FLAGS.matmul,
+      block_size=FLAGS.block_size,
+    )
     dense = step_ms(ModelConfig(**base, d_ff=FLAGS.top_k * FLAGS.d_expert), N // FLAGS.seq_len)
-    routed = [step_ms(ModelConfig(**base, ffn="moe", ffn_options={"moe": {**moe, "dispatch": d}}), N // FLAGS.seq_len)
-              for d in ("dropless", "capacity")]
-    print(f"| {N} | {dense:.2f} | {routed[0]:.2f} | {routed[0] / dense:.2f} | {routed[1]:.2f} | "
-          f"{routed[1] / dense:.2f} |")
+    routed = [
+      step_ms(ModelConfig(**base, ffn="moe", ffn_options={"moe": {**moe, "dispatch": d}}), N // FLAGS.seq_len)
+      for d in ("dropless", "capacity")
+    ]
+    print(
+      f"| {N} | {dense:.2f} | {routed[0]:.2f} | {routed[0] / dense:.2f} | {routed[1]:.2f} | {routed[1] / dense:.2f} |"
+    )
 
 
 if __name__ == "__main__":

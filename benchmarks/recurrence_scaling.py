@@ -14,6 +14,5 @@ per measurement; the recurrence computes in float32 whatever --dtype is.
 import attention_scaling  # this folder: the same sweep and table, run with the recurrence's variants
 
 if __name__ == "__main__":
-  attention_scaling.FLAGS.set_default("variants", ["dense", "fw_chunkwise", "fw_parallel", "fw_recurrent",
-                                                   "fw_vector"])
+  attention_scaling.FLAGS.set_default("variants", ["dense", "fw_chunkwise", "fw_parallel", "fw_recurrent", "fw_vector"])
   attention_scaling.entry.run(attention_scaling.main)

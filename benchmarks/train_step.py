@@ -38,8 +38,14 @@ flags.DEFINE_float("peak_tflops", 989.0, "--compile_only: a device's dense bf16 
 FLAGS = flags.FLAGS
 
 # Dense bf16 peak FLOP/s by device kind (vendor data sheets), for MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-              "TPU v5p": 459e12}
+PEAK_FLOPS = {
+  "H100": 989e12,
+  "H200": 989e12,
+  "A100": 312e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5p": 459e12,
+}
 
 
 def peak_flops() -> float:
@@ -66,11 +72,21 @@ def measure(label: str, cfg: ModelConfig) -> dict:
   step, state, batch, mesh = lm_train_step(cfg, FLAGS.batch, FLAGS.seq_len)
   flops = compiled_flops(step) * mesh.size
   tokens = FLAGS.batch * FLAGS.seq_len
-  row = {"model": label, "params": sum(x.size for x in jax.tree.leaves(state.params)), "GFLOP/step": flops / 1e9,
-         "FLOPs/token": flops / tokens, "memory MiB": peak_memory_bytes(step) / 2**20}
+  row = {
+    "model": label,
+    "params": sum(x.size for x in jax.tree.leaves(state.params)),
+    "GFLOP/step": flops / 1e9,
+    "FLOPs/token": flops / tokens,
+    "memory MiB": peak_memory_bytes(step) / 2**20,
+  }
   if FLAGS.compile_only:  # per device: FLOPs and memory of its shard of the step
-    return {**row, f"tokens/s/device at {FLAGS.assumed_mfu:.0%} MFU": FLAGS.assumed_mfu * FLAGS.peak_tflops * 1e12
-            / (flops / tokens)}
+    return {
+      **row,
+      f"tokens/s/device at {FLAGS.assumed_mfu:.0%} MFU": FLAGS.assumed_mfu
+      * FLAGS.peak_tflops
+      * 1e12
+      / (flops / tokens),
+    }
   for _ in range(3):
     state, metrics = step(state, batch, jax.random.key(1))
   jax.block_until_ready(metrics)
@@ -79,17 +95,27 @@ def measure(label: str, cfg: ModelConfig) -> dict:
     state, metrics = step(state, batch, jax.random.key(1))
   jax.block_until_ready(metrics)
   sec = (time.perf_counter() - t0) / FLAGS.steps
-  return {**row, "ms/step": sec * 1e3, "tokens/s": tokens / sec, "TFLOP/s": flops / sec / 1e12,
-          "MFU": flops / sec / peak_flops()}
+  return {
+    **row,
+    "ms/step": sec * 1e3,
+    "tokens/s": tokens / sec,
+    "TFLOP/s": flops / sec / 1e12,
+    "MFU": flops / sec / peak_flops(),
+  }
 
 
 def main(argv):
   del argv
-  models = ([preset_config(row) for row in FLAGS.presets] if FLAGS.presets else
-            [(size, size_config(size)) for size in FLAGS.sizes])  # all checked before the first compile
+  models = (
+    [preset_config(row) for row in FLAGS.presets]
+    if FLAGS.presets
+    else [(size, size_config(size)) for size in FLAGS.sizes]
+  )  # all checked before the first compile
   rows = [measure(label, cfg) for label, cfg in models]
-  print(f"backend={jax.default_backend()} devices={jax.device_count()} ({jax.devices()[0].device_kind}) "
-        f"seq_len={FLAGS.seq_len} batch={FLAGS.batch} dtype={models[0][1].dtype}")
+  print(
+    f"backend={jax.default_backend()} devices={jax.device_count()} ({jax.devices()[0].device_kind}) "
+    f"seq_len={FLAGS.seq_len} batch={FLAGS.batch} dtype={models[0][1].dtype}"
+  )
   speed = "tokens/s" if "tokens/s" in rows[0] else list(rows[0])[-1]
   cols = list(rows[0]) + [f"{speed} ratio", "FLOP ratio"]
   print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))

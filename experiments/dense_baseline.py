@@ -14,9 +14,9 @@ from r1jax.lab import ablation, configs
 
 BASE = configs.shakespeare_char()
 VARIANTS = {
-    "base": {},  # nanoGPT's setting: 4 layers, 4 heads, 128 wide
-    "small": {"model.num_layers": 2, "model.d_model": 64, "model.num_heads": 2},
-    "deep": {"model.num_layers": 6},
+  "base": {},  # nanoGPT's setting: 4 layers, 4 heads, 128 wide
+  "small": {"model.num_layers": 2, "model.d_model": 64, "model.num_heads": 2},
+  "deep": {"model.num_layers": 6},
 }
 
 if __name__ == "__main__":

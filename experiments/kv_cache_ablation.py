@@ -38,30 +38,61 @@ from r1jax.train import resolve_model_config
 
 MLA = "model.mixer_options.mla"
 VARIANTS = {
-    "mha": {"model.mixer": "attention"},
-    "gqa2": {"model.mixer": "attention", "model.num_kv_heads": 2},
-    "mqa": {"model.mixer": "attention", "model.num_kv_heads": 1},
-    "mla": {"model.mixer": "mla", f"{MLA}.kv_rank": 32, f"{MLA}.rope_dim": 16},
-    "mla_sparse": {"model.mixer": "mla", f"{MLA}.kv_rank": 32, f"{MLA}.rope_dim": 16, f"{MLA}.sparse": True,
-                   f"{MLA}.indexer.top_k": 16, f"{MLA}.indexer.sample_temperature": 1.0},
-    # On request, probes of MLA's recipe: DeepSeek-V2's RoPE width d_r = d_h / 2 (8), and with it a latent twice
-    # as wide (64)
-    "mla_r8": {"model.mixer": "mla", f"{MLA}.kv_rank": 32, f"{MLA}.rope_dim": 8},
-    "mla_r8_c64": {"model.mixer": "mla", f"{MLA}.kv_rank": 64, f"{MLA}.rope_dim": 8},
+  "mha": {"model.mixer": "attention"},
+  "gqa2": {"model.mixer": "attention", "model.num_kv_heads": 2},
+  "mqa": {"model.mixer": "attention", "model.num_kv_heads": 1},
+  "mla": {"model.mixer": "mla", f"{MLA}.kv_rank": 32, f"{MLA}.rope_dim": 16},
+  "mla_sparse": {
+    "model.mixer": "mla",
+    f"{MLA}.kv_rank": 32,
+    f"{MLA}.rope_dim": 16,
+    f"{MLA}.sparse": True,
+    f"{MLA}.indexer.top_k": 16,
+    f"{MLA}.indexer.sample_temperature": 1.0,
+  },
+  # On request, probes of MLA's recipe: DeepSeek-V2's RoPE width d_r = d_h / 2 (8), and with it a latent twice
+  # as wide (64)
+  "mla_r8": {"model.mixer": "mla", f"{MLA}.kv_rank": 32, f"{MLA}.rope_dim": 8},
+  "mla_r8_c64": {"model.mixer": "mla", f"{MLA}.kv_rank": 64, f"{MLA}.rope_dim": 8},
 }
 MODEL = {"model.num_layers": 2, "model.d_model": 64, "model.num_heads": 4, "model.init_std": 0.1}
 MQAR = "data.options.mqar"
 TASKS = {
-    "shakespeare": ablation.override(configs.shakespeare_char(), {
-        **MODEL, "model.init_std": 0.02, "data.seq_len": 256, "data.batch_size": 8, "data.eval_batch_size": 16,
-        "data.eval_max_batches": 8, "optim.lr": 3e-3, "train.steps": 300, "train.eval_every": 150,
-        "train.checkpoint_every": 150}, "shakespeare"),
-    # MQAR at T=64 with 2 heads of 32: 8 pairs in the first 16 tokens, every query at least 24 tokens after its pair
-    # (min_gap 0.5), batch 128, lr 1e-2 (mqar_dense's recipe; see the probes in the docstring)
-    "mqar": ablation.override(configs.mqar(seq_len=64, num_kv_pairs=8), {
-        **MODEL, "model.num_heads": 2, "model.ffn": "none", f"{MQAR}.vocab_size": 512, f"{MQAR}.min_gap": 0.5,
-        "data.batch_size": 128, "optim.lr": 1e-2, "train.steps": 1000, "train.eval_every": 500,
-        "train.checkpoint_every": 500, "data.eval_max_batches": 4}, "mqar"),
+  "shakespeare": ablation.override(
+    configs.shakespeare_char(),
+    {
+      **MODEL,
+      "model.init_std": 0.02,
+      "data.seq_len": 256,
+      "data.batch_size": 8,
+      "data.eval_batch_size": 16,
+      "data.eval_max_batches": 8,
+      "optim.lr": 3e-3,
+      "train.steps": 300,
+      "train.eval_every": 150,
+      "train.checkpoint_every": 150,
+    },
+    "shakespeare",
+  ),
+  # MQAR at T=64 with 2 heads of 32: 8 pairs in the first 16 tokens, every query at least 24 tokens after its pair
+  # (min_gap 0.5), batch 128, lr 1e-2 (mqar_dense's recipe; see the probes in the docstring)
+  "mqar": ablation.override(
+    configs.mqar(seq_len=64, num_kv_pairs=8),
+    {
+      **MODEL,
+      "model.num_heads": 2,
+      "model.ffn": "none",
+      f"{MQAR}.vocab_size": 512,
+      f"{MQAR}.min_gap": 0.5,
+      "data.batch_size": 128,
+      "optim.lr": 1e-2,
+      "train.steps": 1000,
+      "train.eval_every": 500,
+      "train.checkpoint_every": 500,
+      "data.eval_max_batches": 4,
+    },
+    "mqar",
+  ),
 }
 # With 2 heads, 2 key/value groups are multi-head attention, and at T=64 sparse MLA's 16 keys are a quarter of the
 # context (it trained at 0.45x MHA's tokens/s there): MQAR runs gqa2 and mla_sparse only on request.
@@ -88,8 +119,9 @@ def attention_params(cfg) -> int:
   """Parameters of one layer's mixer (attention projections, MLA's latent projections and norms, the indexer)."""
   name = cfg.layer_names("mixer")[0]
   module = registry.MIXERS[name].module(cfg, cfg.options("mixer", name))
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jax.numpy.zeros((1, 8, cfg.d_model)),
-                                              deterministic=True))
+  shapes = jax.eval_shape(
+    lambda: module.init(jax.random.key(0), jax.numpy.zeros((1, 8, cfg.d_model)), deterministic=True)
+  )
   return int(sum(np.prod(a.shape) for a in jax.tree.leaves(shapes)))
 
 
@@ -113,18 +145,30 @@ def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, di
   quality = {t: {r["variant"]: r for r in rows} for t, rows in rows_by_task.items()}
   head = ["variant", "attention params / layer", "cache numbers / token / layer", f"cache bytes / token (/{base})"]
   head += [f"{t} {'val loss' if t == 'shakespeare' else 'accuracy %'}" for t in quality]
-  head += [f"decode step ms at {C // 1024}k (/{base})" if C >= 1024 else f"decode step ms at {C} (/{base})"
-           for C in contexts]
-  lines = ["## The KV cache: size, quality and decoding latency (float32 caches, all layers)", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  head += [
+    f"decode step ms at {C // 1024}k (/{base})" if C >= 1024 else f"decode step ms at {C} (/{base})" for C in contexts
+  ]
+  lines = [
+    "## The KV cache: size, quality and decoding latency (float32 caches, all layers)",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ]
   saved = {"contexts": list(contexts), "variants": {}}
   per_token = {n: decode[n]["cache_bytes"][-1] / contexts[-1] for n in names}
   for n in names:
-    saved["variants"][n] = v = {"cache_bytes_per_token": per_token[n], "step_sec": decode[n]["step_sec"],
-                                "attention_params": attention_params(models[n]),
-                                "cache_numbers": cache_numbers(models[n])}
-    cells = [n, f"{v['attention_params']:,}", str(v["cache_numbers"]),
-             f"{per_token[n]:,.0f} ({per_token[n] / per_token[base]:.2f})"]
+    saved["variants"][n] = v = {
+      "cache_bytes_per_token": per_token[n],
+      "step_sec": decode[n]["step_sec"],
+      "attention_params": attention_params(models[n]),
+      "cache_numbers": cache_numbers(models[n]),
+    }
+    cells = [
+      n,
+      f"{v['attention_params']:,}",
+      str(v["cache_numbers"]),
+      f"{per_token[n]:,.0f} ({per_token[n] / per_token[base]:.2f})",
+    ]
     for t, by in quality.items():
       r = by.get(n)
       if r is None:
@@ -137,11 +181,23 @@ def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, di
       sec, ref_sec = decode[n]["step_sec"][i], decode[base]["step_sec"][i]
       cells.append(f"{1e3 * sec:.2f} ({sec / ref_sec:.2f})")
     lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", f"Decoding: {models[base].num_layers} layers x {models[base].d_model}, batch 1, an empty cache of C "
-            "positions, median of 3 timed scans of 16 steps after a warm-up."]
+  lines += [
+    "",
+    f"Decoding: {models[base].num_layers} layers x {models[base].d_model}, batch 1, an empty cache of C "
+    "positions, median of 3 timed scans of 16 steps after a warm-up.",
+  ]
   return "\n".join(lines), {"decode": saved, "baseline": base}
 
 
 if __name__ == "__main__":
-  ablation.cli("kv_cache_ablation", TASKS, VARIANTS, seeds=(0, 1, 2), baseline="mha", quick=QUICK,
-               default_variants=DEFAULT, report=report, workers="auto")
+  ablation.cli(
+    "kv_cache_ablation",
+    TASKS,
+    VARIANTS,
+    seeds=(0, 1, 2),
+    baseline="mha",
+    quick=QUICK,
+    default_variants=DEFAULT,
+    report=report,
+    workers="auto",
+  )

@@ -14,19 +14,32 @@ change came after the curriculum).
 
 from r1jax.lab import ablation, configs
 
-BASE = ablation.override(configs.mqar(), {
-    "model.num_heads": 2, "model.init_std": 0.1, "optim.lr": 1e-2,
-    "data.options.mqar.curriculum_steps": 700, "data.options.mqar.curriculum_seq_len": 64,
+BASE = ablation.override(
+  configs.mqar(),
+  {
+    "model.num_heads": 2,
+    "model.init_std": 0.1,
+    "optim.lr": 1e-2,
+    "data.options.mqar.curriculum_steps": 700,
+    "data.options.mqar.curriculum_seq_len": 64,
     "data.options.mqar.curriculum_kv_pairs": 8,
-    "train.steps": 1200, "train.eval_every": 300, "train.checkpoint_every": 300}, "mqar_dense")
+    "train.steps": 1200,
+    "train.eval_every": 300,
+    "train.checkpoint_every": 300,
+  },
+  "mqar_dense",
+)
 VARIANTS = {
-    "d64": {},
-    "d128": {"model.d_model": 128},
-    "d64_mlp": {"model.ffn": "swiglu"},
-    "no_curriculum": {"data.options.mqar.curriculum_steps": 0},  # the same 1200 steps, all at T=256
+  "d64": {},
+  "d128": {"model.d_model": 128},
+  "d64_mlp": {"model.ffn": "swiglu"},
+  "no_curriculum": {"data.options.mqar.curriculum_steps": 0},  # the same 1200 steps, all at T=256
 }
-QUICK = {"data.eval_batch_size": 50, "data.options.mqar.num_test_examples": 100,
-         "data.options.mqar.curriculum_steps": 2}  # with ablation.QUICK: a curriculum shorter than the smoke run
+QUICK = {
+  "data.eval_batch_size": 50,
+  "data.options.mqar.num_test_examples": 100,
+  "data.options.mqar.curriculum_steps": 2,
+}  # with ablation.QUICK: a curriculum shorter than the smoke run
 
 if __name__ == "__main__":
   ablation.cli("mqar_dense", BASE, VARIANTS, seeds=(0,), baseline="d64", quick=QUICK, default_variants=("d64",))

@@ -62,91 +62,160 @@ def BLOCK(b: int, n: int, **options) -> dict:
 
 
 VARIANTS = {
-    "dense": {"model.mixer": "attention"},
-    # NSA as published at our sizes (see the docstring): compressed blocks of l=4 every d=2 tokens (one MQAR pair).
-    "nsa": NSA(cmp_block=4, cmp_stride=2, slc_block=4, top_blocks=4, window=4),
-    # DeepSeek-V3.2's two stages from the dense variant's run of the same seed (ablation: train.init_from='@...').
-    "dsa_warmup": {**configs.dsa(top_k=16, stage="warmup"), "train.init_from": "@dense", "optim.trainable": "idx_",
-                   "train.steps": 100, "optim.lr": 1e-2, "optim.warmup_steps": 10,
-                   "data.options.mqar.curriculum_steps": 0},
-    "dsa": {**DSA, "train.init_from": "@dsa_warmup", "train.steps": 150,
-            "optim.lr": 1e-3, "optim.warmup_steps": 10, "data.options.mqar.curriculum_steps": 0},
-    # dsa's like-for-like control (passkey, text): dense, continued from its own run for the sparse stage's 150 steps
-    # at its lr; dsa's LM weights have trained those 150 steps more than dense's (its warm-up trains the indexer only)
-    "dense_longer": {"train.init_from": "@dense", "train.steps": 150, "optim.lr": 1e-3, "optim.warmup_steps": 10,
-                     "data.options.mqar.curriculum_steps": 0},
-    # DSA's selection and loss from scratch, training picks sampled from softmax(I) (Gumbel-top-k, tau = 1)
-    "topk16_sample": {**DSA, f"{SPARSE}.sample_temperature": 1.0},
-    # MoBA / NSA's selection: each query picks 3 earlier blocks of 4 by q . mean(k) (l' = 4, as our nsa), plus its own;
-    # training picks sampled from softmax(score / sqrt(K)) (Gumbel-top-n, tau = 1; eval greedy), as topk16_sample's
-    "block4x4_sample": BLOCK(4, 3, sample_temperature=1.0),
-    # the last 16 keys need no gather: the banded `local` mixer computes the same attention (tests/test_sparse.py)
-    "window16": {"model.mixer": "local", "model.mixer_options.local.window": 16},
-    "random16": {"model.mixer": "sparse", f"{SPARSE}.select": "random", f"{SPARSE}.top_k": 16},
-    # On request, probes of NSA's recipe at this scale: a stride of two MQAR pairs (l=8, d=4); with it, gates starting
-    # equal (0.5 each) instead of near the window, 8 selected blocks (5 chosen), every block selected (the selected
-    # branch is then dense attention); and NSA at its paper's sizes (l=32, d=16, l'=64, n=16, w=512; timed too).
-    "nsa_d4": NSA(cmp_block=8, cmp_stride=4, slc_block=4, top_blocks=4, window=4),
-    "nsa_d4_equal": NSA(cmp_block=8, cmp_stride=4, slc_block=4, top_blocks=4, window=4, gate_init="equal"),
-    "nsa_d4_n8": NSA(cmp_block=8, cmp_stride=4, slc_block=4, top_blocks=8, window=4),
-    "nsa_d4_all": NSA(cmp_block=8, cmp_stride=4, slc_block=4, top_blocks=64, window=4),
-    "nsa_paper": NSA(**configs.NSA_PAPER),
-    # Probes of top-k from scratch: greedy training picks (DSA's sparse stage as is), and the indexer matched to dense
-    # attention over all earlier keys (the warm-up's loss) instead of over its own selection.
-    "topk16_kl": DSA,
-    "topk16_kl_dense": configs.dsa(top_k=16, stage="warmup"),
-    # Probe of block top-k: training picks sampled from softmax(block score / sqrt(K)) (Gumbel-top-n, tau = 1).
-    # Probes of block top-k at the same key budget: blocks of 8 (4 MQAR pairs each), per query or one set per query
-    # block by its mean query (our earlier recipe), and with sampled picks (Gumbel-top-n, tau = 1); blocks of 4 by
-    # the block's mean query; blocks of 2 (one pair each).
-    "block8x2": BLOCK(8, 1),
-    "block8x2_qblock": BLOCK(8, 1, score_by="block"),
-    "block8x2_sample": BLOCK(8, 1, score_by="block", sample_temperature=1.0),
-    "block4x4": BLOCK(4, 3),  # greedy training picks (MoBA as published)
-    "block4x4_qblock": BLOCK(4, 3, score_by="block"),
-    "block2x8": BLOCK(2, 7),
-    # On request: our own recipes, as labelled ablations (the indexer trained through a gate on the selected logits).
-    "topk8": {"model.mixer": "sparse", f"{SPARSE}.top_k": 8},
-    "topk16": {"model.mixer": "sparse", f"{SPARSE}.top_k": 16},
+  "dense": {"model.mixer": "attention"},
+  # NSA as published at our sizes (see the docstring): compressed blocks of l=4 every d=2 tokens (one MQAR pair).
+  "nsa": NSA(cmp_block=4, cmp_stride=2, slc_block=4, top_blocks=4, window=4),
+  # DeepSeek-V3.2's two stages from the dense variant's run of the same seed (ablation: train.init_from='@...').
+  "dsa_warmup": {
+    **configs.dsa(top_k=16, stage="warmup"),
+    "train.init_from": "@dense",
+    "optim.trainable": "idx_",
+    "train.steps": 100,
+    "optim.lr": 1e-2,
+    "optim.warmup_steps": 10,
+    "data.options.mqar.curriculum_steps": 0,
+  },
+  "dsa": {
+    **DSA,
+    "train.init_from": "@dsa_warmup",
+    "train.steps": 150,
+    "optim.lr": 1e-3,
+    "optim.warmup_steps": 10,
+    "data.options.mqar.curriculum_steps": 0,
+  },
+  # dsa's like-for-like control (passkey, text): dense, continued from its own run for the sparse stage's 150 steps
+  # at its lr; dsa's LM weights have trained those 150 steps more than dense's (its warm-up trains the indexer only)
+  "dense_longer": {
+    "train.init_from": "@dense",
+    "train.steps": 150,
+    "optim.lr": 1e-3,
+    "optim.warmup_steps": 10,
+    "data.options.mqar.curriculum_steps": 0,
+  },
+  # DSA's selection and loss from scratch, training picks sampled from softmax(I) (Gumbel-top-k, tau = 1)
+  "topk16_sample": {**DSA, f"{SPARSE}.sample_temperature": 1.0},
+  # MoBA / NSA's selection: each query picks 3 earlier blocks of 4 by q . mean(k) (l' = 4, as our nsa), plus its own;
+  # training picks sampled from softmax(score / sqrt(K)) (Gumbel-top-n, tau = 1; eval greedy), as topk16_sample's
+  "block4x4_sample": BLOCK(4, 3, sample_temperature=1.0),
+  # the last 16 keys need no gather: the banded `local` mixer computes the same attention (tests/test_sparse.py)
+  "window16": {"model.mixer": "local", "model.mixer_options.local.window": 16},
+  "random16": {"model.mixer": "sparse", f"{SPARSE}.select": "random", f"{SPARSE}.top_k": 16},
+  # On request, probes of NSA's recipe at this scale: a stride of two MQAR pairs (l=8, d=4); with it, gates starting
+  # equal (0.5 each) instead of near the window, 8 selected blocks (5 chosen), every block selected (the selected
+  # branch is then dense attention); and NSA at its paper's sizes (l=32, d=16, l'=64, n=16, w=512; timed too).
+  "nsa_d4": NSA(cmp_block=8, cmp_stride=4, slc_block=4, top_blocks=4, window=4),
+  "nsa_d4_equal": NSA(cmp_block=8, cmp_stride=4, slc_block=4, top_blocks=4, window=4, gate_init="equal"),
+  "nsa_d4_n8": NSA(cmp_block=8, cmp_stride=4, slc_block=4, top_blocks=8, window=4),
+  "nsa_d4_all": NSA(cmp_block=8, cmp_stride=4, slc_block=4, top_blocks=64, window=4),
+  "nsa_paper": NSA(**configs.NSA_PAPER),
+  # Probes of top-k from scratch: greedy training picks (DSA's sparse stage as is), and the indexer matched to dense
+  # attention over all earlier keys (the warm-up's loss) instead of over its own selection.
+  "topk16_kl": DSA,
+  "topk16_kl_dense": configs.dsa(top_k=16, stage="warmup"),
+  # Probe of block top-k: training picks sampled from softmax(block score / sqrt(K)) (Gumbel-top-n, tau = 1).
+  # Probes of block top-k at the same key budget: blocks of 8 (4 MQAR pairs each), per query or one set per query
+  # block by its mean query (our earlier recipe), and with sampled picks (Gumbel-top-n, tau = 1); blocks of 4 by
+  # the block's mean query; blocks of 2 (one pair each).
+  "block8x2": BLOCK(8, 1),
+  "block8x2_qblock": BLOCK(8, 1, score_by="block"),
+  "block8x2_sample": BLOCK(8, 1, score_by="block", sample_temperature=1.0),
+  "block4x4": BLOCK(4, 3),  # greedy training picks (MoBA as published)
+  "block4x4_qblock": BLOCK(4, 3, score_by="block"),
+  "block2x8": BLOCK(2, 7),
+  # On request: our own recipes, as labelled ablations (the indexer trained through a gate on the selected logits).
+  "topk8": {"model.mixer": "sparse", f"{SPARSE}.top_k": 8},
+  "topk16": {"model.mixer": "sparse", f"{SPARSE}.top_k": 16},
 }
 # Longest runs first, so that two workers end together (sweep.when_ready starts the first ready run in this order).
 DEFAULT = ("dense", "nsa", "topk16_sample", "dsa_warmup", "dsa", "block4x4_sample", "random16", "window16")
 # dense_longer where dense has not converged (on MQAR dense is at 99.9%): dsa's like-for-like control
 DEFAULTS = {"mqar": DEFAULT, "passkey": DEFAULT + ("dense_longer",), "shakespeare": DEFAULT + ("dense_longer",)}
 TIMED_ONLY = {"nsa_paper": "nsa"}  # timed (and its FLOPs fitted) beside the trained variant it goes with
-SMALL = {"model.num_layers": 2, "model.d_model": 64, "model.num_heads": 2, "model.ffn": "none",
-         "model.init_std": 0.1}  # attention-only, as Zoology's MQAR models; init 0.1 (PyTorch-like) learns faster
+SMALL = {
+  "model.num_layers": 2,
+  "model.d_model": 64,
+  "model.num_heads": 2,
+  "model.ffn": "none",
+  "model.init_std": 0.1,
+}  # attention-only, as Zoology's MQAR models; init 0.1 (PyTorch-like) learns faster
 MQAR = "data.options.mqar"
 TASKS = {
-    # MQAR at T=256: 8 pairs in the first 16 tokens, every query 120-240 tokens later (min_gap 0.5; with Zoology's
-    # gaps half the queries sit within 16 tokens of their pair, and a 16-key window scored 48% of them). Dense
-    # attention learns it on T=64 sequences with Zoology's gaps first (500 steps, as many tokens per step; mqar_dense's
-    # recipe), with a vocabulary of 128 at lr 3e-3: its phase change came at steps 300-500 on each of seeds 0-3, and
-    # 100 steps at T=256 after the curriculum gave >= 99.9% (probes in the docstring; 700 steps in all).
-    "mqar": ablation.override(configs.mqar(seq_len=256, num_kv_pairs=8), {
-        **SMALL, f"{MQAR}.vocab_size": 128, f"{MQAR}.min_gap": 0.5, f"{MQAR}.curriculum_steps": 500,
-        f"{MQAR}.curriculum_seq_len": 64, f"{MQAR}.curriculum_kv_pairs": 8, "optim.lr": 3e-3, "data.batch_size": 16,
-        "train.steps": 700, "train.eval_every": 350, "train.checkpoint_every": 350, "data.eval_max_batches": 4},
-        "mqar"),
-    # A 5-digit pass key at a random depth of 128 or 256 characters of Shakespeare (r1jax/data/passkey.py). 16 rows, 400
-    # steps (seed 0, dense: 76.8% at step 600, 83.1% at 800; nsa 100% at 600; 32 rows: dense 92.1% at 800; lr 1e-2:
-    # dense 28%): the 30-minute budget of three seeds, not dense's best.
-    "passkey": ablation.override(configs.passkey(seq_len=256), {
-        **SMALL, "optim.lr": 3e-3, "data.batch_size": 16, "train.steps": 400, "train.eval_every": 200,
-        "train.checkpoint_every": 200}, "passkey"),
-    "shakespeare": ablation.override(configs.shakespeare_char(), {
-        **{k: v for k, v in SMALL.items() if k != "model.ffn"}, "data.seq_len": 512, "data.batch_size": 4,
-        "data.eval_batch_size": 16, "model.init_std": 0.02, "train.steps": 120, "train.eval_every": 60,
-        "train.checkpoint_every": 120, "data.eval_max_batches": 8}, "shakespeare"),
+  # MQAR at T=256: 8 pairs in the first 16 tokens, every query 120-240 tokens later (min_gap 0.5; with Zoology's
+  # gaps half the queries sit within 16 tokens of their pair, and a 16-key window scored 48% of them). Dense
+  # attention learns it on T=64 sequences with Zoology's gaps first (500 steps, as many tokens per step; mqar_dense's
+  # recipe), with a vocabulary of 128 at lr 3e-3: its phase change came at steps 300-500 on each of seeds 0-3, and
+  # 100 steps at T=256 after the curriculum gave >= 99.9% (probes in the docstring; 700 steps in all).
+  "mqar": ablation.override(
+    configs.mqar(seq_len=256, num_kv_pairs=8),
+    {
+      **SMALL,
+      f"{MQAR}.vocab_size": 128,
+      f"{MQAR}.min_gap": 0.5,
+      f"{MQAR}.curriculum_steps": 500,
+      f"{MQAR}.curriculum_seq_len": 64,
+      f"{MQAR}.curriculum_kv_pairs": 8,
+      "optim.lr": 3e-3,
+      "data.batch_size": 16,
+      "train.steps": 700,
+      "train.eval_every": 350,
+      "train.checkpoint_every": 350,
+      "data.eval_max_batches": 4,
+    },
+    "mqar",
+  ),
+  # A 5-digit pass key at a random depth of 128 or 256 characters of Shakespeare (r1jax/data/passkey.py). 16 rows, 400
+  # steps (seed 0, dense: 76.8% at step 600, 83.1% at 800; nsa 100% at 600; 32 rows: dense 92.1% at 800; lr 1e-2:
+  # dense 28%): the 30-minute budget of three seeds, not dense's best.
+  "passkey": ablation.override(
+    configs.passkey(seq_len=256),
+    {
+      **SMALL,
+      "optim.lr": 3e-3,
+      "data.batch_size": 16,
+      "train.steps": 400,
+      "train.eval_every": 200,
+      "train.checkpoint_every": 200,
+    },
+    "passkey",
+  ),
+  "shakespeare": ablation.override(
+    configs.shakespeare_char(),
+    {
+      **{k: v for k, v in SMALL.items() if k != "model.ffn"},
+      "data.seq_len": 512,
+      "data.batch_size": 4,
+      "data.eval_batch_size": 16,
+      "model.init_std": 0.02,
+      "train.steps": 120,
+      "train.eval_every": 60,
+      "train.checkpoint_every": 120,
+      "data.eval_max_batches": 8,
+    },
+    "shakespeare",
+  ),
 }
 # The GPU setting (--long): 16x the length, 4 layers of width 256, 5000 steps, three seeds.
-LONG = {"mqar": {"data.seq_len": 2048, f"{MQAR}.num_kv_pairs": 32, f"{MQAR}.vocab_size": 4096,
-                 f"{MQAR}.curriculum_seq_len": 256, f"{MQAR}.curriculum_kv_pairs": 16,
-                 f"{MQAR}.curriculum_steps": 2000},
-        "passkey": {"data.seq_len": 2048, "data.options.passkey.length_fractions": (0.25, 0.5, 1.0)},
-        "shakespeare": {"data.seq_len": 4096}}
-LONG_ALL = {"model.num_layers": 4, "model.d_model": 256, "model.num_heads": 4, "train.steps": 5000,
-            "train.eval_every": 1000, "train.checkpoint_every": 1000, "data.batch_size": 32}
+LONG = {
+  "mqar": {
+    "data.seq_len": 2048,
+    f"{MQAR}.num_kv_pairs": 32,
+    f"{MQAR}.vocab_size": 4096,
+    f"{MQAR}.curriculum_seq_len": 256,
+    f"{MQAR}.curriculum_kv_pairs": 16,
+    f"{MQAR}.curriculum_steps": 2000,
+  },
+  "passkey": {"data.seq_len": 2048, "data.options.passkey.length_fractions": (0.25, 0.5, 1.0)},
+  "shakespeare": {"data.seq_len": 4096},
+}
+LONG_ALL = {
+  "model.num_layers": 4,
+  "model.d_model": 256,
+  "model.num_heads": 4,
+  "train.steps": 5000,
+  "train.eval_every": 1000,
+  "train.checkpoint_every": 1000,
+  "data.batch_size": 32,
+}
 QUICK = {f"{MQAR}.curriculum_steps": 2, "data.eval_batch_size": 50}  # with ablation.QUICK
 LENGTHS = (512, 1024, 2048, 4096, 8192)
 TIMED_LENGTHS = (2048, 4096, 8192, 16384)  # one layer's forward and forward+backward time, ratios to dense
@@ -163,10 +232,14 @@ def compile_ahead(names) -> dict[str, list[float]]:
   `layer_timing` will time, into the persistent compilation cache its worker reads (then it loads, not compiles)."""
   groups, (Ts, timed_Ts) = timing_layers(names), lengths()
   cost = [(scaling.compiled_cost, (inference_layer(f, max(Ts)), T), {}) for f in groups for T in Ts]
-  ahead = [(scaling.precompile, (cfg, T, what == "fwd+bwd"), {}) for fwd, bwd in groups.values() for T in timed_Ts
-           for what, cfg in (("fwd", fwd), ("fwd+bwd", bwd))]
-  flops = [c["flops"] for c in sweep.in_workers(cost + ahead, 2)[:len(cost)]]
-  return {f: flops[i * len(Ts):(i + 1) * len(Ts)] for i, f in enumerate(groups)}
+  ahead = [
+    (scaling.precompile, (cfg, T, what == "fwd+bwd"), {})
+    for fwd, bwd in groups.values()
+    for T in timed_Ts
+    for what, cfg in (("fwd", fwd), ("fwd+bwd", bwd))
+  ]
+  flops = [c["flops"] for c in sweep.in_workers(cost + ahead, 2)[: len(cost)]]
+  return {f: flops[i * len(Ts) : (i + 1) * len(Ts)] for i, f in enumerate(groups)}
 
 
 def complexity(names, flops_by_group: dict[str, list[float]]) -> tuple[list[str], dict]:
@@ -174,8 +247,11 @@ def complexity(names, flops_by_group: dict[str, list[float]]) -> tuple[list[str]
   counts a loop body once), from `compile_ahead`'s flops_by_group; variants with the same inference layer (dsa,
   topk16_kl) measured once."""
   Ts = lengths()[0]
-  lines = [f"Complexity: log-log slope of compiled forward FLOPs of one mixer (d=64, 2 heads) over T={Ts}",
-           "(1 = linear, 2 = quadratic; n log n over this range fits ~1.1):", ""]
+  lines = [
+    f"Complexity: log-log slope of compiled forward FLOPs of one mixer (d=64, 2 heads) over T={Ts}",
+    "(1 = linear, 2 = quadratic; n log n over this range fits ~1.1):",
+    "",
+  ]
   out = {}
   for first, same in same_layer(names).items():
     flops = flops_by_group[first]
@@ -187,9 +263,13 @@ def complexity(names, flops_by_group: dict[str, list[float]]) -> tuple[list[str]
 
 def layer(name: str, chunk: int = 256):
   """The one-layer model of variant `name` at the text task's width (d=64, 2 heads), queries in chunks of `chunk`."""
-  return Config.from_dict(ablation.override(TASKS["shakespeare"], {**VARIANTS[name], f"{SPARSE}.query_chunk": chunk,
-                                                                   "model.mixer_options.nsa.query_chunk": chunk},
-                                            name)).model
+  return Config.from_dict(
+    ablation.override(
+      TASKS["shakespeare"],
+      {**VARIANTS[name], f"{SPARSE}.query_chunk": chunk, "model.mixer_options.nsa.query_chunk": chunk},
+      name,
+    )
+  ).model
 
 
 def inference_layer(name: str, chunk: int = 256):
@@ -197,8 +277,13 @@ def inference_layer(name: str, chunk: int = 256):
   runs)."""
   model = layer(name, chunk)
   off = {"indexer_loss": "none", "sample_temperature": 0.0}  # training-only work: losses and sampled picks
-  return dataclasses.replace(model, mixer_options={k: dataclasses.replace(
-      v, **{f: x for f, x in off.items() if hasattr(v, f)}) for k, v in model.mixer_options.items()})
+  return dataclasses.replace(
+    model,
+    mixer_options={
+      k: dataclasses.replace(v, **{f: x for f, x in off.items() if hasattr(v, f)})
+      for k, v in model.mixer_options.items()
+    },
+  )
 
 
 def same_layer(names) -> dict[str, list[str]]:
@@ -214,8 +299,9 @@ def timing_layers(names) -> dict[str, tuple]:
   """First name of each group of `same_layer(names)` -> (its inference layer, the layer it trains: the variant's own
   losses; DSA's warm-up KL to dense attention excluded), what `layer_timing` times."""
   groups = same_layer(names)
-  trained = {first: next((n for n in same if "kl_dense" not in repr(layer(n))), first)
-             for first, same in groups.items()}
+  trained = {
+    first: next((n for n in same if "kl_dense" not in repr(layer(n))), first) for first, same in groups.items()
+  }
   return {f: (inference_layer(f), layer(trained[f])) for f in groups}
 
 
@@ -225,11 +311,21 @@ def layer_timing(names) -> tuple[list[str], dict]:
   groups = same_layer(names)
   Ts = lengths()[1]
   # in a fresh worker process (every core; glibc huge pages, as the training workers)
-  times = sweep.in_worker(scaling.layer_times, timing_layers(names), Ts, repeats=3, budget_sec=1.0,
-                          max_bytes=scaling.memory_limit_bytes(fraction=0.6))
-  lines = [f"One layer (d=64, 2 heads, batch 1) on {jax.default_backend()}: median of up to 3 timed calls "
-           "after a warm-up (1 past a second), ratio to dense "
-           "(n/a: over 60% of RAM)", "", scaling.ratio_table(times, Ts, {f: " / ".join(s) for f, s in groups.items()})]
+  times = sweep.in_worker(
+    scaling.layer_times,
+    timing_layers(names),
+    Ts,
+    repeats=3,
+    budget_sec=1.0,
+    max_bytes=scaling.memory_limit_bytes(fraction=0.6),
+  )
+  lines = [
+    f"One layer (d=64, 2 heads, batch 1) on {jax.default_backend()}: median of up to 3 timed calls "
+    "after a warm-up (1 past a second), ratio to dense "
+    "(n/a: over 60% of RAM)",
+    "",
+    scaling.ratio_table(times, Ts, {f: " / ".join(s) for f, s in groups.items()}),
+  ]
   return lines, {"lengths": list(Ts), "variants": groups, "sec": times}
 
 
@@ -243,9 +339,12 @@ def passkey_by_depth(folder: str) -> list[str]:
     return []
   atomic.save_figure(os.path.join(folder, "accuracy_by_depth.png"), reporting.depth_figure(acc))
   groups = list(next(iter(acc.values())))
-  return ["Passkey accuracy (digits, %) by context length and needle depth, mean over seeds:", "",
-          "| variant | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)] + [
-              f"| {v} | " + " | ".join(f"{100 * a[g]:.0f}" for g in groups) + " |" for v, a in acc.items()]
+  return [
+    "Passkey accuracy (digits, %) by context length and needle depth, mean over seeds:",
+    "",
+    "| variant | " + " | ".join(groups) + " |",
+    "|---|" + "---|" * len(groups),
+  ] + [f"| {v} | " + " | ".join(f"{100 * a[g]:.0f}" for g in groups) + " |" for v, a in acc.items()]
 
 
 def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, dict]:
@@ -267,5 +366,14 @@ if __name__ == "__main__":
   flags.DEFINE_bool("long", False, "the GPU setting: LONG overrides on every task")
   flags.DEFINE_bool("paper_sizes", False, "also time (and fit the FLOPs of) NSA at its paper's sizes (nsa_paper)")
   tasks = {t: ablation.override(c, {**LONG_ALL, **LONG[t]}, f"long ({t})") for t, c in TASKS.items()} if long else TASKS
-  ablation.cli("sparse_attn_ablation", tasks, VARIANTS, seeds=(0, 1, 2), baseline="dense",
-               quick=QUICK, default_variants=DEFAULTS, report=report, workers="auto")
+  ablation.cli(
+    "sparse_attn_ablation",
+    tasks,
+    VARIANTS,
+    seeds=(0, 1, 2),
+    baseline="dense",
+    quick=QUICK,
+    default_variants=DEFAULTS,
+    report=report,
+    workers="auto",
+  )

@@ -23,8 +23,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def execute(path: str) -> None:
   nb = nbformat.read(path, as_version=4)
-  NotebookClient(nb, timeout=1800, kernel_name="python3", record_timing=False,
-                 resources={"metadata": {"path": HERE}}).execute()
+  NotebookClient(
+    nb, timeout=1800, kernel_name="python3", record_timing=False, resources={"metadata": {"path": HERE}}
+  ).execute()
   with atomic.writing(path) as tmp:
     nbformat.write(nb, tmp)
 

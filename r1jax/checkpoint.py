@@ -22,9 +22,11 @@ def check_same_config(saved: dict, config: dict, where: str, keys: tuple[str, ..
     # A field added to r1jax after the run was saved counts as its default there (and the other way round).
     was, now = (side.get(field, field_default(field)) for side in (old, new))
     if was is NO_DEFAULT or now is NO_DEFAULT or was != now:
-      raise ConfigError(f"{where} holds a run with a different '{field}' config (saved {old.get(field, _MISSING)!r}, "
-                        f"now {new.get(field, _MISSING)!r}). Fix: use a new --config.workdir (or --results_dir for an "
-                        "ablation), delete the old run, or go back to the original config.")
+      raise ConfigError(
+        f"{where} holds a run with a different '{field}' config (saved {old.get(field, _MISSING)!r}, "
+        f"now {new.get(field, _MISSING)!r}). Fix: use a new --config.workdir (or --results_dir for an "
+        "ablation), delete the old run, or go back to the original config."
+      )
 
 
 def latest_step(workdir: str) -> int | None:
@@ -67,23 +69,32 @@ class Checkpointer:
         raise
       except (ValueError, OSError, KeyError) as e:  # damaged files (JSONDecodeError is a ValueError)
         aside = os.path.join(workdir, "corrupt_checkpoints", str(step))
-        logging.warning("checkpoint step %d in %s cannot be read (%s: %s); moved to %s, trying an older one",
-                        step, self.dir, type(e).__name__, str(e)[:200], aside)
+        logging.warning(
+          "checkpoint step %d in %s cannot be read (%s: %s); moved to %s, trying an older one",
+          step,
+          self.dir,
+          type(e).__name__,
+          str(e)[:200],
+          aside,
+        )
         if jax.process_index() == 0:
           os.makedirs(os.path.dirname(aside), exist_ok=True)
           shutil.rmtree(aside, ignore_errors=True)
           shutil.move(os.path.join(self.dir, str(step)), aside)
         self.manager.reload()
-    raise ConfigError(f"workdir {workdir!r}: no checkpoint in {self.dir} can be read (damaged ones were moved to "
-                      f"{os.path.join(workdir, 'corrupt_checkpoints')}). Fix: delete the workdir to start over, or "
-                      "use a new --config.workdir.")
+    raise ConfigError(
+      f"workdir {workdir!r}: no checkpoint in {self.dir} can be read (damaged ones were moved to "
+      f"{os.path.join(workdir, 'corrupt_checkpoints')}). Fix: delete the workdir to start over, or "
+      "use a new --config.workdir."
+    )
 
   def restore_raw(self) -> tuple[Any, dict]:
     """The newest checkpoint as saved, without a target (nested dicts of host arrays) and its meta: for starting
     another run from it (train.init_from)."""
     step = self.manager.latest_step()
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                  meta=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    )
     return restored["state"], restored["meta"]
 
   def save(self, step: int, state: Any, meta: dict) -> None:

@@ -31,15 +31,24 @@ class PicklesAsDicts:
   rebuilt, and validated again, from plain dicts: a ModelConfig or a Config can be sent to a worker process."""
 
   def __reduce__(self):
-    return _rebuilt, (type(self), {f.name: dict(v) if isinstance(v := getattr(self, f.name), types.MappingProxyType)
-                                   else v for f in dataclasses.fields(self)})
+    return _rebuilt, (
+      type(self),
+      {
+        f.name: dict(v) if isinstance(v := getattr(self, f.name), types.MappingProxyType) else v
+        for f in dataclasses.fields(self)
+      },
+    )
 
 
 def named_options(table: dict, values: Mapping[str, Any], field: str) -> Mapping[str, Any]:
   """{registered name: its validated options dataclass} from {name: mapping or dataclass}, read-only; ConfigError
   naming `field` for an unknown name or option."""
-  return types.MappingProxyType({name: registry.build_options(registry.lookup(table, name, field).options, v,
-                                                              f"{field}.{name}") for name, v in values.items()})
+  return types.MappingProxyType(
+    {
+      name: registry.build_options(registry.lookup(table, name, field).options, v, f"{field}.{name}")
+      for name, v in values.items()
+    }
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,19 +80,37 @@ class ModelConfig(PicklesAsDicts):
 
   def __post_init__(self):
     for name in ("num_layers", "d_model", "num_heads"):
-      require(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}",
-               f"set --config.model.{name} to a positive integer")
-    require(self.d_model % self.num_heads == 0, "model.num_heads",
-             f"{self.num_heads} heads do not divide d_model={self.d_model}",
-             f"pick num_heads among the divisors of {self.d_model} or change model.d_model")
-    require(self.num_kv_heads >= 0 and (self.num_kv_heads == 0 or self.num_heads % self.num_kv_heads == 0),
-             "model.num_kv_heads", f"{self.num_kv_heads} does not divide num_heads={self.num_heads}",
-             "use 0 (multi-head) or a divisor of model.num_heads")
-    require(self.vocab_size >= 0 and self.pad_vocab_to >= 1 and self.d_ff >= 0, "model.vocab_size/d_ff",
-             "must be >= 0 (pad_vocab_to >= 1)", "use 0 for 'from the dataset' / 'default width'")
+      require(
+        getattr(self, name) >= 1,
+        f"model.{name}",
+        f"must be >= 1, got {getattr(self, name)}",
+        f"set --config.model.{name} to a positive integer",
+      )
+    require(
+      self.d_model % self.num_heads == 0,
+      "model.num_heads",
+      f"{self.num_heads} heads do not divide d_model={self.d_model}",
+      f"pick num_heads among the divisors of {self.d_model} or change model.d_model",
+    )
+    require(
+      self.num_kv_heads >= 0 and (self.num_kv_heads == 0 or self.num_heads % self.num_kv_heads == 0),
+      "model.num_kv_heads",
+      f"{self.num_kv_heads} does not divide num_heads={self.num_heads}",
+      "use 0 (multi-head) or a divisor of model.num_heads",
+    )
+    require(
+      self.vocab_size >= 0 and self.pad_vocab_to >= 1 and self.d_ff >= 0,
+      "model.vocab_size/d_ff",
+      "must be >= 0 (pad_vocab_to >= 1)",
+      "use 0 for 'from the dataset' / 'default width'",
+    )
     require(self.dtype in DTYPES, "model.dtype", f"unknown dtype {self.dtype!r}", f"use one of {DTYPES}")
-    require(self.param_dtype in DTYPES[:2], "model.param_dtype", f"unknown dtype {self.param_dtype!r}",
-             "use float32 or bfloat16")
+    require(
+      self.param_dtype in DTYPES[:2],
+      "model.param_dtype",
+      f"unknown dtype {self.param_dtype!r}",
+      "use float32 or bfloat16",
+    )
     require(0.0 <= self.dropout < 1.0, "model.dropout", f"{self.dropout} is not in [0, 1)", "use e.g. 0.1")
     require(self.arch in ARCHS, "model.arch", f"unknown {self.arch!r}", f"use one of {ARCHS}")
     object.__setattr__(self, "mixer_pattern", tuple(self.mixer_pattern))
@@ -91,22 +118,34 @@ class ModelConfig(PicklesAsDicts):
     for table, field in ((registry.MIXERS, "mixer"), (registry.FFNS, "ffn")):
       for name in self.layer_names(field):
         registry.lookup(table, name, f"model.{field}" + ("_pattern" if getattr(self, f"{field}_pattern") else ""))
-      object.__setattr__(self, f"{field}_options",
-                         named_options(table, getattr(self, f"{field}_options"), f"model.{field}_options"))
+      object.__setattr__(
+        self, f"{field}_options", named_options(table, getattr(self, f"{field}_options"), f"model.{field}_options")
+      )
     for kind in ("mixer", "ffn"):  # option sets with constraints that involve the model's widths check them here
       for name in sorted(set(self.layer_names(kind))):
         getattr(self.options(kind, name), "check_model", lambda model: None)(self)
     video = registry.video_mixers()
     video_mixers = set(self.layer_names("mixer")) & set(video)
     if self.arch == "video":
-      require(set(self.layer_names("mixer")) <= set(video), "model.mixer",
-               f"arch=video mixes [B, T, S, D] clips, but the layers use {sorted(set(self.layer_names('mixer')))}",
-               f"use --config.model.mixer={video[0]} (choose the variant with mixer_options.spacetime.kind)")
-      require(self.num_layers >= 2 or self.options("mixer", "spacetime").kind != "factorised", "model.num_layers",
-               "kind=factorised needs a spatial and a temporal layer", "use model.num_layers >= 2")
+      require(
+        set(self.layer_names("mixer")) <= set(video),
+        "model.mixer",
+        f"arch=video mixes [B, T, S, D] clips, but the layers use {sorted(set(self.layer_names('mixer')))}",
+        f"use --config.model.mixer={video[0]} (choose the variant with mixer_options.spacetime.kind)",
+      )
+      require(
+        self.num_layers >= 2 or self.options("mixer", "spacetime").kind != "factorised",
+        "model.num_layers",
+        "kind=factorised needs a spatial and a temporal layer",
+        "use model.num_layers >= 2",
+      )
     else:
-      require(not video_mixers, "model.mixer", f"{sorted(video_mixers)} mixes [B, T, S, D] clips, not token "
-               "sequences", "set --config.model.arch=video with data.kind=moving_digits, or pick a 1D mixer")
+      require(
+        not video_mixers,
+        "model.mixer",
+        f"{sorted(video_mixers)} mixes [B, T, S, D] clips, not token sequences",
+        "set --config.model.arch=video with data.kind=moving_digits, or pick a 1D mixer",
+      )
 
   def layer_names(self, kind: str) -> tuple[str, ...]:
     """The registered name used by each layer for `kind` in ("mixer", "ffn")."""
@@ -145,10 +184,18 @@ class DataConfig(PicklesAsDicts):
 
   def __post_init__(self):
     registry.lookup(registry.DATASETS, self.kind, "data.kind")
-    require(self.seq_len >= 2 and self.batch_size >= 1, "data.seq_len/batch_size", "must be >= 2 and >= 1",
-             "use positive sizes")
-    require(self.eval_batch_size >= 0 and self.eval_max_batches >= 0, "data.eval_batch_size",
-             "must be >= 0", "use 0 for the defaults")
+    require(
+      self.seq_len >= 2 and self.batch_size >= 1,
+      "data.seq_len/batch_size",
+      "must be >= 2 and >= 1",
+      "use positive sizes",
+    )
+    require(
+      self.eval_batch_size >= 0 and self.eval_max_batches >= 0,
+      "data.eval_batch_size",
+      "must be >= 0",
+      "use 0 for the defaults",
+    )
     object.__setattr__(self, "options", named_options(registry.DATASETS, self.options, "data.options"))
 
   @property
@@ -183,12 +230,18 @@ class OptimConfig:
     try:
       re.compile(self.trainable)
     except re.error as e:
-      raise ConfigError(f"optim.trainable: {self.trainable!r} is not a regular expression ({e}). Fix: pass a Python "
-                        "regex searched in names like 'layer0/mixer/wq', e.g. 'indexer'.") from None
+      raise ConfigError(
+        f"optim.trainable: {self.trainable!r} is not a regular expression ({e}). Fix: pass a Python "
+        "regex searched in names like 'layer0/mixer/wq', e.g. 'indexer'."
+      ) from None
     require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}", "use e.g. 1e-3")
     require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", "use 0.1")
-    require(self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0, "optim.warmup_steps",
-             "warmup_steps, grad_clip and weight_decay must be >= 0", "use non-negative values")
+    require(
+      self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0,
+      "optim.warmup_steps",
+      "warmup_steps, grad_clip and weight_decay must be >= 0",
+      "use non-negative values",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,12 +268,20 @@ class TrainConfig:
 
   def __post_init__(self):
     require(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}", "use a positive number")
-    require(min(self.eval_every, self.log_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
-             "train.log_every", "intervals must be >= 0 (log_every >= 1)", "use e.g. 20")
+    require(
+      min(self.eval_every, self.log_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
+      "train.log_every",
+      "intervals must be >= 0 (log_every >= 1)",
+      "use e.g. 20",
+    )
     require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", "use 2")
     object.__setattr__(self, "evaluators", tuple(self.evaluators))
-    require(self.diag_batches >= 0, "train.diag_batches", f"must be >= 0, got {self.diag_batches}",
-            "use 1 (0: every eval batch)")
+    require(
+      self.diag_batches >= 0,
+      "train.diag_batches",
+      f"must be >= 0, got {self.diag_batches}",
+      "use 1 (0: every eval batch)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +297,12 @@ class MeshConfig:
   def __post_init__(self):
     require(self.devices >= 0, "mesh.devices", f"must be >= 0, got {self.devices}", "use 0 for all devices")
     sizes = (self.data, self.fsdp, self.expert, self.tensor)
-    require(all(s == -1 or s >= 1 for s in sizes) and sizes.count(-1) <= 1, "mesh",
-             f"axis sizes {sizes} must be positive with at most one -1", "e.g. --config.mesh.data=-1")
+    require(
+      all(s == -1 or s >= 1 for s in sizes) and sizes.count(-1) <= 1,
+      "mesh",
+      f"axis sizes {sizes} must be positive with at most one -1",
+      "e.g. --config.mesh.data=-1",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,8 +316,12 @@ class DistConfig:
 
   def __post_init__(self):
     require(self.num_processes >= 1, "dist.num_processes", "must be >= 1", "use 1 for single-process runs")
-    require(self.num_processes == 1 or bool(self.coordinator_address) or self.auto, "dist.coordinator_address",
-             "several processes need a coordinator", "pass --config.dist.coordinator_address=localhost:12345")
+    require(
+      self.num_processes == 1 or bool(self.coordinator_address) or self.auto,
+      "dist.coordinator_address",
+      "several processes need a coordinator",
+      "pass --config.dist.coordinator_address=localhost:12345",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,8 +341,12 @@ class Config:
 
   def __post_init__(self):
     arch = registry.DATASETS[self.data.kind].module.arch
-    require(self.model.arch == arch, "model.arch", f"arch={self.model.arch!r} cannot read data.kind="
-             f"{self.data.kind!r}", f"use model.arch={arch} for it (video: data.kind=moving_digits; lm: token data)")
+    require(
+      self.model.arch == arch,
+      "model.arch",
+      f"arch={self.model.arch!r} cannot read data.kind={self.data.kind!r}",
+      f"use model.arch={arch} for it (video: data.kind=moving_digits; lm: token data)",
+    )
     check = getattr(self.data.opts, "check", None)
     if check is not None:  # the dataset's constraints on other fields (its options' check)
       check(self)
@@ -377,8 +450,11 @@ def field_default(dotted: str) -> Any:
   lists); NO_DEFAULT for a field that does not exist. A field inside a default dataclass value (MLA's indexer) takes
   that value's field, not its class's default."""
   parts = dotted.split(".")
-  tables = {("model", "mixer_options"): registry.MIXERS, ("model", "ffn_options"): registry.FFNS,
-            ("data", "options"): registry.DATASETS}
+  tables = {
+    ("model", "mixer_options"): registry.MIXERS,
+    ("model", "ffn_options"): registry.FFNS,
+    ("data", "options"): registry.DATASETS,
+  }
   if len(parts) >= 4 and tuple(parts[:2]) in tables:
     registry.load_builtins()
     entry = tables[tuple(parts[:2])].get(parts[2])
@@ -406,7 +482,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
   out = plain(cfg)
   for kind in ("mixer", "ffn"):  # the options of the layers' own mixers/ffns, defaults filled in; no others
-    out["model"][f"{kind}_options"] = {name: plain(cfg.model.options(kind, name))
-                                       for name in sorted(set(cfg.model.layer_names(kind)))}
+    out["model"][f"{kind}_options"] = {
+      name: plain(cfg.model.options(kind, name)) for name in sorted(set(cfg.model.layer_names(kind)))
+    }
   out["data"]["options"] = {cfg.data.kind: plain(cfg.data.opts)}  # likewise the run's own dataset's
   return out

@@ -70,9 +70,11 @@ def check_decodable(module_cls: type, opts, name: str) -> None:
   """ConfigError naming mixer `name` when it cannot decode with `opts` (see why_not_decodable)."""
   why = why_not_decodable(module_cls, opts)
   if why:
-    raise ConfigError(f"model.mixer={name!r} cannot decode: {why}. Fix: decode a model whose mixers are causal "
-                      "(attention, local, fusion, sparse, block_sparse with score_by='token', nsa, mla, "
-                      "fast_weight, time_channel).")
+    raise ConfigError(
+      f"model.mixer={name!r} cannot decode: {why}. Fix: decode a model whose mixers are causal "
+      "(attention, local, fusion, sparse, block_sparse with score_by='token', nsa, mla, "
+      "fast_weight, time_channel)."
+    )
 
 
 def write(cache: jax.Array, new_BxTx: jax.Array, decode: Decode) -> jax.Array:
@@ -96,15 +98,20 @@ def state(module, name: str, shape: tuple[int, ...], dtype, fill: float = 0.0):
   return module.variable(CACHE, name, lambda: jnp.full(shape, fill, dtype))
 
 
-def attend(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxV: jax.Array, ok_BxTxS: jax.Array,
-           bias_BxTxS: jax.Array | None = None) -> jax.Array:
+def attend(
+  q_BxTxHxK: jax.Array,
+  k_BxSxGxK: jax.Array,
+  v_BxSxGxV: jax.Array,
+  ok_BxTxS: jax.Array,
+  bias_BxTxS: jax.Array | None = None,
+) -> jax.Array:
   """Softmax attention of the step's queries over cached keys where `ok` (float32 logits and softmax, as the
   training paths); G key/value heads, H/G query heads each; values may be narrower or wider than keys (MLA);
   `bias` is added to every head's logits (a sparse indexer's gate), or None."""
   B, T, H, K = q_BxTxHxK.shape
   G = k_BxSxGxK.shape[2]
   q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K)
-  logits = jnp.einsum("BTGRK,BSGK->BTGRS", q_BxTxGxRxK, k_BxSxGxK, preferred_element_type=jnp.float32) * K ** -0.5
+  logits = jnp.einsum("BTGRK,BSGK->BTGRS", q_BxTxGxRxK, k_BxSxGxK, preferred_element_type=jnp.float32) * K**-0.5
   if bias_BxTxS is not None:
     logits = logits + bias_BxTxS[:, :, None, None]
   logits = jnp.where(ok_BxTxS[:, :, None, None], logits, -jnp.inf)

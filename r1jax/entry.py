@@ -37,11 +37,14 @@ def check_overrides(argv: Sequence[str], name: str, cfg: ml_collections.ConfigDi
     for key in flag.split(".")[1:]:
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        close = (difflib.get_close_matches(flag, _leaves(cfg, name), n=1)
-                 or [f"{path}.{k}" for k in difflib.get_close_matches(key, known, n=1, cutoff=0.0)])
+        close = difflib.get_close_matches(flag, _leaves(cfg, name), n=1) or [
+          f"{path}.{k}" for k in difflib.get_close_matches(key, known, n=1, cutoff=0.0)
+        ]
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{arg}: unknown config field '{flag}'.{hint} Known fields of '{path}': {known}. Fix: "
-                          "correct the name (the driver's base config lists every field).")
+        raise ConfigError(
+          f"{arg}: unknown config field '{flag}'.{hint} Known fields of '{path}': {known}. Fix: "
+          "correct the name (the driver's base config lists every field)."
+        )
       node, path = node[key], f"{path}.{key}"
 
 
@@ -53,9 +56,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     raise ConfigError(f"{e}. Fix: see --helpshort for the flags and their types.") from None
 
 
-def run(main: Callable[[list[str]], None],
-        flag_configs: Mapping[str, ml_collections.ConfigDict | Callable[[], ml_collections.ConfigDict]] | None = None,
-        argv: Sequence[str] | None = None) -> None:
+def run(
+  main: Callable[[list[str]], None],
+  flag_configs: Mapping[str, ml_collections.ConfigDict | Callable[[], ml_collections.ConfigDict]] | None = None,
+  argv: Sequence[str] | None = None,
+) -> None:
   """Defines a ConfigDict flag per `flag_configs` entry (a ConfigDict, or a function returning one; --name.a.b=v
   overrides; main reads flags.FLAGS.name), then runs absl's `app.run(main)`. The overrides are checked first
   (ml_collections reads them as the flag is defined), and a ConfigError ends the program with one line on stderr and

@@ -32,8 +32,10 @@ def eval_step(model, diagnostics: bool = False) -> Callable:
 
   def step(state, batch: dict) -> tuple[dict, dict]:
     _, metrics, sums, _ = forward(model, state.params, state.model_state, batch, None, True, diagnostics)
-    return ({k: sums[k] for k in ("loss_sum", "correct_B", "count_B")},
-            {k: v for k, v in metrics.items() if k.startswith(("mixer/", "ffn/"))})
+    return (
+      {k: sums[k] for k in ("loss_sum", "correct_B", "count_B")},
+      {k: v for k, v in metrics.items() if k.startswith(("mixer/", "ffn/"))},
+    )
 
   return step
 
@@ -75,8 +77,11 @@ class Timed:
       diags = {k: diags.get(k, 0.0) + float(v) for k, v in diag.items()}
     count = max(float(sum(n.sum() for _, n, _ in rows)), 1.0)
     correct = float(sum(c.sum() for c, _, _ in rows))
-    return Seen({"eval/loss": float(loss_sum) / count, "eval/accuracy": correct / count},
-                {f"eval/{k}": v / max(len(rows), 1) for k, v in diags.items()}, rows)
+    return Seen(
+      {"eval/loss": float(loss_sum) / count, "eval/accuracy": correct / count},
+      {f"eval/{k}": v / max(len(rows), 1) for k, v in diags.items()},
+      rows,
+    )
 
 
 class Groups:
@@ -145,8 +150,9 @@ UNTIMED = {"groups": Groups, "bpc": BitsPerChar, "diagnostics": Diagnostics}
 def check_names(names: tuple[str, ...]) -> None:
   """ConfigError unless `names` (train.evaluators) is "timed" first, then distinct known names."""
   if not names or names[0] != "timed" or len(set(names)) != len(names) or set(names) - set(NAMES):
-    raise ConfigError(f"train.evaluators={tuple(names)!r} is invalid. Fix: list 'timed' first, then any of "
-                      f"{NAMES[1:]} once each.")
+    raise ConfigError(
+      f"train.evaluators={tuple(names)!r} is invalid. Fix: list 'timed' first, then any of {NAMES[1:]} once each."
+    )
 
 
 class Evaluation:

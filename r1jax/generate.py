@@ -33,9 +33,11 @@ class Sampling:
   seed: int = 0
 
   def __post_init__(self):
-    for ok, field, fix in ((self.temperature >= 0, "temperature", "use 0 (greedy) or more"),
-                           (self.top_k >= 0, "top_k", "use 0 (off) or a positive count"),
-                           (0 < self.top_p <= 1, "top_p", "use a probability in (0, 1]")):
+    for ok, field, fix in (
+      (self.temperature >= 0, "temperature", "use 0 (greedy) or more"),
+      (self.top_k >= 0, "top_k", "use 0 (off) or a positive count"),
+      (0 < self.top_p <= 1, "top_p", "use a probability in (0, 1]"),
+    ):
       if not ok:
         raise ConfigError(f"--{field}={getattr(self, field)} is invalid. Fix: {fix}.")
 
@@ -58,21 +60,26 @@ def sample(logits_BxV: jax.Array, key: jax.Array, s: Sampling) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "max_len", "sampling"))
-def generate_ids(model, params, prompts_BxT: jax.Array, lengths_B: jax.Array, *, max_new_tokens: int, max_len: int,
-                 sampling: Sampling) -> jax.Array:
+def generate_ids(
+  model, params, prompts_BxT: jax.Array, lengths_B: jax.Array, *, max_new_tokens: int, max_len: int, sampling: Sampling
+) -> jax.Array:
   """[B, max_new_tokens] sampled ids after each row's prompt (its first lengths[b] tokens): one prefill, then a
   scan of decoding steps, all in one compiled function."""
-  (logits_BxTxV, _), state = model.apply(params, prompts_BxT, decode=decoding.Decode.prefill(lengths_B, max_len),
-                                         mutable=[decoding.CACHE])
+  (logits_BxTxV, _), state = model.apply(
+    params, prompts_BxT, decode=decoding.Decode.prefill(lengths_B, max_len), mutable=[decoding.CACHE]
+  )
   last_BxV = jnp.take_along_axis(logits_BxTxV, (lengths_B - 1)[:, None, None], 1)[:, 0]
   key = jax.random.key(sampling.seed)
   first_B = sample(last_BxV, jax.random.fold_in(key, 0), sampling)
 
   def step(carry, i):
     cache, token_B = carry
-    (logits_Bx1xV, _), new = model.apply({**params, decoding.CACHE: cache}, token_B[:, None],
-                                         decode=decoding.Decode.step(lengths_B + i - 1, max_len),
-                                         mutable=[decoding.CACHE])
+    (logits_Bx1xV, _), new = model.apply(
+      {**params, decoding.CACHE: cache},
+      token_B[:, None],
+      decode=decoding.Decode.step(lengths_B + i - 1, max_len),
+      mutable=[decoding.CACHE],
+    )
     token_B = sample(logits_Bx1xV[:, 0], jax.random.fold_in(key, i), sampling)
     return (new[decoding.CACHE], token_B), token_B
 
@@ -84,8 +91,10 @@ def load(workdir: str):
   """(model, variables, dataset) of the newest checkpoint in `workdir`; ConfigError when it has none or its model
   cannot generate text."""
   if latest_step(workdir) is None:
-    raise ConfigError(f"--workdir={workdir!r} holds no checkpoint (no {os.path.join(workdir, 'checkpoints')}). Fix: "
-                      "pass the workdir of a trained run, e.g. results/dense_baseline/base/seed0.")
+    raise ConfigError(
+      f"--workdir={workdir!r} holds no checkpoint (no {os.path.join(workdir, 'checkpoints')}). Fix: "
+      "pass the workdir of a trained run, e.g. results/dense_baseline/base/seed0."
+    )
   ckpt = Checkpointer(workdir, 1, create=False)
   try:
     saved, meta = ckpt.restore_raw()
@@ -93,12 +102,16 @@ def load(workdir: str):
     ckpt.close()
   cfg = Config.from_dict(meta["config"])
   if cfg.model.arch != "lm":
-    raise ConfigError(f"--workdir={workdir!r} holds a {cfg.model.arch} model (model.arch={cfg.model.arch!r}); it "
-                      "classifies clips and cannot generate. Fix: pass the workdir of a language model run.")
+    raise ConfigError(
+      f"--workdir={workdir!r} holds a {cfg.model.arch} model (model.arch={cfg.model.arch!r}); it "
+      "classifies clips and cannot generate. Fix: pass the workdir of a language model run."
+    )
   data = make_dataset(cfg.data, cfg.seed)
   if not hasattr(data, "encode"):
-    raise ConfigError(f"--workdir={workdir!r} was trained on data.kind={cfg.data.kind!r}, which has no text "
-                      "vocabulary. Fix: pass a run trained on text (data.kind=text or tokens).")
+    raise ConfigError(
+      f"--workdir={workdir!r} was trained on data.kind={cfg.data.kind!r}, which has no text "
+      "vocabulary. Fix: pass a run trained on text (data.kind=text or tokens)."
+    )
   model = make_model(resolve_model_config(cfg.model, data.vocab_size))
   return model, {"params": saved["params"], **saved.get("model_state", {})}, data
 
@@ -112,18 +125,20 @@ def encode(prompts: list[str], data) -> tuple[np.ndarray, np.ndarray]:
   for p in prompts:
     missing = sorted({c for c in p if c not in data.chars}) if hasattr(data, "chars") else []
     if missing:
-      raise ConfigError(f"--prompt={p!r} has characters the vocabulary lacks: {missing}. Fix: use only characters of "
-                        "the training text.")
+      raise ConfigError(
+        f"--prompt={p!r} has characters the vocabulary lacks: {missing}. Fix: use only characters of the training text."
+      )
     rows.append(data.encode(p))
   T = max(len(r) for r in rows)
   ids = np.zeros((len(prompts), T), np.int32)
   for b, r in enumerate(rows):
-    ids[b, :len(r)] = r
+    ids[b, : len(r)] = r
   return ids, np.array([len(r) for r in rows], np.int32)
 
 
-def generate_text(workdir: str, prompts: list[str], max_new_tokens: int, sampling: Sampling = Sampling(),
-                  max_len: int = 0) -> list[str]:
+def generate_text(
+  workdir: str, prompts: list[str], max_new_tokens: int, sampling: Sampling = Sampling(), max_len: int = 0
+) -> list[str]:
   """Each prompt followed by `max_new_tokens` sampled tokens, decoded to text. max_len: the cache's positions (0: just
   enough); ConfigError when a prompt plus max_new_tokens does not fit."""
   if max_new_tokens < 1:
@@ -132,10 +147,19 @@ def generate_text(workdir: str, prompts: list[str], max_new_tokens: int, samplin
   ids, lengths = encode(prompts, data)
   need = int(lengths.max()) + max_new_tokens
   if max_len and need > max_len:
-    raise ConfigError(f"--prompt plus --max_new_tokens need {need} positions but --max_len={max_len}. Fix: raise "
-                      f"--max_len to >= {need} or ask for fewer tokens.")
-  out = generate_ids(model, nn.unbox(variables), jnp.asarray(ids), jnp.asarray(lengths),
-                     max_new_tokens=max_new_tokens, max_len=max_len or need, sampling=sampling)
+    raise ConfigError(
+      f"--prompt plus --max_new_tokens need {need} positions but --max_len={max_len}. Fix: raise "
+      f"--max_len to >= {need} or ask for fewer tokens."
+    )
+  out = generate_ids(
+    model,
+    nn.unbox(variables),
+    jnp.asarray(ids),
+    jnp.asarray(lengths),
+    max_new_tokens=max_new_tokens,
+    max_len=max_len or need,
+    sampling=sampling,
+  )
   return [p + data.decode(np.asarray(row).tolist()) for p, row in zip(prompts, out)]
 
 
@@ -154,8 +178,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint it opens at INFO
   if not FLAGS.workdir:
-    raise ConfigError("--workdir is required. Fix: pass a trained run's workdir, e.g. "
-                      "--workdir=results/dense_baseline/base/seed0.")
+    raise ConfigError(
+      "--workdir is required. Fix: pass a trained run's workdir, e.g. --workdir=results/dense_baseline/base/seed0."
+    )
   sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
   for text in generate_text(FLAGS.workdir, FLAGS.prompt, FLAGS.max_new_tokens, sampling, FLAGS.max_len):
     print(text)

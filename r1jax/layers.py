@@ -13,8 +13,9 @@ def dtype(name: str) -> jnp.dtype:
   return jnp.dtype(name)
 
 
-def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str | None], std: float | None,
-          param_dtype: str) -> jax.Array:
+def param(
+  module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str | None], std: float | None, param_dtype: str
+) -> jax.Array:
   """A parameter with logical axis names (for the sharding rules); std=None: ones (norm scales), 0: zeros."""
   init = nn.initializers.ones if std is None else nn.initializers.normal(std) if std else nn.initializers.zeros
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype(param_dtype))

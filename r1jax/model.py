@@ -25,8 +25,9 @@ class Block(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     cfg, aux = self.cfg, {}
     for kind, table in (("mixer", registry.MIXERS), ("ffn", registry.FFNS)):
       name = cfg.layer_names(kind)[self.layer]
@@ -56,10 +57,15 @@ class Transformer(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxT: jax.Array, *, deterministic: bool = True,
-               target_pos_BxN: jax.Array | None = None,
-               embeddings_BxTxD: jax.Array | None = None,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self,
+    tokens_BxT: jax.Array,
+    *,
+    deterministic: bool = True,
+    target_pos_BxN: jax.Array | None = None,
+    embeddings_BxTxD: jax.Array | None = None,
+    decode: decoding.Decode | None = None,
+  ) -> tuple[jax.Array, dict]:
     """Args: tokens; deterministic (no dropout); target_pos: score only these positions; embeddings: input
     vectors used instead of the token lookup (gradient-based causality checks); decode: a prefill or decoding
     step with the `cache` collection mutable (r1jax/decoding.py)."""
@@ -114,7 +120,7 @@ def mask_padded_classes(logits_BxNxV: jax.Array, vocab_size: int) -> jax.Array:
 # Video classifier over patch clips [B, T, S, P] with space-time attention (TimeSformer, Bertasius et al. 2021;
 # ViViT, Arnab et al. 2021): patch embedding + learned space and time position embeddings, pre-RMSNorm blocks of the
 # `spacetime` mixer and a registry feed-forward, mean pooling over all tokens, a linear head.
-# 
+#
 # Follows TimeSformer where variants differ: the space-only model gets no time embedding (its frames are an unordered
 # set, and its prediction averages them), and ViViT's factorised encoder (kind=factorised) prepends a learned CLS token to
 # each frame, runs the first half of the layers as space attention, keeps only the frames' CLS tokens, and runs the rest
@@ -161,8 +167,9 @@ class VideoTransformer(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, patches_BxTxSxP: jax.Array, *, deterministic: bool = True,
-               target_pos_BxN: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, patches_BxTxSxP: jax.Array, *, deterministic: bool = True, target_pos_BxN: jax.Array | None = None
+  ) -> tuple[jax.Array, dict]:
     if target_pos_BxN is not None:
       raise ValueError("a video model scores the whole clip; its batches carry no target_pos")
     cfg = self.cfg

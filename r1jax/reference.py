@@ -59,12 +59,19 @@ def spacetime_branch(x_BxTxSxD, wq_DxHxK, wk_DxHxK, wv_DxHxK, wo_HxKxD, axis):
   heads under the space mask, the second half under the time mask), from the definition in float32."""
   x = jnp.asarray(x_BxTxSxD, jnp.float32)
   B, T, S, D = x.shape
-  q, k, v = (jnp.einsum("bnd,dhk->bnhk", x.reshape(B, T * S, D), jnp.asarray(w, jnp.float32))
-             for w in (wq_DxHxK, wk_DxHxK, wv_DxHxK))
+  q, k, v = (
+    jnp.einsum("bnd,dhk->bnhk", x.reshape(B, T * S, D), jnp.asarray(w, jnp.float32))
+    for w in (wq_DxHxK, wk_DxHxK, wv_DxHxK)
+  )
   H = q.shape[2]
   if axis == "dot_product":
-    mask = np.concatenate([np.broadcast_to(spacetime_mask(T, S, "space"), (B, H // 2, T * S, T * S)),
-                           np.broadcast_to(spacetime_mask(T, S, "time"), (B, H - H // 2, T * S, T * S))], axis=1)
+    mask = np.concatenate(
+      [
+        np.broadcast_to(spacetime_mask(T, S, "space"), (B, H // 2, T * S, T * S)),
+        np.broadcast_to(spacetime_mask(T, S, "time"), (B, H - H // 2, T * S, T * S)),
+      ],
+      axis=1,
+    )
   else:
     mask = spacetime_mask(T, S, axis)
   o = attention(q, k, v, mask)
@@ -80,7 +87,7 @@ def channel_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
   for b in range(B):
     for t in range(T):
       for h in range(H):
-        logits_KxK = q[b, :t + 1, h].T @ k[b, :t + 1, h] / np.sqrt(t + 1)
+        logits_KxK = q[b, : t + 1, h].T @ k[b, : t + 1, h] / np.sqrt(t + 1)
         w = np.exp(logits_KxK - logits_KxK.max(-1, keepdims=True))
         out[b, t, h] = (w / w.sum(-1, keepdims=True)) @ v[b, t, h]
   return out
@@ -113,7 +120,7 @@ def topk_mask(scores_BxTxS, k):
   mask = np.zeros((B, T, T), bool)
   for b in range(B):
     for t in range(T):
-      order = np.argsort(-scores[b, t, :t + 1], kind="stable")
+      order = np.argsort(-scores[b, t, : t + 1], kind="stable")
       mask[b, t, order[:k]] = True
   return mask
 
@@ -139,7 +146,7 @@ def block_select_mask(q_BxTxHxK, k_BxTxGxK, block, n, per_token=True):
   for b in range(B):
     for g in range(G):
       heads = slice(g * (H // G), (g + 1) * (H // G))
-      kmean = [k[b, j * block:(j + 1) * block, g].sum(0) / block for j in range(nb)]
+      kmean = [k[b, j * block : (j + 1) * block, g].sum(0) / block for j in range(nb)]
       for t in range(T):
         i = t // block
         rows = [t] if per_token else range(i * block, (i + 1) * block)
@@ -147,7 +154,7 @@ def block_select_mask(q_BxTxHxK, k_BxTxGxK, block, n, per_token=True):
         scores = [qmean @ kmean[j] for j in range(i)]
         chosen = list(np.argsort(-np.asarray(scores), kind="stable")[:n]) + [i]
         for j in chosen:
-          mask[b, g, t, j * block:min((j + 1) * block, T)] = True
+          mask[b, g, t, j * block : min((j + 1) * block, T)] = True
   return mask & causal_mask(T)[None, None]
 
 
@@ -197,9 +204,9 @@ def moe_ffn(x_BxTxD, router_DxE, w1_ExDxF, w3_ExDxF, w2_ExFxD, opts, bias_E=None
       select = scores + bias
       size = E // opts.num_groups
       best = min(2, size) if opts.balance == "aux_free" else 1
-      group_score = [np.sort(select[g * size:(g + 1) * size])[::-1][:best].sum() for g in range(opts.num_groups)]
-      groups = np.argsort(-np.asarray(group_score), kind="stable")[:opts.topk_groups]
-      chosen = sorted((e for e in range(E) if e // size in groups), key=lambda e: -select[e])[:opts.top_k]
+      group_score = [np.sort(select[g * size : (g + 1) * size])[::-1][:best].sum() for g in range(opts.num_groups)]
+      groups = np.argsort(-np.asarray(group_score), kind="stable")[: opts.topk_groups]
+      chosen = sorted((e for e in range(E) if e // size in groups), key=lambda e: -select[e])[: opts.top_k]
       gates = scores[chosen] / (scores[chosen].sum() if opts.norm_topk else 1.0) * opts.route_scale
       for j, (e, g) in enumerate(zip(chosen, gates)):
         ids[b, t, j] = e
@@ -229,7 +236,7 @@ def nsa_branches(q_BxTxHxK, kv_cmp, kv_slc, kv_win, opts, mlp_k=None, mlp_v=None
     a = np.asarray(a_BxTxGxK, np.float64)
     out = np.zeros((B, M, G, K))
     for i in range(M):
-      block_BxLxGxK = a[:, i * d:i * d + l]
+      block_BxLxGxK = a[:, i * d : i * d + l]
       if opts.compress == "mean":
         out[:, i] = block_BxLxGxK.mean(1)
       else:
@@ -257,7 +264,7 @@ def nsa_branches(q_BxTxHxK, kv_cmp, kv_slc, kv_win, opts, mlp_k=None, mlp_v=None
   for b in range(B):
     for g in range(G):
       for t in range(T):
-        p_i = p_cmp[b, t, g * (H // G):(g + 1) * (H // G)].sum(0)  # summed over the group's query heads
+        p_i = p_cmp[b, t, g * (H // G) : (g + 1) * (H // G)].sum(0)  # summed over the group's query heads
         score = np.full(NB, -np.inf)
         for j in range(NB):
           if j * ls <= t:  # the block has started by t
@@ -266,10 +273,10 @@ def nsa_branches(q_BxTxHxK, kv_cmp, kv_slc, kv_win, opts, mlp_k=None, mlp_v=None
         for j in (0, own, own - 1):
           if j >= 0:
             score[j] = np.inf
-        picked = np.argsort(-score, kind="stable")[:min(n, NB)]
+        picked = np.argsort(-score, kind="stable")[: min(n, NB)]
         for j in picked:
           if score[j] > -np.inf:
-            chosen[b, g, t, j * ls:min((j + 1) * ls, t + 1)] = True
+            chosen[b, g, t, j * ls : min((j + 1) * ls, t + 1)] = True
   mask_BxHxTxT = np.repeat(chosen, H // G, axis=1)
   o_slc = np.asarray(attention(q_BxTxHxK, kv_slc[0], kv_slc[1], mask_BxHxTxT))
   o_win = np.asarray(attention(q_BxTxHxK, kv_win[0], kv_win[1], window_mask(T, opts.window)))

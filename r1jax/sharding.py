@@ -16,24 +16,24 @@ BATCH_AXES = ("data", "fsdp", "expert")  # the batch is split over every axis bu
 
 # Logical axis name -> mesh axes. Layers speak only these logical names; mesh axis names live only here.
 RULES = (
-    # parameters
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("mlp", "tensor"),
-    ("expert", "expert"),
-    ("norm", None),
-    # activations
-    ("act_batch", BATCH_AXES),
-    ("act_expert_batch", ("data", "fsdp")),  # MoE expert buffers: the batch leaves the expert axis to the experts
-    ("act_expert", "expert"),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv", None),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
+  # parameters
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv", None),
+  ("mlp", "tensor"),
+  ("expert", "expert"),
+  ("norm", None),
+  # activations
+  ("act_batch", BATCH_AXES),
+  ("act_expert_batch", ("data", "fsdp")),  # MoE expert buffers: the batch leaves the expert axis to the experts
+  ("act_expert", "expert"),
+  ("act_length", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_kv", None),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
 )
 
 
@@ -43,13 +43,17 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
   fixed = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % fixed:
-      raise ConfigError(f"mesh: fixed axes {dict(zip(MESH_AXES, sizes))} (product {fixed}) do not divide the "
-                        f"{num_devices} devices. Fix: choose sizes whose product divides {num_devices}.")
+      raise ConfigError(
+        f"mesh: fixed axes {dict(zip(MESH_AXES, sizes))} (product {fixed}) do not divide the "
+        f"{num_devices} devices. Fix: choose sizes whose product divides {num_devices}."
+      )
     sizes[sizes.index(-1)] = num_devices // fixed
   if math.prod(sizes) != num_devices:
-    raise ConfigError(f"mesh: {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but "
-                      f"{num_devices} are available. Fix: make the product equal {num_devices}, or set one axis "
-                      "to -1 (e.g. --config.mesh.data=-1).")
+    raise ConfigError(
+      f"mesh: {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but "
+      f"{num_devices} are available. Fix: make the product equal {num_devices}, or set one axis "
+      "to -1 (e.g. --config.mesh.data=-1)."
+    )
   return tuple(sizes)
 
 
@@ -59,9 +63,11 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     devices = jax.devices()
     if cfg.devices:
       if cfg.devices > len(devices) or jax.process_count() > 1:
-        raise ConfigError(f"mesh.devices={cfg.devices}: only {len(devices)} devices in {jax.process_count()} "
-                          "process(es). Fix: use 0 (all devices), or a smaller count in single-process runs.")
-      devices = devices[:cfg.devices]
+        raise ConfigError(
+          f"mesh.devices={cfg.devices}: only {len(devices)} devices in {jax.process_count()} "
+          "process(es). Fix: use 0 (all devices), or a smaller count in single-process runs."
+        )
+      devices = devices[: cfg.devices]
   shape = mesh_shape(cfg, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
@@ -70,13 +76,13 @@ def check_divisibility(model: ModelConfig, batch_size: int, eval_batch_size: int
   """Sharded dimensions must divide evenly; raises ConfigError before compilation otherwise."""
   n_batch = math.prod(mesh.shape[a] for a in BATCH_AXES)
   checks = [
-      ("data.batch_size", batch_size, n_batch, "data*fsdp*expert mesh axes"),
-      ("data.eval_batch_size", eval_batch_size, n_batch, "data*fsdp*expert mesh axes"),
-      ("model.num_heads", model.num_heads, mesh.shape["tensor"], "mesh.tensor"),
-      ("model.num_kv_heads", model.num_kv_heads or model.num_heads, mesh.shape["tensor"], "mesh.tensor"),
-      ("model.d_ff", model.hidden_ff, mesh.shape["tensor"], "mesh.tensor"),
-      ("model.d_model", model.d_model, mesh.shape["fsdp"], "mesh.fsdp"),
-      ("model.pad_vocab_to", model.padded_vocab, mesh.shape["tensor"], "mesh.tensor"),
+    ("data.batch_size", batch_size, n_batch, "data*fsdp*expert mesh axes"),
+    ("data.eval_batch_size", eval_batch_size, n_batch, "data*fsdp*expert mesh axes"),
+    ("model.num_heads", model.num_heads, mesh.shape["tensor"], "mesh.tensor"),
+    ("model.num_kv_heads", model.num_kv_heads or model.num_heads, mesh.shape["tensor"], "mesh.tensor"),
+    ("model.d_ff", model.hidden_ff, mesh.shape["tensor"], "mesh.tensor"),
+    ("model.d_model", model.d_model, mesh.shape["fsdp"], "mesh.fsdp"),
+    ("model.pad_vocab_to", model.padded_vocab, mesh.shape["tensor"], "mesh.tensor"),
   ]
   for kind in ("mixer", "ffn"):  # option sets that shard their own dimensions (e.g. MoE experts) say which
     for name in sorted(set(model.layer_names(kind))):
@@ -114,8 +120,9 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, rows: np.ndarray | None = None,
-              total: int = 0) -> dict[str, jax.Array]:
+def put_batch(
+  batch: dict[str, np.ndarray], mesh: Mesh, rows: np.ndarray | None = None, total: int = 0
+) -> dict[str, jax.Array]:
   """Numpy batch -> global arrays sharded over the batch axes (each process fills its own shards). `batch` is the
   global batch, or, with `rows`, only those rows (sorted global indices, at least this process's) of a global batch
   of `total` rows."""
@@ -126,8 +133,11 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, rows: np.ndarray | None 
   def put(x: np.ndarray) -> jax.Array:
     if rows is None:
       return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda idx: x[idx])
-    return jax.make_array_from_callback((total,) + x.shape[1:], batch_sharding(mesh, x.ndim),
-                                        lambda idx: x[(where[np.arange(total)[idx[0]]],) + tuple(idx[1:])])
+    return jax.make_array_from_callback(
+      (total,) + x.shape[1:],
+      batch_sharding(mesh, x.ndim),
+      lambda idx: x[(where[np.arange(total)[idx[0]]],) + tuple(idx[1:])],
+    )
 
   return {k: put(v) for k, v in batch.items()}
 

@@ -35,15 +35,22 @@ class TrainState:
   model_state: Any  # non-parameter variable collections updated by the forward pass (e.g. routing biases)
 
 
-def make_optimizer(cfg: OptimConfig, steps: int,
-                   phases: tuple[int, ...] = (0,)) -> tuple[optax.Schedule, optax.GradientTransformation]:
+def make_optimizer(
+  cfg: OptimConfig, steps: int, phases: tuple[int, ...] = (0,)
+) -> tuple[optax.Schedule, optax.GradientTransformation]:
   """AdamW with linear warm-up and cosine decay to lr*min_lr_ratio (restarted at each data phase start in `phases`
   with `cfg.restart_per_phase`); weight decay on matrices only."""
   starts = sorted({0, *(p for p in phases if 0 < p < steps)}) if cfg.restart_per_phase else [0]
   ends = starts[1:] + [steps]
-  schedule = optax.join_schedules([optax.warmup_cosine_decay_schedule(
-      0.0, cfg.lr, cfg.warmup_steps, max(end - start, cfg.warmup_steps + 1), cfg.lr * cfg.min_lr_ratio)
-      for start, end in zip(starts, ends)], starts[1:])
+  schedule = optax.join_schedules(
+    [
+      optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, cfg.warmup_steps, max(end - start, cfg.warmup_steps + 1), cfg.lr * cfg.min_lr_ratio
+      )
+      for start, end in zip(starts, ends)
+    ],
+    starts[1:],
+  )
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   adamw = optax.adamw(schedule, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
   return schedule, optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip else adamw
@@ -54,8 +61,10 @@ def resolve_model_config(cfg: ModelConfig, data_vocab: int) -> ModelConfig:
   if cfg.vocab_size == 0:
     return dataclasses.replace(cfg, vocab_size=data_vocab)
   if cfg.vocab_size < data_vocab:
-    raise ConfigError(f"model.vocab_size={cfg.vocab_size} is smaller than the dataset's {data_vocab} tokens. "
-                      "Fix: set --config.model.vocab_size=0 to take it from the data.")
+    raise ConfigError(
+      f"model.vocab_size={cfg.vocab_size} is smaller than the dataset's {data_vocab} tokens. "
+      "Fix: set --config.model.vocab_size=0 to take it from the data."
+    )
   return cfg
 
 
@@ -71,8 +80,9 @@ def trainable_mask(params: Any, pattern: str) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, _: rx is None or bool(rx.search(param_name(path))), params)
 
 
-def make_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    trainable: str = ""):
+def make_train_step(
+  model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule, trainable: str = ""
+):
   """The pure step `train_step(state, batch, rng) -> (state, metrics)`; the step is folded into the key. Parameters
   outside `trainable` (optim.trainable) get no gradient and come out as the very arrays that went in."""
 
@@ -87,8 +97,9 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, schedu
 
     (_, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda m, new, old: new if m else old, mask, optax.apply_updates(state.params, updates),
-                          state.params)
+    params = jax.tree.map(
+      lambda m, new, old: new if m else old, mask, optax.apply_updates(state.params, updates), state.params
+    )
     metrics = {f"train/{k}": v for k, v in metrics.items()}
     metrics.update({"train/grad_norm": optax.tree.norm(grads), "train/lr": schedule(state.step)})
     return TrainState(state.step + 1, params, opt_state, model_state), metrics
@@ -96,8 +107,9 @@ def make_train_step(model: Transformer, tx: optax.GradientTransformation, schedu
   return train_step
 
 
-def initial_state(model: Transformer, tx: optax.GradientTransformation, batch: dict[str, np.ndarray],
-                  rng: jax.Array) -> TrainState:
+def initial_state(
+  model: Transformer, tx: optax.GradientTransformation, batch: dict[str, np.ndarray], rng: jax.Array
+) -> TrainState:
   """A fresh TrainState for batches shaped like `batch`, its parameters boxed with their logical axis names."""
   inputs = jnp.zeros(batch["inputs"].shape, batch["inputs"].dtype)  # token ids, or video patches
   pos = jnp.zeros(batch["target_pos"].shape, jnp.int32) if "target_pos" in batch else None
@@ -106,21 +118,34 @@ def initial_state(model: Transformer, tx: optax.GradientTransformation, batch: d
   return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), dict(variables))
 
 
-def init_train_state(model: Transformer, tx: optax.GradientTransformation, batch: dict[str, np.ndarray], seed: int,
-                     mesh) -> tuple[TrainState, Any]:
+def init_train_state(
+  model: Transformer, tx: optax.GradientTransformation, batch: dict[str, np.ndarray], seed: int, mesh
+) -> tuple[TrainState, Any]:
   """Sharded TrainState for batches shaped like `batch` (see sharding.init_sharded), and its shardings."""
   return sharding.init_sharded(lambda rng: initial_state(model, tx, batch, rng), jax.random.key(seed), mesh)
 
 
-def compile_train_step(model: Transformer, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                       state: TrainState, state_sh: Any, batch: dict[str, jax.Array], rng: jax.Array, mesh,
-                       trainable: str = ""):
+def compile_train_step(
+  model: Transformer,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  state: TrainState,
+  state_sh: Any,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  mesh,
+  trainable: str = "",
+):
   """The train step jitted with the state's shardings in and out (state donated), compiled for `batch`'s shapes
   and shardings (as placed by sharding.put_batch)."""
   replicated = NamedSharding(mesh, P())
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    step = jax.jit(make_train_step(model, tx, schedule, trainable), donate_argnums=0,
-                   in_shardings=(state_sh, None, replicated), out_shardings=(state_sh, replicated))
+    step = jax.jit(
+      make_train_step(model, tx, schedule, trainable),
+      donate_argnums=0,
+      in_shardings=(state_sh, None, replicated),
+      out_shardings=(state_sh, replicated),
+    )
     return step.lower(state, batch, rng).compile()
 
 
@@ -130,8 +155,9 @@ def init_distributed(cfg: DistConfig) -> None:
     if cfg.auto:
       jax.distributed.initialize()
     else:
-      jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes,
-                                 cfg.process_id if cfg.process_id >= 0 else None)
+      jax.distributed.initialize(
+        cfg.coordinator_address, cfg.num_processes, cfg.process_id if cfg.process_id >= 0 else None
+      )
 
 
 def static_memory_bytes(compiled) -> float:
@@ -178,9 +204,11 @@ def start_from_run(state: TrainState, workdir: str) -> tuple[TrainState, dict]:
         return current
       value = np.asarray(source[name])
       if value.shape != current.shape:
-        raise ConfigError(f"train.init_from: {collection} '{name}' has shape {value.shape} in {workdir!r} but "
-                          f"{current.shape} in this model. Fix: start from a run of the same sizes, or leave "
-                          "train.init_from empty.")
+        raise ConfigError(
+          f"train.init_from: {collection} '{name}' has shape {value.shape} in {workdir!r} but "
+          f"{current.shape} in this model. Fix: start from a run of the same sizes, or leave "
+          "train.init_from empty."
+        )
       info["restored"] += 1
       value = value.astype(current.dtype)
       return jax.make_array_from_callback(current.shape, current.sharding, lambda idx: value[idx])
@@ -208,8 +236,10 @@ class Run:
     self.replicated = NamedSharding(self.mesh, P())
     self.evaluation = evaluators.Evaluation(self, cfg.train.evaluators, eval_steps)
     if cfg.train.init_from and latest_step(cfg.train.init_from) is None:
-      raise ConfigError(f"train.init_from={cfg.train.init_from!r} holds no checkpoint. Fix: pass the workdir of a "
-                        "run that has saved one (its <workdir>/checkpoints), or train that run first.")
+      raise ConfigError(
+        f"train.init_from={cfg.train.init_from!r} holds no checkpoint. Fix: pass the workdir of a "
+        "run that has saved one (its <workdir>/checkpoints), or train that run first."
+      )
 
   def init_state(self) -> tuple[TrainState, Any]:
     """Sharded TrainState from abstract shapes (see sharding.init_sharded) and its shardings."""
@@ -226,8 +256,10 @@ class Run:
     state, state_sh = self.init_state()
     if not any(jax.tree.leaves(trainable_mask(state.params, cfg.optim.trainable))):
       names = [param_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
-      raise ConfigError(f"optim.trainable={cfg.optim.trainable!r} matches no parameter. Fix: use a regex found in "
-                        f"names such as {names[:4]} (or '' to train all).")
+      raise ConfigError(
+        f"optim.trainable={cfg.optim.trainable!r} matches no parameter. Fix: use a regex found in "
+        f"names such as {names[:4]} (or '' to train all)."
+      )
     resume = bool(cfg.workdir) and latest_step(cfg.workdir) is not None
     started_from = None
     if tc.init_from and not resume:  # before this run writes anything: a mismatch leaves its workdir untouched
@@ -244,8 +276,9 @@ class Run:
     phases, shaped = self.data.phases, {}
     for first in [max(p for p in phases if p <= start)] + [p for p in phases if p > start]:
       batch = sharding.put_train_batch(self.data, first, self.mesh)
-      shaped[batch["inputs"].shape] = compile_train_step(self.model, self.tx, self.schedule, state, state_sh, batch,
-                                                         rng, self.mesh, self.cfg.optim.trainable)
+      shaped[batch["inputs"].shape] = compile_train_step(
+        self.model, self.tx, self.schedule, state, state_sh, batch, rng, self.mesh, self.cfg.optim.trainable
+      )
     self.compiled = shaped[batch["inputs"].shape]  # the run's own shape: FLOPs and memory are reported for it
     return shaped
 
@@ -262,8 +295,14 @@ class Run:
     shaped = self._compile_steps(state, state_sh, start, base_rng)
     compile_sec = time.perf_counter() - t0
     flops_per_token = compiled_flops(self.compiled) * self.mesh.size / tokens_per_step
-    pbar = tqdm(total=tc.steps, initial=start, disable=not (self.is_main and tc.progress), unit="step",
-                dynamic_ncols=True, mininterval=1.0)
+    pbar = tqdm(
+      total=tc.steps,
+      initial=start,
+      disable=not (self.is_main and tc.progress),
+      unit="step",
+      dynamic_ncols=True,
+      mininterval=1.0,
+    )
     window = StepWindow(tokens_per_step, writer, pbar, self.ckpt)
     last_eval = None
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
@@ -274,8 +313,9 @@ class Run:
           done = step + 1
           window.add(done, metrics)
           eval_now = done == tc.steps or (tc.eval_every and done % tc.eval_every == 0)
-          ckpt_now = self.ckpt is not None and (done == tc.steps or
-                                                (tc.checkpoint_every and done % tc.checkpoint_every == 0))
+          ckpt_now = self.ckpt is not None and (
+            done == tc.steps or (tc.checkpoint_every and done % tc.checkpoint_every == 0)
+          )
           if done % tc.log_every == 0 or eval_now or ckpt_now:
             window.close(done)  # syncs; stops the run on a non-finite step
           if eval_now:
@@ -284,9 +324,20 @@ class Run:
             shown = {k: v for k, v in last_eval.items() if "/layer" not in k}  # per-layer values go to the logs
             pbar.write(f"step {done}: " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
           if ckpt_now:
-            self.ckpt.save(done, state, {"step": done, "config": to_dict(cfg), "data": {
-                "kind": cfg.data.kind, "seed": cfg.seed, "next_batch": done,
-                "sequences_seen": done * cfg.data.batch_size}})
+            self.ckpt.save(
+              done,
+              state,
+              {
+                "step": done,
+                "config": to_dict(cfg),
+                "data": {
+                  "kind": cfg.data.kind,
+                  "seed": cfg.seed,
+                  "next_batch": done,
+                  "sequences_seen": done * cfg.data.batch_size,
+                },
+              },
+            )
           if eval_now or ckpt_now:
             window.restart()  # eval and checkpoint time is not training time
         if last_eval is None:  # resumed at the end: evaluate the restored final state
@@ -297,17 +348,24 @@ class Run:
           self.ckpt.close()
         writer.close()
     result = {
-        "config": to_dict(cfg),
-        "num_params": num_params,
-        **({"init_from": started_from} if started_from else {}),
-        "final": last_eval,
-        "history": writer.records,
-        "perf": {"tokens_per_sec": window.tokens_per_sec, "eval_tokens_per_sec": self.evaluation.timed.tokens_per_sec,
-                 "flops_per_token": flops_per_token,
-                 "flops_per_sec": flops_per_token * window.tokens_per_sec,
-                 "memory_bytes": peak_memory_bytes(self.compiled), "compile_sec": compile_sec,
-                 "wall_sec": time.perf_counter() - t_start, "resumed_from": start, "devices": self.mesh.size,
-                 "processes": jax.process_count(), "backend": jax.default_backend()},
+      "config": to_dict(cfg),
+      "num_params": num_params,
+      **({"init_from": started_from} if started_from else {}),
+      "final": last_eval,
+      "history": writer.records,
+      "perf": {
+        "tokens_per_sec": window.tokens_per_sec,
+        "eval_tokens_per_sec": self.evaluation.timed.tokens_per_sec,
+        "flops_per_token": flops_per_token,
+        "flops_per_sec": flops_per_token * window.tokens_per_sec,
+        "memory_bytes": peak_memory_bytes(self.compiled),
+        "compile_sec": compile_sec,
+        "wall_sec": time.perf_counter() - t_start,
+        "resumed_from": start,
+        "devices": self.mesh.size,
+        "processes": jax.process_count(),
+        "backend": jax.default_backend(),
+      },
     }
     if self.is_main:
       atomic.save_result(result)  # <workdir>/result.json, atomically, once the run is finished
@@ -346,11 +404,16 @@ class StepWindow:
     bad = next(((s, l, g) for s, l, g in checks if not (np.isfinite(l) and np.isfinite(g))), None)
     if bad is not None:  # the loop's `finally` closes the checkpointer: a good save in flight completes
       last = self.ckpt.latest_step() if self.ckpt is not None else None
-      where = (f"the last good checkpoint is step {last} in {self.ckpt.dir}; rerunning resumes from it" if last
-               else "no checkpoint was written (workdir unset or none saved yet)")
-      raise NonFiniteError(f"train step {bad[0]}: loss={float(bad[1])}, grad_norm={float(bad[2])} is not "
-                           f"finite; the run stopped and nothing from this step was saved; {where}. Fix: lower "
-                           "optim.lr or raise optim.warmup_steps (or use model.dtype=float32), in a new workdir.")
+      where = (
+        f"the last good checkpoint is step {last} in {self.ckpt.dir}; rerunning resumes from it"
+        if last
+        else "no checkpoint was written (workdir unset or none saved yet)"
+      )
+      raise NonFiniteError(
+        f"train step {bad[0]}: loss={float(bad[1])}, grad_norm={float(bad[2])} is not "
+        f"finite; the run stopped and nothing from this step was saved; {where}. Fix: lower "
+        "optim.lr or raise optim.warmup_steps (or use model.dtype=float32), in a new workdir."
+      )
     self.checks = []
     metrics = jax.device_get(self.metrics)
     sec = time.perf_counter() - self.t

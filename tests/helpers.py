@@ -16,18 +16,30 @@ from r1jax.train import Run, compile_train_step
 # Mixer options small enough that every selection rule chooses at T = 12 (a key budget below the context), by
 # mixer name: the decoding and module-contract tests (test_decoding.py, test_contract.py) build mixers with them.
 SMALL_MIXER_OPTIONS = {
-    "local": {"window": 3}, "fusion": {"window": 3, "beta": "token"}, "routed": {"capacity": 0.5, "window": 4},
-    "sparse": {"top_k": 4, "query_chunk": 8}, "block_sparse": {"block_size": 2, "top_blocks": 2},
-    "nsa": {"cmp_block": 4, "cmp_stride": 2, "slc_block": 2, "top_blocks": 4, "window": 3, "query_chunk": 8},
-    "fast_weight": {"short_conv": 3},
+  "local": {"window": 3},
+  "fusion": {"window": 3, "beta": "token"},
+  "routed": {"capacity": 0.5, "window": 4},
+  "sparse": {"top_k": 4, "query_chunk": 8},
+  "block_sparse": {"block_size": 2, "top_blocks": 2},
+  "nsa": {"cmp_block": 4, "cmp_stride": 2, "slc_block": 2, "top_blocks": 4, "window": 3, "query_chunk": 8},
+  "fast_weight": {"short_conv": 3},
 }
+
 
 def small_model_config(kind: str, name: str, options: dict, **kw) -> ModelConfig:
   """A one-layer model (32 wide, 4 heads) with mixer or ffn (`kind`) `name` and its options, with 2 key/value
   groups where the mixer takes them (GQA coverage), else none (MLA's heads share one latent)."""
-  base = dict(vocab_size=40, num_layers=1, d_model=32, num_heads=4, d_ff=48, init_std=0.3,
-              arch="video" if kind == "mixer" and registry.is_video(name) else "lm",
-              **{kind: name, f"{kind}_options": {name: options}}, **kw)
+  base = dict(
+    vocab_size=40,
+    num_layers=1,
+    d_model=32,
+    num_heads=4,
+    d_ff=48,
+    init_std=0.3,
+    arch="video" if kind == "mixer" and registry.is_video(name) else "lm",
+    **{kind: name, f"{kind}_options": {name: options}},
+    **kw,
+  )
   try:
     return ModelConfig(num_kv_heads=2, **base)
   except ConfigError as e:
@@ -37,19 +49,34 @@ def small_model_config(kind: str, name: str, options: dict, **kw) -> ModelConfig
 
 
 # tiny_config overrides for a video classifier on moving digits (3 frames of 8 x 8, 4 x 4 patches)
-VIDEO = dict(model__arch="video", model__mixer="spacetime", data__kind="moving_digits", **{
-    f"data__options__moving_digits__{k}": v
-    for k, v in dict(frames=3, canvas=8, patch=4, num_test_examples=16).items()})
+VIDEO = dict(
+  model__arch="video",
+  model__mixer="spacetime",
+  data__kind="moving_digits",
+  **{
+    f"data__options__moving_digits__{k}": v for k, v in dict(frames=3, canvas=8, patch=4, num_test_examples=16).items()
+  },
+)
 
 
 def tiny_config(text: str = "", **overrides) -> Config:
   """A model and run small enough to compile and train in seconds; overrides are dotted keys written with '__';
   `text`: the text dataset's file (data.options.text.path)."""
   base = {
-      "model.num_layers": 2, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64,
-      "data.seq_len": 16, "data.batch_size": 8, "data.eval_batch_size": 8, "data.eval_max_batches": 2,
-      "train.steps": 4, "train.eval_every": 0, "train.log_every": 2, "train.checkpoint_every": 0,
-      "train.progress": False, "optim.warmup_steps": 2,
+    "model.num_layers": 2,
+    "model.d_model": 32,
+    "model.num_heads": 4,
+    "model.d_ff": 64,
+    "data.seq_len": 16,
+    "data.batch_size": 8,
+    "data.eval_batch_size": 8,
+    "data.eval_max_batches": 2,
+    "train.steps": 4,
+    "train.eval_every": 0,
+    "train.log_every": 2,
+    "train.checkpoint_every": 0,
+    "train.progress": False,
+    "optim.warmup_steps": 2,
   }
   base.update({"data.options.text.path": text} if text else {})
   base.update({k.replace("__", "."): v for k, v in overrides.items()})
@@ -58,8 +85,9 @@ def tiny_config(text: str = "", **overrides) -> Config:
 
 def mixer_config(d_model=32, heads=4, kv_heads=0, init_std=0.3):
   """A ModelConfig for mixer-level tests (a larger init std so that attention is far from uniform)."""
-  return tiny_config(text="x", model__d_model=d_model, model__num_heads=heads, model__num_kv_heads=kv_heads,
-                     model__init_std=init_std).model
+  return tiny_config(
+    text="x", model__d_model=d_model, model__num_heads=heads, model__num_kv_heads=kv_heads, model__init_std=init_std
+  ).model
 
 
 def apply_mixer(module, x, deterministic=False):
@@ -93,11 +121,9 @@ def one_run(text_file, mesh: dict, steps: int = 2, **overrides):
   state, state_sh = run.init_state()
   batches = [sharding.put_batch(run.data.train_batch(s), run.mesh) for s in range(steps)]
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
-    loss_grad = jax.jit(jax.value_and_grad(
-        lambda p, b: forward(run.model, p, state.model_state, b, None, True)[0]))
+    loss_grad = jax.jit(jax.value_and_grad(lambda p, b: forward(run.model, p, state.model_state, b, None, True)[0]))
     loss, grads = loss_grad(state.params, batches[0])
-    step = compile_train_step(run.model, run.tx, run.schedule, state, state_sh, batches[0], jax.random.key(0),
-                              run.mesh)
+    step = compile_train_step(run.model, run.tx, run.schedule, state, state_sh, batches[0], jax.random.key(0), run.mesh)
     for b in batches:
       state, metrics = step(state, b, jax.random.key(0))
   return state, jax.device_get((loss, grads, state.params, metrics))
@@ -125,8 +151,9 @@ def decode_logits(model, params, tokens_BxT, lengths_B, max_len):
   B, T = tokens_BxT.shape
   junk = jnp.where(jnp.arange(T)[None] < lengths_B[:, None], tokens_BxT, (tokens_BxT * 7 + 3) % 40)
   prefill = jax.jit(lambda p, t, L: model.apply(p, t, decode=decoding.Decode.prefill(L, max_len), mutable=["cache"]))
-  step = jax.jit(lambda p, c, t, pos: model.apply({**p, "cache": c}, t, decode=decoding.Decode.step(pos, max_len),
-                                                  mutable=["cache"]))
+  step = jax.jit(
+    lambda p, c, t, pos: model.apply({**p, "cache": c}, t, decode=decoding.Decode.step(pos, max_len), mutable=["cache"])
+  )
   (logits, _), state = prefill(params, junk, lengths_B)
   out = np.array(logits)
   cache, lengths = state["cache"], np.asarray(lengths_B)

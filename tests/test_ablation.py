@@ -19,10 +19,18 @@ pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the wh
 
 
 def _base(text_file):
-  return ablation.override(default_config(), {
-      k: v for k, v in to_dict(tiny_config(text=text_file, train__steps=6, train__eval_every=3,
-                                           mesh__devices=1, mesh__data=1)).items() if k != "model"} | {
-      "model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64}, "test")
+  return ablation.override(
+    default_config(),
+    {
+      k: v
+      for k, v in to_dict(
+        tiny_config(text=text_file, train__steps=6, train__eval_every=3, mesh__devices=1, mesh__data=1)
+      ).items()
+      if k != "model"
+    }
+    | {"model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64},
+    "test",
+  )
 
 
 def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):
@@ -32,8 +40,14 @@ def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):
     calls.append((cfg.model.num_layers, cfg.seed))
     return train(cfg)
 
-  abl = ablation.Ablation("toy", _base(text_file), {"one": {}, "two": {"model.num_layers": 2}}, seeds=(0, 1),
-                          baseline="one", results_dir=str(tmp_path / "res"))
+  abl = ablation.Ablation(
+    "toy",
+    _base(text_file),
+    {"one": {}, "two": {"model.num_layers": 2}},
+    seeds=(0, 1),
+    baseline="one",
+    results_dir=str(tmp_path / "res"),
+  )
   lines = []
   rows = ablation.run(abl, counting_train, log=lines.append)
   assert sorted(calls) == [(1, 0), (1, 1), (2, 0), (2, 1)]
@@ -79,15 +93,22 @@ def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):
   assert [r["variant"] for r in both["b"]] == ["one"] and os.path.exists(tmp_path / "res2" / "results.json")
 
   # A finished run of another config is stale: refused, naming the field, not silently reused.
-  longer = ablation.Ablation("toy", ablation.override(_base(text_file), {"train.steps": 7}, "longer"),
-                             {"one": {}}, seeds=(0,), baseline="one", results_dir=str(tmp_path / "res"))
+  longer = ablation.Ablation(
+    "toy",
+    ablation.override(_base(text_file), {"train.steps": 7}, "longer"),
+    {"one": {}},
+    seeds=(0,),
+    baseline="one",
+    results_dir=str(tmp_path / "res"),
+  )
   with pytest.raises(ConfigError, match="different 'train.steps' config"):
     ablation.run(longer, lambda cfg: pytest.fail("trained over a stale result"))
 
 
 def test_bad_variant_fails_before_any_training(text_file, tmp_path):
-  abl = ablation.Ablation("bad", _base(text_file), {"ok": {}, "bad": {"model.num_heads": 3}}, seeds=(0,),
-                          results_dir=str(tmp_path / "res"))
+  abl = ablation.Ablation(
+    "bad", _base(text_file), {"ok": {}, "bad": {"model.num_heads": 3}}, seeds=(0,), results_dir=str(tmp_path / "res")
+  )
   with pytest.raises(ConfigError, match="model.num_heads"):
     ablation.run(abl, lambda cfg: pytest.fail("trained before validating every variant"))
   assert not os.path.exists(tmp_path / "res")
@@ -106,8 +127,9 @@ def test_task_plan_per_task_defaults_and_limits():
 def test_a_run_with_a_non_finite_loss_is_a_failed_row_and_the_others_finish(text_file, tmp_path):
   # lr 1e30 without clipping: step 3's gradient norm is NaN (see test_train's non-finite test)
   nan = {"optim.lr": 1e30, "optim.warmup_steps": 4, "optim.grad_clip": 0.0, "train.checkpoint_every": 1}
-  abl = ablation.Ablation("toy", _base(text_file), {"ok": {}, "nan": nan}, seeds=(0,), baseline="ok",
-                          results_dir=str(tmp_path / "res"))
+  abl = ablation.Ablation(
+    "toy", _base(text_file), {"ok": {}, "nan": nan}, seeds=(0,), baseline="ok", results_dir=str(tmp_path / "res")
+  )
   lines = []
   rows = ablation.run(abl, log=lines.append)
   by = {r["variant"]: r for r in rows}
@@ -135,17 +157,28 @@ def test_an_option_of_an_unused_mixer_leaves_finished_results_valid(text_file, t
   lines = []
   ablation.run(dataclasses.replace(abl, base=_base(text_file)), lambda cfg: pytest.fail("retrained"), lines.append)
   assert any("one/seed0: finished earlier, skipping" in line for line in lines)
-  changed = dataclasses.replace(abl, base=ablation.override(_base(text_file), {
-      "model.mixer_options.attention.qkv_bias": True}, "used option"))
+  changed = dataclasses.replace(
+    abl, base=ablation.override(_base(text_file), {"model.mixer_options.attention.qkv_bias": True}, "used option")
+  )
   with pytest.raises(ConfigError, match=r"different 'model.mixer_options.attention.qkv_bias' config"):
     ablation.run(changed, lambda cfg: pytest.fail("trained over a stale result"))
 
 
 def test_ratios_are_taken_against_the_named_baseline_not_the_first_variant():
   def result(loss, tps):
-    return {"num_params": 10, "final": {"eval/loss": loss, "eval/accuracy": 0.5}, "history": [],
-            "perf": {"tokens_per_sec": tps, "eval_tokens_per_sec": tps, "flops_per_token": 1.0,
-                     "memory_bytes": 1.0, "wall_sec": 1.0}}
+    return {
+      "num_params": 10,
+      "final": {"eval/loss": loss, "eval/accuracy": 0.5},
+      "history": [],
+      "perf": {
+        "tokens_per_sec": tps,
+        "eval_tokens_per_sec": tps,
+        "flops_per_token": 1.0,
+        "memory_bytes": 1.0,
+        "wall_sec": 1.0,
+      },
+    }
+
   rows = reporting.summarise({("first", 0): result(2.0, 100.0), ("base", 0): result(4.0, 50.0)}, "base")
   by = {r["variant"]: r for r in rows}
   assert by["base"]["eval/loss:ratio"] == 1.0 and by["first"]["eval/loss:ratio"] == 0.5
@@ -156,10 +189,13 @@ def test_ratios_are_taken_against_the_named_baseline_not_the_first_variant():
 def test_bars_draw_error_bars_only_over_several_seeds_and_a_log_axis_over_decades():
   from matplotlib.container import BarContainer, ErrorbarContainer
 
-  rows = [{"variant": "a", "seeds": 3, "x": 1.0, "x:std": 0.1, "y": 1.0, "y:std": 0.0},
-          {"variant": "b", "seeds": 1, "x": 2.0, "x:std": 0.5, "y": 500.0, "y:std": 0.0}]
-  fig = reporting.bars(rows, [reporting.Panel("x", "x (units)", refs=((1.5, "anchor"),)),
-                              reporting.Panel("y", "y (units)", scale=2.0)])
+  rows = [
+    {"variant": "a", "seeds": 3, "x": 1.0, "x:std": 0.1, "y": 1.0, "y:std": 0.0},
+    {"variant": "b", "seeds": 1, "x": 2.0, "x:std": 0.5, "y": 500.0, "y:std": 0.0},
+  ]
+  fig = reporting.bars(
+    rows, [reporting.Panel("x", "x (units)", refs=((1.5, "anchor"),)), reporting.Panel("y", "y (units)", scale=2.0)]
+  )
   ax_x, ax_y = fig.axes
   errorbars = next(c for c in ax_x.containers if isinstance(c, ErrorbarContainer))
   segments = errorbars.lines[2][0].get_segments()
@@ -183,8 +219,10 @@ def test_a_variant_starts_from_another_variants_run_of_the_same_seed(text_file, 
   for path, b in jax.tree_util.tree_flatten_with_path(base)[0]:
     c = dict(jax.tree_util.tree_flatten_with_path(cont)[0])[path]
     assert np.array_equal(b, c) != ("mixer/wq" in jax.tree_util.keystr(path, separator="/", simple=True))
-  for bad, match in (({"a": {"train.init_from": "@nope"}}, "names no other variant"),
-                     ({"a": {"train.init_from": "@b"}, "b": {"train.init_from": "@a"}}, "in a cycle")):
+  for bad, match in (
+    ({"a": {"train.init_from": "@nope"}}, "names no other variant"),
+    ({"a": {"train.init_from": "@b"}, "b": {"train.init_from": "@a"}}, "in a cycle"),
+  ):
     with pytest.raises(ConfigError, match=match):
       ablation.run(ablation.Ablation("bad", _base(text_file), bad, seeds=(0,), results_dir=str(tmp_path / "bad")))
     assert not os.path.exists(tmp_path / "bad")  # refused before anything is written

@@ -54,7 +54,7 @@ def test_attention_is_causal_by_gradients():
   t = 5  # output at t must not depend on keys/values after t
   grads = jax.grad(lambda k, v: dense.causal_attention(q, k, v, "xla")[0, t].sum(), argnums=(0, 1))(k, v)
   for g in grads:
-    assert np.abs(g[0, t + 1:]).max() == 0.0
+    assert np.abs(g[0, t + 1 :]).max() == 0.0
     assert np.abs(g[0, : t + 1]).max() > 0.0
 
 

@@ -30,8 +30,12 @@ def test_both_branches_get_gradients_and_the_seed_scale_is_head_dim_to_the_minus
   x = jax.random.normal(jax.random.key(0), (2, 6, 16))
   scaled, plain = (TimeChannelAttention(cfg, TimeChannelOptions(seed_scale=s)) for s in (True, False))
   params = nn.meta.unbox(scaled.init(jax.random.key(1), x, deterministic=True))
-  np.testing.assert_allclose(scaled.apply(params, x, deterministic=True)[0],
-                             plain.apply(params, x, deterministic=True)[0] * 8 ** -0.5, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    scaled.apply(params, x, deterministic=True)[0],
+    plain.apply(params, x, deterministic=True)[0] * 8**-0.5,
+    rtol=1e-5,
+    atol=1e-7,
+  )
   grads = jax.grad(lambda p: (scaled.apply(p, x, deterministic=True)[0] ** 2).sum())(params)
   assert set(grads["params"]) == {"time", "channel"}
   for path, g in jax.tree_util.tree_leaves_with_path(grads):

@@ -11,8 +11,11 @@ from r1jax.lab import claims
 
 def _scales(runs, kind="mqar"):
   """results.json's "scale" of each finished run (reporting.scale)."""
-  return {label: {"num_layers": 2, "d_model": 64, "data": kind, "seq_len": 64, "steps": 100, "backend": "cpu"}
-          for label, run in runs.items() if "failed" not in run}
+  return {
+    label: {"num_layers": 2, "d_model": 64, "data": kind, "seq_len": 64, "steps": 100, "backend": "cpu"}
+    for label, run in runs.items()
+    if "failed" not in run
+  }
 
 
 def _write_task(folder, baseline, runs, kind="mqar"):
@@ -29,9 +32,14 @@ def _run(acc, loss, eval_tps, params=1000):
 
 
 def test_speed_quality_uses_per_seed_ratios_and_the_claimed_thresholds(tmp_path):
-  runs = {"dense/seed0": _run(0.9, 1.0, 100), "dense/seed1": _run(0.8, 1.0, 200),
-          "topk16/seed0": _run(0.9, 1.0, 400), "topk16/seed1": _run(0.8, 1.0, 600),  # 4x and 3x: mean 3.5
-          "block8x2/seed0": _run(0.45, 1.0, 1000), "block8x2/seed1": _run(0.4, 1.0, 2000)}  # 10x at half
+  runs = {
+    "dense/seed0": _run(0.9, 1.0, 100),
+    "dense/seed1": _run(0.8, 1.0, 200),
+    "topk16/seed0": _run(0.9, 1.0, 400),
+    "topk16/seed1": _run(0.8, 1.0, 600),  # 4x and 3x: mean 3.5
+    "block8x2/seed0": _run(0.45, 1.0, 1000),
+    "block8x2/seed1": _run(0.4, 1.0, 2000),
+  }  # 10x at half
   _write_task(tmp_path / "sparse" / "mqar", "dense", runs)
   found = claims.SpeedQuality(("topk16", "block8x2"), 3.2, 0.98, "accuracy")(str(tmp_path / "sparse" / "mqar"))
   assert [m.verdict for m in found] == [claims.SUPPORTED, claims.NOT_AT_SCALE]
@@ -50,30 +58,38 @@ def test_ledger_lists_every_claim_and_marks_missing_results_not_tested(tmp_path)
   text = claims.ledger(str(tmp_path))  # an empty results root
   table = [line for line in text.splitlines() if line.startswith("| 0")]
   assert len(table) == len(claims.CLAIMS)
-  assert all(claims.NOT_TESTED in line and "run `python experiments/" in line for line in table
-             if "| decode |" not in line)
+  assert all(
+    claims.NOT_TESTED in line and "run `python experiments/" in line for line in table if "| decode |" not in line
+  )
   assert sum("| decode |" in line and "run `python benchmarks/decode.py`" in line for line in table) == 2
 
 
 @pytest.mark.parametrize("step_sec,verdict", [(0.3, claims.SUPPORTED), (0.33, claims.NOT_AT_SCALE)])
 def test_decode_speed_verdict_from_the_benchmark_at_its_longest_context(tmp_path, step_sec, verdict):
   os.makedirs(tmp_path / "decode")
-  saved = {"backend": "cpu (cpu)", "contexts": [1024, 4096], "variants": {
-      "dense": {"step_sec_b1": [0.1, 1.0]}, "sparse": {"step_sec_b1": [1.0, step_sec]}},
-      "model": {"layers": 2, "d_model": 256, "heads": 4, "budget": 128, "dtype": "float32", "batch": 8}}
+  saved = {
+    "backend": "cpu (cpu)",
+    "contexts": [1024, 4096],
+    "variants": {"dense": {"step_sec_b1": [0.1, 1.0]}, "sparse": {"step_sec_b1": [1.0, step_sec]}},
+    "model": {"layers": 2, "d_model": 256, "heads": 4, "budget": 128, "dtype": "float32", "batch": 8},
+  }
   with open(tmp_path / "decode" / "report.json", "w") as f:
     json.dump(saved, f)
   (m,) = claims.DecodeSpeed(("sparse", "nsa"), 3.2)(str(tmp_path / "decode"))  # nsa not measured: no row
   assert m.verdict == verdict and "4,096 cached tokens" in m.scale and f"{1 / step_sec:.2f}x" in m.value
 
 
-@pytest.mark.parametrize("cache_bytes,loss,verdict", [(400, 1.0, claims.SUPPORTED), (420, 1.0, claims.NOT_AT_SCALE),
-                                                      (400, 1.03, claims.NOT_AT_SCALE)])
+@pytest.mark.parametrize(
+  "cache_bytes,loss,verdict",
+  [(400, 1.0, claims.SUPPORTED), (420, 1.0, claims.NOT_AT_SCALE), (400, 1.03, claims.NOT_AT_SCALE)],
+)
 def test_cache_cut_needs_the_cut_and_the_quality(tmp_path, cache_bytes, loss, verdict):
   _write_task(tmp_path / "kv" / "text", "mha", {"mha/seed0": _run(0, 1.0, 1), "mla/seed0": _run(0, loss, 1)})
   with open(tmp_path / "kv" / "report.json", "w") as f:
-    json.dump({"decode": {"variants": {"mha": {"cache_bytes_per_token": 1000},
-                                       "mla": {"cache_bytes_per_token": cache_bytes}}}}, f)
+    json.dump(
+      {"decode": {"variants": {"mha": {"cache_bytes_per_token": 1000}, "mla": {"cache_bytes_per_token": cache_bytes}}}},
+      f,
+    )
   (m,) = claims.CacheCut(("mla", "mqa"), 0.6, 0.98)(str(tmp_path / "kv" / "text"))
   assert m.verdict == verdict and f"{1 - cache_bytes / 1000:.0%} smaller cache than mha" in m.value
 
@@ -82,48 +98,95 @@ def test_cache_cut_needs_the_cut_and_the_quality(tmp_path, cache_bytes, loss, ve
 def test_complexity_verdict_from_the_saved_flops_slope(tmp_path, slope, verdict):
   os.makedirs(tmp_path / "sparse" / "mqar")
   T = [512, 1024, 2048, 4096, 8192]
-  cx = {v: {"lengths": T, "flops": [float(t) ** s for t in T], "slope": s} for v, s in (("dense", 2.0),
-                                                                                      ("topk16", slope))}
+  cx = {
+    v: {"lengths": T, "flops": [float(t) ** s for t in T], "slope": s} for v, s in (("dense", 2.0), ("topk16", slope))
+  }
   with open(tmp_path / "sparse" / "report.json", "w") as f:
     json.dump({"complexity": cx}, f)
   found = claims.Complexity(("topk16",))(str(tmp_path / "sparse" / "mqar"))
   assert [m.verdict for m in found] == ["-", verdict]
 
 
-@pytest.mark.parametrize("measure,variant,base,run,verdict", [
+@pytest.mark.parametrize(
+  "measure,variant,base,run,verdict",
+  [
     # MoE against dense_8x: >= 3x inference speed and < 1% more loss, both needed
-    (claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01), "top2", _run(0, 1.0, 100), _run(0, 1.005, 310),
-     claims.SUPPORTED),
-    (claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01), "top2", _run(0, 1.0, 100), _run(0, 1.005, 290),
-     claims.NOT_AT_SCALE),
-    (claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01), "top2", _run(0, 1.0, 100), _run(0, 1.02, 500),
-     claims.NOT_AT_SCALE),
+    (
+      claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01),
+      "top2",
+      _run(0, 1.0, 100),
+      _run(0, 1.005, 310),
+      claims.SUPPORTED,
+    ),
+    (
+      claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01),
+      "top2",
+      _run(0, 1.0, 100),
+      _run(0, 1.005, 290),
+      claims.NOT_AT_SCALE,
+    ),
+    (
+      claims.SpeedAtLoss(("top2",), "dense_8x", 3.0, 0.01),
+      "top2",
+      _run(0, 1.0, 100),
+      _run(0, 1.02, 500),
+      claims.NOT_AT_SCALE,
+    ),
     # fusion: >= 27% more accuracy than global attention
     (claims.AccuracyGain(("fusion_token",), 0.27), "fusion_token", _run(0.5, 1, 1), _run(0.64, 1, 1), claims.SUPPORTED),
-    (claims.AccuracyGain(("fusion_token",), 0.27), "fusion_token", _run(0.5, 1, 1), _run(0.62, 1, 1),
-     claims.NOT_AT_SCALE),
+    (
+      claims.AccuracyGain(("fusion_token",), 0.27),
+      "fusion_token",
+      _run(0.5, 1, 1),
+      _run(0.62, 1, 1),
+      claims.NOT_AT_SCALE,
+    ),
     # LLGG: >= 35% fewer parameters at >= 98% of the accuracy
     (claims.FewerParams("LLGG", 0.35, 0.98), "LLGG", _run(0.5, 1, 1, 1000), _run(0.5, 1, 1, 600), claims.SUPPORTED),
     (claims.FewerParams("LLGG", 0.35, 0.98), "LLGG", _run(0.5, 1, 1, 1000), _run(0.5, 1, 1, 700), claims.NOT_AT_SCALE),
-    (claims.FewerParams("LLGG", 0.35, 0.98), "LLGG", _run(0.5, 1, 1, 1000), _run(0.48, 1, 1, 600),
-     claims.NOT_AT_SCALE),
+    (claims.FewerParams("LLGG", 0.35, 0.98), "LLGG", _run(0.5, 1, 1, 1000), _run(0.48, 1, 1, 600), claims.NOT_AT_SCALE),
     # sparse attention: >= 3.2x speed at >= 98% of the accuracy
-    (claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy"), "topk16", _run(0.9, 1, 100), _run(0.89, 1, 330),
-     claims.SUPPORTED),
-    (claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy"), "topk16", _run(0.9, 1, 100), _run(0.87, 1, 330),
-     claims.NOT_AT_SCALE),
-    (claims.SpeedQuality(("topk16",), 3.2, 0.98, "loss"), "topk16", _run(0, 2.0, 100), _run(0, 2.1, 330),
-     claims.NOT_AT_SCALE),
+    (
+      claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy"),
+      "topk16",
+      _run(0.9, 1, 100),
+      _run(0.89, 1, 330),
+      claims.SUPPORTED,
+    ),
+    (
+      claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy"),
+      "topk16",
+      _run(0.9, 1, 100),
+      _run(0.87, 1, 330),
+      claims.NOT_AT_SCALE,
+    ),
+    (
+      claims.SpeedQuality(("topk16",), 3.2, 0.98, "loss"),
+      "topk16",
+      _run(0, 2.0, 100),
+      _run(0, 2.1, 330),
+      claims.NOT_AT_SCALE,
+    ),
     # the seed's "x2.3 long text": at least a lower loss
-    (claims.LossGain("time_channel", 2.3), "time_channel", _run(0, 2.0, 1), _run(0, 1.9, 1),
-     "a gain, not measurable as x2.3"),
+    (
+      claims.LossGain("time_channel", 2.3),
+      "time_channel",
+      _run(0, 2.0, 1),
+      _run(0, 1.9, 1),
+      "a gain, not measurable as x2.3",
+    ),
     (claims.LossGain("time_channel", 2.3), "time_channel", _run(0, 2.0, 1), _run(0, 2.1, 1), claims.NOT_AT_SCALE),
-])
-def test_each_measure_gives_its_verdict_on_either_side_of_its_threshold(tmp_path, measure, variant, base, run,
-                                                                       verdict):
+  ],
+)
+def test_each_measure_gives_its_verdict_on_either_side_of_its_threshold(tmp_path, measure, variant, base, run, verdict):
   baseline = getattr(measure, "baseline", "base")
-  _write_task(tmp_path / "task", "base", {"base/seed0": base, f"{variant}/seed0": run} if baseline == "base" else
-              {"base/seed0": base, f"{baseline}/seed0": base, f"{variant}/seed0": run})
+  _write_task(
+    tmp_path / "task",
+    "base",
+    {"base/seed0": base, f"{variant}/seed0": run}
+    if baseline == "base"
+    else {"base/seed0": base, f"{baseline}/seed0": base, f"{variant}/seed0": run},
+  )
   (m,) = measure(str(tmp_path / "task"))
   assert m.verdict == verdict, m.value
 
@@ -139,12 +202,23 @@ def test_compute_cut_verdict_on_either_side_of_65_percent(tmp_path, dense_flops,
 
 
 def test_a_failed_seed_is_left_out_of_the_ratios_and_the_scale(tmp_path):
-  runs = {"dense/seed0": _run(0.9, 1.0, 100), "dense/seed1": _run(0.8, 1.0, 200),
-          "topk16/seed0": _run(0.9, 1.0, 400), "topk16/seed1": {"failed": "train step 3: loss=nan"}}
+  runs = {
+    "dense/seed0": _run(0.9, 1.0, 100),
+    "dense/seed1": _run(0.8, 1.0, 200),
+    "topk16/seed0": _run(0.9, 1.0, 400),
+    "topk16/seed1": {"failed": "train step 3: loss=nan"},
+  }
   os.makedirs(tmp_path / "task")
   with open(tmp_path / "task" / "results.json", "w") as f:  # the failed run has no scale
-    json.dump({"name": "x", "baseline": "dense", "rows": [{"variant": "dense", "num_params": 1000},
-                                                          {"variant": "topk16", "num_params": 1000}], "runs": runs,
-               "scale": _scales(runs)}, f)
+    json.dump(
+      {
+        "name": "x",
+        "baseline": "dense",
+        "rows": [{"variant": "dense", "num_params": 1000}, {"variant": "topk16", "num_params": 1000}],
+        "runs": runs,
+        "scale": _scales(runs),
+      },
+      f,
+    )
   (m,) = claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy")(str(tmp_path / "task"))
   assert "topk16: 4.00x" in m.value and ", 1 seeds," in m.scale and m.verdict == claims.SUPPORTED

@@ -26,8 +26,11 @@ def committed_files() -> list[str]:
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_every_driver_has_its_default_run_committed(driver):
-  summaries = [p for p in committed_files() if os.path.basename(p) == "results.json"
-               and os.path.relpath(p, RESULTS).split(os.sep)[0] == driver]
+  summaries = [
+    p
+    for p in committed_files()
+    if os.path.basename(p) == "results.json" and os.path.relpath(p, RESULTS).split(os.sep)[0] == driver
+  ]
   assert summaries, f"results/{driver}/ holds no results.json. Fix: run `python experiments/{driver}.py` and commit it"
   for path in summaries:
     saved = reporting.load_summary(os.path.dirname(path))

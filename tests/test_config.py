@@ -16,17 +16,23 @@ from r1jax.errors import ConfigError
 from r1jax.train import Run
 
 
-@pytest.mark.parametrize("values,match", [
+@pytest.mark.parametrize(
+  "values,match",
+  [
     ({"model": {"num_heads": 3}}, r"model\.num_heads: 3 heads do not divide d_model=128.*Fix"),
     ({"model": {"num_kv_heads": 3}}, r"model\.num_kv_heads"),
     ({"model": {"mixer": "atention"}}, r"model\.mixer='atention' is not a registered name\. Did you mean 'attention'"),
     ({"model": {"mixer_pattern": ["attention", "nope"]}}, r"model\.mixer_pattern='nope'"),
     ({"model": {"ffn": "moe_not_yet"}}, r"model\.ffn='moe_not_yet'"),
-    ({"model": {"mixer_options": {"attention": {"implementation": "xla"}}}},
-     r"unknown config field 'model\.mixer_options\.attention\.implementation'\. Known fields: \['impl'"),
+    (
+      {"model": {"mixer_options": {"attention": {"implementation": "xla"}}}},
+      r"unknown config field 'model\.mixer_options\.attention\.implementation'\. Known fields: \['impl'",
+    ),
     ({"model": {"mixer_options": {"attention": {"impl": "flash"}}}}, r"model\.mixer_options\.attention: impl"),
-    ({"model": {"mixer_options": {"block_sparse": {"score_by": "head"}}}},
-     r"model\.mixer_options\.block_sparse: score_by='head' is unknown\. Fix: use one of \('token', 'block'\)"),
+    (
+      {"model": {"mixer_options": {"block_sparse": {"score_by": "head"}}}},
+      r"model\.mixer_options\.block_sparse: score_by='head' is unknown\. Fix: use one of \('token', 'block'\)",
+    ),
     ({"model": {"dtype": "float8"}}, r"model\.dtype"),
     ({"model": {"layers": 4}}, r"unknown config field 'model\.layers'"),
     ({"optimizer": {}}, r"unknown config field 'optimizer'\. Did you mean 'optim'"),
@@ -35,20 +41,37 @@ from r1jax.train import Run
     ({"data": {"kind": "images"}}, r"data\.kind"),
     ({"data": {"kind": "text", "options": {"text": {"path": ""}}}}, r"data\.options\.text: path: no text file"),
     ({"data": {"kind": "text", "options": {"text": {"paht": "x"}}}}, r"'data\.options\.text\.paht'.*'path'"),
-    ({"data": {"kind": "mqar", "seq_len": 32, "options": {"mqar": {"num_kv_pairs": 16}}}},
-     r"data\.options\.mqar\.num_kv_pairs.*seq_len >= 64"),
-    ({"data": {"kind": "mqar", "options": {"mqar": {"curriculum_steps": 10, "curriculum_seq_len": 64}}},
-      "train": {"steps": 20}}, r"data\.options\.mqar\.curriculum_seq_len: .*< seq_len=64"),
-    ({"data": {"kind": "mqar", "options": {"mqar": {"curriculum_steps": 10, "curriculum_seq_len": 40}}},
-      "train": {"steps": 20}}, r"data\.options\.mqar\.curriculum_seq_len: .*do not split into rows of 40"),
-    ({"data": {"kind": "mqar", "seq_len": 128, "options": {"mqar": {"curriculum_steps": 30}}},
-      "train": {"steps": 20}}, r"data\.options\.mqar\.curriculum_steps: 30 must be fewer than train\.steps=20"),
+    (
+      {"data": {"kind": "mqar", "seq_len": 32, "options": {"mqar": {"num_kv_pairs": 16}}}},
+      r"data\.options\.mqar\.num_kv_pairs.*seq_len >= 64",
+    ),
+    (
+      {
+        "data": {"kind": "mqar", "options": {"mqar": {"curriculum_steps": 10, "curriculum_seq_len": 64}}},
+        "train": {"steps": 20},
+      },
+      r"data\.options\.mqar\.curriculum_seq_len: .*< seq_len=64",
+    ),
+    (
+      {
+        "data": {"kind": "mqar", "options": {"mqar": {"curriculum_steps": 10, "curriculum_seq_len": 40}}},
+        "train": {"steps": 20},
+      },
+      r"data\.options\.mqar\.curriculum_seq_len: .*do not split into rows of 40",
+    ),
+    (
+      {"data": {"kind": "mqar", "seq_len": 128, "options": {"mqar": {"curriculum_steps": 30}}}, "train": {"steps": 20}},
+      r"data\.options\.mqar\.curriculum_steps: 30 must be fewer than train\.steps=20",
+    ),
     ({"data": {"kind": "passkey", "seq_len": 256}}, r"data\.options\.passkey\.length_fractions: the shortest"),
-    ({"data": {"kind": "listops", "seq_len": 32, "options": {"listops": {"min_len": 40}}}},
-     r"data\.options\.listops\.min_len"),
+    (
+      {"data": {"kind": "listops", "seq_len": 32, "options": {"listops": {"min_len": 40}}}},
+      r"data\.options\.listops\.min_len",
+    ),
     ({"mesh": {"data": -1, "fsdp": -1}}, r"mesh"),
     ({"dist": {"num_processes": 2}}, r"dist\.coordinator_address"),
-])
+  ],
+)
 def test_bad_config_names_field_and_fix(values, match):
   with pytest.raises(ConfigError, match=match):
     Config.from_dict(values)
@@ -114,9 +137,11 @@ def test_layer_schedule_from_the_command_line():
 
 def test_run_identity_covers_the_used_mixers_and_the_own_dataset_only():
   from r1jax.config import run_identity, to_dict
+
   text = run_identity(to_dict(tiny_config(text="x.txt")))
-  assert "data.options.text.path" in text and not any(k.startswith(("data.options.mqar", "data.options.listops"))
-                                                      for k in text)
+  assert "data.options.text.path" in text and not any(
+    k.startswith(("data.options.mqar", "data.options.listops")) for k in text
+  )
   assert "model.mixer_options.attention.impl" in text and not any(".local." in k for k in text)
   other_dataset = run_identity(to_dict(tiny_config(text="x.txt", data__options__mqar__vocab_size=99)))
   assert other_dataset == text
@@ -124,14 +149,19 @@ def test_run_identity_covers_the_used_mixers_and_the_own_dataset_only():
   saved["model"]["mixer_options"] = default_config().model.mixer_options.to_dict()
   saved["data"]["options"] = {**default_config().data.options.to_dict(), "text": saved["data"]["options"]["text"]}
   assert run_identity(saved) == text
-  mixed = run_identity(to_dict(tiny_config(text="x.txt", model__mixer_pattern=("attention", "local"),
-                                           model__mixer_options__local__window=4)))
+  mixed = run_identity(
+    to_dict(
+      tiny_config(text="x.txt", model__mixer_pattern=("attention", "local"), model__mixer_options__local__window=4)
+    )
+  )
   assert mixed["model.mixer_options.local.window"] == 4
 
 
 def test_configs_pickle_with_their_read_only_options():
   """A Config (and its ModelConfig) crosses to a worker process: pickled and back, equal, options still read-only."""
-  cfg = Config.from_dict(override(default_config(), {"model.mixer": "nsa", "model.mixer_options.nsa.window": 8}, "test"))
+  cfg = Config.from_dict(
+    override(default_config(), {"model.mixer": "nsa", "model.mixer_options.nsa.window": 8}, "test")
+  )
   back = pickle.loads(pickle.dumps(cfg))
   assert back == cfg and pickle.loads(pickle.dumps(cfg.model)) == cfg.model
   assert isinstance(back.model.mixer_options, types.MappingProxyType) and back.model.mixer_options["nsa"].window == 8

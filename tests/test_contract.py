@@ -92,9 +92,9 @@ def test_changing_later_tokens_leaves_earlier_outputs_unchanged(name):
   apply = jax.jit(lambda x: module.apply(params, x, deterministic=True)[0])
   y = np.asarray(apply(x))
   for t in (0, T // 2, T - 2):
-    later = jax.random.normal(jax.random.key(10 + t), x[:, t + 1:].shape) * 3.0
-    y2 = np.asarray(apply(x.at[:, t + 1:].set(later)))
-    np.testing.assert_allclose(y2[:, :t + 1], y[:, :t + 1], rtol=1e-5, atol=1e-5, err_msg=f"{name}, t={t}")
+    later = jax.random.normal(jax.random.key(10 + t), x[:, t + 1 :].shape) * 3.0
+    y2 = np.asarray(apply(x.at[:, t + 1 :].set(later)))
+    np.testing.assert_allclose(y2[:, : t + 1], y[:, : t + 1], rtol=1e-5, atol=1e-5, err_msg=f"{name}, t={t}")
 
 
 @pytest.mark.parametrize("kind,name", CASES, ids=IDS)
@@ -148,8 +148,13 @@ def test_sharded_equals_unsharded(kind, name):
   np.testing.assert_allclose(np.asarray(y), np.asarray(y0), rtol=2e-5, atol=2e-5)
   np.testing.assert_allclose(float(loss), float(loss0), rtol=1e-5, atol=1e-4)
   # float32 sums split over devices add in another order: an error relative to each gradient's own scale
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(
-      np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(b).max()))), g, g0)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(
+      np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(b).max()))
+    ),
+    g,
+    g0,
+  )
 
 
 def test_every_registered_module_is_in_the_contract():

@@ -17,8 +17,13 @@ from r1jax.errors import ConfigError
 
 
 def mqar_config(**options) -> DataConfig:
-  return DataConfig(kind="mqar", seq_len=64, batch_size=4, eval_batch_size=5, options={"mqar": dict(
-      num_kv_pairs=8, vocab_size=512, num_test_examples=12, **options)})
+  return DataConfig(
+    kind="mqar",
+    seq_len=64,
+    batch_size=4,
+    eval_batch_size=5,
+    options={"mqar": dict(num_kv_pairs=8, vocab_size=512, num_test_examples=12, **options)},
+  )
 
 
 MQAR = mqar_config()
@@ -28,7 +33,7 @@ def test_mqar_example_structure():
   rng = np.random.default_rng(0)
   V, T, N = 512, 64, 8
   inputs, pos, targets = mqar_example(rng, T, V, N, 0.01)
-  keys, values = inputs[0:2 * N:2], inputs[1:2 * N:2]
+  keys, values = inputs[0 : 2 * N : 2], inputs[1 : 2 * N : 2]
   assert inputs.shape == (T,) and pos.shape == targets.shape == (N,)
   assert np.all((keys >= 1) & (keys < V // 2)) and np.all((values >= V // 2) & (values < V))
   assert len(set(keys)) == N and len(set(values)) == N
@@ -44,7 +49,7 @@ def test_mqar_min_gap_puts_every_query_far_from_the_pairs_and_the_curriculum_kee
   for seed in range(20):
     inputs, pos, targets = mqar_example(np.random.default_rng(seed), T, 512, N, 0.01, min_gap=0.5)
     assert pos.min() >= 2 * N + 2 * (space // 2) and pos.max() < T
-    answer = dict(zip(inputs[0:2 * N:2], inputs[1:2 * N:2]))
+    answer = dict(zip(inputs[0 : 2 * N : 2], inputs[1 : 2 * N : 2]))
     assert [answer[inputs[p]] for p in pos] == list(targets)
   near = [mqar_example(np.random.default_rng(s), T, 512, N, 0.01)[1].min() for s in range(20)]
   assert min(near) < 2 * N + space  # Zoology's power law puts most queries right after the pairs
@@ -95,8 +100,13 @@ def test_mqar_fixed_train_set_cycles_in_epochs():
   assert not np.array_equal(data.train_batch(0)["inputs"], data.train_batch(2)["inputs"])  # reshuffled
 
 
-LISTOPS = DataConfig(kind="listops", seq_len=64, batch_size=16, eval_batch_size=16,
-                     options={"listops": {"min_len": 16, "num_test_examples": 32}})
+LISTOPS = DataConfig(
+  kind="listops",
+  seq_len=64,
+  batch_size=16,
+  eval_batch_size=16,
+  options={"listops": {"min_len": 16, "num_test_examples": 32}},
+)
 
 
 def test_listops_labels_equal_a_stack_machine_and_lengths_are_in_range():
@@ -105,15 +115,17 @@ def test_listops_labels_equal_a_stack_machine_and_lengths_are_in_range():
   batch = data.train_batch(0)
   assert data.vocab_size == listops.VOCAB_SIZE == 17
   for inputs, pos, target in zip(batch["inputs"], batch["target_pos"][:, 0], batch["targets"][:, 0]):
-    assert 16 <= pos <= 63 and inputs[pos] == listops.QUERY and np.all(inputs[pos + 1:] == listops.PAD)
+    assert 16 <= pos <= 63 and inputs[pos] == listops.QUERY and np.all(inputs[pos + 1 :] == listops.PAD)
     ops = (inputs[:pos] >= listops.OP0) & (inputs[:pos] < listops.CLOSE)
     assert np.all(inputs[:pos] != listops.PAD) and ops[0] and ops.sum() == (inputs[:pos] == listops.CLOSE).sum()
     assert target == listops.DIGIT0 + listops.evaluate(inputs)
   assert data.decode([11, 1, 10, 15, 16]) == "[MIN 0 9 ] ="
 
 
-@pytest.mark.parametrize("op,values,expected", [(0, [3, 1, 2], 1), (1, [3, 1, 2], 3), (2, [4, 1, 2, 9], 3),
-                                                (2, [5, 1, 9], 5), (3, [9, 8, 7], 4)])
+@pytest.mark.parametrize(
+  "op,values,expected",
+  [(0, [3, 1, 2], 1), (1, [3, 1, 2], 3), (2, [4, 1, 2, 9], 3), (2, [5, 1, 9], 5), (3, [9, 8, 7], 4)],
+)
 def test_listops_operators(op, values, expected):
   assert listops.apply(op, values) == expected
 
@@ -131,7 +143,9 @@ def test_text_split_batches_and_eval_tiling(text_file):
   data = TextData(cfg, 0)
   text = open(text_file).read()
   assert data.vocab_size == len(set(text))
-  assert len(data.train_ids) == int(len(text) * 0.9) and data.decode(data.val_ids[:20]) == text[len(data.train_ids):][:20]
+  assert (
+    len(data.train_ids) == int(len(text) * 0.9) and data.decode(data.val_ids[:20]) == text[len(data.train_ids) :][:20]
+  )
   batch = data.train_batch(5)
   np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
   np.testing.assert_array_equal(batch["inputs"], TextData(cfg, 0).train_batch(5)["inputs"])

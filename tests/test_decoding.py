@@ -17,14 +17,18 @@ from r1jax.errors import ConfigError
 
 registry.load_builtins()
 # extra cases (name, options) for the other rules and branches of a mixer
-EXTRA = [("sparse", {"select": "window", "top_k": 4}), ("sparse", {"select": "random", "top_k": 4}),
-         ("sparse", {"top_k": 4, "indexer_grad": "none", "indexer_loss": "kl", "detach_indexer_input": True}),
-         ("nsa", {"cmp_block": 4, "cmp_stride": 4, "slc_block": 4, "top_blocks": 3, "window": 2, "compress": "mean"}),
-         ("fast_weight", {"delta": True, "gate": "scalar"}), ("fast_weight", {"gate": "vector", "out_gate": True}),
-         ("time_channel", {"time": False}),
-         ("mla", {"sparse": True, "indexer": {"top_k": 4, "query_chunk": 8}}),
-         ("mla", {"q_rank": 12, "kv_rank": 10, "absorb": False}),
-         ("mla", {"sparse": True, "indexer": {"top_k": 4, "query_chunk": 8, "indexer_grad": "gate", "indexer_loss": "none"}})]
+EXTRA = [
+  ("sparse", {"select": "window", "top_k": 4}),
+  ("sparse", {"select": "random", "top_k": 4}),
+  ("sparse", {"top_k": 4, "indexer_grad": "none", "indexer_loss": "kl", "detach_indexer_input": True}),
+  ("nsa", {"cmp_block": 4, "cmp_stride": 4, "slc_block": 4, "top_blocks": 3, "window": 2, "compress": "mean"}),
+  ("fast_weight", {"delta": True, "gate": "scalar"}),
+  ("fast_weight", {"gate": "vector", "out_gate": True}),
+  ("time_channel", {"time": False}),
+  ("mla", {"sparse": True, "indexer": {"top_k": 4, "query_chunk": 8}}),
+  ("mla", {"q_rank": 12, "kv_rank": 10, "absorb": False}),
+  ("mla", {"sparse": True, "indexer": {"top_k": 4, "query_chunk": 8, "indexer_grad": "gate", "indexer_loss": "none"}}),
+]
 
 
 def _not_decodable(name: str, opts) -> str:
@@ -50,8 +54,9 @@ def _check_decode_equals_forward(cfg, T=12, lengths=(5, 1, 9)):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer,options", CASES, ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}"
-                                                      for n, o in CASES])
+@pytest.mark.parametrize(
+  "mixer,options", CASES, ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for n, o in CASES]
+)
 def test_prefill_then_steps_equal_the_full_forward(mixer, options):
   _check_decode_equals_forward(_config(mixer, options))
 
@@ -70,15 +75,17 @@ def test_every_registered_mixer_is_covered_or_says_why_it_cannot_decode():
     assert name in CAUSAL or _not_decodable(name, entry.options()), name
 
 
-@pytest.mark.parametrize("mixer,options,why", [("routed", {}, "later tokens"),
-                                               ("block_sparse", {"score_by": "block"}, "later queries")])
+@pytest.mark.parametrize(
+  "mixer,options,why", [("routed", {}, "later tokens"), ("block_sparse", {"score_by": "block"}, "later queries")]
+)
 def test_a_mixer_that_cannot_decode_is_one_clear_error(mixer, options, why):
   cfg = dataclasses.replace(_config("attention", {}), mixer=mixer, mixer_options={mixer: options})
   model = Transformer(cfg)
   tokens = jnp.zeros((1, 4), jnp.int32)
   with pytest.raises(ConfigError, match=f"model.mixer='{mixer}' cannot decode: .*{why}"):
-    jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), tokens,
-                                                  decode=decoding.Decode.prefill(jnp.ones(1), 8)))
+    jax.eval_shape(
+      lambda: model.init_with_output(jax.random.key(0), tokens, decode=decoding.Decode.prefill(jnp.ones(1), 8))
+    )
 
 
 def test_the_video_mixer_cannot_decode():

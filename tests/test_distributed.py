@@ -27,16 +27,32 @@ def _free_port() -> int:
 
 
 def _flags(text_file, workdir, **dist) -> dict:
-  return {"data.options.text.path": text_file, "data.seq_len": 16, "data.batch_size": 8, "data.eval_batch_size": 8,
-          "data.eval_max_batches": 3, "model.num_layers": 2, "model.d_model": 32, "model.num_heads": 4,
-          "model.d_ff": 64, "train.steps": 60, "train.eval_every": 30, "train.log_every": 10,
-          "train.checkpoint_every": 10, "train.progress": False, "mesh.data": 2, "mesh.fsdp": 2,
-          "workdir": workdir, **{f"dist.{k}": v for k, v in dist.items()}}
+  return {
+    "data.options.text.path": text_file,
+    "data.seq_len": 16,
+    "data.batch_size": 8,
+    "data.eval_batch_size": 8,
+    "data.eval_max_batches": 3,
+    "model.num_layers": 2,
+    "model.d_model": 32,
+    "model.num_heads": 4,
+    "model.d_ff": 64,
+    "train.steps": 60,
+    "train.eval_every": 30,
+    "train.log_every": 10,
+    "train.checkpoint_every": 10,
+    "train.progress": False,
+    "mesh.data": 2,
+    "mesh.fsdp": 2,
+    "workdir": workdir,
+    **{f"dist.{k}": v for k, v in dist.items()},
+  }
 
 
 def _cmd(text_file, workdir, **dist):
-  return [sys.executable, "-m", "r1jax.main"] + [f"--config.{k}={v}" for k, v in _flags(text_file, workdir,
-                                                                                           **dist).items()]
+  return [sys.executable, "-m", "r1jax.main"] + [
+    f"--config.{k}={v}" for k, v in _flags(text_file, workdir, **dist).items()
+  ]
 
 
 def _env(devices: int) -> dict:
@@ -45,15 +61,26 @@ def _env(devices: int) -> dict:
 
 def _two_processes(text_file, workdir):
   address = f"localhost:{_free_port()}"
-  return [subprocess.Popen(_cmd(text_file, workdir, coordinator_address=address, num_processes=2, process_id=i),
-                           env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  return [
+    subprocess.Popen(
+      _cmd(text_file, workdir, coordinator_address=address, num_processes=2, process_id=i),
+      env=_env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
 
 
 @pytest.mark.slow
 def test_two_processes_killed_mid_run_resume_to_the_one_process_result(text_file, tmp_path):
   # The reference: one process, the same 4-device mesh (the first 4 of this process's 8 CPU devices).
-  one = train(Config.from_dict(override(default_config(), {**_flags(text_file, str(tmp_path / "one")),
-                                                           "mesh.devices": 4}, "test")))
+  one = train(
+    Config.from_dict(
+      override(default_config(), {**_flags(text_file, str(tmp_path / "one")), "mesh.devices": 4}, "test")
+    )
+  )
   two = str(tmp_path / "two")
   procs = _two_processes(text_file, two)
   deadline = time.time() + 240

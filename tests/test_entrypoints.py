@@ -91,7 +91,8 @@ def _check_moe_dispatch(out, res):
   rows = [line.split("|")[3].strip() for line in out.splitlines() if line.startswith("| 64 | 4 |")]
   assert rows == ["route", "sort", "gather", "experts", "combine", "moe layer", "capacity layer", "dense SwiGLU"]
   assert out.splitlines()[[i for i, line in enumerate(out.splitlines()) if "| dense SwiGLU |" in line][0]].endswith(
-      "| 1.00 |")
+    "| 1.00 |"
+  )
   assert "Whole train steps" in out and len([line for line in out.splitlines() if line.startswith("| 64 | ")]) == 9
 
 
@@ -110,25 +111,38 @@ def _check_attention3d(out, res):
   assert "| attention3d_ablation/text |" in out.split("## Seed claims, judged")[1]
 
 
-@pytest.mark.parametrize("args,field", [
+@pytest.mark.parametrize(
+  "args,field",
+  [
     (["experiments/dense_baseline.py", "--config.model.num_hedas=2"], "Did you mean 'config.model.num_heads'"),
     (["experiments/sparse_attn_ablation.py", "--config.mqar.model.num_heads=3"], "model.num_heads: 3 heads"),
     (["experiments/moe_ablation.py", "--variants=top3"], "--variants: unknown ['top3']"),
     (["-m", "r1jax.main", "--config.bogus=1"], "unknown config field 'config.bogus'"),
-    (["-m", "r1jax.main", "--config.data.options.text.path=/no/such/file.txt"],
-     "data.options.text.path: text file '/no/such/file.txt'"),
+    (
+      ["-m", "r1jax.main", "--config.data.options.text.path=/no/such/file.txt"],
+      "data.options.text.path: text file '/no/such/file.txt'",
+    ),
     (["-m", "r1jax.main", "--config.train.steps=many"], "flag --config.train.steps=many"),
     (["-m", "r1jax.claims", "--resuls=x"], "Unknown command line flag 'resuls'"),
     (["-m", "r1jax.prepare", "--input=/no/such/*.txt", "--out=/tmp/r1jax_never"], "--input: '/no/such/*.txt' matches"),
     (["-m", "r1jax.main", "--preset=gpt3:nsa"], "preset name='gpt3' is unknown"),
-    (["-m", "r1jax.main", "--config.data.kind=tokens", "--config.data.options.tokens.path=/no/such/dir"],
-     "data.options.tokens.path: '/no/such/dir' holds no meta.json"),
+    (
+      ["-m", "r1jax.main", "--config.data.kind=tokens", "--config.data.options.tokens.path=/no/such/dir"],
+      "data.options.tokens.path: '/no/such/dir' holds no meta.json",
+    ),
     (["benchmarks/train_step.py", "--sizes=2x30x4"], "model.num_heads: 4 heads do not divide d_model=30"),
     (["benchmarks/attention_scaling.py", "--variants=dense,topk8"], "--variants: unknown 'topk8'"),
-])
+  ],
+)
 def test_a_bad_config_at_any_entry_point_is_one_line_and_exit_status_2(args, field, tmp_path):
-  out = subprocess.run([sys.executable] + args + [f"--results_dir={tmp_path / 'res'}"] * args[0].startswith("exp"),
-                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [sys.executable] + args + [f"--results_dir={tmp_path / 'res'}"] * args[0].startswith("exp"),
+    cwd=REPO,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   lines = [line for line in out.stderr.splitlines() if line.strip()]
   assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
   assert field in lines[0] and "Fix:" in lines[0]
@@ -146,33 +160,63 @@ README_COMMANDS = _readme_commands()
 # What each README command gets appended so that it runs in seconds (absl: the last value of a flag wins), and what
 # its output must show. A driver keeps the variants a command names, else runs one cheap variant; a driver's default
 # invocation (no flags) runs the smoke settings below and is checked.
-TINY_STEPS = ["--config.train.steps=2", "--config.train.eval_every=0", "--config.train.checkpoint_every=0",
-              "--config.data.eval_max_batches=1", "--config.train.progress=False"]
+TINY_STEPS = [
+  "--config.train.steps=2",
+  "--config.train.eval_every=0",
+  "--config.train.checkpoint_every=0",
+  "--config.data.eval_max_batches=1",
+  "--config.train.progress=False",
+]
 TINY = {
-    "r1jax.main": (TINY_STEPS, None),
-    "benchmarks/attention_scaling.py": (["--lengths=64", "--budget=8", "--d_model=32", "--heads=2", "--repeats=1",
-                                         "--variants=dense,local"], _check_scaling),
-    "benchmarks/recurrence_scaling.py": (["--lengths=64", "--d_model=32", "--heads=2", "--repeats=1",
-                                          "--variants=dense,fw_chunkwise"], _check_scaling),
-    "benchmarks/decode.py": (["--contexts=32,64", "--steps=4", "--d_model=32", "--heads=2", "--layers=1", "--batch=2",
-                              "--repeats=1", "--variants=dense,local"], _check_decode),
-    "benchmarks/train_step.py": (["--sizes=1x32x2,2x32x2", "--steps=2", "--seq_len=16", "--batch=4"],
-                                 _check_train_step),
-    "benchmarks/moe_dispatch.py": (["--tokens=64", "--experts=4", "--d_model=16", "--d_expert=8", "--seq_len=32",
-                                    "--layers=1", "--repeats=1"], _check_moe_dispatch),
+  "r1jax.main": (TINY_STEPS, None),
+  "benchmarks/attention_scaling.py": (
+    ["--lengths=64", "--budget=8", "--d_model=32", "--heads=2", "--repeats=1", "--variants=dense,local"],
+    _check_scaling,
+  ),
+  "benchmarks/recurrence_scaling.py": (
+    ["--lengths=64", "--d_model=32", "--heads=2", "--repeats=1", "--variants=dense,fw_chunkwise"],
+    _check_scaling,
+  ),
+  "benchmarks/decode.py": (
+    [
+      "--contexts=32,64",
+      "--steps=4",
+      "--d_model=32",
+      "--heads=2",
+      "--layers=1",
+      "--batch=2",
+      "--repeats=1",
+      "--variants=dense,local",
+    ],
+    _check_decode,
+  ),
+  "benchmarks/train_step.py": (["--sizes=1x32x2,2x32x2", "--steps=2", "--seq_len=16", "--batch=4"], _check_train_step),
+  "benchmarks/moe_dispatch.py": (
+    ["--tokens=64", "--experts=4", "--d_model=16", "--d_expert=8", "--seq_len=32", "--layers=1", "--repeats=1"],
+    _check_moe_dispatch,
+  ),
 }
-ONE_VARIANT = {"dense_baseline": "small", "mqar_dense": "d64", "sparse_attn_ablation": "dense",
-               "hierarchical_routing_ablation": "global", "context_rnn_ablation": "attention",
-               "moe_ablation": "dense", "attention3d_ablation": "space", "kv_cache_ablation": "mha"}
+ONE_VARIANT = {
+  "dense_baseline": "small",
+  "mqar_dense": "d64",
+  "sparse_attn_ablation": "dense",
+  "hierarchical_routing_ablation": "global",
+  "context_rnn_ablation": "attention",
+  "moe_ablation": "dense",
+  "attention3d_ablation": "space",
+  "kv_cache_ablation": "mha",
+}
 SMOKE = {
-    "sparse_attn_ablation": (["--variants=dense,dsa_warmup,dsa", "--tasks=passkey"], _check_sparse),  # DSA's chain
-    "hierarchical_routing_ablation": (["--tasks=listops", "--variants=global,fusion_token,routed25"],
-                                      _check_hierarchical),
-    "context_rnn_ablation": (["--tasks=mqar", "--variants=attention,scalar_k2,hybrid"], _check_context_rnn),
-    "moe_ablation": (["--variants=dense,dense_8x,top1"], _check_moe),
-    # motion: the appearance task's code path on other clips (skipped for time)
-    "attention3d_ablation": (["--variants=divided,space,time_channel", "--tasks=appearance,text"], _check_attention3d),
-    "kv_cache_ablation": (["--variants=mha,mla", "--tasks=shakespeare"], _check_kv_cache),
+  "sparse_attn_ablation": (["--variants=dense,dsa_warmup,dsa", "--tasks=passkey"], _check_sparse),  # DSA's chain
+  "hierarchical_routing_ablation": (
+    ["--tasks=listops", "--variants=global,fusion_token,routed25"],
+    _check_hierarchical,
+  ),
+  "context_rnn_ablation": (["--tasks=mqar", "--variants=attention,scalar_k2,hybrid"], _check_context_rnn),
+  "moe_ablation": (["--variants=dense,dense_8x,top1"], _check_moe),
+  # motion: the appearance task's code path on other clips (skipped for time)
+  "attention3d_ablation": (["--variants=divided,space,time_channel", "--tasks=appearance,text"], _check_attention3d),
+  "kv_cache_ablation": (["--variants=mha,mla", "--tasks=shakespeare"], _check_kv_cache),
 }
 
 
@@ -209,8 +253,9 @@ def test_readme_command_runs_as_written_with_tiny_step_counts(command, tmp_path)
     extra = extra + [f"--config.workdir={tmp_path / 'run'}"]
   elif target == "benchmarks/decode.py":  # never over the committed measurements
     extra = extra + [f"--out={tmp_path / 'decode.json'}"]
-  out = subprocess.run([sys.executable] + words[1:] + extra, cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=300)
+  out = subprocess.run(
+    [sys.executable] + words[1:] + extra, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
   if target.startswith("experiments/"):  # a driver prints its table and writes it (per task, if it has tasks)
     tables = [res / "results.md"] + [res / t / "results.md" for t in os.listdir(res)]

@@ -20,8 +20,16 @@ pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the wh
 def trained(tmp_path_factory):
   """A tiny character model trained for a few steps on Tiny Shakespeare, with a checkpoint."""
   workdir = str(tmp_path_factory.mktemp("gen") / "run")
-  Run(tiny_config(text=SHAKESPEARE, workdir=workdir, train__steps=6, train__checkpoint_every=6,
-                  model__mixer="local", model__mixer_options__local__window=4)).train()
+  Run(
+    tiny_config(
+      text=SHAKESPEARE,
+      workdir=workdir,
+      train__steps=6,
+      train__checkpoint_every=6,
+      model__mixer="local",
+      model__mixer_options__local__window=4,
+    )
+  ).train()
   return workdir
 
 
@@ -36,7 +44,9 @@ def test_top_k_1_is_greedy_and_rules_keep_only_what_they_allow():
   assert len(set(draws[:, 0])) > 1  # a sample, not the argmax
   probs = jax.nn.softmax(logits, -1)
   order = np.argsort(-np.asarray(probs), -1)
-  nucleus = [set(order[b, :int(np.searchsorted(np.cumsum(np.asarray(probs)[b, order[b]]), 0.6)) + 1]) for b in range(4)]
+  nucleus = [
+    set(order[b, : int(np.searchsorted(np.cumsum(np.asarray(probs)[b, order[b]]), 0.6)) + 1]) for b in range(4)
+  ]
   draws = np.stack([generate.sample(logits, jax.random.key(i), generate.Sampling(top_p=0.6)) for i in range(200)])
   assert all(set(draws[:, b]) <= nucleus[b] for b in range(4))
 
@@ -50,7 +60,8 @@ def test_same_seed_same_text_and_a_batch_decodes_each_prompt_as_alone(trained):
   s = generate.Sampling(temperature=1.0, seed=4)
   assert generate.generate_text(trained, prompts, 12, s) == generate.generate_text(trained, prompts, 12, s)
   assert generate.generate_text(trained, prompts, 12, s) != generate.generate_text(
-      trained, prompts, 12, generate.Sampling(temperature=1.0, seed=5))
+    trained, prompts, 12, generate.Sampling(temperature=1.0, seed=5)
+  )
 
 
 def test_bad_input_is_one_clear_error(trained, tmp_path):

@@ -19,8 +19,9 @@ def _qkv(rng, B, T, H, G, K=8):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("B,T,H,G,w", [(2, 37, 4, 2, 5), (1, 16, 2, 2, 16), (2, 33, 2, 1, 8), (1, 20, 3, 3, 1),
-                                       (1, 9, 2, 1, 4)])
+@pytest.mark.parametrize(
+  "B,T,H,G,w", [(2, 37, 4, 2, 5), (1, 16, 2, 2, 16), (2, 33, 2, 1, 8), (1, 20, 3, 3, 1), (1, 9, 2, 1, 4)]
+)
 def test_blocked_local_equals_band_masked_reference(B, T, H, G, w):
   """T not a multiple of w, GQA, w = 1 (each token attends to itself only)."""
   q, k, v = _qkv(np.random.default_rng(T + w), B, T, H, G)
@@ -31,10 +32,12 @@ def test_blocked_local_equals_band_masked_reference(B, T, H, G, w):
 
 def test_local_cost_is_linear_in_T():
   """The blocked path never forms a T x T matrix: compiled FLOPs double (not quadruple) when T doubles."""
+
   def flops(T):
     q, k, v = (jax.ShapeDtypeStruct((1, T, 2, 16), jnp.float32) for _ in range(3))
     lowered = jax.jit(lambda q, k, v: local_attention(q, k, v, 32, "blocked")).lower(q, k, v)
     return lowered.compile().cost_analysis()["flops"]
+
   ratio = flops(2048) / flops(1024)
   assert 1.8 < ratio < 2.2, ratio
 
@@ -118,24 +121,34 @@ def test_routed_capacity_one_equals_global_and_router_gets_gradient():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer", [
+@pytest.mark.parametrize(
+  "mixer",
+  [
     lambda cfg: LocalAttention(cfg, LocalOptions(window=3)),
     lambda cfg: FusionAttention(cfg, FusionOptions(beta="token", window=3)),
     lambda cfg: FusionAttention(cfg, FusionOptions(beta="head", window=4)),
     # Causal given the routing choice; the top-c choice itself looks at the whole sequence (see routed.py).
     lambda cfg: RoutedAttention(cfg, RoutedOptions(capacity=0.3, window=3)),
-])
+  ],
+)
 def test_causal_by_gradients(mixer):
   assert_causal(mixer(mixer_config()))
 
 
-@pytest.mark.parametrize("cls,kwargs,field", [
-    (LocalOptions, {"window": 0}, "window"), (LocalOptions, {"impl": "flash"}, "impl"),
-    (FusionOptions, {"beta": "learned"}, "beta"), (FusionOptions, {"beta": "head", "beta_init": 1.0}, "beta_init"),
+@pytest.mark.parametrize(
+  "cls,kwargs,field",
+  [
+    (LocalOptions, {"window": 0}, "window"),
+    (LocalOptions, {"impl": "flash"}, "impl"),
+    (FusionOptions, {"beta": "learned"}, "beta"),
+    (FusionOptions, {"beta": "head", "beta_init": 1.0}, "beta_init"),
     (FusionOptions, {"beta": "fixed", "beta_init": 1.5}, "beta_init"),
-    (RoutedOptions, {"capacity": 0.0}, "capacity"), (RoutedOptions, {"capacity": 1.5}, "capacity"),
-    (FusionOptions, {"window": 0}, "window"), (RoutedOptions, {"local_impl": "flash"}, "local_impl"),
-])
+    (RoutedOptions, {"capacity": 0.0}, "capacity"),
+    (RoutedOptions, {"capacity": 1.5}, "capacity"),
+    (FusionOptions, {"window": 0}, "window"),
+    (RoutedOptions, {"local_impl": "flash"}, "local_impl"),
+  ],
+)
 def test_bad_options_name_the_field(cls, kwargs, field):
   with pytest.raises(ConfigError, match=field):
     cls(**kwargs)

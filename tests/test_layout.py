@@ -15,8 +15,8 @@ from conftest import REPO, xla_flags
 PACKAGE = os.path.join(REPO, "r1jax")
 # Entry points may import lab/ (STYLE.md 17): what they run is an experiment's machinery.
 ENTRY_POINTS = {
-    "r1jax.main": "--preset=NAME[:MECHANISM] reads the named presets (r1jax/lab/configs.py)",
-    "r1jax.claims": "`python -m r1jax.claims`: the ledger's code lives in r1jax/lab/claims.py",
+  "r1jax.main": "--preset=NAME[:MECHANISM] reads the named presets (r1jax/lab/configs.py)",
+  "r1jax.claims": "`python -m r1jax.claims`: the ledger's code lives in r1jax/lab/claims.py",
 }
 
 
@@ -65,8 +65,11 @@ def test_the_layout_has_its_folders_and_every_module_is_in_one_place():
 
 
 def test_nothing_outside_lab_imports_lab():
-  offenders = {m: sorted(i for i in _imports(p, top_level_only=False) if i.startswith("r1jax.lab"))
-               for m, p in MODULES.items() if not m.startswith("r1jax.lab") and m not in ENTRY_POINTS}
+  offenders = {
+    m: sorted(i for i in _imports(p, top_level_only=False) if i.startswith("r1jax.lab"))
+    for m, p in MODULES.items()
+    if not m.startswith("r1jax.lab") and m not in ENTRY_POINTS
+  }
   assert not {m: i for m, i in offenders.items() if i}, "only entry points may import r1jax.lab"
 
 
@@ -86,7 +89,7 @@ def test_the_module_imports_form_no_cycle():
     path.append(m)
     for d in sorted(graph[m]):
       if state.get(d) == "open":
-        raise AssertionError("import cycle: " + " -> ".join(path[path.index(d):] + [d]))
+        raise AssertionError("import cycle: " + " -> ".join(path[path.index(d) :] + [d]))
       if d not in state:
         visit(d)
     path.pop()
@@ -100,8 +103,14 @@ def test_the_module_imports_form_no_cycle():
 @pytest.mark.slow
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_every_module_imports_on_its_own_in_a_fresh_interpreter(module):
-  out = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"})
+  out = subprocess.run(
+    [sys.executable, "-c", f"import {module}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"},
+  )
   assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -158,13 +167,34 @@ def test_a_new_mixer_is_one_file_that_the_contract_and_decoding_tests_cover(tmp_
   shutil.copy(os.path.join(REPO, "pyproject.toml"), tmp_path)
   (tmp_path / "r1jax" / "mixers" / "throwaway.py").write_text(THROWAWAY)
   env = {**os.environ, "PYTHONPATH": str(tmp_path), "XLA_FLAGS": xla_flags(8), "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-k", "throwaway",
-                        "tests/test_contract.py", "tests/test_decoding.py"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pytest",
+      "-q",
+      "-rA",
+      "-p",
+      "no:cacheprovider",
+      "-k",
+      "throwaway",
+      "tests/test_contract.py",
+      "tests/test_decoding.py",
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   passed = [line for line in out.stdout.splitlines() if line.startswith("PASSED") and "throwaway" in line]
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   covered = {line.split("::")[1].split("[")[0] for line in passed}
-  assert covered == {"test_no_row_reads_another_and_causal_mixers_read_no_later_token",
-                     "test_changing_later_tokens_leaves_earlier_outputs_unchanged", "test_shapes_and_jit_equals_eager",
-                     "test_bfloat16_compute_is_finite_and_near_float32", "test_sharded_equals_unsharded",
-                     "test_prefill_then_steps_equal_the_full_forward"}, out.stdout[-3000:]
+  assert covered == {
+    "test_no_row_reads_another_and_causal_mixers_read_no_later_token",
+    "test_changing_later_tokens_leaves_earlier_outputs_unchanged",
+    "test_shapes_and_jit_equals_eager",
+    "test_bfloat16_compute_is_finite_and_near_float32",
+    "test_sharded_equals_unsharded",
+    "test_prefill_then_steps_equal_the_full_forward",
+  }, out.stdout[-3000:]

@@ -20,8 +20,16 @@ SHAPES = [dict(), dict(q_rank=12, kv_rank=10, rope_dim=6, head_dim=6, v_dim=10)]
 
 
 def _cfg(heads=4, **opts) -> ModelConfig:
-  return ModelConfig(vocab_size=40, num_layers=1, d_model=32, num_heads=heads, d_ff=48, mixer="mla",
-                     mixer_options={"mla": opts}, init_std=0.3)
+  return ModelConfig(
+    vocab_size=40,
+    num_layers=1,
+    d_model=32,
+    num_heads=heads,
+    d_ff=48,
+    mixer="mla",
+    mixer_options={"mla": opts},
+    init_std=0.3,
+  )
 
 
 def _mixer(**opts):
@@ -41,7 +49,9 @@ def test_expanded_forward_equals_the_equations(opts):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("opts", SHAPES + [dict(sparse=True, indexer=dict(top_k=3))], ids=["defaults", "query_latent-narrow", "sparse"])
+@pytest.mark.parametrize(
+  "opts", SHAPES + [dict(sparse=True, indexer=dict(top_k=3))], ids=["defaults", "query_latent-narrow", "sparse"]
+)
 def test_absorbed_steps_equal_expanded_steps_and_the_cache_holds_only_latents(opts):
   """W_UK folded into the query and W_UV into the output give the expanded attention's logits (float32, tight);
   the cache holds c_kv [B, S, d_c] and k_R [B, S, d_r] per layer, and nothing per head."""
@@ -93,9 +103,15 @@ def test_sparse_mla_attends_to_the_indexer_top_k_only():
   np.testing.assert_allclose(np.asarray(y), ref, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("opts,field", [(dict(rope_dim=3), "rope_dim=3 is odd"), (dict(kv_rank=-1), "kv_rank=-1"),
-                                        (dict(sparse=True, indexer=dict(top_k=2, indexer_loss="x")), "mla.indexer: indexer_loss"),
-                                        (dict(indexer=dict(select="window")), "sparse MLA picks its keys")])
+@pytest.mark.parametrize(
+  "opts,field",
+  [
+    (dict(rope_dim=3), "rope_dim=3 is odd"),
+    (dict(kv_rank=-1), "kv_rank=-1"),
+    (dict(sparse=True, indexer=dict(top_k=2, indexer_loss="x")), "mla.indexer: indexer_loss"),
+    (dict(indexer=dict(select="window")), "sparse MLA picks its keys"),
+  ],
+)
 def test_bad_options_name_the_field(opts, field):
   with pytest.raises(ConfigError, match=field):
     _cfg(**opts)
@@ -115,9 +131,18 @@ def test_the_indexer_options_nest_and_a_partial_one_keeps_the_dsa_recipe():
 
   indexer = _cfg(sparse=True, indexer=dict(top_k=3)).options("mixer", "mla").indexer
   assert (indexer.top_k, indexer.indexer_grad, indexer.indexer_loss, indexer.detach_indexer_input) == (
-      3, "none", "kl", True)
-  cfg = Config.from_dict(override(default_config(), {"model.mixer": "mla", "model.mixer_options.mla.sparse": True,
-                                                      "model.mixer_options.mla.indexer.top_k": 7}, "test"))
+    3,
+    "none",
+    "kl",
+    True,
+  )
+  cfg = Config.from_dict(
+    override(
+      default_config(),
+      {"model.mixer": "mla", "model.mixer_options.mla.sparse": True, "model.mixer_options.mla.indexer.top_k": 7},
+      "test",
+    )
+  )
   assert cfg.model.options("mixer", "mla").indexer.top_k == 7
   assert run_identity(to_dict(cfg))["model.mixer_options.mla.indexer.top_k"] == 7
   assert field_default("model.mixer_options.mla.indexer.indexer_grad") == "none"

@@ -39,7 +39,7 @@ def test_model_is_causal_by_gradients(t):
   emb = jnp.take(params["embed"], tokens, axis=0)
   logits_at_t = lambda e: model.apply({"params": params}, tokens, embeddings_BxTxD=e)[0][0, t, :50].sum()
   g = jax.grad(logits_at_t)(emb)
-  assert np.abs(g[0, t + 1:]).max() == 0.0  # nothing after t reaches position t
+  assert np.abs(g[0, t + 1 :]).max() == 0.0  # nothing after t reaches position t
   assert np.abs(g[0, : t + 1]).max(axis=-1).min() > 0.0  # every position up to t does
   assert np.abs(g[1]).max() == 0.0  # nor does another row of the batch
 
@@ -66,8 +66,11 @@ def test_target_pos_equals_gathered_full_logits():
 @pytest.mark.slow
 def test_remat_matches_plain_in_outputs_and_gradients():
   params, tokens = _init(CFG)
-  loss = lambda cfg: lambda p: reference.cross_entropy(
-      Transformer(cfg).apply({"params": p}, tokens)[0].reshape(-1, 64), tokens.reshape(-1))
+  loss = lambda cfg: (
+    lambda p: reference.cross_entropy(
+      Transformer(cfg).apply({"params": p}, tokens)[0].reshape(-1, 64), tokens.reshape(-1)
+    )
+  )
   g_plain = jax.grad(loss(CFG))(params)
   g_remat = jax.grad(loss(dataclasses.replace(CFG, remat=True)))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_plain, g_remat)
@@ -77,7 +80,8 @@ def test_remat_matches_plain_in_outputs_and_gradients():
 def test_gradients_reach_every_parameter_and_match_finite_differences():
   params, tokens = _init(CFG)
   g = assert_grad_matches_finite_differences(
-      lambda p: Transformer(CFG).apply({"params": p}, tokens)[0][..., :50].std(), params)
+    lambda p: Transformer(CFG).apply({"params": p}, tokens)[0][..., :50].std(), params
+  )
   for path, leaf in jax.tree_util.tree_leaves_with_path(g):
     assert np.isfinite(leaf).all() and np.abs(leaf).max() > 0, jax.tree_util.keystr(path)
 

@@ -35,17 +35,20 @@ def reference_of(variables, x, opts, capacity=None):
 
 
 OPTION_SETS = [
-    dict(num_experts=8, top_k=2),  # GShard-like softmax top-2
-    dict(num_experts=4, top_k=1),  # Switch
-    dict(num_experts=8, top_k=4, norm_topk=True),
-    dict(num_experts=8, top_k=3, score="sigmoid", norm_topk=True, num_groups=4, topk_groups=2),  # DeepSeek-V3
-    dict(num_experts=16, top_k=4, d_expert=6, balance="none", z_weight=1e-3),  # fine-grained
+  dict(num_experts=8, top_k=2),  # GShard-like softmax top-2
+  dict(num_experts=4, top_k=1),  # Switch
+  dict(num_experts=8, top_k=4, norm_topk=True),
+  dict(num_experts=8, top_k=3, score="sigmoid", norm_topk=True, num_groups=4, topk_groups=2),  # DeepSeek-V3
+  dict(num_experts=16, top_k=4, d_expert=6, balance="none", z_weight=1e-3),  # fine-grained
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kw, matmul, block", [(kw, "ragged_dot", 0) for kw in OPTION_SETS]
-                         + [(OPTION_SETS[0], "blocks", 3), (OPTION_SETS[4], "blocks", 3), (OPTION_SETS[0], "auto", 0)])
+@pytest.mark.parametrize(
+  "kw, matmul, block",
+  [(kw, "ragged_dot", 0) for kw in OPTION_SETS]
+  + [(OPTION_SETS[0], "blocks", 3), (OPTION_SETS[4], "blocks", 3), (OPTION_SETS[0], "auto", 0)],
+)
 def test_dropless_equals_token_loop(kw, matmul, block):
   opts = MoEOptions(**kw, grouped_matmul=matmul, block_size=block)
   x = jax.random.normal(jax.random.key(len(kw) + 7 * kw["top_k"]), (3, 7, 16))
@@ -67,12 +70,14 @@ def test_sorted_rows_through_their_experts_with_empty_groups_and_other_shards_co
   def through(x):
     row_M, copy_R, expert_B, sizes_E = sort_by_expert(expert_M, 4, block)
     np.testing.assert_array_equal(sizes_E, [0, 4, 0, 6])
-    return permute_rows(grouped_swiglu(permute_rows(x, copy_R, row_M), sizes_E, expert_B, w1, w3, w2, matmul),
-                        row_M, copy_R)
+    return permute_rows(
+      grouped_swiglu(permute_rows(x, copy_R, row_M), sizes_E, expert_B, w1, w3, w2, matmul), row_M, copy_R
+    )
 
   silu = lambda z: z * jax.nn.sigmoid(z)
-  want = jnp.stack([silu(x[m] @ w1[e]) * (x[m] @ w3[e]) @ w2[e] if e < 4 else jnp.zeros(5)
-                    for m, e in enumerate(expert_M.tolist())])
+  want = jnp.stack(
+    [silu(x[m] @ w1[e]) * (x[m] @ w3[e]) @ w2[e] if e < 4 else jnp.zeros(5) for m, e in enumerate(expert_M.tolist())]
+  )
   np.testing.assert_allclose(through(x), want, rtol=1e-5, atol=1e-5)
 
 
@@ -83,8 +88,9 @@ def test_permute_rows_gradient_is_the_gather_of_the_inverse_map():
   g = jax.random.normal(jax.random.key(4), (copy_R.shape[0], 4))
   plain = lambda x: x.at[copy_R].get(mode="fill", fill_value=0)
   np.testing.assert_array_equal(permute_rows(x, copy_R, row_M), plain(x))
-  np.testing.assert_allclose(jax.vjp(lambda x: permute_rows(x, copy_R, row_M), x)[1](g)[0],
-                             jax.vjp(plain, x)[1](g)[0], rtol=1e-6)
+  np.testing.assert_allclose(
+    jax.vjp(lambda x: permute_rows(x, copy_R, row_M), x)[1](g)[0], jax.vjp(plain, x)[1](g)[0], rtol=1e-6
+  )
 
 
 @pytest.mark.slow
@@ -117,9 +123,9 @@ def test_moe_is_causal(dispatch):
   variables, (y, aux), _ = apply_moe(opts, x)
   assert dispatch == "dropless" or float(aux["dropped"]) > 0
   for t in (2, 6, 9):
-    future = x.at[:, t + 1:].set(jax.random.normal(jax.random.key(t), (4, 11 - t, 16)) * 3)
+    future = x.at[:, t + 1 :].set(jax.random.normal(jax.random.key(t), (4, 11 - t, 16)) * 3)
     _, (y_future, _), _ = apply_moe(opts, future, variables)
-    np.testing.assert_allclose(y_future[:, :t + 1], y[:, :t + 1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y_future[:, : t + 1], y[:, : t + 1], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -168,7 +174,7 @@ def test_gradients_reach_router_and_every_expert():
 
   def loss(params):
     y, aux = module.apply({"params": params}, x, deterministic=True)
-    return jnp.sum(y ** 2) + aux["loss_balance"] + aux["loss_z"]
+    return jnp.sum(y**2) + aux["loss_balance"] + aux["loss_z"]
 
   grads = jax.jit(jax.grad(loss))(variables["params"])
   for name, g in [("router", grads["router"])] + [(f"shared/{w}", grads["shared"][w]) for w in ("w1", "w2", "w3")]:
@@ -183,8 +189,9 @@ def test_train_step_updates_the_aux_free_bias(tmp_path):
   path = tmp_path / "corpus.txt"
   path.write_text("the quick brown fox jumps over the lazy dog. " * 200)
   opts = {"moe": {"num_experts": 4, "top_k": 1, "balance": "aux_free", "bias_rate": 0.01}}
-  state, (_, _, _, metrics) = one_run(str(path), {"data": 1, "devices": 1}, steps=3, model__ffn="moe",
-                                      model__ffn_options=opts)
+  state, (_, _, _, metrics) = one_run(
+    str(path), {"data": 1, "devices": 1}, steps=3, model__ffn="moe", model__ffn_options=opts
+  )
   bias = np.asarray(state.model_state["balance"]["layer0"]["ffn"]["bias"])
   steps = np.round(bias / 0.01)
   np.testing.assert_allclose(bias, steps * 0.01, atol=1e-6)  # whole multiples of gamma
@@ -193,12 +200,15 @@ def test_train_step_updates_the_aux_free_bias(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("opts, mesh", [
+@pytest.mark.parametrize(
+  "opts, mesh",
+  [
     # dropless through shard_map (experts over `expert`, widths over `tensor`), with the aux-free bias state
     ({"num_experts": 8, "top_k": 2, "balance": "aux_free", "num_shared": 1}, {"data": 1, "expert": 4, "tensor": 2}),
     # capacity: GShard buffers resharded batch -> experts by XLA
     ({"num_experts": 8, "top_k": 2, "dispatch": "capacity", "capacity_factor": 1.0}, {"data": 2, "expert": 4}),
-])
+  ],
+)
 def test_expert_sharded_equals_unsharded(tmp_path, opts, mesh):
   path = tmp_path / "corpus.txt"
   path.write_text("".join(chr(97 + (i * i + 5 * i) % 26) for i in range(5000)))
@@ -216,7 +226,9 @@ def test_expert_sharded_equals_unsharded(tmp_path, opts, mesh):
   assert w1.addressable_shards[0].data.shape[0] == 8 // mesh["expert"]
 
 
-@pytest.mark.parametrize("kw, field", [
+@pytest.mark.parametrize(
+  "kw, field",
+  [
     (dict(top_k=9), "top_k"),
     (dict(top_k=1, norm_topk=True), "norm_topk"),
     (dict(num_groups=3), "num_groups"),
@@ -224,7 +236,8 @@ def test_expert_sharded_equals_unsharded(tmp_path, opts, mesh):
     (dict(score="softplus"), "score"),
     (dict(dispatch="drop"), "dispatch"),
     (dict(capacity_factor=0.0), "capacity_factor"),
-])
+  ],
+)
 def test_bad_options_name_the_field(kw, field):
   with pytest.raises(ConfigError, match=field):
     MoEOptions(**kw)
@@ -232,8 +245,14 @@ def test_bad_options_name_the_field(kw, field):
 
 def test_experts_must_divide_the_expert_axis(tmp_path):
   from r1jax.train import Run
-  cfg = tiny_config(text=str(tmp_path / "c.txt"), model__ffn="moe",
-                    model__ffn_options={"moe": {"num_experts": 6}}, mesh__expert=4, mesh__data=2)
+
+  cfg = tiny_config(
+    text=str(tmp_path / "c.txt"),
+    model__ffn="moe",
+    model__ffn_options={"moe": {"num_experts": 6}},
+    mesh__expert=4,
+    mesh__data=2,
+  )
   (tmp_path / "c.txt").write_text("abc" * 300)
   with pytest.raises(ConfigError, match="ffn_options.moe.num_experts"):
     Run(cfg)
@@ -280,8 +299,9 @@ def test_group_scores_follow_deepseek_v3_best_one_without_a_bias_best_two_with_o
   where the two rules disagree: group 0 = (0.9, 0.1) (best 0.9, best two 1.0), group 1 = (0.6, 0.6) (0.6, 1.2)."""
   p = np.array([0.9, 0.1, 0.6, 0.6])
   logits = np.log(p / (1 - p))
-  opts = MoEOptions(num_experts=4, top_k=1, score="sigmoid", num_groups=2, topk_groups=1, balance=balance,
-                    route_scale=2.5)
+  opts = MoEOptions(
+    num_experts=4, top_k=1, score="sigmoid", num_groups=2, topk_groups=1, balance=balance, route_scale=2.5
+  )
   idx, gate, scores = route(jnp.asarray(logits[None], jnp.float32), jnp.zeros(4), opts)
   assert int(idx[0, 0]) // 2 == group
   np.testing.assert_allclose(float(gate[0, 0]), 2.5 * p[int(idx[0, 0])], rtol=1e-6)

@@ -11,8 +11,12 @@ from r1jax.data.moving_digits import MovingDigits
 from r1jax.errors import ConfigError
 
 CLIP = "data__options__moving_digits__"
-VIDEO = dict(model__arch="video", model__mixer="spacetime", data__kind="moving_digits",
-             **{CLIP + k: v for k, v in dict(frames=4, canvas=12, patch=4, num_test_examples=20).items()})
+VIDEO = dict(
+  model__arch="video",
+  model__mixer="spacetime",
+  data__kind="moving_digits",
+  **{CLIP + k: v for k, v in dict(frames=4, canvas=12, patch=4, num_test_examples=20).items()},
+)
 
 
 def test_clips_show_the_labelled_digit_moving_in_the_labelled_direction():
@@ -54,7 +58,9 @@ def test_batches_are_deterministic_per_seed_and_splits_use_disjoint_images():
   assert direction.vocab_size == 4 and set(direction.train_batch(0)["targets"].ravel()) <= {0, 1, 2, 3}
 
 
-@pytest.mark.parametrize("overrides, field", [
+@pytest.mark.parametrize(
+  "overrides, field",
+  [
     ({CLIP + "canvas": 10}, "data.options.moving_digits: canvas"),  # not a multiple of the patch
     ({CLIP + "canvas": 4, CLIP + "patch": 2}, "data.options.moving_digits: canvas"),  # smaller than the digit
     ({CLIP + "frames": 1}, "data.options.moving_digits: frames"),
@@ -62,7 +68,8 @@ def test_batches_are_deterministic_per_seed_and_splits_use_disjoint_images():
     ({"model__arch": "lm", "model__mixer": "attention"}, "model.arch"),  # an LM cannot read clips
     ({"model__mixer": "attention"}, "model.mixer"),  # a video model needs the space-time mixer
     ({"model__num_layers": 1, "model__mixer_options": {"spacetime": {"kind": "factorised"}}}, "model.num_layers"),
-])
+  ],
+)
 def test_bad_video_settings_name_the_field(overrides, field):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
     tiny_config(**{**VIDEO, **overrides})

@@ -20,8 +20,13 @@ DRAWS = re.compile(r"plt\.show\(|display\((?!Markdown)|\.subplots\(")  # a cell 
 
 def drawing_cells_without_figure(nb) -> list[int]:
   """Indices of code cells that draw but hold no image/png output."""
-  return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and DRAWS.search(c.source)
-          and not any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+  return [
+    i
+    for i, c in enumerate(nb.cells)
+    if c.cell_type == "code"
+    and DRAWS.search(c.source)
+    and not any("image/png" in o.get("data", {}) for o in c.get("outputs", []))
+  ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
@@ -29,6 +34,7 @@ def test_notebook_runs_and_every_drawing_cell_shows_a_figure(path, monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", xla_flags(8, fast_compile=False))  # the kernel trains for hundreds of steps
   monkeypatch.setenv(ablation.QUICK_ENV, "1")  # the sizes the stored outputs show
   nb = nbformat.read(path, as_version=4)
-  NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(path)}}
-                 ).execute()
+  NotebookClient(
+    nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(path)}}
+  ).execute()
   assert drawing_cells_without_figure(nb) == [], "cells that draw but show no figure"

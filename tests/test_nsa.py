@@ -41,15 +41,26 @@ def test_overlap_scores_sum_the_compressed_blocks_overlapping_each_selection_blo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("T,l,d,ls,n,w,chunk,kv_heads,compress", [
+@pytest.mark.parametrize(
+  "T,l,d,ls,n,w,chunk,kv_heads,compress",
+  [
     (21, 4, 2, 4, 3, 5, 8, 2, "mlp"),  # overlapping compressed blocks, T not a multiple of anything, GQA
     (16, 4, 4, 8, 3, 4, 16, 0, "mean"),  # l = d, selection blocks of two compressed blocks, one query chunk
     (19, 6, 2, 2, 4, 3, 5, 1, "mlp"),  # compressed blocks longer than selection blocks, MQA
     (5, 8, 4, 4, 3, 2, 4, 2, "mean"),  # shorter than one compressed block: the compressed branch is empty
-])
+  ],
+)
 def test_each_branch_equals_its_masked_reference(T, l, d, ls, n, w, chunk, kv_heads, compress):
-  opts = NSAOptions(cmp_block=l, cmp_stride=d, slc_block=ls, top_blocks=n, window=w, query_chunk=chunk,
-                    compress=compress, gate_init="equal" if compress == "mean" else "window")
+  opts = NSAOptions(
+    cmp_block=l,
+    cmp_stride=d,
+    slc_block=ls,
+    top_blocks=n,
+    window=w,
+    query_chunk=chunk,
+    compress=compress,
+    gate_init="equal" if compress == "mean" else "window",
+  )
   _, _, params, out, _, inter = _run(opts, T, kv_heads)
   o_cmp, o_slc, o_win, chosen = _reference(opts, params, inter)
   got = inter["branches"][0]
@@ -90,9 +101,15 @@ def test_nsa_is_causal_and_every_parameter_gets_a_gradient():
     assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, f"no gradient reaches {name}"
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("cmp_stride", 3, "nsa.cmp_block"), ("slc_block", 5, "nsa.slc_block"), ("top_blocks", 2, "nsa.top_blocks"),
-    ("compress", "max", "nsa.compress")])
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
+    ("cmp_stride", 3, "nsa.cmp_block"),
+    ("slc_block", 5, "nsa.slc_block"),
+    ("top_blocks", 2, "nsa.top_blocks"),
+    ("compress", "max", "nsa.compress"),
+  ],
+)
 def test_bad_options_name_the_field(field, value, match):
   with pytest.raises(ConfigError, match=match):
     NSAOptions(**{"cmp_block": 4, "cmp_stride": 2, "slc_block": 4, field: value})

@@ -34,92 +34,132 @@ registry.load_builtins()
 # Fields whose every value computes the same thing (another implementation, order or memory trade): checked to give
 # the same forward pass (allclose) instead; each one's own tests compare its gradients too.
 SAME_VALUES = {
-    "model.remat": "recomputes each block in the backward pass",
-    "model.mixer_options.attention.impl": "cuDNN or XLA's fused attention, or the naive reference",
-    "model.mixer_options.local.impl": "blocked, cuDNN or naive local attention",
-    "model.mixer_options.fusion.local_impl": "as local.impl",
-    "model.mixer_options.fusion.global_impl": "as attention.impl",
-    "model.mixer_options.routed.local_impl": "as local.impl",
-    "model.mixer_options.sparse.query_chunk": "queries per chunk",
-    "model.mixer_options.nsa.query_chunk": "queries per chunk",
-    "model.mixer_options.mla.indexer.query_chunk": "queries per chunk",
-    "model.mixer_options.fast_weight.form": "chunkwise, parallel and recurrent forms agree",
-    "model.mixer_options.fast_weight.chunk": "the chunkwise form's chunk",
-    "model.ffn_options.moe.grouped_matmul": "ragged_dot or padded row blocks",
-    "model.ffn_options.moe.block_size": "rows per block of the padded path",
+  "model.remat": "recomputes each block in the backward pass",
+  "model.mixer_options.attention.impl": "cuDNN or XLA's fused attention, or the naive reference",
+  "model.mixer_options.local.impl": "blocked, cuDNN or naive local attention",
+  "model.mixer_options.fusion.local_impl": "as local.impl",
+  "model.mixer_options.fusion.global_impl": "as attention.impl",
+  "model.mixer_options.routed.local_impl": "as local.impl",
+  "model.mixer_options.sparse.query_chunk": "queries per chunk",
+  "model.mixer_options.nsa.query_chunk": "queries per chunk",
+  "model.mixer_options.mla.indexer.query_chunk": "queries per chunk",
+  "model.mixer_options.fast_weight.form": "chunkwise, parallel and recurrent forms agree",
+  "model.mixer_options.fast_weight.chunk": "the chunkwise form's chunk",
+  "model.ffn_options.moe.grouped_matmul": "ragged_dot or padded row blocks",
+  "model.ffn_options.moe.block_size": "rows per block of the padded path",
 }
 # Fields that change where, when or whether something is written or checked, not what is computed.
 NOT_COMPUTATION = {
-    "train.eval_every": "when evaluation runs",
-    "train.log_every": "when metrics are written",
-    "train.checkpoint_every": "when checkpoints are written",
-    "train.keep_checkpoints": "how many checkpoints are kept",
-    "train.progress": "the progress bar",
-    "model.mixer_options.mla.absorb": "the decoding step only; absorbed == expanded is tests/test_mla.py's",
-    "model.arch": "fixed by data.kind (changed alone, a config is refused: tests/test_config.py)",
-    "data.options.tokens.verify": "checks the shards' sha256 on load",
+  "train.eval_every": "when evaluation runs",
+  "train.log_every": "when metrics are written",
+  "train.checkpoint_every": "when checkpoints are written",
+  "train.keep_checkpoints": "how many checkpoints are kept",
+  "train.progress": "the progress bar",
+  "model.mixer_options.mla.absorb": "the decoding step only; absorbed == expanded is tests/test_mla.py's",
+  "model.arch": "fixed by data.kind (changed alone, a config is refused: tests/test_config.py)",
+  "data.options.tokens.verify": "checks the shards' sha256 on load",
 }
 # Fields checked by a test of their own, which builds what they need.
 ELSEWHERE = {
-    "train.init_from": "another run's checkpoint: tests/test_train.py::test_init_from_restores_parameters_by_name_and_"
-                       "trainable_freezes_the_rest_bitwise",
+  "train.init_from": "another run's checkpoint: tests/test_train.py::test_init_from_restores_parameters_by_name_and_"
+  "trainable_freezes_the_rest_bitwise",
 }
 # Where a field acts only beside another value: the overrides of the base it is changed on.
 MOE = "model.ffn_options.moe"
 CONTEXT = {
-    f"{MOE}.bias_rate": {f"{MOE}.balance": "aux_free"},
-    # capacity slots that overflow at this size (with room for every copy, capacity computes what dropless does)
-    f"{MOE}.dispatch": {f"{MOE}.capacity_factor": 0.25},
-    f"{MOE}.capacity_factor": {f"{MOE}.dispatch": "capacity", f"{MOE}.capacity_factor": 0.25},
-    f"{MOE}.topk_groups": {f"{MOE}.num_groups": 2},
-    "model.mixer_options.sparse.indexer_loss_weight": {"model.mixer_options.sparse.indexer_loss": "kl"},
-    "model.mixer_options.fast_weight.alpha": {"model.mixer_options.fast_weight.gate": "fixed"},
-    "model.mixer_options.fast_weight.delta": {"model.mixer_options.fast_weight.gate": "scalar"},
-    "data.kind": {f"data.options.mqar.{k}": v for k, v in dict(vocab_size=64, num_kv_pairs=2).items()},
-    "model.mixer": {"model.mixer_options.local.window": 3},  # a window as long as T is dense attention
-    "model.mixer_pattern": {"model.num_layers": 2, "model.mixer_options.local.window": 3},
-    "model.ffn_pattern": {"model.num_layers": 2},
-    "train.evaluators": {"model.mixer": "sparse", "model.mixer_options.sparse.top_k": 4},
-    "optim.restart_per_phase": {"data.kind": "mqar", "data.seq_len": 32, "train.steps": 4, **{
-        f"data.options.mqar.{k}": v for k, v in dict(vocab_size=64, num_kv_pairs=4, num_test_examples=16,
-                                                      curriculum_steps=2, curriculum_seq_len=16,
-                                                      curriculum_kv_pairs=2).items()}},
-    # a curriculum of 2 steps at T=16 (the probe reads the batches of steps 0 and 2)
-    **{f"data.options.mqar.curriculum_{k}": {"train.steps": 4, **{f"data.options.mqar.curriculum_{f}": v for f, v in dict(
-        steps=2, seq_len=16, kv_pairs=2).items()}} for k in ("steps", "seq_len", "kv_pairs")},
-    "train.diag_batches": {"model.mixer": "sparse", "model.mixer_options.sparse.top_k": 4},
+  f"{MOE}.bias_rate": {f"{MOE}.balance": "aux_free"},
+  # capacity slots that overflow at this size (with room for every copy, capacity computes what dropless does)
+  f"{MOE}.dispatch": {f"{MOE}.capacity_factor": 0.25},
+  f"{MOE}.capacity_factor": {f"{MOE}.dispatch": "capacity", f"{MOE}.capacity_factor": 0.25},
+  f"{MOE}.topk_groups": {f"{MOE}.num_groups": 2},
+  "model.mixer_options.sparse.indexer_loss_weight": {"model.mixer_options.sparse.indexer_loss": "kl"},
+  "model.mixer_options.fast_weight.alpha": {"model.mixer_options.fast_weight.gate": "fixed"},
+  "model.mixer_options.fast_weight.delta": {"model.mixer_options.fast_weight.gate": "scalar"},
+  "data.kind": {f"data.options.mqar.{k}": v for k, v in dict(vocab_size=64, num_kv_pairs=2).items()},
+  "model.mixer": {"model.mixer_options.local.window": 3},  # a window as long as T is dense attention
+  "model.mixer_pattern": {"model.num_layers": 2, "model.mixer_options.local.window": 3},
+  "model.ffn_pattern": {"model.num_layers": 2},
+  "train.evaluators": {"model.mixer": "sparse", "model.mixer_options.sparse.top_k": 4},
+  "optim.restart_per_phase": {
+    "data.kind": "mqar",
+    "data.seq_len": 32,
+    "train.steps": 4,
+    **{
+      f"data.options.mqar.{k}": v
+      for k, v in dict(
+        vocab_size=64,
+        num_kv_pairs=4,
+        num_test_examples=16,
+        curriculum_steps=2,
+        curriculum_seq_len=16,
+        curriculum_kv_pairs=2,
+      ).items()
+    },
+  },
+  # a curriculum of 2 steps at T=16 (the probe reads the batches of steps 0 and 2)
+  **{
+    f"data.options.mqar.curriculum_{k}": {
+      "train.steps": 4,
+      **{f"data.options.mqar.curriculum_{f}": v for f, v in dict(steps=2, seq_len=16, kv_pairs=2).items()},
+    }
+    for k in ("steps", "seq_len", "kv_pairs")
+  },
+  "train.diag_batches": {"model.mixer": "sparse", "model.mixer_options.sparse.top_k": 4},
 }
 ALTERNATIVES = {  # values the candidates would not find ("<text_file>", "<tokens_dir_2>": the fixtures' paths)
-    "model.vocab_size": 200,  # >= the dataset's vocabulary (a smaller one is refused)
-    "model.mixer": "local",
-    "model.ffn": "none",
-    "data.kind": "mqar",
-    "optim.eps": 1e-3,  # near sqrt(v): 2e-8 moves no float32 parameter of this model
-    "optim.grad_clip": 1e-3,  # a clip that acts at init (the gradient norm is below 1)
-    "optim.trainable": "mixer",
-    "data.options.text.path": "package:tinyshakespeare.txt",
-    "data.options.passkey.path": "<text_file>",
-    "data.options.tokens.path": "<tokens_dir_2>",
-    "model.mixer_pattern": ("attention", "local"),
-    "model.ffn_pattern": ("swiglu", "none"),
-    "train.evaluators": ("timed",),
-    "model.mixer_options.mla.indexer.select": None,  # sparse MLA has one rule (a config with another is refused)
+  "model.vocab_size": 200,  # >= the dataset's vocabulary (a smaller one is refused)
+  "model.mixer": "local",
+  "model.ffn": "none",
+  "data.kind": "mqar",
+  "optim.eps": 1e-3,  # near sqrt(v): 2e-8 moves no float32 parameter of this model
+  "optim.grad_clip": 1e-3,  # a clip that acts at init (the gradient norm is below 1)
+  "optim.trainable": "mixer",
+  "data.options.text.path": "package:tinyshakespeare.txt",
+  "data.options.passkey.path": "<text_file>",
+  "data.options.tokens.path": "<tokens_dir_2>",
+  "model.mixer_pattern": ("attention", "local"),
+  "model.ffn_pattern": ("swiglu", "none"),
+  "train.evaluators": ("timed",),
+  "model.mixer_options.mla.indexer.select": None,  # sparse MLA has one rule (a config with another is refused)
 }
 # One layer, two train steps without warm-up: the second one's learning rate is on the cosine (min_lr_ratio acts on
 # it); evaluation over the whole held-out set of a dataset (its size is an option).
-MODEL_BASE = {"model.num_layers": 1, "mesh.devices": 1, "mesh.data": 1, "train.steps": 2, "optim.warmup_steps": 0,
-              "data.eval_max_batches": 0}
+MODEL_BASE = {
+  "model.num_layers": 1,
+  "mesh.devices": 1,
+  "mesh.data": 1,
+  "train.steps": 2,
+  "optim.warmup_steps": 0,
+  "data.eval_max_batches": 0,
+}
 DATASETS = {  # a small valid config of each dataset (data.kind and its options)
-    "text": {},
-    "mqar": {"data.kind": "mqar", "data.seq_len": 32, **{f"data.options.mqar.{k}": v for k, v in dict(
-        vocab_size=64, num_kv_pairs=4, num_test_examples=16).items()}},
-    "listops": {"data.kind": "listops", "data.seq_len": 64, "data.options.listops.min_len": 16,
-                "data.options.listops.max_depth": 3, "data.options.listops.num_test_examples": 16},
-    "passkey": {"data.kind": "passkey", "data.seq_len": 256, "data.options.passkey.length_fractions": (0.5, 1.0),
-                "data.options.passkey.num_test_examples": 16},
-    "moving_digits": {"model.arch": "video", "model.mixer": "spacetime", "data.kind": "moving_digits",
-                      **{f"data.options.moving_digits.{k}": v for k, v in dict(
-                          frames=3, canvas=8, patch=4, num_test_examples=16).items()}},
+  "text": {},
+  "mqar": {
+    "data.kind": "mqar",
+    "data.seq_len": 32,
+    **{f"data.options.mqar.{k}": v for k, v in dict(vocab_size=64, num_kv_pairs=4, num_test_examples=16).items()},
+  },
+  "listops": {
+    "data.kind": "listops",
+    "data.seq_len": 64,
+    "data.options.listops.min_len": 16,
+    "data.options.listops.max_depth": 3,
+    "data.options.listops.num_test_examples": 16,
+  },
+  "passkey": {
+    "data.kind": "passkey",
+    "data.seq_len": 256,
+    "data.options.passkey.length_fractions": (0.5, 1.0),
+    "data.options.passkey.num_test_examples": 16,
+  },
+  "moving_digits": {
+    "model.arch": "video",
+    "model.mixer": "spacetime",
+    "data.kind": "moving_digits",
+    **{
+      f"data.options.moving_digits.{k}": v for k, v in dict(frames=3, canvas=8, patch=4, num_test_examples=16).items()
+    },
+  },
 }
 
 
@@ -137,11 +177,18 @@ def _fields(cls: type, prefix: str) -> list[tuple[str, dataclasses.Field, type]]
 
 def _schema() -> list[tuple[str, dataclasses.Field, type]]:
   out = []
-  for cls, prefix, skip in ((ModelConfig, "model", {"mixer_options", "ffn_options"}), (DataConfig, "data", {"options"}),
-                            (OptimConfig, "optim", set()), (TrainConfig, "train", set())):
+  for cls, prefix, skip in (
+    (ModelConfig, "model", {"mixer_options", "ffn_options"}),
+    (DataConfig, "data", {"options"}),
+    (OptimConfig, "optim", set()),
+    (TrainConfig, "train", set()),
+  ):
     out += [(f"{prefix}.{f.name}", f, cls) for f in dataclasses.fields(cls) if f.name not in skip]
-  for table, prefix in ((registry.MIXERS, "model.mixer_options"), (registry.FFNS, "model.ffn_options"),
-                        (registry.DATASETS, "data.options")):
+  for table, prefix in (
+    (registry.MIXERS, "model.mixer_options"),
+    (registry.FFNS, "model.ffn_options"),
+    (registry.DATASETS, "data.options"),
+  ):
     for name, entry in sorted(table.items()):
       out += _fields(entry.options, f"{prefix}.{name}")
   return out
@@ -157,7 +204,7 @@ def _comment(cls: type, name: str) -> str:
   for i, line in enumerate(lines):
     if re.match(rf"\s+{name}:", line):
       text = line.split("#", 1)[1] if "#" in line else ""
-      for more in lines[i + 1:]:
+      for more in lines[i + 1 :]:
         if not more.strip().startswith("#"):
           break
         text += " " + more.strip()[1:]
@@ -197,8 +244,15 @@ def _base(path: str, text_file: str, tokens_dir: str) -> dict:
     base.update(DATASETS["moving_digits"] if registry.is_video(name) else {"model.mixer": name})
     base.update({f"model.mixer_options.{name}.{k}": v for k, v in SMALL_MIXER_OPTIONS.get(name, {}).items()})
     if name == "mla":
-      base.update({"model.mixer_options.mla.sparse": True, "model.mixer_options.mla.indexer.top_k": 4,
-                   "model.mixer_options.mla.indexer.query_chunk": 8} if ".indexer." in path else {})
+      base.update(
+        {
+          "model.mixer_options.mla.sparse": True,
+          "model.mixer_options.mla.indexer.top_k": 4,
+          "model.mixer_options.mla.indexer.query_chunk": 8,
+        }
+        if ".indexer." in path
+        else {}
+      )
   elif kind == "ffn":
     base.update({"model.ffn": name, **({f"{MOE}.num_experts": 4, f"{MOE}.top_k": 2} if name == "moe" else {})})
   elif kind == "dataset":
@@ -236,8 +290,11 @@ def _signature(cfg: Config, probe: str):
   but the first two one compiled program each (init included)."""
   run = Run(cfg)
   if probe == "batches":
-    return {"vocab": run.data.vocab_size, "train": [run.data.train_batch(s) for s in (0, 2)],
-            "eval": list(run.data.eval_batches())}
+    return {
+      "vocab": run.data.vocab_size,
+      "train": [run.data.train_batch(s) for s in (0, 2)],
+      "eval": list(run.data.eval_batches()),
+    }
   if probe == "evaluation":
     return run.evaluate(run.init_state()[0])
   batches = [run.data.train_batch(s) for s in range(cfg.train.steps)]
@@ -246,8 +303,9 @@ def _signature(cfg: Config, probe: str):
   def everything(rng):
     state = nn.unbox(initial_state(run.model, run.tx, batches[0], rng))
     if probe in ("forward", "diagnostics"):
-      return forward(run.model, state.params, state.model_state, batches[0], rng, False,
-                     diagnostics=probe == "diagnostics")[:3]
+      return forward(
+        run.model, state.params, state.model_state, batches[0], rng, False, diagnostics=probe == "diagnostics"
+      )[:3]
     if len({b["inputs"].shape for b in batches}) == 1:  # one compiled step, scanned over the batches
       stacked = jax.tree.map(lambda *a: np.stack(a), *batches)
       body = lambda st, b: (lambda st2, m: (st2, (st2.params, st2.model_state, m)))(*step(st, b, rng))  # noqa: E731
@@ -271,14 +329,17 @@ def _differs(a, b) -> bool:
   (la, ta), (lb, tb) = _leaves(a), _leaves(b)
   if ta != tb or [k for k, _ in la] != [k for k, _ in lb]:
     return True
-  return any(x.shape != y.shape or x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=True)
-             for (_, x), (_, y) in zip(la, lb))
+  return any(
+    x.shape != y.shape or x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=True)
+    for (_, x), (_, y) in zip(la, lb)
+  )
 
 
 def _close(a, b) -> bool:
   (la, ta), (lb, tb) = _leaves(a), _leaves(b)
-  return ta == tb and all(x.shape == y.shape and np.allclose(x, y, rtol=1e-4, atol=1e-4) for (_, x), (_, y) in
-                          zip(la, lb))
+  return ta == tb and all(
+    x.shape == y.shape and np.allclose(x, y, rtol=1e-4, atol=1e-4) for (_, x), (_, y) in zip(la, lb)
+  )
 
 
 def _build(overrides: dict) -> Config:
@@ -295,8 +356,11 @@ def tokens_dirs(tmp_path_factory):
   words = ("the king", "a horse", "my kingdom", "for")
   text.write_text("\n\n".join(" ".join(words[(i * 7 + j) % 4] for j in range(60)) for i in range(40)) + "\n")
   for tokenizer in ("char", "byte"):
-    prepare.prepare(prepare.PrepareOptions(inputs=(str(text),), tokenizer=tokenizer, out=str(out / tokenizer),
-                                           docs="paragraph", shard_tokens=4096))
+    prepare.prepare(
+      prepare.PrepareOptions(
+        inputs=(str(text),), tokenizer=tokenizer, out=str(out / tokenizer), docs="paragraph", shard_tokens=4096
+      )
+    )
   return str(out / "char"), str(out / "byte")
 
 
@@ -318,8 +382,11 @@ def test_changing_an_option_changes_what_it_should(path, field, owner, text_file
   cfg = _build(base)
   value = _current(cfg, path)
   places = {"<text_file>": text_file, "<tokens_dir_2>": tokens_dir[1]}
-  candidates = ([places.get(ALTERNATIVES[path], ALTERNATIVES[path])] if path in ALTERNATIVES
-                else _candidates(value, path.split(".")[-1], owner))
+  candidates = (
+    [places.get(ALTERNATIVES[path], ALTERNATIVES[path])]
+    if path in ALTERNATIVES
+    else _candidates(value, path.split(".")[-1], owner)
+  )
   probes = _probes(path)
   tried = []
   for candidate in candidates:
@@ -335,8 +402,9 @@ def test_changing_an_option_changes_what_it_should(path, field, owner, text_file
         return
       if _differs(before, after):
         return
-    pytest.fail(f"{path}: {value!r} -> {candidate!r} changed nothing in the {' or the '.join(probes)}: the option "
-                "is ignored")
+    pytest.fail(
+      f"{path}: {value!r} -> {candidate!r} changed nothing in the {' or the '.join(probes)}: the option is ignored"
+    )
   pytest.fail(f"{path}: no candidate made a valid config from {value!r}; name one in ALTERNATIVES. Tried: {tried}")
 
 

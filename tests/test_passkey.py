@@ -13,8 +13,13 @@ from r1jax.data.passkey import NEEDLE, QUESTION, Passkey
 from r1jax.errors import ConfigError
 from tests.helpers import tiny_config
 
-PASSKEY = DataConfig(kind="passkey", seq_len=256, batch_size=6, eval_batch_size=7, options={"passkey": dict(
-    length_fractions=(0.5, 1.0), depth_bins=4, num_test_examples=20)})
+PASSKEY = DataConfig(
+  kind="passkey",
+  seq_len=256,
+  batch_size=6,
+  eval_batch_size=7,
+  options={"passkey": dict(length_fractions=(0.5, 1.0), depth_bins=4, num_test_examples=20)},
+)
 
 
 def test_passkey_hides_the_key_at_its_depth_and_asks_for_it_at_the_end():
@@ -32,8 +37,8 @@ def test_passkey_hides_the_key_at_its_depth_and_asks_for_it_at_the_end():
     needle = NEEDLE.format(key=key)
     assert text.count(needle) == 1
     length = 128 if np.argmax(group) < 4 else 256
-    content = text[256 - length:]
-    assert set(text[:256 - length]) <= {"\n"}  # padded on the left to the drawn length
+    content = text[256 - length :]
+    assert set(text[: 256 - length]) <= {"\n"}  # padded on the left to the drawn length
     hay = length + 1 - len(needle) - len(QUESTION) - 5
     depth = content.index(needle) / hay
     assert int(depth * 4) == np.argmax(group) % 4 or (depth * 4 >= 3.999 and np.argmax(group) % 4 == 3)
@@ -63,10 +68,12 @@ def small_data_config(name: str, folder: str) -> DataConfig:
   sizes = {"num_test_examples": 6} if hasattr(options, "num_test_examples") else {}
   if hasattr(options, "path") and not options.path:
     from r1jax.data import prepare
+
     prepare.prepare(prepare.PrepareOptions(inputs=(SHAKESPEARE,), tokenizer="byte", out=folder, docs="paragraph"))
     sizes = {"path": folder}
-  return DataConfig(kind=name, seq_len=512, batch_size=3, eval_batch_size=4,
-                    options={name: dataclasses.replace(options, **sizes)})
+  return DataConfig(
+    kind=name, seq_len=512, batch_size=3, eval_batch_size=4, options={name: dataclasses.replace(options, **sizes)}
+  )
 
 
 @pytest.mark.parametrize("name", sorted(registry.DATASETS) or ["text"])
@@ -95,8 +102,14 @@ def test_every_registered_dataset_keeps_the_batch_contract(name, tmp_path):
 def test_group_accuracy_is_reported_per_group_and_averages_to_the_total():
   from r1jax.train import Run
 
-  cfg = tiny_config(data__kind="passkey", data__seq_len=256, data__eval_batch_size=8, data__eval_max_batches=0,
-                    data__options__passkey__length_fractions=(0.5, 1.0), data__options__passkey__num_test_examples=24)
+  cfg = tiny_config(
+    data__kind="passkey",
+    data__seq_len=256,
+    data__eval_batch_size=8,
+    data__eval_max_batches=0,
+    data__options__passkey__length_fractions=(0.5, 1.0),
+    data__options__passkey__num_test_examples=24,
+  )
   run = Run(cfg)
   state, _ = run.init_state()
   metrics = run.evaluate(state)
@@ -111,16 +124,35 @@ def test_group_accuracy_is_reported_per_group_and_averages_to_the_total():
 
 def test_group_accuracy_averages_seeds_per_variant_and_the_depth_figure_has_a_panel_per_length():
   from r1jax.lab import reporting
-  runs = {"dense/seed0": {"eval/accuracy": 0.9, "eval/accuracy/len128/depth0.0-0.5": 1.0,
-                          "eval/accuracy/len128/depth0.5-1.0": 0.8, "eval/accuracy/len256/depth0.0-0.5": 0.6,
-                          "eval/accuracy/len256/depth0.5-1.0": 0.4},
-          "dense/seed1": {"eval/accuracy/len128/depth0.0-0.5": 0.5, "eval/accuracy/len128/depth0.5-1.0": 0.6,
-                          "eval/accuracy/len256/depth0.0-0.5": 0.2, "eval/accuracy/len256/depth0.5-1.0": 0.0},
-          "window/seed0": {"failed": "stopped"}}
+
+  runs = {
+    "dense/seed0": {
+      "eval/accuracy": 0.9,
+      "eval/accuracy/len128/depth0.0-0.5": 1.0,
+      "eval/accuracy/len128/depth0.5-1.0": 0.8,
+      "eval/accuracy/len256/depth0.0-0.5": 0.6,
+      "eval/accuracy/len256/depth0.5-1.0": 0.4,
+    },
+    "dense/seed1": {
+      "eval/accuracy/len128/depth0.0-0.5": 0.5,
+      "eval/accuracy/len128/depth0.5-1.0": 0.6,
+      "eval/accuracy/len256/depth0.0-0.5": 0.2,
+      "eval/accuracy/len256/depth0.5-1.0": 0.0,
+    },
+    "window/seed0": {"failed": "stopped"},
+  }
   acc = reporting.group_accuracy({"runs": runs})
-  assert acc == {"dense": {"len128/depth0.0-0.5": 0.75, "len128/depth0.5-1.0": 0.7, "len256/depth0.0-0.5": 0.4,
-                           "len256/depth0.5-1.0": 0.2}}
+  assert acc == {
+    "dense": {
+      "len128/depth0.0-0.5": 0.75,
+      "len128/depth0.5-1.0": 0.7,
+      "len256/depth0.0-0.5": 0.4,
+      "len256/depth0.5-1.0": 0.2,
+    }
+  }
   fig = reporting.depth_figure(acc)
-  assert [ax.get_title() for ax in fig.axes] == ["passkey, context of 128 characters",
-                                                  "passkey, context of 256 characters"]
+  assert [ax.get_title() for ax in fig.axes] == [
+    "passkey, context of 128 characters",
+    "passkey, context of 256 characters",
+  ]
   np.testing.assert_allclose(fig.axes[1].lines[0].get_data(), [[0.25, 0.75], [0.4, 0.2]])

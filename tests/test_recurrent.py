@@ -30,8 +30,12 @@ def _inputs(seed, B, T, H, K, P, A, delta=False, state=False):
 
 
 CASES = [  # (B, T, H, K, P, A, delta, chunk, initial state): T not a multiple of C, C > T, C = 1
-    (2, 13, 2, 4, 3, 1, False, 4, False), (1, 20, 3, 5, 2, 5, False, 6, True), (2, 7, 1, 3, 4, 1, True, 3, True),
-    (1, 16, 2, 4, 4, 1, True, 16, False), (1, 9, 2, 2, 2, 2, False, 32, False), (1, 6, 1, 3, 3, 3, False, 1, False),
+  (2, 13, 2, 4, 3, 1, False, 4, False),
+  (1, 20, 3, 5, 2, 5, False, 6, True),
+  (2, 7, 1, 3, 4, 1, True, 3, True),
+  (1, 16, 2, 4, 4, 1, True, 16, False),
+  (1, 9, 2, 2, 2, 2, False, 32, False),
+  (1, 6, 1, 3, 3, 3, False, 1, False),
 ]
 
 
@@ -52,11 +56,15 @@ def test_forms_have_equal_gradients(A, delta):
   """Gradients of outputs and final state w.r.t. q, k, v, log a (and b) agree across the three forms."""
   q, k, v, log_a, beta, s0 = _inputs(A, 2, 11, 2, 4, 3, A, delta, state=True)
   rng = np.random.default_rng(1)
-  w_o, w_s = jnp.asarray(rng.normal(size=(2, 11, 2, 3)), jnp.float32), jnp.asarray(rng.normal(size=s0.shape),
-                                                                                     jnp.float32)
+  w_o, w_s = (
+    jnp.asarray(rng.normal(size=(2, 11, 2, 3)), jnp.float32),
+    jnp.asarray(rng.normal(size=s0.shape), jnp.float32),
+  )
+
   def loss(args, form):
     o, s = fast_weights(*args, form=form, chunk=4, state_BxHxKxP=s0)
     return jnp.sum(o * w_o) + jnp.sum(s * w_s)
+
   args = (q, k, v, log_a, beta)
   grads = {f: jax.jit(jax.grad(loss), static_argnums=1)(args, f) for f in FORMS}
   for form in ("parallel", "chunkwise"):
@@ -86,21 +94,24 @@ def test_a_equal_zero_is_a_per_step_outer_product():
 
 def test_chunkwise_cost_is_linear_in_T():
   """Compiled FLOPs of the chunkwise form double when T doubles; the parallel form's quadruple."""
+
   def flops(T, form):
     q, k, v = (jax.ShapeDtypeStruct((1, T, 2, 16), jnp.float32) for _ in range(3))
     log_a = jax.ShapeDtypeStruct((1, T, 2, 1), jnp.float32)
     f = jax.jit(lambda q, k, v, a: fast_weights(q, k, v, a, form=form, chunk=32))
     return f.lower(q, k, v, log_a).compile().cost_analysis()["flops"]
+
   assert 1.8 < flops(2048, "chunkwise") / flops(1024, "chunkwise") < 2.2
   assert flops(2048, "parallel") / flops(1024, "parallel") > 3.5
 
 
 MIXER_OPTIONS = [
-    FastWeightOptions(gate="vector"),
-    FastWeightOptions(gate="scalar", delta=True, feature_map="elu1"),
-    FastWeightOptions(gate="fixed", alpha=0.5, key_dim=4, out_norm=False, out_gate=False, feature_map="relu",
-                      short_conv=0),
-    FastWeightOptions(gate="head", input_scale="1", short_conv=2),
+  FastWeightOptions(gate="vector"),
+  FastWeightOptions(gate="scalar", delta=True, feature_map="elu1"),
+  FastWeightOptions(
+    gate="fixed", alpha=0.5, key_dim=4, out_norm=False, out_gate=False, feature_map="relu", short_conv=0
+  ),
+  FastWeightOptions(gate="head", input_scale="1", short_conv=2),
 ]
 
 
@@ -138,16 +149,24 @@ def test_mixer_is_causal_and_every_parameter_gets_gradient(opts):
   x = jax.random.normal(jax.random.key(0), (2, 9, mixer.cfg.d_model))
   params = mixer.init(jax.random.key(1), x, deterministic=True)
   params = nn.meta.unbox(params)
-  grads = assert_grad_matches_finite_differences(lambda p: jnp.mean(mixer.apply(p, x, deterministic=True)[0] ** 2),
-                                                 params)
+  grads = assert_grad_matches_finite_differences(
+    lambda p: jnp.mean(mixer.apply(p, x, deterministic=True)[0] ** 2), params
+  )
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert float(jnp.abs(g.value if hasattr(g, "value") else g).max()) > 0, jax.tree_util.keystr(path)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"gate": "vector", "delta": True}, "delta=True"), ({"gate": "decay"}, "gate="), ({"alpha": 1.0}, "alpha="),
-    ({"form": "scan"}, "form="), ({"chunk": -1}, "chunk="), ({"input_scale": "a"}, "input_scale="),
-])
+@pytest.mark.parametrize(
+  "kwargs,field",
+  [
+    ({"gate": "vector", "delta": True}, "delta=True"),
+    ({"gate": "decay"}, "gate="),
+    ({"alpha": 1.0}, "alpha="),
+    ({"form": "scan"}, "form="),
+    ({"chunk": -1}, "chunk="),
+    ({"input_scale": "a"}, "input_scale="),
+  ],
+)
 def test_bad_options_name_the_field(kwargs, field):
   with pytest.raises(ConfigError, match=field):
     FastWeightOptions(**kwargs)

@@ -20,12 +20,15 @@ def unsharded(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mesh", [
+@pytest.mark.parametrize(
+  "mesh",
+  [
     {"data": 8, "fsdp": 1, "tensor": 1},
     {"data": 2, "fsdp": 2, "tensor": 2},
     {"data": 1, "fsdp": 2, "tensor": 4},
     {"data": 1, "fsdp": 1, "expert": 2, "tensor": 4},
-])
+  ],
+)
 def test_sharded_equals_unsharded(unsharded, mesh):
   path, (loss0, grads0, params0, metrics0) = unsharded
   state, (loss, grads, params, metrics) = one_run(path, mesh)
@@ -55,50 +58,77 @@ def test_rules_table_has_no_duplicate_logical_names():
 # Megatron-style placement on a mesh where fsdp, expert and tensor are all > 1 (MaxText keeps such golden tables):
 # heads and the MLP width over `tensor`, the model width over `fsdp`, experts over `expert`, norms replicated.
 GOLDEN_PARAM_SPECS = {
-    "embed": ("tensor", "fsdp"),
-    "final_norm/scale": (None,),
-    "layer0/mixer/wq": ("fsdp", "tensor", None), "layer0/mixer/wk": ("fsdp", "tensor", None),
-    "layer0/mixer/wv": ("fsdp", "tensor", None), "layer0/mixer/wo": ("tensor", None, "fsdp"),
-    "layer0/mixer_norm/scale": (None,), "layer0/ffn_norm/scale": (None,),
-    "layer0/ffn/w1": ("fsdp", "tensor"), "layer0/ffn/w3": ("fsdp", "tensor"), "layer0/ffn/w2": ("tensor", "fsdp"),
-    "layer1/mixer/wq": ("fsdp", "tensor", None), "layer1/mixer/wk": ("fsdp", "tensor", None),
-    "layer1/mixer/wv": ("fsdp", "tensor", None), "layer1/mixer/wo": ("tensor", None, "fsdp"),
-    "layer1/mixer_norm/scale": (None,), "layer1/ffn_norm/scale": (None,),
-    "layer1/ffn/router": ("fsdp", None),
-    "layer1/ffn/w1": ("expert", "fsdp", "tensor"), "layer1/ffn/w3": ("expert", "fsdp", "tensor"),
-    "layer1/ffn/w2": ("expert", "tensor", "fsdp"),
-    "layer1/ffn/shared/w1": ("fsdp", "tensor"), "layer1/ffn/shared/w3": ("fsdp", "tensor"),
-    "layer1/ffn/shared/w2": ("tensor", "fsdp"),
+  "embed": ("tensor", "fsdp"),
+  "final_norm/scale": (None,),
+  "layer0/mixer/wq": ("fsdp", "tensor", None),
+  "layer0/mixer/wk": ("fsdp", "tensor", None),
+  "layer0/mixer/wv": ("fsdp", "tensor", None),
+  "layer0/mixer/wo": ("tensor", None, "fsdp"),
+  "layer0/mixer_norm/scale": (None,),
+  "layer0/ffn_norm/scale": (None,),
+  "layer0/ffn/w1": ("fsdp", "tensor"),
+  "layer0/ffn/w3": ("fsdp", "tensor"),
+  "layer0/ffn/w2": ("tensor", "fsdp"),
+  "layer1/mixer/wq": ("fsdp", "tensor", None),
+  "layer1/mixer/wk": ("fsdp", "tensor", None),
+  "layer1/mixer/wv": ("fsdp", "tensor", None),
+  "layer1/mixer/wo": ("tensor", None, "fsdp"),
+  "layer1/mixer_norm/scale": (None,),
+  "layer1/ffn_norm/scale": (None,),
+  "layer1/ffn/router": ("fsdp", None),
+  "layer1/ffn/w1": ("expert", "fsdp", "tensor"),
+  "layer1/ffn/w3": ("expert", "fsdp", "tensor"),
+  "layer1/ffn/w2": ("expert", "tensor", "fsdp"),
+  "layer1/ffn/shared/w1": ("fsdp", "tensor"),
+  "layer1/ffn/shared/w3": ("fsdp", "tensor"),
+  "layer1/ffn/shared/w2": ("tensor", "fsdp"),
 }
 
 
 def test_every_parameter_and_its_optimizer_state_is_placed_as_the_golden_table_says(text_file):
-  cfg = tiny_config(text=text_file, mesh__data=1, mesh__fsdp=2, mesh__expert=2, mesh__tensor=2,
-                    model__ffn_pattern=("swiglu", "moe"), model__ffn_options__moe__num_experts=4,
-                    model__ffn_options__moe__num_shared=1, model__num_kv_heads=2)
+  cfg = tiny_config(
+    text=text_file,
+    mesh__data=1,
+    mesh__fsdp=2,
+    mesh__expert=2,
+    mesh__tensor=2,
+    model__ffn_pattern=("swiglu", "moe"),
+    model__ffn_options__moe__num_experts=4,
+    model__ffn_options__moe__num_shared=1,
+    model__num_kv_heads=2,
+  )
   run = Run(cfg)
   _, state_sh = run.init_state()
-  specs = lambda tree: {"/".join(p.key for p in path): tuple(s.spec)
-                        for path, s in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  specs = lambda tree: {
+    "/".join(p.key for p in path): tuple(s.spec) for path, s in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   assert specs(state_sh.params) == GOLDEN_PARAM_SPECS
   adam = next(s for s in jax.tree.leaves(state_sh.opt_state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu"))
   assert specs(adam.mu) == GOLDEN_PARAM_SPECS and specs(adam.nu) == GOLDEN_PARAM_SPECS
 
+
 BATCH = ("data", "fsdp", "expert")
 GOLDEN_ACTIVATION_SPECS = {  # logical axes of each constrained activation -> its mesh placement
-    ("act_batch", "act_length", "act_embed"): (BATCH, None, None),  # the residual stream, every block's output
-    ("act_batch", "act_length", "act_heads", "act_kv"): (BATCH, None, "tensor", None),  # q, k, v
-    ("act_batch", "act_length", "act_mlp"): (BATCH, None, "tensor"),  # the SwiGLU hidden layer
-    ("act_batch", "act_length", "act_vocab"): (BATCH, None, "tensor"),  # logits
-    ("act_expert_batch", "act_expert", None, "act_embed"): (("data", "fsdp"), "expert", None, None),  # expert buffers
-    ("act_batch", None, None, "act_embed"): (BATCH, None, None, None),  # expert outputs back to the batch
+  ("act_batch", "act_length", "act_embed"): (BATCH, None, None),  # the residual stream, every block's output
+  ("act_batch", "act_length", "act_heads", "act_kv"): (BATCH, None, "tensor", None),  # q, k, v
+  ("act_batch", "act_length", "act_mlp"): (BATCH, None, "tensor"),  # the SwiGLU hidden layer
+  ("act_batch", "act_length", "act_vocab"): (BATCH, None, "tensor"),  # logits
+  ("act_expert_batch", "act_expert", None, "act_embed"): (("data", "fsdp"), "expert", None, None),  # expert buffers
+  ("act_batch", None, None, "act_embed"): (BATCH, None, None, None),  # expert outputs back to the batch
 }
 
 
 def test_main_activations_are_placed_as_the_golden_table_says(text_file, monkeypatch):
-  cfg = tiny_config(text=text_file, mesh__data=1, mesh__fsdp=2, mesh__expert=2, mesh__tensor=2,
-                    model__ffn_pattern=("swiglu", "moe"), model__ffn_options__moe__num_experts=4,
-                    model__ffn_options__moe__dispatch="capacity")
+  cfg = tiny_config(
+    text=text_file,
+    mesh__data=1,
+    mesh__fsdp=2,
+    mesh__expert=2,
+    mesh__tensor=2,
+    model__ffn_pattern=("swiglu", "moe"),
+    model__ffn_options__moe__num_experts=4,
+    model__ffn_options__moe__dispatch="capacity",
+  )
   run = Run(cfg)
   state, _ = run.init_state()
   seen = {}

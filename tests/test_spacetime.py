@@ -57,8 +57,17 @@ def test_joint_equals_dense_attention_on_flattened_tokens():
   np.testing.assert_allclose(module.apply(variables, x, deterministic=True)[0], want, rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("kind, same", [("space", "frame"), ("time", "position"), ("joint", None),
-                                        ("divided", None), ("parallel", None), ("dot_product", None)])
+@pytest.mark.parametrize(
+  "kind, same",
+  [
+    ("space", "frame"),
+    ("time", "position"),
+    ("joint", None),
+    ("divided", None),
+    ("parallel", None),
+    ("dot_product", None),
+  ],
+)
 def test_which_tokens_each_kind_mixes_by_gradients(kind, same):
   T, S = 3, 4
   x = jax.random.normal(jax.random.key(2), (1, T, S, 16))

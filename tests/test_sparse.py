@@ -92,9 +92,17 @@ def test_window_keeps_the_last_k_keys():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("T,block,n,kv_heads,per_token", [(20, 4, 2, 0, True), (19, 5, 1, 2, True), (16, 8, 0, 1, True),
-                                                           (12, 3, 5, 4, True), (20, 4, 2, 0, False),
-                                                           (19, 5, 1, 2, False)])
+@pytest.mark.parametrize(
+  "T,block,n,kv_heads,per_token",
+  [
+    (20, 4, 2, 0, True),
+    (19, 5, 1, 2, True),
+    (16, 8, 0, 1, True),
+    (12, 3, 5, 4, True),
+    (20, 4, 2, 0, False),
+    (19, 5, 1, 2, False),
+  ],
+)
 def test_block_topk_equals_masked_reference(T, block, n, kv_heads, per_token):
   rng = np.random.default_rng(T)
   H, G = 4, kv_heads or 4
@@ -119,11 +127,11 @@ def test_block_topk_with_all_blocks_equals_dense():
 
 
 CAUSAL_CASES = [
-    (SparseAttention, SparseOptions(select="indexer", top_k=3, query_chunk=4)),
-    (SparseAttention, SparseOptions(select="window", top_k=3, query_chunk=5)),
-    (SparseAttention, SparseOptions(select="random", top_k=3, query_chunk=4)),
-    (SparseAttention, SparseOptions(select="indexer", top_k=4, indexer_loss="kl")),
-    (BlockSparseAttention, BlockSparseOptions(block_size=3, top_blocks=1)),
+  (SparseAttention, SparseOptions(select="indexer", top_k=3, query_chunk=4)),
+  (SparseAttention, SparseOptions(select="window", top_k=3, query_chunk=5)),
+  (SparseAttention, SparseOptions(select="random", top_k=3, query_chunk=4)),
+  (SparseAttention, SparseOptions(select="indexer", top_k=4, indexer_loss="kl")),
+  (BlockSparseAttention, BlockSparseOptions(block_size=3, top_blocks=1)),
 ]
 
 
@@ -135,8 +143,10 @@ def test_selection_is_causal_by_gradients(cls, opts):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("grad,loss,reaches", [("gate", "none", True), ("none", "kl", True),
-                                               ("none", "kl_dense", True), ("none", "none", False)])
+@pytest.mark.parametrize(
+  "grad,loss,reaches",
+  [("gate", "none", True), ("none", "kl", True), ("none", "kl_dense", True), ("none", "none", False)],
+)
 def test_indexer_receives_gradient(grad, loss, reaches):
   cfg = mixer_config()
   mixer = SparseAttention(cfg, SparseOptions(top_k=3, indexer_grad=grad, indexer_loss=loss, query_chunk=4))
@@ -145,7 +155,7 @@ def test_indexer_receives_gradient(grad, loss, reaches):
 
   def objective(p):
     y, aux = mixer.apply(p, x, deterministic=False)
-    return jnp.mean(y ** 2) + aux.get("loss_indexer", 0.0)
+    return jnp.mean(y**2) + aux.get("loss_indexer", 0.0)
 
   grads = jax.grad(objective)(params)["params"]
   norms = [float(jnp.linalg.norm(grads[n])) for n in ("idx_wq", "idx_wk", "idx_ww")]
@@ -160,16 +170,21 @@ def test_sampled_selection_draws_from_the_indexer_softmax_in_training_only():
   cfg, T, tau = mixer_config(), 6, 16.0
   x = jax.random.normal(jax.random.key(0), (1, T, cfg.d_model))
   opts = SparseOptions(top_k=1, indexer_grad="none", sample_temperature=tau)
-  params, (greedy, _), inter = apply_mixer(SparseAttention(cfg, dataclasses.replace(opts, sample_temperature=0.0)),
-                                           x, deterministic=True)
+  params, (greedy, _), inter = apply_mixer(
+    SparseAttention(cfg, dataclasses.replace(opts, sample_temperature=0.0)), x, deterministic=True
+  )
   sampled, _ = SparseAttention(cfg, opts).apply(params, x, deterministic=True)
   np.testing.assert_array_equal(sampled, greedy)
-  picks = jax.jit(jax.vmap(lambda key: SparseAttention(cfg, opts).apply(
-      params, x, deterministic=False, rngs={"dropout": key}, mutable=["intermediates"])[1]["intermediates"][
-          "selected"][0][0][0, :, 0]))(jax.random.split(jax.random.key(2), 4000))  # [draws, T]
+  picks = jax.jit(
+    jax.vmap(
+      lambda key: SparseAttention(cfg, opts).apply(
+        params, x, deterministic=False, rngs={"dropout": key}, mutable=["intermediates"]
+      )[1]["intermediates"]["selected"][0][0][0, :, 0]
+    )
+  )(jax.random.split(jax.random.key(2), 4000))  # [draws, T]
   scores = reference.indexer_scores(*inter["indexer"][0])[0]
   for t in (3, T - 1):
-    p = np.exp((scores[t, :t + 1] - scores[t, :t + 1].max()) / tau)
+    p = np.exp((scores[t, : t + 1] - scores[t, : t + 1].max()) / tau)
     assert 0.05 < p.max() / p.sum() < 0.95, "pick a temperature that makes the test informative"
     freq = np.bincount(np.asarray(picks[:, t]), minlength=T) / len(picks)
     np.testing.assert_allclose(freq, np.pad(p / p.sum(), (0, T - t - 1)), atol=0.03)
@@ -183,7 +198,8 @@ def test_sampled_block_selection_draws_from_the_score_softmax():
   q, k = (jnp.asarray(rng.normal(size=(1, T, 1, K)).astype(np.float32)) for _ in range(2))
   greedy, _ = select_blocks(q, k, b, 1)
   draws = jax.jit(jax.vmap(lambda key: select_blocks(q, k, b, 1, key, tau)[0][0, 0]))(
-      jax.random.split(jax.random.key(3), 4000))  # [draws, T, 2]
+    jax.random.split(jax.random.key(3), 4000)
+  )  # [draws, T, 2]
   np.testing.assert_array_equal(draws[:, :, 1], np.broadcast_to(np.arange(T) // b, draws.shape[:2]))
   km = np.asarray(k).reshape(T // b, b, K).mean(1)
   for t in (9, 17):
@@ -215,10 +231,16 @@ def test_kl_dense_matches_definition():
   assert H > 1
 
 
-@pytest.mark.parametrize("opts,field", [
-    (dict(select="toppp"), "select"), (dict(top_k=0), "top_k"), (dict(indexer_loss="mse"), "indexer_loss"),
-    (dict(indexer_dim=3), "indexer_heads/indexer_dim"), (dict(select="random", sample_temperature=1.0),
-                                                           "sample_temperature")])
+@pytest.mark.parametrize(
+  "opts,field",
+  [
+    (dict(select="toppp"), "select"),
+    (dict(top_k=0), "top_k"),
+    (dict(indexer_loss="mse"), "indexer_loss"),
+    (dict(indexer_dim=3), "indexer_heads/indexer_dim"),
+    (dict(select="random", sample_temperature=1.0), "sample_temperature"),
+  ],
+)
 def test_bad_options_name_the_field(opts, field):
   with pytest.raises(ConfigError, match=field):
     SparseOptions(**opts)
@@ -240,8 +262,15 @@ def test_the_timed_eval_step_holds_no_dense_pass_and_the_diagnostics_pass_does(m
   T = 2048
 
   def flops(mixer_name: str, diagnostics: bool) -> float:
-    cfg = tiny_config(text="x", model__num_layers=1, model__d_model=64, model__num_heads=2, model__ffn="none",
-                      model__mixer=mixer_name, **{"model__mixer_options__sparse__query_chunk": T})  # one chunk:
+    cfg = tiny_config(
+      text="x",
+      model__num_layers=1,
+      model__d_model=64,
+      model__num_heads=2,
+      model__ffn="none",
+      model__mixer=mixer_name,
+      **{"model__mixer_options__sparse__query_chunk": T},
+    )  # one chunk:
     model = make_model(resolve_model_config(cfg.model, 32))  # XLA's cost analysis counts a loop body once
     tokens = jax.ShapeDtypeStruct((1, T), jnp.int32)
     params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), tokens)["params"]
@@ -259,8 +288,9 @@ def test_a_run_reports_the_diagnostics_from_its_untimed_pass(text_file):
   """Recall and mass reach the results (from the diagnostics evaluator's pass), loss and accuracy from the timed."""
   from r1jax.train import train
 
-  cfg = tiny_config(text=text_file, model__mixer="sparse", model__num_layers=1,
-                    **{"model__mixer_options__sparse__top_k": 4})
+  cfg = tiny_config(
+    text=text_file, model__mixer="sparse", model__num_layers=1, **{"model__mixer_options__sparse__top_k": 4}
+  )
   final = train(cfg)["final"]
   assert 0.0 < final["eval/mixer/recall"] <= 1.0 and 0.0 < final["eval/mixer/mass"] <= 1.0
   assert np.isfinite(final["eval/loss"])

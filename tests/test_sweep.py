@@ -29,10 +29,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_config_hash_is_the_run_identity():
   a = tiny_config(text="x.txt", workdir="/tmp/a")
-  assert sweep.config_hash(a) == sweep.config_hash(tiny_config(text="x.txt", workdir="/elsewhere",
-                                                               train__progress=True, train__eval_every=2))
-  for changed in ({"model__d_ff": 32}, {"seed": 1}, {"train__steps": 5}, {"optim__lr": 1e-4}, {"data__options__text__path": "y"}):
-    assert sweep.config_hash(tiny_config(**{"data__options__text__path": "x.txt", **changed})) != sweep.config_hash(a), changed
+  assert sweep.config_hash(a) == sweep.config_hash(
+    tiny_config(text="x.txt", workdir="/elsewhere", train__progress=True, train__eval_every=2)
+  )
+  for changed in (
+    {"model__d_ff": 32},
+    {"seed": 1},
+    {"train__steps": 5},
+    {"optim__lr": 1e-4},
+    {"data__options__text__path": "y"},
+  ):
+    assert sweep.config_hash(tiny_config(**{"data__options__text__path": "x.txt", **changed})) != sweep.config_hash(
+      a
+    ), changed
   runs = {"v/seed0": a, "w/seed0": tiny_config(text="x.txt", model__d_ff=32)}
   assert sweep.sweep_id("s", runs) == sweep.sweep_id("s", dict(reversed(list(runs.items()))))
   assert sweep.sweep_id("s", runs) != sweep.sweep_id("t", runs)
@@ -51,8 +60,9 @@ def _worker_setup() -> tuple[list[int], str, str]:
   return sorted(os.sched_getaffinity(0)), os.environ.get("GLIBC_TUNABLES", ""), os.environ.get("XLA_FLAGS", "")
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="pinning needs 2 usable cores")
+@pytest.mark.skipif(
+  not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="pinning needs 2 usable cores"
+)
 def test_worker_pool_pins_each_worker_to_its_own_core_with_huge_pages():
   """Each of 2 workers runs on one core of its own, started with glibc's huge-page tunable and one XLA thread; the
   parent's environment is as before once the pool is gone."""
@@ -89,8 +99,10 @@ def test_a_pool_launcher_with_nothing_left_to_train_returns():
 
 def test_workers_exit_when_their_driver_is_killed():
   """A driver killed mid-sweep leaves no worker training into its results folder."""
-  script = ("import os, sys, time\nfrom r1jax.lab import sweep\nwith sweep.worker_pool(1) as (pool, _):\n"
-            "  print(pool.submit(os.getpid).result(), flush=True)\n  time.sleep(600)\n")
+  script = (
+    "import os, sys, time\nfrom r1jax.lab import sweep\nwith sweep.worker_pool(1) as (pool, _):\n"
+    "  print(pool.submit(os.getpid).result(), flush=True)\n  time.sleep(600)\n"
+  )
   driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
   worker = int(driver.stdout.readline())
   driver.kill()
@@ -125,22 +137,32 @@ def test_slurm_launcher_without_slurm_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def _base(text_file, **extra):
-  return ablation.override(default_config(), {
-      k: v for k, v in to_dict(tiny_config(text=text_file, train__steps=6, train__checkpoint_every=3,
-                                           mesh__devices=1, mesh__data=1)).items() if k != "model"} | {
-      "model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64, **extra}, "test")
+  return ablation.override(
+    default_config(),
+    {
+      k: v
+      for k, v in to_dict(
+        tiny_config(text=text_file, train__steps=6, train__checkpoint_every=3, mesh__devices=1, mesh__data=1)
+      ).items()
+      if k != "model"
+    }
+    | {"model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64, **extra},
+    "test",
+  )
 
 
 def test_local_sweep_records_its_id_and_runs(text_file, tmp_path):
-  abl = ablation.Ablation("toy", _base(text_file), {"a": {}, "b": {"model.d_ff": 32}}, seeds=(0,),
-                          results_dir=str(tmp_path / "res"))
+  abl = ablation.Ablation(
+    "toy", _base(text_file), {"a": {}, "b": {"model.d_ff": 32}}, seeds=(0,), results_dir=str(tmp_path / "res")
+  )
   ablation.run(abl, log=lambda line: None)
   record = json.load(open(tmp_path / "res" / "sweep.json"))
   configs = {f"{v}/seed{s}": c for (v, s), c in abl.configs().items()}
   assert record["sweep_id"] == sweep.sweep_id("toy", configs)
   assert json.load(open(tmp_path / "res" / "results.json"))["sweep_id"] == record["sweep_id"]
-  assert {k: r["config_hash"] for k, r in record["runs"].items()} == {k: sweep.config_hash(c)
-                                                                       for k, c in configs.items()}
+  assert {k: r["config_hash"] for k, r in record["runs"].items()} == {
+    k: sweep.config_hash(c) for k, c in configs.items()
+  }
 
 
 # ------------------------------------------------------------------------------------------------ real SLURM
@@ -154,10 +176,19 @@ def test_runs_start_when_their_source_finishes_not_after_a_wave(text_file):
   import time
 
   cfg = lambda name, src="": dataclasses.replace(  # noqa: E731
-      tiny_config(text=text_file), workdir=f"/w/{name}", train=dataclasses.replace(
-          tiny_config(text=text_file).train, init_from=f"/w/{src}" if src else ""))
-  todo = [("b", cfg("b", "a")), ("a", cfg("a")), ("c", cfg("c")), ("e", cfg("e", "d")), ("d", cfg("d")),
-          ("f", cfg("f", "e")), ("g", cfg("g"))]
+    tiny_config(text=text_file),
+    workdir=f"/w/{name}",
+    train=dataclasses.replace(tiny_config(text=text_file).train, init_from=f"/w/{src}" if src else ""),
+  )
+  todo = [
+    ("b", cfg("b", "a")),
+    ("a", cfg("a")),
+    ("c", cfg("c")),
+    ("e", cfg("e", "d")),
+    ("d", cfg("d")),
+    ("f", cfg("f", "e")),
+    ("g", cfg("g")),
+  ]
   sleep = {"a": 0.2, "b": 0.05, "c": 0.6, "d": 0.01, "g": 0.01}
   events, lock, busy = [], threading.Lock(), [0, 0]
 
@@ -200,11 +231,26 @@ def slurm():
 
 
 def _driver(results_dir, text_file):
-  return [sys.executable, "experiments/dense_baseline.py", "--quick", "--launcher=slurm", "--slurm.time_min=10",
-          "--slurm.poll_sec=0.5", "--variants=small,base", "--seeds=0", f"--results_dir={results_dir}",
-          f"--config.data.options.text.path={text_file}", "--config.train.steps=6", "--config.train.eval_every=3",
-          "--config.train.checkpoint_every=3", "--config.mesh.devices=1", "--config.mesh.data=1",
-          "--config.model.num_layers=1", "--config.model.d_model=32", "--config.data.batch_size=4"]
+  return [
+    sys.executable,
+    "experiments/dense_baseline.py",
+    "--quick",
+    "--launcher=slurm",
+    "--slurm.time_min=10",
+    "--slurm.poll_sec=0.5",
+    "--variants=small,base",
+    "--seeds=0",
+    f"--results_dir={results_dir}",
+    f"--config.data.options.text.path={text_file}",
+    "--config.train.steps=6",
+    "--config.train.eval_every=3",
+    "--config.train.checkpoint_every=3",
+    "--config.mesh.devices=1",
+    "--config.mesh.data=1",
+    "--config.model.num_layers=1",
+    "--config.model.d_model=32",
+    "--config.data.batch_size=4",
+  ]
 
 
 @pytest.mark.slow
@@ -240,8 +286,7 @@ class _LauncherKilledAfterSubmitting(sweep.SlurmLauncher):
 @pytest.mark.slow
 def test_two_process_run_on_slurm_and_a_relaunch_waits_on_the_queued_job(slurm, text_file, tmp_path):
   # Each task: 2 CPU devices; the run's global mesh is data 2 x fsdp 2 over both processes.
-  opts = sweep.SlurmOptions(tasks_per_node=2, time_min=10, poll_sec=0.5,
-                            setup=f"export XLA_FLAGS='{xla_flags(2)}'")
+  opts = sweep.SlurmOptions(tasks_per_node=2, time_min=10, poll_sec=0.5, setup=f"export XLA_FLAGS='{xla_flags(2)}'")
   base = _base(text_file, **{"mesh.devices": 0, "mesh.data": 2, "mesh.fsdp": 2})
   abl = ablation.Ablation("mp", base, {"two_procs": {}}, seeds=(0,), results_dir=str(tmp_path / "res"))
   with pytest.raises(KeyboardInterrupt):

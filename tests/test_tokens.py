@@ -25,8 +25,11 @@ from r1jax.errors import ConfigError
 from r1jax.data.tokens import TokenStream
 from r1jax.train import make_model, train
 
-PARAGRAPHS = ["ROMEO:\nBut soft, what light through yonder window breaks?\n\n",
-              "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\n\n", "NURSE:\nÉcoute — déjà vu, 東京.\n\n"]
+PARAGRAPHS = [
+  "ROMEO:\nBut soft, what light through yonder window breaks?\n\n",
+  "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\n\n",
+  "NURSE:\nÉcoute — déjà vu, 東京.\n\n",
+]
 
 
 @pytest.fixture
@@ -34,20 +37,34 @@ def corpus(tmp_path):
   """A .txt of 60 paragraphs (non-ASCII ones too), a .jsonl of 20 documents and a .parquet of 10."""
   import pyarrow as pa
   import pyarrow.parquet as pq
+
   rng = np.random.default_rng(0)
   txt, jsonl, parquet = tmp_path / "plays.txt", tmp_path / "docs.jsonl", tmp_path / "rows.parquet"
   txt.write_text("".join(PARAGRAPHS[i] * int(k) for i, k in zip(rng.integers(0, 3, 60), rng.integers(1, 4, 60))))
-  rows = [{"id": i, "text": " ".join(rng.choice(["to be", "or not", "that is", "the question\n"], 30))}
-          for i in range(20)]
+  rows = [
+    {"id": i, "text": " ".join(rng.choice(["to be", "or not", "that is", "the question\n"], 30))} for i in range(20)
+  ]
   jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  pq.write_table(pa.table({"text": [f"row {i}: " + "ab\u00e9 " * i for i in range(10)], "n": list(range(10))}),
-                 parquet, row_group_size=3)
+  pq.write_table(
+    pa.table({"text": [f"row {i}: " + "ab\u00e9 " * i for i in range(10)], "n": list(range(10))}),
+    parquet,
+    row_group_size=3,
+  )
   return str(txt), str(jsonl), str(parquet)
 
 
 def options(corpus, out, **kw) -> prep.PrepareOptions:
-  return prep.PrepareOptions(**{"inputs": corpus, "tokenizer": "train:300", "out": str(out), "docs": "paragraph",
-                                "shard_tokens": 500, "val_fraction": 0.2, **kw})
+  return prep.PrepareOptions(
+    **{
+      "inputs": corpus,
+      "tokenizer": "train:300",
+      "out": str(out),
+      "docs": "paragraph",
+      "shard_tokens": 500,
+      "val_fraction": 0.2,
+      **kw,
+    }
+  )
 
 
 def split_tokens(out: str, meta: dict, split: str) -> np.ndarray:
@@ -58,14 +75,16 @@ def split_tokens(out: str, meta: dict, split: str) -> np.ndarray:
 @pytest.mark.parametrize("tokenizer", ["char", "byte", "train:300"])
 def test_prepare_then_load_round_trips_the_text_exactly(corpus, tmp_path, tokenizer):
   from tokenizers import Tokenizer
+
   opts = options(corpus, tmp_path / "out", tokenizer=tokenizer)
   meta = prep.prepare(opts)
   tok = Tokenizer.from_file(os.path.join(opts.out, "tokenizer.json"))
   docs = list(prep.documents(prep.input_files(corpus), opts))
   held = prep.held_out(np.array([len(d) for d in docs]), opts)
   rows = [f"row {i}: " + "ab\u00e9 " * i for i in range(10)]
-  assert "".join(docs) == (open(corpus[0]).read() + "".join(json.loads(line)["text"] for line in open(corpus[1]))
-                           + "".join(rows))
+  assert "".join(docs) == (
+    open(corpus[0]).read() + "".join(json.loads(line)["text"] for line in open(corpus[1])) + "".join(rows)
+  )
   for split in prep.SPLITS:
     ids = split_tokens(opts.out, meta, split)
     want = [d for d, v in zip(docs, held) if v == (split == "val")]
@@ -160,14 +179,19 @@ def test_windows_cross_shard_seams_and_batches_depend_only_on_seed_and_step(tmp_
   starts = [int(np.flatnonzero(np.all(windows == r, axis=1))[0]) for r in rows]
   assert all(s % T == 0 for s in starts) and len(set(starts)) == len(starts)  # an epoch reads each window once
   val = np.concatenate([v["targets"][v["weights"] > 0] for v in a.eval_batches()])
-  np.testing.assert_array_equal(val, split_tokens(str(tmp_path / "out"), meta, "val")[1:1 + len(val)])
+  np.testing.assert_array_equal(val, split_tokens(str(tmp_path / "out"), meta, "val")[1 : 1 + len(val)])
 
 
 @pytest.mark.slow
 def test_token_run_resumes_on_the_same_batches_and_reports_bits_per_character(corpus, tmp_path):
   prep.prepare(options(corpus, tmp_path / "out"))
-  kw = dict(data__kind="tokens", data__options__tokens__path=str(tmp_path / "out"), train__steps=8,
-            train__checkpoint_every=4, train__keep_checkpoints=3)
+  kw = dict(
+    data__kind="tokens",
+    data__options__tokens__path=str(tmp_path / "out"),
+    train__steps=8,
+    train__checkpoint_every=4,
+    train__keep_checkpoints=3,
+  )
   whole = train(tiny_config(workdir=str(tmp_path / "whole"), **kw))
   cut = str(tmp_path / "cut")
   train(tiny_config(workdir=cut, **kw))
@@ -177,7 +201,8 @@ def test_token_run_resumes_on_the_same_batches_and_reports_bits_per_character(co
   assert resumed["perf"]["resumed_from"] == 4 and resumed["final"] == whole["final"]
   meta = json.load(open(tmp_path / "out" / "meta.json"))["splits"]["val"]
   assert whole["final"]["eval/bpc"] == pytest.approx(
-      whole["final"]["eval/loss"] / np.log(2) * meta["tokens"] / meta["characters"])
+    whole["final"]["eval/loss"] / np.log(2) * meta["tokens"] / meta["characters"]
+  )
   [text] = generate.generate_text(cut, ["JULIET:\nO Romeo"], 12, generate.Sampling(temperature=0.0))
   assert text.startswith("JULIET:\nO Romeo") and len(text) > len("JULIET:\nO Romeo")  # tokens decoded to text
 
@@ -222,13 +247,21 @@ print(json.dumps(out))
 @pytest.mark.slow
 def test_two_processes_read_exactly_the_global_batch_of_one(corpus, tmp_path):
   from test_distributed import _free_port
+
   prep.prepare(options(corpus, tmp_path / "out"))
   one = make_dataset(tiny_config(data__kind="tokens", data__options__tokens__path=str(tmp_path / "out")).data, 0)
-  env = {**os.environ, "XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": os.path.dirname(__file__)}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.path.dirname(__file__)}
   address = f"localhost:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS, address, str(i), str(tmp_path / "out")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", TWO_PROCESS, address, str(i), str(tmp_path / "out")],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=240) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]

@@ -26,8 +26,16 @@ from r1jax.writers import read_jsonl
 
 @pytest.mark.slow
 def test_training_reduces_loss_and_writes_logs(text_file, tmp_path):
-  cfg = tiny_config(text=text_file, train__steps=60, train__eval_every=30, train__log_every=10,
-                    optim__lr=3e-3, workdir=str(tmp_path / "run"), mesh__devices=1, mesh__data=1)
+  cfg = tiny_config(
+    text=text_file,
+    train__steps=60,
+    train__eval_every=30,
+    train__log_every=10,
+    optim__lr=3e-3,
+    workdir=str(tmp_path / "run"),
+    mesh__devices=1,
+    mesh__data=1,
+  )
   result = Run(cfg).train()
   evals = [r for r in result["history"] if "eval/loss" in r]
   assert [r["step"] for r in evals] == [30, 60]
@@ -43,9 +51,15 @@ def test_training_reduces_loss_and_writes_logs(text_file, tmp_path):
 
 @pytest.mark.slow
 def test_mqar_training_scores_answer_positions_only():
-  cfg = tiny_config(data__kind="mqar", data__options__mqar__vocab_size=64, data__seq_len=32,
-                    data__options__mqar__num_kv_pairs=4, data__options__mqar__num_test_examples=16, train__steps=30,
-                    optim__lr=3e-3)
+  cfg = tiny_config(
+    data__kind="mqar",
+    data__options__mqar__vocab_size=64,
+    data__seq_len=32,
+    data__options__mqar__num_kv_pairs=4,
+    data__options__mqar__num_test_examples=16,
+    train__steps=30,
+    optim__lr=3e-3,
+  )
   run = Run(cfg)
   result = run.train()
   assert result["final"]["eval/loss"] < np.log(64)  # at least learns that answers are values (V/2 of them)
@@ -57,10 +71,23 @@ def test_mqar_training_scores_answer_positions_only():
 
 @pytest.mark.slow
 def test_mqar_curriculum_trains_both_lengths_and_resumes_inside_it(tmp_path):
-  mqar = dict(vocab_size=64, num_kv_pairs=4, num_test_examples=16, curriculum_steps=3, curriculum_seq_len=16,
-              curriculum_kv_pairs=2)
-  cfg = tiny_config(data__kind="mqar", data__seq_len=32, **{f"data__options__mqar__{k}": v for k, v in mqar.items()},
-                    train__steps=6, train__checkpoint_every=2, train__keep_checkpoints=3, workdir=str(tmp_path / "run"))
+  mqar = dict(
+    vocab_size=64,
+    num_kv_pairs=4,
+    num_test_examples=16,
+    curriculum_steps=3,
+    curriculum_seq_len=16,
+    curriculum_kv_pairs=2,
+  )
+  cfg = tiny_config(
+    data__kind="mqar",
+    data__seq_len=32,
+    **{f"data__options__mqar__{k}": v for k, v in mqar.items()},
+    train__steps=6,
+    train__checkpoint_every=2,
+    train__keep_checkpoints=3,
+    workdir=str(tmp_path / "run"),
+  )
   whole = Run(cfg).train()
   ckpts = tmp_path / "run" / "checkpoints"
   for step in ("4", "6"):  # back to step 2, inside the curriculum: the resumed run needs both shapes again
@@ -91,10 +118,24 @@ def test_schedule_restarts_at_each_phase_only_when_asked():
 
 
 def _main_cmd(workdir, text_file, steps):
-  flags = {"data.options.text.path": text_file, "data.seq_len": 64, "data.batch_size": 8, "data.eval_batch_size": 8,
-           "data.eval_max_batches": 4, "model.num_layers": 2, "model.d_model": 64, "model.num_heads": 4,
-           "train.steps": steps, "train.eval_every": 100, "train.log_every": 10, "train.checkpoint_every": 50,
-           "train.progress": False, "mesh.devices": 1, "mesh.data": 1, "workdir": workdir}
+  flags = {
+    "data.options.text.path": text_file,
+    "data.seq_len": 64,
+    "data.batch_size": 8,
+    "data.eval_batch_size": 8,
+    "data.eval_max_batches": 4,
+    "model.num_layers": 2,
+    "model.d_model": 64,
+    "model.num_heads": 4,
+    "train.steps": steps,
+    "train.eval_every": 100,
+    "train.log_every": 10,
+    "train.checkpoint_every": 50,
+    "train.progress": False,
+    "mesh.devices": 1,
+    "mesh.data": 1,
+    "workdir": workdir,
+  }
   return [sys.executable, "-m", "r1jax.main"] + [f"--config.{k}={v}" for k, v in flags.items()]
 
 
@@ -157,9 +198,19 @@ def test_load_trained_returns_the_trained_params(tmp_path, text_file):
 
 def _nan_config(workdir, **overrides):
   """A run whose learning rate makes step 3's gradient norm NaN (measured: step 3, with checkpoints at 1 and 2)."""
-  return tiny_config(text="package:tinyshakespeare.txt", optim__lr=1e30, optim__warmup_steps=4,
-                     optim__grad_clip=0.0, train__steps=8, train__checkpoint_every=1, train__log_every=4,
-                     workdir=workdir, mesh__devices=1, mesh__data=1, **overrides)
+  return tiny_config(
+    text="package:tinyshakespeare.txt",
+    optim__lr=1e30,
+    optim__warmup_steps=4,
+    optim__grad_clip=0.0,
+    train__steps=8,
+    train__checkpoint_every=1,
+    train__log_every=4,
+    workdir=workdir,
+    mesh__devices=1,
+    mesh__data=1,
+    **overrides,
+  )
 
 
 @pytest.mark.slow
@@ -185,8 +236,15 @@ def _truncate(folder):
 
 @pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_newest_readable_one(text_file, tmp_path, caplog):
-  cfg = tiny_config(text=text_file, train__steps=6, train__checkpoint_every=2, train__keep_checkpoints=3,
-                    workdir=str(tmp_path / "run"), mesh__devices=1, mesh__data=1)
+  cfg = tiny_config(
+    text=text_file,
+    train__steps=6,
+    train__checkpoint_every=2,
+    train__keep_checkpoints=3,
+    workdir=str(tmp_path / "run"),
+    mesh__devices=1,
+    mesh__data=1,
+  )
   whole = Run(cfg).train()
   _truncate(tmp_path / "run" / "checkpoints" / "6")  # its files cut short after a committed save
   resumed = Run(cfg).train()
@@ -211,9 +269,17 @@ def finished_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("field,value", [("optim__lr", 3e-3), ("data__seq_len", 8), ("seed", 1),
-                                         ("model__num_layers", 1), ("data__options__text__path", "copy.txt"),
-                                         ("model__mixer_options__attention__qkv_bias", True)])
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("optim__lr", 3e-3),
+    ("data__seq_len", 8),
+    ("seed", 1),
+    ("model__num_layers", 1),
+    ("data__options__text__path", "copy.txt"),
+    ("model__mixer_options__attention__qkv_bias", True),
+  ],
+)
 def test_resume_is_refused_for_each_field_of_the_run_identity(finished_run, tmp_path, field, value):
   text_file, workdir = finished_run
   if value == "copy.txt":  # the same text under another name (the same vocabulary)
@@ -225,19 +291,33 @@ def test_resume_is_refused_for_each_field_of_the_run_identity(finished_run, tmp_
 
 def test_resume_ignores_loop_settings_and_unused_mixers_options(finished_run):
   text_file, workdir = finished_run
-  again = Run(tiny_config(text=text_file, workdir=workdir, train__steps=2, train__log_every=1,
-                          model__mixer_options__local__window=4)).train()
+  again = Run(
+    tiny_config(
+      text=text_file, workdir=workdir, train__steps=2, train__log_every=1, model__mixer_options__local__window=4
+    )
+  ).train()
   assert again["perf"]["resumed_from"] == 2  # resumed (here: at the end, so it only evaluates)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides,num_losses", [
-    ({"model__ffn": "moe", "model__ffn_options__moe__num_experts": 4, "model__ffn_options__moe__z_weight": 1e-2},
-     4),  # balance and z-loss in 2 layers
-    ({"model__mixer": "sparse", "model__mixer_options__sparse__top_k": 4,
-      "model__mixer_options__sparse__indexer_loss": "kl", "model__mixer_options__sparse__indexer_grad": "none"},
-     2),  # DSA's indexer KL in 2 layers
-])
+@pytest.mark.parametrize(
+  "overrides,num_losses",
+  [
+    (
+      {"model__ffn": "moe", "model__ffn_options__moe__num_experts": 4, "model__ffn_options__moe__z_weight": 1e-2},
+      4,
+    ),  # balance and z-loss in 2 layers
+    (
+      {
+        "model__mixer": "sparse",
+        "model__mixer_options__sparse__top_k": 4,
+        "model__mixer_options__sparse__indexer_loss": "kl",
+        "model__mixer_options__sparse__indexer_grad": "none",
+      },
+      2,
+    ),  # DSA's indexer KL in 2 layers
+  ],
+)
 def test_objective_is_cross_entropy_plus_every_auxiliary_loss(text_file, overrides, num_losses):
   run = Run(tiny_config(text=text_file, mesh__devices=1, mesh__data=1, **overrides))
   state, _ = run.init_state()
@@ -262,9 +342,14 @@ def test_a_zero_weight_row_changes_no_loss_or_metric(text_file):
   padded["targets"][-1] = rng.integers(0, run.data.vocab_size, batch["targets"].shape[1])
   padded["weights"][-1] = 0.0
   (obj, metrics, sums, _), (obj_p, metrics_p, sums_p, _) = (
-      forward(run.model, state.params, state.model_state, b, None, True) for b in (batch, padded))
-  for got, want in ((obj_p, obj), (metrics_p["loss"], metrics["loss"]), (metrics_p["accuracy"], metrics["accuracy"]),
-                    *((sums_p[k], sums[k]) for k in ("loss_sum", "correct_sum", "count"))):
+    forward(run.model, state.params, state.model_state, b, None, True) for b in (batch, padded)
+  )
+  for got, want in (
+    (obj_p, obj),
+    (metrics_p["loss"], metrics["loss"]),
+    (metrics_p["accuracy"], metrics["accuracy"]),
+    *((sums_p[k], sums[k]) for k in ("loss_sum", "correct_sum", "count")),
+  ):
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
   for k in ("correct_B", "count_B"):  # per row: the padded row counts nothing, the others as before
     np.testing.assert_allclose(np.asarray(sums_p[k]), np.append(np.asarray(sums[k]), 0.0), rtol=1e-6)
@@ -273,25 +358,38 @@ def test_a_zero_weight_row_changes_no_loss_or_metric(text_file):
 
 @pytest.mark.slow
 def test_weight_decay_reaches_matrices_and_no_one_dimensional_parameter(text_file):
-  run = Run(tiny_config(text=text_file, mesh__devices=1, mesh__data=1, optim__warmup_steps=0,
-                        optim__weight_decay=0.5, optim__grad_clip=0.0))
+  run = Run(
+    tiny_config(
+      text=text_file,
+      mesh__devices=1,
+      mesh__data=1,
+      optim__warmup_steps=0,
+      optim__weight_decay=0.5,
+      optim__grad_clip=0.0,
+    )
+  )
   state, _ = run.init_state()
   zero = jax.tree.map(jnp.zeros_like, state.params)  # no gradient: only decay moves a parameter
   updates, _ = run.tx.update(zero, run.tx.init(state.params), state.params)
-  moved = {"/".join(p.key for p in path): bool(jnp.any(u != 0))
-           for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+  moved = {
+    "/".join(p.key for p in path): bool(jnp.any(u != 0)) for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+  }
   ndim = {"/".join(p.key for p in path): x.ndim for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
   assert {k for k, m in moved.items() if m} == {k for k, n in ndim.items() if n >= 2}
   assert "final_norm/scale" in ndim and not moved["final_norm/scale"] and moved["embed"]
 
 
-SPARSE_KL_DENSE = {"model__mixer": "sparse", "model__mixer_options__sparse__top_k": 4,
-                   "model__mixer_options__sparse__indexer_grad": "none",
-                   "model__mixer_options__sparse__indexer_loss": "kl_dense"}  # DSA's indexer warm-up
+SPARSE_KL_DENSE = {
+  "model__mixer": "sparse",
+  "model__mixer_options__sparse__top_k": 4,
+  "model__mixer_options__sparse__indexer_grad": "none",
+  "model__mixer_options__sparse__indexer_loss": "kl_dense",
+}  # DSA's indexer warm-up
 
 
 def _named(params) -> dict:
   from r1jax.train import param_name
+
   return {param_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
@@ -301,8 +399,14 @@ def test_init_from_restores_parameters_by_name_and_trainable_freezes_the_rest_bi
   its init), and only the indexer trains: every other parameter stays bitwise the dense run's."""
   dense = tiny_config(text=text_file, workdir=str(tmp_path / "dense"), model__num_layers=1)
   train(dense)
-  warm = tiny_config(text=text_file, workdir=str(tmp_path / "warm"), model__num_layers=1,
-                     train__init_from=str(tmp_path / "dense"), optim__trainable="idx_", **SPARSE_KL_DENSE)
+  warm = tiny_config(
+    text=text_file,
+    workdir=str(tmp_path / "warm"),
+    model__num_layers=1,
+    train__init_from=str(tmp_path / "dense"),
+    optim__trainable="idx_",
+    **SPARSE_KL_DENSE,
+  )
   init = _named(Run(warm).init_state()[0].params)
   result = train(warm)
   assert result["init_from"]["restored"] == len(init) - 3 and result["init_from"]["step"] == 4
@@ -319,8 +423,13 @@ def test_init_from_restores_parameters_by_name_and_trainable_freezes_the_rest_bi
 def test_init_from_and_trainable_refuse_what_cannot_work(text_file, tmp_path):
   small = tiny_config(text=text_file, workdir=str(tmp_path / "small"), model__num_layers=1)
   train(small)
-  wide = tiny_config(text=text_file, workdir=str(tmp_path / "wide"), model__num_layers=1, model__d_model=64,
-                     train__init_from=str(tmp_path / "small"))
+  wide = tiny_config(
+    text=text_file,
+    workdir=str(tmp_path / "wide"),
+    model__num_layers=1,
+    model__d_model=64,
+    train__init_from=str(tmp_path / "small"),
+  )
   with pytest.raises(ConfigError, match=r"train.init_from: params 'embed' has shape \(\d+, 32\)"):
     train(wide)
   with pytest.raises(ConfigError, match="train.init_from=.* holds no checkpoint"):
@@ -380,8 +489,16 @@ def test_the_timed_step_is_the_same_program_whatever_else_is_evaluated(text_file
   the diagnostics reach the results only from their own pass."""
   programs, finals = [], []
   for names in (("timed",), ("timed", "groups", "bpc", "diagnostics")):
-    run = Run(tiny_config(text=text_file, model__mixer="sparse", model__mixer_options__sparse__top_k=4,
-                          train__evaluators=names, mesh__devices=1, mesh__data=1))
+    run = Run(
+      tiny_config(
+        text=text_file,
+        model__mixer="sparse",
+        model__mixer_options__sparse__top_k=4,
+        train__evaluators=names,
+        mesh__devices=1,
+        mesh__data=1,
+      )
+    )
     state, _ = run.init_state()
     batch = sharding.put_batch(next(iter(run.data.eval_batches())), run.mesh)
     programs.append(run.evaluation.timed.step.lower(state, batch).as_text())

@@ -12,10 +12,8 @@ from helpers import VIDEO, one_run, tiny_config
 from r1jax.model import VideoTransformer, layer_kinds
 
 
-
 def model(kind, layers=2):
-  cfg = tiny_config(**VIDEO, model__num_layers=layers,
-                    model__mixer_options={"spacetime": {"kind": kind}}).model
+  cfg = tiny_config(**VIDEO, model__num_layers=layers, model__mixer_options={"spacetime": {"kind": kind}}).model
   return VideoTransformer(dataclasses.replace(cfg, vocab_size=4))
 
 
@@ -35,7 +33,7 @@ def test_factorised_runs_space_layers_then_time_layers_on_the_frame_cls_tokens()
   temporal_in = inter["layer1"]["mixer_norm"]["__call__"][0]  # RMSNorm of the temporal layer's input
   cls = np.asarray(spatial_out[:, :, :1], np.float64)
   scale = np.asarray(params["params"]["layer1"]["mixer_norm"]["scale"], np.float64)
-  want = cls / np.sqrt((cls ** 2).mean(-1, keepdims=True) + m.cfg.norm_eps) * scale
+  want = cls / np.sqrt((cls**2).mean(-1, keepdims=True) + m.cfg.norm_eps) * scale
   assert spatial_out.shape == (2, 3, 5, 32) and temporal_in.shape == (2, 3, 1, 32)
   np.testing.assert_allclose(temporal_in, want, rtol=1e-5, atol=1e-6)
 

@@ -49,15 +49,19 @@ def resolve_path(path: str, field: str = "data.options.text.path") -> str:
   flag = field if field.startswith("--") else f"--config.{field}"
   if path.startswith(PACKAGE_PREFIX):
     assets = importlib.resources.files("r1jax") / "assets"
-    found = assets / path[len(PACKAGE_PREFIX):]
+    found = assets / path[len(PACKAGE_PREFIX) :]
     if not found.is_file():
       shipped = sorted(PACKAGE_PREFIX + f.name for f in assets.iterdir() if f.name.endswith(".txt"))
-      raise ConfigError(f"{field}: {path!r} is not shipped with r1jax (shipped: {shipped}). Fix: use one of "
-                        f"those, or pass a file's path: {flag}=/path/to/file.txt.")
+      raise ConfigError(
+        f"{field}: {path!r} is not shipped with r1jax (shipped: {shipped}). Fix: use one of "
+        f"those, or pass a file's path: {flag}=/path/to/file.txt."
+      )
     return str(found)
   if not os.path.isfile(path):
-    raise ConfigError(f"{field}: text file {path!r} does not exist (cwd {os.getcwd()!r}). Fix: pass "
-                      f"{flag}=/path/to/file.txt, or {TINY_SHAKESPEARE} (the shipped default).")
+    raise ConfigError(
+      f"{field}: text file {path!r} does not exist (cwd {os.getcwd()!r}). Fix: pass "
+      f"{flag}=/path/to/file.txt, or {TINY_SHAKESPEARE} (the shipped default)."
+    )
   return path
 
 
@@ -70,9 +74,10 @@ def tiled_batches(read: Callable[[int, int], np.ndarray], length: int, cfg: Data
   if cfg.eval_max_batches:
     starts = starts[: cfg.eval_max_batches * rows]
   for i in range(0, len(starts), rows):
-    windows = np.stack([read(s, s + T + 1) for s in starts[i:i + rows]])
-    yield pad_rows({"inputs": windows[:, :-1], "targets": windows[:, 1:],
-                    "weights": np.ones((len(windows), T), np.float32)}, rows)
+    windows = np.stack([read(s, s + T + 1) for s in starts[i : i + rows]])
+    yield pad_rows(
+      {"inputs": windows[:, :-1], "targets": windows[:, 1:], "weights": np.ones((len(windows), T), np.float32)}, rows
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +142,12 @@ def _test_batches(data: HeldOutData, rows: int, n: int) -> tuple[Batch, ...]:
 
 def held_out_sizes(opts) -> None:
   """Checks the num_train_examples / num_test_examples options every held-out dataset has."""
-  require(opts.num_test_examples >= 1 and opts.num_train_examples >= 0, "num_test_examples",
-          f"must be >= 1 (num_train_examples >= 0), got {opts.num_test_examples}", "use e.g. 1000")
+  require(
+    opts.num_test_examples >= 1 and opts.num_train_examples >= 0,
+    "num_test_examples",
+    f"must be >= 1 (num_train_examples >= 0), got {opts.num_test_examples}",
+    "use e.g. 1000",
+  )
 
 
 def make_dataset(cfg: DataConfig, seed: int):

@@ -54,8 +54,9 @@ def _tree(rng: random.Random, depth: int, max_depth: int, max_args: int, budget:
   return (tokens, apply(op, values)) if len(tokens) <= budget else None
 
 
-def listops_example(rng: np.random.Generator, seq_len: int, min_len: int, max_depth: int,
-                    max_args: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def listops_example(
+  rng: np.random.Generator, seq_len: int, min_len: int, max_depth: int, max_args: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One ListOps sequence of min_len..seq_len-1 expression tokens, '=', then padding.
 
   Returns:
@@ -68,7 +69,7 @@ def listops_example(rng: np.random.Generator, seq_len: int, min_len: int, max_de
       break
   tokens, value = tree
   inputs = np.full(seq_len, PAD, np.int32)
-  inputs[:len(tokens)] = tokens
+  inputs[: len(tokens)] = tokens
   inputs[len(tokens)] = QUERY
   return inputs, np.array([len(tokens)], np.int32), np.array([DIGIT0 + value], np.int32)
 
@@ -104,13 +105,21 @@ class ListOpsOptions:
 
   def __post_init__(self):
     held_out_sizes(self)
-    require(self.max_depth >= 1 and self.max_args >= 2, "max_depth/max_args", "need depth >= 1 and >= 2 arguments",
-            "use LRA's 10 and 10")
+    require(
+      self.max_depth >= 1 and self.max_args >= 2,
+      "max_depth/max_args",
+      "need depth >= 1 and >= 2 arguments",
+      "use LRA's 10 and 10",
+    )
 
   def check(self, cfg) -> None:
-    require(4 <= self.min_len <= cfg.data.seq_len - 1, "data.options.listops.min_len",
-            f"{self.min_len} must be in [4, seq_len - 1 = {cfg.data.seq_len - 1}] (the shortest expression "
-            "'[MAX d d ]' has 4 tokens; '=' follows)", "lower min_len or raise data.seq_len")
+    require(
+      4 <= self.min_len <= cfg.data.seq_len - 1,
+      "data.options.listops.min_len",
+      f"{self.min_len} must be in [4, seq_len - 1 = {cfg.data.seq_len - 1}] (the shortest expression "
+      "'[MAX d d ]' has 4 tokens; '=' follows)",
+      "lower min_len or raise data.seq_len",
+    )
 
 
 @register_dataset("listops", ListOpsOptions)

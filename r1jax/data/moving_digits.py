@@ -39,8 +39,9 @@ def split_indices(test: bool) -> np.ndarray:
   return idx[idx % 5 == 0] if test else idx[idx % 5 != 0]
 
 
-def render(image_8x8: np.ndarray, start_yx: np.ndarray, velocity_yx: np.ndarray, frames: int,
-           canvas: int) -> np.ndarray:
+def render(
+  image_8x8: np.ndarray, start_yx: np.ndarray, velocity_yx: np.ndarray, frames: int, canvas: int
+) -> np.ndarray:
   """The clip [frames, canvas, canvas]: the image's top-left corner at start + t * velocity (mod canvas)."""
   base = np.zeros((canvas, canvas), np.float32)
   base[:DIGIT_SIZE, :DIGIT_SIZE] = image_8x8
@@ -60,12 +61,13 @@ def to_patches(clip_TxHxW: np.ndarray, patch: int) -> np.ndarray:
 def from_patches(patches_TxSxP: np.ndarray, canvas: int) -> np.ndarray:
   """Inverse of `to_patches`: [T, S, P] -> [T, canvas, canvas]."""
   T, S, P = patches_TxSxP.shape
-  n, p = canvas // int(round(P ** 0.5)), int(round(P ** 0.5))
+  n, p = canvas // int(round(P**0.5)), int(round(P**0.5))
   return patches_TxSxP.reshape(T, n, n, p, p).transpose(0, 1, 3, 2, 4).reshape(T, canvas, canvas)
 
 
-def clip_example(rng: np.random.Generator, test: bool, frames: int, canvas: int, patch: int,
-                 max_speed: int) -> dict[str, np.ndarray | int]:
+def clip_example(
+  rng: np.random.Generator, test: bool, frames: int, canvas: int, patch: int, max_speed: int
+) -> dict[str, np.ndarray | int]:
   """One clip and both labels: {"patches" [T, S, P], "direction", "digit", "image" (index), "speed", "start"}."""
   images, classes = digit_images()
   pool = split_indices(test)
@@ -74,8 +76,14 @@ def clip_example(rng: np.random.Generator, test: bool, frames: int, canvas: int,
   speed = int(rng.integers(1, max_speed + 1))
   start = rng.integers(0, canvas, size=2)
   clip = render(images[image], start, speed * VELOCITY[direction], frames, canvas)
-  return {"patches": to_patches(clip, patch), "direction": direction, "digit": int(classes[image]),
-          "image": image, "speed": speed, "start": start}
+  return {
+    "patches": to_patches(clip, patch),
+    "direction": direction,
+    "digit": int(classes[image]),
+    "image": image,
+    "speed": speed,
+    "start": start,
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +99,12 @@ class MovingDigitsOptions:
   def __post_init__(self):
     held_out_sizes(self)
     require(self.frames >= 2, "frames", f"{self.frames} frames show no motion", "use >= 2 (e.g. 8)")
-    require(self.patch >= 1 and self.canvas >= DIGIT_SIZE and self.canvas % self.patch == 0, "canvas",
-            f"canvas {self.canvas} must be >= {DIGIT_SIZE} (the digit) and a multiple of patch={self.patch}",
-            "use e.g. canvas=16, patch=4")
+    require(
+      self.patch >= 1 and self.canvas >= DIGIT_SIZE and self.canvas % self.patch == 0,
+      "canvas",
+      f"canvas {self.canvas} must be >= {DIGIT_SIZE} (the digit) and a multiple of patch={self.patch}",
+      "use e.g. canvas=16, patch=4",
+    )
     require(1 <= self.max_speed < self.canvas, "max_speed", f"{self.max_speed} must be in [1, canvas)", "use 1 or 2")
     require(self.label in LABELS, "label", f"unknown {self.label!r}", f"use one of {LABELS}")
 
@@ -118,11 +129,15 @@ class MovingDigits(HeldOutData):
   def clip(self, split: int, index: int) -> dict:
     """One clip with both labels (see clip_example)."""
     o = self.cfg.opts
-    return clip_example(np.random.default_rng([self.seed, split, index]), split == TEST, o.frames, o.canvas, o.patch,
-                        o.max_speed)
+    return clip_example(
+      np.random.default_rng([self.seed, split, index]), split == TEST, o.frames, o.canvas, o.patch, o.max_speed
+    )
 
   def _examples(self, split: int, indices) -> Batch:
     clips = [self.clip(split, int(i)) for i in indices]
     targets = np.array([[c[self.cfg.opts.label]] for c in clips], np.int32)
-    return {"inputs": np.stack([c["patches"] for c in clips]), "targets": targets,
-            "weights": np.ones(targets.shape, np.float32)}
+    return {
+      "inputs": np.stack([c["patches"] for c in clips]),
+      "targets": targets,
+      "weights": np.ones(targets.shape, np.float32),
+    }

@@ -34,37 +34,69 @@ class MQAROptions:
   def __post_init__(self):
     held_out_sizes(self)
     require(0.0 <= self.min_gap < 1.0, "min_gap", f"{self.min_gap} is not in [0, 1)", "use 0 (Zoology) or e.g. 0.5")
-    require(self.num_kv_pairs >= 1 and self.num_kv_pairs < self.vocab_size // 2 - 1, "num_kv_pairs",
-            f"{self.num_kv_pairs} pairs need 1 <= pairs < vocab_size / 2 - 1 distinct keys", "lower num_kv_pairs")
+    require(
+      self.num_kv_pairs >= 1 and self.num_kv_pairs < self.vocab_size // 2 - 1,
+      "num_kv_pairs",
+      f"{self.num_kv_pairs} pairs need 1 <= pairs < vocab_size / 2 - 1 distinct keys",
+      "lower num_kv_pairs",
+    )
     require(self.curriculum_steps >= 0, "curriculum_steps", "must be >= 0", "use 0 (off) or a step count")
-    require(not self.curriculum_steps or self.num_train_examples == 0, "curriculum_steps",
-            "a curriculum draws fresh short sequences; it cannot use a fixed training set",
-            "set num_train_examples=0 or curriculum_steps=0")
+    require(
+      not self.curriculum_steps or self.num_train_examples == 0,
+      "curriculum_steps",
+      "a curriculum draws fresh short sequences; it cannot use a fixed training set",
+      "set num_train_examples=0 or curriculum_steps=0",
+    )
 
   def check(self, cfg) -> None:
     """Constraints involving the run's length, batch and steps (cfg: the whole Config)."""
     d, field = cfg.data, "data.options.mqar"
-    require(4 * self.num_kv_pairs <= d.seq_len, f"{field}.num_kv_pairs",
-            f"{self.num_kv_pairs} pairs need data.seq_len >= {4 * self.num_kv_pairs}, got {d.seq_len}",
-            "raise data.seq_len or lower num_kv_pairs")
+    require(
+      4 * self.num_kv_pairs <= d.seq_len,
+      f"{field}.num_kv_pairs",
+      f"{self.num_kv_pairs} pairs need data.seq_len >= {4 * self.num_kv_pairs}, got {d.seq_len}",
+      "raise data.seq_len or lower num_kv_pairs",
+    )
     space = (d.seq_len - 2 * self.num_kv_pairs) // 2
-    require(space - int(self.min_gap * space) >= self.num_kv_pairs, f"{field}.min_gap",
-            f"{self.min_gap} leaves fewer gaps than the {self.num_kv_pairs} queries", "lower min_gap")
+    require(
+      space - int(self.min_gap * space) >= self.num_kv_pairs,
+      f"{field}.min_gap",
+      f"{self.min_gap} leaves fewer gaps than the {self.num_kv_pairs} queries",
+      "lower min_gap",
+    )
     if self.curriculum_steps:
       L, n = self.curriculum_seq_len, self.curriculum_kv_pairs
-      require(4 * n <= L < d.seq_len and n >= 1, f"{field}.curriculum_seq_len",
-              f"the curriculum needs 4 * curriculum_kv_pairs <= curriculum_seq_len < seq_len={d.seq_len}, got {n} "
-              f"pairs in {L} tokens", "e.g. curriculum_seq_len=64, curriculum_kv_pairs=8")
-      require((d.batch_size * d.seq_len) % L == 0, f"{field}.curriculum_seq_len",
-              f"batch_size * seq_len = {d.batch_size * d.seq_len} tokens do not split into rows of {L}",
-              "use a curriculum_seq_len dividing data.batch_size * data.seq_len")
-      require(self.curriculum_steps < cfg.train.steps, f"{field}.curriculum_steps",
-              f"{self.curriculum_steps} must be fewer than train.steps={cfg.train.steps} (the run must end at the "
-              "evaluated length)", "lower curriculum_steps or raise train.steps")
+      require(
+        4 * n <= L < d.seq_len and n >= 1,
+        f"{field}.curriculum_seq_len",
+        f"the curriculum needs 4 * curriculum_kv_pairs <= curriculum_seq_len < seq_len={d.seq_len}, got {n} "
+        f"pairs in {L} tokens",
+        "e.g. curriculum_seq_len=64, curriculum_kv_pairs=8",
+      )
+      require(
+        (d.batch_size * d.seq_len) % L == 0,
+        f"{field}.curriculum_seq_len",
+        f"batch_size * seq_len = {d.batch_size * d.seq_len} tokens do not split into rows of {L}",
+        "use a curriculum_seq_len dividing data.batch_size * data.seq_len",
+      )
+      require(
+        self.curriculum_steps < cfg.train.steps,
+        f"{field}.curriculum_steps",
+        f"{self.curriculum_steps} must be fewer than train.steps={cfg.train.steps} (the run must end at the "
+        "evaluated length)",
+        "lower curriculum_steps or raise train.steps",
+      )
 
 
-def mqar_example(rng: np.random.Generator, seq_len: int, vocab: int, num_pairs: int, power_a: float,
-                 random_non_queries: bool = False, min_gap: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mqar_example(
+  rng: np.random.Generator,
+  seq_len: int,
+  vocab: int,
+  num_pairs: int,
+  power_a: float,
+  random_non_queries: bool = False,
+  min_gap: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One MQAR sequence as in Zoology (`multiquery_ar`).
 
   The sequence starts with `num_pairs` key-value pairs (keys from [1, V/2), values from [V/2, V), all distinct),
@@ -105,8 +137,7 @@ class MQAR(ScoredData):
 
   def example(self, rng: np.random.Generator, split: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     o = self.cfg.opts
-    return mqar_example(rng, self.cfg.seq_len, o.vocab_size, o.num_kv_pairs, o.power_a, o.random_non_queries,
-                        o.min_gap)
+    return mqar_example(rng, self.cfg.seq_len, o.vocab_size, o.num_kv_pairs, o.power_a, o.random_non_queries, o.min_gap)
 
   def decode(self, ids) -> str:
     return " ".join(map(str, ids))
@@ -115,7 +146,11 @@ class MQAR(ScoredData):
     o = self.cfg.opts
     if step < o.curriculum_steps:  # shorter sequences, as many tokens per step
       rows = self.cfg.batch_size * self.cfg.seq_len // o.curriculum_seq_len
-      short = dataclasses.replace(self.cfg, seq_len=o.curriculum_seq_len, batch_size=rows, options={"mqar": (
-          dataclasses.replace(o, num_kv_pairs=o.curriculum_kv_pairs, curriculum_steps=0, min_gap=0.0))})
+      short = dataclasses.replace(
+        self.cfg,
+        seq_len=o.curriculum_seq_len,
+        batch_size=rows,
+        options={"mqar": (dataclasses.replace(o, num_kv_pairs=o.curriculum_kv_pairs, curriculum_steps=0, min_gap=0.0))},
+      )
       return MQAR(short, self.seed)._examples(CURRICULUM, range(step * rows, (step + 1) * rows))
     return super().train_batch(step)

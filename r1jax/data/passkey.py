@@ -43,8 +43,12 @@ class PasskeyOptions:
     require(bool(self.path), "path", "no haystack text given", f"pass a file's path, or {TINY_SHAKESPEARE}")
     require(0.0 < self.val_fraction < 1.0, "val_fraction", f"{self.val_fraction} not in (0, 1)", "use 0.1")
     require(self.digits >= 1 and self.depth_bins >= 1, "digits/depth_bins", "must be >= 1", "use 5 and 5")
-    require(bool(self.length_fractions) and all(0.0 < f <= 1.0 for f in self.length_fractions), "length_fractions",
-            f"{self.length_fractions} must be fractions in (0, 1]", "use e.g. (0.25, 0.5, 1.0)")
+    require(
+      bool(self.length_fractions) and all(0.0 < f <= 1.0 for f in self.length_fractions),
+      "length_fractions",
+      f"{self.length_fractions} must be fractions in (0, 1]",
+      "use e.g. (0.25, 0.5, 1.0)",
+    )
 
   def lengths(self, seq_len: int) -> tuple[int, ...]:
     return tuple(int(round(f * seq_len)) for f in self.length_fractions)
@@ -52,9 +56,13 @@ class PasskeyOptions:
   def check(self, cfg) -> None:
     fixed = len(NEEDLE.format(key="0" * self.digits)) + len(QUESTION) + self.digits
     shortest = min(self.lengths(cfg.data.seq_len))
-    require(shortest >= fixed + 16, "data.options.passkey.length_fractions",
-            f"the shortest context, {shortest} tokens, leaves under 16 characters of text beside the needle and the "
-            f"question ({fixed} characters)", f"raise data.seq_len or the smallest fraction to >= {fixed + 16} tokens")
+    require(
+      shortest >= fixed + 16,
+      "data.options.passkey.length_fractions",
+      f"the shortest context, {shortest} tokens, leaves under 16 characters of text beside the needle and the "
+      f"question ({fixed} characters)",
+      f"raise data.seq_len or the smallest fraction to >= {fixed + 16} tokens",
+    )
 
 
 @register_dataset("passkey", PasskeyOptions)
@@ -67,10 +75,19 @@ class Passkey(ScoredData):
     text_chars, train_ids, val_ids = read_text(o.path, o.val_fraction, "data.options.passkey.path")
     chars = sorted(set(text_chars) | set("0123456789") | set(NEEDLE + QUESTION + PAD))
     remap = np.array([chars.index(c) for c in text_chars], np.int32)  # the text's ids in the extended vocabulary
-    names = tuple(f"len{n}/depth{b / o.depth_bins:.1f}-{(b + 1) / o.depth_bins:.1f}"
-                  for n in o.lengths(self.cfg.seq_len) for b in range(o.depth_bins))
-    for k, v in dict(chars=chars, train_ids=remap[train_ids], val_ids=remap[val_ids], vocab_size=len(chars),
-                     lookup={c: i for i, c in enumerate(chars)}, group_names=names).items():
+    names = tuple(
+      f"len{n}/depth{b / o.depth_bins:.1f}-{(b + 1) / o.depth_bins:.1f}"
+      for n in o.lengths(self.cfg.seq_len)
+      for b in range(o.depth_bins)
+    )
+    for k, v in dict(
+      chars=chars,
+      train_ids=remap[train_ids],
+      val_ids=remap[val_ids],
+      vocab_size=len(chars),
+      lookup={c: i for i, c in enumerate(chars)},
+      group_names=names,
+    ).items():
       object.__setattr__(self, k, v)  # frozen: hashed by (cfg, seed), as the cached test batches need
 
   def encode(self, text: str) -> np.ndarray:
@@ -89,7 +106,7 @@ class Passkey(ScoredData):
     hay = length + 1 - len(needle) - len(tail)  # the content is length + 1 tokens: inputs, then the last target
     start = int(rng.integers(0, len(ids) - hay))
     cut = int(depth * hay)
-    content = np.concatenate([ids[start:start + cut], needle, ids[start + cut:start + hay], tail])
+    content = np.concatenate([ids[start : start + cut], needle, ids[start + cut : start + hay], tail])
     full = np.concatenate([np.full(T - length, self.lookup[PAD], np.int32), content])
     pos = np.arange(T - o.digits, T, dtype=np.int32)  # each digit is predicted from the token before it
     group = which * o.depth_bins + min(int(depth * o.depth_bins), o.depth_bins - 1)

@@ -64,8 +64,9 @@ class PrepareOptions:
     require(self.val_split in ("tail", "hash"), "--val_split", f"unknown {self.val_split!r}", "use tail or hash")
     require(0.0 < self.val_fraction < 1.0, "--val_fraction", f"{self.val_fraction} not in (0, 1)", "use e.g. 0.1")
     require(self.shard_tokens >= 2, "--shard_tokens", f"{self.shard_tokens} < 2", "use e.g. 16777216")
-    require(self.dtype in ("auto", "uint16", "uint32"), "--dtype", f"unknown {self.dtype!r}",
-            "use auto, uint16 or uint32")
+    require(
+      self.dtype in ("auto", "uint16", "uint32"), "--dtype", f"unknown {self.dtype!r}", "use auto, uint16 or uint32"
+    )
     spec = self.tokenizer
     ok = spec in ("char", "byte") or spec.endswith(".json") or re.fullmatch(r"train:\d+", spec) is not None
     require(ok, "--tokenizer", f"unknown {spec!r}", "use char, byte, path/to/tokenizer.json or train:<vocab size>")
@@ -79,8 +80,12 @@ def input_files(patterns) -> list[str]:
     found = [resolve_path(pattern, "--input")] if pattern.startswith("package:") else sorted(glob.glob(pattern))
     require(bool(found), "--input", f"{pattern!r} matches no file (cwd {os.getcwd()!r})", "pass existing files")
     for f in found:
-      require(f.endswith((".txt", ".jsonl", ".parquet")), "--input", f"{f!r} is not .txt, .jsonl or .parquet",
-              "convert it, or pass only those kinds")
+      require(
+        f.endswith((".txt", ".jsonl", ".parquet")),
+        "--input",
+        f"{f!r} is not .txt, .jsonl or .parquet",
+        "convert it, or pass only those kinds",
+      )
     files += found
   return files
 
@@ -101,9 +106,11 @@ def documents(files: list[str], opts: PrepareOptions) -> Iterator[str]:
           if line.strip():
             row = json.loads(line)
             if not isinstance(row, dict) or not isinstance(row.get(opts.text_field), str):
-              raise ConfigError(f"--text_field: line {n} of {path!r} has no string field {opts.text_field!r} "
-                                f"(it has {sorted(row) if isinstance(row, dict) else type(row).__name__}). Fix: "
-                                "pass --text_field=<the field holding the text>.")
+              raise ConfigError(
+                f"--text_field: line {n} of {path!r} has no string field {opts.text_field!r} "
+                f"(it has {sorted(row) if isinstance(row, dict) else type(row).__name__}). Fix: "
+                "pass --text_field=<the field holding the text>."
+              )
             yield row[opts.text_field]
     else:
       try:
@@ -112,8 +119,10 @@ def documents(files: list[str], opts: PrepareOptions) -> Iterator[str]:
         raise ConfigError(f"--input: reading {path!r} needs pyarrow. Fix: pip install pyarrow.") from e
       table = pq.ParquetFile(path)
       if opts.text_field not in table.schema_arrow.names:
-        raise ConfigError(f"--text_field: {path!r} has no column {opts.text_field!r} (it has "
-                          f"{table.schema_arrow.names}). Fix: pass --text_field=<the column holding the text>.")
+        raise ConfigError(
+          f"--text_field: {path!r} has no column {opts.text_field!r} (it has "
+          f"{table.schema_arrow.names}). Fix: pass --text_field=<the column holding the text>."
+        )
       for batch in table.iter_batches(columns=[opts.text_field]):
         yield from (t for t in batch.column(0).to_pylist() if t is not None)
 
@@ -122,8 +131,13 @@ def held_out(lengths: np.ndarray, opts: PrepareOptions) -> np.ndarray:
   """Whether each document (given its length in characters) is held out: `tail`, the last documents that together
   hold val_fraction of the characters; `hash`, each with probability val_fraction by a hash of its index."""
   if opts.val_split == "hash":
-    return np.array([int.from_bytes(hashlib.sha256(f"r1jax-val:{i}".encode()).digest()[:8], "little")
-                     < opts.val_fraction * 2.0**64 for i in range(len(lengths))], bool)
+    return np.array(
+      [
+        int.from_bytes(hashlib.sha256(f"r1jax-val:{i}".encode()).digest()[:8], "little") < opts.val_fraction * 2.0**64
+        for i in range(len(lengths))
+      ],
+      bool,
+    )
   after = np.cumsum(lengths[::-1])[::-1] - lengths  # characters after each document
   return after < opts.val_fraction * lengths.sum()
 
@@ -150,8 +164,9 @@ def build_tokenizer(spec: str, train_docs, all_docs):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=[EOD], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+      vocab_size=size, special_tokens=[EOD], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(train_docs(), trainer)
   else:
     if not os.path.isfile(spec):
@@ -178,8 +193,9 @@ def _write_shard(out: str, name: str, tokens: np.ndarray) -> dict:
   return {"file": name, "tokens": int(len(tokens)), "sha256": sha256(path)}
 
 
-def write_split(split: str, docs: Callable[[], Iterator[str]], count: int, tok, dtype: str, opts: PrepareOptions,
-                progress: dict) -> list[dict]:
+def write_split(
+  split: str, docs: Callable[[], Iterator[str]], count: int, tok, dtype: str, opts: PrepareOptions, progress: dict
+) -> list[dict]:
   """Tokenizes the `count` documents `docs()` yields (one split's) into shards, resuming after the shards
   `progress[split]` lists (the next token to write is token `skip` of the split's document `doc`: the documents
   before it are read but not tokenized); returns the split's shards."""
@@ -200,9 +216,10 @@ def write_split(split: str, docs: Callable[[], Iterator[str]], count: int, tok, 
       held += len(ids)
       while held >= opts.shard_tokens:  # a full shard: write it, then record where the next one starts
         flat = np.concatenate(pending)
-        rest = flat[opts.shard_tokens:]  # a suffix of document d's tokens
-        state["shards"].append(_write_shard(opts.out, f"{split}_{len(state['shards']):05d}.bin",
-                                            flat[:opts.shard_tokens]))
+        rest = flat[opts.shard_tokens :]  # a suffix of document d's tokens
+        state["shards"].append(
+          _write_shard(opts.out, f"{split}_{len(state['shards']):05d}.bin", flat[: opts.shard_tokens])
+        )
         state.update(doc=d, skip=full - len(rest)) if len(rest) else state.update(doc=d + 1, skip=0)
         atomic.write_json(os.path.join(opts.out, "progress.json"), progress)
         pending, held = [rest], len(rest)
@@ -227,8 +244,10 @@ def prepare(opts: PrepareOptions) -> dict:
       with open(path) as f:
         had = json.load(f)
       if had["args"] != args:
-        raise ConfigError(f"--out: {opts.out!r} holds a preparation with other options ({had['args']}). Fix: pass "
-                          "a new --out, or delete that folder.")
+        raise ConfigError(
+          f"--out: {opts.out!r} holds a preparation with other options ({had['args']}). Fix: pass "
+          "a new --out, or delete that folder."
+        )
       if path == meta_path:
         return had
   lengths = np.fromiter((len(d) for d in documents(files, opts)), np.int64)
@@ -236,8 +255,12 @@ def prepare(opts: PrepareOptions) -> dict:
     raise ConfigError(f"--input: {files} hold no text. Fix: pass a corpus with at least one non-empty document.")
   val = held_out(lengths, opts)
   for name, count in (("train", (~val).sum()), ("val", val.sum())):
-    require(count > 0, "--val_fraction", f"the {name} split has no document ({len(lengths)} in all)",
-            "pass more documents, --docs=paragraph for a single text file, or another --val_fraction")
+    require(
+      count > 0,
+      "--val_fraction",
+      f"the {name} split has no document ({len(lengths)} in all)",
+      "pass more documents, --docs=paragraph for a single text file, or another --val_fraction",
+    )
 
   def split_docs(name: str) -> Callable[[], Iterator[str]]:
     return lambda: (d for d, v in zip(documents(files, opts), val) if v == (name == "val"))
@@ -246,6 +269,7 @@ def prepare(opts: PrepareOptions) -> dict:
   tok_path = os.path.join(opts.out, "tokenizer.json")
   if os.path.exists(tok_path) and os.path.exists(progress_path):  # resuming: the same tokenizer (a trained BPE too)
     from tokenizers import Tokenizer
+
     tok = Tokenizer.from_file(tok_path)
   else:
     tok = build_tokenizer(opts.tokenizer, split_docs("train"), lambda: documents(files, opts))
@@ -262,10 +286,22 @@ def prepare(opts: PrepareOptions) -> dict:
   splits = {}
   for name, held in (("train", ~val), ("val", val)):
     shards = write_split(name, split_docs(name), int(held.sum()), tok, dtype, opts, progress)
-    splits[name] = {"documents": int(held.sum()), "characters": int(lengths[held].sum()),
-                    "tokens": sum(s["tokens"] for s in shards), "shards": shards}
-  meta = {"format": FORMAT, "tokenizer": "tokenizer.json", "tokenizer_spec": opts.tokenizer, "vocab_size": vocab,
-          "eod_id": tok.token_to_id(EOD), "dtype": dtype, "args": args, "splits": splits}
+    splits[name] = {
+      "documents": int(held.sum()),
+      "characters": int(lengths[held].sum()),
+      "tokens": sum(s["tokens"] for s in shards),
+      "shards": shards,
+    }
+  meta = {
+    "format": FORMAT,
+    "tokenizer": "tokenizer.json",
+    "tokenizer_spec": opts.tokenizer,
+    "vocab_size": vocab,
+    "eod_id": tok.token_to_id(EOD),
+    "dtype": dtype,
+    "args": args,
+    "splits": splits,
+  }
   atomic.write_json(meta_path, meta)
   os.remove(progress_path)
   return meta
@@ -274,14 +310,25 @@ def prepare(opts: PrepareOptions) -> dict:
 def main(argv):
   del argv
   from absl import flags
+
   f = flags.FLAGS
-  opts = PrepareOptions(inputs=tuple(f.input), tokenizer=f.tokenizer, out=os.path.abspath(f.out) if f.out else "",
-                        text_field=f.text_field, docs=f.docs, val_fraction=f.val_fraction, val_split=f.val_split,
-                        shard_tokens=f.shard_tokens, dtype=f.dtype)
+  opts = PrepareOptions(
+    inputs=tuple(f.input),
+    tokenizer=f.tokenizer,
+    out=os.path.abspath(f.out) if f.out else "",
+    text_field=f.text_field,
+    docs=f.docs,
+    val_fraction=f.val_fraction,
+    val_split=f.val_split,
+    shard_tokens=f.shard_tokens,
+    dtype=f.dtype,
+  )
   meta = prepare(opts)
   for name, s in meta["splits"].items():
-    print(f"{name}: {s['documents']} documents, {s['characters']} characters, {s['tokens']} tokens "
-          f"({s['characters'] / s['tokens']:.2f} characters per token) in {len(s['shards'])} shards")
+    print(
+      f"{name}: {s['documents']} documents, {s['characters']} characters, {s['tokens']} tokens "
+      f"({s['characters'] / s['tokens']:.2f} characters per token) in {len(s['shards'])} shards"
+    )
   print(f"vocabulary {meta['vocab_size']} ({meta['dtype']}), written to {opts.out}")
 
 
@@ -290,6 +337,7 @@ def cli() -> None:
   from absl import flags
 
   from r1jax import entry
+
   d = PrepareOptions.__dataclass_fields__
   flags.DEFINE_list("input", [], "files or globs (.txt, .jsonl, .parquet)")
   flags.DEFINE_string("tokenizer", "train:2048", "char | byte | path/to/tokenizer.json | train:<vocab size>")

@@ -54,9 +54,11 @@ class TextData:
     ids = self.train_ids
     need = self.cfg.seq_len + 1
     if len(self.train_ids) < need or len(self.val_ids) < need:
-      raise ConfigError(f"data.options.text.path: {path!r} has {len(ids) + len(self.val_ids)} characters, too few "
-                        f"for data.seq_len={self.cfg.seq_len} in both splits. Fix: lower data.seq_len or use a longer "
-                        "file.")
+      raise ConfigError(
+        f"data.options.text.path: {path!r} has {len(ids) + len(self.val_ids)} characters, too few "
+        f"for data.seq_len={self.cfg.seq_len} in both splits. Fix: lower data.seq_len or use a longer "
+        "file."
+      )
     self.vocab_size = len(self.chars)
 
   @property
@@ -74,7 +76,7 @@ class TextData:
     rng = np.random.default_rng([self.seed, TRAIN, step])
     T = self.cfg.seq_len
     starts = rng.integers(0, len(self.train_ids) - T, size=self.cfg.batch_size)
-    windows = np.stack([self.train_ids[s:s + T + 1] for s in starts])
+    windows = np.stack([self.train_ids[s : s + T + 1] for s in starts])
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:], "weights": np.ones((len(starts), T), np.float32)}
 
   def eval_batches(self) -> Iterator[Batch]:

@@ -48,12 +48,18 @@ def read_meta(folder: str, field: str = "data.options.tokens.path") -> dict:
   path = os.path.join(folder, "meta.json")
   if not os.path.isfile(path):
     state = "an unfinished preparation" if os.path.isfile(os.path.join(folder, "progress.json")) else "no corpus"
-    raise ConfigError(f"{field}: {folder!r} holds no meta.json ({state}; cwd {os.getcwd()!r}). Fix: run (or rerun, "
-                      f"to finish) python -m r1jax.prepare --input=<files> --out={folder}.")
+    raise ConfigError(
+      f"{field}: {folder!r} holds no meta.json ({state}; cwd {os.getcwd()!r}). Fix: run (or rerun, "
+      f"to finish) python -m r1jax.prepare --input=<files> --out={folder}."
+    )
   with open(path) as f:
     meta = json.load(f)
-  require(meta.get("format") == FORMAT, field, f"{folder!r} was prepared in format {meta.get('format')}, this "
-          f"r1jax reads {FORMAT}", "prepare the corpus again with this version")
+  require(
+    meta.get("format") == FORMAT,
+    field,
+    f"{folder!r} was prepared in format {meta.get('format')}, this r1jax reads {FORMAT}",
+    "prepare the corpus again with this version",
+  )
   return meta
 
 
@@ -66,11 +72,15 @@ class TokenStream:
       path = os.path.join(folder, s["file"])
       size = os.path.getsize(path) if os.path.isfile(path) else -1
       if size != s["tokens"] * np.dtype(dtype).itemsize:
-        raise ConfigError(f"data.options.tokens.path: shard {path!r} is missing or has {size} bytes, not "
-                          f"{s['tokens']} {dtype} tokens. Fix: prepare the corpus again into a new folder.")
+        raise ConfigError(
+          f"data.options.tokens.path: shard {path!r} is missing or has {size} bytes, not "
+          f"{s['tokens']} {dtype} tokens. Fix: prepare the corpus again into a new folder."
+        )
       if verify and sha256(path) != s["sha256"]:
-        raise ConfigError(f"data.options.tokens.path: shard {path!r} does not match its checksum in meta.json. "
-                          "Fix: prepare the corpus again into a new folder.")
+        raise ConfigError(
+          f"data.options.tokens.path: shard {path!r} does not match its checksum in meta.json. "
+          "Fix: prepare the corpus again into a new folder."
+        )
       self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
     self.starts = np.cumsum([0] + [len(s) for s in self.shards])
 
@@ -82,7 +92,7 @@ class TokenStream:
     while at < stop:
       i = int(np.searchsorted(self.starts, at, side="right")) - 1
       end = min(stop, int(self.starts[i + 1]))
-      out.append(self.shards[i][at - self.starts[i]:end - self.starts[i]])
+      out.append(self.shards[i][at - self.starts[i] : end - self.starts[i]])
       at = end
     return np.concatenate(out).astype(np.int32)
 
@@ -90,6 +100,7 @@ class TokenStream:
 @functools.lru_cache(maxsize=4)
 def _tokenizer(path: str):
   from tokenizers import Tokenizer
+
   return Tokenizer.from_file(path)
 
 
@@ -109,8 +120,12 @@ class TokenData:
     import grain
 
     o = self.cfg.opts
-    require(bool(o.path), "data.options.tokens.path", "no prepared folder given", "run python -m r1jax.prepare "
-            "--input=<files> --out=<dir>, then pass --config.data.options.tokens.path=<dir>")
+    require(
+      bool(o.path),
+      "data.options.tokens.path",
+      "no prepared folder given",
+      "run python -m r1jax.prepare --input=<files> --out=<dir>, then pass --config.data.options.tokens.path=<dir>",
+    )
     self.folder = os.path.abspath(o.path)
     self.meta = read_meta(self.folder)
     self.vocab_size = int(self.meta["vocab_size"])
@@ -119,13 +134,18 @@ class TokenData:
     T = self.cfg.seq_len
     for name, stream in (("train", self.train), ("val", self.val)):
       if len(stream) < T + 1:
-        raise ConfigError(f"data.seq_len: {T} + 1 tokens do not fit the {name} split of {self.folder!r} "
-                          f"({len(stream)} tokens). Fix: lower data.seq_len or prepare a larger corpus.")
+        raise ConfigError(
+          f"data.seq_len: {T} + 1 tokens do not fit the {name} split of {self.folder!r} "
+          f"({len(stream)} tokens). Fix: lower data.seq_len or prepare a larger corpus."
+        )
     val = self.meta["splits"]["val"]
     self.chars_per_token = val["characters"] / val["tokens"]
     # Window i is tokens [i T, i T + T + 1); Grain shuffles the window order afresh every epoch.
-    self.windows = (grain.MapDataset.range((len(self.train) - 1) // T).shuffle(seed=self.seed)
-                    .map(lambda i: self.train.read(i * T, i * T + T + 1)))
+    self.windows = (
+      grain.MapDataset.range((len(self.train) - 1) // T)
+      .shuffle(seed=self.seed)
+      .map(lambda i: self.train.read(i * T, i * T + T + 1))
+    )
 
   @property
   def tokens_per_example(self) -> int:

@@ -59,28 +59,53 @@ class MoEOptions:
     def need(ok, field, problem, fix):
       if not ok:
         raise ConfigError(f"{field}: {problem}. Fix: {fix}.")
-    need(self.num_experts >= 1 and 1 <= self.top_k <= self.num_experts, "top_k",
-         f"needs 1 <= top_k <= num_experts, got top_k={self.top_k}, num_experts={self.num_experts}",
-         "lower top_k or raise num_experts")
-    need(self.d_expert >= 0 and self.num_shared >= 0 and self.block_size >= 0, "d_expert/num_shared/block_size",
-         "must be >= 0", "use 0 for the defaults")
+
+    need(
+      self.num_experts >= 1 and 1 <= self.top_k <= self.num_experts,
+      "top_k",
+      f"needs 1 <= top_k <= num_experts, got top_k={self.top_k}, num_experts={self.num_experts}",
+      "lower top_k or raise num_experts",
+    )
+    need(
+      self.d_expert >= 0 and self.num_shared >= 0 and self.block_size >= 0,
+      "d_expert/num_shared/block_size",
+      "must be >= 0",
+      "use 0 for the defaults",
+    )
     need(self.score in SCORES, "score", f"unknown {self.score!r}", f"use one of {SCORES}")
     need(self.balance in BALANCES, "balance", f"unknown {self.balance!r}", f"use one of {BALANCES}")
     need(self.dispatch in DISPATCHES, "dispatch", f"unknown {self.dispatch!r}", f"use one of {DISPATCHES}")
     need(self.grouped_matmul in MATMULS, "grouped_matmul", f"unknown {self.grouped_matmul!r}", f"use one of {MATMULS}")
-    need(not (self.norm_topk and self.top_k == 1), "norm_topk",
-         "with top_k=1 the renormalised gate is always 1, so the router gets no gradient from the loss",
-         "use norm_topk=False for top-1 (Switch)")
-    need(self.num_groups >= 1 and self.num_experts % self.num_groups == 0, "num_groups",
-         f"{self.num_groups} groups do not divide {self.num_experts} experts", "pick a divisor of num_experts")
-    need(1 <= self.topk_groups <= self.num_groups, "topk_groups", f"{self.topk_groups} not in [1, num_groups]",
-         "use e.g. num_groups // 2")
-    need(self.top_k <= self.topk_groups * (self.num_experts // self.num_groups), "top_k",
-         f"{self.top_k} experts cannot be found in {self.topk_groups} groups of "
-         f"{self.num_experts // self.num_groups}", "raise topk_groups")
-    need(self.capacity_factor > 0 and self.aux_weight >= 0 and self.z_weight >= 0 and self.bias_rate >= 0,
-         "capacity_factor/aux_weight/z_weight/bias_rate", "capacity_factor must be > 0, the others >= 0",
-         "use e.g. 1.25, 0.01, 1e-3, 1e-3")
+    need(
+      not (self.norm_topk and self.top_k == 1),
+      "norm_topk",
+      "with top_k=1 the renormalised gate is always 1, so the router gets no gradient from the loss",
+      "use norm_topk=False for top-1 (Switch)",
+    )
+    need(
+      self.num_groups >= 1 and self.num_experts % self.num_groups == 0,
+      "num_groups",
+      f"{self.num_groups} groups do not divide {self.num_experts} experts",
+      "pick a divisor of num_experts",
+    )
+    need(
+      1 <= self.topk_groups <= self.num_groups,
+      "topk_groups",
+      f"{self.topk_groups} not in [1, num_groups]",
+      "use e.g. num_groups // 2",
+    )
+    need(
+      self.top_k <= self.topk_groups * (self.num_experts // self.num_groups),
+      "top_k",
+      f"{self.top_k} experts cannot be found in {self.topk_groups} groups of {self.num_experts // self.num_groups}",
+      "raise topk_groups",
+    )
+    need(
+      self.capacity_factor > 0 and self.aux_weight >= 0 and self.z_weight >= 0 and self.bias_rate >= 0,
+      "capacity_factor/aux_weight/z_weight/bias_rate",
+      "capacity_factor must be > 0, the others >= 0",
+      "use e.g. 1.25, 0.01, 1e-3, 1e-3",
+    )
     need(self.route_scale > 0, "route_scale", f"{self.route_scale} must be > 0", "use 1.0 (DeepSeek-V3 671B: 2.5)")
 
   def sharded_dims(self, model) -> list[tuple[str, int, str]]:
@@ -255,8 +280,9 @@ def expert_parallel_dropless(x_NxD, idx_NxK, gate_NxK, weights, opts: MoEOptions
     return jax.lax.psum_scatter(y, axis, tiled=True)
 
   experts = P(axis, None, None)
-  return jax.shard_map(local, in_specs=(tokens, tokens, tokens, experts, experts, experts),
-                       out_specs=tokens)(x_NxD, idx_NxK, gate_NxK, *weights)
+  return jax.shard_map(local, in_specs=(tokens, tokens, tokens, experts, experts, experts), out_specs=tokens)(
+    x_NxD, idx_NxK, gate_NxK, *weights
+  )
 
 
 def _expert_axis() -> str | None:
@@ -310,8 +336,12 @@ class MoE(nn.Module):
 
     load_E = jnp.bincount(idx_NxK.reshape(-1), length=E).astype(jnp.float32)  # routed copies (before drops)
     probs_NxE = scores_NxE / jnp.sum(scores_NxE, -1, keepdims=True)  # sigmoid scores normalised (DeepSeek-V3)
-    aux = {"max_load": jnp.max(load_E) / jnp.mean(load_E), "load_cv": jnp.std(load_E) / jnp.mean(load_E),
-           "dropped": dropped, "entropy": -jnp.mean(jnp.sum(probs_NxE * jnp.log(probs_NxE + 1e-20), -1))}
+    aux = {
+      "max_load": jnp.max(load_E) / jnp.mean(load_E),
+      "load_cv": jnp.std(load_E) / jnp.mean(load_E),
+      "dropped": dropped,
+      "entropy": -jnp.mean(jnp.sum(probs_NxE * jnp.log(probs_NxE + 1e-20), -1)),
+    }
     if o.balance == "aux":  # Switch: f_i = share of routed copies, P_i = mean router probability
       aux["loss_balance"] = o.aux_weight * E * jnp.sum(load_E / (B * T * K) * jnp.mean(probs_NxE, 0))
     if o.z_weight:

@@ -70,30 +70,45 @@ class Ablation:
     out = {}
     root = self.out_dir
     # train.init_from='@<variant>': that variant's run of the same seed
-    chain = {v: o["train.init_from"][1:] for v, o in self.variants.items()
-             if str(o.get("train.init_from", "")).startswith("@")}
+    chain = {
+      v: o["train.init_from"][1:] for v, o in self.variants.items() if str(o.get("train.init_from", "")).startswith("@")
+    }
     for variant, source in chain.items():
       if source not in self.variants or source == variant:
-        raise ConfigError(f"variant {variant!r}: train.init_from='@{source}' names no other variant. Fix: use "
-                          f"'@<variant>' with one of {[v for v in self.variants if v != variant]}.")
+        raise ConfigError(
+          f"variant {variant!r}: train.init_from='@{source}' names no other variant. Fix: use "
+          f"'@<variant>' with one of {[v for v in self.variants if v != variant]}."
+        )
       seen, at = [variant], source  # follow the sources: a cycle could never start
       while at in chain and at not in seen:
         seen, at = seen + [at], chain[at]
       if at in seen:
-        raise ConfigError(f"train.init_from: variants {seen} start from each other in a cycle. Fix: make one of "
-                          "them start from scratch (train.init_from='').")
+        raise ConfigError(
+          f"train.init_from: variants {seen} start from each other in a cycle. Fix: make one of "
+          "them start from scratch (train.init_from='')."
+        )
     for variant, overrides in self.variants.items():
       for seed in self.seeds:
-        seeded = {**overrides, **({"train.init_from": os.path.join(root, chain[variant], f"seed{seed}")}
-                                  if variant in chain else {})}
-        cfg = override(self.base, {**seeded, "seed": seed,
-                                   "workdir": os.path.join(root, variant, f"seed{seed}")}, f"variant {variant!r}")
+        seeded = {
+          **overrides,
+          **({"train.init_from": os.path.join(root, chain[variant], f"seed{seed}")} if variant in chain else {}),
+        }
+        cfg = override(
+          self.base,
+          {**seeded, "seed": seed, "workdir": os.path.join(root, variant, f"seed{seed}")},
+          f"variant {variant!r}",
+        )
         out[(variant, seed)] = Config.from_dict(cfg)
     return out
 
 
-def run(ablation: Ablation, train_fn: Callable[[Config], dict] | None = None, log=print,
-        workers: int = 1, launcher: Any = None) -> list[dict]:
+def run(
+  ablation: Ablation,
+  train_fn: Callable[[Config], dict] | None = None,
+  log=print,
+  workers: int = 1,
+  launcher: Any = None,
+) -> list[dict]:
   """Trains every (variant, seed) not already finished, then writes and prints the summary (r1jax.lab.reporting).
 
   Finished runs are those with a result.json of the same run identity (config.run_identity; a stale one raises
@@ -113,8 +128,9 @@ class _Plan:
     self.ablation, self.log = ablation, log
     self.configs = configs = ablation.configs()  # validates every variant first
     self.labels = labels = {f"{v}/seed{s}": (v, s) for v, s in configs}
-    self.record = sweep.SweepRecord.open(ablation.out_dir, ablation.name,
-                                         {label: configs[key] for label, key in labels.items()})
+    self.record = sweep.SweepRecord.open(
+      ablation.out_dir, ablation.name, {label: configs[key] for label, key in labels.items()}
+    )
     os.makedirs(ablation.out_dir, exist_ok=True)
     self.results, self.todo = {}, []
     for label, key in labels.items():
@@ -155,17 +171,22 @@ def run_all(ablations: Mapping[str, Ablation], launcher: Any, log=print) -> dict
   plans = {name: _Plan(a, log) for name, a in ablations.items()}
   if isinstance(launcher, sweep.LocalLauncher) and launcher.workers > 1:
     todo = [(f"{name}:{label}", cfg) for name, plan in plans.items() for label, cfg in plan.todo]
-    launcher.launch(todo, lambda label, result: plans[label.split(":", 1)[0]].finish(label.split(":", 1)[1], result),
-                    log, None)
+    launcher.launch(
+      todo, lambda label, result: plans[label.split(":", 1)[0]].finish(label.split(":", 1)[1], result), log, None
+    )
   else:
     for plan in plans.values():
       launcher.launch(plan.todo, plan.finish, log, plan.record)
   return {name: plan.summary() for name, plan in plans.items()}
 
 
-def task_plan(variants: Mapping[str, Any], asked: Sequence[str] | None, task: str,
-              defaults: Mapping[str, Sequence[str]] | None = None,
-              limits: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+def task_plan(
+  variants: Mapping[str, Any],
+  asked: Sequence[str] | None,
+  task: str,
+  defaults: Mapping[str, Sequence[str]] | None = None,
+  limits: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
   """The variants `task` runs: those asked for (all if empty), or the task's defaults when nothing was asked
   (asked=None), within limits[task] (default: no limit); in the order of `variants`."""
   wanted = (defaults or {}).get(task, variants) if asked is None else (asked or variants)
@@ -173,12 +194,18 @@ def task_plan(variants: Mapping[str, Any], asked: Sequence[str] | None, task: st
   return {k: v for k, v in variants.items() if k in wanted and k in allowed}
 
 
-def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections.ConfigDict],
-        variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int] = (0, 1, 2), baseline: str = "",
-        quick: Mapping[str, Any] | None = None,
-        default_variants: Sequence[str] | Mapping[str, Sequence[str]] = (),
-        report: Callable[[dict[str, list[dict]], dict[str, "Ablation"]], str | tuple[str, dict]] | None = None,
-        task_variants: Mapping[str, Sequence[str]] | None = None, workers: int | str = 1) -> None:
+def cli(
+  name: str,
+  base: ml_collections.ConfigDict | Mapping[str, ml_collections.ConfigDict],
+  variants: Mapping[str, Mapping[str, Any]],
+  seeds: Sequence[int] = (0, 1, 2),
+  baseline: str = "",
+  quick: Mapping[str, Any] | None = None,
+  default_variants: Sequence[str] | Mapping[str, Sequence[str]] = (),
+  report: Callable[[dict[str, list[dict]], dict[str, "Ablation"]], str | tuple[str, dict]] | None = None,
+  task_variants: Mapping[str, Sequence[str]] | None = None,
+  workers: int | str = 1,
+) -> None:
   """Command line of an experiment driver: `--config.a.b=v` overrides of the base, and
 
     --quick           the smoke settings (QUICK, plus the driver's `quick` additions) over the base config and
@@ -211,8 +238,9 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
     os.environ[QUICK_ENV] = "1"
   if quick_mode():
     smoke = quick_settings(quick)
-    base = ({t: override(c, smoke, f"quick ({t})") for t, c in tasks.items()} if tasks
-            else override(base, smoke, "quick"))
+    base = (
+      {t: override(c, smoke, f"quick ({t})") for t, c in tasks.items()} if tasks else override(base, smoke, "quick")
+    )
     # a variant's own step counts (a DSA stage's) would override the smoke settings: they give way to the base's
     variants = {v: {k: x for k, x in o.items() if k not in smoke} for v, o in variants.items()}
   config = ml_collections.ConfigDict(base) if tasks else base  # --config.a.b=v (--config.<task>.a.b=v)
@@ -236,17 +264,25 @@ def cli(name: str, base: ml_collections.ConfigDict | Mapping[str, ml_collections
       if set(names) - set(known):
         raise ConfigError(f"{flag}: unknown {sorted(set(names) - set(known))}. Fix: choose from {list(known)}.")
     root = os.path.abspath(f.results_dir or os.path.join("results", name))
-    plan = ({t: (f.config[t], os.path.join(root, t)) for t in f.tasks} if tasks else {"": (f.config, root)})
+    plan = {t: (f.config[t], os.path.join(root, t)) for t in f.tasks} if tasks else {"": (f.config, root)}
     asked = f.variants if f["variants"].present or not per_task else None
     planned = {t: task_plan(variants, asked, t, per_task, task_variants) for t in plan}
-    ablations = {t: Ablation(f"{name}/{t}" if t else name, cfg, planned[t], tuple(int(s) for s in f.seeds),
-                             baseline if baseline in planned[t] else "", out) for t, (cfg, out) in plan.items()}
+    ablations = {
+      t: Ablation(
+        f"{name}/{t}" if t else name,
+        cfg,
+        planned[t],
+        tuple(int(s) for s in f.seeds),
+        baseline if baseline in planned[t] else "",
+        out,
+      )
+      for t, (cfg, out) in plan.items()
+    }
     ablations = {t: a for t, a in ablations.items() if a.variants}
     for a in ablations.values():
       a.configs()  # every task's variants are validated before anything trains
     slurm = sweep.SlurmOptions(**f.slurm.to_dict())
-    launcher = sweep.make_launcher(f.launcher, sweep.resolve_workers(f.workers) if f.launcher == "local" else 1,
-                                   slurm)
+    launcher = sweep.make_launcher(f.launcher, sweep.resolve_workers(f.workers) if f.launcher == "local" else 1, slurm)
     if not jax.config.jax_compilation_cache_dir:
       sweep.use_compile_cache(os.path.join(root, ".xla_cache"))
     rows = run_all(ablations, launcher)

@@ -16,8 +16,7 @@ def sown(cfg: Config, name: str, batches: int = 1, kind: str = "mixer") -> dict[
   model, variables, data = load_trained(cfg)
   found: dict[int, list[np.ndarray]] = {}
   for batch in itertools.islice(data.eval_batches(), batches):
-    _, state = model.apply(variables, jnp.asarray(batch["inputs"]), deterministic=True,
-                           mutable=["intermediates"])
+    _, state = model.apply(variables, jnp.asarray(batch["inputs"]), deterministic=True, mutable=["intermediates"])
     for layer in range(cfg.model.num_layers):
       values = state["intermediates"].get(f"layer{layer}", {}).get(kind, {}).get(name)
       if values is not None:
@@ -25,8 +24,7 @@ def sown(cfg: Config, name: str, batches: int = 1, kind: str = "mixer") -> dict[
   return {layer: np.concatenate(v) for layer, v in found.items()}
 
 
-def histogram_table(values_by_layer: dict[int, np.ndarray], bins: int = 10, lo: float = 0.0,
-                    hi: float = 1.0) -> str:
+def histogram_table(values_by_layer: dict[int, np.ndarray], bins: int = 10, lo: float = 0.0, hi: float = 1.0) -> str:
   """A markdown table with one row per layer: the fraction of values in each of `bins` equal bins of [lo, hi]."""
   edges = np.linspace(lo, hi, bins + 1)
   head = [f"{a:.1f}-{b:.1f}" for a, b in zip(edges[:-1], edges[1:])]

@@ -16,17 +16,25 @@ from r1jax.atomic import save_figure, write_json, write_text
 
 # (result key, column title, how to format a value, display scale); quality first, then cost.
 COLUMNS = (
-    ("eval/loss", "eval loss", "{:.4f}", 1.0),
-    ("eval/accuracy", "eval acc", "{:.4f}", 1.0),
-    ("num_params", "params", "{:,.0f}", 1.0),
-    ("perf/flops_per_token", "FLOPs/token", "{:.3g}", 1.0),
-    ("perf/tokens_per_sec", "train tok/s", "{:,.0f}", 1.0),
-    ("perf/eval_tokens_per_sec", "eval tok/s", "{:,.0f}", 1.0),  # forward only (inference-like), after compile
-    ("perf/memory_bytes", "memory MiB", "{:.1f}", 2.0**-20),
-    ("perf/wall_sec", "wall s", "{:.0f}", 1.0),
+  ("eval/loss", "eval loss", "{:.4f}", 1.0),
+  ("eval/accuracy", "eval acc", "{:.4f}", 1.0),
+  ("num_params", "params", "{:,.0f}", 1.0),
+  ("perf/flops_per_token", "FLOPs/token", "{:.3g}", 1.0),
+  ("perf/tokens_per_sec", "train tok/s", "{:,.0f}", 1.0),
+  ("perf/eval_tokens_per_sec", "eval tok/s", "{:,.0f}", 1.0),  # forward only (inference-like), after compile
+  ("perf/memory_bytes", "memory MiB", "{:.1f}", 2.0**-20),
+  ("perf/wall_sec", "wall s", "{:.0f}", 1.0),
 )
-RATIOS = ("eval/loss", "eval/accuracy", "perf/flops_per_token", "perf/tokens_per_sec", "perf/eval_tokens_per_sec",
-          "perf/memory_bytes")
+RATIOS = (
+  "eval/loss",
+  "eval/accuracy",
+  "perf/flops_per_token",
+  "perf/tokens_per_sec",
+  "perf/eval_tokens_per_sec",
+  "perf/memory_bytes",
+)
+
+
 def failed_result(config: dict, reason: str) -> dict:
   """What an ablation keeps of a run that stopped (e.g. on a non-finite loss): its config and why."""
   return {"config": config, "failed": reason}
@@ -50,9 +58,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def columns(rows_or_flats: list[dict]) -> tuple:
   """COLUMNS plus one per mixer/ffn eval diagnostic (averaged over layers) that any run reported."""
-  keys = dict.fromkeys(k.split(":")[0] for r in rows_or_flats for k in r
-                       if k.startswith(("eval/mixer/", "eval/ffn/")) and "/layer" not in k)
-  return COLUMNS + tuple((k, k[len("eval/"):], "{:.3f}", 1.0) for k in keys)
+  keys = dict.fromkeys(
+    k.split(":")[0]
+    for r in rows_or_flats
+    for k in r
+    if k.startswith(("eval/mixer/", "eval/ffn/")) and "/layer" not in k
+  )
+  return COLUMNS + tuple((k, k[len("eval/") :], "{:.3f}", 1.0) for k in keys)
 
 
 def summarise(results: dict[tuple[str, int], dict], baseline: str) -> list[dict]:
@@ -83,8 +95,12 @@ def markdown_table(rows: list[dict], baseline: str) -> str:
   """The table, values as mean +- std over seeds, then ratios to the baseline variant (and failed runs, if any)."""
   cols = columns(rows)
   failures = any(row.get("failed") for row in rows)
-  head = (["variant", "seeds"] + [title for _, title, *_ in cols] + [f"{k.split('/')[-1]} / {baseline}" for k in RATIOS]
-          + (["failed runs"] if failures else []))
+  head = (
+    ["variant", "seeds"]
+    + [title for _, title, *_ in cols]
+    + [f"{k.split('/')[-1]} / {baseline}" for k in RATIOS]
+    + (["failed runs"] if failures else [])
+  )
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
     cells = [row["variant"], str(row["seeds"])]
@@ -101,9 +117,14 @@ def markdown_table(rows: list[dict], baseline: str) -> str:
 def scale(result: dict) -> dict[str, Any]:
   """What a run's numbers hold at: model size, data, length, steps and backend (kept in results.json)."""
   c = result["config"]
-  return {"num_layers": c["model"]["num_layers"], "d_model": c["model"]["d_model"], "data": c["data"]["kind"],
-          "seq_len": c["data"]["seq_len"], "steps": c["train"]["steps"],
-          "backend": result["perf"].get("backend", "?")}
+  return {
+    "num_layers": c["model"]["num_layers"],
+    "d_model": c["model"]["d_model"],
+    "data": c["data"]["kind"],
+    "seq_len": c["data"]["seq_len"],
+    "steps": c["train"]["steps"],
+    "backend": result["perf"].get("backend", "?"),
+  }
 
 
 def curve(result: dict) -> dict[str, list]:
@@ -112,18 +133,27 @@ def curve(result: dict) -> dict[str, list]:
   evals = [r for r in result["history"] if "eval/loss" in r]
   keys = [k for k in ("eval/loss", "eval/accuracy") if evals and k in evals[0]]
   train = [r for r in result["history"] if "train/loss" in r]
-  return {"step": [r["step"] for r in evals], **{k: [r[k] for r in evals] for k in keys},
-          "train_step": [r["step"] for r in train], "train/loss": [r["train/loss"] for r in train]}
+  return {
+    "step": [r["step"] for r in evals],
+    **{k: [r[k] for r in evals] for k in keys},
+    "train_step": [r["step"] for r in train],
+    "train/loss": [r["train/loss"] for r in train],
+  }
 
 
 def summary(name: str, sweep_id: str, baseline: str, results: dict[tuple[str, int], dict]) -> dict:
   """An ablation's results.json: the rows (mean ± std, ratios), each run's flat metrics, scale and eval curve. It is
   self-contained (no checkpoints or per-run files needed), so a committed copy can be plotted and judged."""
   done = {f"{v}/seed{s}": r for (v, s), r in results.items() if "failed" not in r}
-  return {"name": name, "sweep_id": sweep_id, "baseline": baseline, "rows": summarise(results, baseline),
-          "runs": {f"{v}/seed{s}": flat(r) for (v, s), r in results.items()},
-          "scale": {label: scale(r) for label, r in done.items()},
-          "curves": {label: curve(r) for label, r in done.items()}}
+  return {
+    "name": name,
+    "sweep_id": sweep_id,
+    "baseline": baseline,
+    "rows": summarise(results, baseline),
+    "runs": {f"{v}/seed{s}": flat(r) for (v, s), r in results.items()},
+    "scale": {label: scale(r) for label, r in done.items()},
+    "curves": {label: curve(r) for label, r in done.items()},
+  }
 
 
 def plot(saved: dict) -> dict[str, Any]:
@@ -148,12 +178,14 @@ def plot(saved: dict) -> dict[str, Any]:
     for ax, key in zip(axes, ("eval/loss", "eval/accuracy")):
       steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
       vals = np.array([[dict(zip(c["step"], c[key]))[s] for s in steps] for c in curves])
-      ax.plot(steps, vals.mean(0), marker="o", ms=4, ls="--" if key == "eval/loss" else "-", color=color,
-              label=row["variant"])
+      ax.plot(
+        steps, vals.mean(0), marker="o", ms=4, ls="--" if key == "eval/loss" else "-", color=color, label=row["variant"]
+      )
       if len(curves) > 1:
         ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.2, color=color)
-  axes[0].set(xlabel="step", ylabel="loss (nats/token)",
-              title="train loss (line) and eval loss (points); mean over seeds")
+  axes[0].set(
+    xlabel="step", ylabel="loss (nats/token)", title="train loss (line) and eval loss (points); mean over seeds"
+  )
   if scored:
     axes[1].set(xlabel="step", ylabel="eval accuracy", title="task accuracy (band: min-max over seeds)")
   axes[0].legend(fontsize=8)
@@ -161,11 +193,20 @@ def plot(saved: dict) -> dict[str, Any]:
   ax = cost_fig.subplots()
   for row in rows:
     if row["seeds"]:
-      ax.errorbar(row["perf/flops_per_token"], row["eval/loss"], yerr=row["eval/loss:std"] if row["seeds"] > 1
-                  else None, fmt="o", capsize=3)
+      ax.errorbar(
+        row["perf/flops_per_token"],
+        row["eval/loss"],
+        yerr=row["eval/loss:std"] if row["seeds"] > 1 else None,
+        fmt="o",
+        capsize=3,
+      )
       ax.annotate(row["variant"], (row["perf/flops_per_token"], row["eval/loss"]), fontsize=8)
-  ax.set(xscale="log", xlabel="train FLOPs per token (compiled step)", ylabel="eval loss (nats/token)",
-         title="quality vs cost")
+  ax.set(
+    xscale="log",
+    xlabel="train FLOPs per token (compiled step)",
+    ylabel="eval loss (nats/token)",
+    title="quality vs cost",
+  )
   return {"learning_curves": curves_fig, "quality_vs_flops": cost_fig}
 
 
@@ -176,7 +217,7 @@ def group_accuracy(saved: dict) -> dict[str, dict[str, float]]:
   for label, metrics in saved["runs"].items():
     for k, v in metrics.items():
       if k.startswith("eval/accuracy/"):
-        by.setdefault(label.split("/")[0], {}).setdefault(k[len("eval/accuracy/"):], []).append(v)
+        by.setdefault(label.split("/")[0], {}).setdefault(k[len("eval/accuracy/") :], []).append(v)
   return {variant: {g: float(np.mean(v)) for g, v in groups.items()} for variant, groups in by.items()}
 
 
@@ -196,8 +237,12 @@ def depth_figure(acc: dict[str, dict[str, float]], chance: float = 0.1):
       ax.plot([(lo + hi) / 2 for lo, hi in lo_hi], [a[g] for g in mine], marker="o", label=variant)
   for ax, n in zip(axes, lengths):
     ax.axhline(chance, color="k", ls=":", label=f"chance ({chance:g})")
-    ax.set(xlabel="needle depth (fraction of the context, bin centre)", ylabel="digit accuracy", ylim=(0, 1.02),
-           title=f"passkey, context of {n[3:]} characters")
+    ax.set(
+      xlabel="needle depth (fraction of the context, bin centre)",
+      ylabel="digit accuracy",
+      ylim=(0, 1.02),
+      title=f"passkey, context of {n[3:]} characters",
+    )
   axes[-1].legend(fontsize=7)
   return fig
 
@@ -255,13 +300,16 @@ def paired(saved: dict, first: str, second: str, key: str = "eval/loss") -> np.n
   """Per-seed differences first - second of a result key, over the seeds both variants finished (in a driver every
   variant of a seed sees the same batches, so these differences cancel the seed's shared noise)."""
   runs = {label: run for label, run in saved["runs"].items() if "failed" not in run}
-  seeds = sorted({label.split("/")[1] for label in runs if label.startswith(f"{first}/")}
-                 & {label.split("/")[1] for label in runs if label.startswith(f"{second}/")})
+  seeds = sorted(
+    {label.split("/")[1] for label in runs if label.startswith(f"{first}/")}
+    & {label.split("/")[1] for label in runs if label.startswith(f"{second}/")}
+  )
   return np.array([runs[f"{first}/{s}"][key] - runs[f"{second}/{s}"][key] for s in seeds])
 
 
-def write_summary(out_dir: str, name: str, sweep_id: str, baseline: str,
-                  results: dict[tuple[str, int], dict]) -> tuple[list[dict], str]:
+def write_summary(
+  out_dir: str, name: str, sweep_id: str, baseline: str, results: dict[tuple[str, int], dict]
+) -> tuple[list[dict], str]:
   """results.json / .csv / .md and the plots of an ablation in `out_dir`; returns (rows, markdown table)."""
   saved = summary(name, sweep_id, baseline, results)
   rows = saved["rows"]

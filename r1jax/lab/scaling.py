@@ -15,7 +15,14 @@ import numpy as np
 from r1jax import decoding, registry, sharding
 from r1jax.config import MeshConfig, ModelConfig, OptimConfig
 from r1jax.model import Transformer
-from r1jax.train import (compile_train_step, compiled_flops, init_train_state, make_optimizer, peak_memory_bytes, static_memory_bytes)
+from r1jax.train import (
+  compile_train_step,
+  compiled_flops,
+  init_train_state,
+  make_optimizer,
+  peak_memory_bytes,
+  static_memory_bytes,
+)
 
 
 def memory_limit_bytes(max_memory_gb: float = 0.0, fraction: float = 0.75) -> float:
@@ -87,8 +94,15 @@ def median_sec(fn, *args, repeats: int = 3) -> float:
   return float(np.median(times))
 
 
-def timed(cfg: ModelConfig, T: int, batch: int = 1, backward: bool = False, repeats: int = 3,
-          budget_sec: float = 30.0, max_bytes: float = float("inf")) -> dict:
+def timed(
+  cfg: ModelConfig,
+  T: int,
+  batch: int = 1,
+  backward: bool = False,
+  repeats: int = 3,
+  budget_sec: float = 30.0,
+  max_bytes: float = float("inf"),
+) -> dict:
   """Median wall time of the compiled mixer at length T (after one warm-up call), and its peak memory.
 
   Raises MemoryError before running when XLA's memory estimate exceeds max_bytes (the host's RAM on CPU, where
@@ -124,8 +138,13 @@ def precompile(cfg: ModelConfig, T: int, backward: bool = False, batch: int = 1)
   compile_mixer(cfg, T, batch, backward)
 
 
-def layer_times(layers: dict[str, tuple[ModelConfig, ModelConfig]], lengths, repeats: int = 2,
-                budget_sec: float = 20.0, max_bytes: float = float("inf")) -> dict[str, dict[str, list[float]]]:
+def layer_times(
+  layers: dict[str, tuple[ModelConfig, ModelConfig]],
+  lengths,
+  repeats: int = 2,
+  budget_sec: float = 20.0,
+  max_bytes: float = float("inf"),
+) -> dict[str, dict[str, list[float]]]:
   """name -> {"fwd": [sec per T], "fwd+bwd": [...]}: `timed` for each (forward model, forward+backward model) of
   `layers` at each length, in this process; NaN where XLA's memory estimate exceeds max_bytes."""
   out = {}
@@ -133,16 +152,18 @@ def layer_times(layers: dict[str, tuple[ModelConfig, ModelConfig]], lengths, rep
     for T in lengths:
       for what, cfg in (("fwd", fwd_cfg), ("fwd+bwd", bwd_cfg)):
         try:
-          sec = timed(cfg, T, backward=what == "fwd+bwd", repeats=repeats, budget_sec=budget_sec,
-                      max_bytes=max_bytes)["sec"]
+          sec = timed(cfg, T, backward=what == "fwd+bwd", repeats=repeats, budget_sec=budget_sec, max_bytes=max_bytes)[
+            "sec"
+          ]
         except MemoryError:
           sec = float("nan")
         out.setdefault(name, {}).setdefault(what, []).append(sec)
   return out
 
 
-def decode_step(cfg: ModelConfig, C: int, batch: int = 1, steps: int = 16, repeats: int = 3,
-                params=None) -> dict[str, float]:
+def decode_step(
+  cfg: ModelConfig, C: int, batch: int = 1, steps: int = 16, repeats: int = 3, params=None
+) -> dict[str, float]:
   """A decoding step of the LM `cfg` at context C (r1jax/decoding.py): seconds per token at `batch` (median of
   `repeats` timed calls of one compiled scan of `steps` tokens at the cache's last positions, after a warm-up call)
   and the cache's bytes per sequence. A step attends a cache of C positions; its content does not change the work,
@@ -150,14 +171,22 @@ def decode_step(cfg: ModelConfig, C: int, batch: int = 1, steps: int = 16, repea
   model = Transformer(cfg)
   if params is None:
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
-  start = jax.jit(lambda p, t: model.apply(p, t, decode=decoding.Decode.prefill(jnp.ones((batch,), jnp.int32), C),
-                                           mutable=[decoding.CACHE])[1][decoding.CACHE])
+  start = jax.jit(
+    lambda p, t: model.apply(
+      p, t, decode=decoding.Decode.prefill(jnp.ones((batch,), jnp.int32), C), mutable=[decoding.CACHE]
+    )[1][decoding.CACHE]
+  )
 
   def scan(p, cache, pos_B):
     def one(c, i):
-      (logits, _), new = model.apply({**p, decoding.CACHE: c}, jnp.zeros((batch, 1), jnp.int32),
-                                     decode=decoding.Decode.step(pos_B + i, C), mutable=[decoding.CACHE])
+      (logits, _), new = model.apply(
+        {**p, decoding.CACHE: c},
+        jnp.zeros((batch, 1), jnp.int32),
+        decode=decoding.Decode.step(pos_B + i, C),
+        mutable=[decoding.CACHE],
+      )
       return new[decoding.CACHE], logits[:, 0, 0]
+
     return jax.lax.scan(one, cache, jnp.arange(steps))
 
   cache = start(params, jnp.zeros((batch, 1), jnp.int32))  # an empty cache of C positions
@@ -172,8 +201,9 @@ def decode_step(cfg: ModelConfig, C: int, batch: int = 1, steps: int = 16, repea
   return {"step_sec": float(np.median(times[1:])) / steps, "cache_bytes": cache_bytes}
 
 
-def decode_steps(models: dict[str, ModelConfig], contexts, batch: int = 1, steps: int = 16,
-                 repeats: int = 3) -> dict[str, dict[str, list[float]]]:
+def decode_steps(
+  models: dict[str, ModelConfig], contexts, batch: int = 1, steps: int = 16, repeats: int = 3
+) -> dict[str, dict[str, list[float]]]:
   """name -> {"step_sec": [per context], "cache_bytes": [...]}: `decode_step` of each model at each context."""
   out = {}
   for name, cfg in models.items():
@@ -186,8 +216,10 @@ def decode_steps(models: dict[str, ModelConfig], contexts, batch: int = 1, steps
 
 def ratio_table(times: dict[str, dict[str, list[float]]], lengths, labels: dict[str, str], base: str = "dense") -> str:
   """A markdown table of `layer_times`: milliseconds and, in brackets, the ratio to `base` at the same length."""
-  lines = ["| variant | " + " | ".join(f"T={T} fwd ms (/{base}) | fwd+bwd ms (/{base})" for T in lengths) + " |",
-           "|---|" + "---|---|" * len(lengths)]
+  lines = [
+    "| variant | " + " | ".join(f"T={T} fwd ms (/{base}) | fwd+bwd ms (/{base})" for T in lengths) + " |",
+    "|---|" + "---|---|" * len(lengths),
+  ]
   for name, t in times.items():
     cells = []
     for i in range(len(lengths)):

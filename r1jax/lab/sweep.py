@@ -122,6 +122,7 @@ def _worker_init(cache_dir: str | None, one_thread: bool, cores=None) -> None:
 def _exit_with_parent(parent: int, poll_sec: float = 1.0) -> None:
   """A daemon thread that ends this worker once its parent is gone (a killed driver must not leave runs training
   into the results folder behind it)."""
+
   def watch():
     while os.getppid() == parent:
       time.sleep(poll_sec)
@@ -160,8 +161,10 @@ def resolve_workers(workers: int | str) -> int:
     if not str(workers).isdigit() or int(workers) < 1:
       raise ConfigError(f"--workers={workers} is invalid. Fix: use a positive count or 'auto'.")
     if int(workers) > 1 and (jax.default_backend() != "cpu" or jax.process_count() > 1):
-      raise ConfigError(f"--workers={workers} needs a single-process CPU run (runs would share the "
-                        f"{jax.default_backend()} devices). Fix: --workers=1.")
+      raise ConfigError(
+        f"--workers={workers} needs a single-process CPU run (runs would share the "
+        f"{jax.default_backend()} devices). Fix: --workers=1."
+      )
     return int(workers)
   cpu_ok = jax.default_backend() == "cpu" and jax.process_count() == 1
   return 2 if cpu_ok and (os.cpu_count() or 1) >= 2 else 1
@@ -175,8 +178,10 @@ def waves(todo: list[tuple[str, Config]]) -> list[list[tuple[str, Config]]]:
   while pending:
     wave = [(label, cfg) for label, cfg in pending if cfg.train.init_from not in workdirs - done]
     if not wave:
-      raise ConfigError(f"train.init_from: the runs {[label for label, _ in pending]} start from each other in a "
-                        "cycle. Fix: make one of them start from scratch (train.init_from='').")
+      raise ConfigError(
+        f"train.init_from: the runs {[label for label, _ in pending]} start from each other in a "
+        "cycle. Fix: make one of them start from scratch (train.init_from='')."
+      )
     out.append(wave)
     done |= {cfg.workdir for _, cfg in wave}
     launched = {label for label, _ in wave}
@@ -198,8 +203,9 @@ def sources(todo: Todo) -> dict[str, str | None]:
   return {label: by_dir.get(cfg.train.init_from) for label, cfg in todo}
 
 
-def by_waves(todo: Todo, finish: Callable[[str, dict], None],
-             launch_wave: Callable[[Todo, Callable[[str, dict], None]], None]) -> None:
+def by_waves(
+  todo: Todo, finish: Callable[[str, dict], None], launch_wave: Callable[[Todo, Callable[[str, dict], None]], None]
+) -> None:
   """Launches `todo` a wave at a time (see waves): launch_wave(ready runs, finish); a run whose source failed is
   finished as failed without training."""
   results, source = {}, sources(todo)
@@ -232,8 +238,9 @@ class LocalLauncher:
     if self.workers > 1 and self.train_fn is not None:
       raise ValueError("a custom train_fn runs in this process. Fix: use workers=1.")
 
-  def launch(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None],
-             record: SweepRecord) -> None:
+  def launch(
+    self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None], record: SweepRecord
+  ) -> None:
     del record
     if not todo:  # every run finished earlier: nothing to start (a pool of no workers cannot be made)
       return
@@ -289,8 +296,9 @@ def worker_pool(n: int, pin: bool = True):
   env = _spawn_environment()
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)  # while the pool lives: its workers start as work is submitted
-  pool = concurrent.futures.ProcessPoolExecutor(n, ctx, initializer=_worker_init,
-                                                initargs=(jax.config.jax_compilation_cache_dir, pin, queue))
+  pool = concurrent.futures.ProcessPoolExecutor(
+    n, ctx, initializer=_worker_init, initargs=(jax.config.jax_compilation_cache_dir, pin, queue)
+  )
   try:
     yield pool, cores
   finally:
@@ -302,8 +310,9 @@ def worker_pool(n: int, pin: bool = True):
         os.environ[k] = v
 
 
-def when_ready(todo: Todo, finish: Callable[[str, dict], None], submit: Callable[[Config], concurrent.futures.Future],
-               slots: int) -> None:
+def when_ready(
+  todo: Todo, finish: Callable[[str, dict], None], submit: Callable[[Config], concurrent.futures.Future], slots: int
+) -> None:
   """Submits the runs of `todo` in order, at most `slots` at a time (submit(cfg) -> a concurrent.futures.Future of its
   result), each once its train.init_from run in `todo` has finished, and finishes runs as their futures complete;
   a run whose source failed is finished as failed without being submitted. A free slot takes the first ready run,
@@ -352,19 +361,35 @@ class SlurmOptions:
       if getattr(self, name) < 1:
         raise ConfigError(f"slurm.{name}={getattr(self, name)} must be >= 1. Fix: pass --slurm.{name}=1 or more.")
     if self.gpus_per_node < 0 or self.mem_gb < 0 or self.poll_sec <= 0:
-      raise ConfigError("slurm.gpus_per_node and slurm.mem_gb must be >= 0 and slurm.poll_sec > 0. "
-                        "Fix: use 0 for the cluster's defaults.")
+      raise ConfigError(
+        "slurm.gpus_per_node and slurm.mem_gb must be >= 0 and slurm.poll_sec > 0. "
+        "Fix: use 0 for the cluster's defaults."
+      )
 
   @property
   def num_processes(self) -> int:
     return self.nodes * self.tasks_per_node
 
   def executor_parameters(self) -> dict:
-    params = {"time": self.time_min, "nodes": self.nodes, "ntasks_per_node": self.tasks_per_node,
-              "cpus_per_task": self.cpus_per_task, "array_parallelism": self.array_parallelism,
-              "setup": [self.setup] if self.setup else []}
-    params.update({k: v for k, v in (("partition", self.partition), ("gpus_per_node", self.gpus_per_node),
-                                     ("mem", f"{self.mem_gb}GB" if self.mem_gb else "")) if v})
+    params = {
+      "time": self.time_min,
+      "nodes": self.nodes,
+      "ntasks_per_node": self.tasks_per_node,
+      "cpus_per_task": self.cpus_per_task,
+      "array_parallelism": self.array_parallelism,
+      "setup": [self.setup] if self.setup else [],
+    }
+    params.update(
+      {
+        k: v
+        for k, v in (
+          ("partition", self.partition),
+          ("gpus_per_node", self.gpus_per_node),
+          ("mem", f"{self.mem_gb}GB" if self.mem_gb else ""),
+        )
+        if v
+      }
+    )
     return params
 
 
@@ -392,8 +417,10 @@ class SlurmLauncher:
   def check(self) -> None:
     """Fails before anything is written when this machine cannot submit."""
     if shutil.which("sbatch") is None or shutil.which("squeue") is None:
-      raise ConfigError("--launcher=slurm needs SLURM's sbatch and squeue on PATH. Fix: run the driver on a SLURM "
-                        "login node, or use --launcher=local.")
+      raise ConfigError(
+        "--launcher=slurm needs SLURM's sbatch and squeue on PATH. Fix: run the driver on a SLURM "
+        "login node, or use --launcher=local."
+      )
     try:
       import submitit  # noqa: F401
     except ImportError as e:
@@ -405,13 +432,15 @@ class SlurmLauncher:
       cfg = dataclasses.replace(cfg, dist=dataclasses.replace(cfg.dist, auto=True))
     return to_dict(cfg)
 
-  def launch(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None],
-             record: SweepRecord) -> None:
+  def launch(
+    self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None], record: SweepRecord
+  ) -> None:
     self.check()
     by_waves(todo, finish, lambda ready, done: self._launch_wave(ready, done, log, record))
 
-  def _launch_wave(self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None],
-                   record: SweepRecord) -> None:
+  def _launch_wave(
+    self, todo: Todo, finish: Callable[[str, dict], None], log: Callable[[str], None], record: SweepRecord
+  ) -> None:
     import submitit
 
     folder = os.path.join(self.folder or os.path.join(os.path.dirname(record.path), ".slurm"), "%j")
@@ -425,15 +454,18 @@ class SlurmLauncher:
     submit = [(label, cfg) for label, cfg in todo if label not in jobs]
     if submit:
       executor = submitit.SlurmExecutor(folder=folder)
-      executor.update_parameters(job_name=f"r1jax-{record.name.replace('/', '-')}",
-                                 **self.options.executor_parameters())
+      executor.update_parameters(
+        job_name=f"r1jax-{record.name.replace('/', '-')}", **self.options.executor_parameters()
+      )
       submitted = executor.map_array(_slurm_task, [self._job_config(cfg) for _, cfg in submit])
       for (label, _), job in zip(submit, submitted):
         jobs[label] = job
         record.runs[label].update(slurm_job=job.job_id, launched=time.strftime("%Y-%m-%d %H:%M:%S"))
       record.save()
-      log(f"sweep {record.id}: submitted {len(submit)} runs as SLURM job array {submitted[0].job_id.split('_')[0]} "
-          f"({self.options.num_processes} process(es) each); logs in {os.path.dirname(folder)}")
+      log(
+        f"sweep {record.id}: submitted {len(submit)} runs as SLURM job array {submitted[0].job_id.split('_')[0]} "
+        f"({self.options.num_processes} process(es) each); logs in {os.path.dirname(folder)}"
+      )
     self._wait(jobs, finish, log)
 
   def _wait(self, jobs: dict, finish: Callable[[str, dict], None], log: Callable[[str], None]) -> None:
@@ -452,9 +484,11 @@ class SlurmLauncher:
         elif not _queued(job.job_id):
           gone_since.setdefault(label, time.time())
           if time.time() - gone_since[label] > 30:  # results reach shared filesystems late; then give up
-            raise RuntimeError(f"{label}: SLURM job {job.job_id} left the queue without a result. Its log:\n"
-                               f"{(job.stderr() or '')[-3000:]}\nFix: see the log above, then rerun the same "
-                               "command (finished runs are kept; this one resumes from its checkpoints).")
+            raise RuntimeError(
+              f"{label}: SLURM job {job.job_id} left the queue without a result. Its log:\n"
+              f"{(job.stderr() or '')[-3000:]}\nFix: see the log above, then rerun the same "
+              "command (finished runs are kept; this one resumes from its checkpoints)."
+            )
       if left:
         time.sleep(self.options.poll_sec)
 

@@ -33,16 +33,25 @@ class BlockSparseOptions:
 
   def __post_init__(self):
     if self.block_size < 1 or self.top_blocks < 0:
-      raise ConfigError(f"block_size={self.block_size}, top_blocks={self.top_blocks} are invalid. "
-                        "Fix: use block_size >= 1 and top_blocks >= 0")
+      raise ConfigError(
+        f"block_size={self.block_size}, top_blocks={self.top_blocks} are invalid. "
+        "Fix: use block_size >= 1 and top_blocks >= 0"
+      )
     if self.score_by not in SCORE_BY:
       raise ConfigError(f"score_by={self.score_by!r} is unknown. Fix: use one of {SCORE_BY}")
     if self.sample_temperature < 0:
       raise ConfigError(f"sample_temperature={self.sample_temperature} is invalid. Fix: use 0 (greedy) or more")
 
 
-def select_blocks(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, b: int, n: int, noise: jax.Array | None = None,
-                  tau: float = 1.0, per_token: bool = True) -> tuple[jax.Array, jax.Array]:
+def select_blocks(
+  q_BxTxHxK: jax.Array,
+  k_BxTxGxK: jax.Array,
+  b: int,
+  n: int,
+  noise: jax.Array | None = None,
+  tau: float = 1.0,
+  per_token: bool = True,
+) -> tuple[jax.Array, jax.Array]:
   """Top-n earlier blocks per (query, key/value group) by query . mean key, averaged over the group's heads, plus
   the own block last; per query block by its mean query if not `per_token`; with a `noise` key, a Gumbel-top-n sample
   of softmax(score / sqrt(K) / tau) instead.
@@ -66,7 +75,7 @@ def select_blocks(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, b: int, n: int, no
     return own_BxGxUx1, jnp.ones_like(own_BxGxUx1, bool)
   s_BxGxUxQ = jnp.einsum("BUGK,BPGK->BGUP", qm_BxUxGxK, km_BxQxGxK, preferred_element_type=jnp.float32)
   if noise is not None:
-    s_BxGxUxQ = s_BxGxUxQ * K ** -0.5 / tau + jax.random.gumbel(noise, s_BxGxUxQ.shape)
+    s_BxGxUxQ = s_BxGxUxQ * K**-0.5 / tau + jax.random.gumbel(noise, s_BxGxUxQ.shape)
   earlier_UxQ = jnp.arange(Q)[None, :] < own_U[:, None]
   vals, ids = jax.lax.top_k(jnp.where(earlier_UxQ[None, None], s_BxGxUxQ, -jnp.inf), n)
   ids = jnp.concatenate([ids, own_BxGxUx1], -1)
@@ -74,9 +83,16 @@ def select_blocks(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, b: int, n: int, no
   return ids, valid
 
 
-def block_sparse_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, b: int,
-                           n: int, noise: jax.Array | None = None, tau: float = 1.0,
-                           per_token: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+def block_sparse_attention(
+  q_BxTxHxK: jax.Array,
+  k_BxTxGxK: jax.Array,
+  v_BxTxGxK: jax.Array,
+  b: int,
+  n: int,
+  noise: jax.Array | None = None,
+  tau: float = 1.0,
+  per_token: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Causal attention of each query (or query block) over its selected key blocks (select_blocks).
 
   Returns:
@@ -92,8 +108,9 @@ def block_sparse_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK
   kv = [jnp.pad(a, pad).reshape(B, Q, b, G, K).transpose(0, 3, 1, 2, 4) for a in (k_BxTxGxK, v_BxTxGxK)]
   gather = jax.vmap(jax.vmap(lambda a_QxbxK, i_UxJ: a_QxbxK[i_UxJ]))  # over B and G -> [B, G, U, J, b, K]
   k_BxGxUxJxbxK, v_BxGxUxJxbxK = (gather(a, ids_BxGxUxJ) for a in kv)
-  logits = jnp.einsum("BGUtRK,BGUJsK->BGUtRJs", q_BxGxUxuxRxK, k_BxGxUxJxbxK,
-                      preferred_element_type=jnp.float32) * K ** -0.5
+  logits = (
+    jnp.einsum("BGUtRK,BGUJsK->BGUtRJs", q_BxGxUxuxRxK, k_BxGxUxJxbxK, preferred_element_type=jnp.float32) * K**-0.5
+  )
   qpos_Uxu = jnp.arange(Q * b).reshape(-1, u)
   kpos_BxGxUxJxb = ids_BxGxUxJ[..., None] * b + jnp.arange(b)[None, None, None, None, :]
   ok = valid_BxGxUxJ[:, :, :, None, :, None] & (kpos_BxGxUxJxb[:, :, :, None] <= qpos_Uxu[None, None, :, :, None, None])
@@ -105,8 +122,9 @@ def block_sparse_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK
   return o_BxTxHxK, ids_BxGxUxJ, valid_BxGxUxJ
 
 
-def selected_mass(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, ids_BxGxUxJ: jax.Array, valid_BxGxUxJ: jax.Array,
-                  b: int) -> jax.Array:
+def selected_mass(
+  q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, ids_BxGxUxJ: jax.Array, valid_BxGxUxJ: jax.Array, b: int
+) -> jax.Array:
   """Mean dense attention mass (averaged over heads) that falls in each query's selected blocks (diagnostic)."""
   B, T = q_BxTxHxK.shape[:2]
   Q, U = -(-T // b), ids_BxGxUxJ.shape[2]
@@ -130,8 +148,11 @@ class BlockSparseAttention(nn.Module):
 
   @staticmethod
   def not_decodable(opts: BlockSparseOptions) -> str:
-    return ("score_by='block' picks with the mean query of a query block, later queries included"
-            if opts.score_by == "block" else "")
+    return (
+      "score_by='block' picks with the mean query of a query block, later queries included"
+      if opts.score_by == "block"
+      else ""
+    )
 
   def _step(self, x_BxTxD: jax.Array, decode: decoding.Decode) -> tuple[jax.Array, dict]:
     """One decoding step: the query scores the cached blocks before its own by their mean keys (complete blocks),
@@ -159,14 +180,15 @@ class BlockSparseAttention(nn.Module):
     tok_BxGxN = jnp.minimum(tok_BxGxJxb.reshape(B, G, -1), S - 1)
     take = jax.vmap(jax.vmap(lambda a_SxK, i_N: a_SxK[i_N], (1, 0)), (0, 0))  # over B, G -> [B, G, N, K]
     k_BxGxNxK, v_BxGxNxK = take(k_BxSxGxK, tok_BxGxN), take(v_BxSxGxK, tok_BxGxN)
-    logits = jnp.einsum("BGRK,BGNK->BGRN", q_BxGxRxK, k_BxGxNxK, preferred_element_type=jnp.float32) * K ** -0.5
+    logits = jnp.einsum("BGRK,BGNK->BGRN", q_BxGxRxK, k_BxGxNxK, preferred_element_type=jnp.float32) * K**-0.5
     probs = jax.nn.softmax(jnp.where(ok_BxGxN[:, :, None], logits, -jnp.inf), -1).astype(v_BxSxGxK.dtype)
     o_BxGxRxK = jnp.einsum("BGRN,BGNK->BGRK", probs, v_BxGxNxK)
     return project_out(self, o_BxGxRxK.reshape(B, 1, H, K), self.cfg), {}
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     if decoding.stepping(decode):
       return self._step(x_BxTxD, decode)
     o = self.opts
@@ -175,8 +197,16 @@ class BlockSparseAttention(nn.Module):
       decoding.cached(self, "k", k_BxTxGxK, decode)
       decoding.cached(self, "v", v_BxTxGxK, decode)
     noise = self.make_rng("dropout") if o.sample_temperature > 0 and not deterministic else None
-    out_BxTxHxK, ids, valid = block_sparse_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, o.block_size, o.top_blocks,
-                                                     noise, o.sample_temperature or 1.0, o.score_by == "token")
+    out_BxTxHxK, ids, valid = block_sparse_attention(
+      q_BxTxHxK,
+      k_BxTxGxK,
+      v_BxTxGxK,
+      o.block_size,
+      o.top_blocks,
+      noise,
+      o.sample_temperature or 1.0,
+      o.score_by == "token",
+    )
     aux = {}
     if o.diagnostics and wants_diagnostics(self):  # a dense pass: never in a timed or training pass
       aux["mass"] = selected_mass(q_BxTxHxK, k_BxTxGxK, ids, valid, o.block_size)

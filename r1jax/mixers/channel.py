@@ -55,9 +55,14 @@ class ChannelAttention(nn.Module):
     H = cfg.num_heads
     K, dt = D // H, layers.dtype(cfg.dtype)
     x = x_BxTxD.astype(dt)
-    q, k, v = (jnp.einsum("BTD,DHK->BTHK", x, layers.param(self, n, (D, H, K), ("embed", "heads", "kv"),
-                                                           cfg.init_std, cfg.param_dtype).astype(dt))
-               for n in ("wq", "wk", "wv"))
+    q, k, v = (
+      jnp.einsum(
+        "BTD,DHK->BTHK",
+        x,
+        layers.param(self, n, (D, H, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype).astype(dt),
+      )
+      for n in ("wq", "wk", "wv")
+    )
     if decode is None:
       return project_out(self, causal_channel_attention(q, k, v), cfg)
     # decoding: the running sum of q_s k_s^T over the prefix, [B, H, K, K] float32
@@ -82,12 +87,15 @@ class TimeChannelAttention(nn.Module):
   opts: TimeChannelOptions
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     y_BxTxD = ChannelAttention(self.cfg, name="channel")(x_BxTxD, decode)
     if self.opts.time:
-      y_BxTxD = y_BxTxD + Attention(self.cfg, AttentionOptions(), name="time")(
-          x_BxTxD, deterministic=deterministic, decode=decode)[0]
+      y_BxTxD = (
+        y_BxTxD
+        + Attention(self.cfg, AttentionOptions(), name="time")(x_BxTxD, deterministic=deterministic, decode=decode)[0]
+      )
     if self.opts.seed_scale:
       y_BxTxD = y_BxTxD * (self.cfg.d_model // self.cfg.num_heads) ** -0.5
     return y_BxTxD, {}

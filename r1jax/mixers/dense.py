@@ -40,8 +40,9 @@ def causal_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.
   return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True, implementation=impl)
 
 
-def project_kv(mod: nn.Module, x_BxTxD: jax.Array, cfg, suffix: str = "", bias: bool = False,
-               positions=None) -> tuple[jax.Array, jax.Array]:
+def project_kv(
+  mod: nn.Module, x_BxTxD: jax.Array, cfg, suffix: str = "", bias: bool = False, positions=None
+) -> tuple[jax.Array, jax.Array]:
   """Key and value projections `wk<suffix>`, `wv<suffix>` (optionally with zero-initialised biases `bk`, `bv`),
   RoPE on the keys at `positions` ([T] or [B, T]; None: 0..T-1); `suffix` gives a mixer further key/value sets (NSA's
   per-branch keys and values)."""
@@ -55,14 +56,17 @@ def project_kv(mod: nn.Module, x_BxTxD: jax.Array, cfg, suffix: str = "", bias: 
     w_DxGxK = layers.param(mod, f"w{n}{suffix}", (D, G, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
     kv.append(layers.constrain(jnp.einsum("BTD,DGK->BTGK", x, w_DxGxK.astype(dt)), axes))
   if bias:  # zero-initialised, [1, 1, heads, K]
-    kv = [a + layers.param(mod, f"b{n}{suffix}", (G, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
-          for n, a in zip("kv", kv)]
+    kv = [
+      a + layers.param(mod, f"b{n}{suffix}", (G, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
+      for n, a in zip("kv", kv)
+    ]
   positions = np.arange(x.shape[1]) if positions is None else positions
   return layers.rope(kv[0], positions, cfg.rope_base), kv[1]
 
 
-def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg, bias: bool = False,
-                positions=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def project_qkv(
+  mod: nn.Module, x_BxTxD: jax.Array, cfg, bias: bool = False, positions=None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Query, key and value projections (optionally with biases) and RoPE on q and k at `positions` ([T] or [B, T];
   None: 0..T-1); shared by attention mixers."""
   D, H = cfg.d_model, cfg.num_heads
@@ -70,11 +74,14 @@ def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg, bias: bool = False,
   wq_DxHxK = layers.param(mod, "wq", (D, H, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
   dt = layers.dtype(cfg.dtype)
   x = x_BxTxD.astype(dt)
-  q_BxTxHxK = layers.constrain(jnp.einsum("BTD,DHK->BTHK", x, wq_DxHxK.astype(dt)),
-                               ("act_batch", "act_length", "act_heads", "act_kv"))
+  q_BxTxHxK = layers.constrain(
+    jnp.einsum("BTD,DHK->BTHK", x, wq_DxHxK.astype(dt)), ("act_batch", "act_length", "act_heads", "act_kv")
+  )
   k_BxTxGxK, v_BxTxGxK = project_kv(mod, x_BxTxD, cfg, bias=bias, positions=positions)
   if bias:  # zero-initialised, [1, 1, heads, K]
-    q_BxTxHxK = q_BxTxHxK + layers.param(mod, "bq", (H, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
+    q_BxTxHxK = (
+      q_BxTxHxK + layers.param(mod, "bq", (H, K), ("heads", "kv"), 0.0, cfg.param_dtype).astype(dt)[None, None]
+    )
   positions = np.arange(x.shape[1]) if positions is None else positions
   return layers.rope(q_BxTxHxK, positions, cfg.rope_base), k_BxTxGxK, v_BxTxGxK
 
@@ -82,8 +89,9 @@ def project_qkv(mod: nn.Module, x_BxTxD: jax.Array, cfg, bias: bool = False,
 def project_out(mod: nn.Module, o_BxTxHxK: jax.Array, cfg) -> jax.Array:
   """Output projection back to the residual width."""
   H, K = o_BxTxHxK.shape[-2:]
-  wo_HxKxD = layers.param(mod, "wo", (H, K, cfg.d_model), ("heads", "kv", "embed"), layers.out_std(cfg),
-                          cfg.param_dtype)
+  wo_HxKxD = layers.param(
+    mod, "wo", (H, K, cfg.d_model), ("heads", "kv", "embed"), layers.out_std(cfg), cfg.param_dtype
+  )
   y_BxTxD = jnp.einsum("BTHK,HKD->BTD", o_BxTxHxK, wo_HxKxD.astype(o_BxTxHxK.dtype))
   return layers.constrain(y_BxTxD, ("act_batch", "act_length", "act_embed"))
 
@@ -96,12 +104,14 @@ class Attention(nn.Module):
   opts: AttentionOptions
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     del deterministic  # no attention dropout
     T = x_BxTxD.shape[1]
-    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg, self.opts.qkv_bias,
-                                                  decoding.positions_of(decode, T))
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(
+      self, x_BxTxD, self.cfg, self.opts.qkv_bias, decoding.positions_of(decode, T)
+    )
     if decode is not None:  # the KV cache: [B, max_len, G, K] keys and values
       k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_BxTxGxK), ("v", v_BxTxGxK)))
     if decoding.stepping(decode):

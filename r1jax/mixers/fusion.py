@@ -33,10 +33,15 @@ class FusionOptions:
   global_impl: str = "auto"  # auto | xla | cudnn | naive (the global branch; dense.IMPLS)
 
   def __post_init__(self):
-    checks = ((self.beta in BETAS, "beta", f"use one of {BETAS}"),
-              (0.0 <= self.beta_init <= 1.0 and (self.beta == "fixed" or 0.0 < self.beta_init < 1.0),
-               "beta_init", "use a value in [0, 1] for beta=fixed and in (0, 1) for a learned beta"),
-              (self.global_impl in GLOBAL_IMPLS, "global_impl", f"use one of {GLOBAL_IMPLS}"))
+    checks = (
+      (self.beta in BETAS, "beta", f"use one of {BETAS}"),
+      (
+        0.0 <= self.beta_init <= 1.0 and (self.beta == "fixed" or 0.0 < self.beta_init < 1.0),
+        "beta_init",
+        "use a value in [0, 1] for beta=fixed and in (0, 1) for a learned beta",
+      ),
+      (self.global_impl in GLOBAL_IMPLS, "global_impl", f"use one of {GLOBAL_IMPLS}"),
+    )
     for ok, field, fix in checks:
       if not ok:
         raise ConfigError(f"{field}={getattr(self, field)!r} is invalid. Fix: {fix}")
@@ -54,8 +59,9 @@ class FusionAttention(nn.Module):
   opts: FusionOptions
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     del deterministic
     cfg, o = self.cfg, self.opts
     B, T, _ = x_BxTxD.shape

@@ -37,8 +37,7 @@ def check_window(window: int, impl: str, impl_field: str) -> None:
     raise ConfigError(f"{impl_field}={impl!r} is unknown. Fix: use one of {IMPLS}")
 
 
-def blocked_local_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array,
-                            window: int) -> jax.Array:
+def blocked_local_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, window: int) -> jax.Array:
   """Sliding-window causal attention through blocks of w queries over 2w keys: O(T*w) time and memory."""
   B, T, H, K = q_BxTxHxK.shape
   G = k_BxTxGxK.shape[2]
@@ -57,14 +56,15 @@ def blocked_local_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGx
   kpos_QxS = qpos_QxC[:, :1] - C + jnp.arange(2 * C)[None, :]
   d_QxCxS = qpos_QxC[:, :, None] - kpos_QxS[:, None, :]
   ok_QxCxS = (d_QxCxS >= 0) & (d_QxCxS < window) & (kpos_QxS[:, None, :] >= 0)
-  logits = jnp.where(ok_QxCxS[None, :, None, None], logits * K ** -0.5, -jnp.inf)
+  logits = jnp.where(ok_QxCxS[None, :, None, None], logits * K**-0.5, -jnp.inf)
   probs = jax.nn.softmax(logits, axis=-1).astype(v_BxTxGxK.dtype)
   o_BxQxCxGxRxK = jnp.einsum("BQGRts,BQsGK->BQtGRK", probs, v_BxQxSxGxK)
   return o_BxQxCxGxRxK.reshape(B, Q * C, H, K)[:, :T]
 
 
-def local_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, window: int,
-                    impl: str = "auto") -> jax.Array:
+def local_attention(
+  q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, window: int, impl: str = "auto"
+) -> jax.Array:
   """Causal sliding-window attention, [B, T, H, K] -> [B, T, H, K] (G key/value heads, H/G query heads each)."""
   T = q_BxTxHxK.shape[1]
   if impl == "auto":
@@ -73,8 +73,9 @@ def local_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.A
     mask_TxS = reference.window_mask(T, window)
     return reference.attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, mask_TxS).astype(q_BxTxHxK.dtype)
   if impl == "cudnn":
-    return jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True,
-                                        local_window_size=(min(window, T) - 1, 0), implementation="cudnn")
+    return jax.nn.dot_product_attention(
+      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True, local_window_size=(min(window, T) - 1, 0), implementation="cudnn"
+    )
   return blocked_local_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, window)
 
 
@@ -86,8 +87,9 @@ class LocalAttention(nn.Module):
   opts: LocalOptions
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     del deterministic
     T, w = x_BxTxD.shape[1], self.opts.window
     q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, self.cfg, positions=decoding.positions_of(decode, T))

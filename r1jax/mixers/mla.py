@@ -55,20 +55,28 @@ class MLAOptions:
   def __post_init__(self):
     for field in ("kv_rank", "q_rank", "rope_dim", "head_dim", "v_dim"):
       if getattr(self, field) < 0:
-        raise ConfigError(f"{field}={getattr(self, field)} is invalid. Fix: use 0 (the default rule) or a positive "
-                          "width.")
+        raise ConfigError(
+          f"{field}={getattr(self, field)} is invalid. Fix: use 0 (the default rule) or a positive width."
+        )
     if self.rope_dim % 2:
       raise ConfigError(f"rope_dim={self.rope_dim} is odd. Fix: RoPE rotates pairs; use an even width.")
     if self.indexer.select != "indexer":
-      raise ConfigError(f"indexer.select={self.indexer.select!r} is invalid. Fix: sparse MLA picks its keys with the "
-                        "lightning indexer; leave indexer.select at 'indexer'.")
+      raise ConfigError(
+        f"indexer.select={self.indexer.select!r} is invalid. Fix: sparse MLA picks its keys with the "
+        "lightning indexer; leave indexer.select at 'indexer'."
+      )
 
   def dims(self, cfg) -> dict[str, int]:
     """The resolved widths: d_c, d_cq (0: no query latent), d_r, d_h, d_v."""
     K = cfg.d_model // cfg.num_heads
     d_h = self.head_dim or K
-    return {"d_c": self.kv_rank or 4 * K, "d_cq": self.q_rank, "d_r": self.rope_dim or max(2, K // 2 // 2 * 2),
-            "d_h": d_h, "d_v": self.v_dim or d_h}
+    return {
+      "d_c": self.kv_rank or 4 * K,
+      "d_cq": self.q_rank,
+      "d_r": self.rope_dim or max(2, K // 2 // 2 * 2),
+      "d_h": d_h,
+      "d_v": self.v_dim or d_h,
+    }
 
   def cache_per_token(self, cfg) -> int:
     """Numbers a decoding cache holds per token and layer: d_c + d_r (MHA: 2 * heads * K)."""
@@ -78,27 +86,36 @@ class MLAOptions:
   def check_model(self, cfg) -> None:
     """Constraints with the model's widths (ModelConfig calls this before anything is built)."""
     if cfg.num_kv_heads not in (0, cfg.num_heads):
-      raise ConfigError(f"model.num_kv_heads={cfg.num_kv_heads} with mixer mla: MLA's heads share one latent, not "
-                        "key/value groups. Fix: leave model.num_kv_heads at 0.")
+      raise ConfigError(
+        f"model.num_kv_heads={cfg.num_kv_heads} with mixer mla: MLA's heads share one latent, not "
+        "key/value groups. Fix: leave model.num_kv_heads at 0."
+      )
 
 
 def causal_attention(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxV: jax.Array) -> jax.Array:
   """Causal softmax attention with float32 logits where values may be narrower or wider than keys (MLA's d_v)."""
   T, K = q_BxTxHxK.shape[1], q_BxTxHxK.shape[-1]
-  logits = jnp.einsum("BTHK,BSHK->BHTS", q_BxTxHxK, k_BxTxHxK, preferred_element_type=jnp.float32) * K ** -0.5
+  logits = jnp.einsum("BTHK,BSHK->BHTS", q_BxTxHxK, k_BxTxHxK, preferred_element_type=jnp.float32) * K**-0.5
   logits = jnp.where(np.tril(np.ones((T, T), bool)), logits, -jnp.inf)
   probs = jax.nn.softmax(logits, -1).astype(v_BxTxHxV.dtype)
   return jnp.einsum("BHTS,BSHV->BTHV", probs, v_BxTxHxV)
 
 
-def absorbed_attention(q_lat_BxTxHxC: jax.Array, q_rope_BxTxHxR: jax.Array, c_BxTxNxC: jax.Array,
-                       k_rope_BxTxNxR: jax.Array, ok_BxTxN: jax.Array, scale: float,
-                       bias_BxTxN: jax.Array | None = None) -> jax.Array:
+def absorbed_attention(
+  q_lat_BxTxHxC: jax.Array,
+  q_rope_BxTxHxR: jax.Array,
+  c_BxTxNxC: jax.Array,
+  k_rope_BxTxNxR: jax.Array,
+  ok_BxTxN: jax.Array,
+  scale: float,
+  bias_BxTxN: jax.Array | None = None,
+) -> jax.Array:
   """Attention in latent space: logits (q_lat . c + q_R . k_R) * scale (+ bias: the indexer gate) over N cached
   latents per query (a row's whole cache, broadcast over T, or each query's picks); returns the attention-weighted
   latent [B, T, H, d_c] (float32 softmax)."""
-  logits = (jnp.einsum("BTHC,BTNC->BTHN", q_lat_BxTxHxC, c_BxTxNxC, preferred_element_type=jnp.float32)
-            + jnp.einsum("BTHR,BTNR->BTHN", q_rope_BxTxHxR, k_rope_BxTxNxR, preferred_element_type=jnp.float32))
+  logits = jnp.einsum("BTHC,BTNC->BTHN", q_lat_BxTxHxC, c_BxTxNxC, preferred_element_type=jnp.float32) + jnp.einsum(
+    "BTHR,BTNR->BTHN", q_rope_BxTxHxR, k_rope_BxTxNxR, preferred_element_type=jnp.float32
+  )
   logits = logits * scale + (0.0 if bias_BxTxN is None else bias_BxTxN[:, :, None, :])
   probs = jax.nn.softmax(jnp.where(ok_BxTxN[:, :, None, :], logits, -jnp.inf), -1).astype(c_BxTxNxC.dtype)
   return jnp.einsum("BTHN,BTNC->BTHC", probs, c_BxTxNxC)
@@ -120,34 +137,41 @@ class MultiHeadLatentAttention(nn.Module):
     if d["d_cq"]:
       w_DxQ = layers.param(self, "wq_a", (D, d["d_cq"]), ("embed", None), cfg.init_std, cfg.param_dtype)
       x = layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="q_norm")(
-          jnp.einsum("BTD,DQ->BTQ", x, w_DxQ.astype(dt)))
+        jnp.einsum("BTD,DQ->BTQ", x, w_DxQ.astype(dt))
+      )
     in_axis = None if d["d_cq"] else "embed"  # from the query latent, or straight from x
-    wq = layers.param(self, "wq", (x.shape[-1], H, d["d_h"] + d["d_r"]), (in_axis, "heads", "kv"), cfg.init_std,
-                      cfg.param_dtype)
-    q_BxTxHxE = layers.constrain(jnp.einsum("BTD,DHE->BTHE", x, wq.astype(dt)),
-                                 ("act_batch", "act_length", "act_heads", "act_kv"))
-    return q_BxTxHxE[..., :d["d_h"]], layers.rope(q_BxTxHxE[..., d["d_h"]:], positions, cfg.rope_base)
+    wq = layers.param(
+      self, "wq", (x.shape[-1], H, d["d_h"] + d["d_r"]), (in_axis, "heads", "kv"), cfg.init_std, cfg.param_dtype
+    )
+    q_BxTxHxE = layers.constrain(
+      jnp.einsum("BTD,DHE->BTHE", x, wq.astype(dt)), ("act_batch", "act_length", "act_heads", "act_kv")
+    )
+    return q_BxTxHxE[..., : d["d_h"]], layers.rope(q_BxTxHxE[..., d["d_h"] :], positions, cfg.rope_base)
 
   def _latent(self, x_BxTxD: jax.Array, positions) -> tuple[jax.Array, jax.Array]:
     """The cached part of a token: c_kv [B, T, d_c] (normalised) and the RoPE'd shared key k_R [B, T, d_r]."""
     cfg, d = self.cfg, self.opts.dims(self.cfg)
     dt = layers.dtype(cfg.dtype)
-    w = layers.param(self, "wkv_a", (cfg.d_model, d["d_c"] + d["d_r"]), ("embed", None), cfg.init_std,
-                     cfg.param_dtype)
+    w = layers.param(self, "wkv_a", (cfg.d_model, d["d_c"] + d["d_r"]), ("embed", None), cfg.init_std, cfg.param_dtype)
     a_BxTxE = jnp.einsum("BTD,DE->BTE", x_BxTxD.astype(dt), w.astype(dt))
-    c_BxTxC = layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="kv_norm")(a_BxTxE[..., :d["d_c"]])
-    k_rope = layers.rope(a_BxTxE[..., d["d_c"]:][:, :, None], positions, cfg.rope_base)[:, :, 0]
+    c_BxTxC = layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="kv_norm")(a_BxTxE[..., : d["d_c"]])
+    k_rope = layers.rope(a_BxTxE[..., d["d_c"] :][:, :, None], positions, cfg.rope_base)[:, :, 0]
     return c_BxTxC, k_rope
 
   def _up(self) -> tuple[jax.Array, jax.Array]:
     """W_UK [d_c, H, d_h] and W_UV [d_c, H, d_v]."""
     cfg, d = self.cfg, self.opts.dims(self.cfg)
     dt = layers.dtype(cfg.dtype)
-    return tuple(layers.param(self, n, (d["d_c"], cfg.num_heads, d[w]), (None, "heads", "kv"), cfg.init_std,
-                              cfg.param_dtype).astype(dt) for n, w in (("wk_b", "d_h"), ("wv_b", "d_v")))
+    return tuple(
+      layers.param(
+        self, n, (d["d_c"], cfg.num_heads, d[w]), (None, "heads", "kv"), cfg.init_std, cfg.param_dtype
+      ).astype(dt)
+      for n, w in (("wk_b", "d_h"), ("wv_b", "d_v"))
+    )
 
-  def _expand(self, c_BxSxC: jax.Array, k_rope_BxSxR: jax.Array, wk_CxHxN: jax.Array,
-              wv_CxHxV: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def _expand(
+    self, c_BxSxC: jax.Array, k_rope_BxSxR: jax.Array, wk_CxHxN: jax.Array, wv_CxHxV: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
     """Per-head keys [k_C; k_R] [B, S, H, d_h + d_r] and values [B, S, H, d_v] from latents."""
     k_C = jnp.einsum("BSC,CHN->BSHN", c_BxSxC, wk_CxHxN)
     k_R = jnp.broadcast_to(k_rope_BxSxR[:, :, None], (*k_C.shape[:3], k_rope_BxSxR.shape[-1]))
@@ -180,8 +204,9 @@ class MultiHeadLatentAttention(nn.Module):
     return project_out(self, out, self.cfg), {}
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     if decoding.stepping(decode):
       return self._step(x_BxTxD, decode)
     o = self.opts

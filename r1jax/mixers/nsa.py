@@ -57,14 +57,22 @@ class NSAOptions:
   diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS): dense attention mass in the selection
 
   def __post_init__(self):
-    checks = ((self.cmp_stride >= 1 and self.cmp_block >= self.cmp_stride and self.cmp_block % self.cmp_stride == 0,
-               "cmp_block/cmp_stride", "use a stride d >= 1 that divides the block length l (e.g. l=16, d=8)"),
-              (self.slc_block >= 1 and self.slc_block % self.cmp_stride == 0, "slc_block",
-               "use a selection block l' that is a multiple of cmp_stride"),
-              (self.top_blocks >= FORCED, "top_blocks", f"use n >= {FORCED} (the first and the 2 local blocks)"),
-              (self.compress in COMPRESS, "compress", f"use one of {COMPRESS}"),
-              (self.gate_init in GATE_INIT, "gate_init", f"use one of {tuple(GATE_INIT)}"),
-              (self.window >= 1 and self.query_chunk >= 1, "window/query_chunk", "use positive sizes"))
+    checks = (
+      (
+        self.cmp_stride >= 1 and self.cmp_block >= self.cmp_stride and self.cmp_block % self.cmp_stride == 0,
+        "cmp_block/cmp_stride",
+        "use a stride d >= 1 that divides the block length l (e.g. l=16, d=8)",
+      ),
+      (
+        self.slc_block >= 1 and self.slc_block % self.cmp_stride == 0,
+        "slc_block",
+        "use a selection block l' that is a multiple of cmp_stride",
+      ),
+      (self.top_blocks >= FORCED, "top_blocks", f"use n >= {FORCED} (the first and the 2 local blocks)"),
+      (self.compress in COMPRESS, "compress", f"use one of {COMPRESS}"),
+      (self.gate_init in GATE_INIT, "gate_init", f"use one of {tuple(GATE_INIT)}"),
+      (self.window >= 1 and self.query_chunk >= 1, "window/query_chunk", "use positive sizes"),
+    )
     for ok, field, fix in checks:
       if not ok:
         raise ConfigError(f"nsa.{field.split('/')[0]}={getattr(self, field.split('/')[0])!r} is invalid. Fix: {fix}")
@@ -85,19 +93,20 @@ def compress_blocks(k_BxTxGxK: jax.Array, l: int, d: int, mode: str, mlp: tuple 
   M, b = num_compressed(T, l, d), l // d
   if M == 0:
     return jnp.zeros((B, 0, G, K), k_BxTxGxK.dtype)
-  chunks_BxNxdxGxK = k_BxTxGxK[:, :(M + b - 1) * d].reshape(B, M + b - 1, d, G, K)
+  chunks_BxNxdxGxK = k_BxTxGxK[:, : (M + b - 1) * d].reshape(B, M + b - 1, d, G, K)
   if mode == "mean":
     means_BxNxGxK = chunks_BxNxdxGxK.mean(2)
-    return sum(means_BxNxGxK[:, r:r + M] for r in range(b)) / b
+    return sum(means_BxNxGxK[:, r : r + M] for r in range(b)) / b
   pos_LxK, w1_LKxF, w2_FxK = mlp
   flat_BxNxGxE = chunks_BxNxdxGxK.transpose(0, 1, 3, 2, 4).reshape(B, M + b - 1, G, d * K)  # token-major, as W1's rows
   y_rxBxNxGxF = jnp.einsum("BNGE,rEF->rBNGF", flat_BxNxGxE, w1_LKxF.reshape(b, d * K, -1))
-  h_BxMxGxF = sum(y_rxBxNxGxF[r, :, r:r + M] for r in range(b)) + (pos_LxK.reshape(1, -1) @ w1_LKxF)[None, None]
+  h_BxMxGxF = sum(y_rxBxNxGxF[r, :, r : r + M] for r in range(b)) + (pos_LxK.reshape(1, -1) @ w1_LKxF)[None, None]
   return jnp.einsum("BMGF,FK->BMGK", nn.silu(h_BxMxGxF), w2_FxK)
 
 
-def compressed_attention(q_BxTxHxK: jax.Array, kc_BxMxGxK: jax.Array, vc_BxMxGxK: jax.Array, l: int, d: int,
-                         pos: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def compressed_attention(
+  q_BxTxHxK: jax.Array, kc_BxMxGxK: jax.Array, vc_BxMxGxK: jax.Array, l: int, d: int, pos: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
   """Attention over the compressed blocks that have ended by each query (none: zero output, zero probabilities);
   query positions `pos` [T], or [B, T] per row (a decoding step), default 0..T-1.
 
@@ -107,7 +116,7 @@ def compressed_attention(q_BxTxHxK: jax.Array, kc_BxMxGxK: jax.Array, vc_BxMxGxK
   R = H // G
   pos_xT = (jnp.arange(T) if pos is None else pos).reshape(-1, T)  # [1, T] or [B, T]
   q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, R, K)
-  logits = jnp.einsum("BTGRK,BMGK->BTGRM", q_BxTxGxRxK, kc_BxMxGxK, preferred_element_type=jnp.float32) * K ** -0.5
+  logits = jnp.einsum("BTGRK,BMGK->BTGRM", q_BxTxGxRxK, kc_BxMxGxK, preferred_element_type=jnp.float32) * K**-0.5
   ended_xTxM = (jnp.arange(M)[None, None, :] * d + l - 1) <= pos_xT[..., None]  # on device: no T x M constant
   any_xTx1x1x1 = ended_xTxM.any(-1)[..., None, None, None]
   logits = jnp.where(ended_xTxM[:, :, None, None], logits, -jnp.inf)
@@ -151,18 +160,27 @@ def select_blocks(p_BxCxGxM: jax.Array, pos_C: jax.Array, T: int, o: NSAOptions)
   return ids, valid
 
 
-def selected_attention(q_BxCxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, ids_BxCxGxN: jax.Array,
-                       valid_BxCxGxN: jax.Array, pos_C: jax.Array, ls: int) -> jax.Array:
+def selected_attention(
+  q_BxCxHxK: jax.Array,
+  k_BxTxGxK: jax.Array,
+  v_BxTxGxK: jax.Array,
+  ids_BxCxGxN: jax.Array,
+  valid_BxCxGxN: jax.Array,
+  pos_C: jax.Array,
+  ls: int,
+) -> jax.Array:
   """Attention of each query over the tokens of its group's selected blocks (causal; query positions [C] or
   [B, C]); each block gathered as one row of l' keys."""
   T = k_BxTxGxK.shape[1]
   tok_BxCxGxN = (ids_BxCxGxN[..., None] * ls + jnp.arange(ls)[None, None, None, None]).reshape(
-      *ids_BxCxGxN.shape[:3], -1)  # the N * l' token positions
+    *ids_BxCxGxN.shape[:3], -1
+  )  # the N * l' token positions
   pos_xCx1x1 = (pos_C[None] if pos_C.ndim == 1 else pos_C)[:, :, None, None]  # [C], or [B, C] per row (decoding)
   ok = jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_xCx1x1) & (tok_BxCxGxN < T)
   pad = [(0, 0), (0, -T % ls), (0, 0), (0, 0)]
-  out_BxCxHxK, _ = gathered_attention(q_BxCxHxK, jnp.pad(k_BxTxGxK, pad), jnp.pad(v_BxTxGxK, pad), ids_BxCxGxN, ok,
-                                      rows=ls)
+  out_BxCxHxK, _ = gathered_attention(
+    q_BxCxHxK, jnp.pad(k_BxTxGxK, pad), jnp.pad(v_BxTxGxK, pad), ids_BxCxGxN, ok, rows=ls
+  )
   return out_BxCxHxK, jnp.minimum(tok_BxCxGxN, T - 1), ok
 
 
@@ -183,7 +201,7 @@ class NativeSparseAttention(nn.Module):
     l = o.cmp_block
     pos = layers.param(self, f"{name}_pos", (l, K), (None, "kv"), cfg.init_std, cfg.param_dtype)
     w1 = layers.param(self, f"{name}_w1", (l * K, K), (None, "kv"), (l * K) ** -0.5, cfg.param_dtype)
-    w2 = layers.param(self, f"{name}_w2", (K, K), ("kv", None), K ** -0.5, cfg.param_dtype)
+    w2 = layers.param(self, f"{name}_w2", (K, K), ("kv", None), K**-0.5, cfg.param_dtype)
     dt = layers.dtype(cfg.dtype)
     return pos.astype(dt), w1.astype(dt), w2.astype(dt)
 
@@ -192,8 +210,9 @@ class NativeSparseAttention(nn.Module):
     cfg, H = self.cfg, self.cfg.num_heads
     wg = layers.param(self, "gate_w", (cfg.d_model, H, 3), ("embed", "heads", None), 0.0, cfg.param_dtype)
     bg = layers.param(self, "gate_b", (H, 3), ("heads", None), 0.0, "float32") + GATE_INIT[self.opts.gate_init][None]
-    return jax.nn.sigmoid(jnp.einsum("BTD,DHC->BTHC", x_BxTxD.astype(jnp.float32), wg.astype(jnp.float32))
-                          + bg[None, None])
+    return jax.nn.sigmoid(
+      jnp.einsum("BTD,DHC->BTHC", x_BxTxD.astype(jnp.float32), wg.astype(jnp.float32)) + bg[None, None]
+    )
 
   def _step(self, x_BxTxD: jax.Array, decode: decoding.Decode) -> tuple[jax.Array, dict]:
     """One decoding step: the token's keys enter the selection cache, the window's and the compressor's ring
@@ -205,8 +224,9 @@ class NativeSparseAttention(nn.Module):
     pos_Bx1 = decode.token_positions(1)
     q_Bx1xHxK, k_slc, v_slc = project_qkv(self, x_BxTxD, cfg, positions=pos_Bx1)
     K = q_Bx1xHxK.shape[-1]
-    (k_cmp, v_cmp), (k_win, v_win) = (project_kv(self, x_BxTxD, cfg, suffix, positions=pos_Bx1)
-                                      for suffix in ("_cmp", "_win"))
+    (k_cmp, v_cmp), (k_win, v_win) = (
+      project_kv(self, x_BxTxD, cfg, suffix, positions=pos_Bx1) for suffix in ("_cmp", "_win")
+    )
     k_slc, v_slc = (decoding.cached(self, n, a, decode) for n, a in (("k_slc", k_slc), ("v_slc", v_slc)))
     G = k_slc.shape[2]
 
@@ -222,7 +242,8 @@ class NativeSparseAttention(nn.Module):
       new_Bx1xGxK = compress_blocks(block_BxlxGxK, l, d, o.compress, self._mlp(mlp, K))
       cache = self.variable(decoding.CACHE, f"{name}_blocks", jnp.zeros, (B, M, G, K), new_Bx1xGxK.dtype)
       written = jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, 0))(
-          cache.value, new_Bx1xGxK.astype(cache.value.dtype), jnp.maximum(i_B, 0))
+        cache.value, new_Bx1xGxK.astype(cache.value.dtype), jnp.maximum(i_B, 0)
+      )
       cache.value = jnp.where(ends_B[:, None, None, None], written, cache.value)
       summaries.append(cache.value)
     kc_BxMxGxK, vc_BxMxGxK = summaries
@@ -247,8 +268,9 @@ class NativeSparseAttention(nn.Module):
     return project_out(self, out, cfg), {}
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     if decoding.stepping(decode):
       return self._step(x_BxTxD, decode)
     o, cfg = self.opts, self.cfg
@@ -293,8 +315,12 @@ class NativeSparseAttention(nn.Module):
     if decode is not None:  # prefill: the caches a step reads (blocks past a prompt are rewritten before they are read)
       for name, a in (("k_slc", k_slc), ("v_slc", v_slc)):
         decoding.cached(self, name, a, decode)
-      for name, a, size in (("k_cmp", k_cmp, o.cmp_block), ("v_cmp", v_cmp, o.cmp_block), ("k_win", k_win, o.window),
-                            ("v_win", v_win, o.window)):
+      for name, a, size in (
+        ("k_cmp", k_cmp, o.cmp_block),
+        ("v_cmp", v_cmp, o.cmp_block),
+        ("k_win", k_win, o.window),
+        ("v_win", v_win, o.window),
+      ):
         decoding.ring(self, name, a, decode, size)
       M = max(num_compressed(decode.max_len, o.cmp_block, o.cmp_stride), 1)
       for name, a in (("k_cmp_blocks", kc), ("v_cmp_blocks", vc)):

@@ -49,17 +49,22 @@ class FastWeightOptions:
   #                      needs; 0 = none
 
   def __post_init__(self):
-    for field, value, allowed in (("gate", self.gate, GATES), ("form", self.form, FORMS),
-                                  ("input_scale", self.input_scale, ("1-a", "1")),
-                                  ("feature_map", self.feature_map, tuple(FEATURE_MAPS))):
+    for field, value, allowed in (
+      ("gate", self.gate, GATES),
+      ("form", self.form, FORMS),
+      ("input_scale", self.input_scale, ("1-a", "1")),
+      ("feature_map", self.feature_map, tuple(FEATURE_MAPS)),
+    ):
       if value not in allowed:
         raise ConfigError(f"{field}={value!r} is unknown. Fix: use one of {allowed}")
     if not 0.0 < self.alpha < 1.0:
       raise ConfigError(f"alpha={self.alpha} must lie in (0, 1). Fix: e.g. alpha=0.9 (a memory of ~10 tokens)")
     if self.chunk < 0 or self.key_dim < 0 or self.gate_temp <= 0 or self.short_conv < 0:
-      raise ConfigError(f"chunk={self.chunk}, key_dim={self.key_dim}, gate_temp={self.gate_temp}, short_conv="
-                        f"{self.short_conv}: need chunk >= 0 (0 = auto), key_dim >= 0 (0 = d_model / heads), "
-                        "gate_temp > 0, short_conv >= 0")
+      raise ConfigError(
+        f"chunk={self.chunk}, key_dim={self.key_dim}, gate_temp={self.gate_temp}, short_conv="
+        f"{self.short_conv}: need chunk >= 0 (0 = auto), key_dim >= 0 (0 = d_model / heads), "
+        "gate_temp > 0, short_conv >= 0"
+      )
     if self.delta and self.gate == "vector":
       raise ConfigError("delta=True needs one decay per head. Fix: gate=fixed|head|scalar, or delta=False")
 
@@ -70,6 +75,7 @@ def _pad_time(x: jax.Array, length: int) -> jax.Array:
 
 def _recurrent(q, k, v, log_a, beta, state, delta: bool):
   """One step at a time: S = a S + k u^T with u = v, or u = b (v - a S^T k) (delta rule); o = S^T q."""
+
   def step(S_BxHxKxP, inputs):
     q_t, k_t, v_t, la_t, b_t = inputs
     S_BxHxKxP = jnp.exp(la_t)[..., None] * S_BxHxKxP
@@ -149,9 +155,17 @@ def _chunkwise(q, k, v, log_a, beta, state, chunk: int, delta: bool):
   return jnp.moveaxis(o, 1, 3).reshape(B, N * C, H, -1)[:, :T], state
 
 
-def fast_weights(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxP: jax.Array, log_a_BxTxHxA: jax.Array,
-                 beta_BxTxH: jax.Array | None = None, *, form: str = "chunkwise", chunk: int = 64,
-                 state_BxHxKxP: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def fast_weights(
+  q_BxTxHxK: jax.Array,
+  k_BxTxHxK: jax.Array,
+  v_BxTxHxP: jax.Array,
+  log_a_BxTxHxA: jax.Array,
+  beta_BxTxH: jax.Array | None = None,
+  *,
+  form: str = "chunkwise",
+  chunk: int = 64,
+  state_BxHxKxP: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """The recurrence S_t = diag(a_t) S_{t-1} + k_t u_t^T, o_t = S_t^T q_t, in any of its three forms, in float32.
 
   Args:
@@ -166,8 +180,10 @@ def fast_weights(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxP: jax.Arra
   B, T, H, K = q_BxTxHxK.shape
   P = v_BxTxHxP.shape[-1]
   if log_a_BxTxHxA.shape[-1] not in (1, K) or k_BxTxHxK.shape != q_BxTxHxK.shape or v_BxTxHxP.shape[:3] != (B, T, H):
-    raise ValueError(f"fast_weights: shapes q {q_BxTxHxK.shape}, k {k_BxTxHxK.shape}, v {v_BxTxHxP.shape}, "
-                     f"log_a {log_a_BxTxHxA.shape} do not fit [B,T,H,K], [B,T,H,K], [B,T,H,P], [B,T,H,1|K]")
+    raise ValueError(
+      f"fast_weights: shapes q {q_BxTxHxK.shape}, k {k_BxTxHxK.shape}, v {v_BxTxHxP.shape}, "
+      f"log_a {log_a_BxTxHxA.shape} do not fit [B,T,H,K], [B,T,H,K], [B,T,H,P], [B,T,H,1|K]"
+    )
   delta = beta_BxTxH is not None
   if delta and log_a_BxTxHxA.shape[-1] != 1:
     raise ValueError("fast_weights: the delta rule needs one decay per head (log_a [..., 1])")
@@ -212,11 +228,12 @@ class FastWeight(nn.Module):
     if o.gate == "head":  # a_h = sigmoid(theta_h)
       self.gate_bias = self._const("gate_bias", jnp.log(a0_H / (1 - a0_H)), ("heads",))
     elif o.gate in ("scalar", "vector"):  # bias such that a = sigmoid(b)^(1/tau) starts at a0
-      b_H = jnp.log(a0_H ** o.gate_temp) - jnp.log1p(-(a0_H ** o.gate_temp))
+      b_H = jnp.log(a0_H**o.gate_temp) - jnp.log1p(-(a0_H**o.gate_temp))
       shape, axes = ((H,), ("heads",)) if o.gate == "scalar" else ((H, K), ("heads", "kv"))
       self.wa = layers.param(self, "wa", (D, *shape), ("embed", *axes), std, pd)
-      self.gate_bias = self._const("gate_bias", jnp.broadcast_to(b_H.reshape((H,) + (1,) * (len(shape) - 1)), shape),
-                                   axes)
+      self.gate_bias = self._const(
+        "gate_bias", jnp.broadcast_to(b_H.reshape((H,) + (1,) * (len(shape) - 1)), shape), axes
+      )
     if o.delta:
       self.wb = layers.param(self, "wb", (D, H), ("embed", "heads"), std, pd)
     if o.out_gate:
@@ -243,8 +260,9 @@ class FastWeight(nn.Module):
       W = o.short_conv
       past = jnp.zeros((B, W - 1, D), dt) if history_BxWxD is None else history_BxWxD.astype(dt)
       padded = jnp.concatenate([past, x], axis=1)  # [B, W - 1 + T, D]
-      streams = {n: sum(padded[:, j:j + T] * c[j].astype(dt)[None, None] for j in range(W))
-                 for n, c in self.conv.items()}
+      streams = {
+        n: sum(padded[:, j : j + T] * c[j].astype(dt)[None, None] for j in range(W)) for n, c in self.conv.items()
+      }
       history = padded[:, T:]
     phi = FEATURE_MAPS[o.feature_map]
     q = phi(jnp.einsum("BTD,DHK->BTHK", streams["q"], self.wq.astype(dt))).astype(jnp.float32)
@@ -254,7 +272,7 @@ class FastWeight(nn.Module):
     if o.delta:  # unit keys keep I - b k k^T a contraction (DeltaNet)
       q, k = (a * jax.lax.rsqrt(jnp.sum(a * a, -1, keepdims=True) + 1e-6) for a in (q, k))
     else:
-      q = q * K ** -0.5
+      q = q * K**-0.5
     if o.gate == "fixed":
       log_a = jnp.full((B, T, H, 1), math.log(o.alpha), jnp.float32)
     elif o.gate == "head":
@@ -282,8 +300,9 @@ class FastWeight(nn.Module):
     y_BxTxD = jnp.einsum("BTHP,HPD->BTD", o_BxTxHxP, self.wo.astype(dt))
     return layers.constrain(y_BxTxD, ("act_batch", "act_length", "act_embed"))
 
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     del deterministic
     B, T, _ = x_BxTxD.shape
     if decoding.stepping(decode):
@@ -299,8 +318,9 @@ class FastWeight(nn.Module):
     if decode is not None:
       state = {"S": S}
       if self.opts.short_conv:
-        state["conv"] = decoding.last_inputs(x_BxTxD.astype(layers.dtype(self.cfg.dtype)), decode.lengths,
-                                             self.opts.short_conv - 1)
+        state["conv"] = decoding.last_inputs(
+          x_BxTxD.astype(layers.dtype(self.cfg.dtype)), decode.lengths, self.opts.short_conv - 1
+        )
       self.cache(self.init_state(B), lambda _: (None, state))
     state_size = float(math.prod(state_shape(self.cfg, self.opts)))
     return self._output(x_BxTxD, o_BxTxHxP), {"decay": jnp.mean(jnp.exp(log_a)), "state_size": state_size}

@@ -43,8 +43,15 @@ def routed_tokens(T: int, capacity: float) -> int:
   return max(1, min(T, math.ceil(capacity * T - 1e-9)))
 
 
-def routed_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, score_BxT: jax.Array,
-                     capacity: float, window: int, local_impl: str = "auto") -> tuple[jax.Array, jax.Array]:
+def routed_attention(
+  q_BxTxHxK: jax.Array,
+  k_BxTxGxK: jax.Array,
+  v_BxTxGxK: jax.Array,
+  score_BxT: jax.Array,
+  capacity: float,
+  window: int,
+  local_impl: str = "auto",
+) -> tuple[jax.Array, jax.Array]:
   """Local attention for every query; global causal attention for the top-c scored queries of each sequence.
 
   Returns:
@@ -58,7 +65,7 @@ def routed_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.
   q_BxCxGxRxK = take(q_BxTxHxK, idx_BxC).reshape(B, -1, G, H // G, K)
   logits = jnp.einsum("BCGRK,BSGK->BGRCS", q_BxCxGxRxK, k_BxTxGxK, preferred_element_type=jnp.float32)
   causal_BxCxS = jnp.arange(T)[None, None, :] <= idx_BxC[:, :, None]
-  logits = jnp.where(causal_BxCxS[:, None, None], logits * K ** -0.5, -jnp.inf)
+  logits = jnp.where(causal_BxCxS[:, None, None], logits * K**-0.5, -jnp.inf)
   probs = jax.nn.softmax(logits, axis=-1).astype(v_BxTxGxK.dtype)
   global_BxCxHxK = jnp.einsum("BGRCS,BSGK->BCGRK", probs, v_BxTxGxK).reshape(B, -1, H, K)
   g_BxC = jax.nn.sigmoid(score_BxC)
@@ -82,8 +89,10 @@ class RoutedAttention(nn.Module):
   @staticmethod
   def not_decodable(opts: RoutedOptions) -> str:
     del opts
-    return ("its top-c choice ranks the whole sequence, so whether token t is routed depends on later tokens "
-            "(MoD's causal predictor for sampling is not built)")
+    return (
+      "its top-c choice ranks the whole sequence, so whether token t is routed depends on later tokens "
+      "(MoD's causal predictor for sampling is not built)"
+    )
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool) -> tuple[jax.Array, dict]:
@@ -93,9 +102,12 @@ class RoutedAttention(nn.Module):
     w_D = layers.param(self, "router", (cfg.d_model,), ("embed",), cfg.init_std, cfg.param_dtype)
     score_BxT = jnp.einsum("BTD,D->BT", x_BxTxD.astype(jnp.float32), w_D.astype(jnp.float32))
     q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, cfg)
-    out_BxTxHxK, idx_BxC = routed_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, score_BxT, o.capacity, o.window,
-                                            o.local_impl)
+    out_BxTxHxK, idx_BxC = routed_attention(
+      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, score_BxT, o.capacity, o.window, o.local_impl
+    )
     self.sow("intermediates", "routed", idx_BxC)
-    aux = {"gate": jnp.mean(jax.nn.sigmoid(jnp.take_along_axis(score_BxT, idx_BxC, 1))),
-           "routed_pos": jnp.mean(idx_BxC / max(T - 1, 1))}
+    aux = {
+      "gate": jnp.mean(jax.nn.sigmoid(jnp.take_along_axis(score_BxT, idx_BxC, 1))),
+      "routed_pos": jnp.mean(idx_BxC / max(T - 1, 1)),
+    }
     return project_out(self, out_BxTxHxK, cfg), aux

@@ -59,15 +59,22 @@ class Branch(nn.Module):
     cfg = self.cfg
     D, H = cfg.d_model, cfg.num_heads
     K, dt = D // H, layers.dtype(cfg.dtype)
-    w = {n: layers.param(self, n, (D, H, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
-         for n in ("wq", "wk", "wv")}
+    w = {
+      n: layers.param(self, n, (D, H, K), ("embed", "heads", "kv"), cfg.init_std, cfg.param_dtype)
+      for n in ("wq", "wk", "wv")
+    }
     wo_HxKxD = layers.param(self, "wo", (H, K, D), ("heads", "kv", "embed"), layers.out_std(cfg), cfg.param_dtype)
     x = x_BxTxSxD.astype(dt)
     q, k, v = (jnp.einsum("BTSD,DHK->BTSHK", x, w[n].astype(dt)) for n in ("wq", "wk", "wv"))
     if self.axis == "dot_product":  # ViViT model 4: heads [0, H/2) over space, [H/2, H) over time
       half = H // 2
-      o = jnp.concatenate([attend(q[..., :half, :], k[..., :half, :], v[..., :half, :], "space"),
-                           attend(q[..., half:, :], k[..., half:, :], v[..., half:, :], "time")], axis=3)
+      o = jnp.concatenate(
+        [
+          attend(q[..., :half, :], k[..., :half, :], v[..., :half, :], "space"),
+          attend(q[..., half:, :], k[..., half:, :], v[..., half:, :], "time"),
+        ],
+        axis=3,
+      )
     else:
       o = attend(q, k, v, self.axis)
     return jnp.einsum("BTSHK,HKD->BTSD", o, wo_HxKxD.astype(dt))
@@ -93,8 +100,10 @@ class SpaceTimeAttention(nn.Module):
     if kind == "factorised":
       raise ValueError("kind=factorised stacks space and time layers; the video model gives each layer its kind")
     if kind == "dot_product" and cfg.num_heads % 2:
-      raise ConfigError(f"model.num_heads={cfg.num_heads}: dot_product splits the heads in two halves. "
-                        "Fix: use an even number of heads.")
+      raise ConfigError(
+        f"model.num_heads={cfg.num_heads}: dot_product splits the heads in two halves. "
+        "Fix: use an even number of heads."
+      )
     if kind in ("joint", "space", "time", "dot_product"):
       return Branch(cfg, kind, name=kind)(x_BxTxSxD), {}
     t_BxTxSxD = Branch(cfg, "time", name="time")(x_BxTxSxD)

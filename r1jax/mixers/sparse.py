@@ -52,15 +52,23 @@ class SparseOptions:
   diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS), recall of the dense top-k and mass kept
 
   def __post_init__(self):
-    checks = ((self.select in SELECTS, "select", f"use one of {SELECTS}"),
-              (self.top_k >= 1, "top_k", "use a positive key budget"),
-              (self.indexer_heads >= 1 and self.indexer_dim >= 2 and self.indexer_dim % 2 == 0,
-               "indexer_heads/indexer_dim", "use >= 1 heads of an even dim (RoPE)"),
-              (self.indexer_grad in INDEXER_GRADS, "indexer_grad", f"use one of {INDEXER_GRADS}"),
-              (self.indexer_loss in INDEXER_LOSSES, "indexer_loss", f"use one of {INDEXER_LOSSES}"),
-              (self.query_chunk >= 1, "query_chunk", "use a positive chunk size"),
-              (self.sample_temperature >= 0 and (self.sample_temperature == 0 or self.select == "indexer"),
-               "sample_temperature", "use 0 (greedy), or a positive temperature with select=indexer"))
+    checks = (
+      (self.select in SELECTS, "select", f"use one of {SELECTS}"),
+      (self.top_k >= 1, "top_k", "use a positive key budget"),
+      (
+        self.indexer_heads >= 1 and self.indexer_dim >= 2 and self.indexer_dim % 2 == 0,
+        "indexer_heads/indexer_dim",
+        "use >= 1 heads of an even dim (RoPE)",
+      ),
+      (self.indexer_grad in INDEXER_GRADS, "indexer_grad", f"use one of {INDEXER_GRADS}"),
+      (self.indexer_loss in INDEXER_LOSSES, "indexer_loss", f"use one of {INDEXER_LOSSES}"),
+      (self.query_chunk >= 1, "query_chunk", "use a positive chunk size"),
+      (
+        self.sample_temperature >= 0 and (self.sample_temperature == 0 or self.select == "indexer"),
+        "sample_temperature",
+        "use 0 (greedy), or a positive temperature with select=indexer",
+      ),
+    )
     for ok, field, fix in checks:
       if not ok:
         raise ConfigError(f"{field}={getattr(self, field.split('/')[0])!r} is invalid. Fix: {fix}")
@@ -72,9 +80,15 @@ class SparseOptions:
 DSA_INDEXER = {"indexer_grad": "none", "detach_indexer_input": True, "indexer_loss": "kl"}
 
 
-def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, idx_BxTxN: jax.Array,
-                       valid_BxTxN: jax.Array, bias_BxTxN: jax.Array | None = None,
-                       rows: int = 1) -> tuple[jax.Array, jax.Array]:
+def gathered_attention(
+  q_BxTxHxK: jax.Array,
+  k_BxSxGxK: jax.Array,
+  v_BxSxGxK: jax.Array,
+  idx_BxTxN: jax.Array,
+  valid_BxTxN: jax.Array,
+  bias_BxTxN: jax.Array | None = None,
+  rows: int = 1,
+) -> tuple[jax.Array, jax.Array]:
   """Softmax attention of each query over its N selected keys only (shared by the query's heads).
 
   Args:
@@ -96,13 +110,19 @@ def gathered_attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: ja
   # vectors); a block of rows is one contiguous row of the gather. The ids are in range (no masking select).
   offset_BxGx1 = ((jnp.arange(B)[:, None] * G + jnp.arange(G)[None, :]) * (S // rows))[:, :, None]
   flat_idx = (idx_BxTxN + offset_BxGx1[:, None]).reshape(-1)
-  gather = lambda a: a.transpose(0, 2, 1, 3).reshape(B * G * (S // rows), -1).at[flat_idx].get(  # noqa: E731
-      mode="promise_in_bounds").reshape(
-          B, T, G, idx_BxTxN.shape[-1] * rows, -1)
+  gather = lambda a: (
+    a.transpose(0, 2, 1, 3)
+    .reshape(B * G * (S // rows), -1)
+    .at[flat_idx]
+    .get(  # noqa: E731
+      mode="promise_in_bounds"
+    )
+    .reshape(B, T, G, idx_BxTxN.shape[-1] * rows, -1)
+  )
   k_BxTxGxNxK, v_BxTxGxNxK = gather(k_BxSxGxK), gather(v_BxSxGxK)
   q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K)
   logits = jnp.einsum("BTGRK,BTGNK->BTGRN", q_BxTxGxRxK, k_BxTxGxNxK, preferred_element_type=jnp.float32)
-  logits = logits * K ** -0.5
+  logits = logits * K**-0.5
   if bias_BxTxN is not None:
     logits = logits + bias_BxTxN[:, :, None, None, :]
   logits = jnp.where(valid_BxTxN[:, :, :, None, :], logits, -jnp.inf)
@@ -122,8 +142,12 @@ def dense_probs(q_BxCxHxK: jax.Array, k_BxSxGxK: jax.Array, pos_C: jax.Array) ->
   """Causal dense attention probabilities averaged over heads, [B, C, S] float32 (diagnostics, DSA's warm-up)."""
   B, C, H, K = q_BxCxHxK.shape
   G = k_BxSxGxK.shape[2]
-  logits = jnp.einsum("BCGRK,BSGK->BCGRS", q_BxCxHxK.reshape(B, C, G, H // G, K), k_BxSxGxK,
-                      preferred_element_type=jnp.float32) * K ** -0.5
+  logits = (
+    jnp.einsum(
+      "BCGRK,BSGK->BCGRS", q_BxCxHxK.reshape(B, C, G, H // G, K), k_BxSxGxK, preferred_element_type=jnp.float32
+    )
+    * K**-0.5
+  )
   causal_CxS = jnp.arange(k_BxSxGxK.shape[1])[None, :] <= pos_C[:, None]
   return jax.nn.softmax(jnp.where(causal_CxS[None, :, None, None], logits, -jnp.inf), -1).mean((2, 3))
 
@@ -153,11 +177,12 @@ def random_scores(seed: int, t: jax.Array, s: jax.Array) -> jax.Array:
   for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
     h = (h ^ (h >> shift)) * jnp.uint32(mult)
   h = h ^ (h >> 16)
-  return (h >> 8).astype(jnp.float32) * 2.0 ** -24
+  return (h >> 8).astype(jnp.float32) * 2.0**-24
 
 
-def indexer_inputs(mod: nn.Module, x_BxTxD: jax.Array, cfg, o,
-                   positions=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def indexer_inputs(
+  mod: nn.Module, x_BxTxD: jax.Array, cfg, o, positions=None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """DSA's lightning-indexer inputs, parameters `idx_*` of `mod`: queries [B,T,J,I], one shared key [B,T,I] (both
   RoPE'd at `positions`, None: 0..T-1) and head weights [B,T,J]; `o` has indexer_heads J, indexer_dim I and
   detach_indexer_input (SparseOptions, or MLA's sparse options)."""
@@ -170,12 +195,13 @@ def indexer_inputs(mod: nn.Module, x_BxTxD: jax.Array, cfg, o,
   pos_T = np.arange(x.shape[1]) if positions is None else positions
   q_BxTxJxI = layers.rope(jnp.einsum("BTD,DJI->BTJI", x, wq_DxJxI.astype(dt)), pos_T, cfg.rope_base)
   k_BxTxI = layers.rope(jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))[:, :, None], pos_T, cfg.rope_base)[:, :, 0]
-  w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * J ** -0.5
+  w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * J**-0.5
   return q_BxTxJxI, k_BxTxI, w_BxTxJ
 
 
-def indexer_step_picks(mod: nn.Module, x_Bx1xD: jax.Array, cfg, o,
-                       decode: decoding.Decode) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+def indexer_step_picks(
+  mod: nn.Module, x_Bx1xD: jax.Array, cfg, o, decode: decoding.Decode
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
   """A decoding step's indexer picks: the token's indexer key enters the cache `ik` of `mod`, every cached key is
   scored and the top k kept, as the forward picks at this position. Returns picks [B, 1, N], validity, and the gate
   bias (the picked keys' scores recomputed from their indexer keys, as in the forward; None unless
@@ -203,8 +229,17 @@ def map_query_chunks(fn, T: int, C: int):
   return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], n * C, *a.shape[3:])[:, :T], out)
 
 
-def topk_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, o, index=None, seed: int = 0,
-                   noise_key: jax.Array | None = None, want_kl: bool = False, want_diag: bool = False) -> dict:
+def topk_attention(
+  q_BxTxHxK: jax.Array,
+  k_BxTxGxK: jax.Array,
+  v_BxTxGxK: jax.Array,
+  o,
+  index=None,
+  seed: int = 0,
+  noise_key: jax.Array | None = None,
+  want_kl: bool = False,
+  want_diag: bool = False,
+) -> dict:
   """Causal attention of each query over the k keys its rule picks, in query chunks of C (see the module docstring).
 
   Args:
@@ -249,7 +284,8 @@ def topk_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Ar
         pick_xCxS = jax.lax.stop_gradient(s_BxCxS)
         if noise_key is not None:
           pick_xCxS = pick_xCxS / o.sample_temperature + jax.random.gumbel(
-              jax.random.fold_in(noise_key, start), pick_xCxS.shape)
+            jax.random.fold_in(noise_key, start), pick_xCxS.shape
+          )
       top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], pick_xCxS, -jnp.inf), N)
       idx_BxCxN, valid_BxCxN = jnp.broadcast_to(idx_BxCxN, (B, C, N)), jnp.broadcast_to(jnp.isfinite(top), (B, C, N))
       if o.select == "indexer":
@@ -307,8 +343,9 @@ class SparseAttention(nn.Module):
     return project_out(self, out_Bx1xHxK, self.cfg), {}
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *, deterministic: bool,
-               decode: decoding.Decode | None = None) -> tuple[jax.Array, dict]:
+  def __call__(
+    self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
+  ) -> tuple[jax.Array, dict]:
     if decoding.stepping(decode):
       return self._step(x_BxTxD, decode)
     o = self.opts
