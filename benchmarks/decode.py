@@ -30,13 +30,13 @@ import jax.numpy as jnp
 from absl import flags
 
 from r1jax import decoding, entry
-from r1jax.config import ModelConfig
-from r1jax.mixers.sparse import DSA_INDEXER
-from r1jax.model import Transformer
-from r1jax.errors import ConfigError
 from r1jax.atomic import write_json
+from r1jax.config import ModelConfig
+from r1jax.errors import ConfigError
 from r1jax.lab import configs
 from r1jax.lab.scaling import decode_step, measure_in_child, median_sec, memory_limit_bytes
+from r1jax.mixers.sparse import DSA_INDEXER
+from r1jax.model import Transformer
 from r1jax.train import static_memory_bytes
 
 flags.DEFINE_list("contexts", ["1024", "4096", "16384"], "context lengths C (cache positions)")

@@ -19,6 +19,7 @@ from absl import flags
 
 from r1jax import entry
 from r1jax.config import ModelConfig
+from r1jax.errors import ConfigError
 from r1jax.ffn.moe import (
   MATMULS,
   MoEOptions,
@@ -30,7 +31,6 @@ from r1jax.ffn.moe import (
   route,
   sort_by_expert,
 )
-from r1jax.errors import ConfigError
 from r1jax.lab.scaling import lm_train_step, median_sec
 
 flags.DEFINE_list("tokens", ["768", "4096"], "tokens per step (batch x sequence length)")

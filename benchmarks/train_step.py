@@ -18,9 +18,9 @@ import jax
 from absl import flags
 
 from r1jax import entry
-from r1jax.lab import configs
 from r1jax.config import Config, ModelConfig
 from r1jax.errors import ConfigError
+from r1jax.lab import configs
 from r1jax.lab.scaling import lm_train_step
 from r1jax.train import compiled_flops, peak_memory_bytes
 

@@ -25,15 +25,14 @@ MQA 32, MLA 48, sparse MLA 64; text validation loss 2.113 (MHA), 2.130 (GQA-2), 
 """
 
 import functools
-import sys
 
 import jax
 import numpy as np
 
 from r1jax import registry
-from r1jax.lab import ablation, configs, scaling, sweep
 from r1jax.config import Config
 from r1jax.data.core import make_dataset
+from r1jax.lab import ablation, configs, scaling, sweep
 from r1jax.train import resolve_model_config
 
 MLA = "model.mixer_options.mla"

@@ -25,8 +25,8 @@ top2 1.677, aux_free 1.681, deepseekmoe 1.680, fine_grained 1.668, dense_8x 1.68
 model and top-2 its own on every seed. Why 3000 steps (at 200, top-1 lost to dense): docs/probes/moe_ablation.md.
 """
 
-from r1jax.lab import ablation, configs, reporting
 from r1jax.ffn.moe import ffn_params
+from r1jax.lab import ablation, configs, reporting
 
 MOE, F = "model.ffn_options.moe", 128  # F: the dense SwiGLU width and the width of one (coarse) expert
 

@@ -47,8 +47,8 @@ import jax
 from absl import flags
 
 from r1jax import atomic
-from r1jax.lab import ablation, configs, reporting, scaling, sweep
 from r1jax.config import Config
+from r1jax.lab import ablation, configs, reporting, scaling, sweep
 from r1jax.lab.scaling import fit_exponent
 
 SPARSE = "model.mixer_options.sparse"

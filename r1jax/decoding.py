@@ -9,8 +9,8 @@ A model decodes in two kinds of call, `Transformer.apply(variables, tokens, deco
            per step): each mixer reads its cache, writes the new token's entries and returns its output.
 The cache variables are created by the first prefill (max_len positions, a static size). A mixer that cannot decode
 says why in a `not_decodable(opts)` staticmethod (the video mixer is not autoregressive; a router that ranks a whole
-sequence sees later tokens), and asking it to decode is one clear error before compilation. Caches follow flax's Gemma / lm1b
-examples (a `cache` collection, `dynamic_update_slice` writes) and MaxText's KV cache.
+sequence sees later tokens), and asking it to decode is one clear error before compilation. Caches follow flax's Gemma
+/ lm1b examples (a `cache` collection, `dynamic_update_slice` writes) and MaxText's KV cache.
 """
 
 import flax.linen as nn

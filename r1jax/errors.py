@@ -1,4 +1,4 @@
-"""The two errors every entry point turns into one line (r1jax/entry.py): a config that cannot work, a run that stopped."""
+"""The two errors every entry point turns into one line (r1jax/entry.py): a config that cannot work, a stopped run."""
 
 
 class ConfigError(ValueError):

@@ -15,8 +15,8 @@ import sys
 from absl import flags, logging
 
 from r1jax import entry
-from r1jax.lab import configs
 from r1jax.config import Config, default_config
+from r1jax.lab import configs
 from r1jax.train import train
 
 

@@ -122,9 +122,10 @@ def mask_padded_classes(logits_BxNxV: jax.Array, vocab_size: int) -> jax.Array:
 # `spacetime` mixer and a registry feed-forward, mean pooling over all tokens, a linear head.
 #
 # Follows TimeSformer where variants differ: the space-only model gets no time embedding (its frames are an unordered
-# set, and its prediction averages them), and ViViT's factorised encoder (kind=factorised) prepends a learned CLS token to
-# each frame, runs the first half of the layers as space attention, keeps only the frames' CLS tokens, and runs the rest
-# as time attention over them (ViViT pools with a CLS token twice; here the final pooling is a mean, as for the others).
+# set, and its prediction averages them), and ViViT's factorised encoder (kind=factorised) prepends a learned CLS
+# token to each frame, runs the first half of the layers as space attention, keeps only the frames' CLS tokens, and
+# runs the rest as time attention over them (ViViT pools with a CLS token twice; here the final pooling is a mean, as
+# for the others).
 
 
 def layer_kinds(cfg: ModelConfig) -> tuple[str, ...]:

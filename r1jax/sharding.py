@@ -6,7 +6,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from r1jax.config import MeshConfig, ModelConfig
 from r1jax.errors import ConfigError

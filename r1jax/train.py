@@ -13,16 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm  # a text bar everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
 from r1jax import atomic, evaluators, sharding
 from r1jax.checkpoint import Checkpointer, latest_step
 from r1jax.config import Config, DistConfig, ModelConfig, OptimConfig, to_dict
 from r1jax.data.core import make_dataset
-from r1jax.model import Transformer
-from r1jax.model import make_model
 from r1jax.errors import ConfigError, NonFiniteError
+from r1jax.model import Transformer, make_model
 from r1jax.objective import forward
 from r1jax.writers import MetricWriter
 

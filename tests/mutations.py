@@ -84,8 +84,8 @@ MUTATIONS = (
   Mutation(
     "eval_ignores_weights",
     "r1jax/objective.py",
-    'sums = {"loss_sum": jnp.sum(ce_BxN * w_BxN), "correct_sum": jnp.sum(correct_BxN * w_BxN), "count": count,',
-    'sums = {"loss_sum": jnp.sum(ce_BxN), "correct_sum": jnp.sum(correct_BxN), "count": 1.0 * ce_BxN.size,',
+    '"loss_sum": jnp.sum(ce_BxN * w_BxN),\n    "correct_sum": jnp.sum(correct_BxN * w_BxN),\n    "count": count,',
+    '"loss_sum": jnp.sum(ce_BxN),\n    "correct_sum": jnp.sum(correct_BxN),\n    "count": 1.0 * ce_BxN.size,',
     "tests/test_train.py",
     "zero_weight",
   ),
@@ -252,16 +252,16 @@ MUTATIONS = (
   Mutation(
     "nsa_mlp_chunks_share_one_weight_slice",
     "r1jax/mixers/nsa.py",
-    "sum(y_rxBxNxGxF[r, :, r:r + M] for r in range(b))",
-    "sum(y_rxBxNxGxF[0, :, r:r + M] for r in range(b))",
+    "sum(y_rxBxNxGxF[r, :, r : r + M] for r in range(b))",
+    "sum(y_rxBxNxGxF[0, :, r : r + M] for r in range(b))",
     "tests/test_nsa.py",
     "masked_reference",
   ),
   Mutation(
     "nsa_mlp_chunks_reversed",
     "r1jax/mixers/nsa.py",
-    "sum(y_rxBxNxGxF[r, :, r:r + M] for r in range(b))",
-    "sum(y_rxBxNxGxF[b - 1 - r, :, r:r + M] for r in range(b))",
+    "sum(y_rxBxNxGxF[r, :, r : r + M] for r in range(b))",
+    "sum(y_rxBxNxGxF[b - 1 - r, :, r : r + M] for r in range(b))",
     "tests/test_nsa.py",
     "masked_reference",
   ),
@@ -426,6 +426,31 @@ MUTATIONS = (
     "tests/test_tokens.py",
     "depend_only_on_seed",
   ),
+  # Options the code silently ignores (issue 39): the every-option-is-live test, generated from the config schema
+  Mutation(
+    "adam_b2_ignored",
+    "r1jax/train.py",
+    "optax.adamw(schedule, cfg.b1, cfg.b2, cfg.eps,",
+    "optax.adamw(schedule, cfg.b1, 0.99, cfg.eps,",
+    "tests/test_options_live.py",
+    "optim.b2",
+  ),
+  Mutation(
+    "nsa_gate_init_ignored",
+    "r1jax/mixers/nsa.py",
+    "GATE_INIT[self.opts.gate_init][None]",
+    'GATE_INIT["window"][None]',
+    "tests/test_options_live.py",
+    "nsa.gate_init",
+  ),
+  Mutation(
+    "mqar_power_a_ignored",
+    "r1jax/data/mqar.py",
+    "o.vocab_size, o.num_kv_pairs, o.power_a, o.random_non_queries",
+    "o.vocab_size, o.num_kv_pairs, 0.01, o.random_non_queries",
+    "tests/test_options_live.py",
+    "mqar.power_a",
+  ),
 )
 
 
@@ -500,7 +525,7 @@ def main() -> None:
     repo = os.path.join(scratch, "repo")
     env = {**os.environ, "PYTHONPATH": repo}  # the scratch copy's r1jax, also in the tests' subprocesses
     survived = []
-    print(f"| mutation | file | test | result | seconds |\n|---|---|---|---|---|")
+    print("| mutation | file | test | result | seconds |\n|---|---|---|---|---|")
     for m in chosen:
       caught, sec, last = run(m, repo, env)
       survived += [] if caught else [m.name]

@@ -8,12 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import tiny_config
 from r1jax import atomic, registry
-from r1jax.lab import ablation, reporting, sweep
 from r1jax.config import default_config, to_dict
 from r1jax.errors import ConfigError
+from r1jax.lab import ablation, reporting, sweep
 from r1jax.train import load_trained, train
+
+from helpers import tiny_config
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 

@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import assert_grad_matches_finite_differences
 from r1jax import layers, reference
-from r1jax.mixers import dense
 from r1jax.config import ModelConfig
 from r1jax.errors import ConfigError
+from r1jax.mixers import dense
+
+from helpers import assert_grad_matches_finite_differences
 
 
 def _qkv(seed, B, T, H, G, K, dtype=jnp.float32):

@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import assert_causal, mixer_config
 from r1jax import reference
 from r1jax.mixers.channel import TimeChannelAttention, TimeChannelOptions, causal_channel_attention
+
+from helpers import assert_causal, mixer_config
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 3, 4), (1, 12, 2, 8)])

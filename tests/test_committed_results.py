@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from conftest import REPO
 from r1jax.lab import claims, reporting
+
+from conftest import REPO
 
 RESULTS = os.path.join(REPO, "results")
 DRIVERS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "experiments", "*.py")))

@@ -1,6 +1,5 @@
 """Configs that cannot work fail before compilation, with a message naming the field and a fix."""
 
-import dataclasses
 import os
 import pickle
 import types
@@ -8,12 +7,13 @@ import types
 import jax
 import pytest
 
-from helpers import tiny_config
 from r1jax import sharding
-from r1jax.lab.ablation import override
 from r1jax.config import Config, MeshConfig, ModelConfig, default_config
 from r1jax.errors import ConfigError
+from r1jax.lab.ablation import override
 from r1jax.train import Run
+
+from helpers import tiny_config
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import SMALL_MIXER_OPTIONS, small_model_config
 from r1jax import decoding, registry, sharding
 from r1jax.config import MeshConfig
+
+from helpers import SMALL_MIXER_OPTIONS, small_model_config
 
 registry.load_builtins()
 B, T, S = 4, 12, 3  # batch (divisible by data * fsdp), sequence length, video patches per frame

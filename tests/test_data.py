@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 
-from r1jax.data import listops
 from r1jax.config import DataConfig
+from r1jax.data import listops
 from r1jax.data.core import resolve_path
-from r1jax.data.text import TextData
 from r1jax.data.listops import ListOps
 from r1jax.data.mqar import MQAR as MQARData
 from r1jax.data.mqar import mqar_example
+from r1jax.data.text import TextData
 from r1jax.errors import ConfigError
 
 

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import SMALL_MIXER_OPTIONS, decode_logits, small_model_config
 from r1jax import decoding, registry
 from r1jax.config import ModelConfig
-from r1jax.model import Transformer
 from r1jax.errors import ConfigError
+from r1jax.model import Transformer
+
+from helpers import SMALL_MIXER_OPTIONS, decode_logits, small_model_config
 
 registry.load_builtins()
 # extra cases (name, options) for the other rules and branches of a mixer

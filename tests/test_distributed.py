@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import xla_flags
-from r1jax.lab.ablation import override
 from r1jax.config import Config, default_config
+from r1jax.lab.ablation import override
 from r1jax.train import train
+
+from conftest import xla_flags
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, xla_flags
 from r1jax.lab import ablation, claims
+
+from conftest import REPO, xla_flags
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 

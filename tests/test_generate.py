@@ -7,11 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, SHAKESPEARE
-from helpers import VIDEO, tiny_config
 from r1jax import generate
 from r1jax.errors import ConfigError
 from r1jax.train import Run
+
+from conftest import REPO, SHAKESPEARE
+from helpers import VIDEO, tiny_config
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 

@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import apply_mixer, assert_causal, mixer_config, project_out
 from r1jax import reference
+from r1jax.errors import ConfigError
 from r1jax.mixers.dense import Attention, AttentionOptions
 from r1jax.mixers.fusion import FusionAttention, FusionOptions
 from r1jax.mixers.local import LocalAttention, LocalOptions, local_attention
 from r1jax.mixers.routed import RoutedAttention, RoutedOptions, routed_attention, routed_tokens
-from r1jax.errors import ConfigError
+
+from helpers import apply_mixer, assert_causal, mixer_config, project_out
 
 
 def _qkv(rng, B, T, H, G, K=8):
@@ -157,8 +158,9 @@ def test_bad_options_name_the_field(cls, kwargs, field):
 @pytest.mark.slow
 def test_routed_capacity_one_equals_global_in_every_layer_of_a_model():
   """A whole model with routed layers at capacity 1 gives the logits of the dense model with the same weights."""
-  from helpers import tiny_config
   from r1jax.model import Transformer
+
+  from helpers import tiny_config
 
   def model(**kw):
     cfg = tiny_config(text="x", model__vocab_size=40, model__init_std=0.3, model__num_layers=3, **kw).model

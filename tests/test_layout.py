@@ -114,7 +114,7 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter(module):
   assert out.returncode == 0, out.stderr[-3000:]
 
 
-THROWAWAY = '''"""A throw-away mixer (tests/test_layout.py): each token adds its predecessor, through a sigmoid gate of itself."""
+THROWAWAY = '''"""A throw-away mixer (tests/test_layout.py): a token adds its predecessor, through its own gate."""
 
 import dataclasses
 

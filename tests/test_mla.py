@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import decode_logits
 from r1jax import reference
-from r1jax.mixers.mla import MLAOptions, MultiHeadLatentAttention
 from r1jax.config import ModelConfig
-from r1jax.model import Transformer
 from r1jax.errors import ConfigError
+from r1jax.mixers.mla import MultiHeadLatentAttention
+from r1jax.model import Transformer
+
+from helpers import decode_logits
 
 SHAPES = [dict(), dict(q_rank=12, kv_rank=10, rope_dim=6, head_dim=6, v_dim=10)]
 

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import assert_grad_matches_finite_differences
 from r1jax import reference
 from r1jax.config import ModelConfig
 from r1jax.model import Transformer
+
+from helpers import assert_grad_matches_finite_differences
 
 CFG = ModelConfig(vocab_size=50, num_layers=2, d_model=32, num_heads=4, d_ff=64)
 

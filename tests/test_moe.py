@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import assert_causal, one_run, tiny_config
 from r1jax import reference
-from r1jax.ffn.moe import MoE, MoEOptions, grouped_swiglu, permute_rows, route, sort_by_expert
 from r1jax.errors import ConfigError
+from r1jax.ffn.moe import MoE, MoEOptions, grouped_swiglu, permute_rows, route, sort_by_expert
+
+from helpers import assert_causal, one_run, tiny_config
 
 
 def moe_config(d_model=16, d_ff=24):

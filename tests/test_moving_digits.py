@@ -4,11 +4,12 @@ the image, splits use disjoint images, batches are deterministic, and bad settin
 import numpy as np
 import pytest
 
-from helpers import tiny_config
 from r1jax.data import moving_digits as md
 from r1jax.data.core import make_dataset
 from r1jax.data.moving_digits import MovingDigits
 from r1jax.errors import ConfigError
+
+from helpers import tiny_config
 
 CLIP = "data__options__moving_digits__"
 VIDEO = dict(

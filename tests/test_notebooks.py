@@ -9,8 +9,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import REPO, xla_flags
 from r1jax.lab import ablation
+
+from conftest import REPO, xla_flags
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 

@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import apply_mixer, assert_causal, mixer_config, project_out
 from r1jax import reference
-from r1jax.mixers.nsa import GATE_INIT, NativeSparseAttention, NSAOptions, num_compressed, overlap_scores
 from r1jax.errors import ConfigError
+from r1jax.mixers.nsa import GATE_INIT, NativeSparseAttention, NSAOptions, num_compressed, overlap_scores
+
+from helpers import apply_mixer, assert_causal, mixer_config, project_out
 
 
 def _run(opts, T, kv_heads, seed=0):

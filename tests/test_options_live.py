@@ -22,12 +22,13 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import SMALL_MIXER_OPTIONS, tiny_config
 from r1jax import registry, sharding
 from r1jax.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from r1jax.errors import ConfigError
 from r1jax.objective import forward
 from r1jax.train import Run, initial_state, make_train_step
+
+from helpers import SMALL_MIXER_OPTIONS, tiny_config
 
 registry.load_builtins()
 

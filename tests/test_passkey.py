@@ -5,13 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import SHAKESPEARE
 from r1jax import registry
 from r1jax.config import DataConfig
 from r1jax.data.core import make_dataset
 from r1jax.data.passkey import NEEDLE, QUESTION, Passkey
 from r1jax.errors import ConfigError
 from tests.helpers import tiny_config
+
+from conftest import SHAKESPEARE
 
 PASSKEY = DataConfig(
   kind="passkey",

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import apply_mixer, assert_causal, assert_grad_matches_finite_differences, mixer_config
 from r1jax import reference
-from r1jax.mixers.recurrent import FastWeight, FastWeightOptions, fast_weights, unit_lower_inverse
 from r1jax.errors import ConfigError
+from r1jax.mixers.recurrent import FastWeight, FastWeightOptions, fast_weights, unit_lower_inverse
+
+from helpers import apply_mixer, assert_causal, assert_grad_matches_finite_differences, mixer_config
 
 FORMS = ("recurrent", "parallel", "chunkwise")
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from helpers import one_run, tiny_config
 from r1jax import layers, sharding
 from r1jax.train import Run
+
+from helpers import one_run, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import mixer_config
 from r1jax import reference
-from r1jax.mixers.spacetime import SpaceTimeAttention, SpaceTimeOptions
 from r1jax.errors import ConfigError
+from r1jax.mixers.spacetime import SpaceTimeAttention, SpaceTimeOptions
+
+from helpers import mixer_config
 
 
 def init(kind, x, heads=4):

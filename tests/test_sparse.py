@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import apply_mixer, assert_causal, mixer_config, project_out, tiny_config
 from r1jax import reference
+from r1jax.errors import ConfigError
 from r1jax.mixers.block_sparse import BlockSparseAttention, BlockSparseOptions, block_sparse_attention, select_blocks
 from r1jax.mixers.dense import Attention, AttentionOptions
 from r1jax.mixers.local import LocalAttention, LocalOptions
 from r1jax.mixers.sparse import SparseAttention, SparseOptions, gathered_attention
-from r1jax.errors import ConfigError
+
+from helpers import apply_mixer, assert_causal, mixer_config, project_out, tiny_config
 
 
 @pytest.mark.parametrize("B,T,H,G,N", [(2, 9, 4, 2, 3), (1, 16, 2, 1, 16), (3, 5, 6, 3, 1)])
@@ -255,9 +256,9 @@ def test_bad_block_options():
 def test_the_timed_eval_step_holds_no_dense_pass_and_the_diagnostics_pass_does(mixer):
   """At T=2048 a sparse model's timed eval step (what `eval tok/s` measures) compiles to fewer FLOPs than dense's;
   the untimed diagnostics pass (recall / mass against dense attention) is the one that pays for a dense pass."""
+  from r1jax.model import make_model
   from r1jax.objective import forward
   from r1jax.train import compiled_flops, resolve_model_config
-  from r1jax.model import make_model
 
   T = 2048
 

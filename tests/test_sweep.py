@@ -16,11 +16,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import xla_flags
-from helpers import tiny_config
-from r1jax.lab import ablation, sweep
 from r1jax.config import default_config, to_dict
 from r1jax.errors import ConfigError
+from r1jax.lab import ablation, sweep
+
+from conftest import xla_flags
+from helpers import tiny_config
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 

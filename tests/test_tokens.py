@@ -1,6 +1,6 @@
-"""Corpora prepared once into token shards (r1jax/data/prepare.py) and read through Grain (r1jax/data/tokens.py): exact round
-trips, identical shards across runs and after a killed run, batches that depend only on (seed, step), and processes
-that together read exactly the global batch."""
+"""Corpora prepared once into token shards (r1jax/data/prepare.py) and read through Grain (r1jax/data/tokens.py):
+exact round trips, identical shards across runs and after a killed run, batches that depend only on (seed, step), and
+processes that together read exactly the global batch."""
 
 import dataclasses
 import json
@@ -14,16 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from r1jax import generate
+from r1jax.config import Config
+from r1jax.data import prepare as prep
+from r1jax.data.core import make_dataset
+from r1jax.data.tokens import TokenStream
+from r1jax.errors import ConfigError
+from r1jax.lab import configs
+from r1jax.train import make_model, train
+
 from conftest import xla_flags
 from helpers import tiny_config
-from r1jax import generate
-from r1jax.lab import configs
-from r1jax.data import prepare as prep
-from r1jax.config import Config
-from r1jax.data.core import make_dataset
-from r1jax.errors import ConfigError
-from r1jax.data.tokens import TokenStream
-from r1jax.train import make_model, train
 
 PARAGRAPHS = [
   "ROMEO:\nBut soft, what light through yonder window breaks?\n\n",

@@ -15,13 +15,14 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import tiny_config
 from r1jax import sharding
+from r1jax.config import OptimConfig
 from r1jax.errors import ConfigError, NonFiniteError
 from r1jax.objective import forward
 from r1jax.train import Run, load_trained, make_optimizer, train
-from r1jax.config import OptimConfig
 from r1jax.writers import read_jsonl
+
+from helpers import tiny_config
 
 
 @pytest.mark.slow

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import VIDEO, one_run, tiny_config
 from r1jax.model import VideoTransformer, layer_kinds
+
+from helpers import VIDEO, one_run, tiny_config
 
 
 def model(kind, layers=2):

@@ -14,7 +14,6 @@ import numpy as np
 from r1jax import registry
 from r1jax.config import TINY_SHAKESPEARE, DataConfig, require
 from r1jax.errors import ConfigError
-from r1jax.registry import register_dataset
 
 # A batch is a dict of numpy arrays (global, over all devices):
 #   inputs  [B, T] int32  token ids (moving digits: [B, T, S, P] float32 patch pixels)

@@ -12,12 +12,13 @@ the train split, as GPT-2's). Every document ends with an end-of-document token 
 GPT-2's separator), so that windows crossing documents see where one ends.
 
 The split is by document: the last documents, holding --val_fraction of the characters (`tail`: for one text file cut
-in paragraphs, the character-level split of r1jax/data/core.py extended back to a paragraph's start), or each document with
-probability --val_fraction by a hash of its index (`hash`, for corpora in no particular order). Each split is written
-as `<split>_<i>.bin` shards of exactly --shard_tokens tokens (the last one shorter), uint16 where the vocabulary fits
-and uint32 otherwise, then `meta.json`: tokenizer, vocabulary, dtype, per split the documents, characters, tokens and
-each shard's sha256. A shard is written to a temporary name and renamed, and the resume point after it is recorded in
-`progress.json`: a rerun of a killed run skips finished shards and writes the same bytes; `meta.json` appears last,
+in paragraphs, the character-level split of r1jax/data/core.py extended back to a paragraph's start), or each document
+with probability --val_fraction by a hash of its index (`hash`, for corpora in no particular order). Each split is
+written as `<split>_<i>.bin` shards of exactly --shard_tokens tokens (the last one shorter), uint16 where the
+vocabulary fits and uint32 otherwise, then `meta.json`: tokenizer, vocabulary, dtype, per split the documents,
+characters, tokens and each shard's sha256. A shard is written to a temporary name and renamed, and the resume point
+after it is recorded in `progress.json`: a rerun of a killed run skips finished shards and writes the same bytes;
+`meta.json` appears last,
 and the loader reads nothing without it.
 """
 
@@ -36,8 +37,8 @@ from tqdm import tqdm
 from r1jax import atomic
 from r1jax.config import require
 from r1jax.data.core import resolve_path
-from r1jax.errors import ConfigError
 from r1jax.data.tokens import FORMAT, sha256
+from r1jax.errors import ConfigError
 
 EOD = "<|endoftext|>"
 SPLITS = ("train", "val")

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from r1jax import layers
-from r1jax.ffn.swiglu import SwiGLU, SwiGLUOptions
 from r1jax.errors import ConfigError
+from r1jax.ffn.swiglu import SwiGLU, SwiGLUOptions
 from r1jax.registry import register_ffn
 
 SCORES = ("softmax", "sigmoid")

@@ -10,10 +10,10 @@ import jax
 import ml_collections
 
 from r1jax import atomic, entry
-from r1jax.lab import claims, reporting, sweep
 from r1jax.checkpoint import check_same_config
 from r1jax.config import RUN_KEYS, Config, to_dict
 from r1jax.errors import ConfigError
+from r1jax.lab import claims, reporting, sweep
 
 # The smoke-run settings every driver applies with --quick (a driver's `cli(quick=...)` adds its own on top, e.g. a
 # curriculum shorter than these steps): a few steps, one evaluation in the middle and one at the end, one eval batch.

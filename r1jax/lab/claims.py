@@ -5,8 +5,9 @@
 
 Every number comes from a results folder an experiment driver wrote (results.json: per-seed runs and their scale;
 report.json: what a driver measured beyond its tables); the repository commits these summaries under results/, and
-CLAIMS.md is this module's output from them (tests/test_committed_results.py regenerates and compares it). Spreads are over seeds: each seed's ratio to the baseline's run of the
-same seed, then mean ± std. A claim whose results are missing is listed as "not tested" with the command to run.
+CLAIMS.md is this module's output from them (tests/test_committed_results.py regenerates and compares it). Spreads are
+over seeds: each seed's ratio to the baseline's run of the same seed, then mean ± std. A claim whose results are
+missing is listed as "not tested" with the command to run.
 Verdicts: "supported" when the measured value meets the claim, "not supported at this scale" otherwise (the scale
 is printed: small models, CPU steps; the claims are about production models).
 """

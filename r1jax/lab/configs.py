@@ -2,8 +2,8 @@
 
 import ml_collections
 
-from r1jax.lab.ablation import override
 from r1jax.config import TINY_SHAKESPEARE, default_config
+from r1jax.lab.ablation import override
 from r1jax.mixers.sparse import DSA_INDEXER
 
 

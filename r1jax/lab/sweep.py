@@ -30,9 +30,9 @@ from typing import Callable, Sequence
 import jax
 
 from r1jax import atomic
-from r1jax.lab import reporting
 from r1jax.config import Config, run_identity, to_dict
 from r1jax.errors import ConfigError, NonFiniteError
+from r1jax.lab import reporting
 
 LAUNCHERS = ("local", "slurm")
 

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from r1jax import decoding
+from r1jax.errors import ConfigError
 from r1jax.mixers.dense import project_out, project_qkv
 from r1jax.mixers.sparse import dense_probs
-from r1jax.errors import ConfigError
 from r1jax.registry import register_mixer, wants_diagnostics
 
 SCORE_BY = ("token", "block")

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from r1jax import decoding, layers
+from r1jax.errors import ConfigError
 from r1jax.mixers.dense import IMPLS as GLOBAL_IMPLS
 from r1jax.mixers.dense import causal_attention, project_out, project_qkv
 from r1jax.mixers.local import check_window, local_attention
-from r1jax.errors import ConfigError
 from r1jax.registry import register_mixer
 
 BETAS = ("fixed", "head", "token")

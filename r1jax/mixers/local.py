@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from r1jax import decoding, reference
-from r1jax.mixers.dense import project_out, project_qkv, resolve_impl
 from r1jax.errors import ConfigError
+from r1jax.mixers.dense import project_out, project_qkv, resolve_impl
 from r1jax.registry import register_mixer
 
 IMPLS = ("auto", "blocked", "cudnn", "naive")

@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import decoding, layers
+from r1jax.errors import ConfigError
 from r1jax.mixers.dense import project_out
 from r1jax.mixers.sparse import DSA_INDEXER, SparseOptions, indexer_inputs, indexer_step_picks, topk_attention
-from r1jax.errors import ConfigError
 from r1jax.registry import register_mixer, wants_diagnostics
 
 

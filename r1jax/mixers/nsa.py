@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import decoding, layers
+from r1jax.errors import ConfigError
 from r1jax.mixers.dense import project_kv, project_out, project_qkv
 from r1jax.mixers.local import blocked_local_attention
 from r1jax.mixers.sparse import dense_probs, gathered_attention, map_query_chunks
-from r1jax.errors import ConfigError
 from r1jax.registry import register_mixer, wants_diagnostics
 
 COMPRESS = ("mlp", "mean")

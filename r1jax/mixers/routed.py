@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from r1jax import layers
+from r1jax.errors import ConfigError
 from r1jax.mixers.dense import project_out, project_qkv
 from r1jax.mixers.local import check_window, local_attention
-from r1jax.errors import ConfigError
 from r1jax.registry import register_mixer
 
 

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import decoding, layers
-from r1jax.mixers.dense import project_out, project_qkv
 from r1jax.errors import ConfigError
+from r1jax.mixers.dense import project_out, project_qkv
 from r1jax.registry import register_mixer, wants_diagnostics
 
 SELECTS = ("indexer", "window", "random")
