@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from absl import flags
 
 from r1jax import decoding, entry
-from r1jax.atomic import write_json
+from r1jax.atomic import write_record
 from r1jax.config import ModelConfig
 from r1jax.errors import ConfigError
 from r1jax.lab import configs
@@ -195,7 +195,7 @@ def main(argv):
   if FLAGS.out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     keys = ("prefill_sec", "step_sec_b1", "step_sec_batch", "cache_bytes")
-    write_json(
+    write_record(
       os.path.abspath(FLAGS.out),
       {
         "backend": f"{jax.default_backend()} ({jax.devices()[0].device_kind})",

@@ -6,6 +6,8 @@ import json
 import os
 from typing import Any, Iterator
 
+from r1jax.provenance import provenance
+
 RESULT_FILE = "result.json"  # a finished run's result, in its workdir
 
 
@@ -45,8 +47,15 @@ def save_figure(path: str, fig, dpi: int = 100) -> None:
     fig.savefig(tmp, dpi=dpi, format="png")
 
 
+def write_record(path: str, record: dict) -> None:
+  """A result as JSON, stamped with where it came from (r1jax/provenance.py: commit, versions, XLA flags, hardware,
+  time) unless it carries that already: every result r1jax writes (a run's, a driver's summary and report, a
+  benchmark's measurements) goes through here."""
+  write_json(path, {**record, "provenance": record.get("provenance") or provenance()})
+
+
 def save_result(result: dict) -> None:
   """<workdir>/result.json of a finished run (nothing without a workdir); the one place a run's result is written."""
   workdir = result["config"]["workdir"]
   if workdir:
-    write_json(os.path.join(workdir, RESULT_FILE), result)
+    write_record(os.path.join(workdir, RESULT_FILE), result)

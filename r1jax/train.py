@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm  # a text bar everywhere (tqdm.auto warns in notebooks without ipywidgets)
 
-from r1jax import atomic, evaluators, sharding
+from r1jax import atomic, evaluators, provenance, sharding
 from r1jax.checkpoint import Checkpointer, latest_step
 from r1jax.config import Config, DistConfig, ModelConfig, OptimConfig, to_dict
 from r1jax.data.core import make_dataset
@@ -366,6 +366,7 @@ class Run:
         "processes": jax.process_count(),
         "backend": jax.default_backend(),
       },
+      "provenance": provenance.provenance(),  # the code, versions and hardware behind these numbers
     }
     if self.is_main:
       atomic.save_result(result)  # <workdir>/result.json, atomically, once the run is finished

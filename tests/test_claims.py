@@ -222,3 +222,61 @@ def test_a_failed_seed_is_left_out_of_the_ratios_and_the_scale(tmp_path):
     )
   (m,) = claims.SpeedQuality(("topk16",), 3.2, 0.98, "accuracy")(str(tmp_path / "task"))
   assert "topk16: 4.00x" in m.value and ", 1 seeds," in m.scale and m.verdict == claims.SUPPORTED
+
+
+def _provenance(jax_version: str, commit: str = "a" * 40, cores: int = 2) -> dict:
+  from r1jax import provenance
+
+  return {
+    "commit": commit,
+    "dirty": False,
+    "versions": {**provenance.versions(), "jax": jax_version},
+    "backend": "cpu",
+    "device_kind": "cpu",
+    "devices": 1,
+    "cpu": "AMD EPYC",
+    "cores": cores,
+  }
+
+
+def test_the_ledger_names_what_produced_each_experiments_results_and_a_mixture_as_one(tmp_path):
+  """The provenance section: one commit/jax/hardware line per experiment, each distinct one counted in a mixture,
+  'not recorded' for results written before provenance existed."""
+  from r1jax import provenance
+
+  installed = provenance.versions()["jax"]
+  same, other = _provenance(installed), _provenance("0.0.1", commit="b" * 40, cores=16)
+  assert provenance.describe([same, same]) == f"commit aaaaaaa, jax {installed}, cpu: AMD EPYC, 2 cores"
+  assert provenance.describe([same, other, None]) == (
+    f"mixture: 1 x commit aaaaaaa, jax {installed}, cpu: AMD EPYC, 2 cores; 1 x commit bbbbbbb, jax 0.0.1, cpu: AMD "
+    "EPYC, 16 cores; 1 x not recorded (written before r1jax recorded provenance; rerun to record it)"
+  )
+  runs = {f"{v}/seed0": _run(0.9, 1.0, 100.0) for v in ("dense", "nsa")}
+  _write_task(tmp_path / "sparse_attn_ablation" / "mqar", "dense", runs)
+  saved = json.load(open(tmp_path / "sparse_attn_ablation" / "mqar" / "results.json"))
+  saved["runs_provenance"] = {"dense/seed0": same, "nsa/seed0": same}
+  json.dump(saved, open(tmp_path / "sparse_attn_ablation" / "mqar" / "results.json", "w"))
+  row = [line for line in claims.ledger(str(tmp_path)).splitlines() if line.startswith("| sparse_attn_ablation/mqar |")]
+  assert row == [f"| sparse_attn_ablation/mqar | commit aaaaaaa, jax {installed}, cpu: AMD EPYC, 2 cores |"]
+
+
+def test_the_drift_check_names_the_results_made_with_another_jax(tmp_path):
+  from r1jax import provenance
+
+  for name, record in (
+    ("ok", _provenance(provenance.versions()["jax"])),
+    ("old", _provenance("0.0.1")),
+    ("none", None),
+  ):
+    os.makedirs(tmp_path / name)
+    json.dump(
+      {"rows": [], "provenance": record, "runs_provenance": {"dense/seed0": record}},
+      open(tmp_path / name / "results.json", "w"),
+    )
+  found = claims.check(str(tmp_path))
+  assert found == [
+    "none/results.json: no provenance",
+    "none/results.json dense/seed0: no provenance",
+    f"old/results.json: jax 0.0.1 (installed {provenance.versions()['jax']})",
+    f"old/results.json dense/seed0: jax 0.0.1 (installed {provenance.versions()['jax']})",
+  ]

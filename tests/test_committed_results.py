@@ -63,3 +63,17 @@ def test_every_notebook_is_committed_executed():
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code and all(c.get("execution_count") for c in code), f"{path}: not executed (run it, then commit)"
     assert any("image/png" in o.get("data", {}) for c in code for o in c.get("outputs", [])), path
+
+
+def test_every_committed_summary_records_where_it_came_from():
+  """Each results.json and report.json carries the provenance of whatever wrote it, and each finished run in a
+  results.json its own (r1jax/provenance.py), so that CLAIMS.md can name the code, jax and hardware behind it."""
+  for path in committed_files():
+    if os.path.basename(path) not in ("results.json", "report.json"):
+      continue
+    saved = json.load(open(path))
+    assert saved.get("provenance", {}).get("versions", {}).get("jax"), f"{path}: no provenance. Fix: rerun its driver"
+    if os.path.basename(path) == "results.json":
+      finished = [label for label, run in saved["runs"].items() if "failed" not in run]
+      assert set(saved.get("runs_provenance", {})) == set(finished), path
+      assert all(p and p["versions"]["jax"] for p in saved["runs_provenance"].values()), path

@@ -78,7 +78,7 @@ def test_bad_input_is_one_clear_error(trained, tmp_path):
 
 def test_a_video_model_cannot_generate(tmp_path):
   workdir = str(tmp_path / "video")
-  Run(tiny_config(**VIDEO, workdir=workdir, model__num_layers=1, train__steps=1, train__checkpoint_every=1)).train()
+  Run(tiny_config(**VIDEO, workdir=workdir, model__num_layers=1, train__steps=1, mesh__devices=1, mesh__data=1)).train()
   with pytest.raises(ConfigError, match="holds a video model .*cannot generate. Fix: pass the workdir of a language"):
     generate.load(workdir)
 

@@ -16,9 +16,11 @@ import inspect
 import json
 import re
 import typing
+import zlib
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -275,20 +277,32 @@ def _probes(path: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_signature(key: str, probe: str):
-  return _signature(_build(json.loads(key)), probe)
+def _cached_signature(key: str, probe: str, real_init: bool):
+  return _signature(_build(json.loads(key)), probe, real_init)
 
 
-def _signature_of(overrides: dict, probe: str):
+def _signature_of(overrides: dict, probe: str, real_init: bool = False):
   """_signature of the config `overrides` build, computed once per process for each (config, probe)."""
-  return _cached_signature(json.dumps(overrides, sort_keys=True), probe)
+  return _cached_signature(json.dumps(overrides, sort_keys=True), probe, real_init)
 
 
-def _signature(cfg: Config, probe: str):
+def _drawn(shapes, rng: jax.Array):
+  """Parameters of the given shapes drawn from one normal per parameter name: what the model's own init would give
+  without tracing its forward pass a second time (the fields of an initialisation use the real init)."""
+  draw = lambda path, s: (
+    0.1
+    * jax.random.normal(  # noqa: E731
+      jax.random.fold_in(rng, zlib.crc32(jax.tree_util.keystr(path).encode())), s.shape, s.dtype
+    )
+  )
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _signature(cfg: Config, probe: str, real_init: bool = False):
   """What `probe` sees of a run of `cfg` (host arrays): its batches ("batches"), its evaluation at init
   ("evaluation"), a training-mode forward pass at init ("forward": the loss, metrics and auxiliaries; "diagnostics":
   with the costly diagnostics too), or the parameters, model state and metrics after each train step ("steps"); all
-  but the first two one compiled program each (init included)."""
+  but the first two one compiled program each, from parameters drawn by name (`real_init`: the model's init)."""
   run = Run(cfg)
   if probe == "batches":
     return {
@@ -300,9 +314,19 @@ def _signature(cfg: Config, probe: str):
     return run.evaluate(run.init_state()[0])
   batches = [run.data.train_batch(s) for s in range(cfg.train.steps)]
   step = make_train_step(run.model, run.tx, run.schedule, cfg.optim.trainable)
+  shapes = nn.unbox(jax.eval_shape(lambda r: initial_state(run.model, run.tx, batches[0], r), jax.random.key(0)))
 
   def everything(rng):
-    state = nn.unbox(initial_state(run.model, run.tx, batches[0], rng))
+    if real_init:
+      state = nn.unbox(initial_state(run.model, run.tx, batches[0], rng))
+    else:
+      params = _drawn(shapes.params, rng)
+      state = shapes.replace(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=run.tx.init(params),
+        model_state=_drawn(shapes.model_state, rng),
+      )
     if probe in ("forward", "diagnostics"):
       return forward(
         run.model, state.params, state.model_state, batches[0], rng, False, diagnostics=probe == "diagnostics"
@@ -396,8 +420,10 @@ def test_changing_an_option_changes_what_it_should(path, field, owner, text_file
     except ConfigError as e:
       tried.append(f"{candidate!r}: {e}")
       continue
+    real_init = "init" in path.split(".")[-1]  # an initialisation's fields: the model's own init
     for probe in probes if path not in SAME_VALUES else probes[:1]:  # the same values: in the forward pass
-      before, after = _signature_of(base, probe), _signature_of({**base, path: candidate}, probe)
+      before = _signature_of(base, probe, real_init)
+      after = _signature_of({**base, path: candidate}, probe, real_init)
       if path in SAME_VALUES:
         assert _close(before, after), f"{path}={candidate!r} ({SAME_VALUES[path]}) changed the values"
         return

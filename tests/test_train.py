@@ -513,3 +513,27 @@ def test_the_timed_step_is_the_same_program_whatever_else_is_evaluated(text_file
 def test_an_evaluator_list_that_cannot_work_is_refused_naming_the_field(names, text_file):
   with pytest.raises(ConfigError, match=r"train.evaluators=.*Fix: list 'timed' first"):
     Run(tiny_config(text=text_file, train__evaluators=names))
+
+
+def test_a_runs_result_records_where_it_came_from(text_file, tmp_path):
+  """result.json: the commit (and whether the code differed from it), the package versions, XLA flags, backend,
+  device kind and count (CPU model and cores), process count and time, from one function (r1jax/provenance.py)."""
+  train(tiny_config(text=text_file, workdir=str(tmp_path / "run"), mesh__devices=1, mesh__data=1))
+  p = json.load(open(tmp_path / "run" / "result.json"))["provenance"]
+  assert set(p) >= {
+    "commit",
+    "dirty",
+    "versions",
+    "xla_flags",
+    "backend",
+    "device_kind",
+    "devices",
+    "processes",
+    "cpu",
+    "cores",
+    "utc",
+  }
+  assert set(p["versions"]) == {"python", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy"}
+  assert p["versions"]["jax"] == jax.__version__ and p["xla_flags"] == os.environ["XLA_FLAGS"]
+  assert p["backend"] == "cpu" and p["devices"] == jax.device_count() and p["cores"] >= 1
+  assert p["commit"] is None or len(p["commit"]) == 40  # a git checkout's commit (none for an installed copy)

@@ -291,7 +291,7 @@ def cli(
       text = report(rows, ablations)
       if isinstance(text, tuple):  # (text, measurements beyond the tables, for r1jax.claims)
         text, facts = text
-        atomic.write_json(os.path.join(root, "report.json"), facts)
+        atomic.write_record(os.path.join(root, "report.json"), facts)
     # The seed claims this driver tests, judged from its results folder by their one declaration (r1jax.claims).
     text = "\n\n".join(t for t in (text, claims.section(name, root)) if t)
     if text:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from typing import Callable
 
 import numpy as np
@@ -24,6 +25,7 @@ from absl import flags
 from r1jax import entry
 from r1jax.atomic import write_text
 from r1jax.lab.reporting import load_summary
+from r1jax.provenance import describe, drift, versions
 
 SUPPORTED, NOT_AT_SCALE, NOT_TESTED = "supported", "not supported at this scale", "not tested"
 
@@ -515,6 +517,28 @@ def section(driver: str, driver_folder: str) -> str:
   return "\n".join(lines)
 
 
+def sources(folder: str) -> list[dict | None]:
+  """The provenance of everything a claim reads in an experiment's task folder: each finished run (results.json)
+  and the measurements beside them (the driver's report.json, or a benchmark's own report.json in the folder)."""
+  out = []
+  if os.path.exists(os.path.join(folder, "results.json")):
+    out += list(load_summary(folder).get("runs_provenance", {}).values()) or [None]
+  for path in (os.path.join(folder, "report.json"), os.path.join(os.path.dirname(folder), "report.json")):
+    if os.path.exists(path):
+      with open(path) as f:
+        out.append(json.load(f).get("provenance"))
+  return out
+
+
+def provenance_rows(claims: tuple["Claim", ...], results_root: str) -> list[str]:
+  """One row per experiment the claims read: the commit, jax version and hardware behind its results."""
+  lines = ["| experiment | produced by |", "|---|---|"]
+  for claim in {c.experiment: c for c in claims}.values():
+    found = sources(os.path.join(results_root, claim.driver, claim.task))
+    lines.append(f"| {claim.experiment} | {describe(found) if found else NOT_TESTED} |")
+  return lines
+
+
 def ledger(results_root: str) -> str:
   """CLAIMS.md's text from the results folders under `results_root`."""
   lines = [
@@ -532,12 +556,46 @@ def ledger(results_root: str) -> str:
     "",
     "The seeds give no number for context-aware weight updates (`W_t = a W_(t-1) + (1-a) f(context_t)`);",
     "`python experiments/context_rnn_ablation.py` measures them against attention (MQAR recall, text loss).",
+    "",
+    "## Where the results came from",
+    "",
+    "The code's commit, the jax version and the hardware of the runs and measurements each experiment's verdicts",
+    "read (r1jax/provenance.py; each result.json holds the rest: every package version, XLA flags, time).",
+    "`python -m r1jax.claims --check` names the results made with other versions than the installed ones.",
+    "",
   ]
+  lines += provenance_rows(CLAIMS, results_root)
   return "\n".join(lines) + "\n"
+
+
+def check(results_root: str) -> list[str]:
+  """The results under `results_root` made with other package versions than the installed ones (or with none
+  recorded): one line each, '<file>: jax 0.10.2 (installed 0.10.3), ...'."""
+  installed, out = versions(), []
+  for root, dirs, files in sorted(os.walk(results_root)):
+    dirs[:] = sorted(d for d in dirs if not d.startswith((".", "seed")))
+    for name in sorted(f for f in files if f in ("results.json", "report.json")):
+      path = os.path.join(root, name)
+      with open(path) as f:
+        saved = json.load(f)
+      records = {"": saved.get("provenance")}
+      records.update({f" {label}": p for label, p in saved.get("runs_provenance", {}).items()})
+      for label, record in records.items():
+        d = drift(record, installed)
+        if d:
+          what = ", ".join(
+            "no provenance" if k == "provenance" else f"{k} {a} (installed {b})" for k, (a, b) in d.items()
+          )
+          out.append(f"{os.path.relpath(path, results_root)}{label}: {what}")
+  return out
 
 
 def main(argv):
   del argv
+  if flags.FLAGS.check:
+    drifted = check(os.path.abspath(flags.FLAGS.results))
+    print("\n".join(drifted) if drifted else "every result was made with the installed versions")
+    sys.exit(1 if drifted else 0)
   text = ledger(os.path.abspath(flags.FLAGS.results))
   write_text(flags.FLAGS.out, text)
   print(text)
@@ -547,6 +605,7 @@ def cli() -> None:
   """The command line (`python -m r1jax.claims`)."""
   flags.DEFINE_string("results", "results", "the results root (one folder per experiment)")
   flags.DEFINE_string("out", "CLAIMS.md", "where the ledger goes")
+  flags.DEFINE_bool("check", False, "instead: name the results made with other package versions than installed")
   entry.run(main)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from r1jax.atomic import save_figure, write_json, write_text
+from r1jax.atomic import save_figure, write_record, write_text
 
 # (result key, column title, how to format a value, display scale); quality first, then cost.
 COLUMNS = (
@@ -153,6 +153,8 @@ def summary(name: str, sweep_id: str, baseline: str, results: dict[tuple[str, in
     "runs": {f"{v}/seed{s}": flat(r) for (v, s), r in results.items()},
     "scale": {label: scale(r) for label, r in done.items()},
     "curves": {label: curve(r) for label, r in done.items()},
+    # where each run came from (its result.json's; None for one written before r1jax recorded it)
+    "runs_provenance": {label: r.get("provenance") for label, r in done.items()},
   }
 
 
@@ -314,7 +316,7 @@ def write_summary(
   saved = summary(name, sweep_id, baseline, results)
   rows = saved["rows"]
   table = markdown_table(rows, baseline)
-  write_json(os.path.join(out_dir, "results.json"), saved)
+  write_record(os.path.join(out_dir, "results.json"), saved)
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
   writer.writeheader()
