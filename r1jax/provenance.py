@@ -65,8 +65,9 @@ def hardware() -> dict:
     "processes": jax.process_count(),
   }
   if out["backend"] == "cpu":
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    out.update(cpu=cpu_model(), cores=cores)
+    # the machine's cores, and those this process may run on (a sweep pins each worker to one)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out.update(cpu=cpu_model(), cores=os.cpu_count(), cores_usable=usable)
   return out
 
 

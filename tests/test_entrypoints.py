@@ -31,6 +31,11 @@ def _check_scaling(out, res):
   assert rows[1].split("|")[2].strip() + ": fwd+bwd time slope" in out and "n/a" not in out
 
 
+def claim_rows(results_root) -> list[str]:
+  """The ledger's claim table under `results_root` (not its table of where the results came from)."""
+  return claims.ledger(str(results_root)).split("## Where the results came from")[0].splitlines()
+
+
 def _check_decode(out, res):
   """decode.py: a child process per measurement, a row per (context, variant) with ratios to dense, a crossover line."""
   rows = [line for line in out.splitlines() if line.startswith("| 64 |")]
@@ -51,7 +56,7 @@ def _check_sparse(out, res):
   assert set(facts["complexity"]) == {"dense", "dsa_warmup", "dsa"} and 1.5 < facts["complexity"]["dense"]["slope"]
   assert facts["layer_time"]["variants"] == {"dense": ["dense"], "dsa_warmup": ["dsa_warmup", "dsa"]}
   assert "| dense | " in out.split("One layer")[1] and "| dsa_warmup / dsa | " in out.split("One layer")[1]
-  rows = [line for line in claims.ledger(str(res.parent)).splitlines() if "| sparse_attn_ablation/passkey |" in line]
+  rows = [line for line in claim_rows(res.parent) if "| sparse_attn_ablation/passkey |" in line]
   assert len(rows) == 1 and "dsa:" in rows[0] and "not tested" not in rows[0]
   # The driver's report and the ledger judge each claim from its one declaration: the same rows, the same verdicts.
   ours = lambda line: "| sparse_attn_ablation/" in line  # noqa: E731
@@ -68,7 +73,7 @@ def _check_kv_cache(out, res):
   facts = json.load(open(res / "report.json"))["decode"]
   assert facts["contexts"] == [256, 512] and set(facts["variants"]) == {"mha", "mla"}
   assert facts["variants"]["mla"]["cache_bytes_per_token"] == 384
-  rows = [line for line in claims.ledger(str(res.parent)).splitlines() if "| kv_cache_ablation/" in line]
+  rows = [line for line in claim_rows(res.parent) if "| kv_cache_ablation/" in line]
   assert len(rows) == 1 and "mla: 62% smaller cache than mha" in rows[0]
 
 
