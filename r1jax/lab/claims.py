@@ -514,6 +514,8 @@ def section(driver: str, driver_folder: str) -> str:
     "",
   ]
   lines += TABLE_HEAD + [row for c in mine for row in rows(c, driver_folder)]
+  lines += ["", "What produced the results these verdicts read (r1jax/provenance.py):", ""]
+  lines += provenance_rows(tuple(mine), os.path.dirname(os.path.abspath(driver_folder)))
   return "\n".join(lines)
 
 
