@@ -15,7 +15,7 @@ import sys
 import nbformat
 from nbclient import NotebookClient
 
-from r1jax import atomic
+from r1jax import allocator, atomic
 from r1jax.lab import ablation
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,6 +32,7 @@ def execute(path: str) -> None:
 
 if __name__ == "__main__":
   os.environ.setdefault(ablation.QUICK_ENV, "1")  # the kernels inherit it: the stored outputs are CI's sizes
+  os.environ.update(allocator.environment())  # and r1jax's allocator setting, from their start
   names = sys.argv[1:] or sorted(os.path.basename(p)[:-6] for p in glob.glob(os.path.join(HERE, "*.ipynb")))
   for name in names:
     path = os.path.join(HERE, name if name.endswith(".ipynb") else name + ".ipynb")

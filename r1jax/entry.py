@@ -14,6 +14,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from r1jax import allocator
 from r1jax.errors import ConfigError, NonFiniteError
 
 EXIT_CONFIG_ERROR = 2
@@ -64,7 +65,10 @@ def run(
   """Defines a ConfigDict flag per `flag_configs` entry (a ConfigDict, or a function returning one; --name.a.b=v
   overrides; main reads flags.FLAGS.name), then runs absl's `app.run(main)`. The overrides are checked first
   (ml_collections reads them as the flag is defined), and a ConfigError ends the program with one line on stderr and
-  exit status 2."""
+  exit status 2. A command-line run (`argv` None) first re-executes itself with r1jax's allocator setting where it
+  started without it (allocator.ensure)."""
+  if argv is None:
+    allocator.ensure()
   argv = list(sys.argv if argv is None else argv)
   try:
     for name, cfg in (flag_configs or {}).items():

@@ -2,6 +2,8 @@
 
 import os
 
+from r1jax import allocator
+
 
 def xla_flags(devices: int, fast_compile: bool = True) -> str:
   """XLA_FLAGS for a test process with `devices` simulated CPU devices; `fast_compile`: LLVM's backend optimisation
@@ -24,6 +26,9 @@ os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".pytest_cache", "xla")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The commands the tests start run with r1jax's allocator setting from their start (r1jax/allocator.py), so none
+# re-executes itself; so do pytest-xdist's workers, started after this file is read.
+os.environ.update(allocator.environment())
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

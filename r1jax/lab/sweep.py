@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import jax
 
-from r1jax import atomic
+from r1jax import allocator, atomic
 from r1jax.config import Config, run_identity, to_dict
 from r1jax.errors import ConfigError, NonFiniteError
 from r1jax.lab import reporting
@@ -84,12 +84,11 @@ Todo = Sequence[tuple[str, Config]]
 
 # One XLA CPU thread per worker process: with W workers on W cores, runs do not fight over cores. Each worker is also
 # pinned to a core of its own (os.sched_setaffinity: XLA sizes its CPU thread pool from the affinity mask; without
-# the pin a worker ran 1.5 threads and two workers contended for both cores), and glibc's malloc backs large
-# buffers with transparent huge pages (XLA's CPU runtime allocates every step's temporaries afresh: with 4 KiB pages a
+# the pin a worker ran 1.5 threads and two workers contended for both cores), and workers start with r1jax's malloc
+# settings (r1jax/allocator.py: XLA's CPU runtime allocates every step's temporaries afresh; with fresh 4 KiB pages a
 # 2-layer T=256 MQAR step took ~1.5 M page faults and a quarter of its CPU time in the kernel). Two NSA runs side by
 # side (120 MQAR steps each): 94.5 s as before, 77.2 s pinned with huge pages.
 _WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
-_WORKER_GLIBC_TUNABLES = "glibc.malloc.hugetlb=1"  # read by glibc when a process starts: set before spawning
 
 
 def use_compile_cache(cache_dir: str) -> None:
@@ -132,12 +131,9 @@ def _exit_with_parent(parent: int, poll_sec: float = 1.0) -> None:
 
 
 def _spawn_environment() -> dict[str, str]:
-  """os.environ with the workers' glibc tunables added (the spawned processes inherit it)."""
-  tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
-  key = _WORKER_GLIBC_TUNABLES.split("=")[0]
-  if not any(t.startswith(key + "=") for t in tunables):
-    tunables.append(_WORKER_GLIBC_TUNABLES)
-  return {"GLIBC_TUNABLES": ":".join(tunables)}
+  """The environment variables the spawned workers start with beyond os.environ: the allocator's setting."""
+  env = allocator.environment()
+  return {k: v for k, v in env.items() if os.environ.get(k) != v}
 
 
 def train_or_fail(cfg: Config, train_fn: Callable[[Config], dict] | None = None) -> dict:
