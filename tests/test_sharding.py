@@ -86,15 +86,21 @@ GOLDEN_PARAM_SPECS = {
 }
 
 
+# A model with a MoE layer on a mesh of 2 x 2 x 2 devices: every mesh axis holds something.
+MOE_ON_EVERY_AXIS = dict(
+  mesh__data=1,
+  mesh__fsdp=2,
+  mesh__expert=2,
+  mesh__tensor=2,
+  model__ffn_pattern=("swiglu", "moe"),
+  model__ffn_options__moe__num_experts=4,
+)
+
+
 def test_every_parameter_and_its_optimizer_state_is_placed_as_the_golden_table_says(text_file):
   cfg = tiny_config(
     text=text_file,
-    mesh__data=1,
-    mesh__fsdp=2,
-    mesh__expert=2,
-    mesh__tensor=2,
-    model__ffn_pattern=("swiglu", "moe"),
-    model__ffn_options__moe__num_experts=4,
+    **MOE_ON_EVERY_AXIS,
     model__ffn_options__moe__num_shared=1,
     model__num_kv_heads=2,
   )
@@ -122,12 +128,7 @@ GOLDEN_ACTIVATION_SPECS = {  # logical axes of each constrained activation -> it
 def test_main_activations_are_placed_as_the_golden_table_says(text_file, monkeypatch):
   cfg = tiny_config(
     text=text_file,
-    mesh__data=1,
-    mesh__fsdp=2,
-    mesh__expert=2,
-    mesh__tensor=2,
-    model__ffn_pattern=("swiglu", "moe"),
-    model__ffn_options__moe__num_experts=4,
+    **MOE_ON_EVERY_AXIS,
     model__ffn_options__moe__dispatch="capacity",
   )
   run = Run(cfg)
