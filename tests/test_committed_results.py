@@ -68,7 +68,6 @@ def test_every_notebook_is_committed_executed():
 # Results written before r1jax recorded provenance (issue 45), each until its driver's next regeneration; CLAIMS.md
 # names them "not recorded". An entry whose results do carry provenance fails the test below: remove it then.
 BEFORE_PROVENANCE = {
-  "attention3d_ablation",
   "context_rnn_ablation",
   "hierarchical_routing_ablation",
   "kv_cache_ablation",
