@@ -22,11 +22,7 @@ def code() -> dict:
   def git(*args):
     return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True, timeout=30)
 
-  head = (
-    git("rev-parse", "HEAD")
-    if os.path.isdir(os.path.join(REPO, ".git")) or os.path.isfile(os.path.join(REPO, ".git"))
-    else None
-  )
+  head = git("rev-parse", "HEAD") if os.path.exists(os.path.join(REPO, ".git")) else None  # a dir, or a worktree's file
   if head is None or head.returncode:
     return {"commit": None, "dirty": None}
   changed = git("status", "--porcelain", "--untracked-files=no", "--", *CODE)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import decoding, registry, sharding
-from r1jax.config import Config, ModelConfig, default_config
+from r1jax.config import Config, ModelConfig, default_config, to_dict
 from r1jax.errors import ConfigError
 from r1jax.lab.ablation import override
 from r1jax.objective import forward
@@ -80,6 +80,16 @@ def tiny_config(text: str = "", **overrides) -> Config:
   base.update({"data.options.text.path": text} if text else {})
   base.update({k.replace("__", "."): v for k, v in overrides.items()})
   return Config.from_dict(override(default_config(), base, "test"))
+
+
+def ablation_base(text_file: str, extra: dict | None = None, **train_overrides):
+  """An ablation's base config (a ConfigDict with dotted-key overrides, as drivers declare it): tiny_config's data,
+  train and mesh settings with `train_overrides` (6 steps, one device), a 1-layer 32-wide model, then `extra`."""
+  tiny = tiny_config(text=text_file, train__steps=6, mesh__devices=1, mesh__data=1, **train_overrides)
+  model = {"model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64}
+  return override(
+    default_config(), {k: v for k, v in to_dict(tiny).items() if k != "model"} | model | (extra or {}), "test"
+  )
 
 
 def mixer_config(d_model=32, heads=4, kv_heads=0, init_std=0.3):

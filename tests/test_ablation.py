@@ -9,29 +9,18 @@ import numpy as np
 import pytest
 
 from r1jax import atomic, registry
-from r1jax.config import default_config, to_dict
+from r1jax.config import default_config
 from r1jax.errors import ConfigError
 from r1jax.lab import ablation, reporting, sweep
 from r1jax.train import load_trained, train
 
-from helpers import tiny_config
+from helpers import ablation_base
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 
 
 def _base(text_file):
-  return ablation.override(
-    default_config(),
-    {
-      k: v
-      for k, v in to_dict(
-        tiny_config(text=text_file, train__steps=6, train__eval_every=3, mesh__devices=1, mesh__data=1)
-      ).items()
-      if k != "model"
-    }
-    | {"model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64},
-    "test",
-  )
+  return ablation_base(text_file, train__eval_every=3)
 
 
 def test_ablation_runs_tables_and_skips_finished(text_file, tmp_path):

@@ -16,12 +16,11 @@ import time
 import numpy as np
 import pytest
 
-from r1jax.config import default_config, to_dict
 from r1jax.errors import ConfigError
 from r1jax.lab import ablation, sweep
 
 from conftest import xla_flags
-from helpers import tiny_config
+from helpers import ablation_base, tiny_config
 
 pytestmark = pytest.mark.slow  # end-to-end: subprocesses and whole runs (the whole suite only)
 
@@ -138,18 +137,7 @@ def test_slurm_launcher_without_slurm_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def _base(text_file, **extra):
-  return ablation.override(
-    default_config(),
-    {
-      k: v
-      for k, v in to_dict(
-        tiny_config(text=text_file, train__steps=6, train__checkpoint_every=3, mesh__devices=1, mesh__data=1)
-      ).items()
-      if k != "model"
-    }
-    | {"model.num_layers": 1, "model.d_model": 32, "model.num_heads": 4, "model.d_ff": 64, **extra},
-    "test",
-  )
+  return ablation_base(text_file, extra, train__checkpoint_every=3)
 
 
 def test_local_sweep_records_its_id_and_runs(text_file, tmp_path):
