@@ -426,6 +426,23 @@ MUTATIONS = (
     "tests/test_tokens.py",
     "depend_only_on_seed",
   ),
+  # The blocked O(T)-memory attention (issue 40)
+  Mutation(
+    "flash_window_starts_a_block_late",
+    "r1jax/mixers/flash.py",
+    "jnp.maximum(i * block - window + 1, 0) // block",
+    "jnp.maximum(i * block - window + block, 0) // block",
+    "tests/test_flash.py",
+    "values_and_gradients",
+  ),
+  Mutation(
+    "flash_backward_without_the_row_correction",
+    "r1jax/mixers/flash.py",
+    "ds = (p * (dp - delta_i[..., None])).astype(q.dtype)",
+    "ds = (p * dp).astype(q.dtype)",
+    "tests/test_flash.py",
+    "values_and_gradients",
+  ),
   # Options the code silently ignores (issue 39): the every-option-is-live test, generated from the config schema
   Mutation(
     "adam_b2_ignored",

@@ -74,12 +74,12 @@ def test_mixer_impls_agree_and_jit_equals_eager():
 
 
 def test_unknown_impl_is_a_config_error():
-  with pytest.raises(ConfigError, match="impl='flash'"):
-    dense.AttentionOptions(impl="flash")
+  with pytest.raises(ConfigError, match="impl='flash2'"):
+    dense.AttentionOptions(impl="flash2")
 
 
 def test_resolve_impl_uses_xla_on_cpu():
-  assert dense.resolve_impl("auto", jnp.bfloat16, 64) == "xla"
+  assert dense.resolve_impl("auto", jnp.bfloat16, 64, 512) == "xla"
   assert dense.resolve_impl("cudnn", jnp.float32, 64) == "cudnn"
 
 
