@@ -443,6 +443,22 @@ MUTATIONS = (
     "tests/test_flash.py",
     "values_and_gradients",
   ),
+  Mutation(
+    "selected_partials_merged_without_their_maxima",
+    "r1jax/mixers/selected.py",
+    "w = jnp.exp(m - jnp.max(m, 2, keepdims=True))",
+    "w = jnp.ones_like(m)",
+    "tests/test_selected.py",
+    "masked_reference",
+  ),
+  Mutation(
+    "selected_rows_of_a_block_read_the_next_block",
+    "r1jax/mixers/selected.py",
+    "k_pos = (gb % NB)[:, None] * block + jnp.arange(block)[None, :]",
+    "k_pos = (gb % NB)[:, None] * block + jnp.arange(block)[None, :] - 1",
+    "tests/test_selected.py",
+    "masked_reference",
+  ),
   # Options the code silently ignores (issue 39): the every-option-is-live test, generated from the config schema
   Mutation(
     "adam_b2_ignored",

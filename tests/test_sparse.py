@@ -270,8 +270,8 @@ def test_the_timed_eval_step_holds_no_dense_pass_and_the_diagnostics_pass_does(m
       model__num_heads=2,
       model__ffn="none",
       model__mixer=mixer_name,
-      **{"model__mixer_options__sparse__query_chunk": T},
-    )  # one chunk:
+      **{"model__mixer_options__sparse__query_chunk": T, "model__mixer_options__attention__impl": "xla"},
+    )  # one chunk, and dense's [T, T] path (its blocked one is a loop):
     model = make_model(resolve_model_config(cfg.model, 32))  # XLA's cost analysis counts a loop body once
     tokens = jax.ShapeDtypeStruct((1, T), jnp.int32)
     params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), tokens)["params"]

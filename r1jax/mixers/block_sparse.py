@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from r1jax import decoding
 from r1jax.errors import ConfigError
 from r1jax.mixers.dense import project_out, project_qkv
+from r1jax.mixers.selected import selected_block_attention
 from r1jax.mixers.sparse import dense_probs
 from r1jax.registry import register_mixer, wants_diagnostics
 
@@ -93,32 +94,20 @@ def block_sparse_attention(
   tau: float = 1.0,
   per_token: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Causal attention of each query (or query block) over its selected key blocks (select_blocks).
+  """Causal attention of each query (or query block) over its selected key blocks (select_blocks), through
+  whole-block matmuls (r1jax/mixers/selected.py): no per-query gather of keys.
 
   Returns:
     output [B, T, H, K], block ids [B, G, U, n'+1] and validity (see select_blocks).
   """
   B, T, H, K = q_BxTxHxK.shape
-  G, R = k_BxTxGxK.shape[2], H // k_BxTxGxK.shape[2]
   Q = -(-T // b)
   ids_BxGxUxJ, valid_BxGxUxJ = select_blocks(q_BxTxHxK, k_BxTxGxK, b, n, noise, tau, per_token)
   u = Q * b // ids_BxGxUxJ.shape[2]  # queries per unit
-  pad = [(0, 0), (0, Q * b - T), (0, 0), (0, 0)]
-  q_BxGxUxuxRxK = jnp.pad(q_BxTxHxK, pad).reshape(B, Q * b // u, u, G, R, K).transpose(0, 3, 1, 2, 4, 5)
-  kv = [jnp.pad(a, pad).reshape(B, Q, b, G, K).transpose(0, 3, 1, 2, 4) for a in (k_BxTxGxK, v_BxTxGxK)]
-  gather = jax.vmap(jax.vmap(lambda a_QxbxK, i_UxJ: a_QxbxK[i_UxJ]))  # over B and G -> [B, G, U, J, b, K]
-  k_BxGxUxJxbxK, v_BxGxUxJxbxK = (gather(a, ids_BxGxUxJ) for a in kv)
-  logits = (
-    jnp.einsum("BGUtRK,BGUJsK->BGUtRJs", q_BxGxUxuxRxK, k_BxGxUxJxbxK, preferred_element_type=jnp.float32) * K**-0.5
+  per_query = lambda a: jnp.repeat(a, u, 2)[:, :, :T].transpose(0, 2, 1, 3)  # noqa: E731 [B, T, G, n'+1]
+  o_BxTxHxK = selected_block_attention(
+    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, per_query(ids_BxGxUxJ), per_query(valid_BxGxUxJ), b
   )
-  qpos_Uxu = jnp.arange(Q * b).reshape(-1, u)
-  kpos_BxGxUxJxb = ids_BxGxUxJ[..., None] * b + jnp.arange(b)[None, None, None, None, :]
-  ok = valid_BxGxUxJ[:, :, :, None, :, None] & (kpos_BxGxUxJxb[:, :, :, None] <= qpos_Uxu[None, None, :, :, None, None])
-  logits = jnp.where(ok[:, :, :, :, None], logits, -jnp.inf)  # [B, G, U, t, R, J, s]
-  shape = logits.shape
-  probs = jax.nn.softmax(logits.reshape(*shape[:-2], -1), -1).reshape(shape)
-  o = jnp.einsum("BGUtRJs,BGUJsK->BGUtRK", probs.astype(v_BxTxGxK.dtype), v_BxGxUxJxbxK)
-  o_BxTxHxK = o.transpose(0, 2, 3, 1, 4, 5).reshape(B, Q * b, H, K)[:, :T]
   return o_BxTxHxK, ids_BxGxUxJ, valid_BxGxUxJ
 
 

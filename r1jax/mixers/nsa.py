@@ -35,6 +35,7 @@ from r1jax import decoding, layers
 from r1jax.errors import ConfigError
 from r1jax.mixers.dense import project_kv, project_out, project_qkv
 from r1jax.mixers.local import blocked_local_attention
+from r1jax.mixers.selected import selected_block_attention
 from r1jax.mixers.sparse import dense_probs, gathered_attention, map_query_chunks
 from r1jax.registry import register_mixer, wants_diagnostics
 
@@ -160,6 +161,19 @@ def select_blocks(p_BxCxGxM: jax.Array, pos_C: jax.Array, T: int, o: NSAOptions)
   return ids, valid
 
 
+def selected_tokens(
+  ids_BxCxGxN: jax.Array, valid_BxCxGxN: jax.Array, pos_C: jax.Array, ls: int, T: int
+) -> tuple[jax.Array, jax.Array]:
+  """The N * l' token positions of the selected blocks [B, C, G, N * l'] (clipped to T - 1) and which of them a query
+  at `pos_C` ([C], or [B, C] per row) reads: valid, not after it, inside the sequence."""
+  tok_BxCxGxN = (ids_BxCxGxN[..., None] * ls + jnp.arange(ls)[None, None, None, None]).reshape(
+    *ids_BxCxGxN.shape[:3], -1
+  )
+  pos_xCx1x1 = (pos_C[None] if pos_C.ndim == 1 else pos_C)[:, :, None, None]
+  ok = jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_xCx1x1) & (tok_BxCxGxN < T)
+  return jnp.minimum(tok_BxCxGxN, T - 1), ok
+
+
 def selected_attention(
   q_BxCxHxK: jax.Array,
   k_BxTxGxK: jax.Array,
@@ -170,18 +184,15 @@ def selected_attention(
   ls: int,
 ) -> jax.Array:
   """Attention of each query over the tokens of its group's selected blocks (causal; query positions [C] or
-  [B, C]); each block gathered as one row of l' keys."""
+  [B, C]); each block gathered as one row of l' keys: the decoding step's path (training and prefill take
+  r1jax.mixers.selected's whole-block matmuls)."""
   T = k_BxTxGxK.shape[1]
-  tok_BxCxGxN = (ids_BxCxGxN[..., None] * ls + jnp.arange(ls)[None, None, None, None]).reshape(
-    *ids_BxCxGxN.shape[:3], -1
-  )  # the N * l' token positions
-  pos_xCx1x1 = (pos_C[None] if pos_C.ndim == 1 else pos_C)[:, :, None, None]  # [C], or [B, C] per row (decoding)
-  ok = jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_xCx1x1) & (tok_BxCxGxN < T)
+  _, ok = selected_tokens(ids_BxCxGxN, valid_BxCxGxN, pos_C, ls, T)
   pad = [(0, 0), (0, -T % ls), (0, 0), (0, 0)]
   out_BxCxHxK, _ = gathered_attention(
     q_BxCxHxK, jnp.pad(k_BxTxGxK, pad), jnp.pad(v_BxTxGxK, pad), ids_BxCxGxN, ok, rows=ls
   )
-  return out_BxCxHxK, jnp.minimum(tok_BxCxGxN, T - 1), ok
+  return out_BxCxHxK
 
 
 @register_mixer("nsa", NSAOptions)
@@ -254,7 +265,7 @@ class NativeSparseAttention(nn.Module):
     if num_compressed(S, l, d) == 0:
       p_Bx1xGxM = p_Bx1xGxM[..., :0]
     ids, valid = select_blocks(p_Bx1xGxM, pos_Bx1, S, o)
-    o_slc, _, _ = selected_attention(q_Bx1xHxK, k_slc, v_slc, ids, valid, pos_Bx1, o.slc_block)
+    o_slc = selected_attention(q_Bx1xHxK, k_slc, v_slc, ids, valid, pos_Bx1, o.slc_block)
 
     # (c) the window, from its ring buffers
     k_ring, kpos_BxW = decoding.ring(self, "k_win", k_win, decode, o.window)
@@ -288,23 +299,20 @@ class NativeSparseAttention(nn.Module):
     G = k_slc.shape[2]
     p_BxTxGxM = jax.lax.stop_gradient(p_cmp_BxTxHxM.reshape(B, T, G, H // G, -1).sum(3))  # scores, not trained
 
-    # (b) selected blocks, in query chunks
+    # (b) selected blocks: picked in query chunks, attended through whole-block matmuls (r1jax/mixers/selected.py)
     C = min(o.query_chunk, T)
-    pad = -T % C
-    q_pad = jnp.pad(q_BxTxHxK, [(0, 0), (0, pad), (0, 0), (0, 0)])
-    p_pad = jnp.pad(p_BxTxGxM, [(0, 0), (0, pad), (0, 0), (0, 0)])
+    p_pad = jnp.pad(p_BxTxGxM, [(0, 0), (0, -T % C), (0, 0), (0, 0)])
 
     want_diag = o.diagnostics and wants_diagnostics(self)  # a dense pass: never in a timed or training pass
 
     def chunk(start):
       pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
-      q_C = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
       ids, valid = select_blocks(jax.lax.dynamic_slice_in_dim(p_pad, start, C, 1), pos_C, T, o)
-      out, tok, ok = selected_attention(q_C, k_slc, v_slc, ids, valid, pos_C, o.slc_block)
-      return {"out": out, "ids": ids, "valid": valid, **({"tok": tok, "ok": ok} if want_diag else {})}
+      tok_ok = dict(zip(("tok", "ok"), selected_tokens(ids, valid, pos_C, o.slc_block, T))) if want_diag else {}
+      return {"ids": ids, "valid": valid, **tok_ok}
 
     res = map_query_chunks(chunk, T, C)
-    o_slc = res["out"]
+    o_slc = selected_block_attention(q_BxTxHxK, k_slc, v_slc, res["ids"], res["valid"], o.slc_block)
     self.sow("intermediates", "selected", (res["ids"], res["valid"]))
 
     # (c) sliding window

@@ -1,0 +1,46 @@
+"""Attention over selected key blocks by whole-block matmuls (r1jax/mixers/selected.py) against the naive reference:
+values and gradients, GQA, lengths that are not a multiple of the block, row groups split over several steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import reference
+from r1jax.mixers.selected import selected_block_attention
+
+
+def _picks(key, B, T, G, N, block):
+  """N random blocks per query and group plus its own, unique among the valid ones; ~30% of picks invalid, and
+  the first query of each row picks nothing valid (its output is zero)."""
+  k1, k2 = jax.random.split(key)
+  own = jnp.broadcast_to((jnp.arange(T) // block)[None, :, None, None], (B, T, G, 1))
+  ids = jnp.concatenate([jax.random.randint(k1, (B, T, G, N), 0, -(-T // block)), own], -1)
+  valid = jax.random.bernoulli(k2, 0.7, ids.shape).at[..., -1].set(True)
+  later = (jnp.arange(N + 1)[:, None] > jnp.arange(N + 1)[None, :])[None, None, None]
+  valid &= ~((ids[..., :, None] == ids[..., None, :]) & valid[..., None, :] & later).any(-1)
+  return ids, valid.at[:, 0].set(False)
+
+
+@pytest.mark.parametrize(
+  "B,T,H,G,K,block,N,rows,step",
+  [(2, 37, 4, 2, 8, 8, 3, 4, 3), (1, 64, 2, 2, 16, 16, 2, 8, 512), (2, 50, 4, 1, 8, 4, 5, 2, 7)],
+)
+def test_values_and_gradients_match_the_masked_reference(B, T, H, G, K, block, N, rows, step):
+  ks = jax.random.split(jax.random.key(T), 5)
+  q = jax.random.normal(ks[0], (B, T, H, K))
+  k, v = (jax.random.normal(s, (B, T, G, K)) for s in ks[1:3])
+  ct = jax.random.normal(ks[3], (B, T, H, K))
+  ids, valid = _picks(ks[4], B, T, G, N, block)
+  picked_BxTxGxS = ((ids[..., None] == (jnp.arange(T) // block)[None, None, None, None]) & valid[..., None]).any(3)
+  mask = jnp.repeat(picked_BxTxGxS.transpose(0, 2, 1, 3), H // G, 1) & reference.causal_mask(T)[None, None]
+  fast = jax.jit(lambda q, k, v: selected_block_attention(q, k, v, ids, valid, block, rows, step))
+  any_BxHxT = mask.any(-1)  # a query with no pick reads key 0 in the reference, and its output is zeroed
+  safe = mask | (~any_BxHxT[..., None] & (jnp.arange(T) == 0)[None, None, None])
+  slow = lambda q, k, v: reference.attention(q, k, v, safe) * any_BxHxT.transpose(0, 2, 1)[..., None]  # noqa: E731
+  np.testing.assert_allclose(fast(q, k, v), slow(q, k, v), rtol=2e-5, atol=2e-5)
+  g_fast = jax.jit(jax.grad(lambda *a: jnp.sum(fast(*a) * ct), argnums=(0, 1, 2)))(q, k, v)
+  g_slow = jax.grad(lambda *a: jnp.sum(slow(*a) * ct), argnums=(0, 1, 2))(q, k, v)
+  for name, a, b in zip("qkv", g_fast, g_slow):
+    assert np.isfinite(np.asarray(a)).all()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"d{name}")
