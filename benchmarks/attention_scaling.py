@@ -1,14 +1,18 @@
-"""Attention cost against sequence length: forward and forward+backward time and memory of each attention
-variant at T = 512 .. 16k, ratios to dense measured in the same run, and the crossover length.
+"""Attention cost against sequence length: one layer's forward and forward+backward time (median of --repeats calls
+after a warm-up, with the min-max spread), peak memory, FLOPs from the definition (r1jax/lab/flops.py) and XLA's
+count, each as a ratio to dense in the same run, and the crossover length of each variant.
 
-  python benchmarks/attention_scaling.py                                     # CPU, about 10 minutes
-  python benchmarks/attention_scaling.py --lengths=1024,4096,16384 --dtype=bfloat16 --batch=4   # GPU
-  python benchmarks/attention_scaling.py --lengths=128,256 --budget=16 --d_model=64 --heads=2   # smoke
+  python benchmarks/attention_scaling.py                                      # CPU: T = 4k, 16k, 64k, ~35 min
+  python benchmarks/attention_scaling.py --lengths=4096,16384,65536,131072 --dtype=bfloat16   # GPU
+  python benchmarks/attention_scaling.py --lengths=128,256 --d_model=64 --heads=2 --repeats=1  # smoke
 
-All sparse variants get the same key budget k per query (block: k/2 keys in the own block + k/2 in one selected
-block; local: the last k keys, computed in blocks rather than gathered). Memory is the runtime peak on GPU/TPU and
-XLA's static estimate on CPU. A length whose dense run would exceed --max_sec is still measured once; a measurement
-that would not fit in memory, or fails, prints as n/a.
+Dense is the faster of XLA's [T, T] path and the blocked O(T)-memory one (r1jax/mixers/flash.py) at each length and
+direction; the table says which. Sparse variants at their papers' sizes: NSA (l=32, d=16, l'=64, n=16, w=512),
+DSA (V3.2's recipe, k=256 and k=2048), block top-k (MoBA/NSA selection: blocks of 64, top 16 + the own block), the
+sliding window (w=512) and the fast-weight recurrence; legacy variants (topk, random, fusion, routed, fw_*) take the
+key budget --budget. Each measurement runs in a child process pinned to --cores, so running out of memory costs one
+cell; a cell whose XLA memory estimate exceeds the limit, or (except dense) whose forward+backward time projected
+from the shorter lengths exceeds --max_cell_sec, prints as n/a. Results: --out (JSON, with provenance).
 """
 
 import json
@@ -19,54 +23,68 @@ import jax
 from absl import flags
 
 from r1jax import entry
+from r1jax.atomic import write_record
 from r1jax.config import ModelConfig
 from r1jax.errors import ConfigError
+from r1jax.lab.configs import NSA_PAPER
+from r1jax.lab.flops import mixer_flops
 from r1jax.lab.scaling import fit_exponent, measure_in_child, memory_limit_bytes, timed
+from r1jax.mixers.sparse import DSA_INDEXER
 
-flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096", "8192", "16384"], "sequence lengths T")
+flags.DEFINE_list("lengths", ["4096", "16384", "65536"], "sequence lengths T")
 flags.DEFINE_list(
   "variants",
-  ["dense", "topk", "block", "window", "random", "local"],
-  "attention variants (also: fusion, routed, fw_chunkwise, fw_parallel, fw_recurrent, fw_vector)",
+  ["dense", "nsa", "dsa256", "dsa2048", "block", "window", "fast_weight"],
+  "attention variants (also: topk, random, local, fusion, routed, fw_chunkwise, fw_parallel, fw_recurrent, fw_vector)",
 )
-flags.DEFINE_integer("budget", 128, "keys per query of the sparse variants")
-flags.DEFINE_integer("d_model", 256, "model width")
-flags.DEFINE_integer("heads", 4, "query heads (key/value heads = heads)")
+flags.DEFINE_integer("budget", 128, "keys per query of the legacy sparse variants (topk, random, local, ...)")
+flags.DEFINE_integer("d_model", 128, "model width")
+flags.DEFINE_integer("heads", 2, "query heads (key/value heads = heads); head size d_model / heads")
 flags.DEFINE_integer("batch", 1, "sequences per call")
-flags.DEFINE_integer("repeats", 3, "timed calls per measurement (median), after one warm-up")
-flags.DEFINE_float("max_sec", 20.0, "stop repeating a measurement after this many seconds")
+flags.DEFINE_integer("repeats", 5, "timed calls per measurement (median, min, max), after one warm-up")
+flags.DEFINE_float("max_cell_sec", 120.0, "skip a non-dense cell whose projected forward+backward call exceeds this")
 flags.DEFINE_string("dtype", "float32", "compute dtype: float32 | bfloat16")
+flags.DEFINE_list("cores", [], "CPU cores each measurement is pinned to (default: all this process may use)")
 flags.DEFINE_float(
   "max_memory_gb",
   0.0,
   "skip (n/a) a measurement whose XLA memory estimate exceeds this; "
   "0 = 75% of the host's RAM on CPU, no limit on GPU/TPU (out of memory is an error there)",
 )
+flags.DEFINE_string("out", "results/attention_scaling/report.json", "where the measurements go (JSON); empty: nowhere")
 flags.DEFINE_string("one", "", "internal: measure one VARIANT:T:BACKWARD in this process and print it as JSON")
 FLAGS = flags.FLAGS
 
+DENSE_PATHS = ("xla", "flash")  # the two dense implementations; "dense" is the faster per cell
+
 
 def variant_config(name: str) -> ModelConfig:
-  """The one-mixer model of variant `name` at the flags' width, heads, dtype and key budget (ConfigError if bad)."""
+  """The one-mixer model of variant `name` ("dense:xla" / "dense:flash" for one dense path) at the flags' width,
+  heads and dtype (ConfigError if unknown)."""
   k = FLAGS.budget
   variants = {
-    "dense": ("attention", {}),
+    "dense:xla": ("attention", {"impl": "xla"}),
+    "dense:flash": ("attention", {"impl": "flash"}),
+    "nsa": ("nsa", NSA_PAPER),
+    "dsa256": ("sparse", {"select": "indexer", "top_k": 256, **DSA_INDEXER}),
+    "dsa2048": ("sparse", {"select": "indexer", "top_k": 2048, **DSA_INDEXER}),
+    "block": ("block_sparse", {"block_size": NSA_PAPER["slc_block"], "top_blocks": NSA_PAPER["top_blocks"]}),
+    "window": ("local", {"window": NSA_PAPER["window"]}),
+    "fast_weight": ("fast_weight", {"gate": "scalar", "form": "chunkwise"}),
     "topk": ("sparse", {"select": "indexer", "top_k": k}),
-    "block": ("block_sparse", {"block_size": k // 2, "top_blocks": 1}),
-    "window": ("sparse", {"select": "window", "top_k": k}),
     "random": ("sparse", {"select": "random", "top_k": k}),
-    "local": ("local", {"window": k}),  # the same window as 'window', blocked instead of gathered: O(T*k)
+    "local": ("local", {"window": k}),
     "fusion": ("fusion", {"beta": "token", "window": k}),  # local + global branches
     "routed": ("routed", {"capacity": 0.125, "window": k}),  # global attention for 1/8 of the queries
-    # The fast-weight recurrence (r1jax/mixers/recurrent.py) with a data-dependent decay per head, in each form; and the
-    # per-key-dimension (GLA) gate in its chunkwise form.
     "fw_chunkwise": ("fast_weight", {"gate": "scalar", "form": "chunkwise"}),
     "fw_parallel": ("fast_weight", {"gate": "scalar", "form": "parallel"}),
     "fw_recurrent": ("fast_weight", {"gate": "scalar", "form": "recurrent"}),
     "fw_vector": ("fast_weight", {"gate": "vector", "form": "chunkwise"}),
   }
+  if name == "dense":
+    name = "dense:xla"
   if name not in variants:
-    raise ConfigError(f"--variants: unknown {name!r}. Fix: choose from {list(variants)}.")
+    raise ConfigError(f"--variants: unknown {name!r}. Fix: choose from {['dense'] + list(variants)[2:]}.")
   mixer, options = variants[name]
   return ModelConfig(
     vocab_size=64,
@@ -78,30 +96,120 @@ def variant_config(name: str) -> ModelConfig:
   )
 
 
-def max_bytes() -> float:
-  return memory_limit_bytes(FLAGS.max_memory_gb)
+NAN = {"sec": float("nan"), "min_sec": float("nan"), "max_sec": float("nan"), "memory_bytes": float("nan")}
 
 
 def measure(name: str, T: int, backward: bool) -> dict:
-  """One measurement in a child process: running out of host memory kills the child, not the sweep."""
+  """One measurement in a child process pinned to --cores: running out of host memory kills the child, not the
+  sweep."""
   args = [os.path.abspath(__file__), f"--one={name}:{T}:{int(backward)}"] + [
-    f"--{f}={FLAGS[f].value}"
-    for f in ("budget", "d_model", "heads", "batch", "repeats", "max_sec", "dtype", "max_memory_gb")
+    f"--{f}={FLAGS[f].value}" for f in ("budget", "d_model", "heads", "batch", "repeats", "dtype", "max_memory_gb")
   ]
+  if FLAGS.cores:
+    args.append(f"--cores={','.join(FLAGS.cores)}")
   result, why = measure_in_child(args)
   if result is not None:
     return result
   print(f"  {name} T={T} {'fwd+bwd' if backward else 'fwd'}: n/a ({why})")
-  return {"T": T, "sec": float("nan"), "memory_bytes": float("nan")}
+  return {"T": T, **NAN, "why": why}
 
 
 def measure_here(spec: str) -> None:
-  name, T, backward = spec.split(":")
-  print(
-    json.dumps(
-      timed(variant_config(name), int(T), FLAGS.batch, bool(int(backward)), FLAGS.repeats, FLAGS.max_sec, max_bytes())
-    )
+  name, T, backward = spec.rsplit(":", 2)  # the name may hold a colon ("dense:flash")
+  cores = {int(c) for c in FLAGS.cores} or os.sched_getaffinity(0)
+  os.sched_setaffinity(0, cores)  # before XLA starts its thread pool: the measurement's cores, and no others
+  cfg = variant_config(name)
+  limit = memory_limit_bytes(FLAGS.max_memory_gb)
+  out = timed(cfg, int(T), FLAGS.batch, bool(int(backward)), FLAGS.repeats, float("inf"), limit)
+  print(json.dumps({**out, "cores": sorted(cores)}))
+
+
+def projected_sec(measured: list[tuple[int, float]], T: int) -> float:
+  """A forward+backward time at T extrapolated from the measured (length, seconds) by their log-log slope (2, the
+  dense exponent, from a single length)."""
+  ok = [(t, s) for t, s in measured if math.isfinite(s)]
+  if not ok:
+    return float("nan")
+  slope = fit_exponent(*zip(*ok)) if len(ok) > 1 else 2.0
+  return ok[-1][1] * (T / ok[-1][0]) ** max(slope, 1.0)
+
+
+def run_cells(lengths: list[int]) -> dict:
+  """(variant, T) -> {"fwd": ..., "fwd+bwd": ..., "path": ...}; dense the faster of its two paths per direction."""
+  results, history = {}, {}
+  for T in lengths:
+    for name in FLAGS.variants:
+      if name == "dense":
+        cells = {}
+        for what, bwd in (("fwd", False), ("fwd+bwd", True)):
+          paths = {p: measure(f"dense:{p}", T, bwd) for p in DENSE_PATHS}
+          best = min(paths, key=lambda p: paths[p]["sec"] if math.isfinite(paths[p]["sec"]) else float("inf"))
+          cells[what] = {**paths[best], "path": best, "paths": {p: r["sec"] for p, r in paths.items()}}
+        results[(name, T)] = cells
+      else:
+        guess = projected_sec(history.get(name, []), T)
+        if guess > FLAGS.max_cell_sec:
+          print(f"  {name} T={T}: n/a (forward+backward projected at {guess:.0f} s > --max_cell_sec)")
+          skip = {"T": T, **NAN, "why": f"projected {guess:.0f} s"}
+          results[(name, T)] = {"fwd": skip, "fwd+bwd": skip}
+          continue
+        results[(name, T)] = {"fwd": measure(name, T, False), "fwd+bwd": measure(name, T, True)}
+      history.setdefault(name, []).append((T, results[(name, T)]["fwd+bwd"]["sec"]))
+      f, b = results[(name, T)]["fwd"], results[(name, T)]["fwd+bwd"]
+      print(
+        f"  measured {name:11s} T={T:6d}: fwd {f['sec'] * 1e3:10.1f} ms  fwd+bwd {b['sec'] * 1e3:10.1f} ms", flush=True
+      )
+  return results
+
+
+def table(results: dict, lengths: list[int]) -> str:
+  """The markdown table: times with their spread, memory, and the FLOP, time and memory ratios to dense."""
+  head = (
+    "| T | variant | dense path (fwd / fwd+bwd) | fwd ms [min-max] | fwd+bwd ms [min-max] | fwd+bwd peak MiB "
+    "| FLOPs / dense | fwd / dense | fwd+bwd / dense | memory / dense | fwd GFLOP/s (/ dense's) |"
   )
+  lines = [head, "|" + "---|" * 11]
+  for T in lengths:
+    dense = results.get(("dense", T))
+    dense_flops = mixer_flops(variant_config("dense"), T)["total"]
+    for name in FLAGS.variants:
+      f, b = results[(name, T)]["fwd"], results[(name, T)]["fwd+bwd"]
+      flops = mixer_flops(variant_config(name), T)["total"]
+      rate = flops / f["sec"] / 1e9
+      ratio = lambda a, d: f"{a / d:.3f}" if dense and math.isfinite(a / d) else "n/a"  # noqa: E731
+      spread = lambda c: f"{c['sec'] * 1e3:.1f} [{c['min_sec'] * 1e3:.1f}-{c['max_sec'] * 1e3:.1f}]"  # noqa: E731
+      path = f"{f['path']} / {b['path']}" if name == "dense" else ""
+      dense_rate = dense_flops / dense["fwd"]["sec"] / 1e9 if dense else float("nan")
+      lines.append(
+        f"| {T} | {name} | {path} | {spread(f)} | {spread(b)} | {b['memory_bytes'] / 2**20:.1f} "
+        f"| {flops / dense_flops:.3f} | {ratio(f['sec'], dense['fwd']['sec'] if dense else 1)} "
+        f"| {ratio(b['sec'], dense['fwd+bwd']['sec'] if dense else 1)} "
+        f"| {ratio(b['memory_bytes'], dense['fwd+bwd']['memory_bytes'] if dense else 1)} "
+        f"| {rate:.1f} ({rate / dense_rate:.2f}) |"
+      )
+  return "\n".join(lines)
+
+
+def crossovers(results: dict, lengths: list[int]) -> list[str]:
+  """Per variant: its fitted time slope and the first length at which it beats dense, forward and fwd+bwd."""
+  lines = []
+  for name in FLAGS.variants:
+    times = [results[(name, T)]["fwd+bwd"]["sec"] for T in lengths]
+    line = f"{name}: fwd+bwd time slope over T {fit_exponent(lengths, times):.2f}"
+    if name != "dense" and "dense" in FLAGS.variants:
+      for what in ("fwd+bwd", "fwd"):
+        sec = lambda v, T: results[(v, T)][what]["sec"]  # noqa: E731
+        both = [T for T in lengths if math.isfinite(sec("dense", T) + sec(name, T))]
+        faster = [T for T in both if sec(name, T) < sec("dense", T)]
+        line += (
+          f"; {what} faster than dense from T={faster[0]}"
+          if faster
+          else f"; {what} not faster than dense at T={both}"
+          if both
+          else f"; {what}: no length with both measured"
+        )
+    lines.append(line)
+  return lines
 
 
 def main(argv):
@@ -110,54 +218,38 @@ def main(argv):
     return measure_here(FLAGS.one)
   if not all(t.isdigit() and int(t) > 0 for t in FLAGS.lengths):
     raise ConfigError(f"--lengths={','.join(FLAGS.lengths)}: not positive integers. Fix: e.g. --lengths=512,1024.")
+  if FLAGS.repeats < 1:
+    raise ConfigError(f"--repeats={FLAGS.repeats}: fewer than one call. Fix: use >= 5 for a median that holds still.")
   lengths = [int(t) for t in FLAGS.lengths]
   for name in FLAGS.variants:  # every variant's config is checked before the first measurement
     variant_config(name)
   print(
     f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), d_model {FLAGS.d_model}, "
-    f"{FLAGS.heads} heads, batch {FLAGS.batch}, budget k={FLAGS.budget}, dtype {FLAGS.dtype}"
+    f"{FLAGS.heads} heads, batch {FLAGS.batch}, dtype {FLAGS.dtype}, median of {FLAGS.repeats} calls"
   )
-  results = {}
-  for T in lengths:
-    for name in FLAGS.variants:
-      fwd, bwd = measure(name, T, False), measure(name, T, True)
-      results[(name, T)] = (fwd, bwd)
-      print(
-        f"  measured {name:6s} T={T:6d}: fwd {fwd['sec'] * 1e3:9.2f} ms  fwd+bwd {bwd['sec'] * 1e3:9.2f} ms", flush=True
-      )
-  head = "| T | variant | fwd ms | fwd+bwd ms | fwd+bwd memory MiB | fwd / dense | fwd+bwd / dense | memory / dense |"
-  lines = [head, "|" + "---|" * 8]
-  for T in lengths:
-    dense = results.get(("dense", T))
-    for name in FLAGS.variants:
-      fwd, bwd = results[(name, T)]
-      ratio = (lambda a, b: f"{a / b:.3f}") if dense else (lambda a, b: "n/a")
-      cells = [str(T), name, f"{fwd['sec'] * 1e3:.2f}", f"{bwd['sec'] * 1e3:.2f}", f"{bwd['memory_bytes'] / 2**20:.1f}"]
-      if dense:
-        cells += [
-          ratio(fwd["sec"], dense[0]["sec"]),
-          ratio(bwd["sec"], dense[1]["sec"]),
-          ratio(bwd["memory_bytes"], dense[1]["memory_bytes"]),
-        ]
-      else:
-        cells += ["n/a"] * 3
-      lines.append("| " + " | ".join(cells) + " |")
-  print("\n" + "\n".join(lines) + "\n")
-  for name in FLAGS.variants:
-    times = [results[(name, T)][1]["sec"] for T in lengths]
-    line = f"{name}: fwd+bwd time slope over T {fit_exponent(lengths, times):.2f}"
-    if name != "dense" and "dense" in FLAGS.variants:
-      for i, what in ((1, "fwd+bwd"), (0, "fwd")):
-        both = [T for T in lengths if math.isfinite(results[("dense", T)][i]["sec"] + results[(name, T)][i]["sec"])]
-        faster = [T for T in both if results[(name, T)][i]["sec"] < results[("dense", T)][i]["sec"]]
-        line += (
-          f"; {what} faster than dense from T={faster[0]}"
-          if faster
-          else f"; {what} not faster than dense at T={both}"
-          if both
-          else f"; {what}: no length with both measured"
-        )
-    print(line)
+  results = run_cells(lengths)
+  text = table(results, lengths)
+  lines = crossovers(results, lengths)
+  print("\n" + text + "\n\n" + "\n".join(lines))
+  if FLAGS.out:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    flops = {name: [mixer_flops(variant_config(name), T) for T in lengths] for name in FLAGS.variants}
+    write_record(
+      os.path.abspath(FLAGS.out),
+      {
+        "backend": f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
+        "model": {"d_model": FLAGS.d_model, "heads": FLAGS.heads, "batch": FLAGS.batch, "dtype": FLAGS.dtype},
+        "repeats": FLAGS.repeats,
+        "lengths": lengths,
+        "variants": {
+          name: {what: [results[(name, T)][what] for T in lengths] for what in ("fwd", "fwd+bwd")}
+          | {"flops": flops[name]}
+          for name in FLAGS.variants
+        },
+        "table": text,
+        "crossovers": lines,
+      },
+    )
 
 
 if __name__ == "__main__":

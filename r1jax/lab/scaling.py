@@ -103,7 +103,8 @@ def timed(
   budget_sec: float = 30.0,
   max_bytes: float = float("inf"),
 ) -> dict:
-  """Median wall time of the compiled mixer at length T (after one warm-up call), and its peak memory.
+  """Median, min and max wall time of the compiled mixer at length T over `repeats` calls after one warm-up call
+  (fewer where they pass budget_sec), its peak memory and XLA's FLOP count (a loop body counted once).
 
   Raises MemoryError before running when XLA's memory estimate exceeds max_bytes (the host's RAM on CPU, where
   running out means the process is killed rather than an error raised).
@@ -120,7 +121,15 @@ def timed(
     times.append(time.perf_counter() - t0)
     if time.perf_counter() - start > budget_sec:
       break
-  return {"T": T, "sec": float(np.median(times)), "memory_bytes": peak_memory_bytes(compiled)}
+  return {
+    "T": T,
+    "sec": float(np.median(times)),
+    "min_sec": float(np.min(times)),
+    "max_sec": float(np.max(times)),
+    "calls": len(times),
+    "memory_bytes": peak_memory_bytes(compiled),
+    "xla_flops": compiled_flops(compiled),
+  }
 
 
 def fit_exponent(lengths, values) -> float:

@@ -176,4 +176,3 @@ def flash_attention(
   q, k, v = _layout(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, block)
   o = _attention(q, k, v, block, window)  # [B, G, T', R, K]
   return o.transpose(0, 2, 1, 3, 4).reshape(B, -1, H, K)[:, :T]
-

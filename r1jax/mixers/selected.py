@@ -90,8 +90,10 @@ def selected_block_attention(
     return acc, m, p.sum(-1)
 
   acc, m, l = jax.lax.map(row_groups, (row_query.reshape(-1, step, rows), group_block.reshape(-1, step)))
-  flat = lambda a, fill: jnp.concatenate(  # noqa: E731 the padded rows, then the dump row of invalid pairs
-    [a.reshape(-1, *a.shape[3:])[: groups * rows], jnp.full((1, *a.shape[3:]), fill, a.dtype)]
+  flat = (
+    lambda a, fill: jnp.concatenate(  # noqa: E731 the padded rows, then the dump row of invalid pairs
+      [a.reshape(-1, *a.shape[3:])[: groups * rows], jnp.full((1, *a.shape[3:]), fill, a.dtype)]
+    )
   )
   acc, m, l = flat(acc, 0.0)[pair_row], flat(m, -1e30)[pair_row], flat(l, 0.0)[pair_row]
   # merge each query's N partials by log-sum-exp

@@ -1,0 +1,59 @@
+"""FLOPs of a sequence mixer from its definition: the score and value products (q.k and p.v, 2 FLOPs per
+multiply-add) over the pairs each query reads under its mask, plus the work that picks them (NSA's compression and
+block scores, DSA's indexer, block top-k's block scores). Projections are left out (the same order for every
+variant). Forward only; the backward of a product is two products, so forward+backward is 3x these.
+
+XLA's compiled count (`train.compiled_flops`) is printed beside these in the benchmarks, but counts a loop body
+once, so for the blocked and chunked paths it is a lower bound, not a count.
+"""
+
+import numpy as np
+
+from r1jax.config import ModelConfig
+
+
+def _window_pairs(t: np.ndarray, w: int) -> float:
+  return float(np.minimum(t + 1, w).sum())
+
+
+def mixer_flops(cfg: ModelConfig, T: int) -> dict[str, float]:
+  """{part: FLOPs} of layer 0's mixer of `cfg` on one sequence of T tokens, and "total"."""
+  name = cfg.layer_names("mixer")[0]
+  o = cfg.options("mixer", name)
+  H, G = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
+  K = cfg.d_model // H
+  t = np.arange(T, dtype=np.float64)
+  attend = 4.0 * H * K  # FLOPs per (query, key) pair: the score and the weighted value, every head
+  parts = {}
+  if name == "attention":
+    parts["attention"] = attend * T * (T + 1) / 2
+  elif name == "local":
+    parts["attention"] = attend * _window_pairs(t, o.window)
+  elif name == "sparse":
+    parts["attention"] = attend * _window_pairs(t, o.top_k)
+    if o.select == "indexer":  # sum_j w_j relu(q_j . k) for every earlier key: J dot products of I, J weights
+      parts["indexer"] = (2.0 * o.indexer_heads * o.indexer_dim + 2.0 * o.indexer_heads) * T * (T + 1) / 2
+  elif name == "block_sparse":
+    b, n = o.block_size, o.top_blocks
+    own = t // b
+    parts["attention"] = attend * float(((t % b + 1) + b * np.minimum(n, own)).sum())
+    parts["block_scores"] = 2.0 * G * K * float(own.sum())  # the query against each earlier block's mean key
+  elif name == "nsa":
+    l, d, ls, n, w = o.cmp_block, o.cmp_stride, o.slc_block, o.top_blocks, o.window
+    ended = np.where(t + 1 >= l, (t + 1 - l) // d + 1, 0)  # compressed blocks ended by each query
+    parts["compressed"] = attend * float(ended.sum())
+    M = (T - l) // d + 1 if T >= l else 0
+    if o.compress == "mlp":  # per block, key and value: [l*K] @ [l*K, K], then [K] @ [K, K], each group
+      parts["compression"] = 2 * 2.0 * M * G * (l * K * K + K * K)
+    own = t // ls
+    blocks = np.minimum(own, 1) + (own >= 2) + np.minimum(n - 3, np.maximum(own - 2, 0))  # earlier blocks read
+    parts["selected"] = attend * float(((t % ls + 1) + ls * blocks).sum())
+    parts["window"] = attend * _window_pairs(t, w)
+  elif name == "fast_weight":
+    P = cfg.d_model // H
+    Kf = o.key_dim or K
+    parts["recurrence"] = 4.0 * H * Kf * P * T  # per token and head: S += k v^T and q . S, K x P each
+  else:
+    raise ValueError(f"mixer_flops: no count for mixer {name!r}. Fix: add its definition to r1jax/lab/flops.py")
+  parts["total"] = sum(parts.values())
+  return parts
