@@ -14,5 +14,9 @@ per measurement; the recurrence computes in float32 whatever --dtype is.
 import attention_scaling  # this folder: the same sweep and table, run with the recurrence's variants
 
 if __name__ == "__main__":
+  attention_scaling.FLAGS.set_default("lengths", ["512", "1024", "2048", "4096", "8192", "16384"])
+  attention_scaling.FLAGS.set_default("d_model", 256)
+  attention_scaling.FLAGS.set_default("heads", 4)
+  attention_scaling.FLAGS.set_default("out", "")
   attention_scaling.FLAGS.set_default("variants", ["dense", "fw_chunkwise", "fw_parallel", "fw_recurrent", "fw_vector"])
   attention_scaling.entry.run(attention_scaling.main)

@@ -430,8 +430,8 @@ MUTATIONS = (
   Mutation(
     "flash_window_starts_a_block_late",
     "r1jax/mixers/flash.py",
-    "jnp.maximum(i * block - window + 1, 0) // block",
-    "jnp.maximum(i * block - window + block, 0) // block",
+    "(i * g.block - g.window - g.offset) // g.stride + 1, 0)",
+    "(i * g.block - g.window - g.offset) // g.stride + g.block, 0)",
     "tests/test_flash.py",
     "values_and_gradients",
   ),
@@ -458,6 +458,22 @@ MUTATIONS = (
     "k_pos = (gb % NB)[:, None] * block + jnp.arange(block)[None, :] - 1",
     "tests/test_selected.py",
     "masked_reference",
+  ),
+  Mutation(
+    "nsa_long_compressed_block_read_before_it_ends",
+    "r1jax/mixers/nsa.py",
+    "stride=o.cmp_stride, offset=o.cmp_block - 1, with_lse=True",
+    "stride=o.cmp_stride, offset=o.cmp_block - 2, with_lse=True",
+    "tests/test_nsa.py",
+    "long_context_path",
+  ),
+  Mutation(
+    "long_chunks_score_only_the_keys_before_their_run",
+    "r1jax/mixers/sparse.py",
+    "functools.partial(fn, S=min(max(c1 * C, min_keys), T))",
+    "functools.partial(fn, S=min(max(c0 * C, min_keys), T))",
+    "tests/test_sparse.py",
+    "long_sequences",
   ),
   # Options the code silently ignores (issue 39): the every-option-is-live test, generated from the config schema
   Mutation(

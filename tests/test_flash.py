@@ -45,6 +45,29 @@ def test_values_and_gradients_match_the_reference(B, T, H, G, K, window, block):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"d{name}")
 
 
+@pytest.mark.parametrize("T,l,d,block", [(40, 4, 2, 8), (70, 8, 4, 16), (33, 6, 3, 8)])
+def test_strided_keys_equal_nsas_compressed_attention(T, l, d, block):
+  """Keys at positions m * d + l - 1 (NSA's compressed blocks, each read once it has ended): output, probabilities
+  (from the returned log-sum-exp) and gradients equal the direct masked softmax in r1jax.mixers.nsa; a query before
+  the first block ends reads nothing and outputs zero."""
+  from r1jax.mixers.nsa import compressed_attention, num_compressed
+
+  M = num_compressed(T, l, d)
+  q, _, _, ct = _qkv(T, 2, T, 4, 2, 8)
+  k, v = (jax.random.normal(jax.random.key(T + i), (2, M, 2, 8)) for i in (1, 2))
+  fast = jax.jit(lambda q, k, v: flash_attention(q, k, v, None, block, d, l - 1, with_lse=True))
+  (o, lse), (want_o, want_p) = fast(q, k, v), compressed_attention(q, k, v, l, d)
+  np.testing.assert_allclose(o, want_o, rtol=2e-5, atol=2e-5)
+  logits = jnp.einsum("BTHK,BMHK->BTHM", q, jnp.repeat(k, 2, 2)) * 8**-0.5
+  ended = (jnp.arange(M) * d + l - 1)[None, None, None, :] <= jnp.arange(T)[None, :, None, None]
+  p = jnp.where(ended, jnp.exp(logits - lse[..., None]), 0.0)
+  np.testing.assert_allclose(p, want_p, rtol=2e-5, atol=2e-5)
+  g_fast = jax.grad(lambda *a: jnp.sum(fast(*a)[0] * ct), argnums=(0, 1, 2))(q, k, v)
+  g_slow = jax.grad(lambda *a: jnp.sum(compressed_attention(*a, l, d)[0] * ct), argnums=(0, 1, 2))(q, k, v)
+  for name, a, b in zip("qkv", g_fast, g_slow):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"d{name}")
+
+
 def test_bfloat16_inputs_accumulate_in_float32():
   q, k, v, _ = _qkv(0, 2, 96, 4, 2, 16, jnp.bfloat16)
   out = flash_attention(q, k, v, block=32)

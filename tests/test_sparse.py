@@ -17,6 +17,9 @@ from r1jax.mixers.sparse import SparseAttention, SparseOptions, gathered_attenti
 
 from helpers import apply_mixer, assert_causal, mixer_config, project_out, tiny_config
 
+# DSA's sparse-stage KL (its loss reads the selected keys only, so the long path may skip the later ones)
+DSA_KL = {"indexer_grad": "none", "indexer_loss": "kl"}
+
 
 @pytest.mark.parametrize("B,T,H,G,N", [(2, 9, 4, 2, 3), (1, 16, 2, 1, 16), (3, 5, 6, 3, 1)])
 def test_gathered_attention_equals_masked_reference(B, T, H, G, N):
@@ -316,3 +319,33 @@ def test_selection_diagnostics_by_their_definition():
       want = sum(x >= kth and x > 0 for x in picks) / max(len(picks), 1)
       np.testing.assert_allclose(got["recall"][b, c], want, rtol=1e-6, err_msg=f"{b},{c}")
       np.testing.assert_allclose(got["mass"][b, c], sum(picks), rtol=1e-6)
+
+
+@pytest.mark.parametrize("select", ["indexer", "random"])
+def test_long_sequences_skip_the_keys_after_each_chunk_with_the_same_picks(select, monkeypatch):
+  """From T >= dense.FLASH_FROM the query chunks run in 8 runs that each score only the keys up to their end: the
+  picks, the output and the gradients equal the one-run path's (forced here by raising the threshold)."""
+  import r1jax.mixers.sparse as sparse
+
+  cfg = mixer_config(kv_heads=2)
+  opts = SparseOptions(
+    select=select, top_k=24, indexer_heads=2, indexer_dim=8, query_chunk=128, **(DSA_KL if select == "indexer" else {})
+  )
+  mixer = SparseAttention(cfg, opts)
+  x = jax.random.normal(jax.random.key(5), (1, sparse.FLASH_FROM + 29, cfg.d_model))
+  params = mixer.init(jax.random.key(1), x, deterministic=True)
+
+  def run():
+    f = lambda p: mixer.apply(p, x, deterministic=True, mutable=["intermediates"])  # noqa: E731
+    (out, aux), inter = jax.jit(f)(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(mixer.apply(p, x, deterministic=True)[0] ** 2)))(params)
+    return out, aux, inter["intermediates"]["selected"][0], grads
+
+  out, aux, picks, grads = run()
+  monkeypatch.setattr(sparse, "FLASH_FROM", 10**9)
+  want_out, want_aux, want_picks, want_grads = run()
+  for a, b in zip(picks, want_picks):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves((aux, grads)), jax.tree.leaves((want_aux, want_grads))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

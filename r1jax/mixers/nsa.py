@@ -33,8 +33,9 @@ import numpy as np
 
 from r1jax import decoding, layers
 from r1jax.errors import ConfigError
-from r1jax.mixers.dense import project_kv, project_out, project_qkv
-from r1jax.mixers.local import blocked_local_attention
+from r1jax.mixers.dense import FLASH_FROM, project_kv, project_out, project_qkv
+from r1jax.mixers.flash import flash_attention
+from r1jax.mixers.local import local_attention
 from r1jax.mixers.selected import selected_block_attention
 from r1jax.mixers.sparse import dense_probs, gathered_attention, map_query_chunks
 from r1jax.registry import register_mixer, wants_diagnostics
@@ -292,31 +293,50 @@ class NativeSparseAttention(nn.Module):
     (k_cmp, v_cmp), (k_win, v_win) = (project_kv(self, x_BxTxD, cfg, suffix) for suffix in ("_cmp", "_win"))
     self.sow("intermediates", "qkv", (q_BxTxHxK, (k_cmp, v_cmp), (k_slc, v_slc), (k_win, v_win)))
 
-    # (a) compressed blocks
+    # (a) compressed blocks; from T >= dense.FLASH_FROM through the blocked path, which skips the blocks that have not
+    # ended (half of them) and never holds [T, M]: the selection's probabilities are recomputed per query chunk
     kc = compress_blocks(k_cmp, o.cmp_block, o.cmp_stride, o.compress, self._mlp("cmp_k", K))
     vc = compress_blocks(v_cmp, o.cmp_block, o.cmp_stride, o.compress, self._mlp("cmp_v", K))
-    o_cmp, p_cmp_BxTxHxM = compressed_attention(q_BxTxHxK, kc, vc, o.cmp_block, o.cmp_stride)
-    G = k_slc.shape[2]
-    p_BxTxGxM = jax.lax.stop_gradient(p_cmp_BxTxHxM.reshape(B, T, G, H // G, -1).sum(3))  # scores, not trained
+    G, M = k_slc.shape[2], kc.shape[1]
+    C = min(o.query_chunk, T)
+    padT = lambda a: jnp.pad(a, [(0, 0), (0, -T % C)] + [(0, 0)] * (a.ndim - 2))  # noqa: E731 whole chunks
+    blocked = T >= FLASH_FROM and M > 0
+    if blocked:
+      o_cmp, lse_BxTxH = flash_attention(q_BxTxHxK, kc, vc, stride=o.cmp_stride, offset=o.cmp_block - 1, with_lse=True)
+      q_pad, lse_pad = padT(jax.lax.stop_gradient(q_BxTxHxK)), padT(lse_BxTxH)
+      kc_sg = jax.lax.stop_gradient(kc)
+    else:
+      o_cmp, p_cmp_BxTxHxM = compressed_attention(q_BxTxHxK, kc, vc, o.cmp_block, o.cmp_stride)
+      p_pad = padT(jax.lax.stop_gradient(p_cmp_BxTxHxM.reshape(B, T, G, H // G, -1).sum(3)))  # scores, not trained
+
+    def group_probs(start, pos_C, S):
+      """[B, C, G, M]: the chunk's compressed-attention probabilities, summed over each group's heads (the blocks
+      ended within the chunk's S tokens computed, the rest zero)."""
+      if not blocked:
+        return jax.lax.dynamic_slice_in_dim(p_pad, start, C, 1)
+      Ms = max(num_compressed(S, o.cmp_block, o.cmp_stride), 1)
+      q_C = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1).reshape(B, C, G, H // G, K)
+      lse_C = jax.lax.dynamic_slice_in_dim(lse_pad, start, C, 1).reshape(B, C, G, H // G)
+      logits = jnp.einsum("BCGRK,BMGK->BCGRM", q_C, kc_sg[:, :Ms], preferred_element_type=jnp.float32) * K**-0.5
+      ended_CxM = (jnp.arange(Ms)[None, :] * o.cmp_stride + o.cmp_block - 1) <= pos_C[:, None]
+      p = jnp.where(ended_CxM[None, :, None, None], jnp.exp(logits - lse_C[..., None]), 0.0).sum(3)
+      return jnp.pad(p, [(0, 0), (0, 0), (0, 0), (0, M - Ms)])
 
     # (b) selected blocks: picked in query chunks, attended through whole-block matmuls (r1jax/mixers/selected.py)
-    C = min(o.query_chunk, T)
-    p_pad = jnp.pad(p_BxTxGxM, [(0, 0), (0, -T % C), (0, 0), (0, 0)])
-
     want_diag = o.diagnostics and wants_diagnostics(self)  # a dense pass: never in a timed or training pass
 
-    def chunk(start):
+    def chunk(start, S):  # S: the tokens this chunk's queries can reach (see map_query_chunks)
       pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
-      ids, valid = select_blocks(jax.lax.dynamic_slice_in_dim(p_pad, start, C, 1), pos_C, T, o)
+      ids, valid = select_blocks(group_probs(start, pos_C, S), pos_C, T, o)
       tok_ok = dict(zip(("tok", "ok"), selected_tokens(ids, valid, pos_C, o.slc_block, T))) if want_diag else {}
       return {"ids": ids, "valid": valid, **tok_ok}
 
-    res = map_query_chunks(chunk, T, C)
+    res = map_query_chunks(chunk, T, C, 8 if blocked and not want_diag else 1)
     o_slc = selected_block_attention(q_BxTxHxK, k_slc, v_slc, res["ids"], res["valid"], o.slc_block)
     self.sow("intermediates", "selected", (res["ids"], res["valid"]))
 
     # (c) sliding window
-    o_win = blocked_local_attention(q_BxTxHxK, k_win, v_win, o.window)
+    o_win = local_attention(q_BxTxHxK, k_win, v_win, o.window)
     self.sow("intermediates", "branches", (o_cmp, o_slc, o_win))
 
     g_BxTxHx3 = self._gates(x_BxTxD)

@@ -17,6 +17,7 @@ Queries are processed in chunks of C (memory O(C*T) for the scores); each chunk 
 """
 
 import dataclasses
+import functools
 import zlib
 
 import flax.linen as nn
@@ -26,7 +27,7 @@ import numpy as np
 
 from r1jax import decoding, layers
 from r1jax.errors import ConfigError
-from r1jax.mixers.dense import project_out, project_qkv
+from r1jax.mixers.dense import FLASH_FROM, project_out, project_qkv
 from r1jax.registry import register_mixer, wants_diagnostics
 
 SELECTS = ("indexer", "window", "random")
@@ -220,12 +221,21 @@ def indexer_step_picks(
   return idx_Bx1xN, valid_Bx1xN, jnp.where(valid_Bx1xN, scores, 0.0)
 
 
-def map_query_chunks(fn, T: int, C: int):
-  """Runs fn(start) -> pytree of [B, C, ...] over query chunks (rematerialised), returns [B, T, ...] pieces."""
+def map_query_chunks(fn, T: int, C: int, buckets: int = 1, min_keys: int = 0):
+  """Runs fn(start, S) -> pytree of [B, C, ...] over query chunks (rematerialised), returns [B, T, ...] pieces.
+
+  S (static) is how many keys the chunk's queries can reach: T with one bucket; with `buckets` > 1 the chunks are
+  split into that many runs, each compiled with S = the end of its last chunk (at least min_keys), so a causal
+  chunk skips the keys after it with static shapes (about half of the work, less 1 / (2 * buckets))."""
   n = -(-T // C)
   if n == 1:  # one chunk: no loop, no rematerialisation
-    return jax.tree.map(lambda a: a[:, :T], fn(jnp.zeros((), jnp.int32)))
-  out = jax.lax.map(jax.checkpoint(fn), jnp.arange(n) * C)
+    return jax.tree.map(lambda a: a[:, :T], fn(jnp.zeros((), jnp.int32), T))
+  edges = sorted({round(n * i / buckets) for i in range(buckets + 1)})
+  runs = [
+    jax.lax.map(jax.checkpoint(functools.partial(fn, S=min(max(c1 * C, min_keys), T))), jnp.arange(c0, c1) * C)
+    for c0, c1 in zip(edges[:-1], edges[1:])
+  ]
+  out = jax.tree.map(lambda *a: jnp.concatenate(a), *runs)
   return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], n * C, *a.shape[3:])[:, :T], out)
 
 
@@ -263,10 +273,10 @@ def topk_attention(
     iq_BxTxJxI, ik_BxTxI, iw_BxTxJ = index
     iq_pad, iw_pad = padT(iq_BxTxJxI), padT(iw_BxTxJ)
 
-  def chunk(start):
+  def chunk(start, S):  # S: the keys this chunk's queries can reach (see map_query_chunks)
     pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
     q_BxCxHxK = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
-    causal_CxS = jnp.arange(T)[None, :] <= pos_C[:, None]
+    causal_CxS = jnp.arange(S)[None, :] <= pos_C[:, None]
     scores = None
     if o.select == "window":
       idx_CxN = pos_C[:, None] - jnp.arange(N)[None, :]
@@ -274,11 +284,11 @@ def topk_attention(
       valid_BxCxN = jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
     else:
       if o.select == "random":  # one pattern for all rows ([1, C, T]): pick once, then broadcast
-        pick_xCxS = random_scores(seed, pos_C[None, :, None], jnp.arange(T)[None, None, :])
+        pick_xCxS = random_scores(seed, pos_C[None, :, None], jnp.arange(S)[None, None, :])
       else:
         iq = jax.lax.dynamic_slice_in_dim(iq_pad, start, C, 1)
         iw = jax.lax.dynamic_slice_in_dim(iw_pad, start, C, 1)
-        s_BxCxS = indexer_scores(iq, iw, ik_BxTxI, "BCJI,BSI->BCJS")
+        s_BxCxS = indexer_scores(iq, iw, ik_BxTxI[:, :S], "BCJI,BSI->BCJS")
         # The pick itself is not differentiable; gradients reach the indexer through the picked keys' scores,
         # recomputed from gathered indexer keys (the transpose of top_k's value gather is a slow [B, C, T] scatter).
         pick_xCxS = jax.lax.stop_gradient(s_BxCxS)
@@ -306,7 +316,10 @@ def topk_attention(
         res.update(selection_diagnostics(p_dense_BxCxS, idx_BxCxN, valid_BxCxN))
     return res
 
-  return map_query_chunks(chunk, T, C)
+  # long sequences skip the keys after each chunk (8 runs); not with a dense pass (diagnostics, DSA's warm-up KL)
+  dense_pass = want_diag or (want_kl and o.indexer_loss == "kl_dense")
+  buckets = 8 if T >= FLASH_FROM and not dense_pass else 1
+  return map_query_chunks(chunk, T, C, buckets, min_keys=N)
 
 
 @register_mixer("sparse", SparseOptions)
