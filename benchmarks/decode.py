@@ -15,8 +15,10 @@ n=16, w=512); `moe` is the dense-attention model with an 8-expert top-2 feed-for
 `dense`'s SwiGLU (twice its active FFN parameters); `gqa` (2 key/value groups), `mqa` (1), `mla` and `mla_sparse`
 (latent caches; r1jax/mixers/mla.py) are on request. A decode step at context C attends a cache of C positions
 (its content does not change the work); the step is timed inside one compiled scan of --steps tokens. Prefill is
-the forward over C prompt tokens that fills the cache; n/a where XLA's memory estimate exceeds --max_memory_gb
-(dense prefill's T x T scores at 64k on a CPU). Each measurement runs in a child process, so running out of memory
+the forward over C prompt tokens that fills the cache; dense prefill takes the faster of its two paths without
+cuDNN: XLA's [T, T] scores below dense.FLASH_FROM tokens, the blocked O(T)-memory one from there (r1jax/mixers/
+flash.py; 2-4x faster on the 2-core CPU from 1k, and at 64k the only one that fits). n/a where XLA's memory
+estimate exceeds --max_memory_gb. Each measurement runs in a child process, so running out of memory
 costs one cell.
 """
 
@@ -35,6 +37,7 @@ from r1jax.config import ModelConfig
 from r1jax.errors import ConfigError
 from r1jax.lab import configs
 from r1jax.lab.scaling import decode_step, measure_in_child, median_sec, memory_limit_bytes
+from r1jax.mixers.dense import FLASH_FROM
 from r1jax.mixers.sparse import DSA_INDEXER
 from r1jax.model import Transformer
 from r1jax.train import static_memory_bytes
@@ -158,7 +161,8 @@ def main(argv):
     variant_config(name)
   print(
     f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), {FLAGS.layers} layers x {FLAGS.d_model}, "
-    f"{FLAGS.heads} heads, budget {FLAGS.budget}, dtype {FLAGS.dtype}, decode batch {FLAGS.batch}"
+    f"{FLAGS.heads} heads, budget {FLAGS.budget}, dtype {FLAGS.dtype}, decode batch {FLAGS.batch}; dense prefill "
+    f"through XLA's [T, T] path below T={FLASH_FROM}, the blocked one from it"
   )
   res = {}
   for C in contexts:

@@ -50,6 +50,7 @@ from r1jax import atomic
 from r1jax.config import Config
 from r1jax.lab import ablation, configs, reporting, scaling, sweep
 from r1jax.lab.scaling import fit_exponent
+from r1jax.mixers.dense import FLASH_FROM
 
 SPARSE = "model.mixer_options.sparse"
 DSA = configs.dsa(top_k=16)  # DeepSeek-V3.2's indexer: trained only by its KL loss, on a detached input
@@ -322,7 +323,8 @@ def layer_timing(names) -> tuple[list[str], dict]:
   lines = [
     f"One layer (d=64, 2 heads, batch 1) on {jax.default_backend()}: median of up to 3 timed calls "
     "after a warm-up (1 past a second), ratio to dense "
-    "(n/a: over 60% of RAM)",
+    f"(XLA's [T, T] path below T={FLASH_FROM}, the blocked O(T)-memory one, faster there on CPU, from it; "
+    "n/a: over 60% of RAM)",
     "",
     scaling.ratio_table(times, Ts, {f: " / ".join(s) for f, s in groups.items()}),
   ]

@@ -59,9 +59,13 @@ def test_ledger_lists_every_claim_and_marks_missing_results_not_tested(tmp_path)
   table = [line for line in text.splitlines() if line.startswith("| 0")]
   assert len(table) == len(claims.CLAIMS)
   assert all(
-    claims.NOT_TESTED in line and "run `python experiments/" in line for line in table if "| decode |" not in line
+    claims.NOT_TESTED in line and "run `python experiments/" in line
+    for line in table
+    if "| decode |" not in line and "| attention_scaling |" not in line
   )
   assert sum("| decode |" in line and "run `python benchmarks/decode.py`" in line for line in table) == 2
+  long = "| attention_scaling |"
+  assert sum(long in line and "run `python benchmarks/attention_scaling.py`" in line for line in table) == 3
 
 
 @pytest.mark.parametrize("step_sec,verdict", [(0.3, claims.SUPPORTED), (0.33, claims.NOT_AT_SCALE)])
@@ -77,6 +81,40 @@ def test_decode_speed_verdict_from_the_benchmark_at_its_longest_context(tmp_path
     json.dump(saved, f)
   (m,) = claims.DecodeSpeed(("sparse", "nsa"), 3.2)(str(tmp_path / "decode"))  # nsa not measured: no row
   assert m.verdict == verdict and "4,096 cached tokens" in m.scale and f"{1 / step_sec:.2f}x" in m.value
+
+
+def _long_context_report(folder, nsa_fwd_sec, nsa_flops):
+  """A benchmarks/attention_scaling.py report: dense and NSA at 4k and 64k (NSA's forward+backward n/a at 64k)."""
+  os.makedirs(folder)
+  cell = lambda *sec: [{"sec": s} for s in sec]  # noqa: E731
+  flops = lambda *f: [{"total": x} for x in f]  # noqa: E731
+  saved = {
+    "backend": "cpu (cpu)",
+    "lengths": [4096, 65536],
+    "model": {"d_model": 128, "heads": 2, "batch": 1, "dtype": "float32"},
+    "variants": {
+      "dense": {"fwd": cell(1.0, 10.0), "fwd+bwd": cell(3.0, 30.0), "flops": flops(16.0, 4096.0)},
+      "nsa": {"fwd": cell(2.0, nsa_fwd_sec), "fwd+bwd": cell(6.0, float("nan")), "flops": flops(8.0, nsa_flops)},
+    },
+  }
+  with open(folder / "report.json", "w") as f:
+    json.dump(saved, f)
+
+
+@pytest.mark.parametrize("fwd_sec,verdict", [(3.0, claims.SUPPORTED), (3.2, claims.NOT_AT_SCALE)])
+def test_long_context_speed_reads_the_longest_length_measured(tmp_path, fwd_sec, verdict):
+  _long_context_report(tmp_path / "long", fwd_sec, 1000.0)
+  (m,) = claims.LongContext(("nsa", "dsa256"), "speed", 3.2)(str(tmp_path / "long"))  # dsa256 not measured: no row
+  assert m.verdict == verdict and "T=65,536" in m.scale and f"{10 / fwd_sec:.2f}x dense's speed forward" in m.value
+
+
+@pytest.mark.parametrize("flops,verdict", [(1400.0, claims.SUPPORTED), (1500.0, claims.NOT_AT_SCALE)])
+def test_long_context_compute_cut_and_slope_from_the_definitions_flops(tmp_path, flops, verdict):
+  _long_context_report(tmp_path / "long", 3.0, flops)
+  (cut,) = claims.LongContext(("nsa",), "cut", 0.65)(str(tmp_path / "long"))
+  assert cut.verdict == verdict and f"{1 - flops / 4096:.0%} fewer" in cut.value
+  (slope,) = claims.LongContext(("nsa",), "slope", 0.1)(str(tmp_path / "long"))  # 8 -> 1000+ over 16x: ~T^1.7
+  assert slope.verdict == claims.NOT_AT_SCALE and "T=4,096..65,536" in slope.scale
 
 
 @pytest.mark.parametrize(
