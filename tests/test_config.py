@@ -28,7 +28,7 @@ from helpers import tiny_config
       {"model": {"mixer_options": {"attention": {"implementation": "xla"}}}},
       r"unknown config field 'model\.mixer_options\.attention\.implementation'\. Known fields: \['impl'",
     ),
-    ({"model": {"mixer_options": {"attention": {"impl": "flash"}}}}, r"model\.mixer_options\.attention: impl"),
+    ({"model": {"mixer_options": {"attention": {"impl": "splash"}}}}, r"model\.mixer_options\.attention: impl"),
     (
       {"model": {"mixer_options": {"block_sparse": {"score_by": "head"}}}},
       r"model\.mixer_options\.block_sparse: score_by='head' is unknown\. Fix: use one of \('token', 'block'\)",

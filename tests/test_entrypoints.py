@@ -31,6 +31,12 @@ def _check_scaling(out, res):
   assert rows[1].split("|")[2].strip() + ": fwd+bwd time slope" in out and "n/a" not in out
 
 
+def _check_parts(out, res):
+  """attention_parts.py: NSA's parts, one row each with forward and forward+backward seconds."""
+  rows = [line for line in out.splitlines() if line.startswith("| ") and " | " in line[2:]]
+  assert any(r.startswith("| selected branch") for r in rows) and len(rows) == 7, out
+
+
 def claim_rows(results_root) -> list[str]:
   """The ledger's claim table under `results_root` (not its table of where the results came from)."""
   return claims.ledger(str(results_root)).split("## Where the results came from")[0].splitlines()
@@ -179,6 +185,7 @@ TINY = {
     ["--lengths=64", "--budget=8", "--d_model=32", "--heads=2", "--repeats=1", "--variants=dense,local"],
     _check_scaling,
   ),
+  "benchmarks/attention_parts.py": (["--lengths=128", "--repeats=1"], _check_parts),
   "benchmarks/recurrence_scaling.py": (
     ["--lengths=64", "--d_model=32", "--heads=2", "--repeats=1", "--variants=dense,fw_chunkwise"],
     _check_scaling,

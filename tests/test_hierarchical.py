@@ -140,14 +140,14 @@ def test_causal_by_gradients(mixer):
   "cls,kwargs,field",
   [
     (LocalOptions, {"window": 0}, "window"),
-    (LocalOptions, {"impl": "flash"}, "impl"),
+    (LocalOptions, {"impl": "splash"}, "impl"),
     (FusionOptions, {"beta": "learned"}, "beta"),
     (FusionOptions, {"beta": "head", "beta_init": 1.0}, "beta_init"),
     (FusionOptions, {"beta": "fixed", "beta_init": 1.5}, "beta_init"),
     (RoutedOptions, {"capacity": 0.0}, "capacity"),
     (RoutedOptions, {"capacity": 1.5}, "capacity"),
     (FusionOptions, {"window": 0}, "window"),
-    (RoutedOptions, {"local_impl": "flash"}, "local_impl"),
+    (RoutedOptions, {"local_impl": "splash"}, "local_impl"),
   ],
 )
 def test_bad_options_name_the_field(cls, kwargs, field):
