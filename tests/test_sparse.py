@@ -324,28 +324,28 @@ def test_selection_diagnostics_by_their_definition():
 @pytest.mark.parametrize("select", ["indexer", "random"])
 def test_long_sequences_skip_the_keys_after_each_chunk_with_the_same_picks(select, monkeypatch):
   """From T >= dense.FLASH_FROM the query chunks run in 8 runs that each score only the keys up to their end: the
-  picks, the output and the gradients equal the one-run path's (forced here by raising the threshold)."""
+  picks, the output, the losses and the gradients equal the one-run path's (the threshold moved to reach both at
+  T=150)."""
   import r1jax.mixers.sparse as sparse
 
   cfg = mixer_config(kv_heads=2)
-  opts = SparseOptions(
-    select=select, top_k=24, indexer_heads=2, indexer_dim=8, query_chunk=128, **(DSA_KL if select == "indexer" else {})
-  )
+  kl = DSA_KL if select == "indexer" else {}
+  opts = SparseOptions(select=select, top_k=24, indexer_heads=2, indexer_dim=8, query_chunk=16, **kl)
   mixer = SparseAttention(cfg, opts)
-  x = jax.random.normal(jax.random.key(5), (1, sparse.FLASH_FROM + 29, cfg.d_model))
+  x = jax.random.normal(jax.random.key(5), (1, 150, cfg.d_model))
   params = mixer.init(jax.random.key(1), x, deterministic=True)
 
-  def run():
+  def run(threshold):
+    monkeypatch.setattr(sparse, "FLASH_FROM", threshold)
     f = lambda p: mixer.apply(p, x, deterministic=True, mutable=["intermediates"])  # noqa: E731
     (out, aux), inter = jax.jit(f)(params)
     grads = jax.jit(jax.grad(lambda p: jnp.sum(mixer.apply(p, x, deterministic=True)[0] ** 2)))(params)
     return out, aux, inter["intermediates"]["selected"][0], grads
 
-  out, aux, picks, grads = run()
-  monkeypatch.setattr(sparse, "FLASH_FROM", 10**9)
-  want_out, want_aux, want_picks, want_grads = run()
+  out, aux, picks, grads = run(64)
+  want_out, want_aux, want_picks, want_grads = run(10**9)
   for a, b in zip(picks, want_picks):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves((aux, grads)), jax.tree.leaves((want_aux, want_grads))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)  # float32 sums over other key extents
