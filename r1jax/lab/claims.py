@@ -233,6 +233,15 @@ class CacheCut:
     return out
 
 
+def _benchmark_report(folder: str) -> dict | None:
+  """A benchmark's own report.json in `folder` (benchmarks/decode.py, attention_scaling.py), or None if none."""
+  path = os.path.join(folder, "report.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeSpeed:
   """A decoding step at batch 1 at least `min_speed` x faster than `baseline`'s at the longest context measured
@@ -250,11 +259,9 @@ class DecodeSpeed:
     )
 
   def __call__(self, folder: str) -> list[Measured]:
-    path = os.path.join(folder, "report.json")
-    if not os.path.exists(path):
+    d = _benchmark_report(folder)
+    if d is None:
       return []
-    with open(path) as f:
-      d = json.load(f)
     steps, C, m = d["variants"], d["contexts"][-1], d["model"]
     if self.baseline not in steps:
       return []
@@ -295,11 +302,9 @@ class LongContext:
   def __call__(self, folder: str) -> list[Measured]:
     from r1jax.lab.scaling import fit_exponent  # imports JAX: only when there is a report
 
-    path = os.path.join(folder, "report.json")
-    if not os.path.exists(path):
+    d = _benchmark_report(folder)
+    if d is None:
       return []
-    with open(path) as f:
-      d = json.load(f)
     lengths, m, runs = d["lengths"], d["model"], d["variants"]
     if "dense" not in runs:
       return []
