@@ -39,7 +39,9 @@ flags.DEFINE_integer("top_k", 2, "experts per token")
 flags.DEFINE_integer("d_model", 64, "model width D")
 flags.DEFINE_integer("d_expert", 128, "expert width F (the dense SwiGLU is top_k * F wide)")
 flags.DEFINE_integer("block_size", 0, "rows per block of the blocks path; 0: auto (r1jax.ffn.moe.auto_block_size)")
-flags.DEFINE_string("matmul", "auto", "grouped matmul: blocks | ragged_dot | auto (blocks on CPU, else ragged_dot)")
+flags.DEFINE_string(
+  "matmul", "auto", "grouped matmul: blocks | ragged_dot | pallas | auto (r1jax.ffn.moe.MoEOptions.grouped_matmul)"
+)
 flags.DEFINE_integer("seq_len", 64, "tokens per sequence (capacity slots and the train step)")
 flags.DEFINE_integer("layers", 2, "layers of the train-step model (0: skip the train steps)")
 flags.DEFINE_integer("repeats", 20, "timed calls per measurement (median)")

@@ -3,12 +3,20 @@
   python benchmarks/train_step.py                                  # CPU defaults
   python benchmarks/train_step.py --sizes=4x128x4,8x512x8 --seq_len=1024 --batch=16 --dtype=bfloat16   # GPU
   python benchmarks/train_step.py --presets=gpt2_small,gpt2_small:moe,gpt2_medium --seq_len=1024 --batch=16  # GPU
-  python benchmarks/train_step.py --presets=gpt2_small,gpt2_medium --seq_len=1024 --batch=16 --compile_only  # CPU
+  python benchmarks/train_step.py --presets=gpt2_small,gpt2_small:moe,gpt2_small:nsa,gpt2_medium --target=h100
+  python benchmarks/train_step.py --presets=gpt2_small,gpt2_small:moe --target=h100 --devices=8 --fsdp=2 --tensor=2
 
 Each size is LAYERSxWIDTHxHEADS of the dense baseline; each preset NAME[:MECHANISM] is a model of r1jax.lab.configs
 (PRESETS, MECHANISMS: bfloat16, its own remat setting; :remat appended turns remat on). Ratios are against the first
 row, measured in the same run. --compile_only compiles without running (on a CPU: the FLOPs and the memory a device
 would need, and the tokens/s a device would reach at --assumed_mfu of --peak_tflops).
+
+--target=h100 compiles for that GPU on a machine without one (r1jax/lab/aot.py; `pip install -e .[gpu-aot]`): per
+device, the memory of the train step (arguments, temporaries, total; whether it fits the device), its FLOPs per
+token (XLA's count plus cuDNN's and r1jax's Pallas kernels' work) against the definition's (6 per active matrix
+parameter plus the mixer's products: r1jax/lab/flops.py), the kernels chosen and the collectives of the mesh
+(--devices GPUs, --fsdp and --tensor axes, data the rest); with --decode_context, the decode step at that context
+too. Nothing compiled this way is timed (GEMM tiles are not autotuned, cuDNN's graphs not built).
 """
 
 import dataclasses
@@ -17,16 +25,16 @@ import time
 import jax
 from absl import flags
 
-from r1jax import entry
-from r1jax.config import Config, ModelConfig
+from r1jax import entry, sharding
+from r1jax.config import Config, MeshConfig, ModelConfig
 from r1jax.errors import ConfigError
-from r1jax.lab import configs
+from r1jax.lab import aot, configs, flops
 from r1jax.lab.scaling import lm_train_step
 from r1jax.train import compiled_flops, peak_memory_bytes
 
 flags.DEFINE_list("sizes", ["2x64x2", "4x128x4", "6x192x6"], "LAYERSxWIDTHxHEADS per row")
-flags.DEFINE_integer("seq_len", 64, "tokens per sequence")
-flags.DEFINE_integer("batch", 12, "global sequences per step")
+flags.DEFINE_integer("seq_len", 0, "tokens per sequence; 0: 1024 with --presets or --target, else 64")
+flags.DEFINE_integer("batch", 0, "global sequences per step; 0: 16 per device with --presets or --target, else 12")
 flags.DEFINE_integer("vocab", 65, "vocabulary size")
 flags.DEFINE_integer("steps", 20, "timed steps (after 3 warm-up steps)")
 flags.DEFINE_string("dtype", "float32", "compute dtype: float32 | bfloat16")
@@ -35,6 +43,11 @@ flags.DEFINE_integer("preset_vocab", 50304, "vocabulary of preset rows (GPT-2's 
 flags.DEFINE_bool("compile_only", False, "compile and report FLOPs and memory without timing")
 flags.DEFINE_float("assumed_mfu", 0.4, "--compile_only: MFU for the stated tokens/s")
 flags.DEFINE_float("peak_tflops", 989.0, "--compile_only: a device's dense bf16 peak (H100/H200: 989)")
+flags.DEFINE_string("target", "", "compile for this GPU without one (r1jax/lab/aot.py TARGETS: h100); nothing timed")
+flags.DEFINE_integer("devices", 1, "--target: GPUs in the mesh (1-8, or hosts of 8)")
+flags.DEFINE_integer("fsdp", 1, "--target: the mesh's fsdp axis (data takes the rest)")
+flags.DEFINE_integer("tensor", 1, "--target: the mesh's tensor axis")
+flags.DEFINE_integer("decode_context", 0, "--target: also compile the decode step at this context (0: not)")
 FLAGS = flags.FLAGS
 
 # Dense bf16 peak FLOP/s by device kind (vendor data sheets), for MFU.
@@ -68,10 +81,43 @@ def preset_config(row: str) -> tuple[str, ModelConfig]:
   return row, dataclasses.replace(cfg, vocab_size=FLAGS.preset_vocab)
 
 
+def sizes() -> tuple[int, int]:
+  """(global batch, sequence length): the flags', or their defaults for GPU-sized rows."""
+  gpu = bool(FLAGS.presets or FLAGS.target)
+  return FLAGS.batch or (16 * FLAGS.devices if gpu else 12), FLAGS.seq_len or (1024 if gpu else 64)
+
+
+def measure_target(label: str, cfg: ModelConfig, mesh) -> dict:
+  """One row compiled for --target: memory per device, FLOPs per token against the definition, kernels."""
+  batch, seq_len = sizes()
+  r = aot.report(aot.train_step(cfg, batch, seq_len, mesh))
+  params = aot.abstract_params(cfg)
+  tokens = batch * seq_len / mesh.size  # per device
+  defined = flops.train_flops_per_token(cfg, seq_len, params)
+  row = {
+    "model": label,
+    "params": sum(x.size for x in jax.tree.leaves(params)),
+    "GFLOP/token": r["flops"] / tokens / 1e9,
+    "defined GFLOP/token": defined / 1e9,
+    "compiled/defined": r["flops"] / tokens / defined,
+    "GiB/device": r["memory_bytes"] / 2**30,
+    "temp GiB": r["temp_bytes"] / 2**30,
+    "fits": "yes" if r["memory_bytes"] <= aot.TARGETS[FLAGS.target][1] else "NO",
+    "kernels": " ".join(f"{k}x{n}" for k, n in sorted(r["kernels"].items()) if k.startswith(("cudnn", "r1jax"))),
+    "collectives": " ".join(f"{k}x{n}" for k, n in sorted(r["collectives"].items())) or "-",
+  }
+  if FLAGS.decode_context:
+    d = aot.report(aot.decode_step(cfg, FLAGS.decode_context, batch // mesh.size or 1, mesh.devices.flat[0]))
+    row[f"decode GiB @{FLAGS.decode_context}"] = d["memory_bytes"] / 2**30
+    row["decode GFLOP/token"] = d["flops"] / (batch // mesh.size or 1) / 1e9
+  return row
+
+
 def measure(label: str, cfg: ModelConfig) -> dict:
-  step, state, batch, mesh = lm_train_step(cfg, FLAGS.batch, FLAGS.seq_len)
+  batch_size, seq_len = sizes()
+  step, state, batch, mesh = lm_train_step(cfg, batch_size, seq_len)
   flops = compiled_flops(step) * mesh.size
-  tokens = FLAGS.batch * FLAGS.seq_len
+  tokens = batch_size * seq_len
   row = {
     "model": label,
     "params": sum(x.size for x in jax.tree.leaves(state.params)),
@@ -111,16 +157,31 @@ def main(argv):
     if FLAGS.presets
     else [(size, size_config(size)) for size in FLAGS.sizes]
   )  # all checked before the first compile
-  rows = [measure(label, cfg) for label, cfg in models]
-  print(
-    f"backend={jax.default_backend()} devices={jax.device_count()} ({jax.devices()[0].device_kind}) "
-    f"seq_len={FLAGS.seq_len} batch={FLAGS.batch} dtype={models[0][1].dtype}"
-  )
+  batch, seq_len = sizes()
+  if FLAGS.target:
+    aot.use_cpu_runtime()  # before JAX starts its runtime: the target is compiled for from the CPU's
+    mesh_cfg = MeshConfig(data=-1, fsdp=FLAGS.fsdp, tensor=FLAGS.tensor)
+    mesh = sharding.make_mesh(mesh_cfg, devices=aot.devices(FLAGS.target, FLAGS.devices))
+    for _, cfg in models:  # every row's shapes checked before the first compile
+      sharding.check_divisibility(cfg, batch, batch, mesh)
+    rows = [measure_target(label, cfg, mesh) for label, cfg in models]
+    where = f"compiled for {FLAGS.target} without one: {FLAGS.devices} device(s), mesh {dict(mesh.shape)}, per device"
+  else:
+    rows = [measure(label, cfg) for label, cfg in models]
+    where = f"backend={jax.default_backend()} devices={jax.device_count()} ({jax.devices()[0].device_kind})"
+  print(f"{where} seq_len={seq_len} batch={batch} dtype={models[0][1].dtype}")
+  if FLAGS.target:
+    table(rows, list(rows[0]))
+    return
   speed = "tokens/s" if "tokens/s" in rows[0] else list(rows[0])[-1]
-  cols = list(rows[0]) + [f"{speed} ratio", "FLOP ratio"]
-  print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
   for r in rows:
     r[f"{speed} ratio"], r["FLOP ratio"] = r[speed] / rows[0][speed], r["GFLOP/step"] / rows[0]["GFLOP/step"]
+  table(rows, list(rows[0]))
+
+
+def table(rows: list[dict], cols: list[str]) -> None:
+  print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+  for r in rows:
     print("| " + " | ".join(f"{r[c]:,.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
 
 

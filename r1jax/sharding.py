@@ -58,6 +58,15 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
   return tuple(sizes)
 
 
+def platform() -> str:
+  """The platform a program is traced for: the devices of the mesh set by `jax.set_mesh` (a GPU target's compile-only
+  devices when compiling for a GPU without one, r1jax/lab/aot.py), else the default backend. The automatic kernel
+  choices (cuDNN attention, MoE's grouped matmul) key on this, not on the process's backend."""
+  mesh = jax.sharding.get_abstract_mesh()  # inside jit too (get_mesh is not)
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
   """A mesh with Auto axes (Linen's logical constraints need Auto; jax.make_mesh defaults to Explicit)."""
   if devices is None:

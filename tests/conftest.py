@@ -1,6 +1,11 @@
 """Test setup: 8 simulated CPU devices (for mesh tests), strict rank promotion, quiet orbax logs."""
 
+import fcntl
+import json
 import os
+import subprocess
+import sys
+from importlib import util
 
 from r1jax import allocator
 
@@ -61,3 +66,39 @@ def text_file(tmp_path):
 def pytest_collection_modifyitems(items):
   """The notebooks (the longest tests) first, so that short tests fill the end of a parallel run."""
   items.sort(key=lambda item: not item.nodeid.startswith("tests/test_notebooks.py"))
+
+
+def gpu_aot_python() -> str:
+  """A Python with JAX's CUDA plugin, for compiling for a GPU without one (r1jax/lab/aot.py): R1JAX_GPU_AOT_PYTHON
+  (.ci/run makes one beside the test environment: the plugin's start-up messages would reach every other command's
+  stderr), else this one if it has the plugin, else ''."""
+  if os.environ.get("R1JAX_GPU_AOT_PYTHON"):
+    return os.environ["R1JAX_GPU_AOT_PYTHON"]
+  return sys.executable if util.find_spec("jax_plugins") and util.find_spec("jax_plugins.xla_cuda12") else ""
+
+
+@pytest.fixture(scope="session")
+def gpu_aot(tmp_path_factory):
+  """tests/gpu_aot.py's compiled-for-H100 reports, made once per session and shared by the xdist workers (their
+  common temporary folder, under a lock); skips where no Python with the CUDA plugin is found."""
+  python = gpu_aot_python()
+  if not python:
+    pytest.skip(
+      "compiling for a GPU without one needs JAX's CUDA plugin: pip install -e .[gpu-aot], or set "
+      "R1JAX_GPU_AOT_PYTHON to a Python that has it (.ci/run does)"
+    )
+  root = tmp_path_factory.getbasetemp().parent
+  out = root / "gpu_aot.json"
+  with open(root / "gpu_aot.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not out.exists():
+      env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "tests"), "JAX_PLATFORMS": "cpu"}
+      run = subprocess.run(
+        [python, os.path.join(REPO, "tests", "gpu_aot.py"), str(out)], env=env, capture_output=True, text=True
+      )
+      if run.returncode:
+        out.write_text(json.dumps({"failed": run.stderr[-3000:]}))
+  result = json.loads(out.read_text())
+  if "failed" in result:
+    pytest.fail(f"tests/gpu_aot.py failed:\n{result['failed']}")
+  return result

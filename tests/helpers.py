@@ -26,8 +26,9 @@ SMALL_MIXER_OPTIONS = {
 
 
 def small_model_config(kind: str, name: str, options: dict, **kw) -> ModelConfig:
-  """A one-layer model (32 wide, 4 heads) with mixer or ffn (`kind`) `name` and its options, with 2 key/value
-  groups where the mixer takes them (GQA coverage), else none (MLA's heads share one latent)."""
+  """A one-layer model (32 wide, 4 heads; `kw` overrides any field) with mixer or ffn (`kind`) `name` and its
+  options, with 2 key/value groups where the mixer takes them (GQA coverage), else none (MLA's heads share one
+  latent)."""
   base = dict(
     vocab_size=40,
     num_layers=1,
@@ -37,8 +38,8 @@ def small_model_config(kind: str, name: str, options: dict, **kw) -> ModelConfig
     init_std=0.3,
     arch="video" if kind == "mixer" and registry.is_video(name) else "lm",
     **{kind: name, f"{kind}_options": {name: options}},
-    **kw,
   )
+  base.update(kw)
   try:
     return ModelConfig(num_kv_heads=2, **base)
   except ConfigError as e:

@@ -500,6 +500,30 @@ MUTATIONS = (
     "tests/test_options_live.py",
     "mqar.power_a",
   ),
+  Mutation(
+    "gmm_dw_reads_the_next_experts_blocks",
+    "r1jax/ffn/grouped_matmul.py",
+    "rows = pl.ds((first + t) * block, block)",
+    "rows = pl.ds((first + t + 1) * block, block)",
+    "tests/test_moe.py",
+    "pallas_grouped_matmul",
+  ),
+  Mutation(
+    "gmm_forward_uses_the_first_expert",
+    "r1jax/ffn/grouped_matmul.py",
+    "  e = expert_ref[i]\n",
+    "  e = expert_ref[0]\n",
+    "tests/test_moe.py",
+    "pallas_grouped_matmul",
+  ),
+  Mutation(
+    "aot_ignores_cudnns_causal_mask",
+    "r1jax/lab/aot.py",
+    "causal = 0.5 if",
+    "causal = 1.0 if",
+    "tests/test_aot.py",
+    "custom_calls",
+  ),
 )
 
 

@@ -161,3 +161,13 @@ def test_sharded_equals_unsharded(kind, name):
 def test_every_registered_module_is_in_the_contract():
   names = {name for _, name in CASES}
   assert names == set(registry.MIXERS) | set(registry.FFNS) and len(registry.MIXERS) >= 11  # builtins loaded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,name", CASES, ids=IDS)
+def test_forward_and_backward_compile_for_an_h100_without_a_gpu(kind, name, gpu_aot):
+  """bfloat16 forward and backward compiled for one H100 (r1jax/lab/aot.py; tests/gpu_aot.py compiles every case
+  once per session): GPU-only lowering errors (Triton block shapes, shared memory, cuDNN's constraints) fail here."""
+  report = gpu_aot["modules"][f"{kind}={name}"]
+  assert "error" not in report, report.get("error")
+  assert report["memory_bytes"] > 0 and report["flops"] > 0

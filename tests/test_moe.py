@@ -12,7 +12,8 @@ import pytest
 
 from r1jax import reference
 from r1jax.errors import ConfigError
-from r1jax.ffn.moe import MoE, MoEOptions, grouped_swiglu, permute_rows, route, sort_by_expert
+from r1jax.ffn import grouped_matmul as gmm
+from r1jax.ffn.moe import MoE, MoEOptions, grouped_layout, grouped_swiglu, permute_rows, route, sort_by_expert
 
 from helpers import assert_causal, one_run, tiny_config
 
@@ -80,6 +81,58 @@ def test_sorted_rows_through_their_experts_with_empty_groups_and_other_shards_co
     [silu(x[m] @ w1[e]) * (x[m] @ w3[e]) @ w2[e] if e < 4 else jnp.zeros(5) for m, e in enumerate(expert_M.tolist())]
   )
   np.testing.assert_allclose(through(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-4), (jnp.bfloat16, 3e-2)])
+def test_pallas_grouped_matmul_equals_each_blocks_einsum_in_values_and_gradients(dtype, tol):
+  """The GPU kernels (r1jax/ffn/grouped_matmul.py, interpreted on the CPU) against a per-block einsum with each
+  block's expert weights gathered: the product, dx and dW (expert 2 has no block: its dW is exactly zero)."""
+  R, I, O, E, b = 96, 128, 192, 4, 16
+  expert_B = jnp.array([0, 0, 1, 3, 3, 3], jnp.int32)
+  k = jax.random.split(jax.random.key(5), 3)
+  x = jax.random.normal(k[0], (R, I), dtype)
+  w = jax.random.normal(k[1], (E, I, O), jnp.float32) / np.sqrt(I)
+  g = jax.random.normal(k[2], (R, O), jnp.float32)
+  plain = lambda x, w: jnp.einsum("Bbi,Bio->Bbo", x.reshape(-1, b, I), w[expert_B].astype(x.dtype)).reshape(R, O)
+  fast = lambda x, w: gmm.grouped_matmul(x, w, expert_B, True)
+  np.testing.assert_allclose(np.float32(fast(x, w)), np.float32(plain(x, w)), rtol=tol, atol=tol)
+  grads = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * g), argnums=(0, 1))(x, w)
+  (dx, dw), (dx_ref, dw_ref) = grads(fast), grads(plain)
+  np.testing.assert_allclose(np.float32(dx), np.float32(dx_ref), rtol=tol, atol=tol * 4)
+  np.testing.assert_allclose(dw, dw_ref, rtol=tol, atol=tol * 4)
+  assert dw.dtype == jnp.float32 and not np.any(np.asarray(dw[2]))
+  assert gmm.kernel_flops(gmm.NAMES[0], [(6,), (R, I), (E, I, O)]) == 2.0 * R * I * O
+
+
+@pytest.mark.slow
+def test_dropless_through_the_pallas_kernels_equals_the_token_loop_and_the_blocks_path():
+  opts = MoEOptions(num_experts=4, top_k=2, d_expert=64, grouped_matmul="pallas")
+  x = jax.random.normal(jax.random.key(8), (2, 24, 64))
+  variables, (y, _), _ = apply_moe(opts, x)
+  want, _, _ = reference_of(variables, x, opts)
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+  loss = lambda o: jax.grad(lambda p: jnp.sum(MoE(moe_config(64), o).apply(p, x, deterministic=True)[0] ** 2))
+  got, ref = loss(opts)(variables), loss(dataclasses.replace(opts, grouped_matmul="blocks"))(variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got, ref)
+
+
+def test_auto_grouped_matmul_keys_on_the_platform_traced_for(monkeypatch):
+  """auto: blocks on a CPU; on a GPU the Pallas kernels where the widths tile (else blocks: XLA's GPU ragged_dot
+  computes every expert for every row); ragged_dot on TPU; the Pallas path's rows per block a power of 2 in 16..128."""
+  from r1jax import sharding
+
+  opts = MoEOptions(num_experts=8, top_k=2)
+  for platform, (D, F), want in [
+    ("cpu", (64, 128), "blocks"),
+    ("gpu", (64, 128), "pallas"),
+    ("gpu", (48, 128), "blocks"),
+    ("tpu", (64, 128), "ragged_dot"),
+  ]:
+    monkeypatch.setattr(sharding, "platform", lambda: platform)
+    matmul, block = grouped_layout(opts, 4096, 8, D, F)
+    assert matmul == want, (platform, D, F)
+    if matmul == "pallas":
+      assert block in (16, 32, 64, 128) and grouped_layout(opts, 4, 8, D, F)[1] == 16
 
 
 def test_permute_rows_gradient_is_the_gather_of_the_inverse_map():
@@ -200,20 +253,43 @@ def test_train_step_updates_the_aux_free_bias(tmp_path):
   assert "train/ffn/max_load" in metrics and "train/ffn/bias_abs/layer1" in metrics
 
 
+def _gmm_plain(x_RxI, w_ExIxO, expert_B, interpret):
+  """What grouped_matmul's forward kernel computes, in plain jnp."""
+  xb = x_RxI.reshape(expert_B.shape[0], -1, x_RxI.shape[1])
+  return jnp.einsum("Bbi,Bio->Bbo", xb, w_ExIxO[expert_B]).reshape(x_RxI.shape[0], -1)
+
+
+def _gmm_dw_plain(x_RxI, g_RxO, expert_B, num_experts, dtype, interpret):
+  """What the weight-gradient kernel computes, in plain jnp: per expert, the sum over its blocks of x_b^T g_b."""
+  nb = expert_B.shape[0]
+  per_block = jnp.einsum("Bbi,Bbo->Bio", x_RxI.reshape(nb, -1, x_RxI.shape[1]), g_RxO.reshape(nb, -1, g_RxO.shape[1]))
+  return jax.ops.segment_sum(per_block.astype(jnp.float32), expert_B, num_experts).astype(dtype)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "opts, mesh",
   [
     # dropless through shard_map (experts over `expert`, widths over `tensor`), with the aux-free bias state
     ({"num_experts": 8, "top_k": 2, "balance": "aux_free", "num_shared": 1}, {"data": 1, "expert": 4, "tensor": 2}),
+    # dropless with the batch over data and fsdp (each device sorts only its tokens), FSDP weights gathered
+    ({"num_experts": 8, "top_k": 2}, {"data": 2, "fsdp": 2, "tensor": 2}),
+    # the same through the Pallas path's custom VJP (its kernels' plain-jnp equivalents: Pallas's interpreter cannot
+    # run inside shard_map): the weights' gradients summed over the devices that share them
+    ({"num_experts": 4, "top_k": 2, "grouped_matmul": "pallas", "d_expert": 128}, {"data": 2, "fsdp": 2, "tensor": 2}),
     # capacity: GShard buffers resharded batch -> experts by XLA
     ({"num_experts": 8, "top_k": 2, "dispatch": "capacity", "capacity_factor": 1.0}, {"data": 2, "expert": 4}),
   ],
 )
-def test_expert_sharded_equals_unsharded(tmp_path, opts, mesh):
+def test_expert_sharded_equals_unsharded(tmp_path, opts, mesh, monkeypatch):
+  if opts.get("grouped_matmul") == "pallas":
+    monkeypatch.setattr(gmm, "_gmm", _gmm_plain)
+    monkeypatch.setattr(gmm, "_gmm_dw", _gmm_dw_plain)
   path = tmp_path / "corpus.txt"
   path.write_text("".join(chr(97 + (i * i + 5 * i) % 26) for i in range(5000)))
-  over = {"model__ffn": "moe", "model__ffn_options": {"moe": {**opts, "grouped_matmul": "blocks", "block_size": 8}}}
+  over = {"model__ffn": "moe", "model__ffn_options": {"moe": {"grouped_matmul": "blocks", "block_size": 8, **opts}}}
+  if opts.get("grouped_matmul") == "pallas":  # its tiles: widths in multiples of 64
+    over.update(model__d_model=64, model__num_heads=2)
   state0, (loss0, grads0, params0, m0) = one_run(str(path), {"data": 1, "devices": 1}, **over)
   state, (loss, grads, params, m) = one_run(str(path), mesh, **over)
   np.testing.assert_allclose(loss, loss0, rtol=1e-5)
@@ -223,8 +299,8 @@ def test_expert_sharded_equals_unsharded(tmp_path, opts, mesh):
   jax.tree.map(close, (grads, params), (grads0, params0))
   jax.tree.map(close, jax.device_get(state.model_state), jax.device_get(state0.model_state))  # aux-free biases
   w1 = state.params["layer0"]["ffn"]["w1"]
-  assert w1.sharding.spec[0] == "expert"
-  assert w1.addressable_shards[0].data.shape[0] == 8 // mesh["expert"]
+  experts = mesh.get("expert", 1)
+  assert w1.addressable_shards[0].data.shape[0] == opts["num_experts"] // experts
 
 
 @pytest.mark.parametrize(

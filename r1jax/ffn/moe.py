@@ -23,15 +23,16 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from r1jax import layers
+from r1jax import layers, sharding
 from r1jax.errors import ConfigError
+from r1jax.ffn import grouped_matmul as gmm
 from r1jax.ffn.swiglu import SwiGLU, SwiGLUOptions
 from r1jax.registry import register_ffn
 
 SCORES = ("softmax", "sigmoid")
 BALANCES = ("aux", "aux_free", "none")
 DISPATCHES = ("dropless", "capacity")
-MATMULS = ("auto", "ragged_dot", "blocks")
+MATMULS = ("auto", "ragged_dot", "blocks", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +52,11 @@ class MoEOptions:
   bias_rate: float = 1e-3  # gamma of aux_free, per step (DeepSeek-V3: 0.001)
   dispatch: str = "dropless"  # dropless (every routed copy computed) | capacity (per-expert slots, overflow dropped)
   capacity_factor: float = 1.25  # capacity: slots per expert per sequence = ceil(cf * T * top_k / E), > 0
-  grouped_matmul: str = "auto"  # dropless: ragged_dot (jax.lax.ragged_dot) | blocks (padded row blocks) | auto
-  # (blocks on CPU, where XLA computes ragged_dot densely for every expert; ragged_dot on GPU/TPU)
+  grouped_matmul: str = "auto"  # dropless: ragged_dot (jax.lax.ragged_dot) | blocks (padded row blocks, one batched
+  # matmul with each block's expert weights gathered) | pallas (the same blocks, each multiplying its expert's weights
+  # in place: r1jax/ffn/grouped_matmul.py, GPU, or interpreted elsewhere) | auto (blocks on CPU, pallas on GPU where
+  # d_model and d_expert are multiples of 64 else blocks: XLA's GPU lowering of ragged_dot computes every expert for
+  # every row; ragged_dot on TPU)
   block_size: int = 0  # blocks: rows per block, >= 0; 0: chosen from the copies per step (auto_block_size)
 
   def __post_init__(self):
@@ -185,12 +189,24 @@ def auto_block_size(copies: int, num_experts: int) -> int:
   return int(min(256, 2 ** round(math.log2(math.sqrt(16 * copies / num_experts)))))
 
 
-def grouped_layout(opts: MoEOptions, copies: int, num_experts: int) -> tuple[str, int]:
-  """(grouped matmul, rows per block) of the dropless path for this many copies: `auto` resolved for the backend."""
-  matmul = opts.grouped_matmul
+def grouped_layout(opts: MoEOptions, copies: int, num_experts: int, d_model: int, d_expert: int) -> tuple[str, int]:
+  """(grouped matmul, rows per block) of the dropless path for this many copies: `auto` resolved for the platform
+  the program is traced for (sharding.platform(): a GPU target compiles the GPU path on a machine without one)."""
+  matmul, platform = opts.grouped_matmul, sharding.platform()
   if matmul == "auto":
-    matmul = "blocks" if jax.default_backend() == "cpu" else "ragged_dot"
-  return matmul, 1 if matmul == "ragged_dot" else opts.block_size or auto_block_size(copies, num_experts)
+    pallas_ok = platform == "gpu" and gmm.supported(d_model, d_expert)
+    matmul = {"cpu": "blocks", "gpu": "pallas" if pallas_ok else "blocks"}.get(platform, "ragged_dot")
+  if matmul == "ragged_dot":
+    return matmul, 1
+  block = opts.block_size or auto_block_size(copies, num_experts)
+  if matmul == "pallas":  # Triton's tiles: a power of 2 from 16 rows (its dot's minimum) to 128
+    if not gmm.supported(d_model, d_expert):
+      raise ConfigError(
+        f"moe.grouped_matmul=pallas needs d_model and d_expert multiples of {gmm.TILE}, got {d_model} and "
+        f"{d_expert}. Fix: change the widths, or use grouped_matmul=auto."
+      )
+    block = min(128, max(gmm.MIN_BLOCK, 2 ** math.ceil(math.log2(block))))
+  return matmul, block
 
 
 def sort_by_expert(expert_M: jax.Array, num_experts: int, block: int):
@@ -214,10 +230,14 @@ def sort_by_expert(expert_M: jax.Array, num_experts: int, block: int):
 
 def grouped_swiglu(x_RxD, sizes_E, expert_B, w1_ExDxF, w3_ExDxF, w2_ExFxD, matmul: str) -> jax.Array:
   """Rows laid out by sort_by_expert through their expert's SwiGLU: `ragged_dot` over groups of sizes_E rows (block
-  1), or `blocks`, one batched matmul over blocks with each block's expert weights (rows per block: R / blocks)."""
+  1); `blocks`, one batched matmul over blocks with each block's expert weights (rows per block: R / blocks);
+  `pallas`, the same blocks through the grouped-matmul kernels (interpreted off a GPU)."""
   dt = x_RxD.dtype
   if matmul == "ragged_dot":
     return _swiglu(x_RxD, w1_ExDxF, w3_ExDxF, w2_ExFxD, lambda a, w: jax.lax.ragged_dot(a, w.astype(dt), sizes_E))
+  if matmul == "pallas":
+    interpret = sharding.platform() != "gpu"
+    return _swiglu(x_RxD, w1_ExDxF, w3_ExDxF, w2_ExFxD, lambda a, w: gmm.grouped_matmul(a, w, expert_B, interpret))
   xb = x_RxD.reshape(expert_B.shape[0], -1, x_RxD.shape[1])
   take = lambda w: w[expert_B].astype(dt)
   yb = _swiglu(xb, take(w1_ExDxF), take(w3_ExDxF), take(w2_ExFxD), lambda a, w: jnp.einsum("Bbi,Bio->Bbo", a, w))
@@ -232,7 +252,7 @@ def dropless(x_NxD, idx_NxK, gate_NxK, weights, opts: MoEOptions, first_expert=0
   E_local = weights[0].shape[0]
   local_M = idx_NxK.reshape(-1) - first_expert
   local_M = jnp.where((local_M >= 0) & (local_M < E_local), local_M, E_local)  # other shards' copies: not here
-  matmul, block = grouped_layout(opts, N * K, E_local)
+  matmul, block = grouped_layout(opts, N * K, E_local, *weights[0].shape[1:])
   row_M, copy_R, expert_B, sizes_E = sort_by_expert(local_M, E_local, block)
   x_MxD = jnp.broadcast_to(x_NxD[:, None], (N, K, x_NxD.shape[1])).reshape(N * K, -1)
   y_RxD = grouped_swiglu(permute_rows(x_MxD, copy_R, row_M), sizes_E, expert_B, *weights, matmul)
@@ -268,28 +288,52 @@ def capacity(x_BxTxD, idx_BxTxK, gate_BxTxK, weights, opts: MoEOptions) -> tuple
   return out_BxTxD, keep_BxM.reshape(B, T, K)
 
 
-def expert_parallel_dropless(x_NxD, idx_NxK, gate_NxK, weights, opts: MoEOptions, axis: str) -> jax.Array:
-  """Dropless with experts split over mesh axis `axis`: each shard gathers the tokens of its expert group, computes
-  the copies routed to its own experts, and the partial sums are reduce-scattered back to the tokens."""
+def sharded_dropless(x_NxD, idx_NxK, gate_NxK, weights, opts: MoEOptions) -> jax.Array:
+  """Dropless on a mesh, in shard_map, so that every device sorts and computes only copies of its own tokens (XLA
+  cannot split a sort over a sharded batch: it gathers every token to every device, which compiled for 8 GPUs to
+  5.2x the active FLOPs per token). Each device takes its batch shard's tokens; with experts split over the
+  `expert` axis, the tokens of its expert group (gathered) through its own experts, the outputs reduce-scattered
+  back; with the experts' hidden width split (`mlp`), its share of every expert, the partial outputs summed; the
+  model width's weight shards (`embed`, FSDP) gathered."""
+  mesh = jax.sharding.get_abstract_mesh()
+  split = lambda logical: _mesh_axis(logical, mesh)
+  expert, embed, mlp = split("expert"), split("embed"), split("mlp")
   tokens = nn.logical_to_mesh_axes(("act_batch", None))
 
   def local(x, idx, gate, w1, w3, w2):
-    x, idx, gate = (jax.lax.all_gather(a, axis, tiled=True) for a in (x, idx, gate))
-    first = jax.lax.axis_index(axis) * w1.shape[0]
+    if embed:
+      w1, w3 = (jax.lax.all_gather(w, embed, axis=1, tiled=True) for w in (w1, w3))
+      w2 = jax.lax.all_gather(w2, embed, axis=2, tiled=True)
+    first = 0
+    if expert:
+      x, idx, gate = (jax.lax.all_gather(a, expert, tiled=True) for a in (x, idx, gate))
+      first = jax.lax.axis_index(expert) * w1.shape[0]
     y = dropless(x, idx, gate, (w1, w3, w2), opts, first_expert=first)
-    return jax.lax.psum_scatter(y, axis, tiled=True)
+    if mlp:
+      y = jax.lax.psum(y, mlp)
+    return jax.lax.psum_scatter(y, expert, tiled=True) if expert else y
 
-  experts = P(axis, None, None)
-  return jax.shard_map(local, in_specs=(tokens, tokens, tokens, experts, experts, experts), out_specs=tokens)(
+  w_in, w_out = P(expert, embed, mlp), P(expert, mlp, embed)
+  return jax.shard_map(local, in_specs=(tokens, tokens, tokens, w_in, w_in, w_out), out_specs=tokens)(
     x_NxD, idx_NxK, gate_NxK, *weights
   )
 
 
-def _expert_axis() -> str | None:
-  """The mesh axis the logical `expert` axis maps to, when the current mesh splits it; else None."""
-  mesh = jax.sharding.get_abstract_mesh()
-  axis = nn.logical_to_mesh_axes(("expert",))[0] if not mesh.empty else None
+def _mesh_axis(logical: str, mesh) -> str | None:
+  """The mesh axis a logical axis maps to where the current mesh splits it (size > 1); else None."""
+  axis = nn.logical_to_mesh_axes((logical,))[0] if not mesh.empty else None
   return axis if isinstance(axis, str) and axis in mesh.axis_names and mesh.shape[axis] > 1 else None
+
+
+def _sharded_mesh() -> bool:
+  """Whether the current mesh splits the tokens or the experts' weights (then dropless runs in shard_map)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return False
+  batch = nn.logical_to_mesh_axes(("act_batch",))[0] or ()
+  batch = (batch,) if isinstance(batch, str) else batch
+  split = any(a in mesh.axis_names and mesh.shape[a] > 1 for a in batch)
+  return split or any(_mesh_axis(n, mesh) for n in ("expert", "embed", "mlp"))
 
 
 @register_ffn("moe", MoEOptions)
@@ -326,9 +370,8 @@ class MoE(nn.Module):
       y_BxTxD, keep_BxTxK = capacity(x, idx_NxK.reshape(B, T, K), gate_NxK.reshape(B, T, K), (w1, w3, w2), o)
       dropped = 1.0 - jnp.mean(keep_BxTxK.astype(jnp.float32))
     else:
-      axis = _expert_axis()
       args = (x.reshape(B * T, D), idx_NxK, gate_NxK, (w1, w3, w2), o)
-      y_NxD = expert_parallel_dropless(*args, axis) if axis else dropless(*args)
+      y_NxD = sharded_dropless(*args) if _sharded_mesh() else dropless(*args)
       y_BxTxD, dropped = y_NxD.reshape(B, T, D), jnp.zeros((), jnp.float32)
     if o.num_shared:  # DeepSeekMoE shared experts: one dense SwiGLU as wide as num_shared experts together
       shared = SwiGLU(dataclasses.replace(cfg, d_ff=o.num_shared * F), SwiGLUOptions(), name="shared")

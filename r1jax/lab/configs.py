@@ -173,25 +173,24 @@ def dsa(top_k: int, stage: str = "sparse") -> dict:
 # nanoGPT's training recipe: AdamW lr 6e-4, betas (0.9, 0.95), weight decay 0.1, 2000 warm-up steps, cosine to a
 # tenth), bfloat16 compute with float32 parameters, context 1024, 256 sequences per step (262k tokens; nanoGPT:
 # ~0.5M with gradient accumulation). model.remat=True trades a second forward for activation memory.
-# Computed, not measured (no GPU was lent): `python benchmarks/train_step.py --presets=gpt2_small,gpt2_small:remat,
-# gpt2_small:dsa,gpt2_small:nsa,gpt2_small:moe,gpt2_small:mla,gpt2_small:gated_deltanet,gpt2_small:fusion,
-# gpt2_medium,gpt2_medium:remat --seq_len=1024 --batch=16 --compile_only` on the CPU, 16 sequences per device,
-# vocabulary 50304. FLOPs per token from XLA's cost analysis of the compiled train step; tokens/s per device at
-# 40% MFU of an H100's 989 dense bf16 TFLOP/s; weights + AdamW state + gradients in float32 = 16 bytes/parameter.
-#   preset                      params   GFLOPs/token  tokens/s/device @40%  weights+optimizer
-#   gpt2_small                  123.6M   0.86          459k                  2.0 GB
-#   gpt2_small:remat            123.6M   1.03          383k                  2.0 GB
-#   gpt2_small:dsa              124.4M   0.78          510k                  2.0 GB
-#   gpt2_small:nsa              155.5M   1.16          341k                  2.5 GB
-#   gpt2_small:moe              520.0M   1.25          317k                  8.3 GB
-#   gpt2_small:mla              120.3M   0.87          455k                  1.9 GB
-#   gpt2_small:gated_deltanet   131.0M   0.82          483k                  2.1 GB
-#   gpt2_small:fusion           123.7M   0.87          457k                  2.0 GB
-#   gpt2_medium                 355.1M   2.45          162k                  5.7 GB
-#   gpt2_medium:remat           355.1M   3.03          131k                  5.7 GB
-# XLA's CPU peak-memory estimate of the same step (47 GiB small, 112 GiB medium, remat or not) materialises every
-# T x T attention matrix in float32 and is not what a GPU with fused (cuDNN) attention needs: run the same command
-# without --compile_only on the GPU for its measured memory, tokens/s and MFU.
+# Compiled for one H100, not measured (no GPU was lent): `python benchmarks/train_step.py --presets=gpt2_small,
+# gpt2_small:remat,gpt2_small:dsa,gpt2_small:nsa,gpt2_small:moe,gpt2_small:mla,gpt2_small:gated_deltanet,
+# gpt2_small:fusion,gpt2_medium,gpt2_medium:remat --target=h100` (r1jax/lab/aot.py; 16 x 1024 tokens per device,
+# vocabulary 50304; README "Compiling for a GPU without one"). FLOPs per token of the compiled step (XLA's count
+# plus cuDNN's and the Pallas kernels' work); memory per device from XLA's GPU compilation (weights, AdamW state,
+# gradients, activations); tokens/s per device at 40% MFU of an H100's 989 dense bf16 TFLOP/s.
+#   preset                      params   GFLOPs/token  tokens/s/device @40%  GiB per device
+#   gpt2_small                  123.6M   0.81          488k                  10.8
+#   gpt2_small:remat            123.6M   0.96          412k                   6.4
+#   gpt2_small:dsa              124.4M   0.80          494k                  13.3
+#   gpt2_small:nsa              155.5M   1.03          384k                  32.3
+#   gpt2_small:moe              520.0M   1.17          338k                  19.5
+#   gpt2_small:mla              120.3M   0.87          455k                  25.1
+#   gpt2_small:gated_deltanet   131.0M   0.82          482k                  23.9
+#   gpt2_small:fusion           123.7M   0.88          450k                  11.3
+#   gpt2_medium                 355.1M   2.31          171k                  21.3
+#   gpt2_medium:remat           355.1M   2.83          140k                   9.5
+# Run the same command without --target on the GPU for its measured memory, tokens/s and MFU.
 PRESETS = {
   "gpt2_small": {"model.num_layers": 12, "model.d_model": 768, "model.num_heads": 12},
   "gpt2_medium": {"model.num_layers": 24, "model.d_model": 1024, "model.num_heads": 16},

@@ -7,9 +7,13 @@ XLA's compiled count (`train.compiled_flops`) is printed beside these in the ben
 once, so for the blocked and chunked paths it is a lower bound, not a count.
 """
 
+import dataclasses
+
+import jax
 import numpy as np
 
 from r1jax.config import ModelConfig
+from r1jax.ffn.moe import ffn_params
 
 
 def _window_pairs(t: np.ndarray, w: int) -> float:
@@ -57,3 +61,22 @@ def mixer_flops(cfg: ModelConfig, T: int) -> dict[str, float]:
     raise ValueError(f"mixer_flops: no count for mixer {name!r}. Fix: add its definition to r1jax/lab/flops.py")
   parts["total"] = sum(parts.values())
   return parts
+
+
+def train_flops_per_token(cfg: ModelConfig, T: int, params) -> float:
+  """A train step's FLOPs per token from the definition, without recomputation: 6 per active matrix parameter
+  (forward 2, backward 4; of an MoE layer its k routed and its shared experts; the embedding only as a tied output
+  head) plus 3x each layer's mixer products per token (mixer_flops). `params`: the model's parameter tree (shapes
+  suffice). NaN for a mixer that mixer_flops has no count for."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  matrices = sum(int(np.prod(a.shape)) for _, a in leaves if len(a.shape) >= 2)
+  if not cfg.tie_embeddings:  # the embedding is a lookup
+    matrices -= sum(int(np.prod(a.shape)) for path, a in leaves if str(getattr(path[-1], "key", "")) == "embed")
+  total_ffn, active_ffn = ffn_params(cfg)
+  mixing = 0.0
+  for name in cfg.layer_names("mixer"):
+    try:
+      mixing += mixer_flops(dataclasses.replace(cfg, mixer=name, mixer_pattern=()), T)["total"] / T
+    except ValueError:
+      return float("nan")
+  return 6.0 * (matrices - (total_ffn - active_ffn)) + 3.0 * mixing

@@ -207,7 +207,13 @@ def decode_step(
     t0 = time.perf_counter()
     cache = jax.block_until_ready(compiled(params, cache, pos_B)[0])  # the donated cache comes back each call
     times.append(time.perf_counter() - t0)
-  return {"step_sec": float(np.median(times[1:])) / steps, "cache_bytes": cache_bytes}
+  per = np.asarray(times[1:]) / steps
+  return {
+    "step_sec": float(np.median(per)),
+    "step_min_sec": float(per.min()),
+    "step_max_sec": float(per.max()),
+    "cache_bytes": cache_bytes,
+  }
 
 
 def decode_steps(

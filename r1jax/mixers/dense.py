@@ -1,13 +1,14 @@
 """Dense causal multi-head attention (Vaswani et al. 2017) with RoPE and grouped-query heads: the baseline mixer."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import decoding, layers, reference
+from r1jax import decoding, layers, reference, sharding
 from r1jax.errors import ConfigError
 from r1jax.mixers.flash import flash_attention
 from r1jax.registry import register_mixer
@@ -31,14 +32,27 @@ class AttentionOptions:
 
 
 def resolve_impl(impl: str, dtype: jnp.dtype, head_dim: int, length: int = 0) -> str:
-  """Picks the backend for `impl='auto'`: cuDNN needs a GPU, 16-bit inputs and head_dim % 8 == 0, <= 128; else the
-  blocked path from `length` >= FLASH_FROM, XLA's below."""
+  """Picks the backend for `impl='auto'` on the platform traced for (sharding.platform()): cuDNN needs a GPU with
+  cuDNN installed, 16-bit inputs and head_dim % 8 == 0, <= 128; else, on a CPU, the blocked path from `length` >=
+  FLASH_FROM; else XLA's."""
   if impl != "auto":
     return impl
-  cudnn_ok = jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
-  if cudnn_ok and head_dim <= 128:
+  platform = sharding.platform()
+  cudnn_ok = platform == "gpu" and dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+  if cudnn_ok and cudnn_installed():
     return "cudnn"
-  return "flash" if length >= FLASH_FROM else "xla"
+  return "flash" if length >= FLASH_FROM and platform == "cpu" else "xla"
+
+
+@functools.cache
+def cudnn_installed() -> bool:
+  """Whether cuDNN's library loads (JAX's CUDA packages bring it; a compile-only install may lack it)."""
+  try:
+    from jax._src.lib import cuda_versions
+
+    return cuda_versions is not None and cuda_versions.cudnn_get_version() > 0
+  except (ImportError, RuntimeError):
+    return False
 
 
 def causal_attention(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, impl: str) -> jax.Array:

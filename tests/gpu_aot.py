@@ -1,0 +1,80 @@
+"""Compiles for one H100 without a GPU, under a Python with JAX's CUDA plugin (conftest's `gpu_aot` fixture runs it
+once per test session): every module-contract case (test_contract.CASES, bfloat16, forward and backward) and the
+GPU presets' train steps on one H100 and on an 8-GPU mesh, plus one step too large for the device (the memory
+check's negative control). Writes {"modules": {case id: report}, "steps": {label: report}} (r1jax/lab/aot.py's
+reports; {"error": line} where compiling failed) to the path given as its one argument."""
+
+import dataclasses
+import sys
+import time
+
+from r1jax.lab import aot
+
+aot.use_cpu_runtime()
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from r1jax import atomic, registry, sharding  # noqa: E402
+from r1jax.config import Config, MeshConfig  # noqa: E402
+from r1jax.lab import configs, flops  # noqa: E402
+from r1jax.mixers import dense  # noqa: E402
+
+import test_contract  # noqa: E402
+from helpers import SMALL_MIXER_OPTIONS, small_model_config  # noqa: E402
+
+# label -> (preset, GPUs, mesh, global batch of 1024-token sequences)
+STEPS = {
+  "gpt2_small@1": ("gpt2_small", 1, MeshConfig(), 16),
+  "gpt2_small:moe@1": ("gpt2_small:moe", 1, MeshConfig(), 16),
+  "gpt2_small@8": ("gpt2_small", 8, MeshConfig(data=2, fsdp=2, tensor=2), 128),
+  "gpt2_small:moe@8": ("gpt2_small:moe", 8, MeshConfig(data=2, fsdp=2, tensor=2), 128),
+  "gpt2_small@1 batch 192 (too large)": ("gpt2_small", 1, MeshConfig(), 192),
+}
+SEQ_LEN = 1024
+
+
+def _guarded(fn) -> dict:
+  t0 = time.perf_counter()
+  try:
+    out = fn()
+  except Exception as e:  # noqa: BLE001 (a GPU lowering error is the result this reports)
+    out = {"error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"}
+  out["compile_sec"] = time.perf_counter() - t0
+  return out
+
+
+def _module(kind: str, name: str, device) -> dict:
+  """The contract's module and options at 128 wide (head dim 32), T 64: at the contract's 32 wide XLA's untuned
+  Triton GEMM tiling (no autotuning without a GPU) finds no tile for some tiny bfloat16 dots (MLA's 24 x 64)."""
+  options = SMALL_MIXER_OPTIONS.get(name, {}) if kind == "mixer" else test_contract.FFN_OPTIONS.get(name, {})
+  cfg = small_model_config(kind, name, options, dtype="bfloat16", d_model=128, d_ff=256)
+  module = (registry.MIXERS if kind == "mixer" else registry.FFNS)[name].module(cfg, cfg.options(kind, name))
+  video = kind == "mixer" and registry.is_video(name)
+  x = jax.ShapeDtypeStruct((2, 64, 3, 128) if video else (2, 64, 128), jnp.bfloat16)
+  params = nn.unbox(jax.eval_shape(lambda x: module.init(jax.random.key(1), x, deterministic=True), x))
+  return aot.report(aot.module_step(module, params, x, device))
+
+
+def _step(preset: str, count: int, mesh_cfg: MeshConfig, batch: int) -> dict:
+  cfg = dataclasses.replace(Config.from_dict(configs.preset_spec(preset)).model, vocab_size=50304)
+  mesh = sharding.make_mesh(mesh_cfg, devices=aot.devices("h100", count))
+  r = aot.report(aot.train_step(cfg, batch, SEQ_LEN, mesh))
+  tokens = batch * SEQ_LEN / mesh.size
+  defined = flops.train_flops_per_token(cfg, SEQ_LEN, aot.abstract_params(cfg))
+  return {**r, "flops_per_token": r["flops"] / tokens, "defined_flops_per_token": defined}
+
+
+def main(out_path: str) -> None:
+  device = aot.devices("h100", 1)[0]
+  modules = {f"{k}={n}": _guarded(lambda: _module(k, n, device)) for k, n in test_contract.CASES}
+  steps = {label: _guarded(lambda: _step(*spec)) for label, spec in STEPS.items()}
+  cudnn = dense.cudnn_installed()
+  atomic.write_json(
+    out_path, {"modules": modules, "steps": steps, "device_bytes": aot.TARGETS["h100"][1], "cudnn": cudnn}
+  )
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])
