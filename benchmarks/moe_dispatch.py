@@ -70,7 +70,7 @@ def fwd_and_bwd(fn, *args) -> tuple[float, float]:
 def layer_rows(N: int, E: int) -> list[tuple[str, float, float]]:
   D, F, K = FLAGS.d_model, FLAGS.d_expert, FLAGS.top_k
   opts = MoEOptions(num_experts=E, top_k=K, grouped_matmul=FLAGS.matmul, block_size=FLAGS.block_size)
-  matmul, block = grouped_layout(opts, N * K, E)
+  matmul, block = grouped_layout(opts, N * K, E, FLAGS.d_model, FLAGS.d_expert)
   keys = jax.random.split(jax.random.key(0), 8)
   x = jax.random.normal(keys[0], (N, D))
   router = jax.random.normal(keys[1], (D, E)) * D**-0.5

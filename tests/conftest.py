@@ -78,23 +78,31 @@ def gpu_aot_python() -> str:
 
 
 @pytest.fixture(scope="session")
-def gpu_aot(tmp_path_factory):
-  """tests/gpu_aot.py's compiled-for-H100 reports, made once per session and shared by the xdist workers (their
-  common temporary folder, under a lock); skips where no Python with the CUDA plugin is found."""
+def gpu_aot(request, tmp_path_factory):
+  """tests/gpu_aot.py's compiled-for-H100 reports of what this session's selected tests read (the contract cases
+  they name; the presets' steps if a test without a case uses it), made once per session and shared by the xdist
+  workers (their common temporary folder, under a lock); skips where no Python with the CUDA plugin is found."""
   python = gpu_aot_python()
   if not python:
     pytest.skip(
       "compiling for a GPU without one needs JAX's CUDA plugin: pip install -e .[gpu-aot], or set "
       "R1JAX_GPU_AOT_PYTHON to a Python that has it (.ci/run does)"
     )
-  root = tmp_path_factory.getbasetemp().parent
+  users = [it for it in request.session.items if "gpu_aot" in getattr(it, "fixturenames", ())]
+  params = [getattr(getattr(it, "callspec", None), "params", {}) for it in users]
+  cases = sorted({f"{p['kind']}={p['name']}" for p in params if "kind" in p and "name" in p})
+  steps = any("kind" not in p for p in params)
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's own folder
   out = root / "gpu_aot.json"
   with open(root / "gpu_aot.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not out.exists():
-      env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "tests"), "JAX_PLATFORMS": "cpu"}
+      paths = [os.path.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")]  # the tests' r1jax, if given
+      env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "JAX_PLATFORMS": "cpu"}
+      args = [str(out), ",".join(cases), "steps" if steps else "no_steps"]
       run = subprocess.run(
-        [python, os.path.join(REPO, "tests", "gpu_aot.py"), str(out)], env=env, capture_output=True, text=True
+        [python, os.path.join(REPO, "tests", "gpu_aot.py"), *args], env=env, capture_output=True, text=True
       )
       if run.returncode:
         out.write_text(json.dumps({"failed": run.stderr[-3000:]}))

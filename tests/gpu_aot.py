@@ -1,8 +1,11 @@
 """Compiles for one H100 without a GPU, under a Python with JAX's CUDA plugin (conftest's `gpu_aot` fixture runs it
-once per test session): every module-contract case (test_contract.CASES, bfloat16, forward and backward) and the
-GPU presets' train steps on one H100 and on an 8-GPU mesh, plus one step too large for the device (the memory
-check's negative control). Writes {"modules": {case id: report}, "steps": {label: report}} (r1jax/lab/aot.py's
-reports; {"error": line} where compiling failed) to the path given as its one argument."""
+once per test session): the module-contract cases named (test_contract.CASES ids, bfloat16, forward and backward)
+and, when asked, the GPU presets' train steps on one H100 and on an 8-GPU mesh, plus one step too large for the
+device (the memory check's negative control). Writes {"modules": {case id: report}, "steps": {label: report}}
+(r1jax/lab/aot.py's reports; {"error": line} where compiling failed).
+
+  python tests/gpu_aot.py OUT.json mixer=attention,ffn=moe steps|no_steps
+"""
 
 import dataclasses
 import sys
@@ -66,10 +69,13 @@ def _step(preset: str, count: int, mesh_cfg: MeshConfig, batch: int) -> dict:
   return {**r, "flops_per_token": r["flops"] / tokens, "defined_flops_per_token": defined}
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, cases: str, steps: str) -> None:
   device = aot.devices("h100", 1)[0]
-  modules = {f"{k}={n}": _guarded(lambda: _module(k, n, device)) for k, n in test_contract.CASES}
-  steps = {label: _guarded(lambda: _step(*spec)) for label, spec in STEPS.items()}
+  wanted = set(cases.split(",")) - {""}
+  modules = {
+    f"{k}={n}": _guarded(lambda: _module(k, n, device)) for k, n in test_contract.CASES if f"{k}={n}" in wanted
+  }
+  steps = {label: _guarded(lambda: _step(*spec)) for label, spec in STEPS.items()} if steps == "steps" else {}
   cudnn = dense.cudnn_installed()
   atomic.write_json(
     out_path, {"modules": modules, "steps": steps, "device_bytes": aot.TARGETS["h100"][1], "cudnn": cudnn}
@@ -77,4 +83,4 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  main(*sys.argv[1:4])

@@ -61,8 +61,9 @@ def test_ledger_lists_every_claim_and_marks_missing_results_not_tested(tmp_path)
   assert all(
     claims.NOT_TESTED in line and "run `python experiments/" in line
     for line in table
-    if "| decode |" not in line and "| attention_scaling |" not in line
+    if "| decode |" not in line and "| attention_scaling |" not in line and "| gpu_check |" not in line
   )
+  assert sum("| gpu_check |" in line and "run `python benchmarks/gpu_check.py`" in line for line in table) == 1
   assert sum("| decode |" in line and "run `python benchmarks/decode.py`" in line for line in table) == 2
   long = "| attention_scaling |"
   assert sum(long in line and "run `python benchmarks/attention_scaling.py`" in line for line in table) == 3
@@ -81,6 +82,30 @@ def test_decode_speed_verdict_from_the_benchmark_at_its_longest_context(tmp_path
     json.dump(saved, f)
   (m,) = claims.DecodeSpeed(("sparse", "nsa"), 3.2)(str(tmp_path / "decode"))  # nsa not measured: no row
   assert m.verdict == verdict and "4,096 cached tokens" in m.scale and f"{1 / step_sec:.2f}x" in m.value
+
+
+@pytest.mark.parametrize(
+  "gpu_numbers, dsa_sec, verdict",
+  [(True, 0.25, claims.SUPPORTED), (True, 0.5, claims.NOT_AT_SCALE), (False, 0.25, None)],
+)
+def test_gpu_decode_reads_only_gpu_timings_at_the_longest_context(tmp_path, gpu_numbers, dsa_sec, verdict):
+  os.makedirs(tmp_path / "gpu_check")
+  row = lambda name, C, sec: {"program": f"decode {name} C={C}", "sec": sec}  # noqa: E731
+  saved = {
+    "device": "NVIDIA H100 80GB HBM3",
+    "gpu_numbers": gpu_numbers,
+    "decode": [row("gpt2_small", 16384, 1.0), row("gpt2_small:dsa", 16384, 2.0), row("gpt2_small", 65536, 1.0)]
+    + [row("gpt2_small:dsa", 65536, dsa_sec), {"program": "decode gpt2_small:nsa C=65536", "error": "OOM"}],
+  }
+  with open(tmp_path / "gpu_check" / "report.json", "w") as f:
+    json.dump(saved, f)
+  found = claims.GpuDecode(("gpt2_small:dsa", "gpt2_small:nsa"), 3.2)(str(tmp_path / "gpu_check"))
+  if verdict is None:  # a compile-only report times nothing
+    assert found == []
+    return
+  (m,) = found  # nsa failed: no row
+  assert m.verdict == verdict and "65,536 cached tokens" in m.scale and "GPU numbers" in m.scale
+  assert f"{1 / dsa_sec:.2f}x" in m.value
 
 
 def _long_context_report(folder, nsa_fwd_sec, nsa_flops):

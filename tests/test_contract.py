@@ -170,4 +170,4 @@ def test_forward_and_backward_compile_for_an_h100_without_a_gpu(kind, name, gpu_
   once per session): GPU-only lowering errors (Triton block shapes, shared memory, cuDNN's constraints) fail here."""
   report = gpu_aot["modules"][f"{kind}={name}"]
   assert "error" not in report, report.get("error")
-  assert report["memory_bytes"] > 0 and report["flops"] > 0
+  assert report["memory_bytes"] > 0 and (report["flops"] > 0 or name == "none")  # `none`: no feed-forward

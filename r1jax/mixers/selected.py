@@ -59,7 +59,17 @@ def selected_block_attention(
     block: keys per block; rows: queries per row group; groups_per_step: row groups computed at once (memory).
   Returns:
     [B, T, H, K]; a query with no valid pick outputs zeros.
+
+  Each sequence is sorted on its own (vmapped): XLA partitions a batched sort and gather over a batch split across
+  devices, but cannot split one sort over the whole batch: it gathered every sequence to every device (NSA's
+  gpt2_small step compiled for 8 GPUs: 118 GiB per device).
   """
+  B = q_BxTxHxK.shape[0]
+  one = lambda *a: _attend(*(x[None] for x in a), block, rows, max(1, groups_per_step // B))[0]  # noqa: E731
+  return jax.vmap(one)(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN)
+
+
+def _attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block, rows, groups_per_step):
   B, T, H, K = q_BxTxHxK.shape
   G, N = k_BxTxGxK.shape[2], ids_BxTxGxN.shape[-1]
   R, S, NB = H // G, B * G, -(-T // block)
