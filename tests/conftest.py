@@ -93,7 +93,7 @@ def gpu_aot(request, tmp_path_factory):
   cases = sorted({f"{p['kind']}={p['name']}" for p in params if "kind" in p and "name" in p})
   steps = any("kind" not in p for p in params)
   base = tmp_path_factory.getbasetemp()
-  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's own folder
+  root = base.parent if hasattr(request.config, "workerinput") else base  # the session's own (xdist: shared) folder
   out = root / "gpu_aot.json"
   with open(root / "gpu_aot.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)

@@ -272,10 +272,9 @@ def _gmm_dw_plain(x_RxI, g_RxO, expert_B, num_experts, dtype, interpret):
   [
     # dropless through shard_map (experts over `expert`, widths over `tensor`), with the aux-free bias state
     ({"num_experts": 8, "top_k": 2, "balance": "aux_free", "num_shared": 1}, {"data": 1, "expert": 4, "tensor": 2}),
-    # dropless with the batch over data and fsdp (each device sorts only its tokens), FSDP weights gathered
-    ({"num_experts": 8, "top_k": 2}, {"data": 2, "fsdp": 2, "tensor": 2}),
-    # the same through the Pallas path's custom VJP (its kernels' plain-jnp equivalents: Pallas's interpreter cannot
-    # run inside shard_map): the weights' gradients summed over the devices that share them
+    # dropless with the batch over data and fsdp (each device sorts only its tokens; the blocks path on this mesh is
+    # test_contract's sharded == unsharded), FSDP weights gathered, through the Pallas path's custom VJP (its kernels'
+    # plain-jnp equivalents: Pallas's interpreter fails inside shard_map): weight gradients summed over the devices
     ({"num_experts": 4, "top_k": 2, "grouped_matmul": "pallas", "d_expert": 128}, {"data": 2, "fsdp": 2, "tensor": 2}),
     # capacity: GShard buffers resharded batch -> experts by XLA
     ({"num_experts": 8, "top_k": 2, "dispatch": "capacity", "capacity_factor": 1.0}, {"data": 2, "expert": 4}),
