@@ -12,14 +12,12 @@ the mixer runs them from T >= dense.FLASH_FROM; dsa, the indexer's scores over e
 (k=256, 2048) in query chunks of 256.
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import flags
 
 from r1jax import entry
+from r1jax.lab import scaling
 from r1jax.lab.configs import NSA_PAPER
 from r1jax.mixers import nsa
 from r1jax.mixers.flash import flash_attention
@@ -35,13 +33,7 @@ K = 64
 
 
 def median_sec(f, *args) -> float:
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(FLAGS.repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return scaling.median_sec(f, *args, repeats=FLAGS.repeats)
 
 
 def both(f, *args) -> tuple[float, float]:

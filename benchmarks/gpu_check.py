@@ -34,7 +34,7 @@ from r1jax.atomic import write_record
 from r1jax.config import Config, MeshConfig, ModelConfig
 from r1jax.errors import ConfigError
 from r1jax.lab import aot, configs
-from r1jax.lab.scaling import decode_step, lm_train_step
+from r1jax.lab.scaling import call_times, decode_step, lm_train_step
 
 flags.DEFINE_bool("compile_only", False, "compile every program for --target without a GPU; time nothing")
 flags.DEFINE_string("target", "h100", "--compile_only: the GPU compiled for (r1jax/lab/aot.py TARGETS)")
@@ -59,12 +59,7 @@ def preset(spec: str) -> ModelConfig:
 
 def spread(fn, *args) -> dict:
   """Median, min and max seconds of fn(*args) over --repeats calls after a warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(FLAGS.repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
+  times = call_times(fn, *args, repeats=FLAGS.repeats)
   return {"sec": float(np.median(times)), "min_sec": float(np.min(times)), "max_sec": float(np.max(times))}
 
 

@@ -83,15 +83,21 @@ def lm_train_step(cfg: ModelConfig, batch_size: int, seq_len: int):
   return compile_train_step(model, tx, schedule, state, state_sh, batch, jax.random.key(1), mesh), state, batch, mesh
 
 
-def median_sec(fn, *args, repeats: int = 3) -> float:
-  """Median wall time of fn(*args) over `repeats` calls after one warm-up call (compile, caches)."""
+def call_times(fn, *args, repeats: int = 3) -> list[float]:
+  """Wall seconds of each of `repeats` calls of fn(*args), results awaited, after one warm-up call (compile,
+  caches)."""
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return times
+
+
+def median_sec(fn, *args, repeats: int = 3) -> float:
+  """Median wall time of fn(*args) over `repeats` calls after one warm-up call (compile, caches)."""
+  return float(np.median(call_times(fn, *args, repeats=repeats)))
 
 
 def timed(
