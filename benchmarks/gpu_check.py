@@ -26,12 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from r1jax import entry, registry, sharding
 from r1jax.atomic import write_record
-from r1jax.config import Config, MeshConfig, ModelConfig
+from r1jax.config import MeshConfig
 from r1jax.errors import ConfigError
 from r1jax.lab import aot, configs
 from r1jax.lab.scaling import call_times, decode_step, lm_train_step
@@ -53,10 +51,6 @@ DECODE = ("gpt2_small", "gpt2_small:dsa", "gpt2_small:nsa", "gpt2_small:mla")
 CONTEXTS = (16384, 65536)
 
 
-def preset(spec: str) -> ModelConfig:
-  return dataclasses.replace(Config.from_dict(configs.preset_spec(spec)).model, vocab_size=50304)
-
-
 def spread(fn, *args) -> dict:
   """Median, min and max seconds of fn(*args) over --repeats calls after a warm-up call."""
   times = call_times(fn, *args, repeats=FLAGS.repeats)
@@ -66,7 +60,7 @@ def spread(fn, *args) -> dict:
 def compile_or_time(fn, shapes: list, device) -> dict:
   """fn's report (memory, FLOPs, kernels), compiled for `device` from `shapes`, and, on a real device, its time on
   random inputs of those shapes."""
-  one = NamedSharding(jax.sharding.Mesh(np.array([device]), ("data",)), P())
+  one = aot.replicated_on(device)
   placed = [jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one) for s in shapes]
   with jax.set_mesh(one.mesh):
     compiled = jax.jit(fn).lower(*placed).compile()
@@ -83,7 +77,7 @@ def compile_or_time(fn, shapes: list, device) -> dict:
 def train_rows(device) -> list[dict]:
   rows = []
   for spec in TRAIN:
-    cfg = preset(spec)
+    cfg = configs.preset_model(spec)
     if FLAGS.compile_only:
       mesh = sharding.make_mesh(MeshConfig(), devices=[device])
       row = aot.report(aot.train_step(cfg, BATCH, SEQ, mesh))
@@ -122,7 +116,7 @@ def attention_rows(device) -> list[dict]:
 
 def moe_layer_rows(device) -> list[dict]:
   """The MoE feed-forward of gpt2_small:moe against the dense SwiGLU of its active parameters (top_k x wider)."""
-  moe_cfg = preset("gpt2_small:moe")
+  moe_cfg = configs.preset_model("gpt2_small:moe")
   k = moe_cfg.options("ffn", "moe").top_k
   dense_cfg = dataclasses.replace(moe_cfg, ffn="swiglu", d_ff=k * moe_cfg.hidden_ff)
   rows = []
@@ -144,7 +138,7 @@ def decode_rows(device) -> list[dict]:
   rows = []
   for spec in DECODE:
     for C in CONTEXTS:
-      cfg = preset(spec)
+      cfg = configs.preset_model(spec)
 
       def one(cfg=cfg, C=C):
         row = aot.report(aot.decode_step(cfg, C, 1, device))

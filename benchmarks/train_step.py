@@ -19,14 +19,13 @@ parameter plus the mixer's products: r1jax/lab/flops.py), the kernels chosen and
 too. Nothing compiled this way is timed (GEMM tiles are not autotuned, cuDNN's graphs not built).
 """
 
-import dataclasses
 import time
 
 import jax
 from absl import flags
 
 from r1jax import entry, sharding
-from r1jax.config import Config, MeshConfig, ModelConfig
+from r1jax.config import MeshConfig, ModelConfig
 from r1jax.errors import ConfigError
 from r1jax.lab import aot, configs, flops
 from r1jax.lab.scaling import lm_train_step
@@ -77,8 +76,7 @@ def size_config(size: str) -> ModelConfig:
 
 def preset_config(row: str) -> tuple[str, ModelConfig]:
   """(label, model) of a NAME[:MECHANISM][:remat] preset row (ConfigError if unknown)."""
-  cfg = Config.from_dict(configs.preset_spec(row)).model
-  return row, dataclasses.replace(cfg, vocab_size=FLAGS.preset_vocab)
+  return row, configs.preset_model(row, FLAGS.preset_vocab)
 
 
 def sizes() -> tuple[int, int]:

@@ -7,7 +7,6 @@ device (the memory check's negative control). Writes {"modules": {case id: repor
   python tests/gpu_aot.py OUT.json mixer=attention,ffn=moe steps|no_steps
 """
 
-import dataclasses
 import sys
 import time
 
@@ -20,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from r1jax import atomic, registry, sharding  # noqa: E402
-from r1jax.config import Config, MeshConfig  # noqa: E402
+from r1jax.config import MeshConfig  # noqa: E402
 from r1jax.lab import configs, flops  # noqa: E402
 from r1jax.mixers import dense  # noqa: E402
 
@@ -61,7 +60,7 @@ def _module(kind: str, name: str, device) -> dict:
 
 
 def _step(preset: str, count: int, mesh_cfg: MeshConfig, batch: int) -> dict:
-  cfg = dataclasses.replace(Config.from_dict(configs.preset_spec(preset)).model, vocab_size=50304)
+  cfg = configs.preset_model(preset)
   mesh = sharding.make_mesh(mesh_cfg, devices=aot.devices("h100", count))
   r = aot.report(aot.train_step(cfg, batch, SEQ_LEN, mesh))
   tokens = batch * SEQ_LEN / mesh.size

@@ -32,7 +32,7 @@ from r1jax.config import ModelConfig, OptimConfig
 from r1jax.errors import ConfigError
 from r1jax.ffn import grouped_matmul
 from r1jax.model import Transformer
-from r1jax.train import compile_train_step, initial_state, make_optimizer
+from r1jax.train import compile_train_step, initial_state, make_optimizer, static_memory_bytes
 
 # target -> (XLA GPU spec file under r1jax/assets/gpu_specs/, device memory in bytes as the spec states it)
 TARGETS = {"h100": ("h100_sxm.txtpb", 84978434048)}
@@ -97,6 +97,11 @@ def train_step(cfg: ModelConfig, batch_size: int, seq_len: int, mesh: jax.shardi
   return compile_train_step(model, tx, schedule, state, state_sh, batch, rng, mesh)
 
 
+def replicated_on(device) -> NamedSharding:
+  """A sharding that places a whole array on `device` (a compile-only device too), through a one-device mesh."""
+  return NamedSharding(jax.sharding.Mesh(np.array([device]), ("data",)), P())
+
+
 def abstract_params(cfg: ModelConfig):
   """The LM's parameter shapes (unboxed ShapeDtypeStructs), nothing allocated."""
   model = Transformer(cfg)
@@ -107,8 +112,8 @@ def decode_step(cfg: ModelConfig, context: int, batch: int, device):
   """One decoding step of cfg's LM (r1jax/decoding.py: a token per sequence against a cache of `context`
   positions, the cache donated) compiled for one device from abstract values."""
   model = Transformer(cfg)
-  mesh = jax.sharding.Mesh(np.array([device]), ("data",))
-  one = NamedSharding(mesh, P())
+  one = replicated_on(device)
+  mesh = one.mesh
   token = jax.ShapeDtypeStruct((batch, 1), jnp.int32, sharding=one)
   fill = decoding.Decode.prefill(jnp.ones((batch,), jnp.int32), context)
   params = abstract_params(cfg)
@@ -130,8 +135,8 @@ def decode_step(cfg: ModelConfig, context: int, batch: int, device):
 def module_step(module: nn.Module, params, x: jax.Array, device):
   """A mixer's or feed-forward's forward and backward (gradients of sum(y^2) in the parameters and the input)
   compiled for one device, from the shapes of `params` and `x`."""
-  mesh = jax.sharding.Mesh(np.array([device]), ("data",))
-  one = NamedSharding(mesh, P())
+  one = replicated_on(device)
+  mesh = one.mesh
   params, x = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), (params, x))
 
   def loss(p, x):
@@ -197,9 +202,8 @@ def report(compiled) -> dict:
     op = re.search(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(", line)
     if op and " ROOT " not in line[:8] and "=" in line:
       collectives[op.group(1)] += 1
-  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
   return {
-    "memory_bytes": float(total),
+    "memory_bytes": static_memory_bytes(compiled),
     "argument_bytes": float(m.argument_size_in_bytes),
     "output_bytes": float(m.output_size_in_bytes),
     "temp_bytes": float(m.temp_size_in_bytes),

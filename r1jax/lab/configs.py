@@ -1,8 +1,10 @@
 """Named base run configs shared by the experiment drivers (ml_collections ConfigDicts)."""
 
+import dataclasses
+
 import ml_collections
 
-from r1jax.config import TINY_SHAKESPEARE, default_config
+from r1jax.config import TINY_SHAKESPEARE, Config, ModelConfig, default_config
 from r1jax.lab.ablation import override
 from r1jax.mixers.sparse import DSA_INDEXER
 
@@ -255,3 +257,9 @@ def preset_spec(spec: str) -> ml_collections.ConfigDict:
   remat = parts[-1] == "remat"
   parts = parts[:-1] if remat else parts
   return preset(parts[0], parts[1] if len(parts) > 1 else "dense", remat=remat)
+
+
+def preset_model(spec: str, vocab_size: int = 50304) -> ModelConfig:
+  """The model of a NAME[:MECHANISM][:remat] preset at `vocab_size` (GPT-2's 50257, padded to 64): what the
+  benchmarks compile and time without a corpus."""
+  return dataclasses.replace(Config.from_dict(preset_spec(spec)).model, vocab_size=vocab_size)
