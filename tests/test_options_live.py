@@ -48,7 +48,7 @@ SAME_VALUES = {
   "model.mixer_options.mla.indexer.query_chunk": "queries per chunk",
   "model.mixer_options.fast_weight.form": "chunkwise, parallel and recurrent forms agree",
   "model.mixer_options.fast_weight.chunk": "the chunkwise form's chunk",
-  "model.ffn_options.moe.grouped_matmul": "ragged_dot or padded row blocks",
+  "model.ffn_options.moe.grouped_matmul": "ragged_dot, padded row blocks or the Pallas kernels over them",
   "model.ffn_options.moe.block_size": "rows per block of the padded path",
 }
 # Fields that change where, when or whether something is written or checked, not what is computed.
