@@ -11,7 +11,12 @@ Programs, all bfloat16:
   fused kernel against XLA's, at T = 1k-16k;
 - moe_layer: the MoE feed-forward of gpt2_small:moe (8 experts, top-2, Pallas grouped matmul) against the dense
   SwiGLU of equal active parameters (twice as wide), forward and backward over 16k tokens;
-- decode: the decode step of gpt2_small with dense attention, DSA, NSA and MLA at contexts 16k and 64k, batch 1.
+- decode: the decode step of gpt2_small with dense attention, DSA, NSA and MLA at contexts 16k and 64k, batch 1;
+- sparse_kernel: attention over n = 16 picked blocks of l' = 64 keys per query (NSA's selected branch at the
+  paper's sizes), through the Pallas block-sparse kernels (r1jax/mixers/selected_kernel.py) and through XLA's
+  whole-block matmuls (selected.py), against cuDNN's dense causal attention, forward and forward+backward, one
+  sequence of 8k-64k tokens, for 16 query heads per key/value head (GQA, the kernels' tensor-core dots) and 12
+  heads of their own (gpt2_small: broadcast products).
 Each program is timed over --repeats calls after a warm-up call: median, min and max. With --compile_only each is
 compiled for --target from abstract values (no GPU; `pip install -e .[gpu-aot]`) and reported with its memory and
 FLOPs; nothing is timed.
@@ -33,11 +38,12 @@ from r1jax.config import MeshConfig
 from r1jax.errors import ConfigError
 from r1jax.lab import aot, configs
 from r1jax.lab.scaling import call_times, decode_step, lm_train_step
+from r1jax.mixers import selected, selected_kernel
 
 flags.DEFINE_bool("compile_only", False, "compile every program for --target without a GPU; time nothing")
 flags.DEFINE_string("target", "h100", "--compile_only: the GPU compiled for (r1jax/lab/aot.py TARGETS)")
 flags.DEFINE_integer("repeats", 10, "timed calls per program (median, min, max), after one warm-up call")
-flags.DEFINE_list("groups", ["train", "attention", "moe_layer", "decode"], "which programs")
+flags.DEFINE_list("groups", ["train", "attention", "moe_layer", "decode", "sparse_kernel"], "which programs")
 flags.DEFINE_string(
   "out", "", "JSON report; empty: results/gpu_check/report.json (compile_only.json with --compile_only)"
 )
@@ -49,6 +55,9 @@ BATCH, SEQ = 16, 1024
 ATTENTION_LENGTHS = (1024, 2048, 4096, 8192, 16384)
 DECODE = ("gpt2_small", "gpt2_small:dsa", "gpt2_small:nsa", "gpt2_small:mla")
 CONTEXTS = (16384, 65536)
+SPARSE_LENGTHS = (8192, 16384, 32768, 65536)
+SPARSE_HEADS = {"GQA 16:1": (16, 1, 64), "MHA 12": (12, 12, 64)}  # label -> (query heads, key/value heads, head dim)
+PICKS, PICK_BLOCK = 16, 64
 
 
 def spread(fn, *args) -> dict:
@@ -153,6 +162,39 @@ def decode_rows(device) -> list[dict]:
   return rows
 
 
+def sparse_kernel_rows(device) -> list[dict]:
+  """Picked-block attention (the kernels, XLA's path) against cuDNN's dense attention: forward and forward+backward."""
+
+  def picks(T: int, G: int):  # the own block and the 15 before it (n * l' = 1024 keys, as NSA's n = 16, l' = 64)
+    own = jnp.arange(T, dtype=jnp.int32) // PICK_BLOCK
+    ids = own[:, None] - jnp.arange(PICKS, dtype=jnp.int32)[None, :]
+    return jnp.broadcast_to(jnp.maximum(ids, 0)[None, :, None], (1, T, G, PICKS)), jnp.broadcast_to(
+      (ids >= 0)[None, :, None], (1, T, G, PICKS)
+    )
+
+  attends = {
+    "cudnn dense": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn"),
+    "kernel": lambda q, k, v: selected_kernel.selected_attention_kernel(
+      q, k, v, *picks(q.shape[1], k.shape[2]), PICK_BLOCK
+    ),
+    "xla": lambda q, k, v: selected.selected_block_attention(q, k, v, *picks(q.shape[1], k.shape[2]), PICK_BLOCK),
+  }
+  rows = []
+  for heads, (H, G, K) in SPARSE_HEADS.items():
+    for T in SPARSE_LENGTHS:
+      q = jax.ShapeDtypeStruct((1, T, H, K), jnp.bfloat16)
+      kv = jax.ShapeDtypeStruct((1, T, G, K), jnp.bfloat16)
+      for name, attend in attends.items():
+        fwd = lambda q, k, v, attend=attend: attend(q, k, v)  # noqa: E731
+        fwd_bwd = lambda q, k, v, attend=attend: jax.grad(  # noqa: E731
+          lambda *a: jnp.sum(attend(*a).astype(jnp.float32) ** 2), argnums=(0, 1, 2)
+        )(q, k, v)
+        for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+          row = guarded(lambda fn=fn: compile_or_time(fn, [q, kv, kv], device))
+          rows.append({"program": f"{name} {heads} T={T} {mode}", **row})
+  return rows
+
+
 def guarded(fn) -> dict:
   """fn's row, or the first line of its error (one program failing, e.g. out of memory, costs only its row)."""
   try:
@@ -161,7 +203,13 @@ def guarded(fn) -> dict:
     return {"error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"}
 
 
-GROUPS = {"train": train_rows, "attention": attention_rows, "moe_layer": moe_layer_rows, "decode": decode_rows}
+GROUPS = {
+  "train": train_rows,
+  "attention": attention_rows,
+  "moe_layer": moe_layer_rows,
+  "decode": decode_rows,
+  "sparse_kernel": sparse_kernel_rows,
+}
 
 
 def main(argv):

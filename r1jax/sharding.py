@@ -165,3 +165,27 @@ def put_train_batch(data, step: int, mesh: Mesh) -> dict[str, jax.Array]:
     return put_batch(data.train_batch(step), mesh)
   rows = local_rows(mesh, data.cfg.batch_size)
   return put_batch(data.train_batch(step, rows), mesh, rows, data.cfg.batch_size)
+
+
+def split_axes(logical: str) -> tuple[str, ...]:
+  """The mesh axes of the current mesh (jax.set_mesh) that split the logical axis `logical` (size > 1), in order."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return ()
+  axes = nn.logical_to_mesh_axes((logical,))[0]
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return tuple(a for a in axes if a in mesh.axis_names and mesh.shape[a] > 1)
+
+
+def vary_together(*arrays: jax.Array) -> list[jax.Array]:
+  """The arrays cast to vary over the same shard_map axes, the union of theirs (a Pallas call's operands and outputs
+  must agree; the cast's transpose sums a gradient over the devices that shared an operand). Outside shard_map: as
+  they are."""
+  vary = [jax.typeof(a).manual_axis_type.varying for a in arrays]
+  every = frozenset().union(*vary)
+  return [jax.lax.pcast(a, tuple(sorted(every - v)), to="varying") if every - v else a for a, v in zip(arrays, vary)]
+
+
+def shaped_like(x: jax.Array, shape, dtype) -> jax.ShapeDtypeStruct:
+  """An output shape varying over the same shard_map axes as `x` (a Pallas call's out_shape inside shard_map)."""
+  return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.typeof(x).manual_axis_type)

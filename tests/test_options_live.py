@@ -39,7 +39,9 @@ registry.load_builtins()
 SAME_VALUES = {
   "model.remat": "recomputes each block in the backward pass",
   "model.mixer_options.attention.impl": "cuDNN or XLA's fused attention, or the naive reference",
-  "model.mixer_options.local.impl": "blocked, cuDNN or naive local attention",
+  "model.mixer_options.local.impl": "blocked, cuDNN, block-sparse kernel or naive local attention",
+  "model.mixer_options.nsa.implementation": "the selected branch through XLA or the block-sparse kernels",
+  "model.mixer_options.block_sparse.implementation": "XLA or the block-sparse kernels",
   "model.mixer_options.fusion.local_impl": "as local.impl",
   "model.mixer_options.fusion.global_impl": "as attention.impl",
   "model.mixer_options.routed.local_impl": "as local.impl",

@@ -22,6 +22,19 @@ def _picks(key, B, T, G, N, block):
   return ids, valid.at[:, 0].set(False)
 
 
+def masked_reference(q, k, v, ids, valid, block, window=0):
+  """Dense attention under the mask of each query's picked blocks (causal; with a window, its last `window` keys);
+  a query with nothing to read outputs zeros."""
+  B, T, H, _ = q.shape
+  G = k.shape[2]
+  picked_BxTxGxS = ((ids[..., None] == (jnp.arange(T) // block)[None, None, None, None]) & valid[..., None]).any(3)
+  near = reference.window_mask(T, window) if window else reference.causal_mask(T)
+  mask = jnp.repeat(picked_BxTxGxS.transpose(0, 2, 1, 3), H // G, 1) & near[None, None]
+  any_BxHxT = mask.any(-1)  # a query with no pick reads key 0 in the reference, and its output is zeroed
+  safe = mask | (~any_BxHxT[..., None] & (jnp.arange(T) == 0)[None, None, None])
+  return reference.attention(q, k, v, safe) * any_BxHxT.transpose(0, 2, 1)[..., None]
+
+
 @pytest.mark.parametrize(
   "B,T,H,G,K,block,N,rows,step",
   [(2, 37, 4, 2, 8, 8, 3, 4, 3), (1, 64, 2, 2, 16, 16, 2, 8, 512), (2, 50, 4, 1, 8, 4, 5, 2, 7)],
@@ -32,12 +45,8 @@ def test_values_and_gradients_match_the_masked_reference(B, T, H, G, K, block, N
   k, v = (jax.random.normal(s, (B, T, G, K)) for s in ks[1:3])
   ct = jax.random.normal(ks[3], (B, T, H, K))
   ids, valid = _picks(ks[4], B, T, G, N, block)
-  picked_BxTxGxS = ((ids[..., None] == (jnp.arange(T) // block)[None, None, None, None]) & valid[..., None]).any(3)
-  mask = jnp.repeat(picked_BxTxGxS.transpose(0, 2, 1, 3), H // G, 1) & reference.causal_mask(T)[None, None]
   fast = jax.jit(lambda q, k, v: selected_block_attention(q, k, v, ids, valid, block, rows, step))
-  any_BxHxT = mask.any(-1)  # a query with no pick reads key 0 in the reference, and its output is zeroed
-  safe = mask | (~any_BxHxT[..., None] & (jnp.arange(T) == 0)[None, None, None])
-  slow = lambda q, k, v: reference.attention(q, k, v, safe) * any_BxHxT.transpose(0, 2, 1)[..., None]  # noqa: E731
+  slow = lambda q, k, v: masked_reference(q, k, v, ids, valid, block)  # noqa: E731
   np.testing.assert_allclose(fast(q, k, v), slow(q, k, v), rtol=2e-5, atol=2e-5)
   g_fast = jax.jit(jax.grad(lambda *a: jnp.sum(fast(*a) * ct), argnums=(0, 1, 2)))(q, k, v)
   g_slow = jax.grad(lambda *a: jnp.sum(slow(*a) * ct), argnums=(0, 1, 2))(q, k, v)

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
+from r1jax import sharding
+
 WARPS = 4  # Triton warps per program
 TILE = 64  # rows x columns of a weight tile the kernels load (powers of 2, as Triton needs)
 MIN_BLOCK = 16  # Triton's dot needs at least 16 rows
@@ -41,11 +43,6 @@ def kernel_flops(name: str, operand_shapes: list[tuple[int, ...]]) -> float:
   return 2.0 * rows * d_in * d_out
 
 
-def _like(x: jax.Array, shape, dtype) -> jax.ShapeDtypeStruct:
-  """An output varying over the same shard_map axes as `x` (MoE's sharded dropless calls the kernels per device)."""
-  return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.typeof(x).manual_axis_type)
-
-
 def _gmm_kernel(expert_ref, x_ref, w_ref, o_ref, *, block: int, d_in: int):
   i, j = pl.program_id(0), pl.program_id(1)
   e = expert_ref[i]
@@ -65,7 +62,7 @@ def _gmm(x_RxI, w_ExIxO, expert_B, interpret: bool) -> jax.Array:
   block = R // expert_B.shape[0]
   return pl.pallas_call(
     functools.partial(_gmm_kernel, block=block, d_in=I),
-    out_shape=_like(x_RxI, (R, O), x_RxI.dtype),
+    out_shape=sharding.shaped_like(x_RxI, (R, O), x_RxI.dtype),
     grid=(expert_B.shape[0], O // TILE),
     in_specs=[pl.no_block_spec] * 3,
     out_specs=pl.BlockSpec((block, TILE), lambda i, j: (i, j)),
@@ -97,7 +94,7 @@ def _gmm_dw(x_RxI, g_RxO, expert_B, num_experts: int, dtype, interpret: bool) ->
   start_E = (jnp.cumsum(count_E) - count_E).astype(jnp.int32)  # an expert's blocks are contiguous (sorted)
   return pl.pallas_call(
     functools.partial(_dw_kernel, block=block),
-    out_shape=_like(x_RxI, (num_experts, I, O), dtype),
+    out_shape=sharding.shaped_like(x_RxI, (num_experts, I, O), dtype),
     grid=(num_experts, I // TILE, O // TILE),
     in_specs=[pl.no_block_spec] * 4,
     out_specs=pl.BlockSpec((None, TILE, TILE), lambda e, k, j: (e, k, j)),
@@ -115,12 +112,7 @@ def grouped_matmul(x_RxI: jax.Array, w_ExIxO: jax.Array, expert_B: jax.Array, in
   Inside shard_map the operands may vary over different mesh axes (tokens over the batch, weights over the tensor
   axis): each is cast to vary over all of them first, so that the weights' gradient is summed over the devices
   that shared them (pcast's transpose) outside the kernels."""
-  vary = [jax.typeof(a).manual_axis_type.varying for a in (x_RxI, w_ExIxO, expert_B)]
-  every = frozenset().union(*vary)
-  x_RxI, w_ExIxO, expert_B = (
-    jax.lax.pcast(a, tuple(sorted(every - v)), to="varying") if every - v else a
-    for a, v in zip((x_RxI, w_ExIxO, expert_B), vary)
-  )
+  x_RxI, w_ExIxO, expert_B = sharding.vary_together(x_RxI, w_ExIxO, expert_B)
   return _grouped_matmul(x_RxI, w_ExIxO, expert_B, interpret)
 
 

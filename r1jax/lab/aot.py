@@ -31,6 +31,7 @@ from r1jax import decoding, sharding
 from r1jax.config import ModelConfig, OptimConfig
 from r1jax.errors import ConfigError
 from r1jax.ffn import grouped_matmul
+from r1jax.mixers import selected_kernel
 from r1jax.model import Transformer
 from r1jax.train import compile_train_step, initial_state, make_optimizer, static_memory_bytes
 
@@ -165,13 +166,14 @@ def _braced(line: str, key: str) -> str:
 
 
 def custom_call_flops(line: str) -> tuple[str, float]:
-  """(kernel, FLOPs) of one custom call of a compiled GPU module: r1jax's Pallas grouped matmuls from their operand
-  shapes; cuDNN's fused attention as its matmuls (forward 2: q.k and p.v; backward 5), causal halving them; ('', 0)
-  for the rest."""
+  """(kernel, FLOPs) of one custom call of a compiled GPU module: r1jax's Pallas kernels (grouped matmuls,
+  block-sparse attention) from their operand shapes; cuDNN's fused attention as its matmuls (forward 2: q.k and p.v;
+  backward 5), causal halving them; ('', 0) for the rest."""
   shapes = _shapes(_braced(line, "operand_layout_constraints="))
   name = re.search(r'name = "([^"]+)"', line)
-  if name and name.group(1) in grouped_matmul.NAMES:
-    return name.group(1), grouped_matmul.kernel_flops(name.group(1), shapes)
+  for kernels in (grouped_matmul, selected_kernel):
+    if name and name.group(1) in kernels.NAMES:
+      return name.group(1), kernels.kernel_flops(name.group(1), shapes)
   target = re.search(r'custom_call_target="([^"]+)"', line)
   target = target.group(1) if target else ""
   if "__cudnn$fmha" in target:

@@ -205,6 +205,7 @@ MECHANISMS = {
   "dense": {},
   "dsa": dsa(top_k=256),
   "nsa": mixer("nsa", **NSA_PAPER),
+  "nsa_xla": mixer("nsa", **NSA_PAPER, implementation="xla"),  # its selected branch through XLA, not the GPU kernels
   "moe": {"model.ffn": "moe", "model.ffn_options.moe.num_experts": 8, "model.ffn_options.moe.top_k": 2},
   "mla": {"model.mixer": "mla"},
   "gated_deltanet": mixer("fast_weight", gate="scalar", delta=True),

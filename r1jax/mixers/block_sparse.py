@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from r1jax import decoding
 from r1jax.errors import ConfigError
+from r1jax.mixers import selected_kernel
 from r1jax.mixers.dense import project_out, project_qkv
-from r1jax.mixers.selected import selected_block_attention
 from r1jax.mixers.sparse import dense_probs
 from r1jax.registry import register_mixer, wants_diagnostics
 
@@ -31,6 +31,9 @@ class BlockSparseOptions:
   sample_temperature: float = 0.0  # > 0: training picks are a Gumbel-top-n sample of softmax(score / sqrt(K) / tau)
   #                                  (exploration, as r1jax.mixers.sparse); eval stays greedy | 0: greedy
   diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS), the dense attention mass in the blocks
+  implementation: str = "auto"  # xla (r1jax/mixers/selected.py) | pallas (the block-sparse kernels,
+  #                               r1jax/mixers/selected_kernel.py; interpreted off a GPU) | auto (pallas on a GPU where
+  #                               its sizes tile, else xla)
 
   def __post_init__(self):
     if self.block_size < 1 or self.top_blocks < 0:
@@ -42,6 +45,10 @@ class BlockSparseOptions:
       raise ConfigError(f"score_by={self.score_by!r} is unknown. Fix: use one of {SCORE_BY}")
     if self.sample_temperature < 0:
       raise ConfigError(f"sample_temperature={self.sample_temperature} is invalid. Fix: use 0 (greedy) or more")
+    if self.implementation not in selected_kernel.IMPLEMENTATIONS:
+      raise ConfigError(
+        f"implementation={self.implementation!r} is unknown. Fix: use one of {selected_kernel.IMPLEMENTATIONS}"
+      )
 
 
 def select_blocks(
@@ -93,9 +100,11 @@ def block_sparse_attention(
   noise: jax.Array | None = None,
   tau: float = 1.0,
   per_token: bool = True,
+  implementation: str = "auto",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Causal attention of each query (or query block) over its selected key blocks (select_blocks), through
-  whole-block matmuls (r1jax/mixers/selected.py): no per-query gather of keys.
+  whole-block matmuls (r1jax/mixers/selected.py) or the block-sparse kernels (selected_kernel.py, as
+  `implementation` says): no per-query gather of keys.
 
   Returns:
     output [B, T, H, K], block ids [B, G, U, n'+1] and validity (see select_blocks).
@@ -105,8 +114,15 @@ def block_sparse_attention(
   ids_BxGxUxJ, valid_BxGxUxJ = select_blocks(q_BxTxHxK, k_BxTxGxK, b, n, noise, tau, per_token)
   u = Q * b // ids_BxGxUxJ.shape[2]  # queries per unit
   per_query = lambda a: jnp.repeat(a, u, 2)[:, :, :T].transpose(0, 2, 1, 3)  # noqa: E731 [B, T, G, n'+1]
-  o_BxTxHxK = selected_block_attention(
-    q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, per_query(ids_BxGxUxJ), per_query(valid_BxGxUxJ), b
+  o_BxTxHxK = selected_kernel.attend(
+    q_BxTxHxK,
+    k_BxTxGxK,
+    v_BxTxGxK,
+    per_query(ids_BxGxUxJ),
+    per_query(valid_BxGxUxJ),
+    b,
+    implementation,
+    "block_sparse.implementation",
   )
   return o_BxTxHxK, ids_BxGxUxJ, valid_BxGxUxJ
 
@@ -195,6 +211,7 @@ class BlockSparseAttention(nn.Module):
       noise,
       o.sample_temperature or 1.0,
       o.score_by == "token",
+      o.implementation,
     )
     aux = {}
     if o.diagnostics and wants_diagnostics(self):  # a dense pass: never in a timed or training pass

@@ -14,18 +14,21 @@ import jax.numpy as jnp
 
 from r1jax import decoding, reference
 from r1jax.errors import ConfigError
+from r1jax.mixers import selected_kernel
 from r1jax.mixers.dense import FLASH_FROM, project_out, project_qkv, resolve_impl
 from r1jax.mixers.flash import flash_attention
 from r1jax.registry import register_mixer
 
-IMPLS = ("auto", "blocked", "flash", "cudnn", "naive")
+IMPLS = ("auto", "blocked", "flash", "cudnn", "pallas", "naive")
 
 
 @dataclasses.dataclass(frozen=True)
 class LocalOptions:
   window: int = 16  # w: keys per query, itself included (s in [t-w+1, t]); w >= T is global causal attention
-  impl: str = "auto"  # auto (cuDNN local window on GPU where it applies, else flash from T >= dense.FLASH_FROM, else
-  #                     blocked) | blocked (w queries over 2w keys) | flash (r1jax/mixers/flash.py) | cudnn | naive
+  impl: str = "auto"  # auto (on a GPU cuDNN's local window where it applies, else the block-sparse kernel where it
+  #                     tiles; elsewhere flash from T >= dense.FLASH_FROM, else blocked) | blocked (w queries over 2w
+  #                     keys) | flash (r1jax/mixers/flash.py) | cudnn | pallas (r1jax/mixers/selected_kernel.py over
+  #                     the window's key blocks; interpreted off a GPU) | naive
 
   def __post_init__(self):
     check_window(self.window, self.impl, "impl")
@@ -68,10 +71,15 @@ def local_attention(
   q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, window: int, impl: str = "auto"
 ) -> jax.Array:
   """Causal sliding-window attention, [B, T, H, K] -> [B, T, H, K] (G key/value heads, H/G query heads each)."""
-  T = q_BxTxHxK.shape[1]
+  B, T, H, K = q_BxTxHxK.shape
+  G, block = k_BxTxGxK.shape[2], selected_kernel.window_block(window)
   if impl == "auto":  # the blocked-flash path was 4x faster than `blocked` at w = 512, T = 16k on the 2-core CPU
-    cudnn = resolve_impl("auto", q_BxTxHxK.dtype, q_BxTxHxK.shape[-1]) == "cudnn"
-    impl = "cudnn" if cudnn else "flash" if T >= FLASH_FROM else "blocked"
+    cudnn = resolve_impl("auto", q_BxTxHxK.dtype, K) == "cudnn"
+    kernel = selected_kernel.choose("auto", "impl", H // G, K, block) == "pallas"
+    impl = "cudnn" if cudnn else "pallas" if kernel else "flash" if T >= FLASH_FROM else "blocked"
+  if impl == "pallas":
+    ids, valid = selected_kernel.window_blocks(B, T, G, window, block)
+    return selected_kernel.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids, valid, block, "pallas", "impl", window)
   if impl == "flash":
     return flash_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, window)
   if impl == "naive":

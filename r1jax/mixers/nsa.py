@@ -33,10 +33,10 @@ import numpy as np
 
 from r1jax import decoding, layers
 from r1jax.errors import ConfigError
+from r1jax.mixers import selected_kernel
 from r1jax.mixers.dense import FLASH_FROM, project_kv, project_out, project_qkv
 from r1jax.mixers.flash import flash_attention
 from r1jax.mixers.local import local_attention
-from r1jax.mixers.selected import selected_block_attention
 from r1jax.mixers.sparse import dense_probs, gathered_attention, map_query_chunks
 from r1jax.registry import register_mixer, wants_diagnostics
 
@@ -56,6 +56,9 @@ class NSAOptions:
   window: int = 32  # w: sliding-window tokens (paper: 512)
   gate_init: str = "window"  # window: gates start at (0.12, 0.12, 0.88), local patterns first | equal: all at 0.5
   query_chunk: int = 256  # queries per chunk of the selection branch (bounds its gathered keys to C * n * l')
+  implementation: str = "auto"  # the selected branch: xla (r1jax/mixers/selected.py) | pallas (the block-sparse
+  #                               kernels, r1jax/mixers/selected_kernel.py; interpreted off a GPU) | auto (pallas on a
+  #                               GPU where its sizes tile, else xla)
   diagnostics: bool = True  # in a diagnostics pass (registry.DIAGNOSTICS): dense attention mass in the selection
 
   def __post_init__(self):
@@ -74,6 +77,11 @@ class NSAOptions:
       (self.compress in COMPRESS, "compress", f"use one of {COMPRESS}"),
       (self.gate_init in GATE_INIT, "gate_init", f"use one of {tuple(GATE_INIT)}"),
       (self.window >= 1 and self.query_chunk >= 1, "window/query_chunk", "use positive sizes"),
+      (
+        self.implementation in selected_kernel.IMPLEMENTATIONS,
+        "implementation",
+        f"use one of {selected_kernel.IMPLEMENTATIONS}",
+      ),
     )
     for ok, field, fix in checks:
       if not ok:
@@ -332,7 +340,9 @@ class NativeSparseAttention(nn.Module):
       return {"ids": ids, "valid": valid, **tok_ok}
 
     res = map_query_chunks(chunk, T, C, 8 if blocked and not want_diag else 1)
-    o_slc = selected_block_attention(q_BxTxHxK, k_slc, v_slc, res["ids"], res["valid"], o.slc_block)
+    o_slc = selected_kernel.attend(
+      q_BxTxHxK, k_slc, v_slc, res["ids"], res["valid"], o.slc_block, o.implementation, "nsa.implementation"
+    )
     self.sow("intermediates", "selected", (res["ids"], res["valid"]))
 
     # (c) sliding window

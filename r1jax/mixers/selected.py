@@ -17,8 +17,9 @@ import jax.numpy as jnp
 
 def _pairs(ids_SxTxN: jax.Array, valid_SxTxN: jax.Array, NB: int, rows: int):
   """Sorts the (query, block) pairs of S slabs by global key block (slab * NB + block) into row groups of `rows`,
-  each group reading one key block. Returns, per padded row, its query (global index into S * T, -1 for padding),
-  per group its key block, and per original pair its padded row (the dump row Ppad for an invalid pair)."""
+  each group reading one key block. Returns, per padded row, its query (global index into S * T, -1 for padding;
+  a group's queries come first), per group its key block, per original pair its padded row (the dump row Ppad for an
+  invalid pair), and per key block its first group and number of groups (a block's groups are contiguous)."""
   S, T, N = ids_SxTxN.shape
   P, nblocks = S * T * N, S * NB
   blk = jnp.where(valid_SxTxN, ids_SxTxN + NB * jnp.arange(S)[:, None, None], nblocks).reshape(P)
@@ -37,7 +38,8 @@ def _pairs(ids_SxTxN: jax.Array, valid_SxTxN: jax.Array, NB: int, rows: int):
   row_query = jnp.full((Ppad + 1,), -1, jnp.int32).at[row_s].set(query_s.astype(jnp.int32))[:Ppad]
   group_block = jnp.searchsorted(jnp.cumsum(padded), jnp.arange(groups) * rows, side="right")
   pair_row = jnp.zeros((P,), jnp.int32).at[order].set(row_s.astype(jnp.int32))
-  return row_query.reshape(groups, rows), jnp.minimum(group_block, nblocks - 1), pair_row
+  first_group, num_groups = (start // rows).astype(jnp.int32), (padded // rows).astype(jnp.int32)
+  return row_query.reshape(groups, rows), jnp.minimum(group_block, nblocks - 1), pair_row, first_group, num_groups
 
 
 def selected_block_attention(
@@ -78,7 +80,7 @@ def _attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block, 
   q_PxRxK = slab(q_BxTxHxK.reshape(B, T, G, R, K) * jnp.asarray(K**-0.5, q_BxTxHxK.dtype)).reshape(S * T, R, K)
   pad = [(0, 0), (0, NB * block - T), (0, 0)]
   k_XxbxK, v_XxbxK = (jnp.pad(slab(a), pad).reshape(S * NB, block, K) for a in (k_BxTxGxK, v_BxTxGxK))
-  row_query, group_block, pair_row = _pairs(slab(ids_BxTxGxN), slab(valid_BxTxGxN), NB, rows)
+  row_query, group_block, pair_row, _, _ = _pairs(slab(ids_BxTxGxN), slab(valid_BxTxGxN), NB, rows)
   groups = row_query.shape[0]
   step = min(groups_per_step, groups)
   extra = -groups % step
