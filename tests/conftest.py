@@ -64,8 +64,9 @@ def text_file(tmp_path):
 
 
 def pytest_collection_modifyitems(items):
-  """The notebooks (the longest tests) first, so that short tests fill the end of a parallel run."""
-  items.sort(key=lambda item: not item.nodeid.startswith("tests/test_notebooks.py"))
+  """The notebooks (the longest tests) first, then the other slow tests, so that short tests fill the end of a
+  parallel run instead of one long test running alone on one core."""
+  items.sort(key=lambda item: (not item.nodeid.startswith("tests/test_notebooks.py"), "slow" not in item.keywords))
 
 
 def gpu_aot_python() -> str:

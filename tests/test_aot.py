@@ -16,7 +16,7 @@ from r1jax.mixers import dense, selected_kernel
 
 from conftest import REPO
 
-FITTING = ("gpt2_small@1", "gpt2_small:moe@8")
+FITTING = ("gpt2_small@1", "gpt2_small:moe (2 layers)@8")
 
 
 @pytest.mark.slow
@@ -38,7 +38,7 @@ def test_the_memory_check_fails_a_step_too_large_for_the_device(gpu_aot):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("label", ["gpt2_small:moe@8", "gpt2_small@1"])
+@pytest.mark.parametrize("label", ["gpt2_small:moe (2 layers)@8", "gpt2_small@1"])
 def test_train_steps_compile_to_their_active_flops_on_gpu(label, gpu_aot):
   """Compiled FLOPs per token within 1.3x of the definition's (6 per active parameter + attention): MoE through the
   Pallas grouped matmul, not ragged_dot's every-expert-for-every-row (4.7x before), and cuDNN attention where
