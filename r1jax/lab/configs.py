@@ -185,13 +185,15 @@ def dsa(top_k: int, stage: str = "sparse") -> dict:
 #   gpt2_small                  123.6M   0.81          488k                  10.8
 #   gpt2_small:remat            123.6M   0.96          412k                   6.4
 #   gpt2_small:dsa              124.4M   0.80          494k                  13.3
-#   gpt2_small:nsa              155.5M   1.03          384k                  32.3
+#   gpt2_small:nsa              155.5M   1.20*         329k                  14.3
+#   gpt2_small:nsa_xla          155.5M   1.03          384k                  32.4
 #   gpt2_small:moe              520.0M   1.17          338k                  19.5
 #   gpt2_small:mla              120.3M   0.87          455k                  25.1
 #   gpt2_small:gated_deltanet   131.0M   0.82          482k                  23.9
 #   gpt2_small:fusion           123.7M   0.88          450k                  11.3
 #   gpt2_medium                 355.1M   2.31          171k                  21.3
 #   gpt2_medium:remat           355.1M   2.83          140k                   9.5
+# (*: the block-sparse kernels' FLOPs counted as whole valid blocks, an upper bound; r1jax/mixers/selected_kernel.py.)
 # Run the same command without --target on the GPU for its measured memory, tokens/s and MFU.
 PRESETS = {
   "gpt2_small": {"model.num_layers": 12, "model.d_model": 768, "model.num_heads": 12},
