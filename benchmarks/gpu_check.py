@@ -225,15 +225,15 @@ def main(argv):
     if device.platform != "gpu":
       raise ConfigError(f"no GPU here ({device.platform}). Fix: run on a GPU, or add --compile_only.")
   report = {"device": device.device_kind, "compile_only": FLAGS.compile_only, "gpu_numbers": not FLAGS.compile_only}
+  out = FLAGS.out or os.path.join("results", "gpu_check", "compile_only.json" if FLAGS.compile_only else "report.json")
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
   for group in FLAGS.groups:
     t0 = time.perf_counter()
     report[group] = GROUPS[group](device)
     print(f"## {group} ({time.perf_counter() - t0:.0f} s)")
     for row in report[group]:
       print(f"  {row['program']:40s} " + describe(row))
-  out = FLAGS.out or os.path.join("results", "gpu_check", "compile_only.json" if FLAGS.compile_only else "report.json")
-  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-  write_record(out, report)
+    write_record(out, report)  # after every group: a lease that ends early keeps the groups done
   print(f"wrote {out}")
 
 
