@@ -295,9 +295,7 @@ def sharded_dropless(x_NxD, idx_NxK, gate_NxK, weights, opts: MoEOptions) -> jax
   `expert` axis, the tokens of its expert group (gathered) through its own experts, the outputs reduce-scattered
   back; with the experts' hidden width split (`mlp`), its share of every expert, the partial outputs summed; the
   model width's weight shards (`embed`, FSDP) gathered."""
-  mesh = jax.sharding.get_abstract_mesh()
-  split = lambda logical: _mesh_axis(logical, mesh)
-  expert, embed, mlp = split("expert"), split("embed"), split("mlp")
+  expert, embed, mlp = _mesh_axis("expert"), _mesh_axis("embed"), _mesh_axis("mlp")
   tokens = nn.logical_to_mesh_axes(("act_batch", None))
 
   def local(x, idx, gate, w1, w3, w2):
@@ -319,21 +317,14 @@ def sharded_dropless(x_NxD, idx_NxK, gate_NxK, weights, opts: MoEOptions) -> jax
   )
 
 
-def _mesh_axis(logical: str, mesh) -> str | None:
-  """The mesh axis a logical axis maps to where the current mesh splits it (size > 1); else None."""
-  axis = nn.logical_to_mesh_axes((logical,))[0] if not mesh.empty else None
-  return axis if isinstance(axis, str) and axis in mesh.axis_names and mesh.shape[axis] > 1 else None
+def _mesh_axis(logical: str) -> str | None:
+  """The mesh axis a logical axis maps to (one, in the rules table) where the current mesh splits it; else None."""
+  return (sharding.split_axes(logical) or (None,))[0]
 
 
 def _sharded_mesh() -> bool:
   """Whether the current mesh splits the tokens or the experts' weights (then dropless runs in shard_map)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return False
-  batch = nn.logical_to_mesh_axes(("act_batch",))[0] or ()
-  batch = (batch,) if isinstance(batch, str) else batch
-  split = any(a in mesh.axis_names and mesh.shape[a] > 1 for a in batch)
-  return split or any(_mesh_axis(n, mesh) for n in ("expert", "embed", "mlp"))
+  return any(sharding.split_axes(n) for n in ("act_batch", "expert", "embed", "mlp"))
 
 
 @register_ffn("moe", MoEOptions)

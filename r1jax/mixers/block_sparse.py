@@ -45,10 +45,7 @@ class BlockSparseOptions:
       raise ConfigError(f"score_by={self.score_by!r} is unknown. Fix: use one of {SCORE_BY}")
     if self.sample_temperature < 0:
       raise ConfigError(f"sample_temperature={self.sample_temperature} is invalid. Fix: use 0 (greedy) or more")
-    if self.implementation not in selected_kernel.IMPLEMENTATIONS:
-      raise ConfigError(
-        f"implementation={self.implementation!r} is unknown. Fix: use one of {selected_kernel.IMPLEMENTATIONS}"
-      )
+    selected_kernel.check_implementation(self.implementation, "block_sparse.implementation")
 
 
 def select_blocks(

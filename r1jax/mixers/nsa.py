@@ -77,15 +77,11 @@ class NSAOptions:
       (self.compress in COMPRESS, "compress", f"use one of {COMPRESS}"),
       (self.gate_init in GATE_INIT, "gate_init", f"use one of {tuple(GATE_INIT)}"),
       (self.window >= 1 and self.query_chunk >= 1, "window/query_chunk", "use positive sizes"),
-      (
-        self.implementation in selected_kernel.IMPLEMENTATIONS,
-        "implementation",
-        f"use one of {selected_kernel.IMPLEMENTATIONS}",
-      ),
     )
     for ok, field, fix in checks:
       if not ok:
         raise ConfigError(f"nsa.{field.split('/')[0]}={getattr(self, field.split('/')[0])!r} is invalid. Fix: {fix}")
+    selected_kernel.check_implementation(self.implementation, "nsa.implementation")
 
 
 def num_compressed(T: int, l: int, d: int) -> int:

@@ -341,6 +341,12 @@ def window_block(window: int) -> int:
   return min(64, max(MIN_DOT, 1 << (window - 1).bit_length()))
 
 
+def check_implementation(implementation: str, field: str) -> None:
+  """Validates a sparse mixer's `implementation` option (NSA's, block top-k's)."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ConfigError(f"{field}={implementation!r} is unknown. Fix: use one of {IMPLEMENTATIONS}")
+
+
 def choose(implementation: str, field: str, heads_per_group: int, head_dim: int, block: int) -> str:
   """`auto`: the kernels on a GPU where they tile these sizes (sharding.platform(): the platform traced for), else
   XLA; `pallas` where they do not tile: a ConfigError naming `field`."""
@@ -369,6 +375,8 @@ def attend(
   B, T, H, K = q_BxTxHxK.shape
   G = k_BxTxGxK.shape[2]
   if choose(implementation, field, H // G, K, block) == "xla":
+    if window:
+      raise ValueError("the XLA path has no window bound: pass implementation='pallas' with a window")
     return selected_block_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block)
   interpret = sharding.platform() != "gpu"
   kernel = functools.partial(selected_attention_kernel, block=block, window=window, interpret=interpret)
