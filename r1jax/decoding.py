@@ -7,7 +7,16 @@ A model decodes in two kinds of call, `Transformer.apply(variables, tokens, deco
            them); stateful caches (recurrent states, ring buffers, running sums) stop at lengths[b].
   step     tokens [B, 1] at per-row positions positions[b] (a row's next position: its prompt length, then one more
            per step): each mixer reads its cache, writes the new token's entries and returns its output.
-The cache variables are created by the first prefill (max_len positions, a static size). A mixer that cannot decode
+The cache variables are created by the first prefill (max_len positions, a static size).
+
+Past the trained context, a cache keeps a window (`context`, static: 0 keeps every position): the first `sinks`
+positions (attention sinks, StreamingLLM: Xiao et al. 2023, arXiv:2309.17453) and a ring of the last
+context - sinks, so memory is O(context) and no query sees a key farther than training did. Keys stay roped at their
+own positions (RoPE scores depend on distance only), except the sinks, which are read re-rotated to sit just before
+the ring (StreamingLLM's positions within the cache): with one layer, a windowed step equals the training forward
+over [the sinks, the ring]. A prefill in a window takes at most `context` tokens (r1jax.generate feeds a longer prompt
+through steps). A mixer whose state is not a window of tokens says what it does instead in a `decode_window(opts)`
+staticmethod (a recurrent state summarises all of the past; NSA's blocks). A mixer that cannot decode
 says why in a `not_decodable(opts)` staticmethod (the video mixer is not autoregressive; a router that ranks a whole
 sequence sees later tokens), and asking it to decode is one clear error before compilation. Caches follow flax's Gemma
 / lm1b examples (a `cache` collection, `dynamic_update_slice` writes) and MaxText's KV cache.
@@ -20,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.errors import ConfigError
+from r1jax.layers import rope
 
 MODES = ("prefill", "step")
 CACHE = "cache"  # the variable collection of decoding caches
@@ -27,22 +37,46 @@ CACHE = "cache"  # the variable collection of decoding caches
 
 @flax.struct.dataclass
 class Decode:
-  """What a decoding call is: `mode` and `max_len` are static (they shape the program), the rest are arrays."""
+  """What a decoding call is: `mode`, `max_len`, `context` and `sinks` are static (they shape the program), the rest
+  are arrays."""
 
   positions: jax.Array  # [B] int32: step: each row's position; prefill: zeros
   lengths: jax.Array  # [B] int32: prefill: each row's prompt length (<= T); step: ones
-  max_len: int = flax.struct.field(pytree_node=False)  # positions the cache holds
+  max_len: int = flax.struct.field(pytree_node=False)  # positions a sequence may reach
   mode: str = flax.struct.field(pytree_node=False)  # prefill | step
+  context: int = flax.struct.field(pytree_node=False, default=0)  # cache slots past which it wraps; 0: max_len
+  sinks: int = flax.struct.field(pytree_node=False, default=0)  # the first positions a wrapping cache keeps
+
+  def __post_init__(self):
+    if self.context and not 0 <= self.sinks < self.context:
+      raise ConfigError(
+        f"sink_tokens={self.sinks} with a context window of {self.context}. Fix: keep fewer sink tokens than the "
+        "window (StreamingLLM keeps 4)."
+      )
 
   @classmethod
-  def prefill(cls, lengths_B: jax.Array, max_len: int) -> "Decode":
+  def prefill(cls, lengths_B: jax.Array, max_len: int, context: int = 0, sinks: int = 0) -> "Decode":
     lengths_B = jnp.asarray(lengths_B, jnp.int32)
-    return cls(jnp.zeros_like(lengths_B), lengths_B, max_len, "prefill")
+    return cls(jnp.zeros_like(lengths_B), lengths_B, max_len, "prefill", context, sinks)
 
   @classmethod
-  def step(cls, positions_B: jax.Array, max_len: int) -> "Decode":
+  def step(cls, positions_B: jax.Array, max_len: int, context: int = 0, sinks: int = 0) -> "Decode":
     positions_B = jnp.asarray(positions_B, jnp.int32)
-    return cls(positions_B, jnp.ones_like(positions_B), max_len, "step")
+    return cls(positions_B, jnp.ones_like(positions_B), max_len, "step", context, sinks)
+
+  @property
+  def wraps(self) -> bool:
+    """Whether the cache keeps a window (fewer slots than positions)."""
+    return 0 < self.context < self.max_len
+
+  @property
+  def slots(self) -> int:
+    """Entries a token cache holds: `context` when it wraps, else max_len."""
+    return self.context if self.wraps else self.max_len
+
+  def whole(self) -> "Decode":
+    """This call for a mixer that keeps every position (its `decode_window` says why)."""
+    return self.replace(context=0, sinks=0)
 
   def token_positions(self, T: int) -> jax.Array | np.ndarray:
     """Positions of this call's tokens: [T] numpy in a prefill (static, as the training forward's), else [B, T]."""
@@ -77,20 +111,56 @@ def check_decodable(module_cls: type, opts, name: str) -> None:
     )
 
 
+def sink_shift(decode: Decode) -> jax.Array:
+  """[B]: how far a wrapping cache's sinks are moved forward when read (StreamingLLM's positions within the cache:
+  the sinks just before the ring's oldest entry); 0 until the cache is full."""
+  return jnp.maximum(decode.positions - (decode.context - 1), 0)
+
+
+def slot_positions(decode: Decode) -> jax.Array:
+  """[B, slots]: the position each cache slot holds after a step's token is written (-1: empty), the sinks at the
+  positions they are read at (`sink_shift`); 0..max_len-1 when the cache keeps every position."""
+  if not decode.wraps:
+    return jnp.broadcast_to(jnp.arange(decode.max_len)[None], (decode.positions.shape[0], decode.max_len))
+  N, R, p_Bx1 = decode.sinks, decode.context - decode.sinks, decode.positions[:, None]
+  j_1xS = jnp.arange(decode.context)[None]
+  ring_BxS = p_Bx1 - jnp.mod(p_Bx1 - j_1xS, R)  # the newest position q <= p with slot N + (q - N) % R == j
+  sink_BxS = j_1xS + sink_shift(decode)[:, None]
+  return jnp.where(j_1xS < N, jnp.where(j_1xS <= p_Bx1, sink_BxS, -1), jnp.where(ring_BxS >= N, ring_BxS, -1))
+
+
 def write(cache: jax.Array, new_BxTx: jax.Array, decode: Decode) -> jax.Array:
-  """`cache` [B, S, ...] with `new` [B, T, ...] written at each row's positions (prefill: 0..T-1)."""
+  """`cache` [B, S, ...] with `new` [B, T, ...] written at each row's positions (prefill: 0..T-1); a wrapping cache
+  writes a step's token into its slot (a sink's, or the ring's N + (p - N) % (context - N))."""
   new_BxTx = new_BxTx.astype(cache.dtype)
+  T = new_BxTx.shape[1]
   if decode.mode == "prefill":
+    if decode.wraps and T > decode.context:
+      raise ValueError(f"a prefill of {T} tokens into a cache window of {decode.context}: prefill at most the window")
     return jax.lax.dynamic_update_slice_in_dim(cache, new_BxTx, 0, 1)
-  return jax.vmap(lambda c, n, p: jax.lax.dynamic_update_slice_in_dim(c, n, p, 0))(cache, new_BxTx, decode.positions)
+  slot_B = decode.positions
+  if decode.wraps:
+    if T != 1:
+      raise ValueError(f"a wrapping cache takes one token per step, got {T}")
+    N, R = decode.sinks, decode.context - decode.sinks
+    slot_B = jnp.where(slot_B < N, slot_B, N + jnp.mod(slot_B - N, R))
+  return jax.vmap(lambda c, n, p: jax.lax.dynamic_update_slice_in_dim(c, n, p, 0))(cache, new_BxTx, slot_B)
 
 
-def cached(module, name: str, new_BxTx: jax.Array, decode: Decode) -> jax.Array:
-  """The cache variable `name` ([B, max_len, ...], zeros at first) with this call's entries written; returns it."""
+def cached(module, name: str, new_BxTx: jax.Array, decode: Decode, rope_base: float | None = None) -> jax.Array:
+  """The cache variable `name` ([B, slots, ...], zeros at first) with this call's entries written; returns it.
+  `rope_base`: the entries are RoPE'd keys (rotated over the last axis), so a step reads the sinks of a wrapping
+  cache rotated forward by `sink_shift` (the stored entries stay as written)."""
   B, _, *rest = new_BxTx.shape
-  var = module.variable(CACHE, name, jnp.zeros, (B, decode.max_len, *rest), new_BxTx.dtype)
+  var = module.variable(CACHE, name, jnp.zeros, (B, decode.slots, *rest), new_BxTx.dtype)
   var.value = write(var.value, new_BxTx, decode)
-  return var.value
+  if rope_base is None or not (decode.wraps and decode.sinks and decode.mode == "step"):
+    return var.value
+  N, sinks = decode.sinks, var.value[:, : decode.sinks]
+  shift_BxN = jnp.broadcast_to(sink_shift(decode)[:, None], (B, N))
+  flat = sinks.reshape(B, N, -1, sinks.shape[-1])  # rope wants [B, T, heads, K]
+  moved = rope(flat, shift_BxN, rope_base).reshape(sinks.shape)
+  return jnp.concatenate([moved, var.value[:, N:]], 1)
 
 
 def state(module, name: str, shape: tuple[int, ...], dtype, fill: float = 0.0):
@@ -119,12 +189,23 @@ def attend(
   return jnp.einsum("BTGRS,BSGV->BTGRV", probs, v_BxSxGxV).reshape(B, T, H, -1).astype(q_BxTxHxK.dtype)
 
 
+def top_k(scores_BxTxS: jax.Array, k: int, decode: Decode) -> tuple[jax.Array, jax.Array]:
+  """jax.lax.top_k over a cache's slots with ties broken by position, as the forward's top-k over positions breaks
+  them (ties are common: a ReLU indexer scores many keys 0): (values [B, T, k], slot ids [B, T, k])."""
+  if not decode.wraps:
+    return jax.lax.top_k(scores_BxTxS, k)
+  order_Bx1xS = jnp.argsort(slot_positions(decode), axis=-1, stable=True)[:, None, :]
+  top, i_BxTxk = jax.lax.top_k(jnp.take_along_axis(scores_BxTxS, order_Bx1xS, -1), k)
+  return top, jnp.take_along_axis(jnp.broadcast_to(order_Bx1xS, scores_BxTxS.shape), i_BxTxk, -1)
+
+
 def causal_ok(decode: Decode, T: int, window: int | None = None) -> jax.Array:
-  """[B, T, max_len]: cached position s is visible to the call's token at position t (s <= t; t - s < window)."""
+  """[B, T, slots]: the cached entry in each slot is visible to the call's token at position t (s <= t; t - s <
+  window), by `slot_positions` (a wrapping cache: T == 1)."""
   t_BxTx1 = decode.positions[:, None, None] + jnp.arange(T)[None, :, None]
-  s_1x1xS = jnp.arange(decode.max_len)[None, None, :]
-  ok = s_1x1xS <= t_BxTx1
-  return ok if window is None else ok & (t_BxTx1 - s_1x1xS < window)
+  s_Bx1xS = slot_positions(decode)[:, None, :]
+  ok = (s_Bx1xS >= 0) & (s_Bx1xS <= t_BxTx1)
+  return ok if window is None else ok & (t_BxTx1 - s_Bx1xS < window)
 
 
 def ring(module, name: str, new_BxTx: jax.Array, decode: Decode, window: int) -> tuple[jax.Array, jax.Array]:

@@ -5,6 +5,11 @@
 
 Prompts of different lengths share one batch (right-padded; each row decodes from its own position, see
 r1jax/decoding.py). Sampling: temperature (0: greedy), top-k (0: off), top-p / nucleus (1: off), a seed.
+
+Past the length the model was trained at, each layer's cache keeps a window of that length by default (--context=-1;
+--context=N another window, 0 every position), --sink_tokens=N of it the first tokens (attention sinks,
+StreamingLLM): no layer then reads farther back than training did. A mixer whose state is not a window of tokens says
+on stderr what it does instead. `score_ids` scores text through the same decoding path (benchmarks/past_context.py).
 """
 
 import dataclasses
@@ -17,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from r1jax import decoding, entry
+from r1jax import decoding, entry, registry
 from r1jax.checkpoint import Checkpointer, latest_step
 from r1jax.config import Config
 from r1jax.data.core import make_dataset
@@ -59,37 +64,95 @@ def sample(logits_BxV: jax.Array, key: jax.Array, s: Sampling) -> jax.Array:
   return jax.random.categorical(key, logits, -1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "max_len", "sampling"))
-def generate_ids(
-  model, params, prompts_BxT: jax.Array, lengths_B: jax.Array, *, max_new_tokens: int, max_len: int, sampling: Sampling
-) -> jax.Array:
-  """[B, max_new_tokens] sampled ids after each row's prompt (its first lengths[b] tokens): one prefill, then a
-  scan of decoding steps, all in one compiled function."""
-  (logits_BxTxV, _), state = model.apply(
-    params, prompts_BxT, decode=decoding.Decode.prefill(lengths_B, max_len), mutable=[decoding.CACHE]
+def _prefill(model, params, ids_BxT, lengths_B, max_len: int, context: int, sinks: int):
+  """(logits [B, T, V], cache) of a prefill of `ids` (each row's first lengths[b] tokens)."""
+  decode = decoding.Decode.prefill(lengths_B, max_len, context, sinks)
+  (logits_BxTxV, _), state = model.apply(params, ids_BxT, decode=decode, mutable=[decoding.CACHE])
+  return logits_BxTxV, state[decoding.CACHE]
+
+
+def _step(model, params, cache, token_B, position_B, max_len: int, context: int, sinks: int):
+  """(logits [B, V], cache) of one decoding step: token[b] at position[b]."""
+  decode = decoding.Decode.step(position_B, max_len, context, sinks)
+  (logits_Bx1xV, _), new = model.apply(
+    {**params, decoding.CACHE: cache}, token_B[:, None], decode=decode, mutable=[decoding.CACHE]
   )
-  last_BxV = jnp.take_along_axis(logits_BxTxV, (lengths_B - 1)[:, None, None], 1)[:, 0]
+  return logits_Bx1xV[:, 0], new[decoding.CACHE]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "max_len", "sampling", "context", "sinks"))
+def generate_ids(
+  model,
+  params,
+  prompts_BxP: jax.Array,
+  lengths_B: jax.Array,
+  *,
+  max_new_tokens: int,
+  max_len: int,
+  sampling: Sampling,
+  context: int = 0,
+  sinks: int = 0,
+) -> jax.Array:
+  """[B, max_new_tokens] sampled ids after each row's prompt (its first lengths[b] tokens), in one compiled
+  function: a prefill, then a scan of decoding steps. With a cache window (`context` slots, of which `sinks` keep the
+  first tokens; r1jax/decoding.py), a prompt longer than the window is prefilled up to it and its rest fed through
+  steps (the prompt's tokens instead of samples), so no layer ever reads more than the window."""
+  P = prompts_BxP.shape[1]
+  F = min(P, context) if 0 < context < max_len else P  # tokens prefilled
+  pre_B = jnp.minimum(lengths_B, F)
+  logits_BxFxV, cache = _prefill(model, params, prompts_BxP[:, :F], pre_B, max_len, context, sinks)
+  last_BxV = jnp.take_along_axis(logits_BxFxV, (pre_B - 1)[:, None, None], 1)[:, 0]
   key = jax.random.key(sampling.seed)
-  first_B = sample(last_BxV, jax.random.fold_in(key, 0), sampling)
+
+  def token_at(logits_BxV, position_B, i):  # the prompt's token while inside the prompt, else a sample
+    drawn_B = sample(logits_BxV, jax.random.fold_in(key, i), sampling)
+    prompt_B = jnp.take_along_axis(prompts_BxP, jnp.minimum(position_B, P - 1)[:, None], 1)[:, 0]
+    return jnp.where(position_B < lengths_B, prompt_B, drawn_B)
+
+  first_B = token_at(last_BxV, pre_B, 0)
 
   def step(carry, i):
     cache, token_B = carry
-    (logits_Bx1xV, _), new = model.apply(
-      {**params, decoding.CACHE: cache},
-      token_B[:, None],
-      decode=decoding.Decode.step(lengths_B + i - 1, max_len),
-      mutable=[decoding.CACHE],
-    )
-    token_B = sample(logits_Bx1xV[:, 0], jax.random.fold_in(key, i), sampling)
-    return (new[decoding.CACHE], token_B), token_B
+    position_B = pre_B + i - 1  # the position of token_B
+    logits_BxV, cache = _step(model, params, cache, token_B, position_B, max_len, context, sinks)
+    token_B = token_at(logits_BxV, position_B + 1, i)
+    return (cache, token_B), token_B
 
-  _, rest_NxB = jax.lax.scan(step, (state[decoding.CACHE], first_B), jnp.arange(1, max_new_tokens))
-  return jnp.concatenate([first_B[:, None], rest_NxB.T], 1)
+  _, rest_NxB = jax.lax.scan(step, (cache, first_B), jnp.arange(1, max_new_tokens + P - F))
+  tokens_BxN = jnp.concatenate([first_B[:, None], rest_NxB.T], 1)  # the tokens at positions pre_B, pre_B + 1, ...
+  return jnp.take_along_axis(tokens_BxN, (lengths_B - pre_B)[:, None] + jnp.arange(max_new_tokens)[None], 1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "prefill", "context", "sinks"))
+def score_ids(model, params, ids_BxL: jax.Array, *, prefill: int, context: int = 0, sinks: int = 0) -> jax.Array:
+  """[B, L - 1] float32: -log p(ids[:, t + 1] | ids[:, :t + 1]) through the decoding path (teacher forcing): a
+  prefill of the first `prefill` tokens, then one step per token, the cache keeping a window of `context` slots
+  (`sinks` of them the first tokens; 0: every position)."""
+  B, L = ids_BxL.shape
+  if not 1 <= prefill < L:
+    raise ValueError(f"prefill={prefill} must be in [1, {L - 1}] for {L} tokens")
+
+  def nll(logits_xV, next_x):
+    logp = jax.nn.log_softmax(logits_xV.astype(jnp.float32), -1)
+    return -jnp.take_along_axis(logp, next_x[..., None], -1)[..., 0]
+
+  full_B = jnp.full((B,), prefill, jnp.int32)
+  logits_BxFxV, cache = _prefill(model, params, ids_BxL[:, :prefill], full_B, L, context, sinks)
+  first_BxF = nll(logits_BxFxV, ids_BxL[:, 1 : prefill + 1])
+
+  def step(cache, xs):
+    position, token_B, next_B = xs
+    logits_BxV, cache = _step(model, params, cache, token_B, jnp.full((B,), position), L, context, sinks)
+    return cache, nll(logits_BxV, next_B)
+
+  xs = (jnp.arange(prefill, L - 1), ids_BxL[:, prefill:-1].T, ids_BxL[:, prefill + 1 :].T)
+  _, rest_NxB = jax.lax.scan(step, cache, xs)
+  return jnp.concatenate([first_BxF, rest_NxB.T], 1)
 
 
 def load(workdir: str):
-  """(model, variables, dataset) of the newest checkpoint in `workdir`; ConfigError when it has none or its model
-  cannot generate text."""
+  """(model, variables, dataset, config) of the newest checkpoint in `workdir`; ConfigError when it has none or its
+  model cannot generate text."""
   if latest_step(workdir) is None:
     raise ConfigError(
       f"--workdir={workdir!r} holds no checkpoint (no {os.path.join(workdir, 'checkpoints')}). Fix: "
@@ -113,7 +176,31 @@ def load(workdir: str):
       "vocabulary. Fix: pass a run trained on text (data.kind=text or tokens)."
     )
   model = make_model(resolve_model_config(cfg.model, data.vocab_size))
-  return model, {"params": saved["params"], **saved.get("model_state", {})}, data
+  return model, {"params": saved["params"], **saved.get("model_state", {})}, data, cfg
+
+
+def window_notes(cfg) -> list[str]:
+  """What each mixer of model config `cfg` that keeps no window over its cache does instead (its
+  `decode_window(opts)`, r1jax/decoding.py), one line per mixer name; [] when every layer keeps the window."""
+  notes = []
+  for name in dict.fromkeys(cfg.layer_names("mixer")):
+    module = registry.lookup(registry.MIXERS, name, "model.mixer").module
+    note = getattr(module, "decode_window", lambda o: "")(cfg.options("mixer", name))
+    if note:
+      notes.append(f"model.mixer={name!r} {note}")
+  return notes
+
+
+def resolve_context(context: int, sinks: int, trained: int) -> int:
+  """The cache window: `context` (-1: the trained length `trained`; 0: every position); ConfigError for a window
+  that cannot work."""
+  context = trained if context == -1 else context
+  if context < 0 or (context and not 0 <= sinks < context) or (not context and sinks):
+    raise ConfigError(
+      f"--context={context} with --sink_tokens={sinks} is invalid. Fix: --context=-1 (the trained {trained}), 0 "
+      "(every position, no sinks) or a positive window, with fewer sink tokens than the window."
+    )
+  return context
 
 
 def encode(prompts: list[str], data) -> tuple[np.ndarray, np.ndarray]:
@@ -137,13 +224,24 @@ def encode(prompts: list[str], data) -> tuple[np.ndarray, np.ndarray]:
 
 
 def generate_text(
-  workdir: str, prompts: list[str], max_new_tokens: int, sampling: Sampling = Sampling(), max_len: int = 0
+  workdir: str,
+  prompts: list[str],
+  max_new_tokens: int,
+  sampling: Sampling = Sampling(),
+  max_len: int = 0,
+  context: int = -1,
+  sinks: int = 0,
 ) -> list[str]:
-  """Each prompt followed by `max_new_tokens` sampled tokens, decoded to text. max_len: the cache's positions (0: just
-  enough); ConfigError when a prompt plus max_new_tokens does not fit."""
+  """Each prompt followed by `max_new_tokens` sampled tokens, decoded to text. max_len: the positions a row may
+  reach (0: just enough); context: the cache's window (-1: the length the model was trained at; 0: every position),
+  `sinks` of it the first tokens (r1jax/decoding.py); ConfigError when a prompt plus max_new_tokens does not fit."""
   if max_new_tokens < 1:
     raise ConfigError(f"--max_new_tokens={max_new_tokens} is invalid. Fix: ask for 1 or more.")
-  model, variables, data = load(workdir)
+  model, variables, data, cfg = load(workdir)
+  context = resolve_context(context, sinks, cfg.data.seq_len)
+  if context:
+    for note in window_notes(model.cfg):
+      logging.warning("cache window of %d: %s", context, note)
   ids, lengths = encode(prompts, data)
   need = int(lengths.max()) + max_new_tokens
   if max_len and need > max_len:
@@ -159,19 +257,27 @@ def generate_text(
     max_new_tokens=max_new_tokens,
     max_len=max_len or need,
     sampling=sampling,
+    context=context,
+    sinks=sinks,
   )
   return [p + data.decode(np.asarray(row).tolist()) for p, row in zip(prompts, out)]
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "a trained run's workdir (its checkpoints/)")
-flags.DEFINE_multi_string("prompt", ["\n"], "prompt(s); several make one batch")
-flags.DEFINE_integer("max_new_tokens", 300, "tokens sampled after each prompt")
-flags.DEFINE_integer("max_len", 0, "cache positions (0: prompt + max_new_tokens)")
-flags.DEFINE_float("temperature", 0.8, "0: greedy")
-flags.DEFINE_integer("top_k", 0, "0: off")
-flags.DEFINE_float("top_p", 1.0, "1: off")
-flags.DEFINE_integer("seed", 0, "sampling seed")
+
+
+def define_flags() -> None:
+  """The command line's flags (defined when run, so that a script importing this module may define its own)."""
+  flags.DEFINE_string("workdir", None, "a trained run's workdir (its checkpoints/)")
+  flags.DEFINE_multi_string("prompt", ["\n"], "prompt(s); several make one batch")
+  flags.DEFINE_integer("max_new_tokens", 300, "tokens sampled after each prompt")
+  flags.DEFINE_integer("max_len", 0, "positions a row may reach (0: prompt + max_new_tokens)")
+  flags.DEFINE_integer("context", -1, "cache window in tokens (-1: the trained context; 0: every position)")
+  flags.DEFINE_integer("sink_tokens", 0, "first tokens the window keeps (attention sinks, StreamingLLM)")
+  flags.DEFINE_float("temperature", 0.8, "0: greedy")
+  flags.DEFINE_integer("top_k", 0, "0: off")
+  flags.DEFINE_float("top_p", 1.0, "1: off")
+  flags.DEFINE_integer("seed", 0, "sampling seed")
 
 
 def main(argv):
@@ -182,10 +288,14 @@ def main(argv):
       "--workdir is required. Fix: pass a trained run's workdir, e.g. --workdir=results/dense_baseline/base/seed0."
     )
   sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
-  for text in generate_text(FLAGS.workdir, FLAGS.prompt, FLAGS.max_new_tokens, sampling, FLAGS.max_len):
+  texts = generate_text(
+    FLAGS.workdir, FLAGS.prompt, FLAGS.max_new_tokens, sampling, FLAGS.max_len, FLAGS.context, FLAGS.sink_tokens
+  )
+  for text in texts:
     print(text)
     print("-" * 40)
 
 
 if __name__ == "__main__":
+  define_flags()
   entry.run(main)

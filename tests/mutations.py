@@ -34,6 +34,38 @@ class Mutation:
 
 MUTATIONS = (
   Mutation(
+    "sinks_read_one_position_late",
+    "r1jax/decoding.py",
+    "jnp.maximum(decode.positions - (decode.context - 1), 0)",
+    "jnp.maximum(decode.positions - decode.context, 0)",
+    "tests/test_context_window.py",
+    "sinks_and_the_ring",
+  ),
+  Mutation(
+    "ring_slot_ignores_the_sinks",
+    "r1jax/decoding.py",
+    "slot_B = jnp.where(slot_B < N, slot_B, N + jnp.mod(slot_B - N, R))",
+    "slot_B = jnp.where(slot_B < N, slot_B, N + jnp.mod(slot_B, R))",
+    "tests/test_context_window.py",
+    "sinks_and_the_ring",
+  ),
+  Mutation(
+    "window_top_k_breaks_ties_by_slot",
+    "r1jax/decoding.py",
+    "  if not decode.wraps:\n    return jax.lax.top_k(scores_BxTxS, k)",
+    "  if True:\n    return jax.lax.top_k(scores_BxTxS, k)",
+    "tests/test_context_window.py",
+    "sinks_and_the_ring",
+  ),
+  Mutation(
+    "long_prompt_prefilled_past_the_window",
+    "r1jax/generate.py",
+    "F = min(P, context) if 0 < context < max_len else P",
+    "F = P",
+    "tests/test_context_window.py",
+    "longer_than_the_window",
+  ),
+  Mutation(
     "pool_waits_for_every_run",
     "r1jax/lab/sweep.py",
     "return_when=concurrent.futures.FIRST_COMPLETED",
@@ -381,8 +413,8 @@ MUTATIONS = (
   Mutation(
     "decode_cache_written_one_position_late",
     "r1jax/decoding.py",
-    "(cache, new_BxTx, decode.positions)",
-    "(cache, new_BxTx, decode.positions + 1)",
+    "  slot_B = decode.positions\n",
+    "  slot_B = decode.positions + 1\n",
     "tests/test_decoding.py",
     "full_forward and attention",
   ),

@@ -1,5 +1,6 @@
 """r1jax.generate: sampling rules, batched prompts of different lengths, and one-line errors."""
 
+import json
 import subprocess
 import sys
 
@@ -90,3 +91,17 @@ def test_command_line_prints_text_and_errors_in_one_line(trained, tmp_path):
   assert out.stdout.startswith("ROMEO:") and len(out.stdout.splitlines()[0]) >= 6
   bad = subprocess.run(cmd[:3] + [f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=REPO)
   assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "holds no checkpoint" in bad.stderr
+
+
+def test_past_context_benchmark_scores_text_with_and_without_the_window(trained, tmp_path):
+  """benchmarks/past_context.py: a table row per setting over position ranges from the trained length (16) on, and
+  its JSON; the run's local mixer (window 4) keeps its own window, so every setting scores the same here."""
+  out = tmp_path / "past.json"
+  cmd = ["benchmarks/past_context.py", f"--workdir={trained}", "--length=40", "--rows=2", "--sinks=0,2", f"--out={out}"]
+  run = subprocess.run([sys.executable] + cmd, capture_output=True, text=True, cwd=REPO)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "| setting | 0-16 | 16-32 | 32-40 | 16-40 / 0-16 |" in run.stdout
+  rows = [line for line in run.stdout.splitlines() if line.startswith(("| no window", "| window 16"))]
+  assert len(rows) == 3 and len({r.split("|", 2)[2] for r in rows}) == 1, rows
+  saved = json.load(open(out))
+  assert saved["trained_context"] == 16 and saved["window 16, 2 sinks"]["sinks"] == 2 and "eval_loss" in saved

@@ -156,6 +156,10 @@ class BlockSparseAttention(nn.Module):
       else ""
     )
 
+  @staticmethod
+  def decode_window(opts: BlockSparseOptions) -> str:
+    return "keeps every block (the blocks it picks from are the whole past): no window over its cache"
+
   def _step(self, x_BxTxD: jax.Array, decode: decoding.Decode) -> tuple[jax.Array, dict]:
     """One decoding step: the query scores the cached blocks before its own by their mean keys (complete blocks),
     then attends to the top n and its own block, as the full forward's query at this position does."""
@@ -191,6 +195,7 @@ class BlockSparseAttention(nn.Module):
   def __call__(
     self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
   ) -> tuple[jax.Array, dict]:
+    decode = decode.whole() if decode is not None else None  # see decode_window
     if decoding.stepping(decode):
       return self._step(x_BxTxD, decode)
     o = self.opts

@@ -86,6 +86,10 @@ class TimeChannelAttention(nn.Module):
   cfg: "ModelConfig"  # noqa: F821
   opts: TimeChannelOptions
 
+  @staticmethod
+  def decode_window(opts: TimeChannelOptions) -> str:
+    return "its channel branch's running sums summarise the whole past (its time attention keeps the window)"
+
   @nn.compact
   def __call__(
     self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None

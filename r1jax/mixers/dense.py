@@ -138,7 +138,8 @@ class Attention(nn.Module):
       self, x_BxTxD, self.cfg, self.opts.qkv_bias, decoding.positions_of(decode, T)
     )
     if decode is not None:  # the KV cache: [B, max_len, G, K] keys and values
-      k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_BxTxGxK), ("v", v_BxTxGxK)))
+      k_BxSxGxK = decoding.cached(self, "k", k_BxTxGxK, decode, self.cfg.rope_base)
+      v_BxSxGxK = decoding.cached(self, "v", v_BxTxGxK, decode)
     if decoding.stepping(decode):
       o_BxTxHxK = decoding.attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, decoding.causal_ok(decode, T))
     else:

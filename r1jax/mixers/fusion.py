@@ -68,7 +68,8 @@ class FusionAttention(nn.Module):
     H = cfg.num_heads
     q_BxTxHxK, k_BxTxGxK, v_BxTxGxK = project_qkv(self, x_BxTxD, cfg, positions=decoding.positions_of(decode, T))
     if decode is not None:  # one KV cache read by both branches (the local one through the window mask)
-      k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_BxTxGxK), ("v", v_BxTxGxK)))
+      k_BxSxGxK = decoding.cached(self, "k", k_BxTxGxK, decode, cfg.rope_base)
+      v_BxSxGxK = decoding.cached(self, "v", v_BxTxGxK, decode)
     if decoding.stepping(decode):
       local_BxTxHxK = decoding.attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, decoding.causal_ok(decode, T, o.window))
       global_BxTxHxK = decoding.attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, decoding.causal_ok(decode, T))

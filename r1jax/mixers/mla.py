@@ -185,7 +185,8 @@ class MultiHeadLatentAttention(nn.Module):
     pos_Bx1 = decode.token_positions(1)
     q_C, q_R = self._queries(x_BxTxD, pos_Bx1)
     c_new, k_rope_new = self._latent(x_BxTxD, pos_Bx1)
-    c_BxSxC, k_rope_BxSxR = (decoding.cached(self, n, a, decode) for n, a in (("c_kv", c_new), ("k_rope", k_rope_new)))
+    c_BxSxC = decoding.cached(self, "c_kv", c_new, decode)
+    k_rope_BxSxR = decoding.cached(self, "k_rope", k_rope_new, decode, self.cfg.rope_base)
     wk, wv = self._up()
     bias = None  # the indexer gate's scores on the picked keys (sparse, indexer_grad=gate), as in the forward
     if o.sparse:

@@ -210,6 +210,13 @@ class NativeSparseAttention(nn.Module):
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: NSAOptions
 
+  @staticmethod
+  def decode_window(opts: NSAOptions) -> str:
+    return (
+      f"keeps every compressed and selectable block (its window branch: the last {opts.window} tokens): "
+      "no window over its cache"
+    )
+
   def _mlp(self, name: str, K: int) -> tuple | None:
     o, cfg = self.opts, self.cfg
     if o.compress == "mean":
@@ -287,6 +294,7 @@ class NativeSparseAttention(nn.Module):
   def __call__(
     self, x_BxTxD: jax.Array, *, deterministic: bool, decode: decoding.Decode | None = None
   ) -> tuple[jax.Array, dict]:
+    decode = decode.whole() if decode is not None else None  # see decode_window
     if decoding.stepping(decode):
       return self._step(x_BxTxD, decode)
     o, cfg = self.opts, self.cfg

@@ -215,6 +215,10 @@ class FastWeight(nn.Module):
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: FastWeightOptions
 
+  @staticmethod
+  def decode_window(opts: FastWeightOptions) -> str:
+    return "its state (H x K x P per layer) summarises the whole past, fading by its learned decay: no window"
+
   def setup(self):
     cfg, o = self.cfg, self.opts
     D = cfg.d_model

@@ -207,12 +207,12 @@ def indexer_step_picks(
   scored and the top k kept, as the forward picks at this position. Returns picks [B, 1, N], validity, and the gate
   bias (the picked keys' scores recomputed from their indexer keys, as in the forward; None unless
   indexer_grad=gate)."""
-  S, pos_Bx1 = decode.max_len, decode.token_positions(1)
+  S, pos_Bx1 = decode.slots, decode.token_positions(1)
   iq_Bx1xJxI, ik_Bx1xI, iw_Bx1xJ = indexer_inputs(mod, x_Bx1xD, cfg, o, pos_Bx1)
-  ik_BxSxI = decoding.cached(mod, "ik", ik_Bx1xI, decode)
+  ik_BxSxI = decoding.cached(mod, "ik", ik_Bx1xI, decode, cfg.rope_base)
   pick_Bx1xS = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_BxSxI, "BCJI,BSI->BCJS")
-  causal_Bx1xS = jnp.arange(S)[None, None, :] <= pos_Bx1[:, :, None]
-  top, idx_Bx1xN = jax.lax.top_k(jnp.where(causal_Bx1xS, pick_Bx1xS, -jnp.inf), min(o.top_k, S))
+  causal_Bx1xS = decoding.causal_ok(decode, 1)
+  top, idx_Bx1xN = decoding.top_k(jnp.where(causal_Bx1xS, pick_Bx1xS, -jnp.inf), min(o.top_k, S), decode)
   valid_Bx1xN = jnp.isfinite(top)
   if o.indexer_grad != "gate":
     return idx_Bx1xN, valid_Bx1xN, None
@@ -336,19 +336,16 @@ class SparseAttention(nn.Module):
     """One decoding step: the rule scores every cached key (the indexer: its cached indexer keys), the top k are
     gathered from the KV cache and attended; the same picks as the full forward's at this position."""
     o = self.opts
-    S = decode.max_len
-    N, pos_Bx1 = min(o.top_k, S), decode.token_positions(1)
+    N, pos_Bx1 = min(o.top_k, decode.slots), decode.token_positions(1)
     q_Bx1xHxK, k_Bx1xGxK, v_Bx1xGxK = project_qkv(self, x_BxTxD, self.cfg, positions=pos_Bx1)
-    k_BxSxGxK, v_BxSxGxK = (decoding.cached(self, n, a, decode) for n, a in (("k", k_Bx1xGxK), ("v", v_Bx1xGxK)))
-    t_Bx1x1 = pos_Bx1[:, :, None]
+    k_BxSxGxK = decoding.cached(self, "k", k_Bx1xGxK, decode, self.cfg.rope_base)
+    v_BxSxGxK = decoding.cached(self, "v", v_Bx1xGxK, decode)
+    t_Bx1x1, s_Bx1xS = pos_Bx1[:, :, None], decoding.slot_positions(decode)[:, None, :]  # slots hold positions
+    ok_Bx1xS = decoding.causal_ok(decode, 1)
     bias = None
-    if o.select == "window":
-      idx_Bx1xN = t_Bx1x1 - jnp.arange(N)[None, None, :]
-      idx_Bx1xN, valid_Bx1xN = jnp.maximum(idx_Bx1xN, 0), idx_Bx1xN >= 0
-    elif o.select == "random":
-      s_1x1xS = jnp.arange(S)[None, None, :]
-      scores = jnp.where(s_1x1xS <= t_Bx1x1, random_scores(self.seed(), t_Bx1x1, s_1x1xS), -jnp.inf)
-      top, idx_Bx1xN = jax.lax.top_k(scores, N)
+    if o.select in ("window", "random"):  # the window: the newest visible keys; random: its fixed pattern
+      by = s_Bx1xS if o.select == "window" else random_scores(self.seed(), t_Bx1x1, s_Bx1xS)
+      top, idx_Bx1xN = decoding.top_k(jnp.where(ok_Bx1xS, by.astype(jnp.float32), -jnp.inf), N, decode)
       valid_Bx1xN = jnp.isfinite(top)
     else:
       idx_Bx1xN, valid_Bx1xN, bias = indexer_step_picks(self, x_BxTxD, self.cfg, o, decode)
