@@ -77,6 +77,8 @@ class ModelConfig(PicklesAsDicts):
   remat: bool = False  # rematerialise each block in the backward pass (saves activation memory)
   init_std: float = 0.02  # normal init std; residual output projections scaled by 1/sqrt(2*num_layers)
   norm_eps: float = 1e-6  # RMSNorm epsilon
+  mtp_depth: int = 0  # D multi-token-prediction modules (DeepSeek-V3 2.2): module k predicts token t+k+1; 0: off
+  mtp_weight: float = 0.3  # lambda: the MTP losses weigh lambda / D each (DeepSeek-V3: 0.3, later 0.1)
 
   def __post_init__(self):
     for name in ("num_layers", "d_model", "num_heads"):
@@ -113,6 +115,12 @@ class ModelConfig(PicklesAsDicts):
     )
     require(0.0 <= self.dropout < 1.0, "model.dropout", f"{self.dropout} is not in [0, 1)", "use e.g. 0.1")
     require(self.arch in ARCHS, "model.arch", f"unknown {self.arch!r}", f"use one of {ARCHS}")
+    require(
+      self.mtp_depth >= 0 and self.mtp_weight >= 0 and (self.arch == "lm" or not self.mtp_depth),
+      "model.mtp_depth",
+      f"{self.mtp_depth} modules of weight {self.mtp_weight} for arch={self.arch!r}",
+      "use 0 or more modules and a weight >= 0, on a language model (arch=lm) only",
+    )
     object.__setattr__(self, "mixer_pattern", tuple(self.mixer_pattern))
     object.__setattr__(self, "ffn_pattern", tuple(self.ffn_pattern))
     for table, field in ((registry.MIXERS, "mixer"), (registry.FFNS, "ffn")):

@@ -27,14 +27,14 @@ NAMES = ("timed", "groups", "bpc", "diagnostics")
 
 
 def eval_step(model, diagnostics: bool = False) -> Callable:
-  """The pure step `(state, batch) -> (sums {loss_sum, correct_B, count_B}, mixer/ffn metrics)`; `diagnostics` adds
+  """The pure step `(state, batch) -> (sums {loss_sum, correct_B, count_B}, mixer/ffn/mtp metrics)`; `diagnostics` adds
   the costly diagnostics (registry.DIAGNOSTICS), for an untimed pass only."""
 
   def step(state, batch: dict) -> tuple[dict, dict]:
     _, metrics, sums, _ = forward(model, state.params, state.model_state, batch, None, True, diagnostics)
     return (
       {k: sums[k] for k in ("loss_sum", "correct_B", "count_B")},
-      {k: v for k, v in metrics.items() if k.startswith(("mixer/", "ffn/"))},
+      {k: v for k, v in metrics.items() if k.startswith(("mixer/", "ffn/", "mtp/"))},
     )
 
   return step

@@ -52,6 +52,14 @@ class Transformer(nn.Module):
   Aux contract: each mixer/ffn returns a dict; keys starting with `loss_` are auxiliary losses (already weighted)
   and are summed into `aux["aux_loss"]`; other keys are diagnostics, reported per layer (`mixer/<key>/layer<i>`)
   and averaged over the layers that report them (`mixer/<key>`).
+
+  Multi-token prediction (`mtp_depth` D > 0; DeepSeek-V3, arXiv:2412.19437, section 2.2; Gloeckle et al. 2024):
+  module k = 1..D merges the previous depth's hidden state h^{k-1}_i (h^0: the last block's output, before the final
+  norm) with the embedding of token i+k, M_k [RMSNorm(h^{k-1}_i); RMSNorm(Emb(t_{i+k}))], runs one block (the last
+  layer's mixer and feed-forward; its layer index L+k-1 in the aux keys) and predicts token i+k+1 through its own
+  RMSNorm and the shared output head. In training and evaluation (not decoding, not at target_pos) their logits go
+  to `aux["mtp_logits"]` [D, B, T, V] (the last k positions of depth k have no target), which r1jax/objective.py
+  turns into the weighted MTP losses.
   """
 
   cfg: ModelConfig
@@ -79,22 +87,45 @@ class Transformer(nn.Module):
     x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
     block_cls = nn.remat(Block, static_argnums=(2, 3)) if cfg.remat else Block
     per_layer = {}
-    for i in range(cfg.num_layers):
-      x_BxTxD, aux = block_cls(cfg, i, name=f"layer{i}")(x_BxTxD, deterministic, decode)
+
+    def collect(i, aux):
       for kind, values in aux.items():
         for key, value in values.items():
           per_layer.setdefault(f"{kind}/{key}", []).append((i, value))
-    x_BxTxD = layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x_BxTxD)
-    if target_pos_BxN is not None:  # score only these positions (MQAR answers): skips B*T*V logits
-      x_BxTxD = jnp.take_along_axis(x_BxTxD, target_pos_BxN[..., None], axis=1)
+
+    for i in range(cfg.num_layers):
+      x_BxTxD, aux = block_cls(cfg, i, name=f"layer{i}")(x_BxTxD, deterministic, decode)
+      collect(i, aux)
     if cfg.tie_embeddings:
       head_DxV = embed_VxD.T
     else:
       head_DxV = layers.param(self, "head", (D, V), ("embed", "vocab"), cfg.init_std, cfg.param_dtype)
-    logits_BxTxV = jnp.einsum("BTD,DV->BTV", x_BxTxD, head_DxV.astype(x_BxTxD.dtype)).astype(jnp.float32)
-    logits_BxTxV = layers.constrain(logits_BxTxV, ("act_batch", "act_length", "act_vocab"))
-    logits_BxTxV = mask_padded_classes(logits_BxTxV, cfg.vocab_size)
-    return logits_BxTxV, collect_aux(per_layer)
+
+    def logits(name, h_BxTxD):  # the final norm `name`, then the shared output head
+      h_BxTxD = layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)(h_BxTxD)
+      if target_pos_BxN is not None:  # score only these positions (MQAR answers): skips B*T*V logits
+        h_BxTxD = jnp.take_along_axis(h_BxTxD, target_pos_BxN[..., None], axis=1)
+      out_BxTxV = jnp.einsum("BTD,DV->BTV", h_BxTxD, head_DxV.astype(h_BxTxD.dtype)).astype(jnp.float32)
+      out_BxTxV = layers.constrain(out_BxTxV, ("act_batch", "act_length", "act_vocab"))
+      return mask_padded_classes(out_BxTxV, cfg.vocab_size)
+
+    logits_BxTxV = logits("final_norm", x_BxTxD)
+    mtp = []
+    if cfg.mtp_depth and decode is None and target_pos_BxN is None:
+      norm = lambda name, a: layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)(a)  # noqa: E731
+      h_BxTxD, e_BxTxD = x_BxTxD, embeddings_BxTxD.astype(x_BxTxD.dtype)
+      for k in range(1, cfg.mtp_depth + 1):
+        ahead_BxTxD = jnp.concatenate([e_BxTxD[:, k:], jnp.zeros_like(e_BxTxD[:, :k])], 1)  # Emb(t_{i+k})
+        merged_BxTx2D = jnp.concatenate([norm(f"mtp{k}_norm_h", h_BxTxD), norm(f"mtp{k}_norm_e", ahead_BxTxD)], -1)
+        w_2DxD = layers.param(self, f"mtp{k}_proj", (2 * D, D), (None, "embed"), cfg.init_std, cfg.param_dtype)
+        h_BxTxD = jnp.einsum("BTE,ED->BTD", merged_BxTx2D, w_2DxD.astype(merged_BxTx2D.dtype))
+        h_BxTxD, aux = block_cls(cfg, cfg.num_layers - 1, name=f"mtp{k}")(h_BxTxD, deterministic, None)
+        collect(cfg.num_layers + k - 1, aux)
+        mtp.append(logits(f"mtp{k}_norm", h_BxTxD))
+    aux = collect_aux(per_layer)
+    if mtp:
+      aux["mtp_logits"] = jnp.stack(mtp)
+    return logits_BxTxV, aux
 
 
 def collect_aux(per_layer: dict[str, list[tuple[int, jax.Array]]]) -> dict[str, jax.Array]:

@@ -34,6 +34,30 @@ class Mutation:
 
 MUTATIONS = (
   Mutation(
+    "mtp_merges_the_token_it_should_predict",
+    "r1jax/model.py",
+    "jnp.concatenate([e_BxTxD[:, k:], jnp.zeros_like(e_BxTxD[:, :k])], 1)",
+    "jnp.concatenate([e_BxTxD[:, k + 1 :], jnp.zeros_like(e_BxTxD[:, : k + 1])], 1)",
+    "tests/test_mtp.py",
+    "definition or up_to",
+  ),
+  Mutation(
+    "mtp_loss_on_the_main_heads_targets",
+    "r1jax/objective.py",
+    "shift(targets_BxT, k), shift(w_BxT, k)",
+    "shift(targets_BxT, k - 1), shift(w_BxT, k)",
+    "tests/test_mtp.py",
+    "shifted_targets",
+  ),
+  Mutation(
+    "mtp_zero_weight_still_backpropagates",
+    "r1jax/objective.py",
+    "jax.lax.stop_gradient(mtp_DxBxTxV) if weight == 0 else mtp_DxBxTxV",
+    "mtp_DxBxTxV",
+    "tests/test_mtp.py",
+    "bitwise",
+  ),
+  Mutation(
     "sinks_read_one_position_late",
     "r1jax/decoding.py",
     "jnp.maximum(decode.positions - (decode.context - 1), 0)",

@@ -218,6 +218,7 @@ ONE_VARIANT = {
   "moe_ablation": "dense",
   "attention3d_ablation": "space",
   "kv_cache_ablation": "mha",
+  "mtp_ablation": "d2",
 }
 SMOKE = {
   "sparse_attn_ablation": (["--variants=dense,dsa_warmup,dsa", "--tasks=passkey"], _check_sparse),  # DSA's chain

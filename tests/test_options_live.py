@@ -110,6 +110,7 @@ CONTEXT = {
     for k in ("steps", "seq_len", "kv_pairs")
   },
   "train.diag_batches": {"model.mixer": "sparse", "model.mixer_options.sparse.top_k": 4},
+  "model.mtp_weight": {"model.mtp_depth": 1},
 }
 ALTERNATIVES = {  # values the candidates would not find ("<text_file>", "<tokens_dir_2>": the fixtures' paths)
   "model.vocab_size": 200,  # >= the dataset's vocabulary (a smaller one is refused)
