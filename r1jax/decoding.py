@@ -100,6 +100,12 @@ def why_not_decodable(module_cls: type, opts) -> str:
   return getattr(module_cls, "not_decodable", lambda o: "")(opts)
 
 
+def why_no_window(module_cls: type, opts) -> str:
+  """What mixer class `module_cls` does instead of keeping a cache window with `opts` (its `decode_window(opts)`),
+  "" when its cache keeps the window (a mixer without one does)."""
+  return getattr(module_cls, "decode_window", lambda o: "")(opts)
+
+
 def check_decodable(module_cls: type, opts, name: str) -> None:
   """ConfigError naming mixer `name` when it cannot decode with `opts` (see why_not_decodable)."""
   why = why_not_decodable(module_cls, opts)

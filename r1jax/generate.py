@@ -98,7 +98,7 @@ def generate_ids(
   first tokens; r1jax/decoding.py), a prompt longer than the window is prefilled up to it and its rest fed through
   steps (the prompt's tokens instead of samples), so no layer ever reads more than the window."""
   P = prompts_BxP.shape[1]
-  F = min(P, context) if 0 < context < max_len else P  # tokens prefilled
+  F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)  # tokens prefilled
   pre_B = jnp.minimum(lengths_B, F)
   logits_BxFxV, cache = _prefill(model, params, prompts_BxP[:, :F], pre_B, max_len, context, sinks)
   last_BxV = jnp.take_along_axis(logits_BxFxV, (pre_B - 1)[:, None, None], 1)[:, 0]
@@ -185,7 +185,7 @@ def window_notes(cfg) -> list[str]:
   notes = []
   for name in dict.fromkeys(cfg.layer_names("mixer")):
     module = registry.lookup(registry.MIXERS, name, "model.mixer").module
-    note = getattr(module, "decode_window", lambda o: "")(cfg.options("mixer", name))
+    note = decoding.why_no_window(module, cfg.options("mixer", name))
     if note:
       notes.append(f"model.mixer={name!r} {note}")
   return notes

@@ -84,7 +84,7 @@ MUTATIONS = (
   Mutation(
     "long_prompt_prefilled_past_the_window",
     "r1jax/generate.py",
-    "F = min(P, context) if 0 < context < max_len else P",
+    "F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)",
     "F = P",
     "tests/test_context_window.py",
     "longer_than_the_window",

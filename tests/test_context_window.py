@@ -20,7 +20,7 @@ registry.load_builtins()
 
 def _keeps_window(name: str, opts) -> bool:
   module = registry.MIXERS[name].module
-  return not decoding.why_not_decodable(module, opts) and not getattr(module, "decode_window", lambda o: "")(opts)
+  return not decoding.why_not_decodable(module, opts) and not decoding.why_no_window(module, opts)
 
 
 # every mixer whose cache keeps the window, and the other selection rules of DSA and MLA (random picks are seeded by
