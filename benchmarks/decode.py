@@ -1,6 +1,7 @@
-"""Decoding cost per mixer (r1jax/decoding.py): prefill time, per-token decode latency at batch 1, decode tokens/s at
-a larger batch and cache bytes per sequence, at several contexts, as ratios to dense attention measured in the same
-run; and each mixer's crossover context (the first from which its step is faster than dense's at every longer one).
+"""Decoding cost per mixer (r1jax/inference/decoding.py): prefill time, per-token decode latency at batch 1, decode
+tokens/s at a larger batch and cache bytes per sequence, at several contexts, as ratios to dense attention measured in
+the same run; and each mixer's crossover context (the first from which its step is faster than dense's at every longer
+one).
 
   python benchmarks/decode.py                                                # CPU, contexts 1k-16k
   python benchmarks/decode.py --contexts=1024,4096,16384,65536 --batch=16    # GPU
@@ -8,6 +9,18 @@ run; and each mixer's crossover context (the first from which its step is faster
 
 The measurements go to --out (results/decode/report.json), where `python -m r1jax.claims` judges the seed articles'
 inference-speed claims on the decoding step at the longest context measured.
+
+Self-speculative decoding (r1jax/inference/speculative.py) needs a model whose drafts are worth something: with
+--speculative_workdir=<a run trained with model.mtp_depth >= 1> (experiments/mtp_ablation.py's d1 or d2; the
+README's command), rows at each of --speculative_contexts compare greedy decoding of that model's own text with and
+without its MTP drafts: tokens committed per pass of the main model, and tokens/s at batch 1 and --batch as a ratio
+to plain decoding. The prompts are validation text (the rows' windows spread over the split). At each context the
+cache keeps every position (a step reads all C; the model reads past its trained length, where its text drifts:
+r1jax/generate.py); one more row decodes in a window of the trained length (a prompt of that length, then
+--speculative_tokens past it; r1jax/generate.py's default), where the text stays text. A row's time per token is
+that of decoding --speculative_tokens tokens from a prefilled cache (`prefill_ids` / `speculative_prefill`, untimed),
+the median of at least 5 calls. --int8_workdir=<a trained run> adds the row of its decoding (in the trained window)
+with float weights and with them rounded to INT8 (r1jax/inference/quantize.py): bytes and tokens/s.
 
 The model: --layers layers of width --d_model, --heads heads; the sparse mixers at one key budget --budget (top-k
 keys; block: budget/64 blocks of 64; local: a window of budget); NSA at its paper's sizes (l=32, d=16, l'=64,
@@ -22,6 +35,8 @@ estimate exceeds --max_memory_gb. Each measurement runs in a child process, so r
 costs one cell.
 """
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -29,12 +44,15 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import flags
+import numpy as np
+from absl import flags, logging
 
-from r1jax import decoding, entry
+from r1jax import entry, generate
 from r1jax.atomic import write_record
 from r1jax.config import ModelConfig
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding, speculative
+from r1jax.inference.sampling import Sampling
 from r1jax.lab import configs
 from r1jax.lab.scaling import decode_step, measure_in_child, median_sec, memory_limit_bytes
 from r1jax.mixers.dense import FLASH_FROM
@@ -66,6 +84,10 @@ flags.DEFINE_string(
   "results/decode/report.json",
   "where the measurements go as JSON (r1jax.claims judges the inference-speed claims from them); empty: nowhere",
 )
+flags.DEFINE_string("speculative_workdir", "", "a run trained with model.mtp_depth >= 1: its speculative rows")
+flags.DEFINE_list("speculative_contexts", ["64", "1024", "16384"], "contexts C of the speculative rows (prompt + new)")
+flags.DEFINE_integer("speculative_tokens", 64, "tokens decoded per timed call of a speculative row")
+flags.DEFINE_string("int8_workdir", "", "a trained run: rows of its decoding with float and with INT8 weights")
 flags.DEFINE_string("one", "", "internal: measure one VARIANT:CONTEXT in this process and print it as JSON")
 FLAGS = flags.FLAGS
 
@@ -132,6 +154,116 @@ def measure_here(name: str, C: int) -> dict:
   return out
 
 
+def measure_speculative_here(C: int) -> dict:
+  """Greedy decoding of --speculative_workdir's model, plain and speculative, at batch 1 and --batch: seconds per
+  token from a prefilled cache (the median of at least 5 calls) and tokens per pass of the main model; after C -
+  --speculative_tokens tokens of validation text with every position cached, or (C = 0) after the trained length's
+  worth in a window of it."""
+  model, variables, data, cfg = generate.load(FLAGS.speculative_workdir)
+  params, N, repeats = nn.unbox(variables), FLAGS.speculative_tokens, max(FLAGS.repeats, 5)
+  window = 0 if C else cfg.data.seq_len
+  P, val = C - N if C else window, np.asarray(data.val_ids)
+  C = C or P + N
+  out = {}
+  for B, suffix in ((1, "b1"), (FLAGS.batch, "batch")):
+    starts = np.linspace(0, len(val) - P, B).astype(int)
+    prompts = jnp.asarray(np.stack([val[s : s + P] for s in starts]).astype(np.int32))
+    lengths = jnp.full((B,), P, jnp.int32)
+    kw = dict(max_len=C, sampling=Sampling(temperature=0.0), context=window)
+    for name, prefill, decode in (
+      ("plain", generate.prefill_ids, generate.decode_ids),
+      ("spec", speculative.speculative_prefill, speculative.speculative_decode),
+    ):
+      state = jax.block_until_ready(prefill(model, params, prompts, lengths, **kw))
+      run = functools.partial(decode, model, params, max_new_tokens=N, **kw)
+      out[f"{name}_sec_per_token_{suffix}"] = median_sec(run, state, prompts, lengths, repeats=repeats) / N
+      if name == "spec":
+        counts = run(state, prompts, lengths)[1]
+        out[f"tokens_per_pass_{suffix}"] = float(counts["tokens"].sum() / counts["rounds"].sum())
+        out[f"accepted_{suffix}"] = (np.asarray(counts["accepted"]).sum(0) / float(counts["rounds"].sum())).tolist()
+  return out
+
+
+def measure_int8_here() -> dict:
+  """Greedy decoding of --int8_workdir's model with its float weights and with them rounded to INT8 (r1jax/
+  quantize.py), at batch 1 and --batch, after the trained length's worth of validation text in a window of it:
+  seconds per token from a prefilled cache (the median of at least 5 calls) and the parameters' bytes."""
+  from r1jax.inference import quantize  # qwix only where asked for
+
+  model, variables, data, cfg = generate.load(FLAGS.int8_workdir)
+  float_model = Transformer(dataclasses.replace(model.cfg, quant=""))  # a QAT run's weights, unrounded
+  variables, N, repeats = nn.unbox(variables), FLAGS.speculative_tokens, max(FLAGS.repeats, 5)
+  P, val = cfg.data.seq_len, np.asarray(data.val_ids)
+  int8_model, int8_params = quantize.ptq(float_model, variables["params"], jnp.zeros((1, 8), jnp.int32))
+  models = {"float": (float_model, variables), "int8": (int8_model, {**variables, "params": int8_params})}
+  out = {f"{k}_bytes": quantize.param_bytes(v[1]["params"]) for k, v in models.items()}
+  for B, suffix in ((1, "b1"), (FLAGS.batch, "batch")):
+    starts = np.linspace(0, len(val) - P, B).astype(int)
+    prompts = jnp.asarray(np.stack([val[s : s + P] for s in starts]).astype(np.int32))
+    lengths = jnp.full((B,), P, jnp.int32)
+    kw = dict(max_len=P + N, sampling=Sampling(temperature=0.0), context=P)
+    for name, (m, params) in models.items():
+      state = jax.block_until_ready(generate.prefill_ids(m, params, prompts, lengths, **kw))
+      run = functools.partial(generate.decode_ids, m, params, max_new_tokens=N, **kw)
+      out[f"{name}_sec_per_token_{suffix}"] = median_sec(run, state, prompts, lengths, repeats=repeats) / N
+  return out
+
+
+def int8_row() -> dict:
+  """The INT8 row (in a child process), printed as a table."""
+  args = [os.path.abspath(__file__), "--one=int8:0"] + [
+    f"--{f}={FLAGS[f].value}" for f in ("int8_workdir", "speculative_tokens", "batch", "repeats")
+  ]
+  r, why = measure_in_child(args)
+  if r is None:
+    print(f"  int8: n/a ({why})")
+    return {}
+  cells = []
+  for suffix, B in (("b1", 1), ("batch", FLAGS.batch)):
+    f, q = B / r[f"float_sec_per_token_{suffix}"], B / r[f"int8_sec_per_token_{suffix}"]
+    cells.append(f"{f:,.0f}, {q:,.0f} ({q / f:.2f})")
+  fb, qb = r["float_bytes"], r["int8_bytes"]
+  print(
+    "\n| weights | bytes in memory: float, INT8 (ratio) | on disk (ratio) | tokens/s batch 1: float, INT8 (ratio) | "
+    f"tokens/s batch {FLAGS.batch}: float, INT8 (ratio) |\n|---|---|---|---|---|\n"
+    f"| {FLAGS.int8_workdir} | {fb['memory']:,}, {qb['memory']:,} ({qb['memory'] / fb['memory']:.3f}) | "
+    f"{qb['disk'] / fb['disk']:.3f} | {cells[0]} | {cells[1]} |\n"
+  )
+  return r
+
+
+def speculative_rows() -> dict:
+  """The speculative rows (a child process per context), printed as a table; {C: measurements}."""
+  res = {}
+  for C in [int(c) for c in FLAGS.speculative_contexts] + [0]:  # 0: the window row
+    args = [os.path.abspath(__file__), f"--one=speculative:{C}"] + [
+      f"--{f}={FLAGS[f].value}" for f in ("speculative_workdir", "speculative_tokens", "batch", "repeats")
+    ]
+    r, why = measure_in_child(args)
+    if r is None:
+      print(f"  speculative C={C}: n/a ({why})")
+      continue
+    res[C] = r
+    print(f"  measured speculative C={C:6d}: {r['tokens_per_pass_b1']:.2f} tokens per pass", flush=True)
+  lines = [
+    f"| C | window | tokens per pass (batch 1 / {FLAGS.batch}) | drafts 1..k accepted | tokens/s batch 1: plain, "
+    f"speculative (ratio) | tokens/s batch {FLAGS.batch}: plain, speculative (ratio) |",
+    "|---|---|---|---|---|---|",
+  ]
+  for C, r in res.items():
+    cells = []
+    for suffix, B in (("b1", 1), ("batch", FLAGS.batch)):
+      plain, spec = B / r[f"plain_sec_per_token_{suffix}"], B / r[f"spec_sec_per_token_{suffix}"]
+      cells.append(f"{plain:,.0f}, {spec:,.0f} ({spec / plain:.2f})")
+    accepted = ", ".join(f"{a:.1%}" for a in r["accepted_b1"])
+    passes = f"{r['tokens_per_pass_b1']:.2f} / {r['tokens_per_pass_batch']:.2f}"
+    lines.append(
+      f"| {C or 'trained + new'} | {'all C' if C else 'trained'} | {passes} | {accepted} | {cells[0]} | {cells[1]} |"
+    )
+  print("\n" + "\n".join(lines) + "\n")
+  return res
+
+
 def measure(name: str, C: int) -> dict:
   """One measurement in a child process (running out of memory kills the child, not the sweep)."""
   args = [os.path.abspath(__file__), f"--one={name}:{C}"] + [
@@ -147,10 +279,26 @@ def measure(name: str, C: int) -> dict:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint it opens at INFO
   if FLAGS.one:
     name, C = FLAGS.one.split(":")
-    print(json.dumps(measure_here(name, int(C))))
+    if name in ("speculative", "int8"):
+      print(json.dumps(measure_speculative_here(int(C)) if name == "speculative" else measure_int8_here()))
+    else:
+      print(json.dumps(measure_here(name, int(C))))
     return
+  if FLAGS.int8_workdir:
+    generate.load(FLAGS.int8_workdir)  # a clear error now for a workdir that holds no trained text model
+  if FLAGS.speculative_workdir:  # its checks before the first measurement
+    model = generate.load(FLAGS.speculative_workdir)[0]
+    speculative.check_speculative(model.cfg)
+    short = [c for c in FLAGS.speculative_contexts if not c.isdigit() or int(c) < 8 + FLAGS.speculative_tokens]
+    if short:
+      raise ConfigError(
+        f"--speculative_contexts={','.join(short)}: each needs room for a prompt and "
+        f"--speculative_tokens={FLAGS.speculative_tokens}. Fix: use contexts of at least "
+        f"{8 + FLAGS.speculative_tokens} or fewer --speculative_tokens."
+      )
   if not all(c.isdigit() and int(c) > FLAGS.steps for c in FLAGS.contexts):
     raise ConfigError(
       f"--contexts={','.join(FLAGS.contexts)}: need integers above --steps={FLAGS.steps}. Fix: e.g. "
@@ -196,6 +344,8 @@ def main(argv):
       ]
       lines.append(f"| {C} | {name} | " + " | ".join(cells) + " |")
   print("\n" + "\n".join(lines) + "\n")
+  spec = speculative_rows() if FLAGS.speculative_workdir else {}
+  int8 = int8_row() if FLAGS.int8_workdir else {}
   if FLAGS.out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     keys = ("prefill_sec", "step_sec_b1", "step_sec_batch", "cache_bytes")
@@ -213,6 +363,8 @@ def main(argv):
           "batch": FLAGS.batch,
         },
         "variants": {n: {k: [res[(n, C)][k] for C in contexts] for k in keys} for n in FLAGS.variants},
+        "speculative": {"workdir": FLAGS.speculative_workdir, "tokens": FLAGS.speculative_tokens, "rows": spec},
+        "int8": {"workdir": FLAGS.int8_workdir, "tokens": FLAGS.speculative_tokens, "row": int8},
       },
     )
     print(f"measurements: {os.path.abspath(FLAGS.out)}")

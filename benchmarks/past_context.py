@@ -1,7 +1,7 @@
 """Text past the trained context: validation text scored through the decoding path (r1jax.generate.score_ids: a
 prefill of the trained length, then one step per character, teacher-forced) at positions up to --length, with the
-cache's window (r1jax/decoding.py: the trained length, --sinks of it the first tokens) and without one, against the
-same model's loss inside its trained length.
+cache's window (r1jax/inference/decoding.py: the trained length, --sinks of it the first tokens) and without one,
+against the same model's loss inside its trained length.
 
   python benchmarks/past_context.py --workdir=results/dense_baseline/base/seed0          # the main job's run
   python benchmarks/past_context.py --workdir=<run> --length=2048 --rows=32 --sinks=0,4,8

@@ -79,6 +79,7 @@ class ModelConfig(PicklesAsDicts):
   norm_eps: float = 1e-6  # RMSNorm epsilon
   mtp_depth: int = 0  # D multi-token-prediction modules (DeepSeek-V3 2.2): module k predicts token t+k+1; 0: off
   mtp_weight: float = 0.3  # lambda: the MTP losses weigh lambda / D each (DeepSeek-V3: 0.3, later 0.1)
+  quant: str = ""  # "": float weights; int8: quantization-aware training on INT8 weights (r1jax/inference/quantize.py)
 
   def __post_init__(self):
     for name in ("num_layers", "d_model", "num_heads"):
@@ -120,6 +121,12 @@ class ModelConfig(PicklesAsDicts):
       "model.mtp_depth",
       f"{self.mtp_depth} modules of weight {self.mtp_weight} for arch={self.arch!r}",
       "use 0 or more modules and a weight >= 0, on a language model (arch=lm) only",
+    )
+    require(
+      self.quant in ("", "int8") and (self.arch == "lm" or not self.quant),
+      "model.quant",
+      f"{self.quant!r} for arch={self.arch!r}",
+      "use '' (float weights) or 'int8' (quantization-aware training), on a language model (arch=lm)",
     )
     object.__setattr__(self, "mixer_pattern", tuple(self.mixer_pattern))
     object.__setattr__(self, "ffn_pattern", tuple(self.ffn_pattern))
@@ -264,7 +271,8 @@ class TrainConfig:
   progress: bool = True  # tqdm progress bar (process 0 only)
   # What each evaluation measures (r1jax/evaluators.py): "timed" first (loss, accuracy, forward tokens/s: the forward
   # pass alone), then any of groups (accuracy per group of rows) | bpc (bits per character) | diagnostics (the
-  # mixers' costly diagnostics, in an untimed pass of their own)
+  # mixers' costly diagnostics, in an untimed pass of their own) | int8 (loss and accuracy with the weights rounded to
+  # INT8 after training, r1jax/inference/quantize.py, and the parameters' bytes)
   evaluators: tuple[str, ...] = ("timed", "groups", "bpc", "diagnostics")
   # Eval batches the untimed diagnostics pass reads (e.g. a sparse mixer's recall of the dense top-k, which runs a
   # dense attention pass; registry.DIAGNOSTICS), from the start of the eval set; 0: all of them.

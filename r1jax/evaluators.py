@@ -4,8 +4,9 @@
 accuracy and the mixers' cheap diagnostics. The others run after it, untimed: `groups` (accuracy per group of rows,
 e.g. passkey's context length x needle depth) and `bpc` (bits per character of text) derive from what the timed
 pass saw, on the host; `diagnostics` makes a pass of its own over the first train.diag_batches eval batches for the
-costly diagnostics (registry.DIAGNOSTICS: a sparse mixer's recall of the dense top-k runs dense attention). The timed
-step is built from the forward alone, before and apart from the others, so nothing untimed can enter it
+costly diagnostics (registry.DIAGNOSTICS: a sparse mixer's recall of the dense top-k runs dense attention); `int8`
+(not listed by default) one with the weights rounded to INT8 (r1jax/inference/quantize.py) and the parameters' sizes.
+The timed step is built from the forward alone, before and apart from the others, so nothing untimed can enter it
 (tests/test_train.py compares its compiled program with and without the other evaluators listed).
 """
 
@@ -15,6 +16,7 @@ import math
 import time
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -23,7 +25,7 @@ from r1jax.errors import ConfigError
 from r1jax.objective import forward
 
 # The evaluators by name, the timed one first: a run lists "timed" and any of the others (train.evaluators).
-NAMES = ("timed", "groups", "bpc", "diagnostics")
+NAMES = ("timed", "groups", "bpc", "diagnostics", "int8")
 
 
 def eval_step(model, diagnostics: bool = False) -> Callable:
@@ -144,7 +146,36 @@ class Diagnostics:
     return {f"eval/{k}": v / max(batches, 1) for k, v in diags.items()}
 
 
-UNTIMED = {"groups": Groups, "bpc": BitsPerChar, "diagnostics": Diagnostics}
+class Int8:
+  """The model after post-training INT8 quantization of its weights (r1jax/inference/quantize.py: a float-trained run's
+  weights rounded, or a QAT run's, as deployed): eval loss and accuracy from an untimed pass of its own over the eval
+  set, and the parameters' bytes in memory and on disk, INT8 and float."""
+
+  def __init__(self, run):
+    from r1jax.inference import quantize  # qwix only where asked for (its import costs ~1 s)
+    from r1jax.model import Transformer
+
+    self.run, self.quantize, self.step = run, quantize, None
+    self.float_model = Transformer(dataclasses.replace(run.model.cfg, quant=""))
+
+  def __call__(self, state, seen: Seen) -> dict[str, float]:
+    del seen
+    first = next(iter(self.run.data.eval_batches()))["inputs"][:1]
+    model, params = self.quantize.ptq(self.float_model, nn.unbox(state.params), first)
+    if self.step is None:
+      self.step = jax.jit(eval_step(model), out_shardings=self.run.replicated)
+    loss_sum, correct, count = 0.0, 0.0, 0.0
+    for batch in self.run.data.eval_batches():
+      sums, _ = jax.device_get(self.step(state.replace(params=params), sharding.put_batch(batch, self.run.mesh)))
+      loss_sum += float(sums["loss_sum"])
+      correct, count = correct + float(np.sum(sums["correct_B"])), count + float(np.sum(sums["count_B"]))
+    sizes = {"int8": self.quantize.param_bytes(params), "float": self.quantize.param_bytes(state.params)}
+    out = {"eval/int8/loss": loss_sum / max(count, 1.0), "eval/int8/accuracy": correct / max(count, 1.0)}
+    out.update({f"eval/{kind}/{where}_bytes": float(n) for kind, b in sizes.items() for where, n in b.items()})
+    return out
+
+
+UNTIMED = {"groups": Groups, "bpc": BitsPerChar, "diagnostics": Diagnostics, "int8": Int8}
 
 
 def check_names(names: tuple[str, ...]) -> None:

@@ -2,17 +2,21 @@
 
   python -m r1jax.generate --workdir=results/dense_baseline/base/seed0 --prompt="ROMEO:" --max_new_tokens=300
   python -m r1jax.generate --workdir=<run> --prompt="ROMEO:" --prompt="JULIET:" --temperature=0.8 --top_k=20
+  python -m r1jax.generate --workdir=<run with model.mtp_depth >= 1> --prompt="ROMEO:" --speculative=mtp
 
 Prompts of different lengths share one batch (right-padded; each row decodes from its own position, see
-r1jax/decoding.py). Sampling: temperature (0: greedy), top-k (0: off), top-p / nucleus (1: off), a seed.
+r1jax/inference/decoding.py). Sampling: temperature (0: greedy), top-k (0: off), top-p / nucleus (1: off), a seed.
 
 Past the length the model was trained at, each layer's cache keeps a window of that length by default (--context=-1;
 --context=N another window, 0 every position), --sink_tokens=N of it the first tokens (attention sinks,
 StreamingLLM): no layer then reads farther back than training did. A mixer whose state is not a window of tokens says
 on stderr what it does instead. `score_ids` scores text through the same decoding path (benchmarks/past_context.py).
+
+--speculative=mtp decodes a model trained with multi-token prediction self-speculatively
+(r1jax/inference/speculative.py): the same tokens as plain decoding at temperature 0, the same distribution when
+sampling, in fewer passes of the model; it prints on stderr how many tokens each pass committed.
 """
 
-import dataclasses
 import functools
 import os
 
@@ -22,46 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from r1jax import decoding, entry, registry
+from r1jax import entry, registry
 from r1jax.checkpoint import Checkpointer, latest_step
 from r1jax.config import Config
 from r1jax.data.core import make_dataset
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding, speculative
+from r1jax.inference.sampling import Sampling, sample  # noqa: F401 (generate.Sampling, generate.sample: the public names)
 from r1jax.train import make_model, resolve_model_config
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-  temperature: float = 1.0  # softmax temperature; 0: greedy
-  top_k: int = 0  # keep the k most likely tokens; 0: all
-  top_p: float = 1.0  # nucleus: keep the most likely tokens whose probabilities sum to >= p; 1: all
-  seed: int = 0
-
-  def __post_init__(self):
-    for ok, field, fix in (
-      (self.temperature >= 0, "temperature", "use 0 (greedy) or more"),
-      (self.top_k >= 0, "top_k", "use 0 (off) or a positive count"),
-      (0 < self.top_p <= 1, "top_p", "use a probability in (0, 1]"),
-    ):
-      if not ok:
-        raise ConfigError(f"--{field}={getattr(self, field)} is invalid. Fix: {fix}.")
-
-
-def sample(logits_BxV: jax.Array, key: jax.Array, s: Sampling) -> jax.Array:
-  """Token ids [B] drawn from the logits under temperature, top-k and top-p (greedy at temperature 0)."""
-  logits = logits_BxV.astype(jnp.float32)
-  if s.temperature == 0:
-    return jnp.argmax(logits, -1).astype(jnp.int32)
-  logits = logits / s.temperature
-  if s.top_k:
-    kth_Bx1 = jax.lax.top_k(logits, min(s.top_k, logits.shape[-1]))[0][:, -1:]
-    logits = jnp.where(logits < kth_Bx1, -jnp.inf, logits)
-  if s.top_p < 1:  # the smallest set of the most likely tokens with probability >= p (the top token always kept)
-    sorted_BxV = jnp.sort(logits, -1)[:, ::-1]
-    cum_BxV = jnp.cumsum(jax.nn.softmax(sorted_BxV, -1), -1)
-    cutoff_Bx1 = jnp.take_along_axis(sorted_BxV, jnp.sum(cum_BxV < s.top_p, -1, keepdims=True), -1)
-    logits = jnp.where(logits < cutoff_Bx1, -jnp.inf, logits)
-  return jax.random.categorical(key, logits, -1).astype(jnp.int32)
 
 
 def _prefill(model, params, ids_BxT, lengths_B, max_len: int, context: int, sinks: int):
@@ -80,7 +52,60 @@ def _step(model, params, cache, token_B, position_B, max_len: int, context: int,
   return logits_Bx1xV[:, 0], new[decoding.CACHE]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "max_len", "sampling", "context", "sinks"))
+STATIC = ("model", "max_len", "sampling", "context", "sinks")
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+def prefill_ids(
+  model, params, prompts_BxP: jax.Array, lengths_B: jax.Array, *, max_len: int, sampling: Sampling, context=0, sinks=0
+) -> dict[str, jax.Array]:
+  """The state plain decoding starts from (`decode_ids`): the cache after a prefill of each row's prompt (its first
+  lengths[b] tokens, at most the cache window), the prefilled length and the next token."""
+  P = prompts_BxP.shape[1]
+  F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)  # tokens prefilled
+  pre_B = jnp.minimum(lengths_B, F)
+  logits_BxFxV, cache = _prefill(model, params, prompts_BxP[:, :F], pre_B, max_len, context, sinks)
+  last_BxV = jnp.take_along_axis(logits_BxFxV, (pre_B - 1)[:, None, None], 1)[:, 0]
+  drawn_B = sample(last_BxV, jax.random.fold_in(jax.random.key(sampling.seed), 0), sampling)
+  prompt_B = jnp.take_along_axis(prompts_BxP, jnp.minimum(pre_B, P - 1)[:, None], 1)[:, 0]
+  return {"cache": cache, "pre": pre_B, "token": jnp.where(pre_B < lengths_B, prompt_B, drawn_B)}
+
+
+@functools.partial(jax.jit, static_argnames=("max_new_tokens", *STATIC))
+def decode_ids(
+  model,
+  params,
+  state: dict[str, jax.Array],
+  prompts_BxP: jax.Array,
+  lengths_B: jax.Array,
+  *,
+  max_new_tokens: int,
+  max_len: int,
+  sampling: Sampling,
+  context: int = 0,
+  sinks: int = 0,
+) -> jax.Array:
+  """[B, max_new_tokens] ids after each row's prompt from `prefill_ids`'s state: a scan of decoding steps; the rest of
+  a prompt longer than the window is fed through them (the prompt's tokens instead of samples)."""
+  P = prompts_BxP.shape[1]
+  F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)
+  pre_B, key = state["pre"], jax.random.key(sampling.seed)
+
+  def step(carry, i):
+    cache, token_B = carry
+    position_B = pre_B + i - 1  # the position of token_B
+    logits_BxV, cache = _step(model, params, cache, token_B, position_B, max_len, context, sinks)
+    drawn_B = sample(logits_BxV, jax.random.fold_in(key, i), sampling)
+    prompt_B = jnp.take_along_axis(prompts_BxP, jnp.minimum(position_B + 1, P - 1)[:, None], 1)[:, 0]
+    token_B = jnp.where(position_B + 1 < lengths_B, prompt_B, drawn_B)
+    return (cache, token_B), token_B
+
+  _, rest_NxB = jax.lax.scan(step, (state["cache"], state["token"]), jnp.arange(1, max_new_tokens + P - F))
+  tokens_BxN = jnp.concatenate([state["token"][:, None], rest_NxB.T], 1)  # the tokens at positions pre_B, pre_B + 1..
+  return jnp.take_along_axis(tokens_BxN, (lengths_B - pre_B)[:, None] + jnp.arange(max_new_tokens)[None], 1)
+
+
+@functools.partial(jax.jit, static_argnames=("max_new_tokens", *STATIC))
 def generate_ids(
   model,
   params,
@@ -94,33 +119,13 @@ def generate_ids(
   sinks: int = 0,
 ) -> jax.Array:
   """[B, max_new_tokens] sampled ids after each row's prompt (its first lengths[b] tokens), in one compiled
-  function: a prefill, then a scan of decoding steps. With a cache window (`context` slots, of which `sinks` keep the
-  first tokens; r1jax/decoding.py), a prompt longer than the window is prefilled up to it and its rest fed through
-  steps (the prompt's tokens instead of samples), so no layer ever reads more than the window."""
-  P = prompts_BxP.shape[1]
-  F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)  # tokens prefilled
-  pre_B = jnp.minimum(lengths_B, F)
-  logits_BxFxV, cache = _prefill(model, params, prompts_BxP[:, :F], pre_B, max_len, context, sinks)
-  last_BxV = jnp.take_along_axis(logits_BxFxV, (pre_B - 1)[:, None, None], 1)[:, 0]
-  key = jax.random.key(sampling.seed)
-
-  def token_at(logits_BxV, position_B, i):  # the prompt's token while inside the prompt, else a sample
-    drawn_B = sample(logits_BxV, jax.random.fold_in(key, i), sampling)
-    prompt_B = jnp.take_along_axis(prompts_BxP, jnp.minimum(position_B, P - 1)[:, None], 1)[:, 0]
-    return jnp.where(position_B < lengths_B, prompt_B, drawn_B)
-
-  first_B = token_at(last_BxV, pre_B, 0)
-
-  def step(carry, i):
-    cache, token_B = carry
-    position_B = pre_B + i - 1  # the position of token_B
-    logits_BxV, cache = _step(model, params, cache, token_B, position_B, max_len, context, sinks)
-    token_B = token_at(logits_BxV, position_B + 1, i)
-    return (cache, token_B), token_B
-
-  _, rest_NxB = jax.lax.scan(step, (cache, first_B), jnp.arange(1, max_new_tokens + P - F))
-  tokens_BxN = jnp.concatenate([first_B[:, None], rest_NxB.T], 1)  # the tokens at positions pre_B, pre_B + 1, ...
-  return jnp.take_along_axis(tokens_BxN, (lengths_B - pre_B)[:, None] + jnp.arange(max_new_tokens)[None], 1)
+  function: a prefill (`prefill_ids`), then a scan of decoding steps (`decode_ids`). With a cache window (`context`
+  slots, of which `sinks` keep the first tokens; r1jax/inference/decoding.py), a prompt longer than the window is
+  prefilled up to it and its rest fed through steps (the prompt's tokens instead of samples), so no layer ever reads
+  more than the window."""
+  kw = dict(max_len=max_len, sampling=sampling, context=context, sinks=sinks)
+  state = prefill_ids(model, params, prompts_BxP, lengths_B, **kw)
+  return decode_ids(model, params, state, prompts_BxP, lengths_B, max_new_tokens=max_new_tokens, **kw)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "prefill", "context", "sinks"))
@@ -181,7 +186,7 @@ def load(workdir: str):
 
 def window_notes(cfg) -> list[str]:
   """What each mixer of model config `cfg` that keeps no window over its cache does instead (its
-  `decode_window(opts)`, r1jax/decoding.py), one line per mixer name; [] when every layer keeps the window."""
+  `decode_window(opts)`, r1jax/inference/decoding.py), one line per mixer name; [] when every layer keeps the window."""
   notes = []
   for name in dict.fromkeys(cfg.layer_names("mixer")):
     module = registry.lookup(registry.MIXERS, name, "model.mixer").module
@@ -231,13 +236,20 @@ def generate_text(
   max_len: int = 0,
   context: int = -1,
   sinks: int = 0,
+  speculative_by: str = "",
 ) -> list[str]:
   """Each prompt followed by `max_new_tokens` sampled tokens, decoded to text. max_len: the positions a row may
   reach (0: just enough); context: the cache's window (-1: the length the model was trained at; 0: every position),
-  `sinks` of it the first tokens (r1jax/decoding.py); ConfigError when a prompt plus max_new_tokens does not fit."""
+  `sinks` of it the first tokens (r1jax/inference/decoding.py); speculative_by: "" (plain decoding) or "mtp" (drafts
+  from the model's MTP modules, r1jax/inference/speculative.py); ConfigError when a prompt plus max_new_tokens does not
+  fit."""
   if max_new_tokens < 1:
     raise ConfigError(f"--max_new_tokens={max_new_tokens} is invalid. Fix: ask for 1 or more.")
+  if speculative_by not in ("", "mtp"):
+    raise ConfigError(f"--speculative={speculative_by!r} is invalid. Fix: leave it empty (plain decoding) or use mtp.")
   model, variables, data, cfg = load(workdir)
+  if speculative_by:
+    speculative.check_speculative(model.cfg)
   context = resolve_context(context, sinks, cfg.data.seq_len)
   if context:
     for note in window_notes(model.cfg):
@@ -249,17 +261,19 @@ def generate_text(
       f"--prompt plus --max_new_tokens need {need} positions but --max_len={max_len}. Fix: raise "
       f"--max_len to >= {need} or ask for fewer tokens."
     )
-  out = generate_ids(
-    model,
-    nn.unbox(variables),
-    jnp.asarray(ids),
-    jnp.asarray(lengths),
-    max_new_tokens=max_new_tokens,
-    max_len=max_len or need,
-    sampling=sampling,
-    context=context,
-    sinks=sinks,
-  )
+  kw = dict(max_new_tokens=max_new_tokens, max_len=max_len or need, sampling=sampling, context=context, sinks=sinks)
+  args = (model, nn.unbox(variables), jnp.asarray(ids), jnp.asarray(lengths))
+  if speculative_by:
+    out, counts = speculative.speculative_ids(*args, **kw)
+    rounds = max(int(counts["rounds"].sum()), 1)
+    accepted = ", ".join(f"{float(a) / rounds:.1%}" for a in counts["accepted"].sum(0))
+    logging.warning(
+      "speculative decoding: %.2f tokens per pass of the model; drafts 1..k accepted: %s",
+      float(counts["tokens"].sum()) / rounds,
+      accepted,
+    )
+  else:
+    out = generate_ids(*args, **kw)
   return [p + data.decode(np.asarray(row).tolist()) for p, row in zip(prompts, out)]
 
 
@@ -278,6 +292,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("top_k", 0, "0: off")
   flags.DEFINE_float("top_p", 1.0, "1: off")
   flags.DEFINE_integer("seed", 0, "sampling seed")
+  flags.DEFINE_enum("speculative", "", ["", "mtp"], "mtp: self-speculative decoding with the model's MTP modules")
 
 
 def main(argv):
@@ -289,7 +304,14 @@ def main(argv):
     )
   sampling = Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p, FLAGS.seed)
   texts = generate_text(
-    FLAGS.workdir, FLAGS.prompt, FLAGS.max_new_tokens, sampling, FLAGS.max_len, FLAGS.context, FLAGS.sink_tokens
+    FLAGS.workdir,
+    FLAGS.prompt,
+    FLAGS.max_new_tokens,
+    sampling,
+    FLAGS.max_len,
+    FLAGS.context,
+    FLAGS.sink_tokens,
+    FLAGS.speculative,
   )
   for text in texts:
     print(text)

@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import decoding, layers, registry
+from r1jax import layers, registry
 from r1jax.config import ModelConfig
+from r1jax.inference import decoding
 
 
 class Block(nn.Module):
@@ -37,7 +38,15 @@ class Block(nn.Module):
         h_BxTxD, aux[kind] = module(cfg, opts, name=kind)(h_BxTxD, deterministic=deterministic)
       elif kind == "mixer":
         decoding.check_decodable(module, opts, name)
-        h_BxTxD, aux[kind] = module(cfg, opts, name=kind)(h_BxTxD, deterministic=deterministic, decode=decode)
+        mixer = module(cfg, opts, name=kind)
+        if decoding.steps_at_once(module, decode):
+          h_BxTxD, aux[kind] = mixer(h_BxTxD, deterministic=deterministic, decode=decode)
+        else:  # a step of several tokens (speculative verification), one token at a time: exact for every mixer
+          outs = [
+            mixer(h_BxTxD[:, j : j + 1], deterministic=deterministic, decode=decode.token(j))
+            for j in range(h_BxTxD.shape[1])
+          ]
+          h_BxTxD, aux[kind] = jnp.concatenate([o for o, _ in outs], 1), outs[-1][1]
       else:  # feed-forwards act per token; one that drops tokens by capacity decodes through its dropless path
         opts = getattr(module, "decode_options", lambda o: o)(opts)
         h_BxTxD, aux[kind] = module(cfg, opts, name=kind)(h_BxTxD, deterministic=deterministic)
@@ -59,7 +68,10 @@ class Transformer(nn.Module):
   layer's mixer and feed-forward; its layer index L+k-1 in the aux keys) and predicts token i+k+1 through its own
   RMSNorm and the shared output head. In training and evaluation (not decoding, not at target_pos) their logits go
   to `aux["mtp_logits"]` [D, B, T, V] (the last k positions of depth k have no target), which r1jax/objective.py
-  turns into the weighted MTP losses.
+  turns into the weighted MTP losses. Decoding, a call returns the last block's output as `aux["hidden"]`, and a call
+  with `mtp=(k, h)` runs module k alone on h [B, T, D] and the tokens given (those at positions i + k), with its own
+  cache: (its logits, {"hidden": its output}) — the drafts of self-speculative decoding
+  (r1jax/inference/speculative.py).
   """
 
   cfg: ModelConfig
@@ -73,10 +85,12 @@ class Transformer(nn.Module):
     target_pos_BxN: jax.Array | None = None,
     embeddings_BxTxD: jax.Array | None = None,
     decode: decoding.Decode | None = None,
+    mtp: tuple[int, jax.Array] | None = None,
   ) -> tuple[jax.Array, dict]:
     """Args: tokens; deterministic (no dropout); target_pos: score only these positions; embeddings: input
     vectors used instead of the token lookup (gradient-based causality checks); decode: a prefill or decoding
-    step with the `cache` collection mutable (r1jax/decoding.py)."""
+    step with the `cache` collection mutable (r1jax/inference/decoding.py); mtp: (depth k, h^{k-1}) to run MTP module k
+    alone (decoding)."""
     cfg = self.cfg
     V, D = cfg.padded_vocab, cfg.d_model
     embed_VxD = layers.param(self, "embed", (V, D), ("vocab", "embed"), cfg.init_std, cfg.param_dtype)
@@ -93,7 +107,7 @@ class Transformer(nn.Module):
         for key, value in values.items():
           per_layer.setdefault(f"{kind}/{key}", []).append((i, value))
 
-    for i in range(cfg.num_layers):
+    for i in range(cfg.num_layers if mtp is None else 0):
       x_BxTxD, aux = block_cls(cfg, i, name=f"layer{i}")(x_BxTxD, deterministic, decode)
       collect(i, aux)
     if cfg.tie_embeddings:
@@ -109,22 +123,32 @@ class Transformer(nn.Module):
       out_BxTxV = layers.constrain(out_BxTxV, ("act_batch", "act_length", "act_vocab"))
       return mask_padded_classes(out_BxTxV, cfg.vocab_size)
 
-    logits_BxTxV = logits("final_norm", x_BxTxD)
-    mtp = []
-    if cfg.mtp_depth and decode is None and target_pos_BxN is None:
+    def mtp_module(k, h_BxTxD, ahead_BxTxD, decode):  # M_k [RMSNorm(h); RMSNorm(Emb(t_{i+k}))], a block, the head
       norm = lambda name, a: layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=name)(a)  # noqa: E731
+      merged_BxTx2D = jnp.concatenate([norm(f"mtp{k}_norm_h", h_BxTxD), norm(f"mtp{k}_norm_e", ahead_BxTxD)], -1)
+      w_2DxD = layers.param(self, f"mtp{k}_proj", (2 * D, D), (None, "embed"), cfg.init_std, cfg.param_dtype)
+      h_BxTxD = jnp.einsum("BTE,ED->BTD", merged_BxTx2D, w_2DxD.astype(merged_BxTx2D.dtype))
+      h_BxTxD, aux = block_cls(cfg, cfg.num_layers - 1, name=f"mtp{k}")(h_BxTxD, deterministic, decode)
+      collect(cfg.num_layers + k - 1, aux)
+      return h_BxTxD, logits(f"mtp{k}_norm", h_BxTxD)
+
+    if mtp is not None:
+      k, h_BxTxD = mtp
+      h_BxTxD, logits_BxTxV = mtp_module(k, h_BxTxD.astype(x_BxTxD.dtype), x_BxTxD, decode)
+      return logits_BxTxV, {"hidden": h_BxTxD}
+    logits_BxTxV = logits("final_norm", x_BxTxD)
+    mtp_logits = []
+    if cfg.mtp_depth and decode is None and target_pos_BxN is None:
       h_BxTxD, e_BxTxD = x_BxTxD, embeddings_BxTxD.astype(x_BxTxD.dtype)
       for k in range(1, cfg.mtp_depth + 1):
         ahead_BxTxD = jnp.concatenate([e_BxTxD[:, k:], jnp.zeros_like(e_BxTxD[:, :k])], 1)  # Emb(t_{i+k})
-        merged_BxTx2D = jnp.concatenate([norm(f"mtp{k}_norm_h", h_BxTxD), norm(f"mtp{k}_norm_e", ahead_BxTxD)], -1)
-        w_2DxD = layers.param(self, f"mtp{k}_proj", (2 * D, D), (None, "embed"), cfg.init_std, cfg.param_dtype)
-        h_BxTxD = jnp.einsum("BTE,ED->BTD", merged_BxTx2D, w_2DxD.astype(merged_BxTx2D.dtype))
-        h_BxTxD, aux = block_cls(cfg, cfg.num_layers - 1, name=f"mtp{k}")(h_BxTxD, deterministic, None)
-        collect(cfg.num_layers + k - 1, aux)
-        mtp.append(logits(f"mtp{k}_norm", h_BxTxD))
+        h_BxTxD, logits_k = mtp_module(k, h_BxTxD, ahead_BxTxD, None)
+        mtp_logits.append(logits_k)
     aux = collect_aux(per_layer)
-    if mtp:
-      aux["mtp_logits"] = jnp.stack(mtp)
+    if mtp_logits:
+      aux["mtp_logits"] = jnp.stack(mtp_logits)
+    if decode is not None and cfg.mtp_depth:
+      aux["hidden"] = x_BxTxD
     return logits_BxTxV, aux
 
 
@@ -237,5 +261,10 @@ class VideoTransformer(nn.Module):
 
 
 def make_model(cfg: ModelConfig) -> nn.Module:
-  """The model of `cfg.arch`: the decoder-only Transformer LM, or the video classifier."""
+  """The model of `cfg.arch`: the decoder-only Transformer LM, or the video classifier; with `cfg.quant`, training on
+  INT8 weights (quantization-aware, r1jax/inference/quantize.py)."""
+  if cfg.quant:
+    from r1jax.inference import quantize  # qwix only where asked for: importing it costs every other process ~1 s
+
+    return quantize.qat(Transformer(cfg))
   return VideoTransformer(cfg) if cfg.arch == "video" else Transformer(cfg)

@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import decoding, registry, sharding
+from r1jax import registry, sharding
 from r1jax.config import Config, ModelConfig, default_config, to_dict
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.lab.ablation import override
 from r1jax.objective import forward
 from r1jax.train import Run, compile_train_step

@@ -34,6 +34,54 @@ class Mutation:
 
 MUTATIONS = (
   Mutation(
+    "int8_leaves_the_mtp_modules_float",
+    "r1jax/inference/quantize.py",
+    'BLOCKS = r"(layer|mtp)\\d+/.*"',
+    'BLOCKS = r"layer\\d+/.*"',
+    "tests/test_quantize.py",
+    "post_training",
+  ),
+  Mutation(
+    "quantization_aware_training_ignored",
+    "r1jax/model.py",
+    "  if cfg.quant:\n",
+    "  if False:\n",
+    "tests/test_quantize.py",
+    "evaluator",
+  ),
+  Mutation(
+    "speculative_skips_the_rollback",
+    "r1jax/inference/speculative.py",
+    'rollback = needs_rollback(cfg, decoding.Decode.step(state["pre"], L, context, sinks))',
+    "rollback = False",
+    "tests/test_speculative.py",
+    "greedy",
+  ),
+  Mutation(
+    "speculative_counts_drafts_accepted_after_a_rejection",
+    "r1jax/inference/speculative.py",
+    "a_B = jnp.where(done_B, 0, run_BxD.sum(-1))",
+    "a_B = jnp.where(done_B, 0, ok_BxD.sum(-1))",
+    "tests/test_speculative.py",
+    "greedy",
+  ),
+  Mutation(
+    "speculative_resamples_from_p_after_a_rejection",
+    "r1jax/inference/speculative.py",
+    "jnp.maximum(p_BxV - _at(q_BxDxV, jnp.minimum(a_B, D - 1)), 0.0)",
+    "p_BxV",
+    "tests/test_speculative.py",
+    "sampling",
+  ),
+  Mutation(
+    "state_cache_keeps_an_uncommitted_token",
+    "r1jax/inference/decoding.py",
+    "      if keep_B is not None:",
+    "      if False:",
+    "tests/test_speculative.py",
+    "greedy and fast_weight",
+  ),
+  Mutation(
     "mtp_merges_the_token_it_should_predict",
     "r1jax/model.py",
     "jnp.concatenate([e_BxTxD[:, k:], jnp.zeros_like(e_BxTxD[:, :k])], 1)",
@@ -59,7 +107,7 @@ MUTATIONS = (
   ),
   Mutation(
     "sinks_read_one_position_late",
-    "r1jax/decoding.py",
+    "r1jax/inference/decoding.py",
     "jnp.maximum(decode.positions - (decode.context - 1), 0)",
     "jnp.maximum(decode.positions - decode.context, 0)",
     "tests/test_context_window.py",
@@ -67,7 +115,7 @@ MUTATIONS = (
   ),
   Mutation(
     "ring_slot_ignores_the_sinks",
-    "r1jax/decoding.py",
+    "r1jax/inference/decoding.py",
     "slot_B = jnp.where(slot_B < N, slot_B, N + jnp.mod(slot_B - N, R))",
     "slot_B = jnp.where(slot_B < N, slot_B, N + jnp.mod(slot_B, R))",
     "tests/test_context_window.py",
@@ -75,7 +123,7 @@ MUTATIONS = (
   ),
   Mutation(
     "window_top_k_breaks_ties_by_slot",
-    "r1jax/decoding.py",
+    "r1jax/inference/decoding.py",
     "  if not decode.wraps:\n    return jax.lax.top_k(scores_BxTxS, k)",
     "  if True:\n    return jax.lax.top_k(scores_BxTxS, k)",
     "tests/test_context_window.py",
@@ -84,8 +132,8 @@ MUTATIONS = (
   Mutation(
     "long_prompt_prefilled_past_the_window",
     "r1jax/generate.py",
-    "F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)",
-    "F = P",
+    "F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)  # tokens prefilled",
+    "F = P  # tokens prefilled",
     "tests/test_context_window.py",
     "longer_than_the_window",
   ),
@@ -436,7 +484,7 @@ MUTATIONS = (
   ),
   Mutation(
     "decode_cache_written_one_position_late",
-    "r1jax/decoding.py",
+    "r1jax/inference/decoding.py",
     "  slot_B = decode.positions\n",
     "  slot_B = decode.positions + 1\n",
     "tests/test_decoding.py",

@@ -1,6 +1,6 @@
-"""Decoding past the trained context (r1jax/decoding.py's cache window): a cache of `context` slots, the first `sinks`
-positions and a ring of the rest. With one layer, a windowed step equals the training forward over [the sinks, the
-ring] (StreamingLLM's positions within the cache); with several, a dense model's windowed decoding equals the same
+"""Decoding past the trained context (r1jax/inference/decoding.py's cache window): a cache of `context` slots, the first
+`sinks` positions and a ring of the rest. With one layer, a windowed step equals the training forward over [the sinks,
+the ring] (StreamingLLM's positions within the cache); with several, a dense model's windowed decoding equals the same
 weights as a sliding-window model; r1jax.generate feeds a prompt longer than the window through steps."""
 
 import flax.linen as nn
@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import decoding, generate, registry
+from r1jax import generate, registry
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.model import Transformer
 
 from helpers import SMALL_MIXER_OPTIONS, small_model_config

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import decoding, registry, sharding
+from r1jax import registry, sharding
 from r1jax.config import MeshConfig
+from r1jax.inference import decoding
 
 from helpers import SMALL_MIXER_OPTIONS, small_model_config
 

@@ -1,5 +1,5 @@
-"""The decoding contract (r1jax/decoding.py), over every registered mixer and feed-forward: a prefill of prompts of
-different lengths, then one token at a time, gives the full forward's logits at every position (float32)."""
+"""The decoding contract (r1jax/inference/decoding.py), over every registered mixer and feed-forward: a prefill of
+prompts of different lengths, then one token at a time, gives the full forward's logits at every position (float32)."""
 
 import dataclasses
 
@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import decoding, registry
+from r1jax import registry
 from r1jax.config import ModelConfig
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.model import Transformer
 
 from helpers import SMALL_MIXER_OPTIONS, decode_logits, small_model_config

@@ -219,6 +219,7 @@ ONE_VARIANT = {
   "attention3d_ablation": "space",
   "kv_cache_ablation": "mha",
   "mtp_ablation": "d2",
+  "int8_ablation": "qat",
 }
 SMOKE = {
   "sparse_attn_ablation": (["--variants=dense,dsa_warmup,dsa", "--tasks=passkey"], _check_sparse),  # DSA's chain

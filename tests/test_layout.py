@@ -168,7 +168,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import decoding, layers
+from r1jax import layers
+from r1jax.inference import decoding
 from r1jax.registry import register_mixer
 
 

@@ -27,10 +27,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from r1jax import decoding, sharding
+from r1jax import sharding
 from r1jax.config import ModelConfig, OptimConfig
 from r1jax.errors import ConfigError
 from r1jax.ffn import grouped_matmul
+from r1jax.inference import decoding
 from r1jax.mixers import selected_kernel
 from r1jax.model import Transformer
 from r1jax.train import compile_train_step, initial_state, make_optimizer, static_memory_bytes
@@ -110,7 +111,7 @@ def abstract_params(cfg: ModelConfig):
 
 
 def decode_step(cfg: ModelConfig, context: int, batch: int, device):
-  """One decoding step of cfg's LM (r1jax/decoding.py: a token per sequence against a cache of `context`
+  """One decoding step of cfg's LM (r1jax/inference/decoding.py: a token per sequence against a cache of `context`
   positions, the cache donated) compiled for one device from abstract values."""
   model = Transformer(cfg)
   one = replicated_on(device)

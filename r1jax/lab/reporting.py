@@ -57,13 +57,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def columns(rows_or_flats: list[dict]) -> tuple:
-  """COLUMNS plus one per mixer/ffn eval diagnostic (averaged over layers) and multi-token prediction metric that any
-  run reported."""
+  """COLUMNS plus one per mixer/ffn eval diagnostic (averaged over layers), multi-token prediction metric and INT8
+  evaluator metric (r1jax/evaluators.py) that any run reported."""
   keys = dict.fromkeys(
     k.split(":")[0]
     for r in rows_or_flats
     for k in r
-    if k.startswith(("eval/mixer/", "eval/ffn/", "eval/mtp/")) and "/layer" not in k
+    if k.startswith(("eval/mixer/", "eval/ffn/", "eval/mtp/", "eval/int8/", "eval/float/")) and "/layer" not in k
   )
   return COLUMNS + tuple((k, k[len("eval/") :], "{:.3f}", 1.0) for k in keys)
 

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import decoding, registry, sharding
+from r1jax import registry, sharding
 from r1jax.config import MeshConfig, ModelConfig, OptimConfig
+from r1jax.inference import decoding
 from r1jax.model import Transformer
 from r1jax.train import (
   compile_train_step,
@@ -179,7 +180,7 @@ def layer_times(
 def decode_step(
   cfg: ModelConfig, C: int, batch: int = 1, steps: int = 16, repeats: int = 3, params=None
 ) -> dict[str, float]:
-  """A decoding step of the LM `cfg` at context C (r1jax/decoding.py): seconds per token at `batch` (median of
+  """A decoding step of the LM `cfg` at context C (r1jax/inference/decoding.py): seconds per token at `batch` (median of
   `repeats` timed calls of one compiled scan of `steps` tokens at the cache's last positions, after a warm-up call)
   and the cache's bytes per sequence. A step attends a cache of C positions; its content does not change the work,
   so the cache is an empty one (no prefill)."""

@@ -12,8 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import decoding
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.mixers import selected_kernel
 from r1jax.mixers.dense import project_out, project_qkv
 from r1jax.mixers.sparse import dense_probs
@@ -144,6 +144,8 @@ def selected_mass(
 @register_mixer("block_sparse", BlockSparseOptions)
 class BlockSparseAttention(nn.Module):
   """MoBA / NSA-style block selection attention (selection branch only; no compressed or sliding branch)."""
+
+  positional_cache = True  # its caches are indexed by position (r1jax/inference/decoding.py: rollback_free)
 
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: BlockSparseOptions

@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import decoding, layers
+from r1jax import layers
+from r1jax.inference import decoding
 from r1jax.mixers.dense import Attention, AttentionOptions, project_out
 from r1jax.registry import register_mixer
 
@@ -69,7 +70,8 @@ class ChannelAttention(nn.Module):
     C = decoding.state(self, "qk_sum", (B, H, K, K), jnp.float32)
     f32 = jnp.float32
     if decoding.stepping(decode):
-      C.value = C.value + jnp.einsum("BHI,BHJ->BHIJ", q[:, 0].astype(f32), k[:, 0].astype(f32))
+      keep_Bx1x1x1 = decoding.commits(decode)[:, None, None, None]
+      C.value = C.value + keep_Bx1x1x1 * jnp.einsum("BHI,BHJ->BHIJ", q[:, 0].astype(f32), k[:, 0].astype(f32))
       scale_Bx1x1x1 = jax.lax.rsqrt(decode.positions.astype(f32) + 1.0)[:, None, None, None]
       w_BxHxKxK = jax.nn.softmax(C.value * scale_Bx1x1x1, axis=-1)
       o = jnp.einsum("BHIJ,BHJ->BHI", w_BxHxKxK, v[:, 0].astype(f32)).astype(v.dtype)[:, None]

@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import decoding, layers, reference, sharding
+from r1jax import layers, reference, sharding
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.mixers.flash import flash_attention
 from r1jax.registry import register_mixer
 
@@ -124,6 +125,9 @@ def project_out(mod: nn.Module, o_BxTxHxK: jax.Array, cfg) -> jax.Array:
 @register_mixer("attention", AttentionOptions)
 class Attention(nn.Module):
   """Dense causal attention; O(T^2) time, O(T) memory with the cuDNN and flash paths, O(T^2) with XLA's."""
+
+  positional_cache = True  # its caches are indexed by position (r1jax/inference/decoding.py: rollback_free)
+  multi_token_step = True  # a step takes several tokens at once (a causal mask over the cache)
 
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: AttentionOptions

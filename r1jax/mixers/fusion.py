@@ -13,8 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import decoding, layers
+from r1jax import layers
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.mixers.dense import IMPLS as GLOBAL_IMPLS
 from r1jax.mixers.dense import causal_attention, project_out, project_qkv
 from r1jax.mixers.local import check_window, local_attention
@@ -54,6 +55,9 @@ class FusionAttention(nn.Module):
 
   beta is sown as `intermediates/beta` ([B, T, H]) for histograms; `beta` and `beta_std` are diagnostics.
   """
+
+  positional_cache = True  # its caches are indexed by position (r1jax/inference/decoding.py: rollback_free)
+  multi_token_step = True  # a step takes several tokens at once (a causal mask over the cache)
 
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: FusionOptions

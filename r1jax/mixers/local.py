@@ -12,8 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import decoding, reference
+from r1jax import reference
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.mixers import selected_kernel
 from r1jax.mixers.dense import FLASH_FROM, project_out, project_qkv, resolve_impl
 from r1jax.mixers.flash import flash_attention

@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import decoding, layers
+from r1jax import layers
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.mixers.dense import project_out
 from r1jax.mixers.sparse import DSA_INDEXER, SparseOptions, indexer_inputs, indexer_step_picks, topk_attention
 from r1jax.registry import register_mixer, wants_diagnostics
@@ -125,6 +126,8 @@ def absorbed_attention(
 class MultiHeadLatentAttention(nn.Module):
   """MLA (see the module docstring); aux in sparse mode: the indexer loss, and recall / mass in a diagnostics pass.
   Sows `latent` (c_kv [B, T, d_c], k_R [B, T, d_r]) and, sparse, `selected` (picks [B, T, k], validity)."""
+
+  positional_cache = True  # its caches are indexed by position (r1jax/inference/decoding.py: rollback_free)
 
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: MLAOptions

@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import decoding, layers
+from r1jax import layers
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.mixers import selected_kernel
 from r1jax.mixers.dense import FLASH_FROM, project_kv, project_out, project_qkv
 from r1jax.mixers.flash import flash_attention
@@ -257,6 +258,7 @@ class NativeSparseAttention(nn.Module):
     M = max(num_compressed(S, l, d), 1)
     i_B = (t_B + 1 - l) // d
     ends_B = (t_B + 1 >= l) & ((t_B + 1 - l) % d == 0)
+    written_B = ends_B & decoding.commits(decode)
     order_Bxl = jnp.mod(t_B[:, None] - l + 1 + jnp.arange(l)[None, :], l)  # ring slots of the block, in order
     summaries = []
     for name, a, mlp in (("k_cmp", k_cmp, "cmp_k"), ("v_cmp", v_cmp, "cmp_v")):
@@ -267,7 +269,7 @@ class NativeSparseAttention(nn.Module):
       written = jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, 0))(
         cache.value, new_Bx1xGxK.astype(cache.value.dtype), jnp.maximum(i_B, 0)
       )
-      cache.value = jnp.where(ends_B[:, None, None, None], written, cache.value)
+      cache.value = jnp.where(written_B[:, None, None, None], written, cache.value)
       summaries.append(cache.value)
     kc_BxMxGxK, vc_BxMxGxK = summaries
     o_cmp, p_Bx1xHxM = compressed_attention(q_Bx1xHxK, kc_BxMxGxK, vc_BxMxGxK, l, d, pos_Bx1)

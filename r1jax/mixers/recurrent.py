@@ -20,8 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from r1jax import decoding, layers
+from r1jax import layers
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.registry import register_mixer
 
 GATES = ("fixed", "head", "scalar", "vector")
@@ -310,7 +311,8 @@ class FastWeight(nn.Module):
     del deterministic
     B, T, _ = x_BxTxD.shape
     if decoding.stepping(decode):
-      return self.cache(self.init_state(B), lambda s: self.step(x_BxTxD[:, 0], s))[:, None], {}
+      step = lambda s: self.step(x_BxTxD[:, 0], s)  # noqa: E731
+      return self.cache(self.init_state(B), step, decoding.commits(decode))[:, None], {}
     q, k, v, log_a, beta, _ = self._inputs(x_BxTxD)
     if decode is not None:  # prefill: steps past a row's prompt leave the state unchanged (a = 1, k = 0, b = 0)
       keep_BxTx1x1 = decoding.prompt_mask(decode, T)[:, :, None, None]

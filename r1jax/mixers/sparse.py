@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import decoding, layers
+from r1jax import layers
 from r1jax.errors import ConfigError
+from r1jax.inference import decoding
 from r1jax.mixers.dense import FLASH_FROM, project_out, project_qkv
 from r1jax.registry import register_mixer, wants_diagnostics
 
@@ -325,6 +326,8 @@ def topk_attention(
 @register_mixer("sparse", SparseOptions)
 class SparseAttention(nn.Module):
   """Causal attention over k selected keys per query; the selection rule is `select` (indexer/window/random)."""
+
+  positional_cache = True  # its caches are indexed by position (r1jax/inference/decoding.py: rollback_free)
 
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: SparseOptions

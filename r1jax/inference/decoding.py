@@ -5,8 +5,13 @@ A model decodes in two kinds of call, `Transformer.apply(variables, tokens, deco
            training forward over the prompts, and each mixer writes into its `cache` variables what later steps read.
            Key/value caches take all T positions (entries past a prompt are never read before a step overwrites
            them); stateful caches (recurrent states, ring buffers, running sums) stop at lengths[b].
-  step     tokens [B, 1] at per-row positions positions[b] (a row's next position: its prompt length, then one more
-           per step): each mixer reads its cache, writes the new token's entries and returns its output.
+  step     tokens [B, T] at per-row positions positions[b].. (a row's next position: its prompt length, then one
+           more per token): each mixer reads its cache, writes the new tokens' entries and returns their outputs.
+           A row commits its first lengths[b] tokens (default: all): a mixer whose state is not indexed by position
+           (a recurrent state, a ring buffer) leaves it as it was for the rest (whose outputs are then not
+           meaningful), so that a caller can verify drafted tokens and commit the accepted ones (self-speculative
+           decoding, r1jax/inference/speculative.py). A mixer whose step takes several tokens at once says so
+           (`multi_token_step = True`); the Block steps the others one token at a time (`Decode.token`).
 The cache variables are created by the first prefill (max_len positions, a static size).
 
 Past the trained context, a cache keeps a window (`context`, static: 0 keeps every position): the first `sinks`
@@ -41,7 +46,7 @@ class Decode:
   are arrays."""
 
   positions: jax.Array  # [B] int32: step: each row's position; prefill: zeros
-  lengths: jax.Array  # [B] int32: prefill: each row's prompt length (<= T); step: ones
+  lengths: jax.Array  # [B] int32: prefill: each row's prompt length (<= T); step: the tokens each row commits
   max_len: int = flax.struct.field(pytree_node=False)  # positions a sequence may reach
   mode: str = flax.struct.field(pytree_node=False)  # prefill | step
   context: int = flax.struct.field(pytree_node=False, default=0)  # cache slots past which it wraps; 0: max_len
@@ -60,9 +65,17 @@ class Decode:
     return cls(jnp.zeros_like(lengths_B), lengths_B, max_len, "prefill", context, sinks)
 
   @classmethod
-  def step(cls, positions_B: jax.Array, max_len: int, context: int = 0, sinks: int = 0) -> "Decode":
+  def step(
+    cls, positions_B: jax.Array, max_len: int, context: int = 0, sinks: int = 0, lengths_B: jax.Array | None = None
+  ) -> "Decode":
+    """A step whose tokens start at `positions`; each row commits its first `lengths` tokens (None: all)."""
     positions_B = jnp.asarray(positions_B, jnp.int32)
-    return cls(positions_B, jnp.ones_like(positions_B), max_len, "step", context, sinks)
+    lengths_B = jnp.full_like(positions_B, max_len) if lengths_B is None else jnp.asarray(lengths_B, jnp.int32)
+    return cls(positions_B, lengths_B, max_len, "step", context, sinks)
+
+  def token(self, j: int) -> "Decode":
+    """The one-token step of this step's j-th token (committed by the rows that commit it)."""
+    return self.replace(positions=self.positions + j, lengths=(self.lengths > j).astype(jnp.int32))
 
   @property
   def wraps(self) -> bool:
@@ -92,6 +105,24 @@ def positions_of(decode: Decode | None, T: int) -> jax.Array | np.ndarray:
 
 def stepping(decode: Decode | None) -> bool:
   return decode is not None and decode.mode == "step"
+
+
+def commits(decode: Decode) -> jax.Array:
+  """[B] bool: the row keeps what a one-token step writes (see Decode.step's lengths)."""
+  return decode.lengths > 0
+
+
+def steps_at_once(module_cls: type, decode: Decode) -> bool:
+  """Whether mixer class `module_cls` takes this step's tokens in one call (its `multi_token_step`, into a cache
+  that keeps every position); else the Block steps it one token at a time."""
+  return decode.mode == "prefill" or (getattr(module_cls, "multi_token_step", False) and not decode.wraps)
+
+
+def rollback_free(module_cls: type, decode: Decode) -> bool:
+  """Whether a step of mixer class `module_cls` may write tokens that are later rejected without a rollback: its
+  cache is indexed by position (`positional_cache`) and keeps every position, so an entry past a row's position is
+  never read before a later step overwrites it."""
+  return getattr(module_cls, "positional_cache", False) and not decode.wraps
 
 
 def why_not_decodable(module_cls: type, opts) -> str:
@@ -150,6 +181,9 @@ def write(cache: jax.Array, new_BxTx: jax.Array, decode: Decode) -> jax.Array:
       raise ValueError(f"a wrapping cache takes one token per step, got {T}")
     N, R = decode.sinks, decode.context - decode.sinks
     slot_B = jnp.where(slot_B < N, slot_B, N + jnp.mod(slot_B - N, R))
+  if T == 1:  # a row that does not commit rewrites the slot's entry (a wrapping cache's slot holds an older token)
+    old = jax.vmap(lambda c, p: jax.lax.dynamic_slice_in_dim(c, p, 1, 0))(cache, slot_B)
+    new_BxTx = jnp.where(commits(decode).reshape(-1, *[1] * (new_BxTx.ndim - 1)), new_BxTx, old)
   return jax.vmap(lambda c, n, p: jax.lax.dynamic_update_slice_in_dim(c, n, p, 0))(cache, new_BxTx, slot_B)
 
 
@@ -228,10 +262,12 @@ def ring(module, name: str, new_BxTx: jax.Array, decode: Decode, window: int) ->
     buf.value = jnp.take_along_axis(new_BxTx, idx, 1).astype(buf.value.dtype)
     pos.value = jnp.where(p_BxW >= 0, p_BxW, -1)
   else:
-    slot_B = jnp.mod(decode.positions, W)
-    rows = jnp.arange(B)
-    buf.value = buf.value.at[rows, slot_B].set(new_BxTx[:, 0].astype(buf.value.dtype))
-    pos.value = pos.value.at[rows, slot_B].set(decode.positions)
+    slot_B, rows, keep_B = jnp.mod(decode.positions, W), jnp.arange(B), commits(decode)
+    new_Bx = jnp.where(
+      keep_B.reshape(-1, *[1] * len(rest)), new_BxTx[:, 0].astype(buf.value.dtype), buf.value[rows, slot_B]
+    )
+    buf.value = buf.value.at[rows, slot_B].set(new_Bx)
+    pos.value = pos.value.at[rows, slot_B].set(jnp.where(keep_B, decode.positions, pos.value[rows, slot_B]))
   return buf.value, pos.value
 
 
@@ -250,13 +286,17 @@ def prompt_mask(decode: Decode, T: int) -> jax.Array:
 
 class StateCache(nn.Module):
   """A fixed-size decoding state in the cache collection, for mixers built in `setup` (which cannot create
-  variables later): __call__(empty state, update) runs update(state) -> (output, new state), stores the new state
-  and returns the output; the state starts as `empty`."""
+  variables later): __call__(empty state, update, keep) runs update(state) -> (output, new state), stores the new
+  state in the rows where `keep` [B] (None: all; a step's `commits`) and returns the output; the state starts as
+  `empty`."""
 
   @nn.compact
-  def __call__(self, empty: dict[str, jax.Array], update):
+  def __call__(self, empty: dict[str, jax.Array], update, keep_B: jax.Array | None = None):
     slots = {k: self.variable(CACHE, k, lambda v=v: v) for k, v in empty.items()}
     out, new = update({k: s.value for k, s in slots.items()})
     for k, v in new.items():
-      slots[k].value = v.astype(slots[k].value.dtype)
+      v = v.astype(slots[k].value.dtype)
+      if keep_B is not None:
+        v = jnp.where(keep_B.reshape(-1, *[1] * (v.ndim - 1)), v, slots[k].value)
+      slots[k].value = v
     return out
