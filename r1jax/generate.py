@@ -73,17 +73,7 @@ def prefill_ids(
 
 @functools.partial(jax.jit, static_argnames=("max_new_tokens", *STATIC))
 def decode_ids(
-  model,
-  params,
-  state: dict[str, jax.Array],
-  prompts_BxP: jax.Array,
-  lengths_B: jax.Array,
-  *,
-  max_new_tokens: int,
-  max_len: int,
-  sampling: Sampling,
-  context: int = 0,
-  sinks: int = 0,
+  model, params, state: dict, prompts_BxP, lengths_B, *, max_new_tokens: int, max_len: int, sampling, context=0, sinks=0
 ) -> jax.Array:
   """[B, max_new_tokens] ids after each row's prompt from `prefill_ids`'s state: a scan of decoding steps; the rest of
   a prompt longer than the window is fed through them (the prompt's tokens instead of samples)."""
@@ -105,27 +95,15 @@ def decode_ids(
   return jnp.take_along_axis(tokens_BxN, (lengths_B - pre_B)[:, None] + jnp.arange(max_new_tokens)[None], 1)
 
 
-@functools.partial(jax.jit, static_argnames=("max_new_tokens", *STATIC))
-def generate_ids(
-  model,
-  params,
-  prompts_BxP: jax.Array,
-  lengths_B: jax.Array,
-  *,
-  max_new_tokens: int,
-  max_len: int,
-  sampling: Sampling,
-  context: int = 0,
-  sinks: int = 0,
-) -> jax.Array:
+generate_ids = decoding.prefill_then_decode(
+  prefill_ids,
+  decode_ids,
   """[B, max_new_tokens] sampled ids after each row's prompt (its first lengths[b] tokens), in one compiled
   function: a prefill (`prefill_ids`), then a scan of decoding steps (`decode_ids`). With a cache window (`context`
   slots, of which `sinks` keep the first tokens; r1jax/inference/decoding.py), a prompt longer than the window is
   prefilled up to it and its rest fed through steps (the prompt's tokens instead of samples), so no layer ever reads
-  more than the window."""
-  kw = dict(max_len=max_len, sampling=sampling, context=context, sinks=sinks)
-  state = prefill_ids(model, params, prompts_BxP, lengths_B, **kw)
-  return decode_ids(model, params, state, prompts_BxP, lengths_B, max_new_tokens=max_new_tokens, **kw)
+  more than the window.""",
+)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "prefill", "context", "sinks"))

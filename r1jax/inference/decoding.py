@@ -98,6 +98,20 @@ class Decode:
     return self.positions[:, None] + jnp.arange(T)[None, :]
 
 
+def prefill_then_decode(prefill, decode, doc: str):
+  """One jitted function `(model, params, prompts, lengths, *, max_new_tokens, max_len, sampling, context, sinks)` of
+  `prefill(model, params, prompts, lengths, **settings) -> state`, then `decode(model, params, state, prompts, lengths,
+  max_new_tokens=..., **settings)` (plain and self-speculative decoding, r1jax/generate.py and speculative.py)."""
+
+  def both(model, params, prompts_BxP, lengths_B, *, max_new_tokens, max_len, sampling, context=0, sinks=0):
+    kw = dict(max_len=max_len, sampling=sampling, context=context, sinks=sinks)
+    state = prefill(model, params, prompts_BxP, lengths_B, **kw)
+    return decode(model, params, state, prompts_BxP, lengths_B, max_new_tokens=max_new_tokens, **kw)
+
+  both.__doc__ = doc
+  return jax.jit(both, static_argnames=("model", "max_new_tokens", "max_len", "sampling", "context", "sinks"))
+
+
 def positions_of(decode: Decode | None, T: int) -> jax.Array | np.ndarray:
   """The token positions a mixer ropes with: 0..T-1 (training, prefill) or each row's step position."""
   return np.arange(T) if decode is None else decode.token_positions(T)

@@ -122,17 +122,7 @@ def speculative_prefill(
 
 @functools.partial(jax.jit, static_argnames=("max_new_tokens", *STATIC))
 def speculative_decode(
-  model,
-  params,
-  state: dict[str, jax.Array],
-  prompts_BxP: jax.Array,
-  lengths_B: jax.Array,
-  *,
-  max_new_tokens: int,
-  max_len: int,
-  sampling: Sampling,
-  context: int = 0,
-  sinks: int = 0,
+  model, params, state: dict, prompts_BxP, lengths_B, *, max_new_tokens: int, max_len: int, sampling, context=0, sinks=0
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """[B, max_new_tokens] ids after each row's prompt from `speculative_prefill`'s state: a while loop of rounds until
   every row has its tokens; and per-row counts: `rounds` (past the prompt), `tokens` (committed in them),
@@ -199,22 +189,10 @@ def speculative_decode(
   return jnp.take_along_axis(buf_BxW, lengths_B[:, None] + jnp.arange(max_new_tokens)[None], 1), counts
 
 
-@functools.partial(jax.jit, static_argnames=("max_new_tokens", *STATIC))
-def speculative_ids(
-  model,
-  params,
-  prompts_BxP: jax.Array,
-  lengths_B: jax.Array,
-  *,
-  max_new_tokens: int,
-  max_len: int,
-  sampling: Sampling,
-  context: int = 0,
-  sinks: int = 0,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+speculative_ids = decoding.prefill_then_decode(
+  speculative_prefill,
+  speculative_decode,
   """[B, max_new_tokens] ids after each row's prompt (its first lengths[b] tokens) by self-speculative decoding, in
   one compiled function (`speculative_prefill`, then `speculative_decode`), and its per-row counts. A prompt longer
-  than the cache window is fed through rounds as accepted drafts (r1jax/generate.py)."""
-  kw = dict(max_len=max_len, sampling=sampling, context=context, sinks=sinks)
-  state = speculative_prefill(model, params, prompts_BxP, lengths_B, **kw)
-  return speculative_decode(model, params, state, prompts_BxP, lengths_B, max_new_tokens=max_new_tokens, **kw)
+  than the cache window is fed through rounds as accepted drafts (r1jax/generate.py).""",
+)
