@@ -62,7 +62,7 @@ def prefill_ids(
   """The state plain decoding starts from (`decode_ids`): the cache after a prefill of each row's prompt (its first
   lengths[b] tokens, at most the cache window), the prefilled length and the next token."""
   P = prompts_BxP.shape[1]
-  F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)  # tokens prefilled
+  F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).longest_prefill)  # tokens prefilled
   pre_B = jnp.minimum(lengths_B, F)
   logits_BxFxV, cache = _prefill(model, params, prompts_BxP[:, :F], pre_B, max_len, context, sinks)
   last_BxV = jnp.take_along_axis(logits_BxFxV, (pre_B - 1)[:, None, None], 1)[:, 0]
@@ -78,7 +78,7 @@ def decode_ids(
   """[B, max_new_tokens] ids after each row's prompt from `prefill_ids`'s state: a scan of decoding steps; the rest of
   a prompt longer than the window is fed through them (the prompt's tokens instead of samples)."""
   P = prompts_BxP.shape[1]
-  F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)
+  F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).longest_prefill)
   pre_B, key = state["pre"], jax.random.key(sampling.seed)
 
   def step(carry, i):

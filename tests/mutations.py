@@ -34,6 +34,14 @@ class Mutation:
 
 MUTATIONS = (
   Mutation(
+    "spare_window_slots_visible",
+    "r1jax/inference/decoding.py",
+    "    ok &= sink_1x1xS | (t_BxTx1 - s_Bx1xS < decode.context - decode.sinks)",
+    "    ok &= sink_1x1xS | (t_BxTx1 - s_Bx1xS < decode.slots)",
+    "tests/test_speculative.py",
+    "greedy and window6",
+  ),
+  Mutation(
     "int8_leaves_the_mtp_modules_float",
     "r1jax/inference/quantize.py",
     'BLOCKS = r"(layer|mtp)\\d+/.*"',
@@ -52,7 +60,7 @@ MUTATIONS = (
   Mutation(
     "speculative_skips_the_rollback",
     "r1jax/inference/speculative.py",
-    'rollback = needs_rollback(cfg, decoding.Decode.step(state["pre"], L, context, sinks))',
+    'rollback = needs_rollback(cfg, decoding.Decode.step(state["pre"], L, context, sinks, spare=D))',
     "rollback = False",
     "tests/test_speculative.py",
     "greedy",
@@ -132,7 +140,7 @@ MUTATIONS = (
   Mutation(
     "long_prompt_prefilled_past_the_window",
     "r1jax/generate.py",
-    "F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).slots)  # tokens prefilled",
+    "F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).longest_prefill)  # tokens prefilled",
     "F = P  # tokens prefilled",
     "tests/test_context_window.py",
     "longer_than_the_window",

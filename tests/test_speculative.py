@@ -38,16 +38,21 @@ def _model(mixer: str, depth: int, **kw):
   return model, nn.unbox(jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 4), jnp.int32)))
 
 
-# (mixer, MTP depth, cache window, sinks): every causal mixer at depth 2; a wrapping window (a rollback for every
-# mixer, the ring written one token at a time) for a mixer with a positional cache and a recurrent one
-CASES = [(m, 2, 0, 0) for m in CAUSAL] + [("attention", 1, 6, 1), ("fast_weight", 1, 6, 1)]
-QUICK = {("attention", 2, 0, 0), ("fast_weight", 2, 0, 0)}
+# (mixer, MTP depth, cache window, sinks): every causal mixer at depth 2; a wrapping window with spare slots: the
+# verify step at once (attention, no sinks), token by token (MLA; attention with a sink), rolled back (fast weights)
+CASES = [(m, 2, 0, 0) for m in CAUSAL] + [
+  ("attention", 2, 6, 0),
+  ("mla", 2, 6, 0),
+  ("attention", 1, 6, 1),
+  ("fast_weight", 1, 6, 1),
+]
+QUICK = {("attention", 2, 0, 0), ("fast_weight", 2, 0, 0), ("attention", 2, 6, 0)}
 
 
 @pytest.mark.parametrize(
   "mixer,depth,context,sinks",
   [c if c in QUICK else pytest.param(*c, marks=pytest.mark.slow) for c in CASES],
-  ids=[f"{m}-D{d}-window{c}" for m, d, c, _ in CASES],
+  ids=[f"{m}-D{d}-window{c}-sinks{n}" for m, d, c, n in CASES],
 )
 def test_greedy_speculative_decoding_equals_plain_greedy_decoding(mixer, depth, context, sinks):
   model, params = _model(mixer, depth, vocab_size=V)

@@ -19,12 +19,15 @@ positions (attention sinks, StreamingLLM: Xiao et al. 2023, arXiv:2309.17453) an
 context - sinks, so memory is O(context) and no query sees a key farther than training did. Keys stay roped at their
 own positions (RoPE scores depend on distance only), except the sinks, which are read re-rotated to sit just before
 the ring (StreamingLLM's positions within the cache): with one layer, a windowed step equals the training forward
-over [the sinks, the ring]. A prefill in a window takes at most `context` tokens (r1jax.generate feeds a longer prompt
-through steps). A mixer whose state is not a window of tokens says what it does instead in a `decode_window(opts)`
-staticmethod (a recurrent state summarises all of the past; NSA's blocks). A mixer that cannot decode
-says why in a `not_decodable(opts)` staticmethod (the video mixer is not autoregressive; a router that ranks a whole
-sequence sees later tokens), and asking it to decode is one clear error before compilation. Caches follow flax's Gemma
-/ lm1b examples (a `cache` collection, `dynamic_update_slice` writes) and MaxText's KV cache.
+over [the sinks, the ring]. A cache that verifies drafted tokens (r1jax/inference/speculative.py) keeps `spare` more
+ring slots than the window and masks each query to its window: a step's rejected tokens then overwrite only entries
+no later query reads, so such a cache needs no rollback and takes several tokens at once (without sinks, whose
+rotation depends on the query). A prefill in a window takes at most `context` tokens (r1jax.generate feeds a longer
+prompt through steps). A mixer whose state is not a window of tokens says what it does instead in a
+`decode_window(opts)` staticmethod (a recurrent state summarises all of the past; NSA's blocks). A mixer that cannot
+decode says why in a `not_decodable(opts)` staticmethod (the video mixer is not autoregressive; a router that ranks a
+whole sequence sees later tokens), and asking it to decode is one clear error before compilation. Caches follow flax's
+Gemma / lm1b examples (a `cache` collection, `dynamic_update_slice` writes) and MaxText's KV cache.
 """
 
 import flax.linen as nn
@@ -51,6 +54,7 @@ class Decode:
   mode: str = flax.struct.field(pytree_node=False)  # prefill | step
   context: int = flax.struct.field(pytree_node=False, default=0)  # cache slots past which it wraps; 0: max_len
   sinks: int = flax.struct.field(pytree_node=False, default=0)  # the first positions a wrapping cache keeps
+  spare: int = flax.struct.field(pytree_node=False, default=0)  # ring slots a wrapping cache keeps beyond the window
 
   def __post_init__(self):
     if self.context and not 0 <= self.sinks < self.context:
@@ -60,18 +64,24 @@ class Decode:
       )
 
   @classmethod
-  def prefill(cls, lengths_B: jax.Array, max_len: int, context: int = 0, sinks: int = 0) -> "Decode":
+  def prefill(cls, lengths_B: jax.Array, max_len: int, context: int = 0, sinks: int = 0, spare: int = 0) -> "Decode":
     lengths_B = jnp.asarray(lengths_B, jnp.int32)
-    return cls(jnp.zeros_like(lengths_B), lengths_B, max_len, "prefill", context, sinks)
+    return cls(jnp.zeros_like(lengths_B), lengths_B, max_len, "prefill", context, sinks, spare)
 
   @classmethod
   def step(
-    cls, positions_B: jax.Array, max_len: int, context: int = 0, sinks: int = 0, lengths_B: jax.Array | None = None
+    cls,
+    positions_B: jax.Array,
+    max_len: int,
+    context: int = 0,
+    sinks: int = 0,
+    lengths_B: jax.Array | None = None,
+    spare: int = 0,
   ) -> "Decode":
     """A step whose tokens start at `positions`; each row commits its first `lengths` tokens (None: all)."""
     positions_B = jnp.asarray(positions_B, jnp.int32)
     lengths_B = jnp.full_like(positions_B, max_len) if lengths_B is None else jnp.asarray(lengths_B, jnp.int32)
-    return cls(positions_B, lengths_B, max_len, "step", context, sinks)
+    return cls(positions_B, lengths_B, max_len, "step", context, sinks, spare)
 
   def token(self, j: int) -> "Decode":
     """The one-token step of this step's j-th token (committed by the rows that commit it)."""
@@ -84,12 +94,22 @@ class Decode:
 
   @property
   def slots(self) -> int:
-    """Entries a token cache holds: `context` when it wraps, else max_len."""
+    """Entries a token cache holds: `context` (+ `spare`) when it wraps, else max_len."""
+    return self.context + self.spare if self.wraps else self.max_len
+
+  @property
+  def ring(self) -> int:
+    """A wrapping cache's ring slots (after the sinks)."""
+    return self.context - self.sinks + self.spare
+
+  @property
+  def longest_prefill(self) -> int:
+    """The most tokens a prefill may take: the window when the cache wraps, else max_len."""
     return self.context if self.wraps else self.max_len
 
   def whole(self) -> "Decode":
     """This call for a mixer that keeps every position (its `decode_window` says why)."""
-    return self.replace(context=0, sinks=0)
+    return self.replace(context=0, sinks=0, spare=0)
 
   def token_positions(self, T: int) -> jax.Array | np.ndarray:
     """Positions of this call's tokens: [T] numpy in a prefill (static, as the training forward's), else [B, T]."""
@@ -128,15 +148,18 @@ def commits(decode: Decode) -> jax.Array:
 
 def steps_at_once(module_cls: type, decode: Decode) -> bool:
   """Whether mixer class `module_cls` takes this step's tokens in one call (its `multi_token_step`, into a cache
-  that keeps every position); else the Block steps it one token at a time."""
-  return decode.mode == "prefill" or (getattr(module_cls, "multi_token_step", False) and not decode.wraps)
+  that keeps every position or a window with spare slots and no sinks); else the Block steps it one token at a
+  time."""
+  at_once = not decode.wraps or (decode.spare > 0 and not decode.sinks)
+  return decode.mode == "prefill" or (getattr(module_cls, "multi_token_step", False) and at_once)
 
 
 def rollback_free(module_cls: type, decode: Decode) -> bool:
   """Whether a step of mixer class `module_cls` may write tokens that are later rejected without a rollback: its
-  cache is indexed by position (`positional_cache`) and keeps every position, so an entry past a row's position is
-  never read before a later step overwrites it."""
-  return getattr(module_cls, "positional_cache", False) and not decode.wraps
+  cache is indexed by position (`positional_cache`) and keeps every position, or a window with spare slots (at
+  least the step's tokens - 1, the caller's to ensure), so an entry past a row's position is never read before a
+  later step overwrites it, and a rejected one overwrites only entries older than any later query's window."""
+  return getattr(module_cls, "positional_cache", False) and (not decode.wraps or decode.spare > 0)
 
 
 def why_not_decodable(module_cls: type, opts) -> str:
@@ -168,13 +191,13 @@ def sink_shift(decode: Decode) -> jax.Array:
   return jnp.maximum(decode.positions - (decode.context - 1), 0)
 
 
-def slot_positions(decode: Decode) -> jax.Array:
-  """[B, slots]: the position each cache slot holds after a step's token is written (-1: empty), the sinks at the
-  positions they are read at (`sink_shift`); 0..max_len-1 when the cache keeps every position."""
+def slot_positions(decode: Decode, T: int = 1) -> jax.Array:
+  """[B, slots]: the position each cache slot holds after a step's T tokens are written (-1: empty), the sinks at
+  the positions they are read at (`sink_shift`); 0..max_len-1 when the cache keeps every position."""
   if not decode.wraps:
     return jnp.broadcast_to(jnp.arange(decode.max_len)[None], (decode.positions.shape[0], decode.max_len))
-  N, R, p_Bx1 = decode.sinks, decode.context - decode.sinks, decode.positions[:, None]
-  j_1xS = jnp.arange(decode.context)[None]
+  N, R, p_Bx1 = decode.sinks, decode.ring, decode.positions[:, None] + T - 1
+  j_1xS = jnp.arange(decode.slots)[None]
   ring_BxS = p_Bx1 - jnp.mod(p_Bx1 - j_1xS, R)  # the newest position q <= p with slot N + (q - N) % R == j
   sink_BxS = j_1xS + sink_shift(decode)[:, None]
   return jnp.where(j_1xS < N, jnp.where(j_1xS <= p_Bx1, sink_BxS, -1), jnp.where(ring_BxS >= N, ring_BxS, -1))
@@ -182,7 +205,7 @@ def slot_positions(decode: Decode) -> jax.Array:
 
 def write(cache: jax.Array, new_BxTx: jax.Array, decode: Decode) -> jax.Array:
   """`cache` [B, S, ...] with `new` [B, T, ...] written at each row's positions (prefill: 0..T-1); a wrapping cache
-  writes a step's token into its slot (a sink's, or the ring's N + (p - N) % (context - N))."""
+  writes a step's tokens into their slots (a sink's, or the ring's N + (p - N) % ring)."""
   new_BxTx = new_BxTx.astype(cache.dtype)
   T = new_BxTx.shape[1]
   if decode.mode == "prefill":
@@ -191,9 +214,12 @@ def write(cache: jax.Array, new_BxTx: jax.Array, decode: Decode) -> jax.Array:
     return jax.lax.dynamic_update_slice_in_dim(cache, new_BxTx, 0, 1)
   slot_B = decode.positions
   if decode.wraps:
-    if T != 1:
-      raise ValueError(f"a wrapping cache takes one token per step, got {T}")
-    N, R = decode.sinks, decode.context - decode.sinks
+    N, R = decode.sinks, decode.ring
+    if T > 1:  # a verifying step (spare slots, no sinks: steps_at_once); it may wrap around the ring's end
+      if not decode.spare or N:
+        raise ValueError(f"a step of {T} tokens into a cache window without spare slots or with sinks")
+      slot_BxT = N + jnp.mod(slot_B[:, None] + jnp.arange(T)[None] - N, R)
+      return cache.at[jnp.arange(cache.shape[0])[:, None], slot_BxT].set(new_BxTx)
     slot_B = jnp.where(slot_B < N, slot_B, N + jnp.mod(slot_B - N, R))
   if T == 1:  # a row that does not commit rewrites the slot's entry (a wrapping cache's slot holds an older token)
     old = jax.vmap(lambda c, p: jax.lax.dynamic_slice_in_dim(c, p, 1, 0))(cache, slot_B)
@@ -255,10 +281,14 @@ def top_k(scores_BxTxS: jax.Array, k: int, decode: Decode) -> tuple[jax.Array, j
 
 def causal_ok(decode: Decode, T: int, window: int | None = None) -> jax.Array:
   """[B, T, slots]: the cached entry in each slot is visible to the call's token at position t (s <= t; t - s <
-  window), by `slot_positions` (a wrapping cache: T == 1)."""
+  window), by `slot_positions`; in a wrapping cache, a ring entry only within the query's own window (the spare
+  slots hold older ones)."""
   t_BxTx1 = decode.positions[:, None, None] + jnp.arange(T)[None, :, None]
-  s_Bx1xS = slot_positions(decode)[:, None, :]
+  s_Bx1xS = slot_positions(decode, T)[:, None, :]
   ok = (s_Bx1xS >= 0) & (s_Bx1xS <= t_BxTx1)
+  if decode.wraps and decode.spare:
+    sink_1x1xS = (jnp.arange(decode.slots) < decode.sinks)[None, None]
+    ok &= sink_1x1xS | (t_BxTx1 - s_Bx1xS < decode.context - decode.sinks)
   return ok if window is None else ok & (t_BxTx1 - s_Bx1xS < window)
 
 

@@ -13,9 +13,10 @@ second) uses its MTP module as the draft of speculative decoding; module k at po
 module k-1's) hidden state at i and the embedding of token i + k, and predicts token i + k + 1 (r1jax/model.py).
 
 Caches (r1jax/inference/decoding.py): the verifying step writes all D + 1 tokens. A model whose every mixer keeps a
-cache indexed by position and no window (`decoding.rollback_free`: attention, fusion, MLA, DSA, block top-k) needs no
-rollback: an entry past a row's position is never read before a later step overwrites it. Any other cache (recurrent
-states, ring buffers, NSA's compressed blocks, a windowed cache) is rolled back by repeating the step from the cache
+cache indexed by position (`decoding.rollback_free`: attention, fusion, MLA, DSA, block top-k) needs no rollback: an
+entry past a row's position is never read before a later step overwrites it, and a cache window keeps D spare slots
+(`Decode.spare`) so that a rejected token overwrites only entries older than any later query's window. Any other
+cache (recurrent states, ring buffers, NSA's compressed blocks) is rolled back by repeating the step from the cache
 before it, each row committing only its accepted tokens (`Decode.step`'s lengths). Each MTP module keeps its own cache,
 stepped once per round over the positions the round accepted; module k >= 2's entries at a row's last k - 1
 positions were computed from drafted tokens (the ones after them are not known yet) and stay so, which can only
@@ -91,7 +92,11 @@ STATIC = ("model", "max_len", "sampling", "context", "sinks")
 def _sizes(cfg, prompts_BxP, lengths_B, max_len, context, sinks):
   """(D, L: the positions a row may reach, a round verifying D tokens past its last one; F: tokens prefilled)."""
   L = max_len + cfg.mtp_depth + 1
-  return cfg.mtp_depth, L, min(prompts_BxP.shape[1], decoding.Decode.prefill(lengths_B, L, context, sinks).slots)
+  return (
+    cfg.mtp_depth,
+    L,
+    min(prompts_BxP.shape[1], decoding.Decode.prefill(lengths_B, L, context, sinks).longest_prefill),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=STATIC)
@@ -108,7 +113,7 @@ def speculative_prefill(
   pre_B = jnp.minimum(lengths_B, F)
   key = jax.random.key(s.seed)
   buf_BxW = jnp.zeros((B, L + D + 2), jnp.int32).at[:, :P].set(prompts_BxP)
-  prefill = decoding.Decode.prefill(pre_B, L, context, sinks)
+  prefill = decoding.Decode.prefill(pre_B, L, context, sinks, spare=D)  # spare slots: no rollback in a window
   logits_BxFxV, h_BxFxD, cache = _apply(model, params, None, prompts_BxP[:, :F], prefill)
   drawn_B = sample(_at(logits_BxFxV, pre_B - 1), jax.random.fold_in(key, 0), s)
   first_B = jnp.where(pre_B < lengths_B, _at(prompts_BxP, jnp.minimum(pre_B, P - 1)), drawn_B)
@@ -136,7 +141,7 @@ def speculative_decode(
     return jnp.where(position_B < lengths_B, _at(prompts_BxP, jnp.minimum(position_B, P - 1)), token_B)
 
   end_B = lengths_B + max_new_tokens - 1  # the last position a row needs
-  rollback = needs_rollback(cfg, decoding.Decode.step(state["pre"], L, context, sinks))
+  rollback = needs_rollback(cfg, decoding.Decode.step(state["pre"], L, context, sinks, spare=D))
   zeros_B = jnp.zeros((B,), jnp.int32)
   counts = {"rounds": zeros_B, "tokens": zeros_B, "accepted": jnp.zeros((B, D), jnp.int32)}
 
@@ -145,7 +150,7 @@ def speculative_decode(
     done_B = p_B >= end_B
     rkey = jax.random.fold_in(key, r + 2)
     ids_BxT = jnp.take_along_axis(buf_BxW, p_B[:, None] + jnp.arange(D + 1)[None], 1)  # the last token, then the drafts
-    step = decoding.Decode.step(p_B, L, context, sinks)
+    step = decoding.Decode.step(p_B, L, context, sinks, spare=D)
     logits_BxTxV, h_BxTxD, verified = _apply(model, params, cache, ids_BxT, step)
     drafts_BxD = ids_BxT[:, 1:]
     if s.temperature == 0:
