@@ -19,9 +19,11 @@ each branch with its own keys and values (the paper's guard against shortcut lea
 (c) sliding window: the last w tokens (r1jax.mixers.local). O(T * w).
 
 No T x T matrix is formed. Gates start near the sliding window (weights 0, biases -2, -2, +2: sigmoid 0.12, 0.12,
-0.88), as fla-org/native-sparse-attention and lucidrains/native-sparse-attention-pytorch initialise them: local
-patterns are learned first. Differences from the paper: the selection gradient is the paper's (none through the
-top-n choice; the compressed branch learns the scores through its own attention output).
+0.88; gate_init=window), as lucidrains/native-sparse-attention-pytorch initialises them: local patterns are learned
+first (fla-org/native-sparse-attention's layer has no gate bias: its gate projection is a bias-free linear map, so
+every gate starts near sigmoid(0) = 0.5, our gate_init=equal). Differences from the paper: the selection gradient
+is the paper's (none through the top-n choice; the compressed branch learns the scores through its own attention
+output).
 """
 
 import dataclasses
@@ -43,7 +45,7 @@ from r1jax.registry import register_mixer, wants_diagnostics
 
 COMPRESS = ("mlp", "mean")
 FORCED = 3  # blocks always selected: the first one and the two local ones
-# gate logit offsets (cmp, slc, win) per gate_init: near the window (fla, lucidrains) or all three at 0.5
+# gate logit offsets (cmp, slc, win) per gate_init: near the window (lucidrains) or all three at 0.5 (fla: no bias)
 GATE_INIT = {"window": np.array([-2.0, -2.0, 2.0], np.float32), "equal": np.zeros(3, np.float32)}
 
 
