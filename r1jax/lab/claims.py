@@ -53,11 +53,16 @@ class Results:
 
   def ratio(self, variant: str, key: str, invert: bool = False) -> tuple[float, float]:
     """Mean ± std over seeds of run[variant, seed][key] / run[baseline, seed][key] (its inverse with invert)."""
+    return self.per_seed((variant, key), (self.baseline, key), invert)
+
+  def per_seed(self, a: tuple[str, str], b: tuple[str, str], invert: bool = False) -> tuple[float, float]:
+    """Mean ± std over variant a's seeds of run[a's variant, seed][a's key] / run[b's variant, seed][b's key]
+    ((variant, key) pairs; the inverse with invert), over the seeds where both are recorded."""
     vals = []
-    for seed in self.seeds(variant):
-      a, b = self.runs[f"{variant}/{seed}"].get(key), self.runs.get(f"{self.baseline}/{seed}", {}).get(key)
-      if a and b:
-        vals.append(b / a if invert else a / b)
+    for seed in self.seeds(a[0]):
+      x, y = self.runs[f"{a[0]}/{seed}"].get(a[1]), self.runs.get(f"{b[0]}/{seed}", {}).get(b[1])
+      if x and y:
+        vals.append(y / x if invert else x / y)
     arr = np.asarray(vals, np.float64)
     return (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0) if len(arr) else (math.nan, 0.0)
 
@@ -468,17 +473,6 @@ class LossGain:
     )
 
 
-def _per_seed(r: "Results", a: tuple[str, str], b: tuple[str, str]) -> tuple[float, float]:
-  """Mean ± std over seeds of run[variant a, seed][key a] / run[variant b, seed][key b] ((variant, key) pairs)."""
-  vals = []
-  for seed in r.seeds(a[0]):
-    x, y = r.runs[f"{a[0]}/{seed}"].get(a[1]), r.runs.get(f"{b[0]}/{seed}", {}).get(b[1])
-    if x and y:
-      vals.append(x / y)
-  arr = np.asarray(vals, np.float64)
-  return (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0) if len(arr) else (math.nan, 0.0)
-
-
 @dataclasses.dataclass(frozen=True)
 class Int8Size:
   """The INT8 model's bytes on disk at most `max_ratio` of the float model's, with its accuracy at least
@@ -498,8 +492,8 @@ class Int8Size:
     return _each_variant(folder, self.variants, self._one)
 
   def _one(self, r: "Results", v: str) -> Measured:
-    size = _per_seed(r, (v, "eval/int8/disk_bytes"), (v, "eval/float/disk_bytes"))
-    q = _per_seed(r, (v, "eval/int8/accuracy"), (v, "eval/accuracy"))
+    size = r.per_seed((v, "eval/int8/disk_bytes"), (v, "eval/float/disk_bytes"))
+    q = r.per_seed((v, "eval/int8/accuracy"), (v, "eval/accuracy"))
     return Measured(
       f"{v}: size x{size[0]:.3f}, accuracy x{_pm(*q, '{:.4f}')}",
       r.scale(v),
@@ -523,8 +517,8 @@ class QatDrop:
     return [] if r is None else [self._one(r, q, f) for q, f in self.pairs if q in r.rows and f in r.rows]
 
   def _one(self, r: "Results", qat: str, float_: str) -> Measured:
-    q = _per_seed(r, (qat, "eval/int8/accuracy"), (float_, "eval/accuracy"))
-    ptq = _per_seed(r, (float_, "eval/int8/accuracy"), (float_, "eval/accuracy"))
+    q = r.per_seed((qat, "eval/int8/accuracy"), (float_, "eval/accuracy"))
+    ptq = r.per_seed((float_, "eval/int8/accuracy"), (float_, "eval/accuracy"))
     return Measured(
       f"{qat}: accuracy drop {100 * (1 - q[0]):+.2f}% (± {100 * q[1]:.2f}) vs {float_} in float; rounding "
       f"{float_} without QAT: {100 * (1 - ptq[0]):+.2f}%",
