@@ -32,7 +32,7 @@ from r1jax.config import Config
 from r1jax.data.core import make_dataset
 from r1jax.errors import ConfigError
 from r1jax.inference import decoding, speculative
-from r1jax.inference.sampling import Sampling, sample  # noqa: F401 (generate.Sampling, generate.sample: the public names)
+from r1jax.inference.sampling import Sampling, at_rows, prompt_or, sample  # noqa: F401 (generate.Sampling, generate.sample: the public names)
 from r1jax.train import make_model, resolve_model_config
 
 
@@ -65,10 +65,8 @@ def prefill_ids(
   F = min(P, decoding.Decode.prefill(lengths_B, max_len, context, sinks).longest_prefill)  # tokens prefilled
   pre_B = jnp.minimum(lengths_B, F)
   logits_BxFxV, cache = _prefill(model, params, prompts_BxP[:, :F], pre_B, max_len, context, sinks)
-  last_BxV = jnp.take_along_axis(logits_BxFxV, (pre_B - 1)[:, None, None], 1)[:, 0]
-  drawn_B = sample(last_BxV, jax.random.fold_in(jax.random.key(sampling.seed), 0), sampling)
-  prompt_B = jnp.take_along_axis(prompts_BxP, jnp.minimum(pre_B, P - 1)[:, None], 1)[:, 0]
-  return {"cache": cache, "pre": pre_B, "token": jnp.where(pre_B < lengths_B, prompt_B, drawn_B)}
+  drawn_B = sample(at_rows(logits_BxFxV, pre_B - 1), jax.random.fold_in(jax.random.key(sampling.seed), 0), sampling)
+  return {"cache": cache, "pre": pre_B, "token": prompt_or(prompts_BxP, lengths_B, pre_B, drawn_B)}
 
 
 @functools.partial(jax.jit, static_argnames=("max_new_tokens", *STATIC))
@@ -85,9 +83,9 @@ def decode_ids(
     cache, token_B = carry
     position_B = pre_B + i - 1  # the position of token_B
     logits_BxV, cache = _step(model, params, cache, token_B, position_B, max_len, context, sinks)
-    drawn_B = sample(logits_BxV, jax.random.fold_in(key, i), sampling)
-    prompt_B = jnp.take_along_axis(prompts_BxP, jnp.minimum(position_B + 1, P - 1)[:, None], 1)[:, 0]
-    token_B = jnp.where(position_B + 1 < lengths_B, prompt_B, drawn_B)
+    token_B = prompt_or(
+      prompts_BxP, lengths_B, position_B + 1, sample(logits_BxV, jax.random.fold_in(key, i), sampling)
+    )
     return (cache, token_B), token_B
 
   _, rest_NxB = jax.lax.scan(step, (state["cache"], state["token"]), jnp.arange(1, max_new_tokens + P - F))

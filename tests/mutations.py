@@ -76,7 +76,7 @@ MUTATIONS = (
   Mutation(
     "speculative_resamples_from_p_after_a_rejection",
     "r1jax/inference/speculative.py",
-    "jnp.maximum(p_BxV - _at(q_BxDxV, jnp.minimum(a_B, D - 1)), 0.0)",
+    "jnp.maximum(p_BxV - at_rows(q_BxDxV, jnp.minimum(a_B, D - 1)), 0.0)",
     "p_BxV",
     "tests/test_speculative.py",
     "sampling",

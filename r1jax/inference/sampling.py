@@ -1,4 +1,5 @@
-"""What a sampler draws from a model's logits: temperature (0: greedy), top-k, top-p (nucleus), a seed; shared by plain
+"""What a sampler draws from a model's logits: temperature (0: greedy), top-k, top-p (nucleus), a seed, and the prompt's
+own token where a row is still inside its prompt; shared by plain
 decoding (r1jax/generate.py) and self-speculative decoding (r1jax/inference/speculative.py), whose rejection rule needs
 the distributions themselves."""
 
@@ -54,3 +55,15 @@ def sample(logits_xV: jax.Array, key: jax.Array, s: Sampling) -> jax.Array:
   if s.temperature == 0:
     return jnp.argmax(logits_xV, -1).astype(jnp.int32)
   return jax.random.categorical(key, filtered(logits_xV, s), -1).astype(jnp.int32)
+
+
+def at_rows(a_BxTx: jax.Array, i_B: jax.Array) -> jax.Array:
+  """a[b, i[b]] for each row b."""
+  return jnp.take_along_axis(a_BxTx, i_B.reshape(-1, *[1] * (a_BxTx.ndim - 1)), 1)[:, 0]
+
+
+def prompt_or(prompts_BxP: jax.Array, lengths_B: jax.Array, position_B: jax.Array, token_B: jax.Array) -> jax.Array:
+  """[B]: the token each row takes at `position`: its prompt's (the first lengths[b] of prompts) while inside the
+  prompt, else `token` (a sample)."""
+  inside_B = at_rows(prompts_BxP, jnp.minimum(position_B, prompts_BxP.shape[1] - 1))
+  return jnp.where(position_B < lengths_B, inside_B, token_B)

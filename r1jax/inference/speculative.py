@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from r1jax import registry
 from r1jax.errors import ConfigError
 from r1jax.inference import decoding
-from r1jax.inference.sampling import Sampling, probabilities, sample
+from r1jax.inference.sampling import Sampling, at_rows, probabilities, prompt_or, sample
 
 
 def check_speculative(cfg) -> None:
@@ -60,11 +60,6 @@ def _apply(model, params, cache, ids_BxT, decode, mtp=None):
   return logits, aux["hidden"], new[decoding.CACHE]
 
 
-def _at(a_BxTx, i_B):
-  """a[b, i[b]] for each row b."""
-  return jnp.take_along_axis(a_BxTx, i_B.reshape(-1, *[1] * (a_BxTx.ndim - 1)), 1)[:, 0]
-
-
 def _draft(model, params, cache, h_BxTxD, buf_BxW, decode, start_B, last_B, writes_B, lengths_B, key, s):
   """Steps MTP modules 1..D over T positions from start[b] (hidden states h of the main model there; module k reads
   the tokens at positions i + k from buf), then drafts from each module's logits at index last[b]: module k's draft
@@ -77,7 +72,7 @@ def _draft(model, params, cache, h_BxTxD, buf_BxW, decode, start_B, last_B, writ
       buf_BxW, jnp.clip(start_B[:, None] + jnp.arange(T)[None] + k, 0, buf_BxW.shape[1] - 1), 1
     )
     logits_BxTxV, h_BxTxD, cache = _apply(model, params, cache, ahead_BxT, decode, (k, h_BxTxD))
-    logits_BxV = _at(logits_BxTxV, last_B)
+    logits_BxV = at_rows(logits_BxTxV, last_B)
     draft_B = sample(logits_BxV, jax.random.fold_in(key, k), s)
     at_B = start_B + last_B + k + 1
     old_B = jnp.take_along_axis(buf_BxW, at_B[:, None], 1)[:, 0]
@@ -115,8 +110,8 @@ def speculative_prefill(
   buf_BxW = jnp.zeros((B, L + D + 2), jnp.int32).at[:, :P].set(prompts_BxP)
   prefill = decoding.Decode.prefill(pre_B, L, context, sinks, spare=D)  # spare slots: no rollback in a window
   logits_BxFxV, h_BxFxD, cache = _apply(model, params, None, prompts_BxP[:, :F], prefill)
-  drawn_B = sample(_at(logits_BxFxV, pre_B - 1), jax.random.fold_in(key, 0), s)
-  first_B = jnp.where(pre_B < lengths_B, _at(prompts_BxP, jnp.minimum(pre_B, P - 1)), drawn_B)
+  drawn_B = sample(at_rows(logits_BxFxV, pre_B - 1), jax.random.fold_in(key, 0), s)
+  first_B = prompt_or(prompts_BxP, lengths_B, pre_B, drawn_B)
   buf_BxW = buf_BxW.at[jnp.arange(B), pre_B].set(first_B)
   cache, buf_BxW, q_BxDxV = _draft(
     model, params, cache, h_BxFxD, buf_BxW, prefill, jnp.zeros_like(pre_B), pre_B - 1, jnp.ones((B,), bool),
@@ -134,11 +129,8 @@ def speculative_decode(
   `accepted` [B, D] (rounds whose drafts 1..k were all accepted)."""
   cfg, s = model.cfg, sampling
   D, L, _ = _sizes(cfg, prompts_BxP, lengths_B, max_len, context, sinks)
-  B, P = prompts_BxP.shape
+  B = prompts_BxP.shape[0]
   rows, key = jnp.arange(B), jax.random.key(s.seed)
-
-  def prompt_or(position_B, token_B):  # the prompt's token while inside the prompt
-    return jnp.where(position_B < lengths_B, _at(prompts_BxP, jnp.minimum(position_B, P - 1)), token_B)
 
   end_B = lengths_B + max_new_tokens - 1  # the last position a row needs
   rollback = needs_rollback(cfg, decoding.Decode.step(state["pre"], L, context, sinks, spare=D))
@@ -163,16 +155,18 @@ def speculative_decode(
     ok_BxD |= p_B[:, None] + 1 + jnp.arange(D)[None] < lengths_B[:, None]  # the prompt's tokens: accepted as they are
     run_BxD = jnp.cumprod(ok_BxD.astype(jnp.int32), -1)
     a_B = jnp.where(done_B, 0, run_BxD.sum(-1))  # drafts accepted
-    logits_BxV = _at(logits_BxTxV, a_B)
+    logits_BxV = at_rows(logits_BxTxV, a_B)
     if s.temperature == 0:
       next_B = jnp.argmax(logits_BxV, -1).astype(jnp.int32)
     else:  # after a rejection, from norm(max(p - q, 0)); after D acceptances, from p
       p_BxV = probabilities(logits_BxV, s)
-      rest_BxV = jnp.where((a_B < D)[:, None], jnp.maximum(p_BxV - _at(q_BxDxV, jnp.minimum(a_B, D - 1)), 0.0), p_BxV)
+      rest_BxV = jnp.where(
+        (a_B < D)[:, None], jnp.maximum(p_BxV - at_rows(q_BxDxV, jnp.minimum(a_B, D - 1)), 0.0), p_BxV
+      )
       rest_BxV = jnp.where(rest_BxV.sum(-1, keepdims=True) > 0, rest_BxV, p_BxV)  # p == q: never rejected
       next_B = jax.random.categorical(jax.random.fold_in(rkey, 1), jnp.log(rest_BxV), -1).astype(jnp.int32)
     at_B = p_B + a_B + 1
-    next_B = jnp.where(done_B, _at(buf_BxW, at_B), prompt_or(at_B, next_B))
+    next_B = jnp.where(done_B, at_rows(buf_BxW, at_B), prompt_or(prompts_BxP, lengths_B, at_B, next_B))
     buf_BxW = buf_BxW.at[rows, at_B].set(next_B)
     commit_B = jnp.where(done_B, 0, a_B + 1)
     if rollback:  # the step again from the cache before it, each row committing its accepted tokens only
