@@ -3,8 +3,8 @@
 Two ways, both weight-only INT8 with a scale per output channel (symmetric: absmax / 127.5, rounded to nearest,
 clipped to [-128, 127]), for the matmuls (einsum / dot_general) of every Transformer block and MTP module; the
 activations stay in the compute dtype:
-  post-training (PTQ)  `ptq(model, params)`: the trained float weights rounded to int8 once; the model then runs on
-                       the int8 weights and their scales (qwix's PtqProvider; memory and disk hold int8).
+  post-training (PTQ)  `ptq(model, params, tokens)`: the trained float weights rounded to int8 once; the model then
+                       runs on the int8 weights and their scales (qwix's PtqProvider; memory and disk hold int8).
   quantization-aware   `model.quant="int8"` (r1jax/model.py make_model): training runs the forward on fake-quantized
   training (QAT)       weights (rounded to the int8 grid and back) with straight-through gradients (qwix's QtProvider:
                        a weight's gradient passes the rounding as the identity; its backward matmuls read quantized
@@ -53,13 +53,23 @@ def qat(model: nn.Module) -> nn.Module:
   return qwix.quantize_model(model, qwix.QtProvider([qwix.QtRule(module_path=BLOCKS, weight_qtype=jnp.int8)]))
 
 
-def ptq(model: nn.Module, params, tokens_BxT: jax.Array) -> tuple[nn.Module, dict]:
-  """(the model running on INT8 weights, its parameters: the float `params` quantized) for a float-trained or
-  QAT-trained `model` (its float parameters); `tokens` of any shape the model takes (to trace which weights the
-  matmuls read)."""
+def ptq_model(model: nn.Module, tokens_BxT: jax.Array) -> tuple[nn.Module, dict]:
+  """(the model running on INT8 weights, the abstract tree of its parameters: which weights it rounds and how) for a
+  float-trained or QAT-trained `model`; `tokens` of any shape the model takes (to trace which weights the matmuls
+  read)."""
   quantized = qwix.quantize_model(model, qwix.PtqProvider(rules()))
-  abstract = jax.eval_shape(quantized.init, jax.random.key(0), tokens_BxT)["params"]
-  return quantized, qwix.quantize_params(params, abstract)
+  return quantized, jax.eval_shape(quantized.init, jax.random.key(0), tokens_BxT)["params"]
+
+
+def rounded(params, abstract) -> dict:
+  """The float `params` rounded to INT8 as `ptq_model`'s abstract tree says."""
+  return qwix.quantize_params(params, abstract)
+
+
+def ptq(model: nn.Module, params, tokens_BxT: jax.Array) -> tuple[nn.Module, dict]:
+  """(the model running on INT8 weights, its parameters: the float `params` rounded): `ptq_model`, then `rounded`."""
+  quantized, abstract = ptq_model(model, tokens_BxT)
+  return quantized, rounded(params, abstract)
 
 
 def param_bytes(params) -> dict[str, int]:
