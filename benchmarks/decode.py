@@ -154,6 +154,20 @@ def measure_here(name: str, C: int) -> dict:
   return out
 
 
+def validation_prompts(val, P: int, B: int) -> tuple[jax.Array, jax.Array]:
+  """B rows of P validation tokens, their windows spread evenly over the split, and their lengths."""
+  starts = np.linspace(0, len(val) - P, B).astype(int)
+  return jnp.asarray(np.stack([val[s : s + P] for s in starts]).astype(np.int32)), jnp.full((B,), P, jnp.int32)
+
+
+def decode_seconds(prefill, decode, model, params, prompts, lengths, N: int, repeats: int, **kw):
+  """Seconds per token of decoding N tokens from a prefilled cache (the prefill untimed; the median of `repeats`
+  calls), and a call that returns that decoding's output (untimed)."""
+  state = jax.block_until_ready(prefill(model, params, prompts, lengths, **kw))
+  run = functools.partial(decode, model, params, max_new_tokens=N, **kw)
+  return median_sec(run, state, prompts, lengths, repeats=repeats) / N, functools.partial(run, state, prompts, lengths)
+
+
 def measure_speculative_here(C: int) -> dict:
   """Greedy decoding of --speculative_workdir's model, plain and speculative, at batch 1 and --batch: seconds per
   token from a prefilled cache (the median of at least 5 calls) and tokens per pass of the main model; after C -
@@ -166,19 +180,16 @@ def measure_speculative_here(C: int) -> dict:
   C = C or P + N
   out = {}
   for B, suffix in ((1, "b1"), (FLAGS.batch, "batch")):
-    starts = np.linspace(0, len(val) - P, B).astype(int)
-    prompts = jnp.asarray(np.stack([val[s : s + P] for s in starts]).astype(np.int32))
-    lengths = jnp.full((B,), P, jnp.int32)
+    prompts, lengths = validation_prompts(val, P, B)
     kw = dict(max_len=C, sampling=Sampling(temperature=0.0), context=window)
     for name, prefill, decode in (
       ("plain", generate.prefill_ids, generate.decode_ids),
       ("spec", speculative.speculative_prefill, speculative.speculative_decode),
     ):
-      state = jax.block_until_ready(prefill(model, params, prompts, lengths, **kw))
-      run = functools.partial(decode, model, params, max_new_tokens=N, **kw)
-      out[f"{name}_sec_per_token_{suffix}"] = median_sec(run, state, prompts, lengths, repeats=repeats) / N
+      sec, output = decode_seconds(prefill, decode, model, params, prompts, lengths, N, repeats, **kw)
+      out[f"{name}_sec_per_token_{suffix}"] = sec
       if name == "spec":
-        counts = run(state, prompts, lengths)[1]
+        counts = output()[1]
         out[f"tokens_per_pass_{suffix}"] = float(counts["tokens"].sum() / counts["rounds"].sum())
         out[f"accepted_{suffix}"] = (np.asarray(counts["accepted"]).sum(0) / float(counts["rounds"].sum())).tolist()
   return out
@@ -198,14 +209,12 @@ def measure_int8_here() -> dict:
   models = {"float": (float_model, variables), "int8": (int8_model, {**variables, "params": int8_params})}
   out = {f"{k}_bytes": quantize.param_bytes(v[1]["params"]) for k, v in models.items()}
   for B, suffix in ((1, "b1"), (FLAGS.batch, "batch")):
-    starts = np.linspace(0, len(val) - P, B).astype(int)
-    prompts = jnp.asarray(np.stack([val[s : s + P] for s in starts]).astype(np.int32))
-    lengths = jnp.full((B,), P, jnp.int32)
+    prompts, lengths = validation_prompts(val, P, B)
     kw = dict(max_len=P + N, sampling=Sampling(temperature=0.0), context=P)
     for name, (m, params) in models.items():
-      state = jax.block_until_ready(generate.prefill_ids(m, params, prompts, lengths, **kw))
-      run = functools.partial(generate.decode_ids, m, params, max_new_tokens=N, **kw)
-      out[f"{name}_sec_per_token_{suffix}"] = median_sec(run, state, prompts, lengths, repeats=repeats) / N
+      out[f"{name}_sec_per_token_{suffix}"], _ = decode_seconds(
+        generate.prefill_ids, generate.decode_ids, m, params, prompts, lengths, N, repeats, **kw
+      )
   return out
 
 
