@@ -42,13 +42,17 @@ class RMSNorm(nn.Module):
     return (x * scale_1x1xD).astype(dtype(self.out_dtype))
 
 
-def rope(x_BxTxHxK: jax.Array, positions_T: np.ndarray | jax.Array, base: float) -> jax.Array:
+def rope(x_BxTxHxK: jax.Array, positions_T: np.ndarray | jax.Array, base: float, dims: int | None = None) -> jax.Array:
   """Rotary position embedding (Su et al. 2021), rotating half-split pairs (GPT-NeoX layout), in float32; positions
-  [T], or [B, T] (each row its own, as in decoding).
+  [T], or [B, T] (each row its own, as in decoding). `dims`: rotate only the first `dims` of the last axis (partial
+  RoPE, as DeepSeek-V3.2's indexer: 64 of 128), the rest pass through; None: all of it.
 
   Static (numpy) positions give numpy sin/cos tables, compiled in as constants: XLA fuses the rotation into its
   consumers, and on CPU a gather of rotated keys (sparse attention) otherwise recomputes sin and cos per gathered
   element (3x slower forward there)."""
+  if dims is not None and dims < x_BxTxHxK.shape[-1]:
+    rotated = rope(x_BxTxHxK[..., :dims], positions_T, base)
+    return jnp.concatenate([rotated, x_BxTxHxK[..., dims:]], axis=-1)
   K = x_BxTxHxK.shape[-1]
   if K % 2:
     raise ValueError(f"RoPE needs an even head dimension, got {K}; change model.d_model / model.num_heads")

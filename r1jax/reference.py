@@ -315,3 +315,32 @@ def mla(x_BxTxD, params, dims, eps, base, mask_BxTxS=None):
         w = np.exp(logits - logits.max())
         o[b, t, h] = (w / w.sum()) @ v[b, s, h]
   return np.einsum("bthv,hvd->btd", o, p["wo"])
+
+
+def v32_indexer(x_BxTxD, qr_BxTxQ, w, base, rope_dim):
+  """DeepSeek-V3.2-Exp's lightning indexer (inference/model.py `Indexer.forward`) transcribed in float64, its FP8
+  quantisation and Hadamard rotation left out: q = qr W_q (heads of I), k = LayerNorm(x W_k) (eps 1e-6), RoPE on the
+  first `rope_dim` dims of each as interleaved complex pairs (2i, 2i+1) at angle t * base^(-2i/rope_dim), head
+  weights x W_w / sqrt(J) / sqrt(I), I[t, s] = sum_j w[t, j] relu(q[t, j] . k[s]); -inf after t. `w` holds V3.2's
+  weights as PyTorch stores them ([out, in]): wq_b [J * I, Q], wk [I, D], k_norm_weight, k_norm_bias [I],
+  weights_proj [J, D]. Returns [B, T, T]."""
+  x, qr = np.asarray(x_BxTxD, np.float64), np.asarray(qr_BxTxQ, np.float64)
+  p = {k: np.asarray(v, np.float64) for k, v in w.items()}
+  J, I = p["weights_proj"].shape[0], p["wk"].shape[0]
+  B, T, _ = x.shape
+
+  def rotate(a_BxTx_xI):  # complex multiplication of the leading pairs, as torch.view_as_complex(...) * freqs_cis
+    pairs = a_BxTx_xI[..., :rope_dim].reshape(*a_BxTx_xI.shape[:-1], rope_dim // 2, 2)
+    z = pairs[..., 0] + 1j * pairs[..., 1]
+    angle = np.arange(T)[:, None] * base ** (-np.arange(0, rope_dim, 2) / rope_dim)[None, :]  # [T, R/2]
+    z = z * np.exp(1j * angle).reshape(1, T, *(1,) * (z.ndim - 3), rope_dim // 2)
+    rotated = np.stack([z.real, z.imag], -1).reshape(*a_BxTx_xI.shape[:-1], rope_dim)
+    return np.concatenate([rotated, a_BxTx_xI[..., rope_dim:]], -1)
+
+  q = rotate((qr @ p["wq_b"].T).reshape(B, T, J, I))
+  k = x @ p["wk"].T
+  k = (k - k.mean(-1, keepdims=True)) / np.sqrt(k.var(-1, keepdims=True) + 1e-6) * p["k_norm_weight"]
+  k = rotate(k + p["k_norm_bias"])
+  weights = x @ p["weights_proj"].T * J**-0.5 * I**-0.5
+  scores = np.einsum("btj,btsj->bts", weights, np.maximum(np.einsum("btji,bsi->btsj", q, k), 0.0))
+  return np.where(causal_mask(T)[None], scores, -np.inf)

@@ -34,6 +34,30 @@ class Mutation:
 
 MUTATIONS = (
   Mutation(
+    "v32_indexer_rotates_every_dim",
+    "r1jax/mixers/sparse.py",
+    "  R = o.rope_dims()\n",
+    "  R = I\n",
+    "tests/test_sparse.py",
+    "v32",
+  ),
+  Mutation(
+    "v32_indexer_key_norm_without_centering",
+    "r1jax/mixers/sparse.py",
+    "    k = k - jnp.mean(k, -1, keepdims=True)\n",
+    "",
+    "tests/test_sparse.py",
+    "v32",
+  ),
+  Mutation(
+    "v32_weights_copied_without_reordering_the_rotated_pairs",
+    "r1jax/mixers/sparse.py",
+    "  order = np.r_[np.arange(0, rope_dims, 2), np.arange(1, rope_dims, 2), np.arange(rope_dims, I)]",
+    "  order = np.arange(I)",
+    "tests/test_sparse.py",
+    "v32",
+  ),
+  Mutation(
     "spare_window_slots_visible",
     "r1jax/inference/decoding.py",
     "    ok &= sink_1x1xS | (t_BxTx1 - s_Bx1xS < decode.context - decode.sinks)",

@@ -111,6 +111,11 @@ CONTEXT = {
   },
   "train.diag_batches": {"model.mixer": "sparse", "model.mixer_options.sparse.top_k": 4},
   "model.mtp_weight": {"model.mtp_depth": 1},
+  # the query latent it reads exists with q_rank > 0 (without one, c_q is x itself)
+  "model.mixer_options.mla.indexer_query": {
+    "model.mixer_options.mla.sparse": True,
+    "model.mixer_options.mla.q_rank": 8,
+  },
 }
 ALTERNATIVES = {  # values the candidates would not find ("<text_file>", "<tokens_dir_2>": the fixtures' paths)
   "model.vocab_size": 200,  # >= the dataset's vocabulary (a smaller one is refused)

@@ -13,7 +13,14 @@ from r1jax.errors import ConfigError
 from r1jax.mixers.block_sparse import BlockSparseAttention, BlockSparseOptions, block_sparse_attention, select_blocks
 from r1jax.mixers.dense import Attention, AttentionOptions
 from r1jax.mixers.local import LocalAttention, LocalOptions
-from r1jax.mixers.sparse import SparseAttention, SparseOptions, gathered_attention
+from r1jax.mixers.mla import MultiHeadLatentAttention
+from r1jax.mixers.sparse import (
+  INDEXER_V0,
+  SparseAttention,
+  SparseOptions,
+  gathered_attention,
+  v32_indexer_params,
+)
 
 from helpers import apply_mixer, assert_causal, mixer_config, project_out, tiny_config
 
@@ -243,6 +250,8 @@ def test_kl_dense_matches_definition():
     (dict(indexer_loss="mse"), "indexer_loss"),
     (dict(indexer_dim=3), "indexer_heads/indexer_dim"),
     (dict(select="random", sample_temperature=1.0), "sample_temperature"),
+    (dict(indexer_rope_fraction=0.0), "indexer_rope_fraction"),
+    (dict(indexer_dim=12, indexer_rope_fraction=0.25), "indexer_rope_fraction"),  # 3 dims: not pairs
   ],
 )
 def test_bad_options_name_the_field(opts, field):
@@ -349,3 +358,68 @@ def test_long_sequences_skip_the_keys_after_each_chunk_with_the_same_picks(selec
   np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves((aux, grads)), jax.tree.leaves((want_aux, want_grads))):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)  # float32 sums over other key extents
+
+
+@pytest.mark.parametrize("mixer", ["sparse", "mla"])
+def test_v32_weights_copied_in_give_v32s_index_scores_and_picks(mixer):
+  """DeepSeek-V3.2-Exp's indexer weights (its PyTorch layout) converted by v32_indexer_params: our index scores equal
+  a float64 transcription of V3.2's Indexer (reference.v32_indexer: LayerNorm'd key, RoPE on the first half of the
+  dims as interleaved pairs, 1/sqrt(d_I) in the score; the query from the query latent in sparse MLA, from x in the
+  sparse mixer) to 1e-5, and the top-k sets are V3.2's, ties at the k-th score aside."""
+  B, T, D, J, I, Q, k = 2, 24, 32, 4, 16, 12, 5
+  cfg = mixer_config(d_model=D)
+  idx = dict(top_k=k, indexer_heads=J, indexer_dim=I, query_chunk=8, **DSA_KL)
+  if mixer == "mla":
+    cfg = dataclasses.replace(cfg, mixer="mla", mixer_options={"mla": dict(sparse=True, q_rank=Q, indexer=idx)})
+    module = MultiHeadLatentAttention(cfg, cfg.options("mixer", "mla"))
+  else:
+    module, Q = SparseAttention(cfg, SparseOptions(**idx)), D
+  rng = np.random.default_rng(0)
+  v32 = {
+    "wq_b": rng.normal(size=(J * I, Q)) * 0.3,
+    "wk": rng.normal(size=(I, D)) * 0.3,
+    "k_norm_weight": 1 + 0.3 * rng.normal(size=I),
+    "k_norm_bias": 0.3 * rng.normal(size=I),
+    "weights_proj": rng.normal(size=(J, D)) * 0.3,
+  }
+  x = jax.random.normal(jax.random.key(0), (B, T, D))
+  params = nn.meta.unbox(module.init(jax.random.key(1), x, deterministic=True))
+  params["params"].update(v32_indexer_params(v32, rope_dims=I // 2))
+  _, state = module.apply(params, x, deterministic=True, mutable=["intermediates"])
+  ours = reference.indexer_scores(*state["intermediates"]["indexer"][0])  # our q, k, w, scored in float64
+  if mixer == "mla":  # V3.2's query latent qr = q_norm(wq_a(x)), from the module's own weights
+    a = np.asarray(x, np.float64) @ np.asarray(params["params"]["wq_a"], np.float64)
+    qr = a / np.sqrt(np.mean(a * a, -1, keepdims=True) + cfg.norm_eps) * np.asarray(params["params"]["q_norm"]["scale"])
+  else:
+    qr = x
+  want = reference.v32_indexer(x, qr, v32, cfg.rope_base, rope_dim=I // 2)
+  causal = reference.causal_mask(T)[None]
+  np.testing.assert_allclose(np.where(causal, ours, 0), np.where(causal, want, 0), rtol=1e-5, atol=1e-5)
+  picks, valid = (np.asarray(a) for a in state["intermediates"]["selected"][0])
+  for b in range(B):
+    for t in range(T):
+      kth = np.sort(want[b, t, : t + 1])[::-1][min(k, t + 1) - 1]
+      chosen = set(picks[b, t][valid[b, t]].tolist())
+      assert {s for s in range(t + 1) if want[b, t, s] > kth + 1e-5} <= chosen, (b, t)
+      assert all(want[b, t, s] >= kth - 1e-5 for s in chosen), (b, t)
+
+
+def test_indexer_v0_names_the_earlier_recipe():
+  """INDEXER_V0 (the committed results before issue 41): the query from x, no key norm, RoPE over every indexer dim,
+  head weights scaled by 1/sqrt(J) only; the default (V3.2's) differs in each."""
+  cfg = mixer_config()
+  x = jax.random.normal(jax.random.key(0), (1, 6, 32))
+  got = {}
+  for name, extra in (("v0", INDEXER_V0), ("v32", {})):
+    module = SparseAttention(cfg, SparseOptions(top_k=2, indexer_heads=2, indexer_dim=8, **DSA_KL, **extra))
+    params, _, inter = apply_mixer(module, x)
+    got[name] = inter["indexer"][0]
+    p = params["params"]
+    if name == "v0":
+      assert not any("k_scale" in n or "k_bias" in n for n in p)
+      q = reference.rope(np.einsum("btd,dji->btji", x, p["idx_wq"]), cfg.rope_base)
+      k = reference.rope(np.einsum("btd,di->bti", x, p["idx_wk"])[:, :, None], cfg.rope_base)[:, :, 0]
+      w = np.einsum("btd,dj->btj", x, p["idx_ww"]) / np.sqrt(2)
+      for ours, want in zip(got[name], (q, k, w)):
+        np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got["v32"][2], got["v0"][2] / np.sqrt(8), rtol=1e-6)  # V3.2's 1/sqrt(d_I)

@@ -227,10 +227,12 @@ def write(cache: jax.Array, new_BxTx: jax.Array, decode: Decode) -> jax.Array:
   return jax.vmap(lambda c, n, p: jax.lax.dynamic_update_slice_in_dim(c, n, p, 0))(cache, new_BxTx, slot_B)
 
 
-def cached(module, name: str, new_BxTx: jax.Array, decode: Decode, rope_base: float | None = None) -> jax.Array:
+def cached(
+  module, name: str, new_BxTx: jax.Array, decode: Decode, rope_base: float | None = None, rope_dims: int | None = None
+) -> jax.Array:
   """The cache variable `name` ([B, slots, ...], zeros at first) with this call's entries written; returns it.
-  `rope_base`: the entries are RoPE'd keys (rotated over the last axis), so a step reads the sinks of a wrapping
-  cache rotated forward by `sink_shift` (the stored entries stay as written)."""
+  `rope_base`: the entries are RoPE'd keys (rotated over the last axis, or its first `rope_dims`), so a step reads
+  the sinks of a wrapping cache rotated forward by `sink_shift` (the stored entries stay as written)."""
   B, _, *rest = new_BxTx.shape
   var = module.variable(CACHE, name, jnp.zeros, (B, decode.slots, *rest), new_BxTx.dtype)
   var.value = write(var.value, new_BxTx, decode)
@@ -239,7 +241,7 @@ def cached(module, name: str, new_BxTx: jax.Array, decode: Decode, rope_base: fl
   N, sinks = decode.sinks, var.value[:, : decode.sinks]
   shift_BxN = jnp.broadcast_to(sink_shift(decode)[:, None], (B, N))
   flat = sinks.reshape(B, N, -1, sinks.shape[-1])  # rope wants [B, T, heads, K]
-  moved = rope(flat, shift_BxN, rope_base).reshape(sinks.shape)
+  moved = rope(flat, shift_BxN, rope_base, rope_dims).reshape(sinks.shape)
   return jnp.concatenate([moved, var.value[:, N:]], 1)
 
 

@@ -6,7 +6,7 @@ import ml_collections
 
 from r1jax.config import TINY_SHAKESPEARE, Config, ModelConfig, default_config
 from r1jax.lab.ablation import override
-from r1jax.mixers.sparse import DSA_INDEXER
+from r1jax.mixers.sparse import DSA_INDEXER, INDEXER_V0
 
 
 def shakespeare_char(path: str = TINY_SHAKESPEARE) -> ml_collections.ConfigDict:
@@ -163,12 +163,14 @@ def mixer(name: str, **options) -> dict:
 NSA_PAPER = {"cmp_block": 32, "cmp_stride": 16, "slc_block": 64, "top_blocks": 16, "window": 512}
 
 
-def dsa(top_k: int, stage: str = "sparse") -> dict:
+def dsa(top_k: int, stage: str = "sparse", indexer: str = "v32") -> dict:
   """DeepSeek-V3.2's DSA as the sparse mixer (sparse.DSA_INDEXER: a detached indexer trained only by its KL loss)
   with `top_k` keys per query; stage="warmup": the dense warm-up's loss (KL to dense attention over all earlier keys)
-  instead of the sparse stage's (over the picked keys)."""
+  instead of the sparse stage's (over the picked keys); indexer="v0": r1jax's indexer before V3.2's exact one
+  (sparse.INDEXER_V0), which every sparse result committed before issue 41 used."""
   loss = {"sparse": "kl", "warmup": "kl_dense"}[stage]
-  return mixer("sparse", top_k=top_k, **{**DSA_INDEXER, "indexer_loss": loss})
+  earlier = {"v32": {}, "v0": INDEXER_V0}[indexer]
+  return mixer("sparse", top_k=top_k, **{**DSA_INDEXER, "indexer_loss": loss, **earlier})
 
 
 # GPU-sized presets on a corpus prepared by r1jax.prepare (data.kind=tokens): GPT-2's shapes (Radford et al. 2019;

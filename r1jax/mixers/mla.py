@@ -21,8 +21,9 @@ earlier tokens per query and every head attends to the same k latents, in traini
 expanded keys) and in decoding (the picked latents gathered from the cache). Trained as DSA's sparse stage by default
 (indexer on a detached input, KL to the main attention over the picked keys, no gate); from scratch, sampled
 training picks (sample_temperature > 0) let it find keys a greedy indexer never tries (experiments/
-sparse_attn_ablation.py's probes). V3.2 forms the indexer query from the query latent; ours reads x, as the sparse
-mixer's does.
+sparse_attn_ablation.py's probes). The indexer is V3.2's (sparse.indexer_inputs): its query reads the query latent
+c_q (x when q_rank = 0), its key x through a LayerNorm, partial RoPE, the 1 / sqrt(d_I) score scale;
+`indexer=SparseOptions(**DSA_INDEXER, **INDEXER_V0), indexer_query="input"` is r1jax's earlier recipe.
 """
 
 import dataclasses
@@ -52,6 +53,8 @@ class MLAOptions:
   # Sparse MLA's lightning indexer (select=indexer): its key budget top_k, heads, width, losses, sampled training
   # picks, query chunk and diagnostics, as the sparse mixer's; DeepSeek-V3.2's recipe by default (sparse.DSA_INDEXER)
   indexer: SparseOptions = SparseOptions(**DSA_INDEXER)
+  indexer_query: str = "latent"  # latent: the indexer's query reads the query latent c_q (V3.2; x where q_rank = 0,
+  #                                which has none) | input: x (r1jax's recipe before issue 41)
 
   def __post_init__(self):
     for field in ("kv_rank", "q_rank", "rope_dim", "head_dim", "v_dim"):
@@ -61,6 +64,8 @@ class MLAOptions:
         )
     if self.rope_dim % 2:
       raise ConfigError(f"rope_dim={self.rope_dim} is odd. Fix: RoPE rotates pairs; use an even width.")
+    if self.indexer_query not in ("latent", "input"):
+      raise ConfigError(f"indexer_query={self.indexer_query!r} is invalid. Fix: use 'latent' or 'input'.")
     if self.indexer.select != "indexer":
       raise ConfigError(
         f"indexer.select={self.indexer.select!r} is invalid. Fix: sparse MLA picks its keys with the "
@@ -132,16 +137,18 @@ class MultiHeadLatentAttention(nn.Module):
   cfg: "ModelConfig"  # noqa: F821 (r1jax.config.ModelConfig)
   opts: MLAOptions
 
-  def _queries(self, x_BxTxD: jax.Array, positions) -> tuple[jax.Array, jax.Array]:
-    """Content queries [B, T, H, d_h] and RoPE'd decoupled queries [B, T, H, d_r]."""
+  def _queries(self, x_BxTxD: jax.Array, positions) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Content queries [B, T, H, d_h], RoPE'd decoupled queries [B, T, H, d_r] and the query latent c_q (None
+    without one: q_rank = 0)."""
     cfg, d = self.cfg, self.opts.dims(self.cfg)
     D, H, dt = cfg.d_model, cfg.num_heads, layers.dtype(cfg.dtype)
-    x = x_BxTxD.astype(dt)
+    x, latent = x_BxTxD.astype(dt), None
     if d["d_cq"]:
       w_DxQ = layers.param(self, "wq_a", (D, d["d_cq"]), ("embed", None), cfg.init_std, cfg.param_dtype)
       x = layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name="q_norm")(
         jnp.einsum("BTD,DQ->BTQ", x, w_DxQ.astype(dt))
       )
+      latent = x
     in_axis = None if d["d_cq"] else "embed"  # from the query latent, or straight from x
     wq = layers.param(
       self, "wq", (x.shape[-1], H, d["d_h"] + d["d_r"]), (in_axis, "heads", "kv"), cfg.init_std, cfg.param_dtype
@@ -149,7 +156,11 @@ class MultiHeadLatentAttention(nn.Module):
     q_BxTxHxE = layers.constrain(
       jnp.einsum("BTD,DHE->BTHE", x, wq.astype(dt)), ("act_batch", "act_length", "act_heads", "act_kv")
     )
-    return q_BxTxHxE[..., : d["d_h"]], layers.rope(q_BxTxHxE[..., d["d_h"] :], positions, cfg.rope_base)
+    return q_BxTxHxE[..., : d["d_h"]], layers.rope(q_BxTxHxE[..., d["d_h"] :], positions, cfg.rope_base), latent
+
+  def _indexer_source(self, q_latent: jax.Array | None) -> jax.Array | None:
+    """What the indexer's query reads besides x: the query latent (indexer_query=latent), or None (x)."""
+    return q_latent if self.opts.indexer_query == "latent" else None
 
   def _latent(self, x_BxTxD: jax.Array, positions) -> tuple[jax.Array, jax.Array]:
     """The cached part of a token: c_kv [B, T, d_c] (normalised) and the RoPE'd shared key k_R [B, T, d_r]."""
@@ -186,14 +197,16 @@ class MultiHeadLatentAttention(nn.Module):
     """One decoding step over the latent cache: absorbed (default) or expanded (the reference)."""
     o, d = self.opts, self.opts.dims(self.cfg)
     pos_Bx1 = decode.token_positions(1)
-    q_C, q_R = self._queries(x_BxTxD, pos_Bx1)
+    q_C, q_R, q_latent = self._queries(x_BxTxD, pos_Bx1)
     c_new, k_rope_new = self._latent(x_BxTxD, pos_Bx1)
     c_BxSxC = decoding.cached(self, "c_kv", c_new, decode)
     k_rope_BxSxR = decoding.cached(self, "k_rope", k_rope_new, decode, self.cfg.rope_base)
     wk, wv = self._up()
     bias = None  # the indexer gate's scores on the picked keys (sparse, indexer_grad=gate), as in the forward
     if o.sparse:
-      idx_Bx1xN, ok_Bx1xN, bias = indexer_step_picks(self, x_BxTxD, self.cfg, o.indexer, decode)
+      idx_Bx1xN, ok_Bx1xN, bias = indexer_step_picks(
+        self, x_BxTxD, self.cfg, o.indexer, decode, self._indexer_source(q_latent)
+      )
       c_sel, k_rope_sel = (jax.vmap(lambda a, i: a[i])(a, idx_Bx1xN) for a in (c_BxSxC, k_rope_BxSxR))  # [B,1,N,.]
     else:
       ok_Bx1xN = decoding.causal_ok(decode, 1)
@@ -215,7 +228,7 @@ class MultiHeadLatentAttention(nn.Module):
       return self._step(x_BxTxD, decode)
     o = self.opts
     positions = np.arange(x_BxTxD.shape[1])
-    q_C, q_R = self._queries(x_BxTxD, positions)
+    q_C, q_R, q_latent = self._queries(x_BxTxD, positions)
     c_BxTxC, k_rope_BxTxR = self._latent(x_BxTxD, positions)
     self.sow("intermediates", "latent", (c_BxTxC, k_rope_BxTxR))
     k, v = self._expand(c_BxTxC, k_rope_BxTxR, *self._up())
@@ -223,7 +236,8 @@ class MultiHeadLatentAttention(nn.Module):
     aux = {}
     if o.sparse:
       so = o.indexer
-      index = indexer_inputs(self, x_BxTxD, self.cfg, so)
+      index = indexer_inputs(self, x_BxTxD, self.cfg, so, latent_BxTxQ=self._indexer_source(q_latent))
+      self.sow("intermediates", "indexer", index)
       want_kl = so.indexer_loss != "none" and decode is None
       want_diag = so.diagnostics and wants_diagnostics(self)
       noise_key = self.make_rng("dropout") if so.sample_temperature > 0 and not deterministic else None

@@ -5,7 +5,9 @@ Rules with the same key budget k:
   indexer  a learned 'lightning indexer' (DeepSeek-V3.2 DSA, 2025): I[t,s] = sum_j w[t,j] relu(q[t,j] . k[s]) with
            few narrow heads scores every earlier key; the top-k are attended (cf. Routing Transformer, Roy et al.
            2021, which picks keys by learned clusters). The scoring is O(T^2 * H_I * K_I), cheap next to dense
-           attention only when H_I * K_I << 4 * H * K.
+           attention only when H_I * K_I << 4 * H * K. As V3.2-Exp's inference/model.py by default: the key
+           LayerNorm'd, RoPE on the first half of the dims, w scaled by 1/sqrt(H_I * K_I) (INDEXER_V0: r1jax's
+           earlier recipe; v32_indexer_params loads V3.2's weights).
   window   the last k keys (sliding window, Longformer / Mistral), no selection cost.
   random   k random earlier keys, a fixed pattern per layer (BigBird's random keys).
 An indexer trained only on the keys it picks (DSA's sparse-stage KL) never sees the others; from scratch it can lock
@@ -48,6 +50,11 @@ class SparseOptions:
   #                             kl_dense: DSA's dense warm-up KL over all earlier keys (costs a dense pass)
   indexer_loss_weight: float = 1.0  # weight of the indexer loss in the objective
   detach_indexer_input: bool = False  # DSA: the indexer reads stop_gradient(x), so it never shapes the residual
+  # DeepSeek-V3.2's indexer (inference/model.py `Indexer`) by default; INDEXER_V0 names r1jax's earlier recipe
+  indexer_key_norm: bool = True  # True: LayerNorm on the indexer key before RoPE (V3.2) | False: none (v0)
+  indexer_rope_fraction: float = 0.5  # share of the indexer dims RoPE rotates, the first ones (V3.2: 64 of 128) |
+  #                                     1.0: all (v0); the count must be even
+  indexer_scale: bool = True  # True: the score carries 1 / sqrt(indexer_dim) (V3.2) | False: not (v0)
   sample_temperature: float = 0.0  # > 0: training picks are a Gumbel-top-k sample of softmax(I / tau) (exploration;
   #                                  eval and decoding stay greedy) | 0: greedy top-k in training too (DSA)
   query_chunk: int = 256  # queries per chunk C
@@ -62,6 +69,11 @@ class SparseOptions:
         "indexer_heads/indexer_dim",
         "use >= 1 heads of an even dim (RoPE)",
       ),
+      (
+        0 < self.indexer_rope_fraction <= 1 and self.rope_dims() % 2 == 0 and self.rope_dims() >= 2,
+        "indexer_rope_fraction",
+        f"use a fraction in (0, 1] that rotates an even number (>= 2) of the {self.indexer_dim} indexer dims",
+      ),
       (self.indexer_grad in INDEXER_GRADS, "indexer_grad", f"use one of {INDEXER_GRADS}"),
       (self.indexer_loss in INDEXER_LOSSES, "indexer_loss", f"use one of {INDEXER_LOSSES}"),
       (self.query_chunk >= 1, "query_chunk", "use a positive chunk size"),
@@ -75,6 +87,15 @@ class SparseOptions:
       if not ok:
         raise ConfigError(f"{field}={getattr(self, field.split('/')[0])!r} is invalid. Fix: {fix}")
 
+  def rope_dims(self) -> int:
+    """How many of the indexer's leading dims RoPE rotates."""
+    return round(self.indexer_rope_fraction * self.indexer_dim)
+
+
+# r1jax's indexer before issue 41 (every result committed before it): no key norm, RoPE over every dim, no
+# 1 / sqrt(d_I) in the score (and in sparse MLA the query from x: MLAOptions.indexer_query="input");
+# `configs.dsa(..., indexer="v0")` takes it.
+INDEXER_V0 = {"indexer_key_norm": False, "indexer_rope_fraction": 1.0, "indexer_scale": False}
 
 # DeepSeek-V3.2's DSA (V3.2-Exp report, section 2): the indexer reads a detached input and only its KL loss trains it
 # (no gate); KL over its own picks in the sparse stage (the warm-up stage uses kl_dense: over all earlier keys).
@@ -183,34 +204,65 @@ def random_scores(seed: int, t: jax.Array, s: jax.Array) -> jax.Array:
 
 
 def indexer_inputs(
-  mod: nn.Module, x_BxTxD: jax.Array, cfg, o, positions=None
+  mod: nn.Module, x_BxTxD: jax.Array, cfg, o, positions=None, latent_BxTxQ: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """DSA's lightning-indexer inputs, parameters `idx_*` of `mod`: queries [B,T,J,I], one shared key [B,T,I] (both
-  RoPE'd at `positions`, None: 0..T-1) and head weights [B,T,J]; `o` has indexer_heads J, indexer_dim I and
-  detach_indexer_input (SparseOptions, or MLA's sparse options)."""
+  RoPE'd at `positions`, None: 0..T-1, over their first o.rope_dims() dims) and head weights [B,T,J] (times
+  J^-1/2, and I^-1/2 with indexer_scale); `o` is SparseOptions (or sparse MLA's). The query reads `latent_BxTxQ`
+  (sparse MLA's query latent, as V3.2's) when given, else x; the key is LayerNorm'd before RoPE with
+  indexer_key_norm (DeepSeek-V3.2's `Indexer`, its FP8 and Hadamard rotation aside)."""
   D, J, I = cfg.d_model, o.indexer_heads, o.indexer_dim
   dt = layers.dtype(cfg.dtype)
-  x = (jax.lax.stop_gradient(x_BxTxD) if o.detach_indexer_input else x_BxTxD).astype(dt)
-  wq_DxJxI = layers.param(mod, "idx_wq", (D, J, I), ("embed", None, None), cfg.init_std, cfg.param_dtype)
+  src = x_BxTxD if latent_BxTxQ is None else latent_BxTxQ
+  x, src = ((jax.lax.stop_gradient(a) if o.detach_indexer_input else a).astype(dt) for a in (x_BxTxD, src))
+  q_axis = "embed" if src is x_BxTxD else None
+  wq_QxJxI = layers.param(mod, "idx_wq", (src.shape[-1], J, I), (q_axis, None, None), cfg.init_std, cfg.param_dtype)
   wk_DxI = layers.param(mod, "idx_wk", (D, I), ("embed", None), cfg.init_std, cfg.param_dtype)
   ww_DxJ = layers.param(mod, "idx_ww", (D, J), ("embed", None), cfg.init_std, cfg.param_dtype)
   pos_T = np.arange(x.shape[1]) if positions is None else positions
-  q_BxTxJxI = layers.rope(jnp.einsum("BTD,DJI->BTJI", x, wq_DxJxI.astype(dt)), pos_T, cfg.rope_base)
-  k_BxTxI = layers.rope(jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))[:, :, None], pos_T, cfg.rope_base)[:, :, 0]
-  w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * J**-0.5
+  R = o.rope_dims()
+  q_BxTxJxI = layers.rope(jnp.einsum("BTQ,QJI->BTJI", src, wq_QxJxI.astype(dt)), pos_T, cfg.rope_base, R)
+  k_BxTxI = jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))
+  if o.indexer_key_norm:  # V3.2's LayerNorm (eps 1e-6, in float32) with its own scale and bias
+    scale_I = layers.param(mod, "idx_k_scale", (I,), ("norm",), None, cfg.param_dtype).astype(jnp.float32)
+    bias_I = layers.param(mod, "idx_k_bias", (I,), ("norm",), 0, cfg.param_dtype).astype(jnp.float32)
+    k = k_BxTxI.astype(jnp.float32)
+    k = k - jnp.mean(k, -1, keepdims=True)
+    k_BxTxI = (
+      k * jax.lax.rsqrt(jnp.mean(k * k, -1, keepdims=True) + 1e-6) * scale_I[None, None] + bias_I[None, None]
+    ).astype(dt)
+  k_BxTxI = layers.rope(k_BxTxI[:, :, None], pos_T, cfg.rope_base, R)[:, :, 0]
+  w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * (J**-0.5 * (I**-0.5 if o.indexer_scale else 1.0))
   return q_BxTxJxI, k_BxTxI, w_BxTxJ
 
 
+def v32_indexer_params(w: dict, rope_dims: int) -> dict:
+  """DeepSeek-V3.2's indexer weights (PyTorch layout [out, in]: wq_b [J * I, Q], wk [I, D], k_norm_weight,
+  k_norm_bias [I], weights_proj [J, D]) as this module's `idx_*` parameters. V3.2 rotates interleaved pairs
+  (2i, 2i+1) of the first `rope_dims` dims, layers.rope half-split pairs (i, i + R/2) at the same angles, so those
+  dims are reordered (evens, then odds) in the query and key weights and the key norm: every dot product is kept."""
+  J, I = w["weights_proj"].shape[0], w["wk"].shape[0]
+  order = np.r_[np.arange(0, rope_dims, 2), np.arange(1, rope_dims, 2), np.arange(rope_dims, I)]
+  wq = np.asarray(w["wq_b"]).reshape(J, I, -1)[:, order]
+  return {
+    "idx_wq": jnp.asarray(wq.transpose(2, 0, 1)),
+    "idx_wk": jnp.asarray(np.asarray(w["wk"])[order].T),
+    "idx_k_scale": jnp.asarray(np.asarray(w["k_norm_weight"])[order]),
+    "idx_k_bias": jnp.asarray(np.asarray(w["k_norm_bias"])[order]),
+    "idx_ww": jnp.asarray(np.asarray(w["weights_proj"]).T),
+  }
+
+
 def indexer_step_picks(
-  mod: nn.Module, x_Bx1xD: jax.Array, cfg, o, decode: decoding.Decode
+  mod: nn.Module, x_Bx1xD: jax.Array, cfg, o, decode: decoding.Decode, latent_Bx1xQ: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
   """A decoding step's indexer picks: the token's indexer key enters the cache `ik` of `mod`, every cached key is
   scored and the top k kept, as the forward picks at this position. Returns picks [B, 1, N], validity, and the gate
   bias (the picked keys' scores recomputed from their indexer keys, as in the forward; None unless
   indexer_grad=gate)."""
   S, pos_Bx1 = decode.slots, decode.token_positions(1)
-  iq_Bx1xJxI, ik_Bx1xI, iw_Bx1xJ = indexer_inputs(mod, x_Bx1xD, cfg, o, pos_Bx1)
-  ik_BxSxI = decoding.cached(mod, "ik", ik_Bx1xI, decode, cfg.rope_base)
+  iq_Bx1xJxI, ik_Bx1xI, iw_Bx1xJ = indexer_inputs(mod, x_Bx1xD, cfg, o, pos_Bx1, latent_Bx1xQ)
+  ik_BxSxI = decoding.cached(mod, "ik", ik_Bx1xI, decode, cfg.rope_base, o.rope_dims())
   pick_Bx1xS = indexer_scores(iq_Bx1xJxI, iw_Bx1xJ, ik_BxSxI, "BCJI,BSI->BCJS")
   causal_Bx1xS = decoding.causal_ok(decode, 1)
   top, idx_Bx1xN = decoding.top_k(jnp.where(causal_Bx1xS, pick_Bx1xS, -jnp.inf), min(o.top_k, S), decode)
