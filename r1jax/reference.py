@@ -93,14 +93,15 @@ def channel_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
   return out
 
 
-def rope(x_BxTxHxK, base):
-  """RoPE from its definition: rotate each (i, i + K/2) pair at position t by t * base^(-2i/K), in float64."""
+def rope(x_BxTxHxK, base, positions_T=None):
+  """RoPE from its definition: rotate each (i, i + K/2) pair of row t at its position p (positions_T[t]; None: t) by
+  p * base^(-2i/K), in float64."""
   x = np.asarray(x_BxTxHxK, np.float64)
   K = x.shape[-1]
   out = np.empty_like(x)
   for t in range(x.shape[1]):
     for i in range(K // 2):
-      a = t * base ** (-2 * i / K)
+      a = (t if positions_T is None else positions_T[t]) * base ** (-2 * i / K)
       x1, x2 = x[:, t, :, i], x[:, t, :, i + K // 2]
       out[:, t, :, i], out[:, t, :, i + K // 2] = x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)
   return out
@@ -344,3 +345,53 @@ def v32_indexer(x_BxTxD, qr_BxTxQ, w, base, rope_dim):
   weights = x @ p["weights_proj"].T * J**-0.5 * I**-0.5
   scores = np.einsum("btj,btsj->bts", weights, np.maximum(np.einsum("btji,bsi->btsj", q, k), 0.0))
   return np.where(causal_mask(T)[None], scores, -np.inf)
+
+
+def compressed_entries(z_BxTxGxF, g_BxTxGxF, m, overlap):
+  """DeepSeek-V4's compressed entries from their definition, in float64, before the norm: entry i pools block i's
+  tokens (with overlap, block i - 1's through the first half of the features and block i's through the second), a
+  softmax over those tokens of each feature's gate, then the gated sum. Returns [B, T // m, G, F (F / 2 with
+  overlap)]."""
+  z, g = np.asarray(z_BxTxGxF, np.float64), np.asarray(g_BxTxGxF, np.float64)
+  B, T, G, F = z.shape
+  h = F // 2 if overlap else F
+  out = np.zeros((B, T // m, G, h))
+  for i in range(T // m):
+    own = slice(h, F) if overlap else slice(0, F)
+    tokens = [(j, own) for j in range(i * m, (i + 1) * m)]
+    if overlap and i > 0:
+      tokens = [(j, slice(0, h)) for j in range((i - 1) * m, i * m)] + tokens
+    zs = np.stack([z[:, j, :, part] for j, part in tokens], 1)
+    gs = np.stack([g[:, j, :, part] for j, part in tokens], 1)
+    w = np.exp(gs - gs.max(1, keepdims=True))
+    out[:, i] = (w / w.sum(1, keepdims=True) * zs).sum(1)
+  return out
+
+
+def compressed_attention(
+  q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, entries_BxMxGxK, keys_BxMxGxK, m, window, sink_H, picked=None, bias=None
+):
+  """DeepSeek-V4's CSA / HCA attention, query by query and head by head in float64: one softmax over the raw keys s
+  with t - window < s <= t, the entries i whose block has ended ((i + 1) m - 1 <= t; and picked[b, t, i] where
+  `picked` [B, T, M] is given; bias[b, t, i] added to their logits where given) and the sink logit (None: no sink);
+  the entries are their own values."""
+  q, k, v, c, ck = (np.asarray(a, np.float64) for a in (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, entries_BxMxGxK, keys_BxMxGxK))
+  B, T, H, K = q.shape
+  G, M = k.shape[2], c.shape[1]
+  out = np.zeros_like(q)
+  for b in range(B):
+    for t in range(T):
+      raw = [s for s in range(T) if t - window < s <= t]
+      ent = [i for i in range(M) if (i + 1) * m - 1 <= t and (picked is None or picked[b, t, i])]
+      for h in range(H):
+        g = h // (H // G)
+        keys = np.concatenate([k[b, raw, g], ck[b, ent, g]])
+        values = np.concatenate([v[b, raw, g], c[b, ent, g]])
+        logits = keys @ q[b, t, h] / np.sqrt(K)
+        if bias is not None:
+          logits[len(raw) :] += np.asarray(bias, np.float64)[b, t, ent]
+        if sink_H is not None:
+          logits = np.append(logits, float(sink_H[h]))
+        w = np.exp(logits - logits.max())
+        out[b, t, h] = (w[: len(keys)] / w.sum()) @ values
+  return out

@@ -23,6 +23,8 @@ SMALL_MIXER_OPTIONS = {
   "block_sparse": {"block_size": 2, "top_blocks": 2},
   "nsa": {"cmp_block": 4, "cmp_stride": 2, "slc_block": 2, "top_blocks": 4, "window": 3, "query_chunk": 8},
   "fast_weight": {"short_conv": 3},
+  "csa": {"rate": 2, "top_k": 2, "window": 3, "indexer_heads": 2, "indexer_dim": 8, "query_chunk": 8},
+  "hca": {"rate": 3, "window": 3, "query_chunk": 8},
 }
 
 

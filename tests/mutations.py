@@ -34,6 +34,38 @@ class Mutation:
 
 MUTATIONS = (
   Mutation(
+    "compressed_overlap_pools_its_own_block_twice",
+    "r1jax/mixers/compressed.py",
+    "  return jnp.concatenate([prev(z, 0.0), z[..., h:]], 2), jnp.concatenate([prev(g, -jnp.inf), g[..., h:]], 2)",
+    "  return jnp.concatenate([z[..., :h], z[..., h:]], 2), jnp.concatenate([g[..., :h], g[..., h:]], 2)",
+    "tests/test_compressed.py",
+    "definition",
+  ),
+  Mutation(
+    "compressed_entry_visible_before_its_block_ends",
+    "r1jax/mixers/compressed.py",
+    "  ends_M = (jnp.arange(M) + 1) * m - 1\n",
+    "  ends_M = jnp.arange(M) * m\n",
+    "tests/test_compressed.py",
+    "definition",
+  ),
+  Mutation(
+    "compressed_sink_left_out",
+    "r1jax/mixers/compressed.py",
+    "  if sink_H is not None:  # a logit with no value: attention mass that goes nowhere",
+    "  if False:",
+    "tests/test_compressed.py",
+    "definition or sink",
+  ),
+  Mutation(
+    "compressed_step_reads_empty_ring_slots_as_position_minus_one",
+    "r1jax/mixers/compressed.py",
+    " & (want_BxL >= 0)  # empty slots hold -1",
+    "",
+    "tests/test_decoding.py",
+    "csa",
+  ),
+  Mutation(
     "v32_indexer_rotates_every_dim",
     "r1jax/mixers/sparse.py",
     "  R = o.rope_dims()\n",

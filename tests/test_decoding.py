@@ -30,6 +30,9 @@ EXTRA = [
   ("mla", {"sparse": True, "indexer": {"top_k": 4, "query_chunk": 8}}),
   ("mla", {"q_rank": 12, "kv_rank": 10, "absorb": False}),
   ("mla", {"sparse": True, "indexer": {"top_k": 4, "query_chunk": 8, "indexer_grad": "gate", "indexer_loss": "none"}}),
+  ("mla", {"sparse": True, "q_rank": 12, "indexer": {"top_k": 3, "query_chunk": 8}}),  # V3.2: query from c_q
+  ("csa", {"rate": 3, "overlap": False, "top_k": 8, "window": 2, "indexer_dim": 8, "indexer_grad": "gate"}),
+  ("hca", {"rate": 2, "overlap": True, "window": 5, "sink": False, "query_chunk": 5}),
 ]
 
 

@@ -180,7 +180,7 @@ def check_decodable(module_cls: type, opts, name: str) -> None:
   if why:
     raise ConfigError(
       f"model.mixer={name!r} cannot decode: {why}. Fix: decode a model whose mixers are causal "
-      "(attention, local, fusion, sparse, block_sparse with score_by='token', nsa, mla, "
+      "(attention, local, fusion, sparse, block_sparse with score_by='token', nsa, mla, csa, hca, "
       "fast_weight, time_channel)."
     )
 

@@ -5,6 +5,7 @@ import dataclasses
 import ml_collections
 
 from r1jax.config import TINY_SHAKESPEARE, Config, ModelConfig, default_config
+from r1jax.errors import ConfigError
 from r1jax.lab.ablation import override
 from r1jax.mixers.sparse import DSA_INDEXER, INDEXER_V0
 
@@ -171,6 +172,21 @@ def dsa(top_k: int, stage: str = "sparse", indexer: str = "v32") -> dict:
   loss = {"sparse": "kl", "warmup": "kl_dense"}[stage]
   earlier = {"v32": {}, "v0": INDEXER_V0}[indexer]
   return mixer("sparse", top_k=top_k, **{**DSA_INDEXER, "indexer_loss": loss, **earlier})
+
+
+def v4(num_layers: int, window_layers: int = 2, window: int = 128, csa: dict | None = None, hca: dict | None = None):
+  """DeepSeek-V4's layer pattern (r1jax/mixers/compressed.py): `window_layers` sliding-window layers first (V4's
+  first layers attend to a window alone), then CSA and HCA interleaved, every layer with the same `window`; `csa`,
+  `hca`: their other options (defaults: V4's, m = 4 with top-512 and m = 128)."""
+  if not 0 <= window_layers < num_layers:
+    raise ConfigError(f"window_layers={window_layers} with {num_layers} layers. Fix: leave a CSA or HCA layer.")
+  pattern = ("local",) * window_layers + tuple(("csa", "hca")[i % 2] for i in range(num_layers - window_layers))
+  options = {"local": {}, "csa": csa or {}, "hca": hca or {}}
+  return {
+    "model.num_layers": num_layers,
+    "model.mixer_pattern": pattern,
+    **{f"model.mixer_options.{n}.{k}": v for n, o in options.items() for k, v in {"window": window, **o}.items()},
+  }
 
 
 # GPU-sized presets on a corpus prepared by r1jax.prepare (data.kind=tokens): GPT-2's shapes (Radford et al. 2019;

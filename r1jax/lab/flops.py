@@ -1,6 +1,6 @@
 """FLOPs of a sequence mixer from its definition: the score and value products (q.k and p.v, 2 FLOPs per
 multiply-add) over the pairs each query reads under its mask, plus the work that picks them (NSA's compression and
-block scores, DSA's indexer, block top-k's block scores). Projections are left out (the same order for every
+block scores, DSA's and CSA's indexers, block top-k's block scores); V4's pooling of entries is element-wise, left out. Projections are left out (the same order for every
 variant). Forward only; the backward of a product is two products, so forward+backward is 3x these.
 
 XLA's compiled count (`train.compiled_flops`) is printed beside these in the benchmarks, but counts a loop body
@@ -53,6 +53,12 @@ def mixer_flops(cfg: ModelConfig, T: int) -> dict[str, float]:
     blocks = np.minimum(own, 1) + (own >= 2) + np.minimum(n - 3, np.maximum(own - 2, 0))  # earlier blocks read
     parts["selected"] = attend * float(((t % ls + 1) + ls * blocks).sum())
     parts["window"] = attend * _window_pairs(t, w)
+  elif name in ("csa", "hca"):  # a window of raw keys beside the compressed entries ended by each query
+    ended = (t + 1) // o.rate
+    parts["window"] = attend * _window_pairs(t, o.window)
+    parts["compressed"] = attend * float((np.minimum(ended, o.top_k) if name == "csa" else ended).sum())
+    if name == "csa":  # the indexer scores every ended entry: J dot products of I, J weights
+      parts["indexer"] = (2.0 * o.indexer_heads * o.indexer_dim + 2.0 * o.indexer_heads) * float(ended.sum())
   elif name == "fast_weight":
     P = cfg.d_model // H
     Kf = o.key_dim or K

@@ -186,7 +186,7 @@ def selection_diagnostics(p_dense_BxCxS: jax.Array, idx_BxCxN: jax.Array, valid_
   return {"recall": hits / jnp.maximum(jnp.sum(valid_BxCxN, -1), 1), "mass": jnp.sum(p_sel, -1)}
 
 
-def _kl(p_BxCxN: jax.Array, logits_BxCxN: jax.Array) -> jax.Array:
+def kl_divergence(p_BxCxN: jax.Array, logits_BxCxN: jax.Array) -> jax.Array:
   """KL(p || softmax(logits)) per row, zero where p is zero (masked keys)."""
   logq = jax.nn.log_softmax(logits_BxCxN, -1)
   return jnp.sum(jnp.where(p_BxCxN > 0, p_BxCxN * (jnp.log(jnp.maximum(p_BxCxN, 1e-30)) - logq), 0.0), -1)
@@ -362,9 +362,9 @@ def topk_attention(
     if want_kl or want_diag:
       p_dense_BxCxS = dense_probs(q_BxCxHxK, k_BxTxGxK, pos_C) if want_diag or o.indexer_loss == "kl_dense" else None
       if o.indexer_loss == "kl":  # DSA sparse stage: main attention (summed over heads) over the selected keys
-        res["kl"] = _kl(jax.lax.stop_gradient(probs.mean((2, 3))), jnp.where(valid_BxCxN, scores, -jnp.inf))
+        res["kl"] = kl_divergence(jax.lax.stop_gradient(probs.mean((2, 3))), jnp.where(valid_BxCxN, scores, -jnp.inf))
       elif o.indexer_loss == "kl_dense":  # DSA warm-up: dense attention over all earlier keys
-        res["kl"] = _kl(jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], s_BxCxS, -jnp.inf))
+        res["kl"] = kl_divergence(jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], s_BxCxS, -jnp.inf))
       if want_diag:
         res.update(selection_diagnostics(p_dense_BxCxS, idx_BxCxN, valid_BxCxN))
     return res
