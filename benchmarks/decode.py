@@ -24,9 +24,11 @@ with float weights and with them rounded to INT8 (r1jax/inference/quantize.py): 
 
 The model: --layers layers of width --d_model, --heads heads; the sparse mixers at one key budget --budget (top-k
 keys; block: budget/64 blocks of 64; local: a window of budget); NSA at its paper's sizes (l=32, d=16, l'=64,
-n=16, w=512); `moe` is the dense-attention model with an 8-expert top-2 feed-forward, each expert as wide as
-`dense`'s SwiGLU (twice its active FFN parameters); `gqa` (2 key/value groups), `mqa` (1), `mla` and `mla_sparse`
-(latent caches; r1jax/mixers/mla.py) are on request. A decode step at context C attends a cache of C positions
+n=16, w=512); `csa`, `hca` and `v4` (both, alternating by layer) at DeepSeek-V4's sizes (CSA: entries of m = 4
+overlapping blocks, top 512, a window of 128; HCA: m = 128, window 128); `moe` is the dense-attention model with an
+8-expert top-2 feed-forward, each expert as wide as `dense`'s SwiGLU (twice its active FFN parameters); `gqa` (2
+key/value groups), `mqa` (1), `mla` and `mla_sparse` (latent caches; r1jax/mixers/mla.py), `csa`, `hca` and `v4`
+are on request. A decode step at context C attends a cache of C positions
 (its content does not change the work); the step is timed inside one compiled scan of --steps tokens. Prefill is
 the forward over C prompt tokens that fills the cache; dense prefill takes the faster of its two paths without
 cuDNN: XLA's [T, T] scores below dense.FLASH_FROM tokens, the blocked O(T)-memory one from there (r1jax/mixers/
@@ -111,11 +113,21 @@ def variant_config(name: str) -> ModelConfig:
     "mqa": ("attention", {}),
     "mla": ("mla", {}),
     "mla_sparse": ("mla", {"sparse": True, "indexer": {"top_k": k}}),
+    # DeepSeek-V4's compressed attentions at V4's sizes (r1jax/mixers/compressed.py): CSA m = 4 with overlap, the
+    # top 512 entries and a window of 128; HCA m = 128, window 128; v4 interleaves them by layer
+    "csa": ("csa", {}),
+    "hca": ("hca", {}),
+    "v4": ("csa", {}),
   }
   kv_heads = {"gqa": 2, "mqa": 1}.get(name, 0)
   if name not in variants:
     raise ConfigError(f"--variants: unknown {name!r}. Fix: choose from {list(variants)}.")
   mixer, options = variants[name]
+  if name == "v4":  # window-only first layers need more than the benchmark's 2; CSA and HCA alternate
+    pattern = {"mixer_pattern": configs.v4(FLAGS.layers, window_layers=0)["model.mixer_pattern"]}
+    options = {"csa": {}, "hca": {}}
+  else:
+    pattern, options = {}, {mixer: options}
   ffn = {"ffn": "moe", "ffn_options": {"moe": {"num_experts": 8, "top_k": 2, "d_expert": 0}}} if name == "moe" else {}
   return ModelConfig(
     vocab_size=256,
@@ -125,7 +137,8 @@ def variant_config(name: str) -> ModelConfig:
     num_kv_heads=kv_heads,
     dtype=FLAGS.dtype,
     mixer=mixer,
-    mixer_options={mixer: options},
+    mixer_options=options,
+    **pattern,
     **ffn,
   )
 

@@ -57,6 +57,10 @@ DSA = configs.dsa(top_k=16)  # DeepSeek-V3.2's indexer: trained only by its KL l
 NSA = functools.partial(configs.mixer, "nsa")
 
 
+V4_CSA = {"rate": 4, "top_k": 16, "window": 16, "indexer_heads": 4, "indexer_dim": 16}
+V4_HCA = {"rate": 16, "window": 16}
+
+
 def BLOCK(b: int, n: int, **options) -> dict:
   """The overrides of a block top-k variant: n earlier blocks of b keys per query, plus the own block."""
   return configs.mixer("block_sparse", block_size=b, top_blocks=n, **options)
@@ -101,6 +105,22 @@ VARIANTS = {
   # the last 16 keys need no gather: the banded `local` mixer computes the same attention (tests/test_sparse.py)
   "window16": {"model.mixer": "local", "model.mixer_options.local.window": 16},
   "random16": {"model.mixer": "sparse", f"{SPARSE}.select": "random", f"{SPARSE}.top_k": 16},
+  # DeepSeek-V4's compressed attentions at T=256 (V4 at 1M tokens: CSA m=4, top 512 entries, HCA m=128, windows of
+  # 128): CSA pools overlapping blocks of m=4 (8 tokens an entry), its indexer picks 16 entries (the key budget of
+  # the others), beside a window of 16; HCA pools blocks of 16 (16 entries at T=256), window 16; v4 interleaves them
+  # (layer 1 CSA, layer 2 HCA; V4's window-only first layers need more than 2 layers).
+  "dense_lr5e3": {"model.mixer": "attention", "optim.lr": 5e-3},
+  "dense_rows32": {"model.mixer": "attention", "data.batch_size": 32},
+  "dense_rows64": {"model.mixer": "attention", "data.batch_size": 64},
+  "dense_rows64_lr5e3": {"model.mixer": "attention", "data.batch_size": 64, "optim.lr": 5e-3},
+  "dense_heads4": {"model.mixer": "attention", "model.num_heads": 4},
+  "dense_rows32_1000": {"model.mixer": "attention", "data.batch_size": 32, "train.steps": 1000, "train.eval_every": 200},
+  "csa": configs.mixer("csa", **V4_CSA),
+  "hca": configs.mixer("hca", **V4_HCA),
+  "csa_sample": configs.mixer("csa", **V4_CSA, sample_temperature=1.0),
+  "csa_m2": configs.mixer("csa", **{**V4_CSA, "rate": 2, "overlap": False}),
+  "csa_gate": configs.mixer("csa", **V4_CSA, indexer_grad="gate", indexer_loss="none"),
+  "v4": configs.v4(2, window_layers=0, window=16, csa=V4_CSA, hca=V4_HCA),
   # On request, probes of NSA's recipe at this scale: a stride of two MQAR pairs (l=8, d=4); with it, gates starting
   # equal (0.5 each) instead of near the window, 8 selected blocks (5 chosen), every block selected (the selected
   # branch is then dense attention); and NSA at its paper's sizes (l=32, d=16, l'=64, n=16, w=512; timed too).

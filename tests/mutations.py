@@ -50,6 +50,14 @@ MUTATIONS = (
     "definition",
   ),
   Mutation(
+    "compressed_window_blocks_read_the_previous_blocks_keys",
+    "r1jax/mixers/compressed.py",
+    "      at_nxS = Q * np.arange(C // Q)[:, None] + np.arange(Q + W - 1)[None]",
+    "      at_nxS = np.maximum(Q * np.arange(C // Q)[:, None] - Q, 0) + np.arange(Q + W - 1)[None]",
+    "tests/test_compressed.py",
+    "definition",
+  ),
+  Mutation(
     "compressed_sink_left_out",
     "r1jax/mixers/compressed.py",
     "  if sink_H is not None:  # a logit with no value: attention mass that goes nowhere",

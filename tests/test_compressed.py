@@ -24,6 +24,9 @@ CASES = [
   ("hca", dict(rate=3, overlap=True, window=2, sink=False, query_chunk=32)),
   ("csa", dict(rate=2, top_k=3, window=3, indexer_heads=2, indexer_dim=8, query_chunk=8)),
   ("csa", dict(rate=3, overlap=False, top_k=2, window=4, indexer_dim=8, indexer_grad="gate", query_chunk=7)),
+  # windows in blocks of W queries within a chunk (C % W == 0)
+  ("hca", dict(rate=2, window=4, query_chunk=8)),
+  ("csa", dict(rate=2, top_k=3, window=2, indexer_heads=2, indexer_dim=8, query_chunk=8)),
 ]
 
 

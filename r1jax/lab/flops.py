@@ -1,7 +1,8 @@
 """FLOPs of a sequence mixer from its definition: the score and value products (q.k and p.v, 2 FLOPs per
 multiply-add) over the pairs each query reads under its mask, plus the work that picks them (NSA's compression and
-block scores, DSA's and CSA's indexers, block top-k's block scores); V4's pooling of entries is element-wise, left out. Projections are left out (the same order for every
-variant). Forward only; the backward of a product is two products, so forward+backward is 3x these.
+block scores, DSA's and CSA's indexers, block top-k's block scores; V4's pooling of entries is element-wise, left
+out). Projections are left out (the same order for every variant). Forward only; the backward of a product is two
+products, so forward+backward is 3x these.
 
 XLA's compiled count (`train.compiled_flops`) is printed beside these in the benchmarks, but counts a loop body
 once, so for the blocked and chunked paths it is a lower bound, not a count.

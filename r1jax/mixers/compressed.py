@@ -73,10 +73,14 @@ class CSAOptions(HCAOptions):
   indexer_grad: str = "none"  # none: only indexer_loss trains the indexer (V3.2 / V4) | gate: its scores are added
   #                             to the picked entries' logits, so the task loss trains it too
   indexer_loss_weight: float = 1.0  # weight of the indexer loss in the objective
+  sample_temperature: float = 0.0  # > 0: training picks are a Gumbel-top-k sample of softmax(scores / tau), as the
+  #                                  sparse mixer's (exploration from scratch; eval and decoding greedy) | 0: greedy
 
   def __post_init__(self):
     super().__post_init__()
     self._positive("top_k", "indexer_heads")
+    if self.sample_temperature < 0:
+      raise ConfigError(f"sample_temperature={self.sample_temperature} is invalid. Fix: use 0 (greedy) or > 0.")
     if self.indexer_dim < 4 or self.indexer_dim % 4:
       raise ConfigError(f"indexer_dim={self.indexer_dim} is invalid. Fix: use a multiple of 4 (RoPE on half of it).")
     for field, allowed in (("indexer_loss", INDEXER_LOSSES), ("indexer_grad", INDEXER_GRADS)):
@@ -116,8 +120,8 @@ def visible(t: jax.Array, M: int, m: int) -> jax.Array:
 
 def attend(
   q_BxCxHxK: jax.Array,
-  k_win_BxSxGxK: jax.Array,
-  v_win_BxSxGxK: jax.Array,
+  k_win_BxnxSxGxK: jax.Array,
+  v_win_BxnxSxGxK: jax.Array,
   ok_win_BxCxS: jax.Array,
   entries: jax.Array,
   entry_keys: jax.Array,
@@ -126,13 +130,16 @@ def attend(
   bias_BxCxN: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """One softmax (float32) over the window's keys, the entries' keys and the sink logit: output [B, C, H, K] and the
-  probabilities on the entries [B, C, G, H/G, N]. The entries (values) and their keys are shared by the queries
+  probabilities on the entries [B, C, G, H/G, N]. The queries come in n blocks of C / n, block i reading window keys
+  [B, i, S, G, K] (masked per query by `ok_win`); the entries (values) and their keys are shared by the queries
   ([B, N, G, K]: HCA) or per query ([B, C, N, G, K]: CSA's picks); `bias` is added to the entries' logits."""
   B, C, H, K = q_BxCxHxK.shape
-  G = k_win_BxSxGxK.shape[2]
-  q = q_BxCxHxK.reshape(B, C, G, H // G, K)
+  n, S, G = k_win_BxnxSxGxK.shape[1:4]
+  q = q_BxCxHxK.reshape(B, n, C // n, G, H // G, K)
   e = "BNGK" if entries.ndim == 4 else "BCNGK"
-  lw = jnp.einsum("BCGRK,BSGK->BCGRS", q, k_win_BxSxGxK, preferred_element_type=jnp.float32) * K**-0.5
+  lw = jnp.einsum("BnqGRK,BnSGK->BnqGRS", q, k_win_BxnxSxGxK, preferred_element_type=jnp.float32)
+  lw = lw.reshape(B, C, G, H // G, S) * K**-0.5
+  q = q.reshape(B, C, G, H // G, K)
   le = jnp.einsum(f"BCGRK,{e}->BCGRN", q, entry_keys.astype(q.dtype), preferred_element_type=jnp.float32) * K**-0.5
   if bias_BxCxN is not None:
     le = le + bias_BxCxN[:, :, None, None]
@@ -142,16 +149,20 @@ def attend(
   ]
   if sink_H is not None:  # a logit with no value: attention mass that goes nowhere
     logits.append(jnp.broadcast_to(sink_H.reshape(1, 1, G, H // G, 1), (B, C, G, H // G, 1)))
-  S, N, dt = lw.shape[-1], le.shape[-1], v_win_BxSxGxK.dtype
+  N, dt = le.shape[-1], v_win_BxnxSxGxK.dtype
   p = jax.nn.softmax(jnp.concatenate(logits, -1), -1)
-  out = jnp.einsum("BCGRS,BSGK->BCGRK", p[..., :S].astype(dt), v_win_BxSxGxK)
+  p_win = p[..., :S].astype(dt).reshape(B, n, C // n, G, H // G, S)
+  out = jnp.einsum("BnqGRS,BnSGK->BnqGRK", p_win, v_win_BxnxSxGxK).reshape(B, C, G, H // G, K)
   out = out + jnp.einsum(f"BCGRN,{e}->BCGRK", p[..., S : S + N].astype(dt), entries.astype(dt))
   return out.reshape(B, C, H, K), p[..., S : S + N]
 
 
 def gather(a_BxMx: jax.Array, idx_BxCxN: jax.Array) -> jax.Array:
   """Each query's picked rows of a per-row table: [B, M, ...] -> [B, C, N, ...]."""
-  return jax.vmap(lambda a, i: a[i])(a_BxMx, idx_BxCxN)
+  B, M = a_BxMx.shape[:2]
+  rows = (idx_BxCxN + M * jnp.arange(B).reshape(B, 1, 1)).reshape(-1)
+  flat = a_BxMx.reshape(B * M, -1).at[rows].get(mode="promise_in_bounds")
+  return flat.reshape(*idx_BxCxN.shape, *a_BxMx.shape[2:])
 
 
 class CompressedAttention(nn.Module):
@@ -246,14 +257,19 @@ class CompressedAttention(nn.Module):
     k_BxMxI = layers.rope(e, np.arange(e.shape[1]) * o.rate, cfg.rope_base, I // 2)[:, :, 0]
     return q_BxTxJxI, w_BxTxJ, k_BxMxI
 
-  def _picks(self, index, start, C: int, ok_xCxM: jax.Array):
-    """CSA's picks for C queries from `start`: entry ids [B, C, N], validity, and their index scores."""
+  def _picks(self, index, start, C: int, ok_xCxM: jax.Array, noise_key: jax.Array | None = None):
+    """CSA's picks for C queries from `start`: entry ids [B, C, N], validity, and their index scores; with a
+    `noise_key`, a Gumbel-top-k sample of softmax(scores / sample_temperature) (training)."""
     q, w, k_BxMxI = index
     q_C, w_C = (jax.lax.dynamic_slice_in_dim(a, start, C, 1) for a in (q, w))
     scores_BxCxM = indexer_scores(q_C, w_C, k_BxMxI, "BCJI,BSI->BCJS")
     N = min(self.opts.top_k, k_BxMxI.shape[1])
     # the pick is not differentiable; the indexer learns through the picked entries' scores (its KL, or the gate)
-    top, idx_BxCxN = jax.lax.top_k(jnp.where(ok_xCxM, jax.lax.stop_gradient(scores_BxCxM), -jnp.inf), N)
+    pick = jax.lax.stop_gradient(scores_BxCxM)
+    if noise_key is not None:
+      noise = jax.random.gumbel(jax.random.fold_in(noise_key, start), pick.shape)
+      pick = pick / self.opts.sample_temperature + noise
+    top, idx_BxCxN = jax.lax.top_k(jnp.where(ok_xCxM, pick, -jnp.inf), N)
     return idx_BxCxN, jnp.isfinite(top), jnp.take_along_axis(scores_BxCxM, idx_BxCxN, -1)
 
   def _sink(self) -> jax.Array | None:
@@ -278,6 +294,7 @@ class CompressedAttention(nn.Module):
       idx, ok_Bx1xM, scores = self._picks(self._indexer(x_BxTxD, decode), 0, 1, ok_Bx1xM)
       entries_BxMxGxK, keys_BxMxGxK = gather(entries_BxMxGxK, idx), gather(keys_BxMxGxK, idx)
       bias = jnp.where(ok_Bx1xM, scores, 0.0) if o.indexer_grad == "gate" else None
+    k_ring, v_ring = k_ring[:, None], v_ring[:, None]  # one block of one query
     out, _ = attend(q_Bx1xHxK, k_ring, v_ring, ok_win, entries_BxMxGxK, keys_BxMxGxK, ok_Bx1xM, self._sink(), bias)
     return project_out(self, out, cfg), {}
 
@@ -302,8 +319,11 @@ class CompressedAttention(nn.Module):
     if index is not None:
       self.sow("intermediates", "indexer", index)
     want_kl = self.sparse and o.indexer_loss == "kl" and decode is None
+    sampled = self.sparse and o.sample_temperature > 0 and not deterministic
+    noise_key = self.make_rng("dropout") if sampled else None
     sink = self._sink()
     n = -(-T // C)
+    Q = W if C % W == 0 else C  # queries per window block
     # queries padded to whole chunks; keys padded by W - 1 in front, so a chunk's window is one contiguous slice
     q_pad = jnp.pad(q_BxTxHxK, [(0, 0), (0, n * C - T), (0, 0), (0, 0)])
     kv_pad = [jnp.pad(a, [(0, 0), (W - 1, n * C - T), (0, 0), (0, 0)]) for a in (k_BxTxGxK, v_BxTxGxK)]
@@ -314,13 +334,15 @@ class CompressedAttention(nn.Module):
       del S  # every chunk reads its window slice and all entries
       pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
       q_C = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
-      k_win, v_win = (jax.lax.dynamic_slice_in_dim(a, start, C + W - 1, 1) for a in kv_pad)
-      s_S = start - (W - 1) + jnp.arange(C + W - 1)
-      ok_win_CxS = (s_S[None] >= 0) & (s_S[None] <= pos_C[:, None]) & (pos_C[:, None] - s_S[None] < W)
+      # queries in blocks of Q, each reading the Q + W - 1 keys its window spans (not the chunk's C + W - 1)
+      at_nxS = Q * np.arange(C // Q)[:, None] + np.arange(Q + W - 1)[None]
+      k_win, v_win = (jax.lax.dynamic_slice_in_dim(a, start, C + W - 1, 1)[:, at_nxS] for a in kv_pad)
+      s_CxS = start - (W - 1) + np.repeat(at_nxS, Q, 0)  # each query's window keys' positions
+      ok_win_CxS = (s_CxS >= 0) & (s_CxS <= pos_C[:, None]) & (pos_C[:, None] - s_CxS < W)
       ok_CxM = visible(pos_C, M, m)
       res, bias = {}, None
       if self.sparse:
-        idx, ok, scores = self._picks(index, start, C, ok_CxM[None])
+        idx, ok, scores = self._picks(index, start, C, ok_CxM[None], noise_key)
         ent, keys = gather(entries_BxMxGxK, idx), gather(keys_BxMxGxK, idx)
         bias = jnp.where(ok, scores, 0.0) if o.indexer_grad == "gate" else None
         res.update(idx=idx, valid=ok)
