@@ -106,21 +106,30 @@ VARIANTS = {
   "window16": {"model.mixer": "local", "model.mixer_options.local.window": 16},
   "random16": {"model.mixer": "sparse", f"{SPARSE}.select": "random", f"{SPARSE}.top_k": 16},
   # DeepSeek-V4's compressed attentions at T=256 (V4 at 1M tokens: CSA m=4, top 512 entries, HCA m=128, windows of
-  # 128): CSA pools overlapping blocks of m=4 (8 tokens an entry), its indexer picks 16 entries (the key budget of
-  # the others), beside a window of 16; HCA pools blocks of 16 (16 entries at T=256), window 16; v4 interleaves them
-  # (layer 1 CSA, layer 2 HCA; V4's window-only first layers need more than 2 layers).
+  # 128): CSA pools overlapping blocks of m=4 (8 tokens an entry), its indexer (DSA's sparse-stage KL, greedy picks)
+  # picks 16 entries (the key budget of the others) beside a window of 16. On request: HCA pools blocks of 16 (16
+  # entries at T=256), window 16; v4 interleaves them (layer 1 CSA, layer 2 HCA: V4's window-only first layers need
+  # more than 2 layers); probes of CSA on MQAR: sampled training picks, the indexer trained through a gate, and
+  # entries of one MQAR pair (m=2 without overlap).
+  "csa": configs.mixer("csa", **V4_CSA),
+  "hca": configs.mixer("hca", **V4_HCA),
+  "v4": configs.v4(2, window_layers=0, window=16, csa=V4_CSA, hca=V4_HCA),
+  "csa_sample": configs.mixer("csa", **V4_CSA, sample_temperature=1.0),
+  "csa_gate": configs.mixer("csa", **V4_CSA, indexer_grad="gate", indexer_loss="none"),
+  "csa_m2": configs.mixer("csa", **{**V4_CSA, "rate": 2, "overlap": False}),
+  # On request, probes of passkey's dense recipe (400 steps of 16 rows in the default): a higher lr, more rows per
+  # step, 4 heads of 16, and 32 rows for 1000 steps (5x the default's tokens).
   "dense_lr5e3": {"model.mixer": "attention", "optim.lr": 5e-3},
   "dense_rows32": {"model.mixer": "attention", "data.batch_size": 32},
   "dense_rows64": {"model.mixer": "attention", "data.batch_size": 64},
   "dense_rows64_lr5e3": {"model.mixer": "attention", "data.batch_size": 64, "optim.lr": 5e-3},
   "dense_heads4": {"model.mixer": "attention", "model.num_heads": 4},
-  "dense_rows32_1000": {"model.mixer": "attention", "data.batch_size": 32, "train.steps": 1000, "train.eval_every": 200},
-  "csa": configs.mixer("csa", **V4_CSA),
-  "hca": configs.mixer("hca", **V4_HCA),
-  "csa_sample": configs.mixer("csa", **V4_CSA, sample_temperature=1.0),
-  "csa_m2": configs.mixer("csa", **{**V4_CSA, "rate": 2, "overlap": False}),
-  "csa_gate": configs.mixer("csa", **V4_CSA, indexer_grad="gate", indexer_loss="none"),
-  "v4": configs.v4(2, window_layers=0, window=16, csa=V4_CSA, hca=V4_HCA),
+  "dense_rows32_1000": {
+    "model.mixer": "attention",
+    "data.batch_size": 32,
+    "train.steps": 1000,
+    "train.eval_every": 200,
+  },
   # On request, probes of NSA's recipe at this scale: a stride of two MQAR pairs (l=8, d=4); with it, gates starting
   # equal (0.5 each) instead of near the window, 8 selected blocks (5 chosen), every block selected (the selected
   # branch is then dense attention); and NSA at its paper's sizes (l=32, d=16, l'=64, n=16, w=512; timed too).
@@ -148,7 +157,9 @@ VARIANTS = {
   "topk16": {"model.mixer": "sparse", f"{SPARSE}.top_k": 16},
 }
 # Longest runs first, so that two workers end together (sweep.when_ready starts the first ready run in this order).
-DEFAULT = ("dense", "nsa", "topk16_sample", "dsa_warmup", "dsa", "block4x4_sample", "random16", "window16")
+# Each mechanism family once (NSA, DSA, V4's CSA, block top-k) and the random and window controls; topk16_sample
+# (DSA's selection from scratch) on request.
+DEFAULT = ("dense", "nsa", "csa", "dsa_warmup", "dsa", "block4x4_sample", "random16", "window16")
 # dense_longer where dense has not converged (on MQAR dense is at 99.9%): dsa's like-for-like control
 DEFAULTS = {"mqar": DEFAULT, "passkey": DEFAULT + ("dense_longer",), "shakespeare": DEFAULT + ("dense_longer",)}
 TIMED_ONLY = {"nsa_paper": "nsa"}  # timed (and its FLOPs fitted) beside the trained variant it goes with
