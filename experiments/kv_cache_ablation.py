@@ -36,6 +36,8 @@ from r1jax.lab import ablation, configs, scaling, sweep
 from r1jax.train import resolve_model_config
 
 MLA = "model.mixer_options.mla"
+V4_CSA = {"rate": 4, "top_k": 16, "window": 16, "sample_temperature": 1.0}
+V4_HCA = {"rate": 16, "window": 16}
 VARIANTS = {
   "mha": {"model.mixer": "attention"},
   "gqa2": {"model.mixer": "attention", "model.num_kv_heads": 2},
@@ -49,6 +51,12 @@ VARIANTS = {
     f"{MLA}.indexer.top_k": 16,
     f"{MLA}.indexer.sample_temperature": 1.0,
   },
+  # DeepSeek-V4's compressed attentions (r1jax/mixers/compressed.py) scaled to T=256: CSA's entries pool
+  # overlapping blocks of 4 tokens, its indexer picks 16 beside a window of 16 (sampled training picks, as
+  # mla_sparse's); HCA pools blocks of 16, window 16; v4 interleaves them (layer 1 CSA, layer 2 HCA)
+  "csa": configs.mixer("csa", **V4_CSA),
+  "hca": configs.mixer("hca", **V4_HCA),
+  "v4": configs.v4(2, window_layers=0, window=16, csa=V4_CSA, hca=V4_HCA),
   # On request, probes of MLA's recipe: DeepSeek-V2's RoPE width d_r = d_h / 2 (8), and with it a latent twice
   # as wide (64)
   "mla_r8": {"model.mixer": "mla", f"{MLA}.kv_rank": 32, f"{MLA}.rope_dim": 8},
@@ -95,7 +103,10 @@ TASKS = {
 }
 # With 2 heads, 2 key/value groups are multi-head attention, and at T=64 sparse MLA's 16 keys are a quarter of the
 # context (it trained at 0.45x MHA's tokens/s there): MQAR runs gqa2 and mla_sparse only on request.
-DEFAULT = {"shakespeare": ("mha", "gqa2", "mqa", "mla", "mla_sparse"), "mqar": ("mha", "mqa", "mla")}
+DEFAULT = {
+  "shakespeare": ("mha", "gqa2", "mqa", "mla", "mla_sparse", "csa", "hca", "v4"),
+  "mqar": ("mha", "mqa", "mla"),
+}
 QUICK = {"data.batch_size": 8, "data.eval_batch_size": 16}  # with ablation.QUICK: MQAR's 128 rows shrunk too
 CONTEXTS = (16384, 65536)
 QUICK_CONTEXTS = (256, 512)
@@ -114,23 +125,32 @@ def model_config(name: str, task: str = "shakespeare"):
   return resolve_model_config(cfg.model, vocab_size(task))
 
 
-def attention_params(cfg) -> int:
-  """Parameters of one layer's mixer (attention projections, MLA's latent projections and norms, the indexer)."""
-  name = cfg.layer_names("mixer")[0]
-  module = registry.MIXERS[name].module(cfg, cfg.options("mixer", name))
-  shapes = jax.eval_shape(
-    lambda: module.init(jax.random.key(0), jax.numpy.zeros((1, 8, cfg.d_model)), deterministic=True)
-  )
-  return int(sum(np.prod(a.shape) for a in jax.tree.leaves(shapes)))
+def attention_params(cfg) -> float:
+  """Parameters of a layer's mixer (attention projections, MLA's latent projections and norms, the indexers, the
+  compressors), averaged over the layers (V4's pattern mixes two mixers)."""
+  counts = []
+  for name in cfg.layer_names("mixer"):
+    module = registry.MIXERS[name].module(cfg, cfg.options("mixer", name))
+    shapes = jax.eval_shape(
+      lambda m=module: m.init(jax.random.key(0), jax.numpy.zeros((1, 8, cfg.d_model)), deterministic=True)
+    )
+    counts.append(int(sum(np.prod(a.shape) for a in jax.tree.leaves(shapes))))
+  return float(np.mean(counts))
 
 
-def cache_numbers(cfg) -> int:
-  """Numbers one layer caches per token."""
-  name = cfg.layer_names("mixer")[0]
-  if name == "mla":
-    o = cfg.options("mixer", "mla")
-    return o.cache_per_token(cfg) + (o.indexer.indexer_dim if o.sparse else 0)
-  return 2 * (cfg.num_kv_heads or cfg.num_heads) * (cfg.d_model // cfg.num_heads)
+def cache_numbers(cfg) -> float:
+  """Numbers a layer caches per token, averaged over the layers (the compressed attentions' per-token share: their
+  window's ring is a constant)."""
+  counts = []
+  for name in cfg.layer_names("mixer"):
+    o = cfg.options("mixer", name)
+    if name == "mla":
+      counts.append(o.cache_per_token(cfg) + (o.indexer.indexer_dim if o.sparse else 0))
+    elif hasattr(o, "cache_per_token"):  # csa, hca
+      counts.append(o.cache_per_token(cfg))
+    else:
+      counts.append(2 * (cfg.num_kv_heads or cfg.num_heads) * (cfg.d_model // cfg.num_heads))
+  return float(np.mean(counts))
 
 
 def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, dict]:
@@ -164,8 +184,8 @@ def report(rows_by_task: dict[str, list[dict]], ablations=None) -> tuple[str, di
     }
     cells = [
       n,
-      f"{v['attention_params']:,}",
-      str(v["cache_numbers"]),
+      f"{v['attention_params']:,.0f}",
+      f"{v['cache_numbers']:g}",
       f"{per_token[n]:,.0f} ({per_token[n] / per_token[base]:.2f})",
     ]
     for t, by in quality.items():

@@ -175,3 +175,20 @@ def test_flops_from_the_definition_count_the_pairs_each_query_reads(name):
   got = mixer_flops(cfg, T)
   assert got["window"] + got["compressed"] == 4 * H * K * pairs
   assert got.get("indexer", 0) == (ended * (2 * 2 * 8 + 2 * 2) if name == "csa" else 0)
+
+
+def test_deepseek_costs_count_the_published_layers():
+  """V4-Flash has 43 attention layers (2 window-only, 21 CSA, 20 HCA), V4-Pro 61 (30 CSA, 31 HCA), V3.2 61 sparse MLA
+  layers; their caches per token and a decoded token's FLOPs follow from those shapes (r1jax/lab/flops.py)."""
+  from r1jax.lab.flops import V4_SHAPES, deepseek_decode_cost
+
+  flash, pro = (V4_SHAPES[r]["rates"] for r in ("V4-Flash", "V4-Pro"))
+  assert (len(flash), flash.count(0), flash.count(4), flash.count(128)) == (43, 2, 21, 20)
+  assert (len(pro), pro.count(4), pro.count(128)) == (61, 30, 31)
+  C = 2**20
+  assert deepseek_decode_cost("V4-Flash", C)["cache"] == 21 * (512 / 4 + 128 / 4) + 20 * 512 / 128
+  assert deepseek_decode_cost("V3.2", C)["cache"] == 61 * (512 + 64 + 128)
+  window_only = 4 * 64 * 512 * 128  # a window layer reads 128 keys of one shared 512-wide head, 64 heads
+  hca = 4 * 64 * 512 * (128 + C // 128)
+  csa = 4 * 64 * 512 * (128 + 512) + 2 * 64 * 129 * (C // 4)
+  assert deepseek_decode_cost("V4-Flash", C)["flops"] == 2 * window_only + 21 * csa + 20 * hca

@@ -528,6 +528,55 @@ class QatDrop:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeepSeekCost:
+  """DeepSeek's stated cost of a release against V3.2 at 1M tokens (`stated`: release -> (KV cache fraction, FLOP
+  fraction)), counted from the published attention shapes (r1jax/lab/flops.deepseek_decode_cost) and, beside it,
+  measured at our sizes by benchmarks/decode.py in the folder (`variant` against `baseline`: cache bytes and the
+  decoding step's time at the longest context). Supported where each count is within `tolerance` x the statement."""
+
+  stated: tuple[tuple[str, float, float], ...]
+  variant: str = "v4"
+  baseline: str = "mla_sparse"
+  tolerance: float = 1.25
+
+  def judged_on(self) -> str:
+    return (
+      f"KV-cache numbers and attention FLOPs per token at 1M tokens counted from the published shapes, within "
+      f"{self.tolerance:g}x of the stated fractions; measured at our sizes beside it (benchmarks/decode.py: "
+      f"{self.variant} / {self.baseline}, cache bytes and decode step time, the longest context)"
+    )
+
+  def __call__(self, folder: str) -> list[Measured]:
+    from r1jax.lab.flops import deepseek_decode_cost
+
+    d = _benchmark_report(folder)
+    if d is None or not {self.variant, self.baseline} <= set(d["variants"]):
+      return []
+    runs, C, m = d["variants"], d["contexts"][-1], d["model"]
+    cache = runs[self.variant]["cache_bytes"][-1] / runs[self.baseline]["cache_bytes"][-1]
+    step = runs[self.variant]["step_sec_b1"][-1] / runs[self.baseline]["step_sec_b1"][-1]
+    ours = (
+      f"ours ({self.variant} / {self.baseline}, {C:,} cached tokens): cache {cache:.3f}, decode step time {step:.2f}"
+    )
+    scale = f"{m['layers']} layers x {m['d_model']} wide, {m['heads']} heads, batch 1, {m['dtype']}, {d['backend']}"
+    v32 = deepseek_decode_cost("V3.2", 2**20)
+    out = []
+    for release, kv, fl in self.stated:
+      mine = deepseek_decode_cost(release, 2**20)
+      counted = (mine["cache"] / v32["cache"], mine["flops"] / v32["flops"])
+      ok = all(c <= self.tolerance * s for c, s in zip(counted, (kv, fl)))
+      out.append(
+        Measured(
+          f"{release} at 1M, counted: cache {counted[0]:.3f} (stated {kv:g}), attention FLOPs {counted[1]:.3f} "
+          f"(stated {fl:g}); {ours}",
+          scale,
+          _verdict(ok),
+        )
+      )
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class Claim:
   """One numeric claim of a seed article, declared once: the driver's report and the ledger both judge it here."""
 
@@ -549,7 +598,8 @@ class Claim:
 
 
 SPARSE = "sparse_attn_ablation"
-SPARSE_VARIANTS = ("nsa", "dsa", "topk16_sample", "block4x4_sample")  # the learned selectors (the anchors' recipes)
+# the learned selectors (the anchors' recipes; topk16_sample where a run holds it)
+SPARSE_VARIANTS = ("nsa", "dsa", "csa", "topk16_sample", "block4x4_sample")
 LONG = "attention_scaling"  # benchmarks/attention_scaling.py: one layer at 4k-64k, the papers' sizes
 LONG_VARIANTS = ("nsa", "dsa256", "dsa2048", "block")
 CLAIMS = (
@@ -686,6 +736,16 @@ CLAIMS = (
     "hierarchical_routing_ablation",
     "listops",
     FewerParams("LLGG", 0.35, 0.98, "LLGG (local, local, global, global)"),
+  ),
+  Claim(
+    "V4 report",
+    "at 1M tokens, 27% of V3.2's per-token FLOPs and 10% of its KV cache (V4-Pro); 10% and 7% (V4-Flash)",
+    "DeepSeek-V4's compressed attentions: a fraction of V3.2's KV cache and FLOPs at 1M tokens",
+    "decode",
+    "v4",
+    DeepSeekCost((("V4-Flash", 0.07, 0.10), ("V4-Pro", 0.10, 0.27))),
+    script="benchmarks/decode.py --contexts=16384,65536 --variants=dense,sparse,mla,mla_sparse,csa,hca,v4 "
+    "--out=results/decode/v4/report.json",
   ),
   Claim(
     "004",

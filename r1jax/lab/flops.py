@@ -87,3 +87,39 @@ def train_flops_per_token(cfg: ModelConfig, T: int, params) -> float:
     except ValueError:
       return float("nan")
   return 6.0 * (matrices - (total_ffn - active_ffn)) + 3.0 * mixing
+
+
+# DeepSeek's published attention shapes (each release's config.json, as MaxText's configs/models/deepseek3.2-671b.yml,
+# deepseek4-284b.yml and deepseek4-1600b.yml give them): V3.2's sparse MLA with its indexer over every key, and
+# V4's layers by compression rate (0: the window alone, 4: CSA, 128: HCA) over one shared key/value head of 512.
+V32_SHAPES = {"layers": 61, "heads": 128, "kv_rank": 512, "rope": 64, "idx_heads": 64, "idx_dim": 128, "top_k": 2048}
+V4_SHAPES = {
+  "V4-Flash": {"heads": 64, "head_dim": 512, "window": 128, "idx_heads": 64, "idx_dim": 128, "top_k": 512,
+               "rates": (0, 0) + (4, 128) * 20 + (4,)},
+  "V4-Pro": {"heads": 128, "head_dim": 512, "window": 128, "idx_heads": 64, "idx_dim": 128, "top_k": 1024,
+             "rates": (128, 128) + (4, 128) * 29 + (4,)},
+}  # fmt: skip
+
+
+def deepseek_decode_cost(release: str, C: int) -> dict[str, float]:
+  """One token decoded at context C by DeepSeek's attention at its published shapes (`release`: "V3.2" or a
+  V4_SHAPES key), summed over the layers: the numbers its KV cache holds per token of context (a window's constant
+  share left out) and the attention FLOPs of that token (scores and values over the keys it reads, the indexer over
+  every key or compressed entry; projections left out, the same per token at any context)."""
+  if release == "V3.2":
+    s = V32_SHAPES
+    index = 2.0 * s["idx_heads"] * (s["idx_dim"] + 1) * C  # J dot products of I and J weights per key
+    # absorbed MLA: a score over the latent and the RoPE key, a value accumulated in the latent, every head
+    attend = 2.0 * s["heads"] * (2 * s["kv_rank"] + s["rope"]) * min(C, s["top_k"])
+    return {"cache": s["layers"] * (s["kv_rank"] + s["rope"] + s["idx_dim"]), "flops": s["layers"] * (index + attend)}
+  s = V4_SHAPES[release]
+  cache = flops = 0.0
+  for m in s["rates"]:
+    keys = min(C, s["window"])
+    if m:
+      entries = C // m
+      keys += min(entries, s["top_k"]) if m == 4 else entries
+      cache += s["head_dim"] / m + (s["idx_dim"] / m if m == 4 else 0)
+      flops += 2.0 * s["idx_heads"] * (s["idx_dim"] + 1) * entries if m == 4 else 0.0
+    flops += 4.0 * s["heads"] * s["head_dim"] * keys  # a shared key/value of head_dim: score and value
+  return {"cache": cache, "flops": flops}
