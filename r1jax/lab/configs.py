@@ -175,9 +175,9 @@ def dsa(top_k: int, stage: str = "sparse", indexer: str = "v32") -> dict:
 
 
 def v4(num_layers: int, window_layers: int = 2, window: int = 128, csa: dict | None = None, hca: dict | None = None):
-  """DeepSeek-V4's layer pattern (r1jax/mixers/compressed.py): `window_layers` sliding-window layers first (V4's
-  first layers attend to a window alone), then CSA and HCA interleaved, every layer with the same `window`; `csa`,
-  `hca`: their other options (defaults: V4's, m = 4 with top-512 and m = 128)."""
+  """DeepSeek-V4's layer pattern (r1jax/mixers/compressed.py): `window_layers` sliding-window layers first (V4-Flash's
+  first 2 layers attend to a window alone; V4-Pro's first 2 are HCA), then CSA and HCA interleaved, every layer with
+  the same `window`; `csa`, `hca`: their other options (defaults: V4-Flash's, m = 4 with top-512 and m = 128)."""
   if not 0 <= window_layers < num_layers:
     raise ConfigError(f"window_layers={window_layers} with {num_layers} layers. Fix: leave a CSA or HCA layer.")
   pattern = ("local",) * window_layers + tuple(("csa", "hca")[i % 2] for i in range(num_layers - window_layers))

@@ -8,13 +8,14 @@ tokens and to compressed entries, each a learned summary of a block of m tokens,
 hca  heavily compressed attention: m = 128, blocks without overlap; every entry whose block has ended is attended.
 csa  compressed sparse attention: m = 4 with overlap (entry i pools 2m tokens: block i - 1 through one half of the
      projections, block i through the other, V4's Ca / Cb), and a lightning indexer (DSA's, as in V3.2: relu scores
-     weighted per head, over compressed indexer keys pooled the same way) picks the top-k entries per query (V4: 512),
-     trained as DSA's sparse stage (a detached input, KL to the main attention over the picked entries).
+     weighted per head, over compressed indexer keys pooled the same way) picks the top-k entries per query
+     (V4-Flash: 512, V4-Pro: 1024), trained as DSA's sparse stage (a detached input, KL to the main attention over
+     the picked entries).
 Both keep a window of the last w raw tokens (V4: 128) and a learned sink logit per head (V4's attention sink). An
 entry is visible to query t once its block has ended ((i + 1) m - 1 <= t). Left out of this ablation: V4's single
 shared key/value head (here the dense mixer's projections, with GQA), its query latent, RoPE'd values un-rotated at
-the output, and the grouped output projection. V4's stated cost at 1M tokens against V3.2: 27% of the per-token FLOPs
-and 10% of the KV cache (V4-Pro), 10% and 7% (V4-Flash).
+the output, the grouped output projection and the compressed layers' RoPE base of 160,000. V4's stated cost at 1M
+tokens against V3.2: 27% of the per-token FLOPs and 10% of the KV cache (V4-Pro), 10% and 7% (V4-Flash).
 
 Decoding keeps a ring of the window's w tokens, a ring of the last m (2m with overlap) tokens' projections and gates
 (the block being compressed), and every compressed entry (and, for csa, indexer key): `cache_per_token` numbers per
@@ -65,7 +66,7 @@ class HCAOptions:
 class CSAOptions(HCAOptions):
   rate: int = 4  # m (V4's CSA: 4)
   overlap: bool = True  # V4's CSA pools overlapping windows of 2m tokens
-  top_k: int = 512  # compressed entries each query attends (V4: 512)
+  top_k: int = 512  # compressed entries each query attends (V4-Flash: 512, V4-Pro: 1024)
   indexer_heads: int = 4  # indexer heads J (V4: 64; few and narrow keep its O(T^2 / m) scoring cheap)
   indexer_dim: int = 16  # indexer head dim I (V4: 128), even: RoPE on its first half
   indexer_loss: str = "kl"  # kl: KL(main attention over the picked entries || softmax(index scores)), DSA's sparse
