@@ -81,6 +81,20 @@ def test_forward_equals_the_definition(name, opts):
   np.testing.assert_allclose(y, out, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("name,opts", CASES[2:4], ids=["csa-overlap", "csa-gate"])
+def test_a_sequence_shorter_than_a_block_reads_the_window_alone(name, opts):
+  """No block has ended: no entry exists (M = 0), and the output is the window's attention beside the sink."""
+  module, cfg = _module(name, opts)
+  T = opts["rate"] - 1
+  x = jax.random.normal(jax.random.key(0), (2, T, cfg.d_model))
+  params, (y, _), inter = apply_mixer(module, x)
+  p, o = params["params"], module.opts
+  q, k, v = inter["qkv"][0]
+  none = np.zeros((2, 0, *k.shape[2:]))
+  want = reference.compressed_attention(q, k, v, none, none, o.rate, o.window, p.get("sink"))
+  np.testing.assert_allclose(y, jnp.einsum("BTHK,HKD->BTD", jnp.asarray(want, jnp.float32), p["wo"]), atol=2e-5)
+
+
 def test_the_sink_takes_mass_and_no_value():
   """A large sink logit sends every head's attention to nowhere: the output goes to zero."""
   module, cfg = _module("hca", dict(rate=2, window=3))

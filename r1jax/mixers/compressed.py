@@ -23,6 +23,7 @@ token on top of the window's constant share.
 """
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -162,7 +163,7 @@ def gather(a_BxMx: jax.Array, idx_BxCxN: jax.Array) -> jax.Array:
   """Each query's picked rows of a per-row table: [B, M, ...] -> [B, C, N, ...]."""
   B, M = a_BxMx.shape[:2]
   rows = (idx_BxCxN + M * jnp.arange(B).reshape(B, 1, 1)).reshape(-1)
-  flat = a_BxMx.reshape(B * M, -1).at[rows].get(mode="promise_in_bounds")
+  flat = a_BxMx.reshape(B * M, math.prod(a_BxMx.shape[2:])).at[rows].get(mode="promise_in_bounds")  # M may be 0
   return flat.reshape(*idx_BxCxN.shape, *a_BxMx.shape[2:])
 
 
