@@ -72,7 +72,6 @@ BEFORE_PROVENANCE = {
   "hierarchical_routing_ablation",
   "kv_cache_ablation",
   "moe_ablation",
-  "sparse_attn_ablation",
 }
 
 

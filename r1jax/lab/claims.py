@@ -142,7 +142,7 @@ class SpeedQuality:
 
 def _saved_report(folder: str, key: str) -> dict:
   """Measurements `key` a driver saved in report.json beside its task folders ({} if none): the sparse driver's
-  compiled FLOPs against T ("complexity"), the KV-cache driver's decoding costs ("decode")."""
+  FLOPs against T from the definition ("complexity"), the KV-cache driver's decoding costs ("decode")."""
   path = os.path.join(os.path.dirname(folder), "report.json")
   if not os.path.exists(path):
     return {}
@@ -152,13 +152,14 @@ def _saved_report(folder: str, key: str) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Complexity:
-  """The log-log slope of a mixer's compiled forward FLOPs against T, at most n log n's slope + `slack`."""
+  """The log-log slope of a mixer's forward FLOPs against T (from its definition, r1jax/lab/flops.py), at most
+  n log n's slope + `slack`."""
 
   variants: tuple[str, ...]
   slack: float = 0.1
 
   def judged_on(self) -> str:
-    return f"log-log slope of compiled FLOPs over T <= n log n's slope + {self.slack:g} (report.json)"
+    return f"log-log slope of FLOPs (from the definition) over T <= n log n's slope + {self.slack:g} (report.json)"
 
   def __call__(self, folder: str) -> list[Measured]:
     from r1jax.lab.scaling import fit_exponent  # the driver's own slope fit (imports JAX: only when there is a slope)
@@ -172,7 +173,7 @@ class Complexity:
       out.append(
         Measured(
           f"{v}: FLOPs ~ T^{cx[v]['slope']:.2f} (n log n: T^{nlogn:.2f})",
-          f"one mixer, d=64, 2 heads, compiled forward FLOPs, T={T[0]}..{T[-1]}",
+          f"one mixer, d=64, 2 heads, forward FLOPs from the definition, T={T[0]}..{T[-1]}",
           "-" if v == "dense" else _verdict(cx[v]["slope"] <= nlogn + self.slack),
         )
       )
@@ -181,7 +182,7 @@ class Complexity:
 
 @dataclasses.dataclass(frozen=True)
 class ComputeCut:
-  """At least `min_cut` fewer compiled attention FLOPs than dense at the longest measured T."""
+  """At least `min_cut` fewer attention FLOPs (from the definition) than dense at the longest measured T."""
 
   variants: tuple[str, ...]
   min_cut: float
@@ -797,7 +798,8 @@ def sources(folder: str) -> list[dict | None]:
   out = []
   if os.path.exists(os.path.join(folder, "results.json")):
     out += list(load_summary(folder).get("runs_provenance", {}).values()) or [None]
-  for path in (os.path.join(folder, "report.json"), os.path.join(os.path.dirname(folder), "report.json")):
+  own = os.path.join(folder, "report.json")  # a benchmark's; else the driver's beside its task folders
+  for path in (own,) if os.path.exists(own) else (os.path.join(os.path.dirname(folder), "report.json"),):
     if os.path.exists(path):
       with open(path) as f:
         out.append(json.load(f).get("provenance"))
