@@ -56,13 +56,15 @@ def test_moe_claim_is_measured_against_the_dense_model_of_equal_total_parameters
 
 def test_ledger_lists_every_claim_and_marks_missing_results_not_tested(tmp_path):
   text = claims.ledger(str(tmp_path))  # an empty results root
-  table = [line for line in text.splitlines() if line.startswith("| 0")]
+  table = [line for line in text.splitlines() if line.startswith(tuple(f"| {c.source} |" for c in claims.CLAIMS))]
   assert len(table) == len(claims.CLAIMS)
+  benchmarks = ("| decode |", "| decode/v4 |", "| attention_scaling |", "| gpu_check |")
   assert all(
     claims.NOT_TESTED in line and "run `python experiments/" in line
     for line in table
-    if "| decode |" not in line and "| attention_scaling |" not in line and "| gpu_check |" not in line
+    if not any(b in line for b in benchmarks)
   )
+  assert sum("| decode/v4 |" in line and "run `python benchmarks/decode.py --contexts=" in line for line in table) == 1
   assert sum("| gpu_check |" in line and "run `python benchmarks/gpu_check.py`" in line for line in table) == 1
   assert sum("| decode |" in line and "run `python benchmarks/decode.py`" in line for line in table) == 2
   long = "| attention_scaling |"
