@@ -317,6 +317,13 @@ def ring(module, name: str, new_BxTx: jax.Array, decode: Decode, window: int) ->
   return buf.value, pos.value
 
 
+def in_window(pos_BxW: jax.Array, decode: Decode, window: int) -> jax.Array:
+  """[B, 1, W]: the slots of a `ring` (positions pos_BxW, -1 empty) a one-token step at decode.positions reads with
+  a sliding window of `window` tokens."""
+  t_Bx1 = decode.positions[:, None]
+  return ((pos_BxW >= 0) & (pos_BxW <= t_Bx1) & (t_Bx1 - pos_BxW < window))[:, None]
+
+
 def last_inputs(x_BxTxD: jax.Array, lengths_B: jax.Array, n: int) -> jax.Array:
   """Each row's last n inputs before its prompt length, [B, n, D] (zeros before position 0): a short
   convolution's state after the prompt."""

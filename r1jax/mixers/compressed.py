@@ -34,7 +34,7 @@ from r1jax import layers
 from r1jax.errors import ConfigError
 from r1jax.inference import decoding
 from r1jax.mixers.dense import project_out, project_qkv
-from r1jax.mixers.sparse import indexer_scores, kl_divergence, map_query_chunks
+from r1jax.mixers.sparse import indexer_queries, indexer_scores, kl_divergence, map_query_chunks
 from r1jax.registry import register_mixer
 
 INDEXER_LOSSES = ("kl", "none")
@@ -202,6 +202,12 @@ class CompressedAttention(nn.Module):
     cfg = self.cfg
     return layers.RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name=f"{name}_norm")(pooled)
 
+  def _entry_cache(self, name: str, entries_BxMxGxF: jax.Array, decode: decoding.Decode):
+    """The cache variable of compressor `name`'s entries: [B, max_len // m (at least 1), G, F]."""
+    B, _, G, F = entries_BxMxGxF.shape
+    shape = (B, max(decode.max_len // self.opts.rate, 1), G, F)
+    return self.variable(decoding.CACHE, f"{name}_entries", jnp.zeros, shape, entries_BxMxGxF.dtype)
+
   def _entries(self, x_BxTxD: jax.Array, name: str, G: int, F: int, decode) -> jax.Array:
     """The compressor `name`'s normed entries [B, M, G, F]: of every complete block (training, prefill; a prefill
     caches them and the last tokens' projections), or, in a step, the cached ones with the entry of a block that
@@ -215,9 +221,7 @@ class CompressedAttention(nn.Module):
       if decode is not None:
         decoding.ring(self, f"{name}_z", z, decode, L)
         decoding.ring(self, f"{name}_g", g, decode, L)
-        cache = self.variable(
-          decoding.CACHE, f"{name}_entries", jnp.zeros, (z.shape[0], max(decode.max_len // m, 1), G, F), entries.dtype
-        )
+        cache = self._entry_cache(name, entries, decode)
         if entries.shape[1]:
           cache.value = jax.lax.dynamic_update_slice_in_dim(cache.value, entries, 0, 1)
       return entries
@@ -234,9 +238,7 @@ class CompressedAttention(nn.Module):
     if o.overlap:  # block i - 1 through the first half of the features, block i through the second
       z_BxLxGxF, g_BxLxGxF = (jnp.concatenate([a[:, :m, :, :F], a[:, m:, :, F:]], 1) for a in (z_BxLxGxF, g_BxLxGxF))
     new_Bx1xGxF = self._norm(name, pool(z_BxLxGxF[:, None], g_BxLxGxF[:, None]))
-    cache = self.variable(
-      decoding.CACHE, f"{name}_entries", jnp.zeros, (z.shape[0], max(decode.max_len // m, 1), G, F), new_Bx1xGxF.dtype
-    )
+    cache = self._entry_cache(name, new_Bx1xGxF, decode)
     ends_B = ((t_B + 1) % m == 0) & decoding.commits(decode)
     written = jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, 0))(
       cache.value, new_Bx1xGxF.astype(cache.value.dtype), t_B // m
@@ -248,13 +250,12 @@ class CompressedAttention(nn.Module):
     """CSA's lightning indexer on a detached input: queries [B, T, J, I] and head weights [B, T, J] (J^-1/2 I^-1/2)
     at the tokens' positions, and the RoPE'd compressed indexer keys [B, M, I]; RoPE on the first half of I."""
     cfg, o = self.cfg, self.opts
-    J, I, dt = o.indexer_heads, o.indexer_dim, layers.dtype(cfg.dtype)
-    x = jax.lax.stop_gradient(x_BxTxD).astype(dt)
+    J, I = o.indexer_heads, o.indexer_dim
+    x = jax.lax.stop_gradient(x_BxTxD).astype(layers.dtype(cfg.dtype))
     wq = layers.param(self, "idx_wq", (cfg.d_model, J, I), ("embed", None, None), cfg.init_std, cfg.param_dtype)
     ww = layers.param(self, "idx_ww", (cfg.d_model, J), ("embed", None), cfg.init_std, cfg.param_dtype)
     pos = decoding.positions_of(decode, x.shape[1])
-    q_BxTxJxI = layers.rope(jnp.einsum("BTD,DJI->BTJI", x, wq.astype(dt)), pos, cfg.rope_base, I // 2)
-    w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww.astype(dt)) * (J * I) ** -0.5
+    q_BxTxJxI, w_BxTxJ = indexer_queries(x, x, wq, ww, pos, cfg, I // 2, scale=True)
     e = self._entries(x, "idx", 1, I, decode)
     k_BxMxI = layers.rope(e, np.arange(e.shape[1]) * o.rate, cfg.rope_base, I // 2)[:, :, 0]
     return q_BxTxJxI, w_BxTxJ, k_BxMxI
@@ -281,12 +282,12 @@ class CompressedAttention(nn.Module):
     """One decoding step: the window's ring and the compressors take the token (an entry whose block ends here is
     written), then the query attends to the window, the visible entries (csa: its picks) and the sink."""
     cfg, o = self.cfg, self.opts
-    t_B, pos_Bx1 = decode.positions, decode.token_positions(1)
+    pos_Bx1 = decode.token_positions(1)
     q_Bx1xHxK, k, v = project_qkv(self, x_BxTxD, cfg, positions=pos_Bx1)
     G, K = k.shape[2:]
     k_ring, kpos_BxW = decoding.ring(self, "k_win", k, decode, o.window)
     v_ring, _ = decoding.ring(self, "v_win", v, decode, o.window)
-    ok_win = ((kpos_BxW >= 0) & (kpos_BxW <= t_B[:, None]) & (t_B[:, None] - kpos_BxW < o.window))[:, None]
+    ok_win = decoding.in_window(kpos_BxW, decode, o.window)
     entries_BxMxGxK = self._entries(x_BxTxD, "cmp", G, K, decode)
     M = entries_BxMxGxK.shape[1]
     keys_BxMxGxK = layers.rope(entries_BxMxGxK, np.arange(M) * o.rate, cfg.rope_base)

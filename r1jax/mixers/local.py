@@ -111,8 +111,7 @@ class LocalAttention(nn.Module):
       k_BxWxGxK, kpos_BxW = decoding.ring(self, "k", k_BxTxGxK, decode, w)
       v_BxWxGxK, _ = decoding.ring(self, "v", v_BxTxGxK, decode, w)
     if decoding.stepping(decode):
-      t_Bx1 = decode.positions[:, None]
-      ok_Bx1xW = ((kpos_BxW >= 0) & (kpos_BxW <= t_Bx1) & (t_Bx1 - kpos_BxW < w))[:, None]
+      ok_Bx1xW = decoding.in_window(kpos_BxW, decode, w)
       o_BxTxHxK = decoding.attend(q_BxTxHxK, k_BxWxGxK, v_BxWxGxK, ok_Bx1xW)
     else:
       o_BxTxHxK = local_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, w, self.opts.impl)

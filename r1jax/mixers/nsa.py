@@ -286,7 +286,7 @@ class NativeSparseAttention(nn.Module):
     # (c) the window, from its ring buffers
     k_ring, kpos_BxW = decoding.ring(self, "k_win", k_win, decode, o.window)
     v_ring, _ = decoding.ring(self, "v_win", v_win, decode, o.window)
-    ok_Bx1xW = ((kpos_BxW >= 0) & (kpos_BxW <= t_B[:, None]) & (t_B[:, None] - kpos_BxW < o.window))[:, None]
+    ok_Bx1xW = decoding.in_window(kpos_BxW, decode, o.window)
     o_win = decoding.attend(q_Bx1xHxK, k_ring, v_ring, ok_Bx1xW)
 
     g_Bx1xHx3 = self._gates(x_BxTxD)

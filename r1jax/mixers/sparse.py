@@ -221,7 +221,6 @@ def indexer_inputs(
   ww_DxJ = layers.param(mod, "idx_ww", (D, J), ("embed", None), cfg.init_std, cfg.param_dtype)
   pos_T = np.arange(x.shape[1]) if positions is None else positions
   R = o.rope_dims()
-  q_BxTxJxI = layers.rope(jnp.einsum("BTQ,QJI->BTJI", src, wq_QxJxI.astype(dt)), pos_T, cfg.rope_base, R)
   k_BxTxI = jnp.einsum("BTD,DI->BTI", x, wk_DxI.astype(dt))
   if o.indexer_key_norm:  # V3.2's LayerNorm (eps 1e-6, in float32) with its own scale and bias
     scale_I = layers.param(mod, "idx_k_scale", (I,), ("norm",), None, cfg.param_dtype).astype(jnp.float32)
@@ -232,8 +231,30 @@ def indexer_inputs(
       k * jax.lax.rsqrt(jnp.mean(k * k, -1, keepdims=True) + 1e-6) * scale_I[None, None] + bias_I[None, None]
     ).astype(dt)
   k_BxTxI = layers.rope(k_BxTxI[:, :, None], pos_T, cfg.rope_base, R)[:, :, 0]
-  w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x, ww_DxJ.astype(dt)) * (J**-0.5 * (I**-0.5 if o.indexer_scale else 1.0))
+  q_BxTxJxI, w_BxTxJ = indexer_queries(src, x, wq_QxJxI, ww_DxJ, pos_T, cfg, R, o.indexer_scale)
   return q_BxTxJxI, k_BxTxI, w_BxTxJ
+
+
+def indexer_queries(
+  src_BxTxQ: jax.Array,
+  x_BxTxD: jax.Array,
+  wq_QxJxI: jax.Array,
+  ww_DxJ: jax.Array,
+  positions,
+  cfg,
+  rope_dims: int,
+  scale: bool,
+) -> tuple[jax.Array, jax.Array]:
+  """A lightning indexer's queries [B,T,J,I] from `src` (x, or a query latent), RoPE'd at `positions` over their
+  first `rope_dims` dims, and its head weights [B,T,J] from x, times J^-1/2 (and I^-1/2 with `scale`: V3.2's score
+  scale); in cfg.dtype. DSA's indexer (indexer_inputs) and CSA's (r1jax/mixers/compressed.py) share it."""
+  dt = layers.dtype(cfg.dtype)
+  J, I = wq_QxJxI.shape[1:]
+  q_BxTxJxI = layers.rope(
+    jnp.einsum("BTQ,QJI->BTJI", src_BxTxQ, wq_QxJxI.astype(dt)), positions, cfg.rope_base, rope_dims
+  )
+  w_BxTxJ = jnp.einsum("BTD,DJ->BTJ", x_BxTxD, ww_DxJ.astype(dt)) * (J**-0.5 * (I**-0.5 if scale else 1.0))
+  return q_BxTxJxI, w_BxTxJ
 
 
 def v32_indexer_params(w: dict, rope_dims: int) -> dict:
