@@ -515,10 +515,18 @@ MUTATIONS = (
   ),
   Mutation(
     "mqar_curriculum_phase_missing",
-    "r1jax/data/mqar.py",
-    "return (0, self.cfg.opts.curriculum_steps) if self.cfg.opts.curriculum_steps else (0,)",
+    "r1jax/data/core.py",
+    "return (0, self.curriculum_steps) if self.curriculum_steps else (0,)",
     "return (0,)",
-    "tests/test_data.py tests/test_train.py",
+    "tests/test_data.py tests/test_train.py tests/test_passkey.py",
+    "curriculum",
+  ),
+  Mutation(
+    "passkey_curriculum_pads_short_contexts",
+    "r1jax/data/passkey.py",
+    "return Passkey(self.short_config(length_fractions=(1.0,)), self.seed)",
+    "return Passkey(self.short_config(), self.seed)",
+    "tests/test_passkey.py",
     "curriculum",
   ),
   Mutation(

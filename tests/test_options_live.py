@@ -109,6 +109,14 @@ CONTEXT = {
     }
     for k in ("steps", "seq_len", "kv_pairs")
   },
+  **{
+    f"data.options.passkey.curriculum_{k}": {
+      "train.steps": 4,
+      "data.batch_size": 9,  # 9 x 256 tokens: rows of 128 or 144
+      **{f"data.options.passkey.curriculum_{f}": v for f, v in dict(steps=2, seq_len=128).items()},
+    }
+    for k in ("steps", "seq_len")
+  },
   "train.diag_batches": {"model.mixer": "sparse", "model.mixer_options.sparse.top_k": 4},
   "model.mtp_weight": {"model.mtp_depth": 1},
   # the query latent it reads exists with q_rank > 0 (without one, c_q is x itself)
@@ -120,6 +128,7 @@ CONTEXT = {
 ALTERNATIVES = {  # values the candidates would not find ("<text_file>", "<tokens_dir_2>": the fixtures' paths)
   "model.vocab_size": 200,  # >= the dataset's vocabulary (a smaller one is refused)
   "model.mixer": "local",
+  "data.options.passkey.curriculum_seq_len": 144,
   "model.ffn": "none",
   "data.kind": "mqar",
   "optim.eps": 1e-3,  # near sqrt(v): 2e-8 moves no float32 parameter of this model

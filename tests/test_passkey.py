@@ -57,6 +57,30 @@ def test_passkey_is_deterministic_and_tests_on_the_validation_text():
   assert sum(x["weights"].sum() for x in a.eval_batches()) == 20 * 5
 
 
+def test_passkey_curriculum_draws_whole_short_contexts_first_with_as_many_tokens():
+  opts = dataclasses.replace(PASSKEY.opts, curriculum_steps=2, curriculum_seq_len=128)
+  data = Passkey(dataclasses.replace(PASSKEY, options={"passkey": opts}), 0)
+  assert data.phases == (0, 2) and Passkey(PASSKEY, 0).phases == (0,)
+  for step in (0, 1):
+    short = data.train_batch(step)
+    assert short["inputs"].shape == (12, 128) and short["target_pos"].shape == (12, 5)  # 6 x 256 = 12 x 128 tokens
+    for inputs, pos, targets in zip(short["inputs"], short["target_pos"], short["targets"]):
+      text, key = data.decode(inputs), data.decode(targets)
+      np.testing.assert_array_equal(pos, np.arange(123, 128))
+      assert text.endswith(QUESTION + key[:4]) and NEEDLE.format(key=key) in text and text[0] != "\n"  # no padding
+  assert not np.array_equal(data.train_batch(0)["inputs"], data.train_batch(1)["inputs"])
+  np.testing.assert_array_equal(data.train_batch(2)["inputs"], Passkey(PASSKEY, 0).train_batch(2)["inputs"])
+  assert next(iter(data.eval_batches()))["inputs"].shape == (7, 256)  # the test set is at the run's own length
+  with pytest.raises(ConfigError, match=r"data\.options\.passkey\.curriculum_seq_len: the curriculum needs 119 <="):
+    tiny_config(
+      data__kind="passkey",
+      data__seq_len=256,
+      data__options__passkey__length_fractions=(0.5, 1.0),
+      data__options__passkey__curriculum_steps=2,
+      data__options__passkey__curriculum_seq_len=64,
+    )
+
+
 def test_passkey_shortest_context_must_hold_needle_and_question():
   with pytest.raises(ConfigError, match=r"data\.options\.passkey\.length_fractions: the shortest context, 64"):
     tiny_config(data__kind="passkey", data__seq_len=256)

@@ -123,6 +123,39 @@ class ScoredData(HeldOutData):
     """(inputs [T], target_pos [N], targets [N]), and the row's group index where the dataset has group_names."""
     raise NotImplementedError
 
+  # A length curriculum (MQAR's, passkey's): the first `curriculum_steps` train steps draw rows of
+  # `curriculum_seq_len` tokens from `curriculum()`, batch_size * seq_len / curriculum_seq_len of them (the same
+  # tokens per step); evaluation is always at the run's own length. Datasets without those options have none.
+  @property
+  def curriculum_steps(self) -> int:
+    return getattr(self.cfg.opts, "curriculum_steps", 0)
+
+  @property
+  def phases(self) -> tuple[int, ...]:
+    return (0, self.curriculum_steps) if self.curriculum_steps else (0,)
+
+  def curriculum(self) -> "ScoredData":
+    """The dataset the curriculum's rows come from: this one at curriculum_seq_len (subclasses also ease the task)."""
+    raise NotImplementedError
+
+  @functools.cached_property
+  def _short(self) -> "ScoredData":  # built once: a dataset may read its files when built (passkey's haystack)
+    return self.curriculum()
+
+  def short_config(self, **options) -> DataConfig:
+    """This run's DataConfig at curriculum_seq_len, with as many tokens per step, the dataset's options replaced by
+    `options` (the curriculum itself turned off)."""
+    o, L = self.cfg.opts, self.cfg.opts.curriculum_seq_len
+    opts = dataclasses.replace(o, curriculum_steps=0, **options)
+    rows = self.cfg.batch_size * self.cfg.seq_len // L
+    return dataclasses.replace(self.cfg, seq_len=L, batch_size=rows, options={self.cfg.kind: opts})
+
+  def train_batch(self, step: int) -> Batch:
+    if step < self.curriculum_steps:
+      rows = self.cfg.batch_size * self.cfg.seq_len // self.cfg.opts.curriculum_seq_len
+      return self._short._examples(CURRICULUM, range(step * rows, (step + 1) * rows))
+    return super().train_batch(step)
+
   def _examples(self, split: int, indices) -> Batch:
     rows = [self.example(np.random.default_rng([self.seed, split, int(i)]), split) for i in indices]
     inputs, pos, targets, *group = (np.stack(a) for a in zip(*rows))
@@ -137,6 +170,42 @@ def _test_batches(data: HeldOutData, rows: int, n: int) -> tuple[Batch, ...]:
   """The held-out batches, drawn once per (config, seed) in a process: a ListOps example costs ~1 ms to draw, and an
   ablation evaluates every variant of a seed on the same test set."""
   return tuple(pad_rows(data._examples(TEST, range(i, min(i + rows, n))), rows) for i in range(0, n, rows))
+
+
+def check_curriculum(cfg, shortest: int, hint: str) -> None:
+  """The length curriculum's constraints (cfg: the whole Config; `shortest`: the dataset's least curriculum_seq_len,
+  `hint` a value to suggest): shorter than seq_len, splitting a step's tokens into whole rows, ending before the
+  run ends, fresh rows."""
+  d = cfg.data
+  o, field = d.opts, f"data.options.{d.kind}"
+  if not o.curriculum_steps:
+    return
+  L = o.curriculum_seq_len
+  require(o.curriculum_steps > 0, f"{field}.curriculum_steps", "must be >= 0", "use 0 (off) or a step count")
+  require(
+    o.num_train_examples == 0,
+    f"{field}.curriculum_steps",
+    "a curriculum draws fresh short sequences; it cannot use a fixed training set",
+    "set num_train_examples=0 or curriculum_steps=0",
+  )
+  require(
+    shortest <= L < d.seq_len,
+    f"{field}.curriculum_seq_len",
+    f"the curriculum needs {shortest} <= curriculum_seq_len < seq_len={d.seq_len}, got {L}",
+    f"e.g. curriculum_seq_len={hint}",
+  )
+  require(
+    (d.batch_size * d.seq_len) % L == 0,
+    f"{field}.curriculum_seq_len",
+    f"batch_size * seq_len = {d.batch_size * d.seq_len} tokens do not split into rows of {L}",
+    "use a curriculum_seq_len dividing data.batch_size * data.seq_len",
+  )
+  require(
+    o.curriculum_steps < cfg.train.steps,
+    f"{field}.curriculum_steps",
+    f"{o.curriculum_steps} must be fewer than train.steps={cfg.train.steps} (the run must end at the evaluated length)",
+    "lower curriculum_steps or raise train.steps",
+  )
 
 
 def held_out_sizes(opts) -> None:

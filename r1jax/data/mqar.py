@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from r1jax.config import require
-from r1jax.data.core import CURRICULUM, Batch, ScoredData, held_out_sizes
+from r1jax.data.core import ScoredData, check_curriculum, held_out_sizes
 from r1jax.registry import register_dataset
 
 
@@ -40,13 +40,6 @@ class MQAROptions:
       f"{self.num_kv_pairs} pairs need 1 <= pairs < vocab_size / 2 - 1 distinct keys",
       "lower num_kv_pairs",
     )
-    require(self.curriculum_steps >= 0, "curriculum_steps", "must be >= 0", "use 0 (off) or a step count")
-    require(
-      not self.curriculum_steps or self.num_train_examples == 0,
-      "curriculum_steps",
-      "a curriculum draws fresh short sequences; it cannot use a fixed training set",
-      "set num_train_examples=0 or curriculum_steps=0",
-    )
 
   def check(self, cfg) -> None:
     """Constraints involving the run's length, batch and steps (cfg: the whole Config)."""
@@ -64,28 +57,13 @@ class MQAROptions:
       f"{self.min_gap} leaves fewer gaps than the {self.num_kv_pairs} queries",
       "lower min_gap",
     )
-    if self.curriculum_steps:
-      L, n = self.curriculum_seq_len, self.curriculum_kv_pairs
-      require(
-        4 * n <= L < d.seq_len and n >= 1,
-        f"{field}.curriculum_seq_len",
-        f"the curriculum needs 4 * curriculum_kv_pairs <= curriculum_seq_len < seq_len={d.seq_len}, got {n} "
-        f"pairs in {L} tokens",
-        "e.g. curriculum_seq_len=64, curriculum_kv_pairs=8",
-      )
-      require(
-        (d.batch_size * d.seq_len) % L == 0,
-        f"{field}.curriculum_seq_len",
-        f"batch_size * seq_len = {d.batch_size * d.seq_len} tokens do not split into rows of {L}",
-        "use a curriculum_seq_len dividing data.batch_size * data.seq_len",
-      )
-      require(
-        self.curriculum_steps < cfg.train.steps,
-        f"{field}.curriculum_steps",
-        f"{self.curriculum_steps} must be fewer than train.steps={cfg.train.steps} (the run must end at the "
-        "evaluated length)",
-        "lower curriculum_steps or raise train.steps",
-      )
+    require(
+      self.curriculum_kv_pairs >= 1 or not self.curriculum_steps,
+      f"{field}.curriculum_kv_pairs",
+      f"must be >= 1, got {self.curriculum_kv_pairs}",
+      "use e.g. 8",
+    )
+    check_curriculum(cfg, 4 * self.curriculum_kv_pairs, "64 with curriculum_kv_pairs=8")
 
 
 def mqar_example(
@@ -131,10 +109,6 @@ class MQAR(ScoredData):
   def vocab_size(self) -> int:
     return self.cfg.opts.vocab_size
 
-  @property
-  def phases(self) -> tuple[int, ...]:
-    return (0, self.cfg.opts.curriculum_steps) if self.cfg.opts.curriculum_steps else (0,)
-
   def example(self, rng: np.random.Generator, split: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     o = self.cfg.opts
     return mqar_example(rng, self.cfg.seq_len, o.vocab_size, o.num_kv_pairs, o.power_a, o.random_non_queries, o.min_gap)
@@ -142,15 +116,7 @@ class MQAR(ScoredData):
   def decode(self, ids) -> str:
     return " ".join(map(str, ids))
 
-  def train_batch(self, step: int) -> Batch:
+  def curriculum(self) -> "MQAR":
+    """Zoology's gaps (min_gap 0) and curriculum_kv_pairs pairs, at curriculum_seq_len."""
     o = self.cfg.opts
-    if step < o.curriculum_steps:  # shorter sequences, as many tokens per step
-      rows = self.cfg.batch_size * self.cfg.seq_len // o.curriculum_seq_len
-      short = dataclasses.replace(
-        self.cfg,
-        seq_len=o.curriculum_seq_len,
-        batch_size=rows,
-        options={"mqar": (dataclasses.replace(o, num_kv_pairs=o.curriculum_kv_pairs, curriculum_steps=0, min_gap=0.0))},
-      )
-      return MQAR(short, self.seed)._examples(CURRICULUM, range(step * rows, (step + 1) * rows))
-    return super().train_batch(step)
+    return MQAR(self.short_config(num_kv_pairs=o.curriculum_kv_pairs, min_gap=0.0), self.seed)

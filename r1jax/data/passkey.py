@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 
 from r1jax.config import TINY_SHAKESPEARE, require
-from r1jax.data.core import TEST, ScoredData, held_out_sizes
+from r1jax.data.core import TEST, ScoredData, check_curriculum, held_out_sizes
 from r1jax.data.text import read_text
 from r1jax.registry import register_dataset
 
@@ -34,6 +34,11 @@ class PasskeyOptions:
   digits: int = 5  # digits of the pass key (each uniform in 0-9), >= 1
   length_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)  # context lengths, as fractions of data.seq_len, in (0, 1]
   depth_bins: int = 5  # depth bins in the per-group evaluation, >= 1
+  # The first curriculum_steps train steps draw contexts of curriculum_seq_len tokens (one length, no padding),
+  # batch_size * seq_len / curriculum_seq_len of them (the same tokens per step, more needles); evaluation is always
+  # at seq_len and length_fractions. Dense attention learns the copy sooner on short rows (issue 41's note). 0 = off.
+  curriculum_steps: int = 0
+  curriculum_seq_len: int = 128
   num_train_examples: int = 0  # 0: a fresh example every training row; else a fixed set, reshuffled every epoch
   num_test_examples: int = 600  # held-out test examples
 
@@ -63,6 +68,7 @@ class PasskeyOptions:
       f"question ({fixed} characters)",
       f"raise data.seq_len or the smallest fraction to >= {fixed + 16} tokens",
     )
+    check_curriculum(cfg, fixed + 16, str(max(128, fixed + 16)))
 
 
 @register_dataset("passkey", PasskeyOptions)
@@ -89,6 +95,10 @@ class Passkey(ScoredData):
       group_names=names,
     ).items():
       object.__setattr__(self, k, v)  # frozen: hashed by (cfg, seed), as the cached test batches need
+
+  def curriculum(self) -> "Passkey":
+    """Contexts of curriculum_seq_len tokens, needles at every depth."""
+    return Passkey(self.short_config(length_fractions=(1.0,)), self.seed)
 
   def encode(self, text: str) -> np.ndarray:
     return np.array([self.lookup[c] for c in text], np.int32)
