@@ -4,7 +4,7 @@
 64k cached tokens, as ratios to MHA. The seed claim "sharing the K/V cache cuts inference memory by 60%" is judged
 on cache bytes at the measured quality (r1jax/lab/claims.py).
 
-  python experiments/kv_cache_ablation.py              # 2 tasks x 5 (MQAR: 4) variants x 3 seeds, then decoding
+  python experiments/kv_cache_ablation.py              # text: 8 variants, MQAR: 3, x 3 seeds, then decoding
   python experiments/kv_cache_ablation.py --quick      # smoke run
 
 Text models: 2 layers of width 64 with 4 heads of 16. Attention parameters per layer (the report prints them): MHA
@@ -102,9 +102,12 @@ TASKS = {
   ),
 }
 # With 2 heads, 2 key/value groups are multi-head attention, and at T=64 sparse MLA's 16 keys are a quarter of the
-# context (it trained at 0.45x MHA's tokens/s there): MQAR runs gqa2 and mla_sparse only on request; csa, hca and v4
-# are on request too (`--variants=mha,csa,hca,v4 --tasks=shakespeare`).
-DEFAULT = {"shakespeare": ("mha", "gqa2", "mqa", "mla", "mla_sparse"), "mqar": ("mha", "mqa", "mla")}
+# context (it trained at 0.45x MHA's tokens/s there): MQAR runs gqa2 and mla_sparse only on request, and V4's csa,
+# hca and v4 too (at T=64 CSA's 16 entries are every entry, HCA's blocks of 16 four).
+DEFAULT = {
+  "shakespeare": ("mha", "gqa2", "mqa", "mla", "mla_sparse", "csa", "hca", "v4"),
+  "mqar": ("mha", "mqa", "mla"),
+}
 QUICK = {"data.batch_size": 8, "data.eval_batch_size": 16}  # with ablation.QUICK: MQAR's 128 rows shrunk too
 CONTEXTS = (16384, 65536)
 QUICK_CONTEXTS = (256, 512)
