@@ -1,8 +1,9 @@
 """The KV cache: multi-head attention against grouped-query (2 groups), multi-query, multi-head latent attention
-(DeepSeek-V2's MLA) and sparse MLA (DeepSeek-V3.2), trained on Tiny Shakespeare at T=256 (loss) and on MQAR
-(accuracy), 3 seeds; then, in the same run, each layer's cache per token and the decoding step's latency at 16k and
-64k cached tokens, as ratios to MHA. The seed claim "sharing the K/V cache cuts inference memory by 60%" is judged
-on cache bytes at the measured quality (r1jax/lab/claims.py).
+(DeepSeek-V2's MLA), sparse MLA (DeepSeek-V3.2) and DeepSeek-V4's compressed attentions (CSA, HCA and v4, on text),
+trained on Tiny Shakespeare at T=256 (loss) and on MQAR (accuracy), 3 seeds; then, in the same run, each layer's
+cache per token and the decoding step's latency at 16k and 64k cached tokens, as ratios to MHA. The seed claim
+"sharing the K/V cache cuts inference memory by 60%" is judged on cache bytes at the measured quality
+(r1jax/lab/claims.py).
 
   python experiments/kv_cache_ablation.py              # text: 8 variants, MQAR: 3, x 3 seeds, then decoding
   python experiments/kv_cache_ablation.py --quick      # smoke run
@@ -18,10 +19,14 @@ MQAR: 8 pairs at T=64, queries at least 24 tokens after their pair, attention-on
 Decoding: `r1jax.lab.scaling.decode_step` on the text task's models (batch 1, a scan of 16 steps at the cache's last
 positions, median of 3 after a warm-up), in a fresh worker process with every core.
 
-The default's result (results/kv_cache_ablation/, 3 seeds): per token and layer MHA caches 128 numbers, GQA-2 64,
-MQA 32, MLA 48, sparse MLA 64; text validation loss 2.113 (MHA), 2.130 (GQA-2), 2.144 (MQA), 2.156 (MLA), 2.202
-(sparse MLA); MQAR accuracy 71.1% (MHA), 14.9% (MQA), 43.4% (MLA); the decoding step at 64k cached tokens 1.00,
-0.51, 0.38, 0.82 and 0.25 of MHA's. What was tried for MLA's and MQAR's recipes: docs/probes/kv_cache_ablation.md.
+The default's result (results/kv_cache_ablation/, 3 seeds; commit dc3cd89, 14m22s on 2 cores of an AMD EPYC): per
+token and layer MHA caches 128 numbers, GQA-2 64, MQA 32, MLA 48, sparse MLA 64 (V3.2's indexer), CSA 20, HCA 4, v4
+12 (the compressed attentions' share per token; their windows' rings are a constant); text validation loss 2.113
+(MHA), 2.130 (GQA-2), 2.144 (MQA), 2.156 (MLA), 2.217 (sparse MLA), 2.056 (CSA), 2.054 (HCA), 2.066 (v4); MQAR
+accuracy 71.1% (MHA), 14.9% (MQA), 43.4% (MLA); the decoding step at 64k cached tokens 1.00, 0.92, 0.35, 0.80, 0.14,
+0.09, 0.05 and 0.08 of MHA's. V4's attentions read a window of 16 raw tokens beside their entries: on this text, at
+T=256, that local view beats full attention's loss with 3-16% of MHA's cache bytes per token. What was tried for
+MLA's and MQAR's recipes: docs/probes/kv_cache_ablation.md.
 """
 
 import functools
