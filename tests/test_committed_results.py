@@ -70,7 +70,6 @@ def test_every_notebook_is_committed_executed():
 BEFORE_PROVENANCE = {
   "context_rnn_ablation",
   "hierarchical_routing_ablation",
-  "kv_cache_ablation",
   "moe_ablation",
 }
 
