@@ -152,7 +152,7 @@ class ScoredData(HeldOutData):
 
   def train_batch(self, step: int) -> Batch:
     if step < self.curriculum_steps:
-      rows = self.cfg.batch_size * self.cfg.seq_len // self.cfg.opts.curriculum_seq_len
+      rows = self._short.cfg.batch_size  # short_config's rows: as many tokens per step
       return self._short._examples(CURRICULUM, range(step * rows, (step + 1) * rows))
     return super().train_batch(step)
 
