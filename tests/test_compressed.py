@@ -14,6 +14,7 @@ import pytest
 from r1jax import reference
 from r1jax.errors import ConfigError
 from r1jax.inference import decoding
+from r1jax.mixers import compressed
 from r1jax.mixers.compressed import CompressedSparseAttention, CSAOptions, HCAOptions, HeavilyCompressedAttention
 from r1jax.model import Transformer
 
@@ -40,11 +41,16 @@ def _rmsnorm(a, scale, eps):
   return a / np.sqrt(np.mean(a * a, -1, keepdims=True) + eps) * np.asarray(scale)
 
 
-@pytest.mark.parametrize("name,opts", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
-def test_forward_equals_the_definition(name, opts):
+# CSA's picks attended as a mask over every entry (MASK_ENTRIES: where they are few) or gathered per query
+PICKED = [(n, o, p, i) for i, (n, o) in enumerate(CASES) for p in (("masked", "gathered") if n == "csa" else ("all",))]
+
+
+@pytest.mark.parametrize("name,opts,picks", [c[:3] for c in PICKED], ids=[f"{n}-{i}-{p}" for n, _, p, i in PICKED])
+def test_forward_equals_the_definition(name, opts, picks, monkeypatch):
   """Entries pooled as defined (RMSNorm'd), keys RoPE'd at their blocks' first positions, and one softmax over the
-  window's raw keys, the visible entries (csa: the indexer's top-k of them, by the reference's own ranking) and the
-  sink: the module's output matches the float64 loops."""
+  window's raw keys, the visible entries (csa: the indexer's top-k of them, by the reference's own ranking, attended
+  as a mask over all entries or gathered per query) and the sink: the module's output matches the float64 loops."""
+  monkeypatch.setattr(compressed, "MASK_ENTRIES", 0 if picks == "gathered" else compressed.MASK_ENTRIES)
   module, cfg = _module(name, opts)
   T = 19
   x = jax.random.normal(jax.random.key(0), (2, T, cfg.d_model))
@@ -93,6 +99,28 @@ def test_a_sequence_shorter_than_a_block_reads_the_window_alone(name, opts):
   none = np.zeros((2, 0, *k.shape[2:]))
   want = reference.compressed_attention(q, k, v, none, none, o.rate, o.window, p.get("sink"))
   np.testing.assert_allclose(y, jnp.einsum("BTHK,HKD->BTD", jnp.asarray(want, jnp.float32), p["wo"]), atol=2e-5)
+
+
+@pytest.mark.parametrize("grad", ["none", "gate"])
+def test_masked_and_gathered_picks_give_the_same_output_loss_and_gradients(grad, monkeypatch):
+  """CSA's two ways of attending its picks (a mask over every entry where they are few, a per-query gather): the same
+  output, indexer KL and gradients, the KL's main-attention probabilities taken in the picks' order."""
+  loss = "kl" if grad == "none" else "none"
+  module, cfg = _module("csa", dict(rate=2, top_k=3, window=2, indexer_dim=8, indexer_grad=grad, indexer_loss=loss))
+  x = jax.random.normal(jax.random.key(0), (2, 16, cfg.d_model))
+  params = nn.meta.unbox(module.init(jax.random.key(1), x, deterministic=True))
+
+  def run(mask_entries):
+    monkeypatch.setattr(compressed, "MASK_ENTRIES", mask_entries)
+    f = lambda p: module.apply(p, x, deterministic=True)  # noqa: E731
+    (y, aux), grads = f(params), jax.grad(lambda p: jnp.sum(f(p)[0] ** 2) + f(p)[1].get("loss_indexer", 0.0))(params)
+    return y, aux, grads
+
+  masked, gathered = run(compressed.MASK_ENTRIES), run(0)
+  for a, b in zip(jax.tree.leaves(masked), jax.tree.leaves(gathered)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  if grad == "none":
+    assert float(masked[1]["indexer_kl"]) > 0
 
 
 def test_the_sink_takes_mass_and_no_value():

@@ -1,5 +1,6 @@
-"""Attention over selected key blocks by whole-block matmuls (r1jax/mixers/selected.py) against the naive reference:
-values and gradients, GQA, lengths that are not a multiple of the block, row groups split over several steps."""
+"""Attention over selected key blocks in XLA (r1jax/mixers/selected.py: whole-block matmuls, the per-query gather of
+small blocks, and the choice between them) against the naive reference: values and gradients, GQA, lengths that are
+not a multiple of the block, row groups split over several steps, queries with nothing to read."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from r1jax import reference
+from r1jax.mixers import selected
 from r1jax.mixers.selected import selected_block_attention
 
 
@@ -35,17 +37,21 @@ def masked_reference(q, k, v, ids, valid, block, window=0):
   return reference.attention(q, k, v, safe) * any_BxHxT.transpose(0, 2, 1)[..., None]
 
 
+@pytest.mark.parametrize("path", ["whole_blocks", "gathered"])
 @pytest.mark.parametrize(
   "B,T,H,G,K,block,N,rows,step",
   [(2, 37, 4, 2, 8, 8, 3, 4, 3), (1, 64, 2, 2, 16, 16, 2, 8, 512), (2, 50, 4, 1, 8, 4, 5, 2, 7)],
 )
-def test_values_and_gradients_match_the_masked_reference(B, T, H, G, K, block, N, rows, step):
+def test_values_and_gradients_match_the_masked_reference(path, B, T, H, G, K, block, N, rows, step):
   ks = jax.random.split(jax.random.key(T), 5)
   q = jax.random.normal(ks[0], (B, T, H, K))
   k, v = (jax.random.normal(s, (B, T, G, K)) for s in ks[1:3])
   ct = jax.random.normal(ks[3], (B, T, H, K))
   ids, valid = _picks(ks[4], B, T, G, N, block)
-  fast = jax.jit(lambda q, k, v: selected_block_attention(q, k, v, ids, valid, block, rows, step))
+  if path == "whole_blocks":
+    fast = jax.jit(lambda q, k, v: selected_block_attention(q, k, v, ids, valid, block, rows, step))
+  else:
+    fast = jax.jit(lambda q, k, v: selected.gathered_block_attention(q, k, v, ids, valid, block))
   slow = lambda q, k, v: masked_reference(q, k, v, ids, valid, block)  # noqa: E731
   np.testing.assert_allclose(fast(q, k, v), slow(q, k, v), rtol=2e-5, atol=2e-5)
   g_fast = jax.jit(jax.grad(lambda *a: jnp.sum(fast(*a) * ct), argnums=(0, 1, 2)))(q, k, v)
@@ -53,3 +59,15 @@ def test_values_and_gradients_match_the_masked_reference(B, T, H, G, K, block, N
   for name, a, b in zip("qkv", g_fast, g_slow):
     assert np.isfinite(np.asarray(a)).all()
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"d{name}")
+
+
+def test_block_attention_gathers_small_blocks_and_multiplies_whole_blocks_of_larger_ones(monkeypatch):
+  """The choice: blocks of at most GATHER_MAX_BLOCK keys through the gather, larger ones through the row groups."""
+  calls = []
+  for name in ("gathered_block_attention", "selected_block_attention"):
+    monkeypatch.setattr(selected, name, lambda *a, name=name: calls.append(name))
+  x = jnp.zeros((1, 16, 2, 8))
+  ids, valid = jnp.zeros((1, 16, 2, 1), jnp.int32), jnp.ones((1, 16, 2, 1), bool)
+  for block in (selected.GATHER_MAX_BLOCK, selected.GATHER_MAX_BLOCK + 1):
+    selected.block_attention(x, x[:, :, :2], x[:, :, :2], ids, valid, block)
+  assert calls == ["gathered_block_attention", "selected_block_attention"]

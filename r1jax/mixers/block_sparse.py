@@ -99,9 +99,9 @@ def block_sparse_attention(
   per_token: bool = True,
   implementation: str = "auto",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Causal attention of each query (or query block) over its selected key blocks (select_blocks), through
-  whole-block matmuls (r1jax/mixers/selected.py) or the block-sparse kernels (selected_kernel.py, as
-  `implementation` says): no per-query gather of keys.
+  """Causal attention of each query (or query block) over its selected key blocks (select_blocks), through XLA
+  (r1jax/mixers/selected.py's block_attention: small blocks gathered per query, larger ones by whole-block matmuls)
+  or the block-sparse kernels (selected_kernel.py), as `implementation` says.
 
   Returns:
     output [B, T, H, K], block ids [B, G, U, n'+1] and validity (see select_blocks).

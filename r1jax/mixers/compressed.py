@@ -17,13 +17,15 @@ shared key/value head (here the dense mixer's projections, with GQA), its query 
 the output, the grouped output projection and the compressed layers' RoPE base of 160,000. V4's stated cost at 1M
 tokens against V3.2: 27% of the per-token FLOPs and 10% of the KV cache (V4-Pro), 10% and 7% (V4-Flash).
 
+Training and prefill attend CSA's picks as a mask over every entry where there are few entries (MASK_ENTRIES),
+else gather them per query (one softmax either way; the same output and gradients, tests/test_compressed.py).
+
 Decoding keeps a ring of the window's w tokens, a ring of the last m (2m with overlap) tokens' projections and gates
 (the block being compressed), and every compressed entry (and, for csa, indexer key): `cache_per_token` numbers per
 token on top of the window's constant share.
 """
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
@@ -39,6 +41,10 @@ from r1jax.registry import register_mixer
 
 INDEXER_LOSSES = ("kl", "none")
 INDEXER_GRADS = ("none", "gate")
+# CSA's training and prefill attend their picks as a mask over all M entries where M <= MASK_ENTRIES * top_k, and
+# gather them per query above: the train step of the sparse driver's MQAR (T=256, M = 64, top 16; one core of an
+# AMD EPYC) took 108 ms masked against 123 ms gathered (XLA's CPU gather is slow next to its small matmuls).
+MASK_ENTRIES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,11 +140,11 @@ def attend(
   """One softmax (float32) over the window's keys, the entries' keys and the sink logit: output [B, C, H, K] and the
   probabilities on the entries [B, C, G, H/G, N]. The queries come in n blocks of C / n, block i reading window keys
   [B, i, S, G, K] (masked per query by `ok_win`); the entries (values) and their keys are shared by the queries
-  ([B, N, G, K]: HCA) or per query ([B, C, N, G, K]: CSA's picks); `bias` is added to the entries' logits."""
+  ([B, N, G, K]: HCA) or per query ([B, C, G, N, K]: CSA's picks); `bias` is added to the entries' logits."""
   B, C, H, K = q_BxCxHxK.shape
   n, S, G = k_win_BxnxSxGxK.shape[1:4]
   q = q_BxCxHxK.reshape(B, n, C // n, G, H // G, K)
-  e = "BNGK" if entries.ndim == 4 else "BCNGK"
+  e = "BNGK" if entries.ndim == 4 else "BCGNK"
   lw = jnp.einsum("BnqGRK,BnSGK->BnqGRS", q, k_win_BxnxSxGxK, preferred_element_type=jnp.float32)
   lw = lw.reshape(B, C, G, H // G, S) * K**-0.5
   q = q.reshape(B, C, G, H // G, K)
@@ -159,12 +165,17 @@ def attend(
   return out.reshape(B, C, H, K), p[..., S : S + N]
 
 
-def gather(a_BxMx: jax.Array, idx_BxCxN: jax.Array) -> jax.Array:
-  """Each query's picked rows of a per-row table: [B, M, ...] -> [B, C, N, ...]."""
-  B, M = a_BxMx.shape[:2]
-  rows = (idx_BxCxN + M * jnp.arange(B).reshape(B, 1, 1)).reshape(-1)
-  flat = a_BxMx.reshape(B * M, math.prod(a_BxMx.shape[2:])).at[rows].get(mode="promise_in_bounds")  # M may be 0
-  return flat.reshape(*idx_BxCxN.shape, *a_BxMx.shape[2:])
+def gather(a_BxMxGxK: jax.Array, idx_BxCxN: jax.Array) -> jax.Array:
+  """Each query's picked entries, per group: [B, M, G, K] -> [B, C, G, N, K], one row gather from the group-major
+  [B * G * M, K] table, so that the attention's einsums have their batch dims leading and the contraction minor (as
+  r1jax.mixers.sparse.gathered_attention: gathering [B, C, N, G, K] cost a transpose of each gather, 4 of the 10
+  largest ops of CSA's train step at T=256)."""
+  B, M, G, K = a_BxMxGxK.shape
+  C, N = idx_BxCxN.shape[1:]
+  offset_Bx1xGx1 = (M * (G * jnp.arange(B)[:, None] + jnp.arange(G)[None, :]))[:, None, :, None]
+  rows = (idx_BxCxN[:, :, None, :] + offset_Bx1xGx1).reshape(-1)
+  table = a_BxMxGxK.transpose(0, 2, 1, 3).reshape(B * G * M, K)
+  return table.at[rows].get(mode="promise_in_bounds").reshape(B, C, G, N, K)  # M may be 0 (then N is 0)
 
 
 class CompressedAttention(nn.Module):
@@ -346,14 +357,30 @@ class CompressedAttention(nn.Module):
       res, bias = {}, None
       if self.sparse:
         idx, ok, scores = self._picks(index, start, C, ok_CxM[None], noise_key)
-        ent, keys = gather(entries_BxMxGxK, idx), gather(keys_BxMxGxK, idx)
         bias = jnp.where(ok, scores, 0.0) if o.indexer_grad == "gate" else None
         res.update(idx=idx, valid=ok)
+        masked = M <= MASK_ENTRIES * idx.shape[-1]
+        if masked:  # the picks as a mask over all M entries (their logits, scores as the bias, probabilities)
+          hit_BxCxNxM = (idx[..., None] == jnp.arange(M)[None, None, None]) & ok[..., None]
+          ent, keys, ok_e = entries_BxMxGxK, keys_BxMxGxK, hit_BxCxNxM.any(2)
+          bias_e = None if bias is None else jnp.sum(jnp.where(hit_BxCxNxM, bias[..., None], 0.0), 2)
+        else:
+          ent, keys, ok_e, bias_e = gather(entries_BxMxGxK, idx), gather(keys_BxMxGxK, idx), ok, bias
       else:
-        ent, keys, ok = entries_BxMxGxK, keys_BxMxGxK, jnp.broadcast_to(ok_CxM[None], (B, C, M))
+        masked, ent, keys, ok_e, bias_e = (
+          False,
+          entries_BxMxGxK,
+          keys_BxMxGxK,
+          jnp.broadcast_to(ok_CxM[None], (B, C, M)),
+          None,
+        )
       out, p_ent = attend(
-        q_C, k_win, v_win, jnp.broadcast_to(ok_win_CxS[None], (B,) + ok_win_CxS.shape), ent, keys, ok, sink, bias
+        q_C, k_win, v_win, jnp.broadcast_to(ok_win_CxS[None], (B,) + ok_win_CxS.shape), ent, keys, ok_e, sink, bias_e
       )
+      if masked:  # back to the picks' order
+        p_ent = jnp.take_along_axis(
+          p_ent, jnp.broadcast_to(idx[:, :, None, None], p_ent.shape[:-1] + idx.shape[-1:]), -1
+        )
       res["out"] = out
       if want_kl:  # DSA's sparse stage on the picked entries: the main attention's share of them, renormalised
         p = jax.lax.stop_gradient(p_ent.mean((2, 3)))

@@ -40,7 +40,8 @@ from r1jax.mixers import selected_kernel
 from r1jax.mixers.dense import FLASH_FROM, project_kv, project_out, project_qkv
 from r1jax.mixers.flash import flash_attention
 from r1jax.mixers.local import local_attention
-from r1jax.mixers.sparse import dense_probs, gathered_attention, map_query_chunks
+from r1jax.mixers.selected import block_tokens, gathered_block_attention
+from r1jax.mixers.sparse import dense_probs, map_query_chunks
 from r1jax.registry import register_mixer, wants_diagnostics
 
 COMPRESS = ("mlp", "mean")
@@ -169,40 +170,6 @@ def select_blocks(p_BxCxGxM: jax.Array, pos_C: jax.Array, T: int, o: NSAOptions)
   return ids, valid
 
 
-def selected_tokens(
-  ids_BxCxGxN: jax.Array, valid_BxCxGxN: jax.Array, pos_C: jax.Array, ls: int, T: int
-) -> tuple[jax.Array, jax.Array]:
-  """The N * l' token positions of the selected blocks [B, C, G, N * l'] (clipped to T - 1) and which of them a query
-  at `pos_C` ([C], or [B, C] per row) reads: valid, not after it, inside the sequence."""
-  tok_BxCxGxN = (ids_BxCxGxN[..., None] * ls + jnp.arange(ls)[None, None, None, None]).reshape(
-    *ids_BxCxGxN.shape[:3], -1
-  )
-  pos_xCx1x1 = (pos_C[None] if pos_C.ndim == 1 else pos_C)[:, :, None, None]
-  ok = jnp.repeat(valid_BxCxGxN, ls, -1) & (tok_BxCxGxN <= pos_xCx1x1) & (tok_BxCxGxN < T)
-  return jnp.minimum(tok_BxCxGxN, T - 1), ok
-
-
-def selected_attention(
-  q_BxCxHxK: jax.Array,
-  k_BxTxGxK: jax.Array,
-  v_BxTxGxK: jax.Array,
-  ids_BxCxGxN: jax.Array,
-  valid_BxCxGxN: jax.Array,
-  pos_C: jax.Array,
-  ls: int,
-) -> jax.Array:
-  """Attention of each query over the tokens of its group's selected blocks (causal; query positions [C] or
-  [B, C]); each block gathered as one row of l' keys: the decoding step's path (training and prefill take
-  r1jax.mixers.selected's whole-block matmuls)."""
-  T = k_BxTxGxK.shape[1]
-  _, ok = selected_tokens(ids_BxCxGxN, valid_BxCxGxN, pos_C, ls, T)
-  pad = [(0, 0), (0, -T % ls), (0, 0), (0, 0)]
-  out_BxCxHxK, _ = gathered_attention(
-    q_BxCxHxK, jnp.pad(k_BxTxGxK, pad), jnp.pad(v_BxTxGxK, pad), ids_BxCxGxN, ok, rows=ls
-  )
-  return out_BxCxHxK
-
-
 @register_mixer("nsa", NSAOptions)
 class NativeSparseAttention(nn.Module):
   """NSA's three gated branches (see the module docstring). Sows `qkv` (shared q and each branch's k, v),
@@ -281,7 +248,7 @@ class NativeSparseAttention(nn.Module):
     if num_compressed(S, l, d) == 0:
       p_Bx1xGxM = p_Bx1xGxM[..., :0]
     ids, valid = select_blocks(p_Bx1xGxM, pos_Bx1, S, o)
-    o_slc = selected_attention(q_Bx1xHxK, k_slc, v_slc, ids, valid, pos_Bx1, o.slc_block)
+    o_slc = gathered_block_attention(q_Bx1xHxK, k_slc, v_slc, ids, valid, o.slc_block, pos_Bx1)
 
     # (c) the window, from its ring buffers
     k_ring, kpos_BxW = decoding.ring(self, "k_win", k_win, decode, o.window)
@@ -338,13 +305,13 @@ class NativeSparseAttention(nn.Module):
       p = jnp.where(ended_CxM[None, :, None, None], jnp.exp(logits - lse_C[..., None]), 0.0).sum(3)
       return jnp.pad(p, [(0, 0), (0, 0), (0, 0), (0, M - Ms)])
 
-    # (b) selected blocks: picked in query chunks, attended through whole-block matmuls (r1jax/mixers/selected.py)
+    # (b) selected blocks: picked in query chunks, attended as r1jax/mixers/selected.py's block_attention chooses
     want_diag = o.diagnostics and wants_diagnostics(self)  # a dense pass: never in a timed or training pass
 
     def chunk(start, S):  # S: the tokens this chunk's queries can reach (see map_query_chunks)
       pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
       ids, valid = select_blocks(group_probs(start, pos_C, S), pos_C, T, o)
-      tok_ok = dict(zip(("tok", "ok"), selected_tokens(ids, valid, pos_C, o.slc_block, T))) if want_diag else {}
+      tok_ok = dict(zip(("tok", "ok"), block_tokens(ids, valid, pos_C, o.slc_block, T))) if want_diag else {}
       return {"ids": ids, "valid": valid, **tok_ok}
 
     res = map_query_chunks(chunk, T, C, 8 if blocked and not want_diag else 1)

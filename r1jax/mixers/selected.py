@@ -1,5 +1,5 @@
-"""Attention over selected key blocks by whole-block matmuls: the training and prefill path of NSA's selected branch
-(Yuan et al. 2025) and of block top-k (MoBA, Lu et al. 2025).
+"""Attention over selected key blocks in XLA: the training and prefill path of NSA's selected branch (Yuan et al.
+2025) and of block top-k (MoBA, Lu et al. 2025), by whole-block matmuls or, for small blocks, by a per-query gather.
 
 Gathering each query's n selected blocks (n * l' keys per query) moves l' times more data than the queries
 themselves; on a CPU that gather, not the arithmetic, set the time (16k tokens, n = 16, l' = 64: 2.9 s for 8.6
@@ -9,10 +9,21 @@ matmul. Each pair yields a partial softmax (its maximum, sum and weighted values
 their log-sum-exp, as FlashAttention merges key blocks. Work: the pairs' l' keys each, plus at most rows - 1 padding
 rows per key block; memory O(T * n); no [T, T] intermediate in forward or backward (autodiff through row groups
 that are recomputed in the backward).
+
+For small blocks the gather is the cheaper one: it moves l' keys and values per (query, block) pair against the
+row groups' R = H/G query rows, partial results, sort and padding (up to rows - 1 rows per key block). Measured
+forward+backward on one core of an AMD EPYC (XLA CPU, float32, K = 32; gather's time / whole-block's): R = 1, B=16,
+T=256, n = 4: l' = 4 0.33, l' = 8 0.84, l' = 16 1.75; R = 1, T=4096, n = 16: l' = 16 2.4, l' = 64 6.4; R = 4,
+T=256: l' = 8 0.67, l' = 16 1.29; R = 4, T=4096: l' = 16 0.80, l' = 32 1.81. So `block_attention` gathers blocks
+of at most GATHER_MAX_BLOCK keys.
 """
 
 import jax
 import jax.numpy as jnp
+
+from r1jax.mixers.sparse import gathered_attention
+
+GATHER_MAX_BLOCK = 8  # blocks of at most this many keys are gathered per query (see the module docstring)
 
 
 def _pairs(ids_SxTxN: jax.Array, valid_SxTxN: jax.Array, NB: int, rows: int):
@@ -115,3 +126,57 @@ def _attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block, 
   o_SxTxRxK = jnp.sum(w[..., None] * acc, 2) / jnp.where(den > 0, den, 1.0)[..., None]
   o = o_SxTxRxK.reshape(B, G, T, R, K).transpose(0, 2, 1, 3, 4).reshape(B, T, H, K)
   return o.astype(q_BxTxHxK.dtype)
+
+
+def block_tokens(
+  ids_BxCxGxN: jax.Array, valid_BxCxGxN: jax.Array, pos_C: jax.Array, block: int, T: int
+) -> tuple[jax.Array, jax.Array]:
+  """The N * block token positions of the picked blocks [B, C, G, N * block] (clipped to T - 1) and which of them a
+  query at `pos_C` ([C], or [B, C] per row) reads: valid, not after it, inside the sequence."""
+  tok_BxCxGxN = (ids_BxCxGxN[..., None] * block + jnp.arange(block)[None, None, None, None]).reshape(
+    *ids_BxCxGxN.shape[:3], -1
+  )
+  pos_xCx1x1 = (pos_C[None] if pos_C.ndim == 1 else pos_C)[:, :, None, None]
+  ok = jnp.repeat(valid_BxCxGxN, block, -1) & (tok_BxCxGxN <= pos_xCx1x1) & (tok_BxCxGxN < T)
+  return jnp.minimum(tok_BxCxGxN, T - 1), ok
+
+
+def gathered_block_attention(
+  q_BxCxHxK: jax.Array,
+  k_BxTxGxK: jax.Array,
+  v_BxTxGxK: jax.Array,
+  ids_BxCxGxN: jax.Array,
+  valid_BxCxGxN: jax.Array,
+  block: int,
+  pos_C: jax.Array | None = None,
+) -> jax.Array:
+  """selected_block_attention's contract by a per-query gather: each picked block is one row of `block` keys of the
+  padded keys (sparse.gathered_attention), masked causally at the query positions `pos_C` ([C] or [B, C]; default
+  0..C-1). The decoding step's path, and training's for blocks of at most GATHER_MAX_BLOCK keys."""
+  B, C, H, K = q_BxCxHxK.shape
+  T, G = k_BxTxGxK.shape[1:3]
+  pos_C = jnp.arange(C) if pos_C is None else pos_C
+  _, ok_BxCxGxS = block_tokens(ids_BxCxGxN, valid_BxCxGxN, pos_C, block, T)
+  any_BxCxG = ok_BxCxGxS.any(-1)
+  ok_BxCxGxS = ok_BxCxGxS | ~any_BxCxG[..., None]  # a query with nothing to read: defined, then zeroed
+  pad = [(0, 0), (0, -T % block), (0, 0), (0, 0)]
+  out_BxCxHxK, _ = gathered_attention(
+    q_BxCxHxK, jnp.pad(k_BxTxGxK, pad), jnp.pad(v_BxTxGxK, pad), ids_BxCxGxN, ok_BxCxGxS, rows=block
+  )
+  keep = jnp.repeat(any_BxCxG, H // G, 2)[..., None].astype(out_BxCxHxK.dtype)
+  return out_BxCxHxK * keep
+
+
+def block_attention(
+  q_BxTxHxK: jax.Array,
+  k_BxTxGxK: jax.Array,
+  v_BxTxGxK: jax.Array,
+  ids_BxTxGxN: jax.Array,
+  valid_BxTxGxN: jax.Array,
+  block: int,
+) -> jax.Array:
+  """Causal attention over the picked key blocks in XLA: gathered per query for blocks of at most GATHER_MAX_BLOCK
+  keys, else whole-block matmuls (see the module docstring)."""
+  if block <= GATHER_MAX_BLOCK:
+    return gathered_block_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block)
+  return selected_block_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block)
