@@ -653,9 +653,9 @@ MUTATIONS = (
   ),
   Mutation(
     "selected_small_blocks_not_gathered",
-    "r1jax/mixers/selected.py",
-    "  if block <= GATHER_MAX_BLOCK:\n",
-    "  if block < GATHER_MAX_BLOCK:\n",
+    "r1jax/mixers/selected_kernel.py",
+    "gathered_block_attention if block <= GATHER_MAX_BLOCK else",
+    "gathered_block_attention if block < GATHER_MAX_BLOCK else",
     "tests/test_selected.py",
     "gathers_small_blocks",
   ),

@@ -1,6 +1,7 @@
-"""Attention over selected key blocks in XLA (r1jax/mixers/selected.py: whole-block matmuls, the per-query gather of
-small blocks, and the choice between them) against the naive reference: values and gradients, GQA, lengths that are
-not a multiple of the block, row groups split over several steps, queries with nothing to read."""
+"""Attention over selected key blocks in XLA (r1jax/mixers/selected.py: whole-block matmuls and the per-query gather
+of small blocks; the choice between them in selected_kernel.attend) against the naive reference: values and
+gradients, GQA, lengths that are not a multiple of the block, row groups split over several steps, queries with
+nothing to read."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from r1jax import reference
-from r1jax.mixers import selected
+from r1jax.mixers import selected, selected_kernel
 from r1jax.mixers.selected import selected_block_attention
 
 
@@ -61,13 +62,14 @@ def test_values_and_gradients_match_the_masked_reference(path, B, T, H, G, K, bl
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"d{name}")
 
 
-def test_block_attention_gathers_small_blocks_and_multiplies_whole_blocks_of_larger_ones(monkeypatch):
-  """The choice: blocks of at most GATHER_MAX_BLOCK keys through the gather, larger ones through the row groups."""
+def test_xla_gathers_small_blocks_and_multiplies_whole_blocks_of_larger_ones(monkeypatch):
+  """XLA's path (selected_kernel.attend): blocks of at most GATHER_MAX_BLOCK keys through the gather, larger ones
+  through the row groups."""
   calls = []
   for name in ("gathered_block_attention", "selected_block_attention"):
-    monkeypatch.setattr(selected, name, lambda *a, name=name: calls.append(name))
+    monkeypatch.setattr(selected_kernel, name, lambda *a, name=name: calls.append(name))
   x = jnp.zeros((1, 16, 2, 8))
   ids, valid = jnp.zeros((1, 16, 2, 1), jnp.int32), jnp.ones((1, 16, 2, 1), bool)
   for block in (selected.GATHER_MAX_BLOCK, selected.GATHER_MAX_BLOCK + 1):
-    selected.block_attention(x, x[:, :, :2], x[:, :, :2], ids, valid, block)
+    selected_kernel.attend(x, x[:, :, :2], x[:, :, :2], ids, valid, block, "xla", "nsa.implementation")
   assert calls == ["gathered_block_attention", "selected_block_attention"]

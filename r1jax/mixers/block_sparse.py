@@ -100,7 +100,7 @@ def block_sparse_attention(
   implementation: str = "auto",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Causal attention of each query (or query block) over its selected key blocks (select_blocks), through XLA
-  (r1jax/mixers/selected.py's block_attention: small blocks gathered per query, larger ones by whole-block matmuls)
+  (selected_kernel.attend: small blocks gathered per query, larger ones by whole-block matmuls, selected.py)
   or the block-sparse kernels (selected_kernel.py), as `implementation` says.
 
   Returns:

@@ -367,13 +367,8 @@ class CompressedAttention(nn.Module):
         else:
           ent, keys, ok_e, bias_e = gather(entries_BxMxGxK, idx), gather(keys_BxMxGxK, idx), ok, bias
       else:
-        masked, ent, keys, ok_e, bias_e = (
-          False,
-          entries_BxMxGxK,
-          keys_BxMxGxK,
-          jnp.broadcast_to(ok_CxM[None], (B, C, M)),
-          None,
-        )
+        masked, bias_e = False, None
+        ent, keys, ok_e = entries_BxMxGxK, keys_BxMxGxK, jnp.broadcast_to(ok_CxM[None], (B, C, M))
       out, p_ent = attend(
         q_C, k_win, v_win, jnp.broadcast_to(ok_win_CxS[None], (B,) + ok_win_CxS.shape), ent, keys, ok_e, sink, bias_e
       )

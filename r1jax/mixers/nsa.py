@@ -305,7 +305,7 @@ class NativeSparseAttention(nn.Module):
       p = jnp.where(ended_CxM[None, :, None, None], jnp.exp(logits - lse_C[..., None]), 0.0).sum(3)
       return jnp.pad(p, [(0, 0), (0, 0), (0, 0), (0, M - Ms)])
 
-    # (b) selected blocks: picked in query chunks, attended as r1jax/mixers/selected.py's block_attention chooses
+    # (b) selected blocks: picked in query chunks, attended as selected_kernel.attend chooses
     want_diag = o.diagnostics and wants_diagnostics(self)  # a dense pass: never in a timed or training pass
 
     def chunk(start, S):  # S: the tokens this chunk's queries can reach (see map_query_chunks)

@@ -14,8 +14,8 @@ For small blocks the gather is the cheaper one: it moves l' keys and values per 
 row groups' R = H/G query rows, partial results, sort and padding (up to rows - 1 rows per key block). Measured
 forward+backward on one core of an AMD EPYC (XLA CPU, float32, K = 32; gather's time / whole-block's): R = 1, B=16,
 T=256, n = 4: l' = 4 0.33, l' = 8 0.84, l' = 16 1.75; R = 1, T=4096, n = 16: l' = 16 2.4, l' = 64 6.4; R = 4,
-T=256: l' = 8 0.67, l' = 16 1.29; R = 4, T=4096: l' = 16 0.80, l' = 32 1.81. So `block_attention` gathers blocks
-of at most GATHER_MAX_BLOCK keys.
+T=256: l' = 8 0.67, l' = 16 1.29; R = 4, T=4096: l' = 16 0.80, l' = 32 1.81. So XLA's path
+(selected_kernel.attend) gathers blocks of at most GATHER_MAX_BLOCK keys.
 """
 
 import jax
@@ -165,18 +165,3 @@ def gathered_block_attention(
   )
   keep = jnp.repeat(any_BxCxG, H // G, 2)[..., None].astype(out_BxCxHxK.dtype)
   return out_BxCxHxK * keep
-
-
-def block_attention(
-  q_BxTxHxK: jax.Array,
-  k_BxTxGxK: jax.Array,
-  v_BxTxGxK: jax.Array,
-  ids_BxTxGxN: jax.Array,
-  valid_BxTxGxN: jax.Array,
-  block: int,
-) -> jax.Array:
-  """Causal attention over the picked key blocks in XLA: gathered per query for blocks of at most GATHER_MAX_BLOCK
-  keys, else whole-block matmuls (see the module docstring)."""
-  if block <= GATHER_MAX_BLOCK:
-    return gathered_block_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block)
-  return selected_block_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block)
