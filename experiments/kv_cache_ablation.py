@@ -19,14 +19,15 @@ MQAR: 8 pairs at T=64, queries at least 24 tokens after their pair, attention-on
 Decoding: `r1jax.lab.scaling.decode_step` on the text task's models (batch 1, a scan of 16 steps at the cache's last
 positions, median of 3 after a warm-up), in a fresh worker process with every core.
 
-The default's result (results/kv_cache_ablation/, 3 seeds; commit dc3cd89, 14m22s on 2 cores of an AMD EPYC): per
+The default's result (results/kv_cache_ablation/, 3 seeds; commit 1dea441, 15m31s on 2 cores of an AMD EPYC): per
 token and layer MHA caches 128 numbers, GQA-2 64, MQA 32, MLA 48, sparse MLA 64 (V3.2's indexer), CSA 20, HCA 4, v4
 12 (the compressed attentions' share per token; their windows' rings are a constant); text validation loss 2.113
 (MHA), 2.130 (GQA-2), 2.144 (MQA), 2.156 (MLA), 2.217 (sparse MLA), 2.056 (CSA), 2.054 (HCA), 2.066 (v4); MQAR
-accuracy 71.1% (MHA), 14.9% (MQA), 43.4% (MLA); the decoding step at 64k cached tokens 1.00, 0.92, 0.35, 0.80, 0.14,
-0.09, 0.05 and 0.08 of MHA's. V4's attentions read a window of 16 raw tokens beside their entries: on this text, at
-T=256, that local view beats full attention's loss with 3-16% of MHA's cache bytes per token. What was tried for
-MLA's and MQAR's recipes: docs/probes/kv_cache_ablation.md.
+accuracy 71.1% (MHA), 14.9% (MQA), 43.4% (MLA); the decoding step at 64k cached tokens 1.00, 0.48, 0.48, 0.66, 0.11,
+0.10, 0.07 and 0.07 of MHA's (single timings: 0.92, 0.35, 0.80, 0.14, 0.09, 0.05, 0.08 in the run at dc3cd89). V4's
+attentions read a window of 16 raw tokens beside their entries: on this text, at T=256, that local view beats full
+attention's loss with 3-16% of MHA's cache bytes per token. What was tried for MLA's and MQAR's recipes:
+docs/probes/kv_cache_ablation.md.
 """
 
 import functools
