@@ -9,6 +9,14 @@ the heap for reuse (mmap_max=0: no per-block mmap; trim_threshold: freed memory 
 while the heap grows. The price is a higher resident size: the heap does not shrink (500 steps of the main job:
 0.81 GB peak against 0.58 GB).
 
+A process that runs one XLA thread (a sweep worker: `--xla_cpu_multi_thread_eigen=false`) also keeps every thread on
+glibc's main arena (arena_max=1, `environment(one_thread=True)`). XLA runs a program on a thread of its own, whose
+arena is an mmapped heap of at most 64 MiB: a bigger block is mmapped afresh and unmapped on every step whatever
+mmap_max says. The sparse driver's dense and NSA MQAR runs side by side (seed 0, 2 pinned workers, 2-core AMD EPYC):
+1.20 M page faults and 23.1 s of system time -> 0.26 M and 9.3 s; NSA's run 124 -> 114 s, its eval tokens/s 68.5k
+-> 91.4k. The README's main job (XLA's thread pool on both cores) gained nothing from it (110.5 s wall, 6.0 s
+system before; 115.7 s and 5.9 s with it), so other processes keep glibc's arenas.
+
 glibc reads its tunables once, when the process starts, so a command that lacks them re-executes itself once with
 them (`ensure`, called by r1jax.entry.run before the program's first step); workers and notebook kernels are started
 with them (`environment`). A tunable the user set keeps the user's value; R1JAX_ALLOCATOR=default leaves the
@@ -19,6 +27,7 @@ import os
 import sys
 
 TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_max=0", f"glibc.malloc.trim_threshold={1 << 40}")
+ONE_THREAD = ("glibc.malloc.arena_max=1",)  # added for processes with one XLA thread (see the module docstring)
 SWITCH = "R1JAX_ALLOCATOR"  # "default": leave the allocator as it is
 _REEXECUTED = "_R1JAX_REEXECUTED"  # set in the re-executed process: never twice
 
@@ -29,21 +38,21 @@ def _uses_glibc() -> bool:
   return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-def _with_tunables(tunables: str) -> str:
+def _with_tunables(tunables: str, ours: tuple[str, ...]) -> str:
   items = [t for t in tunables.split(":") if t]
-  for tunable in TUNABLES:
+  for tunable in ours:
     key = tunable.split("=")[0]
     if not any(t.startswith(key + "=") for t in items):
       items.append(tunable)
   return ":".join(items)
 
 
-def environment(env: dict | None = None) -> dict[str, str]:
-  """`env` (default os.environ) with the settings added, for a process about to be started; unchanged when it is
-  switched off or the platform's C library is not glibc."""
+def environment(env: dict | None = None, one_thread: bool = False) -> dict[str, str]:
+  """`env` (default os.environ) with the settings added (and ONE_THREAD's for a process with one XLA thread), for a
+  process about to be started; unchanged when it is switched off or the platform's C library is not glibc."""
   env = dict(os.environ if env is None else env)
   if env.get(SWITCH) != "default" and _uses_glibc():
-    env["GLIBC_TUNABLES"] = _with_tunables(env.get("GLIBC_TUNABLES", ""))
+    env["GLIBC_TUNABLES"] = _with_tunables(env.get("GLIBC_TUNABLES", ""), TUNABLES + (ONE_THREAD if one_thread else ()))
   return env
 
 

@@ -54,6 +54,9 @@ def test_the_setting_is_added_to_the_tunables_there_are_once():
   theirs = allocator.environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"]
   assert theirs == "glibc.malloc.hugetlb=0:" + ":".join(allocator.TUNABLES[1:])
   assert "GLIBC_TUNABLES" not in allocator.environment({allocator.SWITCH: "default"})
+  # a process with one XLA thread also gets one malloc arena, after the user's tunables and ours
+  one = allocator.environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, one_thread=True)["GLIBC_TUNABLES"]
+  assert one == ":".join(["glibc.malloc.hugetlb=0", *allocator.TUNABLES[1:], *allocator.ONE_THREAD])
 
 
 def test_a_command_started_without_it_reexecutes_itself_once_with_its_arguments(tmp_path):

@@ -43,6 +43,32 @@ def test_mqar_example_structure():
     assert t == answer[inputs[p]]
 
 
+def test_mqar_draws_what_the_plain_definition_draws():
+  """The same sequences (and generator state after) as the definition written plainly: keys and values chosen from
+  their ranges, gaps by the normalised power law (committed results depend on every draw)."""
+
+  def plain(rng, T, V, N, a, random_non_queries, min_gap):
+    keys = rng.choice(np.arange(1, V // 2), size=N, replace=False)
+    values = rng.choice(np.arange(V // 2, V), size=N, replace=False)
+    space = (T - 2 * N) // 2
+    skip = int(min_gap * space)
+    p = a * np.arange(1, space - skip + 1) ** (a - 1)
+    gaps = skip + rng.choice(space - skip, size=N, replace=False, p=p / p.sum())
+    inputs = rng.integers(0, V, size=T) if random_non_queries else np.zeros(T, np.int64)
+    inputs[0 : 2 * N : 2], inputs[1 : 2 * N : 2] = keys, values
+    pos = 2 * N + 2 * gaps
+    inputs[pos] = keys
+    return inputs, np.sort(pos), values[np.argsort(pos)]
+
+  for i, args in enumerate(
+    [(256, 128, 8, 0.01, False, 0.5), (64, 513, 8, 0.01, True, 0.0), (128, 64, 4, 0.1, False, 0.3)] * 5
+  ):
+    ours, ref = np.random.default_rng([i, 0]), np.random.default_rng([i, 0])
+    for a, b in zip(mqar_example(ours, *args), plain(ref, *args)):
+      np.testing.assert_array_equal(a, b)
+    assert ours.integers(1 << 30) == ref.integers(1 << 30)
+
+
 def test_mqar_min_gap_puts_every_query_far_from_the_pairs_and_the_curriculum_keeps_zoology_gaps():
   T, N = 256, 8
   space = (T - 2 * N) // 2

@@ -38,7 +38,7 @@ def masked_reference(q, k, v, ids, valid, block, window=0):
   return reference.attention(q, k, v, safe) * any_BxHxT.transpose(0, 2, 1)[..., None]
 
 
-@pytest.mark.parametrize("path", ["whole_blocks", "gathered"])
+@pytest.mark.parametrize("path", ["whole_blocks", "gathered", "masked"])
 @pytest.mark.parametrize(
   "B,T,H,G,K,block,N,rows,step",
   [(2, 37, 4, 2, 8, 8, 3, 4, 3), (1, 64, 2, 2, 16, 16, 2, 8, 512), (2, 50, 4, 1, 8, 4, 5, 2, 7)],
@@ -52,7 +52,8 @@ def test_values_and_gradients_match_the_masked_reference(path, B, T, H, G, K, bl
   if path == "whole_blocks":
     fast = jax.jit(lambda q, k, v: selected_block_attention(q, k, v, ids, valid, block, rows, step))
   else:
-    fast = jax.jit(lambda q, k, v: selected.gathered_block_attention(q, k, v, ids, valid, block))
+    xla = selected.gathered_block_attention if path == "gathered" else selected.masked_block_attention
+    fast = jax.jit(lambda q, k, v: xla(q, k, v, ids, valid, block))
   slow = lambda q, k, v: masked_reference(q, k, v, ids, valid, block)  # noqa: E731
   np.testing.assert_allclose(fast(q, k, v), slow(q, k, v), rtol=2e-5, atol=2e-5)
   g_fast = jax.jit(jax.grad(lambda *a: jnp.sum(fast(*a) * ct), argnums=(0, 1, 2)))(q, k, v)
@@ -62,14 +63,45 @@ def test_values_and_gradients_match_the_masked_reference(path, B, T, H, G, K, bl
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"d{name}")
 
 
-def test_xla_gathers_small_blocks_and_multiplies_whole_blocks_of_larger_ones(monkeypatch):
-  """XLA's path (selected_kernel.attend): blocks of at most GATHER_MAX_BLOCK keys through the gather, larger ones
-  through the row groups."""
+def test_xla_masks_short_sequences_gathers_small_blocks_and_multiplies_whole_blocks_of_larger_ones(monkeypatch):
+  """XLA's path (selected_kernel.attend): T <= MASK_MAX_LEN and T <= MASK_KEYS n l' as a mask, else blocks of at most
+  GATHER_MAX_BLOCK keys through the gather, larger ones through the row groups."""
   calls = []
-  for name in ("gathered_block_attention", "selected_block_attention"):
+  for name in ("gathered_block_attention", "selected_block_attention", "masked_block_attention"):
     monkeypatch.setattr(selected_kernel, name, lambda *a, name=name: calls.append(name))
-  x = jnp.zeros((1, 16, 2, 8))
-  ids, valid = jnp.zeros((1, 16, 2, 1), jnp.int32), jnp.ones((1, 16, 2, 1), bool)
-  for block in (selected.GATHER_MAX_BLOCK, selected.GATHER_MAX_BLOCK + 1):
-    selected_kernel.attend(x, x[:, :, :2], x[:, :, :2], ids, valid, block, "xla", "nsa.implementation")
-  assert calls == ["gathered_block_attention", "selected_block_attention"]
+  for T, block, n in [
+    (selected.MASK_MAX_LEN, selected.MASK_MAX_LEN // selected.MASK_KEYS, 1),  # picks cover a quarter: masked
+    (selected.MASK_MAX_LEN, selected.GATHER_MAX_BLOCK, 1),  # too few picks for the mask
+    (selected.MASK_MAX_LEN, selected.GATHER_MAX_BLOCK + 1, 1),
+    (2 * selected.MASK_MAX_LEN, selected.MASK_MAX_LEN, 2),  # too long for the mask, whatever the picks
+  ]:
+    x = jnp.zeros((1, T, 2, 8))
+    ids, valid = jnp.zeros((1, T, 2, n), jnp.int32), jnp.ones((1, T, 2, n), bool)
+    selected_kernel.attend(x, x, x, ids, valid, block, "xla", "nsa.implementation")
+  assert calls == [
+    "masked_block_attention",
+    "gathered_block_attention",
+    "selected_block_attention",
+    "selected_block_attention",
+  ]
+
+
+def test_a_block_picked_twice_counts_twice_on_every_path():
+  """The contract's duplicates: each path weighs a block picked twice as two copies of its keys."""
+  B, T, H, G, K, block = 2, 32, 4, 2, 8, 4
+  ks = jax.random.split(jax.random.key(3), 4)
+  q = jax.random.normal(ks[0], (B, T, H, K))
+  k, v = (jax.random.normal(s, (B, T, G, K)) for s in ks[1:3])
+  own = jnp.broadcast_to((jnp.arange(T) // block)[None, :, None, None], (B, T, G, 1))
+  first = jax.random.randint(ks[3], (B, T, G, 1), 0, T // block)
+  ids = jnp.concatenate([first, first, own], -1)  # the first pick twice
+  valid = jnp.ones(ids.shape, bool)
+  outs = [
+    selected.masked_block_attention(q, k, v, ids, valid, block),
+    selected.gathered_block_attention(q, k, v, ids, valid, block),
+    selected_block_attention(q, k, v, ids, valid, block, 4, 8),
+  ]
+  for out in outs[1:]:
+    np.testing.assert_allclose(outs[0], out, rtol=2e-5, atol=2e-5)
+  once = selected.masked_block_attention(q, k, v, ids, valid.at[..., 1].set(False), block)
+  assert not np.allclose(outs[0], once, atol=1e-3)  # the duplicate weighs

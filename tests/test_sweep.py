@@ -72,7 +72,11 @@ def test_worker_pool_pins_each_worker_to_its_own_core_with_huge_pages():
   assert cores == sorted(os.sched_getaffinity(0))[:2]
   assert sorted(aff[0] for aff, _, _ in seen) == cores and all(len(aff) == 1 for aff, _, _ in seen), seen
   assert all("glibc.malloc.hugetlb=1" in tun and "--xla_cpu_multi_thread_eigen=false" in xla for _, tun, xla in seen)
+  assert all("glibc.malloc.arena_max=1" in tun for _, tun, _ in seen)  # one XLA thread: one malloc arena
   assert os.environ.get("GLIBC_TUNABLES") == before
+  with sweep.worker_pool(1, pin=False) as (pool, _):  # XLA's threads on every core: glibc's arenas
+    _, tun, xla = pool.submit(_worker_setup).result()
+  assert "glibc.malloc.hugetlb=1" in tun and "arena_max" not in tun and "multi_thread_eigen" not in xla
 
 
 def _call_info(i: int, scale: int = 1) -> tuple[int, int, list[int], str]:

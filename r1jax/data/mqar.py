@@ -3,6 +3,7 @@ power-law distributed gaps; the model must recall each key's value. With a lengt
 mixture of lengths): short sequences first, as many tokens per step."""
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -66,6 +67,15 @@ class MQAROptions:
     check_curriculum(cfg, 4 * self.curriculum_kv_pairs, "64 with curriculum_kv_pairs=8")
 
 
+@functools.lru_cache(maxsize=64)
+def _gap_probs(n: int, power_a: float) -> np.ndarray:
+  """The power law over gaps 1..n, normalised (read-only: shared by every example of a length)."""
+  p = power_a * np.arange(1, n + 1) ** (power_a - 1)
+  p = p / p.sum()
+  p.flags.writeable = False
+  return p
+
+
 def mqar_example(
   rng: np.random.Generator,
   seq_len: int,
@@ -85,13 +95,13 @@ def mqar_example(
   Returns:
     inputs [T], target_pos [num_pairs] (query positions, sorted), targets [num_pairs] (the values).
   """
-  keys = rng.choice(np.arange(1, vocab // 2), size=num_pairs, replace=False)
-  values = rng.choice(np.arange(vocab // 2, vocab), size=num_pairs, replace=False)
+  # choice(n) + lo draws what choice(np.arange(lo, lo + n)) draws, without building the range
+  keys = 1 + rng.choice(vocab // 2 - 1, size=num_pairs, replace=False)
+  values = vocab // 2 + rng.choice(vocab - vocab // 2, size=num_pairs, replace=False)
   ctx = 2 * num_pairs
   space = (seq_len - ctx) // 2
   skip = int(min_gap * space)
-  p = power_a * np.arange(1, space - skip + 1) ** (power_a - 1)
-  gaps = skip + rng.choice(space - skip, size=num_pairs, replace=False, p=p / p.sum())
+  gaps = skip + rng.choice(space - skip, size=num_pairs, replace=False, p=_gap_probs(space - skip, power_a))
   inputs = rng.integers(0, vocab, size=seq_len) if random_non_queries else np.zeros(seq_len, np.int64)
   inputs[0:ctx:2], inputs[1:ctx:2] = keys, values
   pos = ctx + 2 * gaps

@@ -130,9 +130,10 @@ def _exit_with_parent(parent: int, poll_sec: float = 1.0) -> None:
   threading.Thread(target=watch, daemon=True).start()
 
 
-def _spawn_environment() -> dict[str, str]:
-  """The environment variables the spawned workers start with beyond os.environ: the allocator's setting."""
-  env = allocator.environment()
+def _spawn_environment(one_thread: bool) -> dict[str, str]:
+  """The environment variables the spawned workers start with beyond os.environ: the allocator's setting (for
+  workers with one XLA thread, one malloc arena: r1jax/allocator.py)."""
+  env = allocator.environment(one_thread=one_thread)
   return {k: v for k, v in env.items() if os.environ.get(k) != v}
 
 
@@ -278,9 +279,9 @@ def in_workers(calls: Sequence[tuple[Callable, tuple, dict]], n: int) -> list:
 
 @contextlib.contextmanager
 def worker_pool(n: int, pin: bool = True):
-  """(executor, cores): `n` spawned worker processes started with glibc's huge-page tunable; where `pin`, each with
-  one XLA CPU thread, pinned to a core of its own (cores: their ids; None where not pinned). See _WORKER_XLA_FLAGS.
-  On leaving, queued work is dropped (finished runs are saved; a rerun resumes the rest)."""
+  """(executor, cores): `n` spawned worker processes started with r1jax's allocator setting; where `pin`, each with
+  one XLA CPU thread (and one malloc arena), pinned to a core of its own (cores: their ids; None where not pinned).
+  See _WORKER_XLA_FLAGS. On leaving, queued work is dropped (finished runs are saved; a rerun resumes the rest)."""
   import multiprocessing
 
   ctx, cores = multiprocessing.get_context("spawn"), worker_cores(n) if pin else None
@@ -289,7 +290,7 @@ def worker_pool(n: int, pin: bool = True):
     queue = ctx.Queue()
     for core in cores:
       queue.put(core)
-  env = _spawn_environment()
+  env = _spawn_environment(pin)
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)  # while the pool lives: its workers start as work is submitted
   pool = concurrent.futures.ProcessPoolExecutor(

@@ -16,6 +16,13 @@ forward+backward on one core of an AMD EPYC (XLA CPU, float32, K = 32; gather's 
 T=256, n = 4: l' = 4 0.33, l' = 8 0.84, l' = 16 1.75; R = 1, T=4096, n = 16: l' = 16 2.4, l' = 64 6.4; R = 4,
 T=256: l' = 8 0.67, l' = 16 1.29; R = 4, T=4096: l' = 16 0.80, l' = 32 1.81. So XLA's path
 (selected_kernel.attend) gathers blocks of at most GATHER_MAX_BLOCK keys.
+
+Short sequences whose picks cover a quarter of the context or more take neither: dense attention over all T keys
+with the picks as a mask (masked_block_attention) does [T, T] work in a few large ops. Measured forward+backward on
+the same core (masked / the other path's time): T/(n l') = 4: B=64, T=64, n=4, l'=4 (NSA's and block top-k's MQAR
+curriculum) 0.74 against the gather (train steps: NSA 111 -> 92 ms, block top-k 46 -> 39 ms); B=16, T=256: n=8,
+l'=8 0.74, n=4, l'=16 0.52 against whole blocks; T/(n l') = 8 (T=256 or 512): 1.8-1.9 against the gather; T=512,
+T/(n l') = 4: 1.35 against whole blocks. So XLA's path masks where T <= MASK_MAX_LEN and T <= MASK_KEYS n l'.
 """
 
 import jax
@@ -24,6 +31,12 @@ import jax.numpy as jnp
 from r1jax.mixers.sparse import gathered_attention
 
 GATHER_MAX_BLOCK = 8  # blocks of at most this many keys are gathered per query (see the module docstring)
+MASK_MAX_LEN, MASK_KEYS = 256, 4  # masked over all keys where T <= both MASK_MAX_LEN and MASK_KEYS * n * l'
+
+
+def masked_path(T: int, picks: int, block: int) -> bool:
+  """Whether XLA's path attends `picks` blocks of `block` keys per query in T tokens as a mask (module docstring)."""
+  return T <= MASK_MAX_LEN and T <= MASK_KEYS * picks * block
 
 
 def _pairs(ids_SxTxN: jax.Array, valid_SxTxN: jax.Array, NB: int, rows: int):
@@ -126,6 +139,36 @@ def _attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block, 
   o_SxTxRxK = jnp.sum(w[..., None] * acc, 2) / jnp.where(den > 0, den, 1.0)[..., None]
   o = o_SxTxRxK.reshape(B, G, T, R, K).transpose(0, 2, 1, 3, 4).reshape(B, T, H, K)
   return o.astype(q_BxTxHxK.dtype)
+
+
+def masked_block_attention(
+  q_BxTxHxK: jax.Array,
+  k_BxTxGxK: jax.Array,
+  v_BxTxGxK: jax.Array,
+  ids_BxTxGxN: jax.Array,
+  valid_BxTxGxN: jax.Array,
+  block: int,
+) -> jax.Array:
+  """selected_block_attention's contract as dense attention over all T keys, the picked blocks a mask: a block
+  picked c times adds log(c) to its scores (counted c times, as the other paths count it). [T, T] scores: for short
+  sequences whose picks cover much of the context (masked_path)."""
+  B, T, H, K = q_BxTxHxK.shape
+  G = k_BxTxGxK.shape[2]
+  R, NB = H // G, -(-T // block)
+  f32 = jnp.promote_types(q_BxTxHxK.dtype, jnp.float32)
+  ids_BxGxTxN, valid_BxGxTxN = ids_BxTxGxN.transpose(0, 2, 1, 3), valid_BxTxGxN.transpose(0, 2, 1, 3)
+  hits = (ids_BxGxTxN[..., None] == jnp.arange(NB)[None, None, None, None]) & valid_BxGxTxN[..., None]
+  count_BxGxTxS = jnp.repeat(jnp.sum(hits, -2, dtype=jnp.int32), block, -1)[..., :T]
+  ok_BxGxTxS = (count_BxGxTxS > 0) & (jnp.arange(T)[:, None] >= jnp.arange(T)[None, :])[None, None]
+  bias = jnp.where(ok_BxGxTxS, jnp.log(jnp.maximum(count_BxGxTxS, 1).astype(f32)), -jnp.inf)
+  q_BxGxRxTxK = q_BxTxHxK.reshape(B, T, G, R, K).transpose(0, 2, 3, 1, 4) * jnp.asarray(K**-0.5, q_BxTxHxK.dtype)
+  s = jnp.einsum("BGRTK,BSGK->BGRTS", q_BxGxRxTxK, k_BxTxGxK, preferred_element_type=f32) + bias[:, :, None]
+  m = jax.lax.stop_gradient(jnp.maximum(jnp.max(s, -1, keepdims=True), -1e30))  # nothing to read: zeros
+  p = jnp.exp(s - m)
+  den = jnp.sum(p, -1, keepdims=True)
+  o = jnp.einsum("BGRTS,BSGK->BTGRK", p.astype(v_BxTxGxK.dtype), v_BxTxGxK, preferred_element_type=f32)
+  o = o / jnp.where(den > 0, den, 1.0).transpose(0, 3, 1, 2, 4)
+  return o.reshape(B, T, H, K).astype(q_BxTxHxK.dtype)
 
 
 def block_tokens(

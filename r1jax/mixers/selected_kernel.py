@@ -29,7 +29,14 @@ from jax.sharding import PartitionSpec as P
 
 from r1jax import sharding
 from r1jax.errors import ConfigError
-from r1jax.mixers.selected import GATHER_MAX_BLOCK, _pairs, gathered_block_attention, selected_block_attention
+from r1jax.mixers.selected import (
+  GATHER_MAX_BLOCK,
+  _pairs,
+  gathered_block_attention,
+  masked_block_attention,
+  masked_path,
+  selected_block_attention,
+)
 
 WARPS = 4
 MIN_DOT = 16  # Triton's dot needs at least 16 rows, columns and depth
@@ -369,8 +376,9 @@ def attend(
   field: str,
   window: int = 0,
 ) -> jax.Array:
-  """Attention over picked key blocks through the implementation `choose` picks: XLA's (r1jax/mixers/selected.py: small
-  blocks gathered per query, larger ones by whole-block matmuls; no window) or the kernels (interpreted off a
+  """Attention over picked key blocks through the implementation `choose` picks: XLA's (r1jax/mixers/selected.py: short
+  sequences as a mask over all keys, else small blocks gathered per query, larger ones by whole-block matmuls; no
+  window) or the kernels (interpreted off a
   GPU). On a mesh that splits the batch or the heads, the kernels run per device in shard_map (XLA cannot
   partition a Pallas call: it would gather every sequence)."""
   B, T, H, K = q_BxTxHxK.shape
@@ -379,6 +387,8 @@ def attend(
     if window:
       raise ValueError("the XLA path has no window bound: pass implementation='pallas' with a window")
     xla = gathered_block_attention if block <= GATHER_MAX_BLOCK else selected_block_attention  # selected.py's doc
+    if masked_path(T, ids_BxTxGxN.shape[-1], block):
+      xla = masked_block_attention
     return xla(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block)
   interpret = sharding.platform() != "gpu"
   kernel = functools.partial(selected_attention_kernel, block=block, window=window, interpret=interpret)
