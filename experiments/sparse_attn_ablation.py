@@ -5,7 +5,7 @@ Shakespeare (T=256) and text (T=512), 3 seeds; then each mixer's FLOPs from its 
 layer's forward and forward+backward time at T = 2k-8k, and the seed articles' claims ("3.2x faster at >= 98% of
 dense accuracy", "O(n log n)", "65% less compute", declared in r1jax/lab/claims.py) judged on them.
 
-  python experiments/sparse_attn_ablation.py                  # 3 tasks x 8-9 variants x 3 seeds (~31 min, 2-core CPU)
+  python experiments/sparse_attn_ablation.py                  # 3 tasks x 8-9 variants x 3 seeds (~26 min, 2-core CPU)
   python experiments/sparse_attn_ablation.py --seeds=0        # one seed (a third of the training)
   python experiments/sparse_attn_ablation.py --quick --seeds=0  # smoke run
   python experiments/sparse_attn_ablation.py --paper_sizes    # also time NSA at its paper's sizes (nsa_paper)
@@ -22,20 +22,20 @@ dense continued for the same 150 steps, dsa's like-for-like control. CSA (r1jax/
 entries pooling overlapping blocks of m = 4 (8 tokens each), its indexer's top 16 beside a window of 16, trained from
 scratch (V4 at 1M tokens: m = 4, the top 512 or 1024, a window of 128). `block4x4_sample` trains its selection
 from scratch with sampled training picks (Gumbel-top-k, tau = 1; eval greedy). Runs go two at a time on a CPU with
-2+ cores (--workers=auto, one XLA thread each, pinned, glibc huge pages).
+2+ cores (--workers=auto, one XLA thread and one malloc arena each, pinned, glibc huge pages).
 
-The default's result (commit 1302767, 31m19s on 2 cores of an AMD EPYC; results/sparse_attn_ablation/): accuracy,
+The default's result (commit 5968c63, 26m02s on 2 cores of an AMD EPYC; results/sparse_attn_ablation/): accuracy,
 mean ± std over seeds 0-2, and eval (forward) tokens/s on MQAR as a ratio to dense (measured in the training
-workers, two at a time: noisy, dsa 0.68 in the run before):
+workers, two at a time: noisy, nsa 0.52 and block 0.76 in the run before):
 
   variant          MQAR             fwd/dense  passkey         text loss
   dense            99.92 ± 0.14%    1.00       99.27 ± 0.59%   2.723
-  nsa              99.99 ± 0.00%    0.52       99.94 ± 0.10%   2.561
-  dsa              99.70 ± 0.50%    0.56       99.59 ± 0.36%   2.398   (dense_longer: passkey 99.76%, loss 2.422)
-  csa              64.2 ± 13.7%     0.56       99.98 ± 0.04%   2.715
-  block4x4_sample  83.3 ± 22.6%     0.76       84.2 ± 9.5%     2.660
-  window16         1.55%            2.44       10.1%           2.629
-  random16         42.6 ± 4.5%      1.29       39.1 ± 1.2%     2.728
+  nsa              100.00 ± 0.01%   0.59       99.94 ± 0.10%   2.561
+  dsa              99.70 ± 0.50%    0.65       99.59 ± 0.36%   2.398   (dense_longer: passkey 99.76%, loss 2.422)
+  csa              64.2 ± 13.7%     0.57       99.98 ± 0.04%   2.715
+  block4x4_sample  83.4 ± 22.7%     1.35       84.2 ± 9.5%     2.660
+  window16         1.55%            3.01       10.1%           2.629
+  random16         42.6 ± 4.5%      1.52       39.1 ± 1.2%     2.728
 
 Passkey trains a length curriculum (300 steps of 32 whole contexts of 128 characters, then 300 of 16 rows at T=256)
 with Adam's b1 0.8: dense reaches 99.3% (60.8 ± 7.2% with the earlier 400 steps at T=256). CSA loses MQAR to its
@@ -280,7 +280,7 @@ QUICK = {
 LENGTHS = (512, 1024, 2048, 4096, 8192)
 # One layer's forward and forward+backward time, ratios to dense; 16k and beyond (dense's flash path, NSA and DSA at
 # the papers' sizes): benchmarks/attention_scaling.py. T=16k here, `--timed_lengths=2048,4096,8192,16384`, adds ~1
-# min to the default (over its 30-minute budget on 2 cores).
+# min to the default.
 TIMED_LENGTHS = (2048, 4096, 8192)
 
 
