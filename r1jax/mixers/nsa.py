@@ -293,8 +293,8 @@ class NativeSparseAttention(nn.Module):
       p_pad = padT(jax.lax.stop_gradient(p_cmp_BxTxHxM.reshape(B, T, G, H // G, -1).sum(3)))  # scores, not trained
 
     def group_probs(start, pos_C, S):
-      """[B, C, G, M]: the chunk's compressed-attention probabilities, summed over each group's heads (the blocks
-      ended within the chunk's S tokens computed, the rest zero)."""
+      """[B, C, G, M] (blocked: [B, C, G, Ms], the blocks ended within the chunk's S tokens; the rest count as zero):
+      the chunk's compressed-attention probabilities, summed over each group's heads."""
       if not blocked:
         return jax.lax.dynamic_slice_in_dim(p_pad, start, C, 1)
       Ms = max(num_compressed(S, o.cmp_block, o.cmp_stride), 1)
@@ -303,7 +303,7 @@ class NativeSparseAttention(nn.Module):
       logits = jnp.einsum("BCGRK,BMGK->BCGRM", q_C, kc_sg[:, :Ms], preferred_element_type=jnp.float32) * K**-0.5
       ended_CxM = (jnp.arange(Ms)[None, :] * o.cmp_stride + o.cmp_block - 1) <= pos_C[:, None]
       p = jnp.where(ended_CxM[None, :, None, None], jnp.exp(logits - lse_C[..., None]), 0.0).sum(3)
-      return jnp.pad(p, [(0, 0), (0, 0), (0, 0), (0, M - Ms)])
+      return p  # [B, C, G, Ms]: overlap_scores pads the blocks not yet ended with zeros itself
 
     # (b) selected blocks: picked in query chunks, attended as selected_kernel.attend chooses
     want_diag = o.diagnostics and wants_diagnostics(self)  # a dense pass: never in a timed or training pass

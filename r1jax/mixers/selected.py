@@ -136,7 +136,9 @@ def _attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block, 
   acc, m, l = acc.reshape(S, T, N, R, K), m.reshape(S, T, N, R), l.reshape(S, T, N, R)
   w = jnp.exp(m - jnp.max(m, 2, keepdims=True))
   den = jnp.sum(w * l, 2)
-  o_SxTxRxK = jnp.sum(w[..., None] * acc, 2) / jnp.where(den > 0, den, 1.0)[..., None]
+  # a contraction, not sum(w[..., None] * acc): XLA's CPU code made that broadcast-and-reduce a fusion 6x slower
+  # than the dot (T=16k, n = 16, K = 64: forward 151 vs 17 ms, forward+backward 495 vs 79 ms, one call each)
+  o_SxTxRxK = jnp.einsum("STNR,STNRK->STRK", w, acc) / jnp.where(den > 0, den, 1.0)[..., None]
   o = o_SxTxRxK.reshape(B, G, T, R, K).transpose(0, 2, 1, 3, 4).reshape(B, T, H, K)
   return o.astype(q_BxTxHxK.dtype)
 
