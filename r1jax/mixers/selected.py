@@ -21,8 +21,9 @@ Short sequences whose picks cover a quarter of the context or more take neither:
 with the picks as a mask (masked_block_attention) does [T, T] work in a few large ops. Measured forward+backward on
 the same core (masked / the other path's time): T/(n l') = 4: B=64, T=64, n=4, l'=4 (NSA's and block top-k's MQAR
 curriculum) 0.74 against the gather (train steps: NSA 111 -> 92 ms, block top-k 46 -> 39 ms); B=16, T=256: n=8,
-l'=8 0.74, n=4, l'=16 0.52 against whole blocks; T/(n l') = 8 (T=256 or 512): 1.8-1.9 against the gather; T=512,
-T/(n l') = 4: 1.35 against whole blocks. So XLA's path masks where T <= MASK_MAX_LEN and T <= MASK_KEYS n l'.
+l'=8 0.74, n=4, l'=16 0.52 against whole blocks; but T=512, n=8, l'=8 (T/(n l') = 8) 1.83 and T=256, n=4, l'=4
+(16) 1.95 against the gather, T=512, n=4, l'=32 (4) 1.35 and T=1024, n=4, l'=64 (4) 2.8 against whole blocks. So
+XLA's path masks where T <= MASK_MAX_LEN and T <= MASK_KEYS n l'.
 """
 
 import jax
