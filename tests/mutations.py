@@ -654,8 +654,8 @@ MUTATIONS = (
   Mutation(
     "selected_small_blocks_not_gathered",
     "r1jax/mixers/selected_kernel.py",
-    "gathered_block_attention if block <= GATHER_MAX_BLOCK else",
-    "gathered_block_attention if block < GATHER_MAX_BLOCK else",
+    "    elif block <= GATHER_MAX_BLOCK:\n",
+    "    elif block < GATHER_MAX_BLOCK:\n",
     "tests/test_selected.py",
     "gathers_small_blocks",
   ),
@@ -682,6 +682,14 @@ MUTATIONS = (
     "values = vocab // 2 + rng.choice(vocab // 2, size=num_pairs, replace=False)",
     "tests/test_data.py",
     "plain_definition",
+  ),
+  Mutation(
+    "selected_whole_blocks_merge_ignores_partial_weights",
+    "r1jax/mixers/selected.py",
+    'jnp.einsum("STNR,STNRK->STRK", w, acc)',
+    'jnp.einsum("STNR,STNRK->STRK", jnp.ones_like(w), acc)',
+    "tests/test_selected.py",
+    "whole_blocks",
   ),
   Mutation(
     "selected_masked_counts_a_twice_picked_block_once",

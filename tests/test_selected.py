@@ -1,7 +1,7 @@
-"""Attention over selected key blocks in XLA (r1jax/mixers/selected.py: whole-block matmuls and the per-query gather
-of small blocks; the choice between them in selected_kernel.attend) against the naive reference: values and
-gradients, GQA, lengths that are not a multiple of the block, row groups split over several steps, queries with
-nothing to read."""
+"""Attention over selected key blocks in XLA (r1jax/mixers/selected.py: whole-block matmuls, the per-query gather of
+small blocks and the mask over all keys of short sequences; the choice between them in selected_kernel.attend)
+against the naive reference: values and gradients, GQA, lengths that are not a multiple of the block, row groups
+split over several steps, queries with nothing to read, blocks picked twice."""
 
 import jax
 import jax.numpy as jnp

@@ -378,17 +378,19 @@ def attend(
 ) -> jax.Array:
   """Attention over picked key blocks through the implementation `choose` picks: XLA's (r1jax/mixers/selected.py: short
   sequences as a mask over all keys, else small blocks gathered per query, larger ones by whole-block matmuls; no
-  window) or the kernels (interpreted off a
-  GPU). On a mesh that splits the batch or the heads, the kernels run per device in shard_map (XLA cannot
-  partition a Pallas call: it would gather every sequence)."""
+  window) or the kernels (interpreted off a GPU). On a mesh that splits the batch or the heads, the kernels run per
+  device in shard_map (XLA cannot partition a Pallas call: it would gather every sequence)."""
   B, T, H, K = q_BxTxHxK.shape
   G = k_BxTxGxK.shape[2]
   if choose(implementation, field, H // G, K, block) == "xla":
     if window:
       raise ValueError("the XLA path has no window bound: pass implementation='pallas' with a window")
-    xla = gathered_block_attention if block <= GATHER_MAX_BLOCK else selected_block_attention  # selected.py's doc
-    if masked_path(T, ids_BxTxGxN.shape[-1], block):
+    if masked_path(T, ids_BxTxGxN.shape[-1], block):  # the choice: selected.py's docstring
       xla = masked_block_attention
+    elif block <= GATHER_MAX_BLOCK:
+      xla = gathered_block_attention
+    else:
+      xla = selected_block_attention
     return xla(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, ids_BxTxGxN, valid_BxTxGxN, block)
   interpret = sharding.platform() != "gpu"
   kernel = functools.partial(selected_attention_kernel, block=block, window=window, interpret=interpret)
