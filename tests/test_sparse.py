@@ -4,6 +4,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -73,6 +74,30 @@ def test_indexer_topk_equals_masked_reference(T, chunk, top_k, kv_heads):
   mask = reference.topk_mask(scores, top_k)
   ref = reference.attention(q, k, v, mask[:, None], bias_BxTxS=np.where(mask, scores, 0.0).astype(np.float32))
   np.testing.assert_allclose(out, project_out(params, ref), rtol=1e-4, atol=1e-5)
+
+
+def count_primitive(jaxpr, name: str) -> int:
+  """How many equations of primitive `name` a jaxpr holds, its sub-jaxprs (scans, remat, custom rules) included."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == name
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      count += count_primitive(sub, name)
+  return count
+
+
+@pytest.mark.parametrize("select", ["indexer", "random"])
+def test_picks_are_made_once_in_forward_and_backward(select):
+  """The O(T^2) scoring and top-k run in the forward only: the backward rematerialises attention over the picks,
+  not the picks (one top_k in the forward+backward program, as in the forward's)."""
+  cfg = mixer_config()
+  mixer = SparseAttention(cfg, SparseOptions(select=select, top_k=3, query_chunk=4, indexer_grad="none"))
+  x = jax.random.normal(jax.random.key(0), (1, 13, cfg.d_model))
+  params = mixer.init(jax.random.key(1), x, deterministic=True)
+  loss = lambda p, x: jnp.sum(mixer.apply(p, x, deterministic=False)[0] ** 2)  # noqa: E731
+  forward = jax.make_jaxpr(loss)(params, x).jaxpr
+  both = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, x).jaxpr
+  assert count_primitive(forward, "top_k") == count_primitive(both, "top_k") == 1
 
 
 @pytest.mark.parametrize("select", ["indexer", "window", "random"])

@@ -15,7 +15,9 @@ onto keys that carry nothing. `sample_temperature` > 0 makes training picks a sa
 Gumbel noise, i.e. k keys drawn without replacement from softmax(I / tau) (the Gumbel-top-k trick, Kool et al. 2019;
 the exploration of noisy top-k gating, Shazeer et al. 2017). An untrained indexer then picks nearly at random, a
 trained one mostly its top keys; eval stays greedy.
-Queries are processed in chunks of C (memory O(C*T) for the scores); each chunk is rematerialised in the backward.
+Queries are processed in chunks of C (memory O(C*T) for the scores), in two passes: the first picks every query's
+keys (the O(T^2) scoring and top-k, not differentiated, so never rematerialised), the second attends over the picks
+(each chunk rematerialised in the backward). The picks are kept, [B, T, k] ids: O(T*k) memory.
 """
 
 import dataclasses
@@ -339,61 +341,74 @@ def topk_attention(
   N, C = min(o.top_k, T), min(o.query_chunk, T)
   pad = -T % C
 
-  def padT(a):  # queries padded to whole chunks
-    return jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+  def padT(a, mode="constant"):  # queries padded to whole chunks
+    return jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), mode=mode)
 
   q_pad = padT(q_BxTxHxK)
   if index is not None:
     iq_BxTxJxI, ik_BxTxI, iw_BxTxJ = index
     iq_pad, iw_pad = padT(iq_BxTxJxI), padT(iw_BxTxJ)
+    # the picks are not differentiable: pass 1 reads the indexer's inputs without their gradients
+    siq_pad, sik_BxTxI, siw_pad = (jax.lax.stop_gradient(a) for a in (iq_pad, ik_BxTxI, iw_pad))
 
-  def chunk(start, S):  # S: the keys this chunk's queries can reach (see map_query_chunks)
-    pos_C = jnp.minimum(start + jnp.arange(C), T - 1)  # padding rows repeat the last query (sliced off)
-    q_BxCxHxK = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
-    causal_CxS = jnp.arange(S)[None, :] <= pos_C[:, None]
-    scores = None
+  def positions(start):  # padding rows repeat the last query (sliced off)
+    return jnp.minimum(start + jnp.arange(C), T - 1)
+
+  def all_scores(iq, iw, S, ik=None):  # the indexer's scores of the chunk's queries for the first S keys
+    return indexer_scores(iq, iw, (ik_BxTxI if ik is None else ik)[:, :S], "BCJI,BSI->BCJS")
+
+  def picks(start, S):  # pass 1, one chunk: its picks [B, C, N] and their validity
+    pos_C = positions(start)
     if o.select == "window":
       idx_CxN = pos_C[:, None] - jnp.arange(N)[None, :]
-      idx_BxCxN = jnp.broadcast_to(jnp.maximum(idx_CxN, 0), (B, C, N))
-      valid_BxCxN = jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
+      return jnp.broadcast_to(jnp.maximum(idx_CxN, 0), (B, C, N)), jnp.broadcast_to(idx_CxN >= 0, (B, C, N))
+    if o.select == "random":  # one pattern for all rows ([1, C, T]): pick once, then broadcast
+      pick_xCxS = random_scores(seed, pos_C[None, :, None], jnp.arange(S)[None, None, :])
     else:
-      if o.select == "random":  # one pattern for all rows ([1, C, T]): pick once, then broadcast
-        pick_xCxS = random_scores(seed, pos_C[None, :, None], jnp.arange(S)[None, None, :])
-      else:
-        iq = jax.lax.dynamic_slice_in_dim(iq_pad, start, C, 1)
-        iw = jax.lax.dynamic_slice_in_dim(iw_pad, start, C, 1)
-        s_BxCxS = indexer_scores(iq, iw, ik_BxTxI[:, :S], "BCJI,BSI->BCJS")
-        # The pick itself is not differentiable; gradients reach the indexer through the picked keys' scores,
-        # recomputed from gathered indexer keys (the transpose of top_k's value gather is a slow [B, C, T] scatter).
-        pick_xCxS = jax.lax.stop_gradient(s_BxCxS)
-        if noise_key is not None:
-          pick_xCxS = pick_xCxS / o.sample_temperature + jax.random.gumbel(
-            jax.random.fold_in(noise_key, start), pick_xCxS.shape
-          )
-      top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], pick_xCxS, -jnp.inf), N)
-      idx_BxCxN, valid_BxCxN = jnp.broadcast_to(idx_BxCxN, (B, C, N)), jnp.broadcast_to(jnp.isfinite(top), (B, C, N))
-      if o.select == "indexer":
-        rows = (idx_BxCxN + T * jnp.arange(B)[:, None, None]).reshape(-1)
-        ik_BxCxNxI = jnp.take(ik_BxTxI.reshape(B * T, -1), rows, axis=0).reshape(B, C, N, -1)
-        scores = indexer_scores(iq, iw, ik_BxCxNxI, "BCJI,BCNI->BCJN")
+      iq, iw = (jax.lax.dynamic_slice_in_dim(a, start, C, 1) for a in (siq_pad, siw_pad))
+      pick_xCxS = all_scores(iq, iw, S, sik_BxTxI)
+      if noise_key is not None:
+        pick_xCxS = pick_xCxS / o.sample_temperature + jax.random.gumbel(
+          jax.random.fold_in(noise_key, start), pick_xCxS.shape
+        )
+    causal_CxS = jnp.arange(S)[None, :] <= pos_C[:, None]
+    top, idx_BxCxN = jax.lax.top_k(jnp.where(causal_CxS[None], pick_xCxS, -jnp.inf), N)
+    return jnp.broadcast_to(idx_BxCxN, (B, C, N)), jnp.broadcast_to(jnp.isfinite(top), (B, C, N))
+
+  # Pass 1 picks every query's keys, long sequences skipping the keys after each chunk (8 runs). Its chunks are not
+  # rematerialised in the backward (nothing in it is differentiated): the O(T^2) scoring and top-k run once.
+  idx_BxTxN, valid_BxTxN = map_query_chunks(picks, T, C, 8 if T >= FLASH_FROM else 1, min_keys=N)
+  # padding rows repeat the last query's picks (no row without a valid pick: its softmax would be NaN)
+  idx_pad, valid_pad = padT(idx_BxTxN, "edge"), padT(valid_BxTxN, "edge")
+
+  def chunk(start, S):  # pass 2, one chunk: attention over its picks (S = T: the dense passes reach every key)
+    pos_C = positions(start)
+    q_BxCxHxK = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
+    idx_BxCxN, valid_BxCxN = (jax.lax.dynamic_slice_in_dim(a, start, C, 1) for a in (idx_pad, valid_pad))
+    scores = None
+    if o.select == "indexer":  # the picked keys' scores, from gathered indexer keys (differentiable)
+      iq, iw = (jax.lax.dynamic_slice_in_dim(a, start, C, 1) for a in (iq_pad, iw_pad))
+      rows = (idx_BxCxN + T * jnp.arange(B)[:, None, None]).reshape(-1)
+      ik_BxCxNxI = jnp.take(ik_BxTxI.reshape(B * T, -1), rows, axis=0).reshape(B, C, N, -1)
+      scores = indexer_scores(iq, iw, ik_BxCxNxI, "BCJI,BCNI->BCJN")
     gate = o.select == "indexer" and o.indexer_grad == "gate"
     bias = jnp.where(valid_BxCxN, scores, 0.0) if gate else None
     out_BxCxHxK, probs = gathered_attention(q_BxCxHxK, k_BxTxGxK, v_BxTxGxK, idx_BxCxN, valid_BxCxN, bias)
-    res = {"out": out_BxCxHxK, "idx": idx_BxCxN, "valid": valid_BxCxN}
+    res = {"out": out_BxCxHxK}
     if want_kl or want_diag:
       p_dense_BxCxS = dense_probs(q_BxCxHxK, k_BxTxGxK, pos_C) if want_diag or o.indexer_loss == "kl_dense" else None
       if o.indexer_loss == "kl":  # DSA sparse stage: main attention (summed over heads) over the selected keys
         res["kl"] = kl_divergence(jax.lax.stop_gradient(probs.mean((2, 3))), jnp.where(valid_BxCxN, scores, -jnp.inf))
       elif o.indexer_loss == "kl_dense":  # DSA warm-up: dense attention over all earlier keys
-        res["kl"] = kl_divergence(jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], s_BxCxS, -jnp.inf))
+        causal_CxS = jnp.arange(S)[None, :] <= pos_C[:, None]
+        res["kl"] = kl_divergence(
+          jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], all_scores(iq, iw, S), -jnp.inf)
+        )
       if want_diag:
         res.update(selection_diagnostics(p_dense_BxCxS, idx_BxCxN, valid_BxCxN))
     return res
 
-  # long sequences skip the keys after each chunk (8 runs); not with a dense pass (diagnostics, DSA's warm-up KL)
-  dense_pass = want_diag or (want_kl and o.indexer_loss == "kl_dense")
-  buckets = 8 if T >= FLASH_FROM and not dense_pass else 1
-  return map_query_chunks(chunk, T, C, buckets, min_keys=N)
+  return {**map_query_chunks(chunk, T, C), "idx": idx_BxTxN, "valid": valid_BxTxN}
 
 
 @register_mixer("sparse", SparseOptions)
