@@ -2,7 +2,7 @@
 after a warm-up, with the min-max spread), peak memory, FLOPs from the definition (r1jax/lab/flops.py) and XLA's
 count, each as a ratio to dense in the same run, and the crossover length of each variant.
 
-  python benchmarks/attention_scaling.py                                      # CPU: T = 4k, 16k, 64k, ~35 min
+  python benchmarks/attention_scaling.py                                      # CPU: T = 4k, 16k, 64k, ~50 min
   python benchmarks/attention_scaling.py --lengths=4096,16384,65536,131072 --dtype=bfloat16   # GPU
   python benchmarks/attention_scaling.py --lengths=128,256 --d_model=64 --heads=2 --repeats=1  # smoke
 

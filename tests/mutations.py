@@ -731,6 +731,14 @@ MUTATIONS = (
     "tests/test_sparse.py",
     "long_sequences",
   ),
+  Mutation(
+    "sparse_padding_rows_of_the_last_chunk_pick_nothing",
+    "r1jax/mixers/sparse.py",
+    'idx_pad, valid_pad = padT(idx_BxTxN, "edge"), padT(valid_BxTxN, "edge")',
+    "idx_pad, valid_pad = padT(idx_BxTxN), padT(valid_BxTxN)",
+    "tests/test_sparse.py",
+    "causal_by_gradients",
+  ),
   # Options the code silently ignores (issue 39): the every-option-is-live test, generated from the config schema
   Mutation(
     "adam_b2_ignored",
