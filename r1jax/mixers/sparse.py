@@ -354,8 +354,8 @@ def topk_attention(
   def positions(start):  # padding rows repeat the last query (sliced off)
     return jnp.minimum(start + jnp.arange(C), T - 1)
 
-  def all_scores(iq, iw, S, ik=None):  # the indexer's scores of the chunk's queries for the first S keys
-    return indexer_scores(iq, iw, (ik_BxTxI if ik is None else ik)[:, :S], "BCJI,BSI->BCJS")
+  def all_scores(iq, iw, ik, S):  # the indexer's scores of the chunk's queries for the first S keys
+    return indexer_scores(iq, iw, ik[:, :S], "BCJI,BSI->BCJS")
 
   def picks(start, S):  # pass 1, one chunk: its picks [B, C, N] and their validity
     pos_C = positions(start)
@@ -366,7 +366,7 @@ def topk_attention(
       pick_xCxS = random_scores(seed, pos_C[None, :, None], jnp.arange(S)[None, None, :])
     else:
       iq, iw = (jax.lax.dynamic_slice_in_dim(a, start, C, 1) for a in (siq_pad, siw_pad))
-      pick_xCxS = all_scores(iq, iw, S, sik_BxTxI)
+      pick_xCxS = all_scores(iq, iw, sik_BxTxI, S)
       if noise_key is not None:
         pick_xCxS = pick_xCxS / o.sample_temperature + jax.random.gumbel(
           jax.random.fold_in(noise_key, start), pick_xCxS.shape
@@ -386,7 +386,9 @@ def topk_attention(
     q_BxCxHxK = jax.lax.dynamic_slice_in_dim(q_pad, start, C, 1)
     idx_BxCxN, valid_BxCxN = (jax.lax.dynamic_slice_in_dim(a, start, C, 1) for a in (idx_pad, valid_pad))
     scores = None
-    if o.select == "indexer":  # the picked keys' scores, from gathered indexer keys (differentiable)
+    if o.select == "indexer":
+      # gradients reach the indexer through the picked keys' scores, recomputed from gathered indexer keys (the
+      # transpose of gathering them from the chunk's [B, C, T] scores would be a slow scatter)
       iq, iw = (jax.lax.dynamic_slice_in_dim(a, start, C, 1) for a in (iq_pad, iw_pad))
       rows = (idx_BxCxN + T * jnp.arange(B)[:, None, None]).reshape(-1)
       ik_BxCxNxI = jnp.take(ik_BxTxI.reshape(B * T, -1), rows, axis=0).reshape(B, C, N, -1)
@@ -402,7 +404,7 @@ def topk_attention(
       elif o.indexer_loss == "kl_dense":  # DSA warm-up: dense attention over all earlier keys
         causal_CxS = jnp.arange(S)[None, :] <= pos_C[:, None]
         res["kl"] = kl_divergence(
-          jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], all_scores(iq, iw, S), -jnp.inf)
+          jax.lax.stop_gradient(p_dense_BxCxS), jnp.where(causal_CxS[None], all_scores(iq, iw, ik_BxTxI, S), -jnp.inf)
         )
       if want_diag:
         res.update(selection_diagnostics(p_dense_BxCxS, idx_BxCxN, valid_BxCxN))
