@@ -644,6 +644,22 @@ MUTATIONS = (
     "masked_reference",
   ),
   Mutation(
+    "selected_pairs_ranked_against_the_first_slab",
+    "r1jax/mixers/selected.py",
+    "rank = jnp.arange(Q)[None] - first_SxNB1[slab_S1, b]",
+    "rank = jnp.arange(Q)[None] - first_SxNB1[0, b]",
+    "tests/test_selected.py",
+    "masked_reference",
+  ),
+  Mutation(
+    "selected_sort_keys_of_two_blocks_overlap",
+    "r1jax/mixers/selected.py",
+    "keys = jnp.sort(blk_P.astype(jnp.int32) * P + jnp.arange(P, dtype=jnp.int32))",
+    "keys = jnp.sort(blk_P.astype(jnp.int32) * (P // 2) + jnp.arange(P, dtype=jnp.int32))",
+    "tests/test_selected.py",
+    "both_sort_paths",
+  ),
+  Mutation(
     "selected_gathered_block_reads_its_later_keys",
     "r1jax/mixers/selected.py",
     "ok = jnp.repeat(valid_BxCxGxN, block, -1) & (tok_BxCxGxN <= pos_xCx1x1) & (tok_BxCxGxN < T)",

@@ -105,3 +105,12 @@ def test_a_block_picked_twice_counts_twice_on_every_path():
     np.testing.assert_allclose(outs[0], out, rtol=2e-5, atol=2e-5)
   once = selected.masked_block_attention(q, k, v, ids, valid.at[..., 1].set(False), block)
   assert not np.allclose(outs[0], once, atol=1e-3)  # the duplicate weighs
+
+
+@pytest.mark.parametrize("max_key", [2**31 - 1, 0])  # one int32 sort of (block, pair) keys; the argsort fallback
+def test_pairs_are_ordered_by_block_stably_on_both_sort_paths(max_key):
+  blk = jax.random.randint(jax.random.key(0), (777,), 0, 13)  # 12 blocks and the invalid id 12, many repeats
+  order, blk_s = selected.order_by_block(blk, 12, max_key)
+  expected = np.argsort(np.asarray(blk), kind="stable")
+  np.testing.assert_array_equal(order, expected)
+  np.testing.assert_array_equal(blk_s, np.asarray(blk)[expected])
