@@ -1,6 +1,7 @@
 """Attention cost against sequence length: one layer's forward and forward+backward time (median of --repeats calls
-after a warm-up, with the min-max spread), peak memory, FLOPs from the definition (r1jax/lab/flops.py) and XLA's
-count, each as a ratio to dense in the same run, and the crossover length of each variant.
+after a warm-up, more until they add up to --min_timed_sec, with the min-max spread), peak memory, FLOPs from the
+definition (r1jax/lab/flops.py) and XLA's count, each as a ratio to dense in the same run, and the crossover length
+of each variant.
 
   python benchmarks/attention_scaling.py                                      # CPU: T = 4k, 16k, 64k, ~50 min
   python benchmarks/attention_scaling.py --lengths=4096,16384,65536,131072 --dtype=bfloat16   # GPU
@@ -12,7 +13,9 @@ DSA (V3.2's recipe, k=256 and k=2048), block top-k (MoBA/NSA selection: blocks o
 sliding window (w=512) and the fast-weight recurrence; legacy variants (topk, random, fusion, routed, fw_*) take the
 key budget --budget. Each measurement runs in a child process pinned to --cores, so running out of memory costs one
 cell; a cell whose XLA memory estimate exceeds the limit, or (except dense) whose forward+backward time projected
-from the shorter lengths exceeds --max_cell_sec, prints as n/a. Results: --out (JSON, with provenance).
+from the shorter lengths exceeds --max_cell_sec, prints as n/a. Results: --out (JSON, with provenance). Two runs
+check each other: --compare=<the other run's report.json> prints (and saves) each cell's difference from it, in
+seconds and as a ratio to dense.
 """
 
 import json
@@ -42,7 +45,8 @@ flags.DEFINE_integer("d_model", 128, "model width")
 flags.DEFINE_integer("heads", 2, "query heads (key/value heads = heads); head size d_model / heads")
 flags.DEFINE_integer("batch", 1, "sequences per call")
 flags.DEFINE_integer("repeats", 5, "timed calls per measurement (median, min, max), after one warm-up")
-flags.DEFINE_float("max_cell_sec", 120.0, "skip a non-dense cell whose projected forward+backward call exceeds this")
+flags.DEFINE_float("min_timed_sec", 5.0, "more calls (up to 100) until a measurement's timed calls add up to this")
+flags.DEFINE_float("max_cell_sec", 150.0, "skip a non-dense cell whose projected forward+backward call exceeds this")
 flags.DEFINE_string("dtype", "float32", "compute dtype: float32 | bfloat16")
 flags.DEFINE_list("cores", [], "CPU cores each measurement is pinned to (default: all this process may use)")
 flags.DEFINE_float(
@@ -52,6 +56,7 @@ flags.DEFINE_float(
   "0 = 75% of the host's RAM on CPU, no limit on GPU/TPU (out of memory is an error there)",
 )
 flags.DEFINE_string("out", "results/attention_scaling/report.json", "where the measurements go (JSON); empty: nowhere")
+flags.DEFINE_string("compare", "", "an earlier report.json of the same settings: print each cell's agreement with it")
 flags.DEFINE_string("one", "", "internal: measure one VARIANT:T:BACKWARD in this process and print it as JSON")
 FLAGS = flags.FLAGS
 
@@ -103,7 +108,8 @@ def measure(name: str, T: int, backward: bool) -> dict:
   """One measurement in a child process pinned to --cores: running out of host memory kills the child, not the
   sweep."""
   args = [os.path.abspath(__file__), f"--one={name}:{T}:{int(backward)}"] + [
-    f"--{f}={FLAGS[f].value}" for f in ("budget", "d_model", "heads", "batch", "repeats", "dtype", "max_memory_gb")
+    f"--{f}={FLAGS[f].value}"
+    for f in ("budget", "d_model", "heads", "batch", "repeats", "min_timed_sec", "dtype", "max_memory_gb")
   ]
   if FLAGS.cores:
     args.append(f"--cores={','.join(FLAGS.cores)}")
@@ -120,7 +126,7 @@ def measure_here(spec: str) -> None:
   os.sched_setaffinity(0, cores)  # before XLA starts its thread pool: the measurement's cores, and no others
   cfg = variant_config(name)
   limit = memory_limit_bytes(FLAGS.max_memory_gb)
-  out = timed(cfg, int(T), FLAGS.batch, bool(int(backward)), FLAGS.repeats, float("inf"), limit)
+  out = timed(cfg, int(T), FLAGS.batch, bool(int(backward)), FLAGS.repeats, float("inf"), limit, FLAGS.min_timed_sec)
   print(json.dumps({**out, "cores": sorted(cores)}))
 
 
@@ -156,8 +162,11 @@ def run_cells(lengths: list[int]) -> dict:
         results[(name, T)] = {"fwd": measure(name, T, False), "fwd+bwd": measure(name, T, True)}
       history.setdefault(name, []).append((T, results[(name, T)]["fwd+bwd"]["sec"]))
       f, b = results[(name, T)]["fwd"], results[(name, T)]["fwd+bwd"]
+      steal = max(f.get("steal", 0.0), b.get("steal", 0.0))  # NaN (not reported) compares False
       print(
-        f"  measured {name:11s} T={T:6d}: fwd {f['sec'] * 1e3:10.1f} ms  fwd+bwd {b['sec'] * 1e3:10.1f} ms", flush=True
+        f"  measured {name:11s} T={T:6d}: fwd {f['sec'] * 1e3:10.1f} ms  fwd+bwd {b['sec'] * 1e3:10.1f} ms"
+        + (f"  (host steal {steal:.0%} of the CPU time)" if steal > 0.01 else ""),
+        flush=True,
       )
   return results
 
@@ -212,6 +221,40 @@ def crossovers(results: dict, lengths: list[int]) -> list[str]:
   return lines
 
 
+def agreement(record: dict, other: dict, tolerance: float = 0.15) -> list[str]:
+  """Each cell's time in `record` against `other` (an earlier report of the same settings): the difference as a
+  share of the smaller, for the seconds and for the ratio to dense, and how many cells agree within `tolerance`."""
+  diff = lambda x, y: abs(x - y) / min(x, y)  # noqa: E731
+  mark = lambda d: f"{d:.0%}{' *' if d > tolerance else ''}"  # noqa: E731
+
+  def cell(rec, name, what, T):
+    return rec["variants"][name][what][rec["lengths"].index(T)]["sec"] if name in rec["variants"] else float("nan")
+
+  rows, times, ratios = [], [], []
+  for name in record["variants"]:
+    for what in ("fwd", "fwd+bwd"):
+      for T in (T for T in record["lengths"] if T in other["lengths"]):
+        a, b = cell(record, name, what, T), cell(other, name, what, T)
+        if not math.isfinite(a + b):
+          continue
+        times.append(diff(a, b))
+        ra, rb = a / cell(record, "dense", what, T), b / cell(other, "dense", what, T)
+        line = f"| {T} | {name} | {what} | {a * 1e3:.1f} ({b * 1e3:.1f}) | {mark(times[-1])} "
+        if name != "dense" and math.isfinite(ra + rb):
+          ratios.append(diff(ra, rb))
+          line += f"| {ra:.3f} ({rb:.3f}) | {mark(ratios[-1])} |"
+        rows.append(line + ("" if line.endswith("|") else "| | |"))
+  ok = lambda ds: sum(d <= tolerance for d in ds)  # noqa: E731
+  return [
+    f"{ok(times)} of {len(times)} cells' times within {tolerance:.0%} of the other run's, {ok(ratios)} of "
+    f"{len(ratios)} ratios to dense (* over)",
+    "",
+    "| T | variant | what | ms (other run) | difference | / dense (other run) | difference |",
+    "|" + "---|" * 7,
+    *rows,
+  ]
+
+
 def main(argv):
   del argv
   if FLAGS.one:
@@ -223,6 +266,12 @@ def main(argv):
   lengths = [int(t) for t in FLAGS.lengths]
   for name in FLAGS.variants:  # every variant's config is checked before the first measurement
     variant_config(name)
+  other = None
+  if FLAGS.compare:
+    if not os.path.isfile(FLAGS.compare):
+      raise ConfigError(f"--compare={FLAGS.compare}: no such file. Fix: pass an earlier run's report.json.")
+    with open(FLAGS.compare) as f:
+      other = json.load(f)
   print(
     f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), d_model {FLAGS.d_model}, "
     f"{FLAGS.heads} heads, batch {FLAGS.batch}, dtype {FLAGS.dtype}, median of {FLAGS.repeats} calls"
@@ -231,25 +280,26 @@ def main(argv):
   text = table(results, lengths)
   lines = crossovers(results, lengths)
   print("\n" + text + "\n\n" + "\n".join(lines))
+  flops = {name: [mixer_flops(variant_config(name), T) for T in lengths] for name in FLAGS.variants}
+  record = {
+    "backend": f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
+    "model": {"d_model": FLAGS.d_model, "heads": FLAGS.heads, "batch": FLAGS.batch, "dtype": FLAGS.dtype},
+    "repeats": FLAGS.repeats,
+    "min_timed_sec": FLAGS.min_timed_sec,
+    "lengths": lengths,
+    "variants": {
+      name: {what: [results[(name, T)][what] for T in lengths] for what in ("fwd", "fwd+bwd")} | {"flops": flops[name]}
+      for name in FLAGS.variants
+    },
+    "table": text,
+    "crossovers": lines,
+  }
+  if other is not None:
+    record["agreement"] = agreement(record, other)
+    print("\nAgainst " + FLAGS.compare + ": " + "\n".join(record["agreement"]))
   if FLAGS.out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    flops = {name: [mixer_flops(variant_config(name), T) for T in lengths] for name in FLAGS.variants}
-    write_record(
-      os.path.abspath(FLAGS.out),
-      {
-        "backend": f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
-        "model": {"d_model": FLAGS.d_model, "heads": FLAGS.heads, "batch": FLAGS.batch, "dtype": FLAGS.dtype},
-        "repeats": FLAGS.repeats,
-        "lengths": lengths,
-        "variants": {
-          name: {what: [results[(name, T)][what] for T in lengths] for what in ("fwd", "fwd+bwd")}
-          | {"flops": flops[name]}
-          for name in FLAGS.variants
-        },
-        "table": text,
-        "crossovers": lines,
-      },
-    )
+    write_record(os.path.abspath(FLAGS.out), record)
 
 
 if __name__ == "__main__":

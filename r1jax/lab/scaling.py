@@ -101,6 +101,17 @@ def median_sec(fn, *args, repeats: int = 3) -> float:
   return float(np.median(call_times(fn, *args, repeats=repeats)))
 
 
+def host_steal_ticks() -> int | None:
+  """The CPU time the hypervisor gave to other guests so far (/proc/stat's steal column, all CPUs, in clock ticks),
+  or None where the host does not report it: a timing taken while it grows ran on a shared core."""
+  try:
+    with open("/proc/stat") as f:
+      fields = f.readline().split()
+    return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+  except (OSError, ValueError):
+    return None
+
+
 def timed(
   cfg: ModelConfig,
   T: int,
@@ -109,9 +120,12 @@ def timed(
   repeats: int = 3,
   budget_sec: float = 30.0,
   max_bytes: float = float("inf"),
+  min_total_sec: float = 0.0,
 ) -> dict:
   """Median, min and max wall time of the compiled mixer at length T over `repeats` calls after one warm-up call
-  (fewer where they pass budget_sec), its peak memory and XLA's FLOP count (a loop body counted once).
+  (fewer where they pass budget_sec; more, up to 100, until they add up to min_total_sec: a short call's median over a
+  few calls moved with the host's load), its peak memory, XLA's FLOP count (a loop body counted once) and the share
+  of the timed interval the hypervisor gave to other guests ("steal", NaN where the host does not report it).
 
   Raises MemoryError before running when XLA's memory estimate exceeds max_bytes (the host's RAM on CPU, where
   running out means the process is killed rather than an error raised).
@@ -121,19 +135,22 @@ def timed(
   if estimate > max_bytes:
     raise MemoryError(f"needs ~{estimate / 2**30:.1f} GiB, over the {max_bytes / 2**30:.1f} GiB limit")
   jax.block_until_ready(compiled(params, x))
-  times, start = [], time.perf_counter()
-  for _ in range(repeats):
+  times, steal0, start = [], host_steal_ticks(), time.perf_counter()
+  while len(times) < max(repeats, 100 if sum(times) < min_total_sec else 0):
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(params, x))
     times.append(time.perf_counter() - t0)
     if time.perf_counter() - start > budget_sec:
       break
+  wall, steal1 = time.perf_counter() - start, host_steal_ticks()
+  cpu_ticks = os.sysconf("SC_CLK_TCK") * wall * os.cpu_count()
   return {
     "T": T,
     "sec": float(np.median(times)),
     "min_sec": float(np.min(times)),
     "max_sec": float(np.max(times)),
     "calls": len(times),
+    "steal": (steal1 - steal0) / cpu_ticks if steal0 is not None and steal1 is not None else float("nan"),
     "memory_bytes": peak_memory_bytes(compiled),
     "xla_flops": compiled_flops(compiled),
   }
