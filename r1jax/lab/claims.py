@@ -335,7 +335,7 @@ class LongContext:
   def judged_on(self) -> str:
     return {
       "speed": f"dense forward time / the variant's >= {self.threshold:g} at the longest T measured (one layer; "
-      "dense the faster of its XLA and blocked paths; median of 5 calls)",
+      "dense the faster of its XLA and blocked paths; median of at least 5 calls)",
       "cut": f"1 - FLOPs / dense FLOPs >= {self.threshold:.0%} at the longest T measured (FLOPs from each "
       "mechanism's definition, selection included)",
       "slope": f"log-log slope of FLOPs (from the definition) over the measured T <= n log n's + {self.threshold:g}",
